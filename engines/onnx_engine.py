@@ -1,0 +1,164 @@
+"""The ``onnx`` engine: ONNX Runtime through optimum-onnx's ``ORTModelForCausalLM``.
+
+Providers: ``cpu`` (CPUExecutionProvider), ``cuda`` (CUDAExecutionProvider, with IO binding
+so the KV cache stays on the GPU), ``tensorrt`` (TensorrtExecutionProvider, CUDA as the
+fallback for nodes TensorRT does not take, engine cache under greenmon's cache).
+Options: ``graph_optimization_level`` (``disable``, ``basic``, ``extended``, ``all``;
+default ``all``, ONNX Runtime's own default), ``threads`` (intra-op threads).
+
+The ONNX export (a decoder with past key values) is made once per model and cached; graph
+optimisation happens when the session is created, so it is part of ``load_s``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from greenmon.engines._cache import Exporter, cached_export, library_versions
+from greenmon.engines._common import (
+    as_model,
+    check_options,
+    check_provider,
+    hf_generate,
+    load_tokenizer,
+)
+from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
+from greenmon.errors import EngineError
+from greenmon.models import ModelInfo, cache_root
+
+OPTIONS: dict[str, object] = {"graph_optimization_level": "all", "threads": None}
+ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+GRAPH_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+EXPORT_LIBRARIES = ("optimum-onnx", "optimum", "transformers", "torch", "onnx")
+
+
+def export_onnx(model: ModelInfo, dest: Path) -> None:
+    """Export a causal LM with past key values to ONNX in ``dest``."""
+    from optimum.exporters.onnx import main_export
+
+    # Validation against PyTorch is skipped: greenmon's fidelity check compares every
+    # unit's tokens with the torch reference, which is the comparison that matters.
+    main_export(
+        str(model.path),
+        output=dest,
+        task="text-generation-with-past",
+        do_validation=False,
+        local_files_only=True,
+    )
+
+
+def missing_provider_reason(provider: str, available: Sequence[str]) -> str | None:
+    """Why ``provider`` cannot run given onnxruntime's available providers, or None."""
+    wanted = ORT_PROVIDERS[provider]
+    if wanted in available:
+        return None
+    return (
+        f"{provider.upper() if provider == 'cuda' else 'TensorRT'} requested but onnxruntime "
+        f"has no {wanted} (available: {', '.join(available)}): install greenmon[gpu] "
+        "(onnxruntime-gpu) on a machine with an NVIDIA GPU"
+    )
+
+
+class OnnxEngine:
+    name: ClassVar[str] = "onnx"
+    providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda", "tensorrt")
+
+    def __init__(self, cache_dir: str | None = None, exporter: Exporter = export_onnx) -> None:
+        self.cache_dir = cache_dir
+        self.exporter = exporter
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._device = "cpu"
+
+    def load(self, model: Any, provider: str, options: Mapping[str, Any]) -> LoadInfo:
+        check_provider(self.name, provider, self.providers)
+        opts = check_options(self.name, options, OPTIONS)
+        if opts["graph_optimization_level"] not in GRAPH_LEVELS:
+            raise EngineError(
+                f"graph_optimization_level {opts['graph_optimization_level']!r} is not one of "
+                f"{', '.join(GRAPH_LEVELS)}",
+                title="Unknown engine option",
+            )
+        import onnxruntime
+
+        reason = missing_provider_reason(provider, onnxruntime.get_available_providers())
+        if reason:
+            raise EngineError(reason, title="Provider not available")
+        info = as_model(model, self.cache_dir)
+        export = cached_export(
+            info, self.name, {}, library_versions(*EXPORT_LIBRARIES), self.exporter,
+            cache_dir=self.cache_dir,
+        )
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        session_options = onnxruntime.SessionOptions()
+        session_options.graph_optimization_level = getattr(
+            onnxruntime.GraphOptimizationLevel, GRAPH_LEVELS[opts["graph_optimization_level"]]
+        )
+        if opts["threads"] is not None:
+            session_options.intra_op_num_threads = int(opts["threads"])
+        provider_options: dict[str, Any] | None = None
+        if provider == "tensorrt":
+            trt_cache = cache_root(self.cache_dir) / "tensorrt" / export.key
+            trt_cache.mkdir(parents=True, exist_ok=True)
+            provider_options = {
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(trt_cache),
+            }
+        gpu = provider in ("cuda", "tensorrt")
+        start_s = time.perf_counter()
+        try:
+            self._tokenizer = load_tokenizer(info)
+            self._model = ORTModelForCausalLM.from_pretrained(
+                export.path,
+                provider=ORT_PROVIDERS[provider],
+                provider_options=provider_options,
+                session_options=session_options,
+                use_io_binding=gpu,
+                local_files_only=True,
+            )
+        except Exception as error:  # onnxruntime raises its own Fail/RuntimeException types
+            raise EngineError(
+                f"ONNX Runtime could not load {info.spec} on {provider}: {error}",
+                title="Model not loadable",
+            ) from error
+        load_s = time.perf_counter() - start_s
+        self._device = "cuda" if gpu else "cpu"
+        session = self._model.session
+        return LoadInfo(
+            export_s=export.export_s,
+            load_s=load_s,
+            export_cache_hit=export.cache_hit,
+            details={
+                "session_providers": list(session.get_providers()),
+                "graph_optimization_level": opts["graph_optimization_level"],
+                "io_binding": bool(self._model.use_io_binding),
+                "threads": opts["threads"],
+                "export_dir": str(export.path),
+                "model_fingerprint": info.fingerprint,
+            },
+        )
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[RequestRecord]:
+        if self._model is None:
+            raise EngineError("generate called before load", title="Engine not loaded")
+        return hf_generate(self._model, self._tokenizer, prompts, max_new_tokens, self._device)
+
+    def close(self) -> None:
+        self._model = None
+        self._tokenizer = None
+
+
+Engine = OnnxEngine

@@ -1,0 +1,143 @@
+"""The ``openvino`` engine: OpenVINO through optimum-intel's ``OVModelForCausalLM``.
+
+Provider: ``cpu`` (OpenVINO device ``CPU``).  OpenVINO has no CUDA backend, so
+openvino + cuda is refused with that reason.
+Options: ``inference_precision`` (OpenVINO's ``INFERENCE_PRECISION_HINT``; default ``f32``
+because on CPUs with AMX or AVX512-BF16 OpenVINO otherwise runs in bf16, and its tokens
+then drift from the float32 reference), ``threads`` (``INFERENCE_NUM_THREADS``),
+``performance_hint`` (``LATENCY`` default, or ``THROUGHPUT``).
+The precision the compiled model actually uses is read back and recorded in
+``LoadInfo.details["inference_precision"]``.
+
+The OpenVINO IR (stateful: the KV cache lives inside the infer request) is exported once
+per model and cached.  Weights are exported uncompressed: optimum-intel compresses models
+above 1 B parameters to int8 by default, which would make this a different model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from greenmon.engines._cache import Exporter, cached_export, library_versions
+from greenmon.engines._common import (
+    as_model,
+    check_options,
+    check_provider,
+    hf_generate,
+    load_tokenizer,
+)
+from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
+from greenmon.errors import EngineError
+from greenmon.models import ModelInfo
+
+OPTIONS: dict[str, object] = {
+    "inference_precision": "f32",
+    "threads": None,
+    "performance_hint": "LATENCY",
+}
+PRECISIONS = ("f32", "bf16", "f16")
+EXPORT_LIBRARIES = ("optimum-intel", "optimum", "openvino", "transformers", "torch")
+CUDA_REASON = (
+    "OpenVINO has no CUDA backend: it runs on Intel CPUs, GPUs and NPUs only; "
+    "use the torch or onnx engine for cuda"
+)
+
+
+def export_openvino(model: ModelInfo, dest: Path) -> None:
+    """Export a causal LM to an OpenVINO IR in ``dest`` (float weights, stateful)."""
+    from optimum.intel import OVModelForCausalLM
+
+    ov_model = OVModelForCausalLM.from_pretrained(
+        model.path,
+        export=True,
+        compile=False,
+        load_in_8bit=False,
+        local_files_only=True,
+    )
+    ov_model.save_pretrained(dest)
+
+
+class OpenvinoEngine:
+    name: ClassVar[str] = "openvino"
+    providers: ClassVar[tuple[str, ...]] = ("cpu",)
+
+    def __init__(
+        self, cache_dir: str | None = None, exporter: Exporter = export_openvino
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.exporter = exporter
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def load(self, model: Any, provider: str, options: Mapping[str, Any]) -> LoadInfo:
+        check_provider(self.name, provider, self.providers)
+        opts = check_options(self.name, options, OPTIONS)
+        precision = str(opts["inference_precision"]).lower()
+        if precision not in PRECISIONS:
+            raise EngineError(
+                f"inference_precision {precision!r} is not one of {', '.join(PRECISIONS)}",
+                title="Unknown engine option",
+            )
+        info = as_model(model, self.cache_dir)
+        export = cached_export(
+            info, self.name, {}, library_versions(*EXPORT_LIBRARIES), self.exporter,
+            cache_dir=self.cache_dir,
+        )
+        from optimum.intel import OVModelForCausalLM
+
+        ov_config: dict[str, str] = {
+            "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": str(opts["performance_hint"]),
+            # No compiled-blob cache: every load compiles, so load_s means the same each time.
+            "CACHE_DIR": "",
+        }
+        if opts["threads"] is not None:
+            ov_config["INFERENCE_NUM_THREADS"] = str(int(opts["threads"]))
+        start_s = time.perf_counter()
+        try:
+            self._tokenizer = load_tokenizer(info)
+            self._model = OVModelForCausalLM.from_pretrained(
+                export.path, device="CPU", ov_config=ov_config, compile=True,
+                local_files_only=True,
+            )
+        except Exception as error:  # openvino raises RuntimeError subclasses of its own
+            raise EngineError(
+                f"OpenVINO could not load {info.spec}: {error}", title="Model not loadable"
+            ) from error
+        load_s = time.perf_counter() - start_s
+        return LoadInfo(
+            export_s=export.export_s,
+            load_s=load_s,
+            export_cache_hit=export.cache_hit,
+            details={
+                "device": "CPU",
+                "inference_precision_requested": precision,
+                "inference_precision": self._compiled_property("INFERENCE_PRECISION_HINT"),
+                "threads": self._compiled_property("INFERENCE_NUM_THREADS"),
+                "performance_hint": str(opts["performance_hint"]),
+                "export_dir": str(export.path),
+                "model_fingerprint": info.fingerprint,
+            },
+        )
+
+    def _compiled_property(self, name: str) -> str | None:
+        """A property of the compiled model, as OpenVINO reports it; None if unreadable."""
+        try:
+            return str(self._model.request.get_compiled_model().get_property(name))
+        except Exception:  # an older OpenVINO or optimum layout: the record says unknown
+            return None
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[RequestRecord]:
+        if self._model is None:
+            raise EngineError("generate called before load", title="Engine not loaded")
+        return hf_generate(self._model, self._tokenizer, prompts, max_new_tokens)
+
+    def close(self) -> None:
+        self._model = None
+        self._tokenizer = None
+
+
+Engine = OpenvinoEngine

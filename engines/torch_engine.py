@@ -1,0 +1,111 @@
+"""The ``torch`` engine: transformers ``AutoModelForCausalLM`` in eager PyTorch.
+
+Providers: ``cpu``, ``cuda``.  Options: ``dtype`` (``float32`` default, ``bfloat16``,
+``float16``), ``threads`` (torch intra-op threads; unset leaves torch's default).
+This engine on ``cpu`` with ``float32`` is the fidelity reference (greenmon.fidelity).
+No export: ``export_s`` is 0 and ``export_cache_hit`` is False.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from greenmon.engines._common import (
+    as_model,
+    check_options,
+    check_provider,
+    hf_generate,
+    load_tokenizer,
+    set_threads,
+)
+from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
+from greenmon.errors import EngineError
+
+OPTIONS: dict[str, object] = {"dtype": "float32", "threads": None}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def torch_device(provider: str) -> str:
+    """The torch device for a provider; EngineError when CUDA is not usable here."""
+    if provider == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EngineError(
+                "CUDA requested but torch sees no CUDA device "
+                f"(torch {torch.__version__}; a '+cpu' build never does)",
+                title="Provider not available",
+            )
+        return "cuda"
+    return "cpu"
+
+
+class TorchEngine:
+    name: ClassVar[str] = "torch"
+    providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+
+    def __init__(self, cache_dir: str | None = None) -> None:
+        self.cache_dir = cache_dir
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._device = "cpu"
+
+    def load(self, model: Any, provider: str, options: Mapping[str, Any]) -> LoadInfo:
+        check_provider(self.name, provider, self.providers)
+        opts = check_options(self.name, options, OPTIONS)
+        if opts["dtype"] not in DTYPES:
+            raise EngineError(
+                f"torch dtype {opts['dtype']!r} is not one of {', '.join(DTYPES)}",
+                title="Unknown engine option",
+            )
+        info = as_model(model, self.cache_dir)
+        self._device = torch_device(provider)
+        set_threads(opts["threads"])
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        start_s = time.perf_counter()
+        try:
+            self._tokenizer = load_tokenizer(info)
+            self._model = AutoModelForCausalLM.from_pretrained(
+                info.path, dtype=getattr(torch, opts["dtype"])
+            ).to(self._device).eval()
+        except torch.OutOfMemoryError as error:
+            raise EngineError(f"out of memory loading {info.spec}", title="Out of memory") from error
+        except (OSError, ValueError) as error:
+            raise EngineError(
+                f"could not load {info.spec} with transformers: {error}",
+                title="Model not loadable",
+            ) from error
+        load_s = time.perf_counter() - start_s
+        return LoadInfo(
+            export_s=0.0,
+            load_s=load_s,
+            export_cache_hit=False,
+            details={
+                "device": self._device,
+                "dtype": opts["dtype"],
+                "threads": torch.get_num_threads(),
+                "attn_implementation": self._model.config._attn_implementation,
+                "model_fingerprint": info.fingerprint,
+            },
+        )
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[RequestRecord]:
+        if self._model is None:
+            raise EngineError("generate called before load", title="Engine not loaded")
+        return hf_generate(self._model, self._tokenizer, prompts, max_new_tokens, self._device)
+
+    def close(self) -> None:
+        device = self._device
+        self._model = None
+        self._tokenizer = None
+        if device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+Engine = TorchEngine
