@@ -126,9 +126,13 @@ class OpenvinoEngine:
     def _compiled_property(self, name: str) -> str | None:
         """A property of the compiled model, as OpenVINO reports it; None if unreadable."""
         try:
-            return str(self._model.request.get_compiled_model().get_property(name))
+            value = self._model.request.get_compiled_model().get_property(name)
         except Exception:  # an older OpenVINO or optimum layout: the record says unknown
             return None
+        # An element type prints as "<Type: 'float32'>"; its short name ("f32") is what
+        # the precision option takes, so the record compares directly with the request.
+        get_type_name = getattr(value, "get_type_name", None)
+        return str(get_type_name()) if callable(get_type_name) else str(value)
 
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[RequestRecord]:
         if self._model is None:

@@ -1,0 +1,245 @@
+"""The ``torchscript`` engine: a ``torch.jit.trace`` of the model, driven by greenmon's own
+autoregressive greedy loop.
+
+Providers: ``cpu``, ``cuda``.  Options: ``dtype`` (``float32`` default, ``bfloat16``,
+``float16``), ``threads`` (torch intra-op threads).
+
+Terms:
+- *traced step*: the traced module maps (input ids, 4D additive attention mask, position
+  ids) to the logits of the last position.  The mask is built outside the trace and passed
+  explicitly: transformers 4.57 builds its own mask with data-dependent Python control flow
+  that tracing cannot follow, so a trace given only the 2D mask fails or bakes in one shape.
+- *no KV cache*: every step re-runs the whole sequence so far (prompt + tokens generated),
+  because a traced module cannot carry transformers' cache objects.  This engine therefore
+  does O(n^2) work in the number of new tokens where the others do O(n); that is what
+  TorchScript serving of these models costs, and it is reported as such, not hidden.
+
+The study this replicates ran one padded forward pass instead of generating; here each of
+the ``max_new_tokens`` steps appends the greedy token (end-of-sequence suppressed, as the
+other engines' ``min_new_tokens`` does) and feeds the sequence back in.
+
+The trace is made once per (model, device, dtype) and cached.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar
+
+from greenmon.engines._cache import cached_export, library_versions
+from greenmon.engines._common import (
+    as_model,
+    check_options,
+    check_provider,
+    load_tokenizer,
+    make_records,
+    set_threads,
+    tokenize_batch,
+)
+from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
+from greenmon.engines.torch_engine import DTYPES, torch_device
+from greenmon.errors import EngineError
+from greenmon.models import ModelInfo
+
+OPTIONS: dict[str, object] = {"dtype": "float32", "threads": None}
+EXPORT_LIBRARIES = ("torch", "transformers")
+TRACE_FILE = "model.pt"
+META_FILE = "trace.json"
+
+
+def causal_mask_4d(attention_mask: Any, dtype: Any) -> Any:
+    """(batch, 1, q, k) additive mask: 0 where key k is a real token at or before q, else min.
+
+    The dtype's minimum rather than -inf, so a left-padding query row (all keys masked)
+    softmaxes to a uniform row instead of NaN; those rows are never read.
+    """
+    import torch
+
+    length = attention_mask.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
+    allowed = causal[None, None, :, :] & attention_mask.bool()[:, None, None, :]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def position_ids_for(attention_mask: Any) -> Any:
+    """Positions counted from each row's first real token (left padding gets 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _step_module(model: Any) -> Any:
+    import inspect
+
+    import torch
+
+    keeps_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    class LastLogits(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, mask_4d: Any, position_ids: Any) -> Any:
+            extra = {"logits_to_keep": 1} if keeps_last else {}
+            logits = self.model(
+                input_ids=input_ids,
+                attention_mask=mask_4d,
+                position_ids=position_ids,
+                use_cache=False,
+                return_dict=False,
+                **extra,
+            )[0]
+            return logits[:, -1, :]
+
+    return LastLogits().eval()
+
+
+def export_torchscript(model: ModelInfo, dest: Path, *, device: str, dtype_name: str) -> None:
+    """Trace ``model`` on ``device`` in ``dtype_name`` and save it to ``dest``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = getattr(torch, dtype_name)
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        model.path, dtype=dtype, attn_implementation="sdpa"
+    ).to(device).eval()
+    # Example inputs with batch 2, one row left-padded: the trace then records the
+    # padding path too, and batch and length stay symbolic.
+    example_mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], device=device)
+    example_ids = torch.full(example_mask.shape, 1, dtype=torch.long, device=device)
+    step = _step_module(hf_model)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every Python-side shape read; with the mask passed in,
+        # none of them decides the result.
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(
+            step,
+            (example_ids, causal_mask_4d(example_mask, dtype), position_ids_for(example_mask)),
+            check_trace=False,
+        )
+    torch.jit.save(traced, str(dest / TRACE_FILE))
+    (dest / META_FILE).write_text(json.dumps({"device": device, "dtype": dtype_name}))
+
+
+class TorchscriptEngine:
+    name: ClassVar[str] = "torchscript"
+    providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+
+    def __init__(self, cache_dir: str | None = None, exporter: Any = None) -> None:
+        self.cache_dir = cache_dir
+        # exporter(model, dest, device=..., dtype_name=...); replaceable to observe exports.
+        self.exporter = exporter or export_torchscript
+        self._module: Any = None
+        self._tokenizer: Any = None
+        self._device = "cpu"
+        self._dtype: Any = None
+        self._eos_ids: list[int] = []
+
+    def load(self, model: Any, provider: str, options: Mapping[str, Any]) -> LoadInfo:
+        check_provider(self.name, provider, self.providers)
+        opts = check_options(self.name, options, OPTIONS)
+        if opts["dtype"] not in DTYPES:
+            raise EngineError(
+                f"torchscript dtype {opts['dtype']!r} is not one of {', '.join(DTYPES)}",
+                title="Unknown engine option",
+            )
+        info = as_model(model, self.cache_dir)
+        self._device = torch_device(provider)
+        set_threads(opts["threads"])
+        import torch
+
+        export = cached_export(
+            info,
+            self.name,
+            {"device": self._device, "dtype": opts["dtype"]},
+            library_versions(*EXPORT_LIBRARIES),
+            partial(self.exporter, device=self._device, dtype_name=opts["dtype"]),
+            cache_dir=self.cache_dir,
+        )
+        start_s = time.perf_counter()
+        try:
+            self._tokenizer = load_tokenizer(info)
+            self._module = torch.jit.load(str(export.path / TRACE_FILE), map_location=self._device)
+            self._module.eval()
+        except (OSError, RuntimeError) as error:
+            raise EngineError(
+                f"could not load the TorchScript trace of {info.spec}: {error}",
+                title="Model not loadable",
+            ) from error
+        load_s = time.perf_counter() - start_s
+        self._dtype = getattr(torch, opts["dtype"])
+        eos = self._tokenizer.eos_token_id
+        self._eos_ids = [] if eos is None else [int(eos)]
+        return LoadInfo(
+            export_s=export.export_s,
+            load_s=load_s,
+            export_cache_hit=export.cache_hit,
+            details={
+                "device": self._device,
+                "dtype": opts["dtype"],
+                "threads": torch.get_num_threads(),
+                "kv_cache": False,
+                "export_dir": str(export.path),
+                "model_fingerprint": info.fingerprint,
+            },
+        )
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[RequestRecord]:
+        if self._module is None:
+            raise EngineError("generate called before load", title="Engine not loaded")
+        if max_new_tokens < 1:
+            raise EngineError("max_new_tokens must be at least 1", title="Invalid request")
+        import torch
+
+        batch = tokenize_batch(self._tokenizer, prompts)
+        input_ids = batch.input_ids.to(self._device)
+        attention_mask = batch.attention_mask.to(self._device)
+        prompt_len = input_ids.shape[1]
+        ttft_ns: int | None = None
+        try:
+            with torch.inference_mode():
+                start_ns = time.monotonic_ns()
+                for step in range(max_new_tokens):
+                    logits = self._module(
+                        input_ids,
+                        causal_mask_4d(attention_mask, self._dtype),
+                        position_ids_for(attention_mask),
+                    )
+                    if self._eos_ids:
+                        logits[:, self._eos_ids] = -float("inf")
+                    next_ids = logits.argmax(dim=-1, keepdim=True)
+                    input_ids = torch.cat([input_ids, next_ids], dim=1)
+                    attention_mask = torch.cat(
+                        [attention_mask, torch.ones_like(next_ids, dtype=attention_mask.dtype)],
+                        dim=1,
+                    )
+                    if step == 0:
+                        # .item() above in argmax's consumer is not forced on CPU, but the
+                        # cat has materialised next_ids; on CUDA wait for the kernel.
+                        if self._device == "cuda":
+                            torch.cuda.synchronize()
+                        ttft_ns = time.monotonic_ns() - start_ns
+                if self._device == "cuda":
+                    torch.cuda.synchronize()
+                end_ns = time.monotonic_ns()
+        except torch.OutOfMemoryError as error:
+            raise EngineError(f"out of memory while generating: {error}", title="Out of memory") from error
+        new_ids = input_ids[:, prompt_len:].tolist()
+        return make_records(self._tokenizer, prompts, batch, new_ids, start_ns, end_ns, ttft_ns)
+
+    def close(self) -> None:
+        device = self._device
+        self._module = None
+        self._tokenizer = None
+        if device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+Engine = TorchscriptEngine
