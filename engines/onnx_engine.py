@@ -65,7 +65,7 @@ def missing_provider_reason(provider: str, available: Sequence[str]) -> str | No
     if wanted in available:
         return None
     return (
-        f"{provider.upper() if provider == 'cuda' else 'TensorRT'} requested but onnxruntime "
+        f"{'CUDA' if provider == 'cuda' else 'TensorRT'} requested but onnxruntime "
         f"has no {wanted} (available: {', '.join(available)}): install greenmon[gpu] "
         "(onnxruntime-gpu) on a machine with an NVIDIA GPU"
     )
