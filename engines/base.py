@@ -1,0 +1,79 @@
+"""The Engine contract: one runtime engine behind load / generate / close.
+
+Terms:
+- *engine*: a runtime (``torch``, ``onnx``, ``openvino``, ``torchscript``).
+- *provider*: where it runs (``cpu``, ``cuda``, and ``tensorrt`` for onnx).
+- *serving configuration*: the pair (engine, provider).
+- *request*: one prompt served; its record says what was done and how long it took.
+
+Every engine decodes greedily and generates exactly ``max_new_tokens`` new tokens per
+request (end-of-sequence does not stop it early), so every configuration does the same
+work.  Heavy libraries are imported inside the engine modules only, inside ``load``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of a workload; ``prompt_id`` is stable across runs (e.g. HumanEval/12)."""
+
+    prompt_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """What one request did.  Times are ``time.monotonic_ns()``."""
+
+    prompt_id: str
+    tokens_in: int
+    tokens_out: int
+    start_ns: int
+    end_ns: int
+    ttft_ns: int | None
+    output_ids: tuple[int, ...]
+    text: str
+
+    @property
+    def output_hash(self) -> str:
+        return hash_token_ids(self.output_ids)
+
+    @property
+    def latency_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
+def hash_token_ids(token_ids: Sequence[int]) -> str:
+    """A short stable hash of generated token ids, to compare outputs across engines."""
+    payload = ",".join(str(int(t)) for t in token_ids).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    """What loading cost and what is actually in force (precision, provider, cache)."""
+
+    export_s: float
+    load_s: float
+    export_cache_hit: bool
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: ClassVar[str]
+    providers: ClassVar[tuple[str, ...]]
+
+    def load(self, model: Any, provider: str, options: Mapping[str, Any]) -> LoadInfo: ...
+
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int
+    ) -> list[RequestRecord]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,61 @@
+"""The ``greenmon`` command.
+
+Each subcommand lives in ``greenmon.commands.<module>`` and is imported only when chosen.
+Errors derived from GreenmonError are printed as one paragraph with their title and exit
+status 2; a KeyboardInterrupt exits with 130.  Nothing else in greenmon prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from greenmon import __version__
+from greenmon.errors import GreenmonError
+
+# subcommand -> (module under greenmon.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "daemon": ("daemon", "run the probes headless and store samples until stopped"),
+    "probes": ("probes", "list every known probe: available here or not, and why"),
+    "sql": ("sql", "run a read-only SQL query on a greenmon database"),
+    "engines": ("engines", "list every engine x provider: usable here or not, and why"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="greenmon",
+        description="Measure the energy, time and utilisation of serving a language model.",
+    )
+    parser.add_argument("--version", action="version", version=f"greenmon {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_module_name, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Parse the command name first, then let only that command's module add its options.
+    if args_list and args_list[0] in COMMANDS:
+        name = args_list[0]
+        module = importlib.import_module(f"greenmon.commands.{COMMANDS[name][0]}")
+        sub_parser = argparse.ArgumentParser(prog=f"greenmon {name}", description=COMMANDS[name][1])
+        module.add_arguments(sub_parser)
+        args = sub_parser.parse_args(args_list[1:])
+        try:
+            return int(module.run(args))
+        except GreenmonError as error:
+            print(f"greenmon: {error.title}: {error.message}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+    parser.parse_args(args_list)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

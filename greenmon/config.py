@@ -1,0 +1,169 @@
+"""TOML configuration files -> validated, typed config.
+
+A config file has a ``[daemon]`` table and one ``[probes.<name>]`` table per probe; every
+probe in ``probes.REGISTRY`` is configured with its defaults unless its table says
+otherwise (``enabled = false`` turns one off).  Unknown keys and wrong types are errors
+that name the key, the file and, where it can be found, the line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import msgspec
+
+from greenmon.errors import ConfigError
+from greenmon.probes import REGISTRY
+from greenmon.probes.options import ProbeOptions
+
+
+class DaemonOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    db: str | None = None
+    flush_interval_s: float = 0.5
+    anchor_interval_s: float = 60.0
+    max_backoff_s: float = 30.0
+    # How long a thread may hold the GIL before another may run (CPython's default is
+    # 5 ms).  A sampler thread woken at its deadline waits for the GIL; 0.5 ms keeps tick
+    # jitter under a millisecond while the writer or an engine is busy in Python.
+    gil_switch_interval_s: float = 0.0005
+
+
+@dataclass
+class Config:
+    daemon: DaemonOptions = field(default_factory=DaemonOptions)
+    probes: dict[str, ProbeOptions] = field(default_factory=dict)
+    source: Path | None = None
+
+    def enabled_probes(self) -> dict[str, ProbeOptions]:
+        return {name: options for name, options in self.probes.items() if options.enabled}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "daemon": msgspec.to_builtins(self.daemon),
+            "probes": {name: msgspec.to_builtins(o) for name, o in self.probes.items()},
+            "source": str(self.source) if self.source else None,
+        }
+
+
+def probe_module(name: str) -> ModuleType:
+    return importlib.import_module(REGISTRY[name])
+
+
+def find_key_line(text: str, dotted_key: str) -> int | None:
+    """The 1-based line where ``dotted_key`` (e.g. ``probes.rapl.rate_hz``) is set.
+
+    TOML parsers do not report positions, so this looks for the key's table header and
+    then the key inside it; good enough to point a person at the right line.
+    """
+    parts = dotted_key.split(".")
+    lines = text.splitlines()
+    for table_len in range(len(parts) - 1, -1, -1):
+        table, rest = parts[:table_len], parts[table_len:]
+        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, table)) + r"\s*\]")
+        key = re.compile(r"^\s*" + r"\s*\.\s*".join(map(re.escape, rest)) + r"\s*=")
+        in_table = table_len == 0
+        for number, line in enumerate(lines, start=1):
+            if re.match(r"^\s*\[", line):
+                in_table = bool(header.match(line)) if table else False
+                if in_table and not rest:
+                    return number
+                continue
+            if in_table and key.match(line):
+                return number
+    return None
+
+
+def _where(source: Path | None, text: str, dotted_key: str) -> str:
+    location = str(source) if source else "the configuration"
+    line = find_key_line(text, dotted_key) if text else None
+    return f"{location}, line {line}" if line else location
+
+
+_MSGSPEC_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]*)`")
+
+
+def convert_table(
+    table: Mapping[str, Any], struct: type[Any], prefix: str, source: Path | None, text: str
+) -> Any:
+    """Decode one TOML table into ``struct``, translating errors to ConfigError."""
+    try:
+        return msgspec.convert(dict(table), type=struct)
+    except msgspec.ValidationError as error:
+        message = str(error)
+        path_match = _MSGSPEC_PATH.search(message)
+        inner = path_match.group(1).replace("[", ".").replace("]", "") if path_match else ""
+        body = _MSGSPEC_PATH.sub("", message)
+        unknown = _UNKNOWN_FIELD.match(body)
+        if unknown:
+            key = ".".join(p for p in (prefix, inner, unknown.group(1)) if p)
+            allowed = ", ".join(sorted(struct.__struct_fields__))
+            raise ConfigError(
+                f"Unknown key '{key}' in {_where(source, text, key)}. "
+                f"Allowed keys there: {allowed}."
+            ) from None
+        key = ".".join(p for p in (prefix, inner) if p)
+        raise ConfigError(
+            f"Wrong value for '{key}' in {_where(source, text, key)}: {body}. "
+            "Fix the value's type (quotes make a string; numbers and true/false take none)."
+        ) from None
+
+
+def parse_config(text: str, source: Path | None = None) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(
+            f"{source or 'The configuration'} is not valid TOML: {error}. "
+            "Fix the syntax at that position (see https://toml.io)."
+        ) from None
+    unknown_top = set(data) - {"daemon", "probes"}
+    if unknown_top:
+        key = sorted(unknown_top)[0]
+        raise ConfigError(
+            f"Unknown key '{key}' in {_where(source, text, key)}. "
+            "Allowed top-level tables: [daemon], [probes.<name>]."
+        )
+    daemon = convert_table(data.get("daemon", {}), DaemonOptions, "daemon", source, text)
+    probe_tables = data.get("probes", {})
+    if not isinstance(probe_tables, dict):
+        raise ConfigError(f"'probes' in {_where(source, text, 'probes')} must be a table.")
+    for name in probe_tables:
+        if name not in REGISTRY:
+            key = f"probes.{name}"
+            raise ConfigError(
+                f"Unknown probe '{name}' in {_where(source, text, key)}. "
+                f"Known probes: {', '.join(sorted(REGISTRY))}."
+            )
+    probes: dict[str, ProbeOptions] = {}
+    for name in REGISTRY:
+        table = probe_tables.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"'probes.{name}' in {_where(source, text, 'probes')} must be a table."
+            )
+        options_type = probe_module(name).Options
+        probes[name] = convert_table(table, options_type, f"probes.{name}", source, text)
+    return Config(daemon=daemon, probes=probes, source=source)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a config file; None gives the defaults (every known probe, default rates)."""
+    if path is None:
+        return parse_config("")
+    config_path = Path(path)
+    try:
+        text = config_path.read_text()
+    except OSError as error:
+        raise ConfigError(
+            f"Cannot read the configuration {config_path}: {error.strerror}. "
+            "Check the path given to --config."
+        ) from None
+    return parse_config(text, config_path)

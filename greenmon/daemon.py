@@ -1,0 +1,239 @@
+"""The daemon: one DuckDB file, one task group, every probe on one clock.
+
+It composes the pieces: it opens the configured probes (a probe that cannot open is
+reported unavailable with its reason and the others go on), registers their channels,
+starts the store writer and one sampler per probe, refreshes the clock anchor every
+minute, and runs *services* (the experiment runner, the local API) beside them.
+
+Shutdown is orderly rather than cancelled: on SIGINT, SIGTERM, the end of ``duration_s``
+or ``request_stop()``, samplers finish their tick and hand off what they hold, every send
+stream closes, and the writer drains and flushes under a shielded scope before the
+session is closed.  That order is what guarantees that no queued sample is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+
+from greenmon.clock import ClockAnchor, now_ns
+from greenmon.config import Config, probe_module
+from greenmon.hostinfo import host_info
+from greenmon.probes.base import Channel, Probe, ProbeUnavailable
+from greenmon.sampling import ProbeHealth, Sampler
+from greenmon.store import Event, SampleBatch, Store, run_writer
+
+Service = Callable[..., Coroutine[Any, Any, None]]
+
+
+@dataclass
+class DaemonSummary:
+    session_id: str
+    duration_s: float
+    samples_written: int
+    probes: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Daemon:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        *,
+        probes: Mapping[str, Probe] | None = None,
+        services: list[Service] | None = None,
+        handle_signals: bool = True,
+        stream_buffer: int = 4096,
+    ) -> None:
+        """``probes`` overrides the configured ones (tests inject fakes here)."""
+        self.store = store
+        self.config = config
+        self._injected = dict(probes) if probes is not None else None
+        self.services = list(services or [])
+        self.handle_signals = handle_signals
+        self.stream_buffer = stream_buffer
+        self.session_id = ""
+        self.samplers: list[Sampler] = []
+        self.channels: dict[int, tuple[str, Channel]] = {}
+        self.unavailable: dict[str, str] = {}
+        self._stop = anyio.Event()
+        self._send: MemoryObjectSendStream[SampleBatch | Event] | None = None
+        self.started = anyio.Event()
+
+    # -- for services --------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def event(self, level: str, message: str, probe: str | None = None) -> None:
+        """Queue an event for the store (from the event loop's thread)."""
+        if self._send is not None:
+            try:
+                self._send.send_nowait(Event(now_ns(), level, probe, message))
+            except (anyio.WouldBlock, anyio.ClosedResourceError):
+                self.store.write(
+                    SampleBatch(), [Event(now_ns(), level, probe, message)], self.session_id
+                )
+
+    def health(self) -> list[dict[str, Any]]:
+        rows = [s.health.as_dict() for s in self.samplers]
+        rows += [
+            ProbeHealth(probe=name, target_hz=0.0, state="unavailable", reason=reason).as_dict()
+            for name, reason in self.unavailable.items()
+        ]
+        return rows
+
+    # -- start-up ----------------------------------------------------------------------
+    def _create_probes(self) -> dict[str, tuple[Probe, float]]:
+        created: dict[str, tuple[Probe, float]] = {}
+        if self._injected is not None:
+            for name, probe in self._injected.items():
+                options = self.config.probes.get(name)
+                rate = options.rate_hz if options and options.rate_hz else probe.default_rate_hz
+                created[name] = (probe, rate)
+            return created
+        for name, options in self.config.enabled_probes().items():
+            try:
+                module = probe_module(name)
+                probe = module.create(options)
+            except Exception as error:
+                self.unavailable[name] = f"{type(error).__name__}: {error}"
+                continue
+            created[name] = (probe, options.rate_hz or probe.default_rate_hz)
+        return created
+
+    def _open_probes(self, send: MemoryObjectSendStream[SampleBatch | Event]) -> list[Event]:
+        events: list[Event] = []
+        for name, (probe, rate_hz) in self._create_probes().items():
+            try:
+                channels = list(probe.open())
+            except ProbeUnavailable as error:
+                self.unavailable[name] = str(error)
+                events.append(Event(now_ns(), "info", name, f"unavailable: {error}"))
+                continue
+            except Exception as error:
+                self.unavailable[name] = f"open failed: {type(error).__name__}: {error}"
+                events.append(Event(now_ns(), "error", name, self.unavailable[name]))
+                continue
+            period_ns = round(1e9 / rate_hz)
+            ids = self.store.register_channels(self.session_id, name, channels, period_ns)
+            for channel_id, channel in zip(ids, channels, strict=True):
+                self.channels[channel_id] = (name, channel)
+            self.samplers.append(
+                Sampler(
+                    probe,
+                    channels,
+                    ids,
+                    rate_hz,
+                    send.clone(),
+                    max_backoff_s=self.config.daemon.max_backoff_s,
+                )
+            )
+            events.append(
+                Event(now_ns(), "info", name, f"sampling {len(channels)} channels at {rate_hz} Hz")
+            )
+        return events
+
+    async def _anchor_loop(self) -> None:
+        interval_s = self.config.daemon.anchor_interval_s
+        while True:
+            await anyio.sleep(interval_s)
+            anchor = ClockAnchor.read()
+            await anyio.to_thread.run_sync(
+                self.store.record_anchor, self.session_id, anchor.t_ns, anchor.anchor_ns
+            )
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                self.event("info", f"received {signal.Signals(signum).name}, stopping")
+                self.request_stop()
+                return
+
+    # -- the run -----------------------------------------------------------------------
+    async def run(
+        self,
+        duration_s: float | None = None,
+        *,
+        task_status: TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED,
+    ) -> DaemonSummary:
+        sys.setswitchinterval(self.config.daemon.gil_switch_interval_s)
+        anchor = ClockAnchor.read()
+        self.session_id = await anyio.to_thread.run_sync(
+            lambda: self.store.start_session(
+                host_info(), anchor.t_ns, anchor.anchor_ns, self.config.as_dict()
+            )
+        )
+        send, receive = anyio.create_memory_object_stream[SampleBatch | Event](
+            max_buffer_size=self.stream_buffer
+        )
+        self._send = send
+        start_events = self._open_probes(send)
+        limiter = anyio.CapacityLimiter(max(1, len(self.samplers)))
+        written = 0
+
+        async def writer(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            nonlocal written
+            written = await run_writer(
+                self.store,
+                self.session_id,
+                receive,
+                flush_interval_s=self.config.daemon.flush_interval_s,
+                task_status=task_status,
+            )
+
+        started_ns = now_ns()
+        async with anyio.create_task_group() as group:
+            await group.start(writer)
+            for event in start_events:
+                send.send_nowait(event)
+            for sampler in self.samplers:
+                group.start_soon(sampler.run, limiter)
+            helpers = anyio.CancelScope()
+
+            async def run_helpers() -> None:
+                with helpers:
+                    async with anyio.create_task_group() as inner:
+                        inner.start_soon(self._anchor_loop)
+                        if self.handle_signals:
+                            inner.start_soon(self._watch_signals)
+                        for service in self.services:
+                            await inner.start(service, self)
+                        self.started.set()
+                        task_status.started(self)
+                        await anyio.sleep_forever()
+
+            group.start_soon(run_helpers)
+            try:
+                with anyio.move_on_after(duration_s):
+                    await self._stop.wait()
+            finally:
+                self._stop.set()
+                for sampler in self.samplers:
+                    sampler.stop()
+                helpers.cancel()
+                self._send = None
+                send.close()
+        ended_ns = now_ns()
+        for sampler in self.samplers:
+            with contextlib.suppress(Exception):
+                sampler.probe.close()
+        await anyio.to_thread.run_sync(self.store.end_session, self.session_id, ended_ns)
+        return DaemonSummary(
+            session_id=self.session_id,
+            duration_s=(ended_ns - started_ns) / 1e9,
+            samples_written=written,
+            probes=self.health(),
+        )

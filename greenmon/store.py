@@ -1,0 +1,515 @@
+"""The DuckDB store: schema, migrations, the single writer, and read-only access.
+
+DuckDB allows one read-write process per file.  The daemon holds it through one ``Store``;
+within the daemon every write goes through this module's methods, serialised by one lock,
+and samples arrive in batches from the writer task (``run_writer``), which flushes by size
+or at least every ``flush_interval_s`` in one transaction.  Everything else opens the file
+read-only (``Store.open(path, read_only=True)``) or asks the daemon.
+
+Terms:
+- *session*: one daemon run on one host: its hardware, versions and clock anchor.  Every
+  row reaches its session (samples through their channel), so files from many hosts can
+  later be read as one dataset.
+- *channel*: one probe quantity within a session (probes/base.py); *sample*: one reading
+  ``(channel_id, t_ns, value)`` in long format; *event*: something a person should know
+  about a session (probe errors, gaps, restarts), stamped on the same clock.
+- *experiment*, *unit*, *phase*, *request*: the runner's records (greenmon/runner.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import duckdb
+import pyarrow as pa
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from greenmon.errors import DatabaseLockedError, StoreError
+from greenmon.probes.base import Channel
+
+APP_ID = "greenmon"
+SCHEMA_VERSION = 1
+
+# Each entry migrates from version i to i + 1.  Never edit a landed entry: append one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE greenmon_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+    CREATE TABLE sessions (
+        session_id      VARCHAR PRIMARY KEY,
+        host            VARCHAR,
+        os              VARCHAR,
+        kernel          VARCHAR,
+        cpu_model       VARCHAR,
+        cores_logical   INTEGER,
+        cores_physical  INTEGER,
+        ram_bytes       BIGINT,
+        python          VARCHAR,
+        versions        JSON,
+        boot_id         VARCHAR,
+        config          JSON,
+        started_ns      BIGINT,
+        ended_ns        BIGINT,
+        clock_anchor_ns BIGINT,
+        started_at      TIMESTAMPTZ
+    );
+    CREATE TABLE clock_anchors (session_id VARCHAR, t_ns BIGINT, anchor_ns BIGINT);
+    CREATE SEQUENCE channel_id_seq START 1;
+    CREATE TABLE channels (
+        channel_id INTEGER PRIMARY KEY,
+        session_id VARCHAR NOT NULL,
+        probe      VARCHAR NOT NULL,
+        name       VARCHAR NOT NULL,
+        unit       VARCHAR NOT NULL,
+        kind       VARCHAR NOT NULL CHECK (kind IN ('counter', 'gauge')),
+        domain     VARCHAR,
+        period_ns  BIGINT,
+        estimated  BOOLEAN NOT NULL DEFAULT false,
+        metadata   JSON
+    );
+    CREATE TABLE samples (channel_id INTEGER NOT NULL, t_ns BIGINT NOT NULL, value DOUBLE);
+    CREATE TABLE events (
+        session_id VARCHAR, t_ns BIGINT, level VARCHAR, probe VARCHAR, message VARCHAR
+    );
+    CREATE TABLE experiments (
+        experiment_id VARCHAR PRIMARY KEY,
+        session_id    VARCHAR,
+        name          VARCHAR,
+        plan_path     VARCHAR,
+        plan_hash     VARCHAR,
+        plan_toml     VARCHAR,
+        plan          JSON,
+        seed          BIGINT,
+        order_kind    VARCHAR,
+        status        VARCHAR,
+        created_ns    BIGINT,
+        finished_ns   BIGINT
+    );
+    CREATE TABLE units (
+        experiment_id      VARCHAR NOT NULL,
+        unit_id            INTEGER NOT NULL,
+        model              VARCHAR NOT NULL,
+        engine             VARCHAR NOT NULL,
+        provider           VARCHAR NOT NULL,
+        repetition         INTEGER NOT NULL,
+        factors            JSON,
+        status             VARCHAR NOT NULL,
+        attempt            INTEGER NOT NULL DEFAULT 0,
+        reason             VARCHAR,
+        session_id         VARCHAR,
+        started_ns         BIGINT,
+        ended_ns           BIGINT,
+        params             BIGINT,
+        size_category      INTEGER,
+        load_info          JSON,
+        fidelity_share     DOUBLE,
+        fidelity_first_divergence INTEGER,
+        PRIMARY KEY (experiment_id, unit_id)
+    );
+    CREATE SEQUENCE phase_id_seq START 1;
+    CREATE TABLE phases (
+        phase_id      BIGINT PRIMARY KEY DEFAULT nextval('phase_id_seq'),
+        experiment_id VARCHAR NOT NULL,
+        unit_id       INTEGER NOT NULL,
+        attempt       INTEGER NOT NULL,
+        phase         VARCHAR NOT NULL,
+        session_id    VARCHAR,
+        start_ns      BIGINT NOT NULL,
+        end_ns        BIGINT
+    );
+    CREATE TABLE requests (
+        experiment_id     VARCHAR NOT NULL,
+        unit_id           INTEGER NOT NULL,
+        attempt           INTEGER NOT NULL,
+        phase             VARCHAR NOT NULL,
+        prompt_id         VARCHAR NOT NULL,
+        tokens_in         INTEGER,
+        tokens_out        INTEGER,
+        start_ns          BIGINT,
+        end_ns            BIGINT,
+        ttft_ns           BIGINT,
+        output_hash       VARCHAR,
+        text              VARCHAR,
+        identical_share   DOUBLE,
+        first_divergence  INTEGER
+    );
+    """,
+]
+
+_LOCK_PATTERN = re.compile(r"(Conflicting lock|Could not set lock|lock on file)", re.I)
+_PID_PATTERN = re.compile(r"PID (\d+)")
+_DUCKDB_MAGIC = b"DUCK"
+
+
+@dataclass
+class SampleBatch:
+    """Samples in column form, as the writer ingests them (one Arrow batch per flush)."""
+
+    channel_ids: list[int] = field(default_factory=list)
+    t_ns: list[int] = field(default_factory=list)
+    values: list[float | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.t_ns)
+
+    def extend(self, other: SampleBatch) -> None:
+        self.channel_ids.extend(other.channel_ids)
+        self.t_ns.extend(other.t_ns)
+        self.values.extend(other.values)
+
+    def append_row(
+        self, t_ns: int, channel_ids: Sequence[int], values: Iterable[float | None]
+    ) -> None:
+        for channel_id, value in zip(channel_ids, values, strict=True):
+            if value is None:
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                continue
+            self.channel_ids.append(channel_id)
+            self.t_ns.append(t_ns)
+            self.values.append(float(value))
+
+    def to_arrow(self) -> pa.Table:
+        return pa.table(
+            {
+                "channel_id": pa.array(self.channel_ids, pa.int32()),
+                "t_ns": pa.array(self.t_ns, pa.int64()),
+                "value": pa.array(self.values, pa.float64()),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    t_ns: int
+    level: str  # "info" | "warning" | "error"
+    probe: str | None
+    message: str
+
+
+def _explain_open_error(path: Path, error: duckdb.Error) -> StoreError:
+    text = str(error)
+    if _LOCK_PATTERN.search(text):
+        pid = _PID_PATTERN.search(text)
+        holder = f" (process {pid.group(1)})" if pid else ""
+        return DatabaseLockedError(
+            f"{path} is held by a running greenmon daemon{holder}. Ask the daemon instead "
+            "(`greenmon status`, or `greenmon sql` once it serves its API), stop it with "
+            "Ctrl-C or SIGTERM, or point --db at another file."
+        )
+    return StoreError(f"Could not open {path}: {text.splitlines()[0]}")
+
+
+def _check_file_is_duckdb(path: Path) -> None:
+    with path.open("rb") as handle:
+        header = handle.read(16)
+    if header[8:12] != _DUCKDB_MAGIC:
+        raise StoreError(
+            f"{path} is not a DuckDB database, so it is not a greenmon database either. "
+            "It was left untouched; pass --db with a new or existing greenmon file."
+        )
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection, path: Path) -> int | None:
+    """The file's greenmon schema version; None for an empty database."""
+    tables = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if "greenmon_meta" not in tables:
+        if tables:
+            raise StoreError(
+                f"{path} is a DuckDB database but not a greenmon one (it has tables "
+                f"{', '.join(sorted(tables)[:5])} and no greenmon_meta). It was left "
+                "untouched; pass --db with a new or existing greenmon file."
+            )
+        return None
+    rows = dict(con.execute("SELECT key, value FROM greenmon_meta").fetchall())
+    if rows.get("app") != APP_ID or "schema_version" not in rows:
+        raise StoreError(f"{path} has a greenmon_meta table that greenmon did not write.")
+    return int(rows["schema_version"])
+
+
+class Store:
+    """One open greenmon database.  Thread-safe: every statement runs under ``lock``."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -> None:
+        self.con = con
+        self.path = path
+        self.read_only = read_only
+        self.lock = threading.RLock()
+
+    # -- opening ---------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, *, read_only: bool = False) -> Store:
+        """Open (or, read-write, create) a greenmon database.
+
+        The schema version is checked on a read-only connection first, so a foreign file or
+        one written by a newer greenmon is refused without a single byte written to it.
+        """
+        db_path = Path(path)
+        exists = db_path.exists() and db_path.stat().st_size > 0
+        if exists:
+            _check_file_is_duckdb(db_path)
+            try:
+                probe_con = duckdb.connect(str(db_path), read_only=True)
+            except duckdb.Error as error:
+                raise _explain_open_error(db_path, error) from None
+            try:
+                version = _schema_version(probe_con, db_path)
+            finally:
+                probe_con.close()
+            if version is not None and version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{db_path} was written by a newer greenmon (schema version {version}; "
+                    f"this greenmon knows up to {SCHEMA_VERSION}). Upgrade greenmon to read "
+                    "it; the file was left untouched."
+                )
+        elif read_only:
+            raise StoreError(
+                f"{db_path} does not exist. Run `greenmon daemon --db {db_path}` or "
+                "`greenmon demo` first, or pass --db with an existing file."
+            )
+        else:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            version = None
+        try:
+            con = duckdb.connect(str(db_path), read_only=read_only)
+        except duckdb.Error as error:
+            raise _explain_open_error(db_path, error) from None
+        store = cls(con, db_path, read_only)
+        # pyarrow initialises itself on first use for ~0.3 s while holding the GIL; do it
+        # now, before any sampler thread runs, not in the middle of the first flush.
+        SampleBatch().to_arrow()
+        if not read_only:
+            store._migrate(version or 0)
+        return store
+
+    def _migrate(self, from_version: int) -> None:
+        with self.lock:
+            for version in range(from_version, SCHEMA_VERSION):
+                self.con.execute("BEGIN TRANSACTION")
+                try:
+                    self.con.execute(MIGRATIONS[version])
+                    if version == 0:
+                        self.con.execute("INSERT INTO greenmon_meta VALUES ('app', ?)", [APP_ID])
+                        self.con.execute(
+                            "INSERT INTO greenmon_meta VALUES ('schema_version', ?)",
+                            [str(version + 1)],
+                        )
+                    else:
+                        self.con.execute(
+                            "UPDATE greenmon_meta SET value = ? WHERE key = 'schema_version'",
+                            [str(version + 1)],
+                        )
+                    self.con.execute("COMMIT")
+                except BaseException:
+                    self.con.execute("ROLLBACK")
+                    raise
+            from greenmon.views import create_views
+
+            create_views(self.con)
+
+    def close(self) -> None:
+        with self.lock:
+            self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sessions, channels, events ------------------------------------------------
+    def start_session(
+        self, info: Mapping[str, Any], anchor_t_ns: int, anchor_ns: int, config: Any = None
+    ) -> str:
+        session_id = uuid.uuid4().hex
+        with self.lock:
+            self.con.execute(
+                """INSERT INTO sessions (session_id, host, os, kernel, cpu_model, cores_logical,
+                       cores_physical, ram_bytes, python, versions, boot_id, config,
+                       started_ns, clock_anchor_ns, started_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(? / 1e9))""",
+                [
+                    session_id,
+                    info.get("host"),
+                    info.get("os"),
+                    info.get("kernel"),
+                    info.get("cpu_model"),
+                    info.get("cores_logical"),
+                    info.get("cores_physical"),
+                    info.get("ram_bytes"),
+                    info.get("python"),
+                    json.dumps(info.get("versions", {})),
+                    info.get("boot_id"),
+                    json.dumps(config, default=str),
+                    anchor_t_ns,
+                    anchor_ns,
+                    anchor_t_ns + anchor_ns,
+                ],
+            )
+            self.con.execute(
+                "INSERT INTO clock_anchors VALUES (?, ?, ?)", [session_id, anchor_t_ns, anchor_ns]
+            )
+        return session_id
+
+    def record_anchor(self, session_id: str, t_ns: int, anchor_ns: int) -> None:
+        with self.lock:
+            self.con.execute(
+                "INSERT INTO clock_anchors VALUES (?, ?, ?)", [session_id, t_ns, anchor_ns]
+            )
+
+    def end_session(self, session_id: str, t_ns: int) -> None:
+        with self.lock:
+            self.con.execute(
+                "UPDATE sessions SET ended_ns = ? WHERE session_id = ?", [t_ns, session_id]
+            )
+
+    def register_channels(
+        self, session_id: str, probe: str, channels: Sequence[Channel], period_ns: int
+    ) -> list[int]:
+        ids: list[int] = []
+        with self.lock:
+            for channel in channels:
+                row = self.con.execute(
+                    """INSERT INTO channels (channel_id, session_id, probe, name, unit, kind,
+                           domain, period_ns, estimated, metadata)
+                       VALUES (nextval('channel_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       RETURNING channel_id""",
+                    [
+                        session_id,
+                        probe,
+                        channel.name,
+                        channel.unit,
+                        channel.kind,
+                        channel.domain,
+                        period_ns,
+                        channel.estimated,
+                        json.dumps(dict(channel.metadata), default=str),
+                    ],
+                ).fetchone()
+                assert row is not None
+                ids.append(int(row[0]))
+        return ids
+
+    def update_channel_metadata(self, channel_id: int, metadata: Mapping[str, Any]) -> None:
+        with self.lock:
+            self.con.execute(
+                "UPDATE channels SET metadata = ? WHERE channel_id = ?",
+                [json.dumps(dict(metadata), default=str), channel_id],
+            )
+
+    def write(self, samples: SampleBatch, events: Sequence[Event], session_id: str) -> None:
+        """Write one batch of samples and events in one transaction."""
+        if not len(samples) and not events:
+            return
+        with self.lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                if len(samples):
+                    batch = samples.to_arrow()
+                    self.con.register("greenmon_batch", batch)
+                    try:
+                        self.con.execute("INSERT INTO samples SELECT * FROM greenmon_batch")
+                    finally:
+                        self.con.unregister("greenmon_batch")
+                if events:
+                    self.con.executemany(
+                        "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                        [[session_id, e.t_ns, e.level, e.probe, e.message] for e in events],
+                    )
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run one statement under the lock and return its rows (runner bookkeeping)."""
+        with self.lock:
+            return self.con.execute(sql, params or []).fetchall()
+
+    # -- reading -----------------------------------------------------------------------
+    def query(
+        self, sql: str, params: Sequence[Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        with self.lock:
+            cursor = self.con.cursor()
+        try:
+            result = cursor.execute(sql, params or [])
+            columns = [d[0] for d in result.description or []]
+            return columns, result.fetchall()
+        finally:
+            cursor.close()
+
+
+async def run_writer(
+    store: Store,
+    session_id: str,
+    receive: MemoryObjectReceiveStream[SampleBatch | Event],
+    *,
+    flush_interval_s: float = 0.5,
+    max_batch_rows: int = 100_000,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> int:
+    """The only writer of samples: consume batches and events, flush in transactions.
+
+    Flushes when ``max_batch_rows`` samples are pending or ``flush_interval_s`` has passed
+    since the last flush.  Ends when every sender has closed the stream; the final flush
+    (and a drain of anything still queued when cancelled) runs shielded, so SIGINT or
+    SIGTERM loses nothing that reached the stream.  Returns the number of samples written.
+    """
+    pending = SampleBatch()
+    pending_events: list[Event] = []
+    written = 0
+
+    async def flush() -> None:
+        nonlocal pending, pending_events, written
+        if not len(pending) and not pending_events:
+            return
+        batch, events = pending, pending_events
+        pending, pending_events = SampleBatch(), []
+        await anyio.to_thread.run_sync(store.write, batch, events, session_id)
+        written += len(batch)
+
+    def take(item: SampleBatch | Event) -> None:
+        if isinstance(item, Event):
+            pending_events.append(item)
+        else:
+            pending.extend(item)
+
+    task_status.started()
+    try:
+        while True:
+            deadline = anyio.current_time() + flush_interval_s
+            ended = False
+            while len(pending) < max_batch_rows:
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
+                    break
+                with anyio.move_on_after(remaining):
+                    try:
+                        take(await receive.receive())
+                    except anyio.EndOfStream:
+                        ended = True
+                        break
+            await flush()
+            if ended:
+                break
+    finally:
+        # Drain before closing: items already in the stream's buffer are measurements.
+        with anyio.CancelScope(shield=True):
+            while True:
+                try:
+                    take(receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+            receive.close()
+            await flush()
+    return written

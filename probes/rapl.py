@@ -1,0 +1,180 @@
+"""RAPL probe: CPU package, core, uncore, DRAM and platform energy from powercap sysfs.
+
+The kernel exposes each RAPL *zone* as a directory under ``/sys/class/powercap``:
+``intel-rapl:N`` (a package, through MSRs), ``intel-rapl:N:M`` (its subzones: core, uncore,
+dram) and, on newer Intel parts, ``intel-rapl-mmio:N`` (the same package through MMIO).
+A zone's ``name`` says what it is (``package-0``, ``core``, ``uncore``, ``dram``, ``psys``);
+``energy_uj`` is a counter in µJ that wraps at ``max_energy_range_uj``.  The probe stores
+the raw counter (kind ``counter``, metadata ``counter_range``) and greenmon/energy.py
+wrap-corrects deltas, so nothing is integrated here.
+
+When both the MSR and the MMIO view of a package exist, the MMIO zone is skipped: it
+measures the same energy, and keeping both would count the package twice.
+
+Reads use ``os.pread`` on descriptors kept open from ``open()``: about 0.3 µs per read on
+these machines, against 2.3 µs for open/read/close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from greenmon.probes.base import Channel, ProbeLost, ProbeUnavailable, Values
+from greenmon.probes.options import ProbeOptions
+
+DEFAULT_SYSFS_ROOT = "/sys/class/powercap"
+_ZONE_DIR = re.compile(r"^(intel-rapl|intel-rapl-mmio):(\d+)(?::(\d+))?$")
+
+# Zone name -> energy domain (probes/base.py); unknown names are kept with no domain.
+_DOMAINS = {"core": "cpu_core", "uncore": "cpu_uncore", "dram": "dram", "psys": "psys"}
+
+PERMISSION_HELP = (
+    "{path} is readable only by root: since the 2020 PLATYPUS disclosure (CVE-2020-8694) "
+    "kernels restrict RAPL energy_uj. Grant read access to the user running greenmon, "
+    'e.g. a udev rule  ACTION=="add", SUBSYSTEM=="powercap", '
+    'RUN+="/bin/chmod g+r /sys%p/energy_uj", RUN+="/bin/chgrp power /sys%p/energy_uj"  '
+    "with that user in group 'power' (or, for one boot, `sudo chmod o+r "
+    "/sys/class/powercap/intel-rapl:*/energy_uj /sys/class/powercap/intel-rapl:*:*/energy_uj`)"
+    ", or run the daemon as root."
+)
+
+
+class Options(ProbeOptions, kw_only=True, forbid_unknown_fields=True):
+    sysfs_root: str = DEFAULT_SYSFS_ROOT
+    # Read subzones (core, uncore, dram) as well as packages.
+    subzones: bool = True
+
+
+@dataclass(frozen=True)
+class Zone:
+    path: Path
+    interface: str  # "intel-rapl" | "intel-rapl-mmio"
+    name: str
+    parent_name: str | None
+    max_energy_range_uj: int
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text().strip()
+
+
+def discover_zones(root: Path, *, subzones: bool = True) -> list[Zone]:
+    """Every distinct RAPL zone under ``root``, MSR view preferred over MMIO."""
+    if not root.is_dir():
+        return []
+    entries: list[tuple[str, int, int | None, Path]] = []
+    for entry in sorted(root.iterdir()):
+        match = _ZONE_DIR.match(entry.name)
+        if match and (entry / "name").exists():
+            sub = None if match.group(3) is None else int(match.group(3))
+            entries.append((match.group(1), int(match.group(2)), sub, entry))
+    names: dict[tuple[str, int], str] = {
+        (iface, idx): _read_text(path / "name") for iface, idx, sub, path in entries if sub is None
+    }
+    msr_packages = {name for (iface, _), name in names.items() if iface == "intel-rapl"}
+    zones: list[Zone] = []
+    for iface, idx, sub, path in entries:
+        if sub is not None and not subzones:
+            continue
+        top_name = names.get((iface, idx))
+        if iface == "intel-rapl-mmio" and top_name in msr_packages:
+            continue  # same package, already read through MSRs
+        name = _read_text(path / "name")
+        range_path = path / "max_energy_range_uj"
+        max_range = int(_read_text(range_path)) if range_path.exists() else 0
+        zones.append(
+            Zone(
+                path=path,
+                interface=iface,
+                name=name,
+                parent_name=None if sub is None else top_name,
+                max_energy_range_uj=max_range,
+            )
+        )
+    return zones
+
+
+def zone_channel(zone: Zone) -> Channel:
+    if zone.parent_name is None:
+        label = zone.name
+        domain = "cpu" if zone.name.startswith("package") else _DOMAINS.get(zone.name)
+    else:
+        label = f"{zone.parent_name}/{zone.name}"
+        domain = _DOMAINS.get(zone.name)
+    metadata: dict[str, object] = {
+        "zone": zone.path.name,
+        "max_energy_range_uj": zone.max_energy_range_uj,
+    }
+    if zone.max_energy_range_uj > 0:
+        # RAPL counters wrap at max_energy_range_uj: the delta after a wrap is
+        # (new - old + range), which greenmon/energy.py adds back.
+        metadata["counter_range"] = zone.max_energy_range_uj + 1
+    return Channel(f"{label}.energy_uj", "uJ", "counter", domain=domain, metadata=metadata)
+
+
+class RaplProbe:
+    name: ClassVar[str] = "rapl"
+    default_rate_hz: ClassVar[float] = 50.0
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options or Options()
+        self._fds: list[int] = []
+        self._paths: list[Path] = []
+
+    def open(self) -> Sequence[Channel]:
+        root = Path(self.options.sysfs_root)
+        zones = discover_zones(root, subzones=self.options.subzones)
+        if not zones:
+            raise ProbeUnavailable(
+                f"no RAPL zones under {root}: this machine exposes no powercap energy "
+                "counters (a virtual machine, a CPU without RAPL, or the intel_rapl_common / "
+                "intel_rapl_msr modules not loaded: try `sudo modprobe intel_rapl_msr`). "
+                "Use EnergiBridge or the estimate probe instead."
+            )
+        channels: list[Channel] = []
+        try:
+            for zone in zones:
+                energy_path = zone.path / "energy_uj"
+                try:
+                    fd = os.open(energy_path, os.O_RDONLY)
+                    os.pread(fd, 32, 0)
+                except PermissionError:
+                    raise ProbeUnavailable(PERMISSION_HELP.format(path=energy_path)) from None
+                except OSError as error:
+                    # Some subzones exist but cannot be read (e.g. dram on client parts):
+                    # skip them rather than lose the package.
+                    if zone.parent_name is None:
+                        raise ProbeUnavailable(f"cannot read {energy_path}: {error}") from None
+                    continue
+                self._fds.append(fd)
+                self._paths.append(energy_path)
+                channels.append(zone_channel(zone))
+        except BaseException:
+            self.close()
+            raise
+        return channels
+
+    def read(self) -> Values:
+        values: list[float | None] = []
+        for fd, path in zip(self._fds, self._paths, strict=True):
+            try:
+                values.append(float(os.pread(fd, 32, 0)))
+            except PermissionError:
+                raise ProbeLost(PERMISSION_HELP.format(path=path)) from None
+        return values
+
+    def close(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds, self._paths = [], []
+
+
+def create(options: Options) -> RaplProbe:
+    return RaplProbe(options)

@@ -1,0 +1,61 @@
+"""Config files: typed, unknown keys and wrong types named with file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from greenmon.config import find_key_line, load_config, parse_config
+from greenmon.errors import ConfigError
+from greenmon.probes.rapl import Options as RaplOptions
+
+
+def test_defaults_configure_every_known_probe() -> None:
+    config = parse_config("")
+    assert {"host", "rapl"} <= set(config.probes)
+    assert config.daemon.flush_interval_s == 0.5
+
+
+def test_probe_options_are_typed(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[probes.rapl]\nrate_hz = 100\nsysfs_root = "/tmp/x"\n[probes.host]\nenabled = false\n'
+    )
+    config = load_config(path)
+    rapl = config.probes["rapl"]
+    assert isinstance(rapl, RaplOptions) and rapl.rate_hz == 100 and rapl.sysfs_root == "/tmp/x"
+    assert "host" not in config.enabled_probes()
+
+
+def test_unknown_key_names_key_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[daemon]\nflush_interval_s = 1\n\n[probes.rapl]\nrate_hz = 5\nsysfs_rot = "/x"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "probes.rapl.sysfs_rot" in message and str(path) in message and "line 6" in message
+    assert "sysfs_root" in message  # the allowed keys are listed
+
+
+def test_wrong_type_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[probes.host]\nrate_hz = "fast"\n')
+    with pytest.raises(ConfigError, match=r"probes\.host\.rate_hz.*line 2"):
+        load_config(path)
+
+
+def test_unknown_probe_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="Unknown probe 'ups'"):
+        parse_config("[probes.ups]\nrate_hz = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse_config("[probes.host\n")
+
+
+def test_find_key_line() -> None:
+    text = "[a]\nx = 1\n[b.c]\n y = 2\n"
+    assert find_key_line(text, "b.c.y") == 4
+    assert find_key_line(text, "a.x") == 2
+    assert find_key_line(text, "a.z") is None
