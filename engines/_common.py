@@ -60,7 +60,7 @@ def load_tokenizer(model: ModelInfo) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model.path)
+        tokenizer = AutoTokenizer.from_pretrained(model.path)  # type: ignore[no-untyped-call]
     except Exception as error:
         raise EngineError(
             f"no usable tokenizer in {model.path}: {error}", title="Model not loadable"
@@ -159,7 +159,7 @@ def _first_token_streamer() -> Any:
 def greedy_config(tokenizer: Any, max_new_tokens: int) -> Any:
     from transformers import GenerationConfig
 
-    return GenerationConfig(
+    return GenerationConfig(  # type: ignore[no-untyped-call]
         max_new_tokens=max_new_tokens,
         min_new_tokens=max_new_tokens,
         do_sample=False,
@@ -200,7 +200,9 @@ def hf_generate(
             )
             end_ns = time.monotonic_ns()
     except torch.OutOfMemoryError as error:
-        raise EngineError(f"out of memory while generating: {error}", title="Out of memory") from error
+        raise EngineError(
+                f"out of memory while generating: {error}", title="Out of memory"
+            ) from error
     new_ids = output[:, input_ids.shape[1]:].tolist()
     ttft = None if streamer.first_token_ns is None else streamer.first_token_ns - start_ns
     return make_records(tokenizer, prompts, batch, new_ids, start_ns, end_ns, ttft)

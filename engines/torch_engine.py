@@ -71,9 +71,11 @@ class TorchEngine:
             self._tokenizer = load_tokenizer(info)
             self._model = AutoModelForCausalLM.from_pretrained(
                 info.path, dtype=getattr(torch, opts["dtype"])
-            ).to(self._device).eval()
+            ).to(self._device).eval()  # type: ignore[arg-type]
         except torch.OutOfMemoryError as error:
-            raise EngineError(f"out of memory loading {info.spec}", title="Out of memory") from error
+            raise EngineError(
+                f"out of memory loading {info.spec}", title="Out of memory"
+            ) from error
         except (OSError, ValueError) as error:
             raise EngineError(
                 f"could not load {info.spec} with transformers: {error}",

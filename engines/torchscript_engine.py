@@ -107,7 +107,7 @@ def export_torchscript(model: ModelInfo, dest: Path, *, device: str, dtype_name:
     dtype = getattr(torch, dtype_name)
     hf_model = AutoModelForCausalLM.from_pretrained(
         model.path, dtype=dtype, attn_implementation="sdpa"
-    ).to(device).eval()
+    ).to(device).eval()  # type: ignore[arg-type]
     # Example inputs with batch 2, one row left-padded: the trace then records the
     # padding path too, and batch and length stay symbolic.
     example_mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], device=device)
@@ -117,7 +117,7 @@ def export_torchscript(model: ModelInfo, dest: Path, *, device: str, dtype_name:
         # The tracer warns about every Python-side shape read; with the mask passed in,
         # none of them decides the result.
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(
+        traced = torch.jit.trace(  # type: ignore[no-untyped-call]
             step,
             (example_ids, causal_mask_4d(example_mask, dtype), position_ids_for(example_mask)),
             check_trace=False,
@@ -164,7 +164,9 @@ class TorchscriptEngine:
         start_s = time.perf_counter()
         try:
             self._tokenizer = load_tokenizer(info)
-            self._module = torch.jit.load(str(export.path / TRACE_FILE), map_location=self._device)
+            self._module = torch.jit.load(  # type: ignore[no-untyped-call]
+                str(export.path / TRACE_FILE), map_location=self._device
+            )
             self._module.eval()
         except (OSError, RuntimeError) as error:
             raise EngineError(
@@ -228,7 +230,9 @@ class TorchscriptEngine:
                     torch.cuda.synchronize()
                 end_ns = time.monotonic_ns()
         except torch.OutOfMemoryError as error:
-            raise EngineError(f"out of memory while generating: {error}", title="Out of memory") from error
+            raise EngineError(
+                f"out of memory while generating: {error}", title="Out of memory"
+            ) from error
         new_ids = input_ids[:, prompt_len:].tolist()
         return make_records(self._tokenizer, prompts, batch, new_ids, start_ns, end_ns, ttft_ns)
 

@@ -99,7 +99,9 @@ def compare_unit(
 
 
 def reference_path(
-    model: ModelInfo, prompts: Sequence[Prompt], max_new_tokens: int,
+    model: ModelInfo,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     key = f"{model.fingerprint}-{prompts_fingerprint(prompts)}-{max_new_tokens}"

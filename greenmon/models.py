@@ -1,8 +1,9 @@
 """Models: what a model spec names, where its files are, and how big it is.
 
 Terms:
-- *model spec*: what a person writes in a plan: a Hugging Face id (``Salesforce/codegen-350M-mono``),
-  a local directory, or a built-in name (``tiny``, ``tiny-20m``).
+- *model spec*: what a person writes in a plan: a Hugging Face id
+  (``Salesforce/codegen-350M-mono``), a local directory, or a built-in name (``tiny``,
+  ``tiny-20m``).
 - *built-in model*: a small Llama-architecture causal LM with random weights from a fixed
   seed and a byte-level BPE tokenizer trained on HumanEval text.  greenmon builds it on first
   use and caches it as an ordinary model directory, so every engine loads it like any other.
@@ -58,11 +59,19 @@ class BuiltinRecipe:
 
 BUILTIN_MODELS: dict[str, BuiltinRecipe] = {
     "tiny": BuiltinRecipe(
-        hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
         vocab_size=1024,
     ),
     "tiny-20m": BuiltinRecipe(
-        hidden_size=384, intermediate_size=1536, num_layers=8, num_heads=6, num_kv_heads=6,
+        hidden_size=384,
+        intermediate_size=1536,
+        num_layers=8,
+        num_heads=6,
+        num_kv_heads=6,
         vocab_size=2048,
     ),
 }
@@ -97,9 +106,7 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return base / "greenmon"
 
 
-def size_category(
-    param_count: int, thresholds: tuple[int, int] = DEFAULT_SIZE_THRESHOLDS
-) -> int:
+def size_category(param_count: int, thresholds: tuple[int, int] = DEFAULT_SIZE_THRESHOLDS) -> int:
     """The study's size category (1, 2 or 3) for a parameter count."""
     small_max, medium_max = thresholds
     if param_count <= small_max:
@@ -227,12 +234,12 @@ def humaneval_texts() -> list[str]:
     return [p["prompt"] + p["canonical_solution"] for p in problems.values()]
 
 
-def build_builtin_model(
-    name: str, *, cache_dir: str | os.PathLike[str] | None = None
-) -> Path:
+def build_builtin_model(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Build (once) and return the directory of a built-in model."""
     recipe = BUILTIN_MODELS[name]
-    dest = cache_root(cache_dir) / "models" / f"{name}-v{_BUILTIN_RECIPE_VERSION}-seed{BUILTIN_SEED}"
+    dest = (
+        cache_root(cache_dir) / "models" / f"{name}-v{_BUILTIN_RECIPE_VERSION}-seed{BUILTIN_SEED}"
+    )
     if (dest / "config.json").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +277,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
         show_progress=False,
     )
     tokenizer.train_from_iterator(list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         bos_token="<|endoftext|>",
         eos_token="<|endoftext|>",
@@ -282,7 +289,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
 
 
 def build_random_model(
-    dest: Path, recipe: BuiltinRecipe, *, seed: int = BUILTIN_SEED,
+    dest: Path,
+    recipe: BuiltinRecipe,
+    *,
+    seed: int = BUILTIN_SEED,
     texts: Sequence[str] | None = None,
 ) -> Path:
     """Write a random-weight Llama model and its tokenizer to ``dest``; same seed, same bytes."""
@@ -290,9 +300,11 @@ def build_random_model(
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     dest.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(texts if texts is not None else humaneval_texts(), recipe.vocab_size)
+    tokenizer = train_tokenizer(
+        texts if texts is not None else humaneval_texts(), recipe.vocab_size
+    )
     tokenizer.save_pretrained(dest)
-    config = LlamaConfig(
+    config = LlamaConfig(  # type: ignore[no-untyped-call]
         vocab_size=len(tokenizer),
         hidden_size=recipe.hidden_size,
         intermediate_size=recipe.intermediate_size,
@@ -312,10 +324,10 @@ def build_random_model(
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).eval()
+        model = LlamaForCausalLM(config).eval()  # type: ignore[no-untyped-call]
     finally:
         torch.random.set_rng_state(generator_state)
-    model.generation_config = GenerationConfig(
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -122,7 +122,7 @@ def gaissa_164() -> list[Prompt]:
     """The study's exact prompts, from package data."""
     source = resources.files("greenmon").joinpath("data", GAISSA_FILE)
     prompts = []
-    for line_no, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+    for _line_no, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
             row = json.loads(line)
             prompts.append(Prompt(str(row["task_id"]), str(row["new_prompt"])))

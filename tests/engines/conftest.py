@@ -9,14 +9,12 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
-
-from engine_cases import CPU_ENGINES, NEW_TOKENS, PROMPTS  # noqa: E402
-
+import pytest
+from engine_cases import CPU_ENGINES, NEW_TOKENS, PROMPTS
 
 
 @pytest.fixture(scope="session")

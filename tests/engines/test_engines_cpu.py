@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_cases import CPU_ENGINES, NEW_TOKENS, PROMPTS
 
 from greenmon.engines import check_configuration, describe_engines, get_engine
 from greenmon.engines.base import Engine, LoadInfo, Prompt
 from greenmon.errors import EngineError
-
-from engine_cases import CPU_ENGINES, NEW_TOKENS, PROMPTS
 
 
 @pytest.mark.parametrize("name", CPU_ENGINES)
@@ -123,7 +122,7 @@ def test_unknown_engine_option_and_name_are_errors(cache_dir: str, tiny: Any) ->
 
 
 def test_missing_model_is_an_engine_error(cache_dir: str, tmp_path: Path) -> None:
-    with pytest.raises(EngineError, match="not found|could not be found|no config.json"):
+    with pytest.raises(EngineError, match=r"not found|could not be found|no config\.json"):
         get_engine("torch", cache_dir=cache_dir).load(str(tmp_path), "cpu", {})
     with pytest.raises(EngineError):
         get_engine("torch", cache_dir=cache_dir).load("nobody/no-such-model-xyz", "cpu", {})

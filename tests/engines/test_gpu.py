@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from engine_cases import NEW_TOKENS, PROMPTS
 
 from greenmon.engines import check_configuration, get_engine
-
-from engine_cases import NEW_TOKENS, PROMPTS
 
 GPU_CONFIGURATIONS = [
     ("torch", "cuda"),
