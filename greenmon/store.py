@@ -113,7 +113,22 @@ MIGRATIONS: list[str] = [
         load_info          JSON,
         fidelity_share     DOUBLE,
         fidelity_first_divergence INTEGER,
+        settings           JSON,
         PRIMARY KEY (experiment_id, unit_id)
+    );
+    CREATE SEQUENCE journal_id_seq START 1;
+    CREATE TABLE restore_journal (
+        journal_id     BIGINT PRIMARY KEY DEFAULT nextval('journal_id_seq'),
+        session_id     VARCHAR,
+        experiment_id  VARCHAR,
+        unit_id        INTEGER,
+        target         VARCHAR NOT NULL,
+        previous_value VARCHAR,
+        applied_value  VARCHAR,
+        read_back      VARCHAR,
+        applied_ns     BIGINT,
+        restored_ns    BIGINT,
+        status         VARCHAR NOT NULL
     );
     CREATE SEQUENCE phase_id_seq START 1;
     CREATE TABLE phases (

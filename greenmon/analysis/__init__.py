@@ -1,0 +1,1 @@
+"""Analysis: tables, statistical tests, plots and reports over per-unit results."""
