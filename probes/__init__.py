@@ -10,4 +10,6 @@ from __future__ import annotations
 REGISTRY: dict[str, str] = {
     "host": "greenmon.probes.host",
     "rapl": "greenmon.probes.rapl",
+    "nvml": "greenmon.probes.nvml",
+    "estimate": "greenmon.probes.estimate",
 }

@@ -34,6 +34,9 @@ def running_daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path
     config.write_text(
         f'[probes.rapl]\nrate_hz = 200\nsysfs_root = "{tmp_path / "powercap"}"\n'
         "[probes.host]\nrate_hz = 20\n"
+        # only the two probes this test counts: the others would add channels where
+        # their hardware exists (a GPU, EnergiBridge) or always (the estimate)
+        "[probes.nvml]\nenabled = false\n[probes.estimate]\nenabled = false\n"
     )
     db = tmp_path / "daemon.duckdb"
     process = subprocess.Popen(

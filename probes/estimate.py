@@ -1,0 +1,131 @@
+"""Estimate probe: CPU power *modelled* from utilisation, for machines that measure nothing.
+
+Virtual machines, CI runners and most laptops without root expose no CPU energy counter
+(no powercap, no MSR).  This probe then gives a labelled estimate so a run still has a CPU
+energy figure, which nobody may mistake for a measurement.
+
+Terms:
+- *utilisation* ``u``: the share of CPU time (all logical CPUs) that was not idle or iowait
+  over the interval since the previous read, from ``psutil.cpu_times()`` deltas.  It is
+  computed here from our own previous reading rather than ``psutil.cpu_percent()``, whose
+  state is process-wide and shared with the host probe (two callers would each see the
+  interval since the *other's* last call).
+- *model*: linear between idle and TDP, ``power_w = idle_w + (tdp_w - idle_w) * u``, with
+  ``idle_w = idle_fraction * tdp_w``.  When ``tdp_w`` is not configured it defaults to
+  3.5 W per logical CPU and ``idle_fraction`` to 0.74 / 3.5 (about 0.21): the per-vCPU
+  min/max coefficients of the Cloud Carbon Footprint methodology, averaged over cloud CPU
+  microarchitectures.  Set ``tdp_w`` to the package's TDP for a desktop or server part.
+
+Channels: ``cpu.power_w`` (W, gauge, domain ``cpu``) with metadata ``estimated: true``,
+``fallback_for: "cpu"``, ``model``, ``tdp_w`` and ``idle_w``; and ``cpu.utilisation_percent``
+(the input the estimate was made from, no domain).
+
+The probe is enabled by default and always available, as a *fallback*: ``fallback_for``
+says that results must prefer any measured channel of domain ``cpu`` (RAPL, EnergiBridge)
+over this one and never add the two; the results views choose per domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import psutil
+
+from greenmon.probes.base import Channel, ProbeUnavailable, Values
+from greenmon.probes.options import ProbeOptions
+
+# Cloud Carbon Footprint, "Energy estimate (Watt-hours)" per vCPU: min 0.74 W, max 3.5 W.
+DEFAULT_TDP_W_PER_CPU = 3.5
+DEFAULT_IDLE_W_PER_CPU = 0.74
+
+# (busy seconds, total seconds) of all CPUs since boot.
+CpuTimesFn = Callable[[], tuple[float, float]]
+
+
+class Options(ProbeOptions, kw_only=True, forbid_unknown_fields=True):
+    # The CPU package's TDP in watts (all sockets); None: 3.5 W per logical CPU.
+    tdp_w: float | None = None
+    # Idle power as a share of tdp_w; None: 0.74 / 3.5.
+    idle_fraction: float | None = None
+
+
+def psutil_cpu_times() -> tuple[float, float]:
+    times = psutil.cpu_times()
+    total_s = float(sum(times))
+    idle_s = float(times.idle) + float(getattr(times, "iowait", 0.0))
+    return total_s - idle_s, total_s
+
+
+def linear_power_w(utilisation: float, idle_w: float, tdp_w: float) -> float:
+    """Power of the linear model at ``utilisation`` in [0, 1] (clamped)."""
+    u = min(1.0, max(0.0, utilisation))
+    return idle_w + (tdp_w - idle_w) * u
+
+
+class EstimateProbe:
+    name: ClassVar[str] = "estimate"
+    default_rate_hz: ClassVar[float] = 10.0
+
+    def __init__(
+        self,
+        options: Options | None = None,
+        *,
+        cpu_times: CpuTimesFn = psutil_cpu_times,
+        logical_cpus: int | None = None,
+    ) -> None:
+        self.options = options or Options()
+        self._cpu_times = cpu_times
+        cpus = logical_cpus if logical_cpus is not None else (psutil.cpu_count() or 1)
+        if self.options.tdp_w is not None:
+            self.tdp_w = self.options.tdp_w
+            fraction = self.options.idle_fraction
+            self.idle_w = self.tdp_w * (
+                fraction if fraction is not None else DEFAULT_IDLE_W_PER_CPU / DEFAULT_TDP_W_PER_CPU
+            )
+        else:
+            self.tdp_w = DEFAULT_TDP_W_PER_CPU * cpus
+            fraction = self.options.idle_fraction
+            self.idle_w = (
+                self.tdp_w * fraction if fraction is not None else DEFAULT_IDLE_W_PER_CPU * cpus
+            )
+        self._last: tuple[float, float] | None = None
+
+    def open(self) -> Sequence[Channel]:
+        if self.tdp_w <= 0 or not 0 <= self.idle_w <= self.tdp_w:
+            raise ProbeUnavailable(
+                f"[probes.estimate] gives tdp_w={self.tdp_w} W and idle {self.idle_w} W: "
+                "tdp_w must be positive and idle_fraction between 0 and 1."
+            )
+        self._last = self._cpu_times()
+        metadata = {
+            "estimated": True,
+            "fallback_for": "cpu",
+            "model": "linear: idle_w + (tdp_w - idle_w) * utilisation",
+            "tdp_w": self.tdp_w,
+            "idle_w": self.idle_w,
+        }
+        return [
+            Channel("cpu.power_w", "W", "gauge", domain="cpu", metadata=metadata),
+            Channel("cpu.utilisation_percent", "%", "gauge", metadata={"estimated_from": True}),
+        ]
+
+    def read(self) -> Values:
+        assert self._last is not None, "read() before open()"
+        busy_s, total_s = self._cpu_times()
+        last_busy_s, last_total_s = self._last
+        self._last = (busy_s, total_s)
+        elapsed_s = total_s - last_total_s
+        if elapsed_s <= 0:
+            # cpu_times ticks at the kernel's USER_HZ (10 ms): a read inside one tick has
+            # nothing new to say, which is a missing value, not zero load.
+            return [None, None]
+        utilisation = (busy_s - last_busy_s) / elapsed_s
+        return [linear_power_w(utilisation, self.idle_w, self.tdp_w), 100.0 * utilisation]
+
+    def close(self) -> None:
+        self._last = None
+
+
+def create(options: Options) -> EstimateProbe:
+    return EstimateProbe(options)

@@ -1,0 +1,351 @@
+"""NVML probe: energy, power, utilisation, memory, clocks and temperature of NVIDIA GPUs.
+
+Reads through nvidia-ml-py (imported as ``pynvml`` inside ``open()``, so the core never
+imports it).  The NVML module is a constructor parameter: tests pass a fake module with the
+same functions, constants and ``NVMLError`` (carrying ``.value`` codes like pynvml's).
+
+Channels, per GPU ``N`` (NVML's index), each only where the driver supports it:
+- ``gpuN.energy_mj``: ``nvmlDeviceGetTotalEnergyConsumption``, mJ since the driver was
+  loaded (Volta and newer), kind ``counter``, domain ``gpu``.  A 64-bit counter: it does not
+  wrap in practice, so no ``counter_range``; a driver reload shows as a reset.
+- ``gpuN.power_mw``: the instantaneous field ``NVML_FI_DEV_POWER_INSTANT`` through
+  ``nvmlDeviceGetFieldValues`` where the driver has it, else ``nvmlDeviceGetPowerUsage``
+  (on Ampere and newer a one-second average); metadata ``power_field`` says which
+  (``"instant"`` or ``"usage_1s_average"``).  Its domain is ``gpu`` only when the energy
+  counter is missing (older GPUs): otherwise energy comes from the counter and the gauge
+  carries no domain, so the GPU is never counted twice.  Metadata ``measures: "gpu"``
+  says what it is either way.
+- ``gpuN.util_gpu_percent`` / ``gpuN.util_memory_percent``: the share of the driver's last
+  sample period in which a kernel ran / device memory was read or written.
+- ``gpuN.memory_used_bytes``, ``gpuN.memory_total_bytes``, ``gpuN.memory_percent``.
+- ``gpuN.sm_clock_mhz``, ``gpuN.memory_clock_mhz``, ``gpuN.temperature_c``,
+  ``gpuN.power_limit_mw`` (the enforced limit).
+Every channel's metadata carries the GPU's ``uuid``, ``name`` and ``nvml_index``.
+
+Errors are translated at this boundary: no nvidia-ml-py, no libnvidia-ml or no driver ->
+ProbeUnavailable with the fix; ``NVML_ERROR_NOT_SUPPORTED`` at ``open()`` -> that channel
+is absent (and ``None`` if a driver stops supporting it mid-run); ``NVML_ERROR_GPU_IS_LOST``
+-> ProbeLost (the sampler records an event, stops this probe, the others go on); any
+other NVML error during ``read()`` is transient (a gap and a retry).
+
+Choosing GPUs (option ``devices``: NVML indices or UUIDs, default all).  NVML numbers GPUs
+in PCI bus order and ignores ``CUDA_VISIBLE_DEVICES``.  CUDA numbers them fastest first
+unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, and renumbers from 0 whatever
+``CUDA_VISIBLE_DEVICES`` leaves visible.  So ``cuda:0`` in an engine is not necessarily
+NVML's GPU 0: name GPUs by UUID (``nvidia-smi -L`` lists them, and
+``CUDA_VISIBLE_DEVICES`` accepts UUIDs too) so that both sides mean the same card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from greenmon.probes.base import Channel, ProbeLost, ProbeUnavailable, Values
+from greenmon.probes.options import ProbeOptions
+
+# pynvml's values, used when a (fake) module does not define a constant.
+_CODES = {
+    "NVML_SUCCESS": 0,
+    "NVML_ERROR_NOT_SUPPORTED": 3,
+    "NVML_ERROR_NO_PERMISSION": 4,
+    "NVML_ERROR_NOT_FOUND": 6,
+    "NVML_ERROR_DRIVER_NOT_LOADED": 9,
+    "NVML_ERROR_LIBRARY_NOT_FOUND": 12,
+    "NVML_ERROR_FUNCTION_NOT_FOUND": 13,
+    "NVML_ERROR_GPU_IS_LOST": 15,
+    "NVML_FI_DEV_POWER_INSTANT": 186,
+    "NVML_CLOCK_SM": 1,
+    "NVML_CLOCK_MEM": 2,
+    "NVML_TEMPERATURE_GPU": 0,
+}
+# c_nvmlValue_t member by valueType (NVML_VALUE_TYPE_*).
+_VALUE_MEMBERS = {
+    0: "dVal",
+    1: "uiVal",
+    2: "ulVal",
+    3: "ullVal",
+    4: "sllVal",
+    5: "siVal",
+    6: "usVal",
+}
+
+# One query returns the values of one or more channels.
+Query = Callable[[], tuple[float | None, ...]]
+
+
+class Options(ProbeOptions, kw_only=True, forbid_unknown_fields=True):
+    # NVML indices (PCI bus order) or UUIDs ("GPU-..."); None reads every GPU.
+    devices: list[int | str] | None = None
+
+
+class _Unsupported(Exception):
+    """A query the driver does not support for this GPU: its channels are left out."""
+
+
+class NvmlProbe:
+    name: ClassVar[str] = "nvml"
+    default_rate_hz: ClassVar[float] = 20.0
+
+    def __init__(self, options: Options | None = None, *, nvml: Any = None) -> None:
+        self.options = options or Options()
+        self._nvml = nvml
+        self._initialised = False
+        self._queries: list[Query] = []
+        self._widths: list[int] = []
+
+    # -- NVML access ---------------------------------------------------------------------
+    def _code(self, name: str) -> int:
+        return int(getattr(self._nvml, name, _CODES[name]))
+
+    def _error_code(self, error: BaseException) -> int | None:
+        value = getattr(error, "value", None)
+        return int(value) if isinstance(value, int) else None
+
+    def _is_nvml_error(self, error: BaseException) -> bool:
+        error_type = getattr(self._nvml, "NVMLError", None)
+        return isinstance(error_type, type) and isinstance(error, error_type)
+
+    def _import(self) -> None:
+        if self._nvml is not None:
+            return
+        try:
+            import pynvml
+        except ImportError:
+            raise ProbeUnavailable(
+                "nvidia-ml-py is not installed: `pip install 'greenmon[nvml]'` "
+                "(or `pip install nvidia-ml-py`) to read NVIDIA GPUs."
+            ) from None
+        self._nvml = pynvml
+
+    def _init(self) -> None:
+        nvml = self._nvml
+        try:
+            nvml.nvmlInit()
+        except Exception as error:
+            if not self._is_nvml_error(error):
+                raise
+            code = self._error_code(error)
+            if code == self._code("NVML_ERROR_LIBRARY_NOT_FOUND"):
+                raise ProbeUnavailable(
+                    "libnvidia-ml.so was not found: no NVIDIA driver is installed on this "
+                    "machine (no NVIDIA GPU, or install the driver: `nvidia-smi` must work)."
+                ) from None
+            if code == self._code("NVML_ERROR_DRIVER_NOT_LOADED"):
+                raise ProbeUnavailable(
+                    "the NVIDIA driver is not loaded (`nvidia-smi` fails too): load it "
+                    "(`sudo modprobe nvidia`) or reboot after installing it."
+                ) from None
+            if code == self._code("NVML_ERROR_NO_PERMISSION"):
+                raise ProbeUnavailable(
+                    "NVML refused access: the user running greenmon may not open "
+                    "/dev/nvidia*; add it to the group owning those devices."
+                ) from None
+            raise ProbeUnavailable(f"NVML could not start: {error}") from None
+        self._initialised = True
+
+    # -- open ----------------------------------------------------------------------------
+    def _handles(self) -> list[tuple[int, Any]]:
+        nvml = self._nvml
+        count = int(nvml.nvmlDeviceGetCount())
+        if count == 0:
+            raise ProbeUnavailable("NVML reports no NVIDIA GPU on this machine.")
+        wanted = self.options.devices
+        handles: list[tuple[int, Any]] = []
+        for device in wanted if wanted is not None else list(range(count)):
+            try:
+                if isinstance(device, int):
+                    handle = nvml.nvmlDeviceGetHandleByIndex(device)
+                else:
+                    handle = nvml.nvmlDeviceGetHandleByUUID(device)
+                index = int(nvml.nvmlDeviceGetIndex(handle))
+            except Exception as error:
+                if not self._is_nvml_error(error):
+                    raise
+                raise ProbeUnavailable(
+                    f"[probes.nvml] devices names GPU {device!r}, which NVML does not know "
+                    f"({error}). GPUs here: {self._list_gpus()}. Use an NVML index (PCI bus "
+                    "order, not CUDA's) or a UUID."
+                ) from None
+            handles.append((index, handle))
+        return handles
+
+    def _list_gpus(self) -> str:
+        nvml = self._nvml
+        names: list[str] = []
+        with contextlib.suppress(Exception):
+            for index in range(int(nvml.nvmlDeviceGetCount())):
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                names.append(f"{index}: {nvml.nvmlDeviceGetUUID(handle)}")
+        return ", ".join(names) or "none"
+
+    def _try(self, query: Query) -> tuple[float | None, ...]:
+        """Run a query once at open(); NOT_SUPPORTED (or a missing function) -> _Unsupported."""
+        try:
+            return query()
+        except _Unsupported:
+            raise
+        except Exception as error:
+            if not self._is_nvml_error(error):
+                raise
+            code = self._error_code(error)
+            if code in (
+                self._code("NVML_ERROR_NOT_SUPPORTED"),
+                self._code("NVML_ERROR_FUNCTION_NOT_FOUND"),
+            ):
+                raise _Unsupported(str(error)) from None
+            if code == self._code("NVML_ERROR_GPU_IS_LOST"):
+                raise ProbeUnavailable(f"the GPU is lost (fell off the bus): {error}") from None
+            raise
+
+    def _gpu_channels(self, index: int, handle: Any) -> list[tuple[Query, list[Channel]]]:
+        nvml = self._nvml
+        info: dict[str, Any] = {"nvml_index": index}
+        for key, fn in (("uuid", "nvmlDeviceGetUUID"), ("name", "nvmlDeviceGetName")):
+            with contextlib.suppress(Exception):
+                value = getattr(nvml, fn)(handle)
+                info[key] = value.decode() if isinstance(value, bytes) else str(value)
+        p = f"gpu{index}"
+
+        def meta(**extra: Any) -> dict[str, Any]:
+            return {**info, **extra}
+
+        instant_id = self._code("NVML_FI_DEV_POWER_INSTANT")
+        success = self._code("NVML_SUCCESS")
+
+        def energy() -> tuple[float | None, ...]:
+            return (float(nvml.nvmlDeviceGetTotalEnergyConsumption(handle)),)
+
+        def power_instant() -> tuple[float | None, ...]:
+            [field] = nvml.nvmlDeviceGetFieldValues(handle, [instant_id])
+            if int(field.nvmlReturn) != success:
+                raise _Unsupported(f"field {instant_id} returned {field.nvmlReturn}")
+            member = _VALUE_MEMBERS.get(int(field.valueType), "uiVal")
+            return (float(getattr(field.value, member)),)
+
+        def power_usage() -> tuple[float | None, ...]:
+            return (float(nvml.nvmlDeviceGetPowerUsage(handle)),)
+
+        def utilisation() -> tuple[float | None, ...]:
+            rates = nvml.nvmlDeviceGetUtilizationRates(handle)
+            return (float(rates.gpu), float(rates.memory))
+
+        def memory() -> tuple[float | None, ...]:
+            info_ = nvml.nvmlDeviceGetMemoryInfo(handle)
+            total = float(info_.total)
+            used = float(info_.used)
+            return (used, total, 100.0 * used / total if total else None)
+
+        sm_clock_id = self._code("NVML_CLOCK_SM")
+        mem_clock_id = self._code("NVML_CLOCK_MEM")
+        temperature_id = self._code("NVML_TEMPERATURE_GPU")
+
+        def sm_clock() -> tuple[float | None, ...]:
+            return (float(nvml.nvmlDeviceGetClockInfo(handle, sm_clock_id)),)
+
+        def memory_clock() -> tuple[float | None, ...]:
+            return (float(nvml.nvmlDeviceGetClockInfo(handle, mem_clock_id)),)
+
+        def temperature() -> tuple[float | None, ...]:
+            return (float(nvml.nvmlDeviceGetTemperature(handle, temperature_id)),)
+
+        def power_limit() -> tuple[float | None, ...]:
+            return (float(nvml.nvmlDeviceGetEnforcedPowerLimit(handle)),)
+
+        found: list[tuple[Query, list[Channel]]] = []
+        has_counter = False
+        with contextlib.suppress(_Unsupported):
+            self._try(energy)
+            found.append((energy, [Channel(f"{p}.energy_mj", "mJ", "counter", "gpu", meta())]))
+            has_counter = True
+        power: tuple[Query, str] | None = None
+        for query, field_name in ((power_instant, "instant"), (power_usage, "usage_1s_average")):
+            try:
+                self._try(query)
+            except _Unsupported:
+                continue
+            power = (query, field_name)
+            break
+        if power is not None:
+            domain = None if has_counter else "gpu"
+            channel = Channel(
+                f"{p}.power_mw",
+                "mW",
+                "gauge",
+                domain,
+                meta(power_field=power[1], measures="gpu"),
+            )
+            found.append((power[0], [channel]))
+        simple: list[tuple[Query, list[tuple[str, str]]]] = [
+            (utilisation, [("util_gpu_percent", "%"), ("util_memory_percent", "%")]),
+            (
+                memory,
+                [("memory_used_bytes", "B"), ("memory_total_bytes", "B"), ("memory_percent", "%")],
+            ),
+            (sm_clock, [("sm_clock_mhz", "MHz")]),
+            (memory_clock, [("memory_clock_mhz", "MHz")]),
+            (temperature, [("temperature_c", "C")]),
+            (power_limit, [("power_limit_mw", "mW")]),
+        ]
+        for query, specs in simple:
+            try:
+                self._try(query)
+            except _Unsupported:
+                continue
+            found.append(
+                (
+                    query,
+                    [Channel(f"{p}.{name}", unit, "gauge", None, meta()) for name, unit in specs],
+                )
+            )
+        return found
+
+    def open(self) -> Sequence[Channel]:
+        self._import()
+        self._init()
+        try:
+            channels: list[Channel] = []
+            self._queries, self._widths = [], []
+            for index, handle in self._handles():
+                for query, query_channels in self._gpu_channels(index, handle):
+                    self._queries.append(query)
+                    self._widths.append(len(query_channels))
+                    channels.extend(query_channels)
+            if not channels:
+                raise ProbeUnavailable("NVML supports none of the readings greenmon takes.")
+        except BaseException:
+            self.close()
+            raise
+        return channels
+
+    # -- read ----------------------------------------------------------------------------
+    def read(self) -> Values:
+        values: list[float | None] = []
+        for query, width in zip(self._queries, self._widths, strict=True):
+            try:
+                values.extend(query())
+            except _Unsupported:
+                values.extend([None] * width)
+            except Exception as error:
+                if not self._is_nvml_error(error):
+                    raise
+                code = self._error_code(error)
+                if code == self._code("NVML_ERROR_GPU_IS_LOST"):
+                    raise ProbeLost(f"GPU lost (NVML_ERROR_GPU_IS_LOST): {error}") from None
+                if code == self._code("NVML_ERROR_NOT_SUPPORTED"):
+                    values.extend([None] * width)
+                    continue
+                raise RuntimeError(f"NVML error {code}: {error}") from None
+        return values
+
+    def close(self) -> None:
+        self._queries, self._widths = [], []
+        if self._initialised:
+            self._initialised = False
+            with contextlib.suppress(Exception):
+                self._nvml.nvmlShutdown()
+
+
+def create(options: Options) -> NvmlProbe:
+    return NvmlProbe(options)
