@@ -19,7 +19,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed-dev
-	HF_HUB_OFFLINE=1 $(BIN)/greenmon daemon --duration 10 --db greenmon-demo.duckdb
+	HF_HUB_OFFLINE=1 $(BIN)/greenmon demo
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "daemon": ("daemon", "run the probes headless and store samples until stopped"),
     "probes": ("probes", "list every known probe: available here or not, and why"),
     "sql": ("sql", "run a read-only SQL query on a greenmon database"),
+    "plan": ("plan", "validate a plan file: `greenmon plan check PLAN`"),
+    "run": ("run", "run an experiment plan headless, with live progress"),
+    "demo": ("demo", "a complete small experiment on the embedded tiny model, then a report"),
     "engines": ("engines", "list every engine x provider: usable here or not, and why"),
 }
 

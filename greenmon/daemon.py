@@ -68,6 +68,9 @@ class Daemon:
         self._stop = anyio.Event()
         self._send: MemoryObjectSendStream[SampleBatch | Event] | None = None
         self.started = anyio.Event()
+        # Set by the runner service (greenmon/runner.py) when one runs in this daemon.
+        self.runner: Any = None
+        self.experiment_id: str | None = None
 
     # -- for services --------------------------------------------------------------------
     def request_stop(self) -> None:

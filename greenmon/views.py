@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import duckdb
 
-from greenmon.energy import ENERGY_UNITS, POWER_UNITS, window_energy_sql
+from greenmon.energy import ENERGY_UNITS, POWER_UNITS, SCALE_TO_SI_SQL, window_energy_sql
 
 _ENERGY_CHANNEL = (
     f"(c.kind = 'counter' AND c.unit IN {ENERGY_UNITS!r}) "
@@ -38,3 +38,200 @@ VIEWS: dict[str, str] = {
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
     for name, sql in VIEWS.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+
+
+# Which probe answers for a domain when several could: measured before estimated, then the
+# direct sources (RAPL, NVML, the wattmeter) before EnergiBridge; within the chosen probe,
+# fine counters before power gauges before coarse counters (NETIO's Wh steps of 3600 J).
+_ENERGY_SOURCES = f"""
+WITH cand AS (
+    SELECT c.*,
+           CASE WHEN c.kind = 'counter' AND c.unit IN ('uJ', 'mJ', 'J') THEN 0
+                WHEN c.kind = 'gauge' THEN 1 ELSE 2 END AS kind_rank,
+           CASE c.probe WHEN 'rapl' THEN 0 WHEN 'nvml' THEN 0 WHEN 'netio' THEN 0
+                        WHEN 'energibridge' THEN 1 ELSE 2 END AS probe_rank
+    FROM channels c
+    WHERE c.domain IN ('cpu', 'dram', 'gpu', 'wall') AND ({_ENERGY_CHANNEL})
+),
+best_probe AS (
+    SELECT session_id, domain, arg_min(probe, estimated::INTEGER * 10 + probe_rank) AS probe
+    FROM cand GROUP BY session_id, domain
+),
+best_kind AS (
+    SELECT c.session_id, c.domain, c.probe, min(c.kind_rank) AS kind_rank
+    FROM cand c JOIN best_probe b USING (session_id, domain, probe)
+    GROUP BY c.session_id, c.domain, c.probe
+)
+SELECT c.session_id, c.domain, c.channel_id, c.probe, c.name, c.kind, c.unit, c.estimated,
+       c.period_ns
+FROM cand c JOIN best_kind b USING (session_id, domain, probe, kind_rank)
+"""
+
+_SOURCE_WINDOWS = """(
+    SELECT p.phase_id AS window_id, es.channel_id, p.start_ns, p.end_ns
+    FROM phases p JOIN energy_sources es ON es.session_id = p.session_id
+    WHERE p.end_ns IS NOT NULL
+)"""
+
+_UNIT_PHASE_ENERGY = f"""
+SELECT p.experiment_id, p.unit_id, p.attempt, p.phase, p.phase_id,
+       (p.end_ns - p.start_ns) / 1e9 AS duration_s, es.domain,
+       sum(e.energy_j) AS energy_j, min(e.coverage) AS coverage, sum(e.wraps) AS wraps,
+       sum(e.resets) AS resets, bool_or(es.estimated) AS estimated,
+       max(es.period_ns) AS period_ns
+FROM ({window_energy_sql(_SOURCE_WINDOWS)}) e
+JOIN phases p ON p.phase_id = e.window_id
+JOIN energy_sources es ON es.channel_id = e.channel_id
+GROUP BY ALL
+"""
+
+# Idle baseline: per channel, the median power over the unit's cooldown before the measure
+# (counters: wrap-free interval deltas over time; gauges: values), summed per domain.
+_UNIT_BASELINE = f"""
+WITH pw AS (
+    SELECT p.phase_id, p.experiment_id, p.unit_id, p.attempt, es.domain, es.channel_id,
+           CASE WHEN es.kind = 'counter'
+                THEN (s.value - lag(s.value) OVER w) / ((s.t_ns - lag(s.t_ns) OVER w) / 1e9)
+                ELSE s.value END
+           * (CASE es.unit {SCALE_TO_SI_SQL.removeprefix("CASE unit")}) AS power_w
+    FROM phases p
+    JOIN energy_sources es ON es.session_id = p.session_id
+    JOIN samples s ON s.channel_id = es.channel_id AND s.t_ns BETWEEN p.start_ns AND p.end_ns
+    WHERE p.phase = 'cooldown_before' AND p.end_ns IS NOT NULL
+    WINDOW w AS (PARTITION BY p.phase_id, es.channel_id ORDER BY s.t_ns)
+),
+per_channel AS (
+    SELECT experiment_id, unit_id, attempt, domain, channel_id, median(power_w) AS median_w
+    FROM pw WHERE power_w >= 0 GROUP BY ALL
+)
+SELECT experiment_id, unit_id, attempt, domain, sum(median_w) AS baseline_w
+FROM per_channel GROUP BY ALL
+"""
+
+_UNIT_UTILISATION = """
+SELECT p.experiment_id, p.unit_id, p.attempt,
+       avg(s.value) FILTER (WHERE c.probe = 'host' AND c.name = 'cpu.percent') AS cpu_percent,
+       avg(s.value) FILTER (WHERE c.probe = 'host' AND c.name = 'ram.percent') AS ram_percent,
+       avg(s.value) FILTER (WHERE c.probe = 'nvml' AND c.name LIKE '%util%gpu%percent')
+           AS gpu_percent,
+       avg(s.value) FILTER (WHERE c.probe = 'nvml' AND c.name LIKE '%util%mem%percent')
+           AS gpu_mem_util_percent,
+       avg(s.value) FILTER (WHERE c.probe = 'nvml' AND c.name LIKE '%mem%used%percent')
+           AS gpu_mem_used_percent
+FROM phases p
+JOIN channels c ON c.session_id = p.session_id AND c.probe IN ('host', 'nvml')
+JOIN samples s ON s.channel_id = c.channel_id AND s.t_ns BETWEEN p.start_ns AND p.end_ns
+WHERE p.phase = 'measure' AND p.end_ns IS NOT NULL
+GROUP BY ALL
+"""
+
+# Thresholds behind the validity flags.
+MIN_COVERAGE = 0.9
+MIN_WINDOW_PERIODS = 5
+WALL_TOLERANCE = 0.10
+
+
+def _domain(kind: str, domain: str) -> str:
+    return f"sum(energy_j) FILTER (WHERE phase = '{kind}' AND domain = '{domain}')"
+
+
+_UNIT_RESULTS = f"""
+WITH pe AS (SELECT * FROM unit_phase_energy),
+energy AS (
+    SELECT experiment_id, unit_id, attempt,
+           {_domain("measure", "cpu")} AS energy_cpu_j,
+           {_domain("measure", "dram")} AS energy_dram_j,
+           {_domain("measure", "gpu")} AS energy_gpu_j,
+           {_domain("measure", "wall")} AS energy_wall_j,
+           sum(energy_j) FILTER (WHERE phase = 'load' AND domain IN ('cpu', 'gpu'))
+               AS load_energy_j,
+           sum(energy_j) FILTER (WHERE phase = 'cooldown_after' AND domain IN ('cpu', 'gpu'))
+               AS tail_energy_j,
+           min(coverage) FILTER (WHERE phase = 'measure') AS min_coverage,
+           sum(wraps) FILTER (WHERE phase = 'measure') AS wraps,
+           sum(resets) FILTER (WHERE phase = 'measure') AS resets,
+           bool_or(estimated) AS estimated,
+           max(period_ns) AS max_period_ns,
+           list(DISTINCT domain) FILTER (WHERE estimated) AS estimated_domains
+    FROM pe GROUP BY ALL
+),
+baseline AS (
+    SELECT experiment_id, unit_id, attempt,
+           sum(baseline_w) FILTER (WHERE domain = 'cpu') AS cpu_w,
+           sum(baseline_w) FILTER (WHERE domain = 'dram') AS dram_w,
+           sum(baseline_w) FILTER (WHERE domain = 'gpu') AS gpu_w,
+           sum(baseline_w) FILTER (WHERE domain = 'wall') AS wall_w
+    FROM unit_baseline GROUP BY ALL
+),
+measure AS (
+    SELECT experiment_id, unit_id, attempt, (end_ns - start_ns) / 1e9 AS duration_s
+    FROM phases WHERE phase = 'measure' AND end_ns IS NOT NULL
+),
+load AS (
+    SELECT experiment_id, unit_id, attempt, (end_ns - start_ns) / 1e9 AS load_s
+    FROM phases WHERE phase = 'load' AND end_ns IS NOT NULL
+),
+req AS (
+    SELECT experiment_id, unit_id, attempt, count(*) AS requests,
+           sum(tokens_out) AS tokens_out
+    FROM requests WHERE phase = 'measure' GROUP BY ALL
+),
+base AS (
+    SELECT u.experiment_id, u.unit_id, u.model, u.engine, u.provider,
+           u.engine || '/' || u.provider AS configuration, u.repetition, u.factors, u.status,
+           u.reason, u.params, u.size_category, u.attempt, m.duration_s, l.load_s,
+           r.requests, r.tokens_out,
+           e.energy_cpu_j, e.energy_dram_j, e.energy_gpu_j, e.energy_wall_j,
+           CASE WHEN e.energy_cpu_j IS NULL AND e.energy_gpu_j IS NULL THEN NULL
+                ELSE coalesce(e.energy_cpu_j, 0) + coalesce(e.energy_gpu_j, 0) END
+               AS energy_global_j,
+           e.energy_cpu_j - b.cpu_w * m.duration_s AS dynamic_cpu_j,
+           e.energy_dram_j - b.dram_w * m.duration_s AS dynamic_dram_j,
+           e.energy_gpu_j - b.gpu_w * m.duration_s AS dynamic_gpu_j,
+           e.energy_wall_j - b.wall_w * m.duration_s AS dynamic_wall_j,
+           b.cpu_w AS baseline_cpu_w, b.gpu_w AS baseline_gpu_w, b.wall_w AS baseline_wall_w,
+           e.load_energy_j, e.tail_energy_j, e.min_coverage, e.wraps, e.resets,
+           coalesce(e.estimated, false) AS estimated, e.estimated_domains, e.max_period_ns,
+           ut.cpu_percent, ut.ram_percent, ut.gpu_percent, ut.gpu_mem_util_percent,
+           ut.gpu_mem_used_percent, u.fidelity_share, u.fidelity_first_divergence
+    FROM units u
+    LEFT JOIN measure m USING (experiment_id, unit_id, attempt)
+    LEFT JOIN load l USING (experiment_id, unit_id, attempt)
+    LEFT JOIN req r USING (experiment_id, unit_id, attempt)
+    LEFT JOIN energy e USING (experiment_id, unit_id, attempt)
+    LEFT JOIN baseline b USING (experiment_id, unit_id, attempt)
+    LEFT JOIN unit_utilisation ut USING (experiment_id, unit_id, attempt)
+)
+SELECT *,
+       CASE WHEN energy_cpu_j IS NULL AND energy_gpu_j IS NULL THEN NULL
+            ELSE coalesce(dynamic_cpu_j, 0) + coalesce(dynamic_gpu_j, 0) END AS dynamic_global_j,
+       energy_global_j / nullif(requests, 0) AS j_per_request,
+       energy_global_j / nullif(tokens_out, 0) AS j_per_token,
+       list_filter([
+           CASE WHEN duration_s IS NOT NULL AND max_period_ns IS NOT NULL
+                 AND duration_s * 1e9 < {MIN_WINDOW_PERIODS} * max_period_ns
+                THEN 'short_window' END,
+           CASE WHEN min_coverage < {MIN_COVERAGE} THEN 'low_coverage' END,
+           CASE WHEN wraps > 0 THEN 'counter_wrap' END,
+           CASE WHEN resets > 0 THEN 'counter_reset' END,
+           CASE WHEN estimated THEN 'estimated' END,
+           CASE WHEN energy_wall_j IS NOT NULL
+                 AND coalesce(energy_cpu_j, 0) + coalesce(energy_dram_j, 0)
+                     + coalesce(energy_gpu_j, 0) > (1 + {WALL_TOLERANCE}) * energy_wall_j
+                THEN 'wall_below_components' END,
+           CASE WHEN fidelity_share < 1 THEN 'fidelity' END,
+           CASE WHEN status = 'done' AND energy_global_j IS NULL AND energy_wall_j IS NULL
+                THEN 'no_energy_source' END
+       ], lambda x: x IS NOT NULL) AS flags
+FROM base
+"""
+
+VIEWS.update(
+    {
+        "energy_sources": _ENERGY_SOURCES,
+        "unit_phase_energy": _UNIT_PHASE_ENERGY,
+        "unit_baseline": _UNIT_BASELINE,
+        "unit_utilisation": _UNIT_UTILISATION,
+        "unit_results": _UNIT_RESULTS,
+    }
+)

@@ -1,0 +1,38 @@
+"""``greenmon plan check PLAN``: validate a plan before anything runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from greenmon.errors import PlanError
+from greenmon.plan import check_plan, load_plan
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["check"], help="what to do with the plan")
+    parser.add_argument("plan", help="plan file (TOML)")
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = load_plan(args.plan)
+    result = check_plan(plan)
+    configurations = ", ".join(f"{e}/{p}" for e, p in plan.configurations)
+    print(
+        f"plan '{plan.name}' ({plan.plan_hash[:12]}): {len(plan.spec.models)} model(s) x "
+        f"{len(plan.configurations)} configuration(s) [{configurations}] x "
+        f"{len(plan.factor_levels())} factor level combination(s) x "
+        f"{plan.spec.repetitions} repetition(s) = {result.units} units, order {plan.spec.order}"
+    )
+    print(
+        f"estimated duration: {result.estimated_s / 60:.1f} min "
+        "(cooldowns plus an assumed 20 ms per generated token)"
+    )
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.problems:
+        raise PlanError(
+            "The plan cannot run here: "
+            + " ".join(f"({i}) {p}." for i, p in enumerate(result.problems, start=1))
+        )
+    print("ok")
+    return 0

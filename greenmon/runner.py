@@ -1,0 +1,757 @@
+"""The experiment runner: walks a plan's units inside the daemon, phase by phase.
+
+Terms:
+- *experiment*: one plan being run (table ``experiments``); its units are stored up front,
+  in run order, so an interrupted run resumes where it stopped (same plan hash), keeping
+  finished units and rerunning the interrupted one as a new *attempt*.
+- *phase*: ``load`` (export and load; its energy kept apart from inference), ``warmup``,
+  ``cooldown_before`` (idle with the model loaded: the idle baseline), ``measure`` (the
+  workload), ``cooldown_after`` (tail energy).  Each is a row in ``phases`` with start and
+  end on the samples' monotonic clock; phase energy is a query (greenmon/views.py).
+
+Engines run in one worker thread so the probes keep sampling on theirs; between units the
+engine is closed, garbage is collected and the release of its memory is checked.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import math
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import psutil
+from anyio.abc import TaskStatus
+
+from greenmon.clock import now_ns
+from greenmon.energy import window_energy_sql
+from greenmon.engines.base import Engine, Prompt, RequestRecord
+from greenmon.errors import GreenmonError, PlanError
+from greenmon.plan import Plan, Unit, diff_plans, parse_plan
+
+PHASES = ("load", "warmup", "cooldown_before", "measure", "cooldown_after")
+# Memory still held after close beyond this is reported: engines must not leak into the
+# next unit's measurement.
+RELEASE_TOLERANCE_BYTES = 64 * 1024 * 1024
+
+ReferenceFn = Callable[[Any, Sequence[Prompt], int], Mapping[str, Sequence[int]]]
+
+
+def _default_reference(
+    model: Any, prompts: Sequence[Prompt], max_new_tokens: int
+) -> Mapping[str, Sequence[int]]:
+    from greenmon.fidelity import reference_outputs
+
+    return reference_outputs(model, prompts, max_new_tokens)
+
+
+@dataclass
+class Progress:
+    status: str = "idle"
+    experiment_id: str | None = None
+    plan_name: str | None = None
+    unit_index: int = 0
+    units_total: int = 0
+    unit: dict[str, Any] | None = None
+    phase: str | None = None
+    phase_ends_ns: int | None = None
+    request_index: int = 0
+    requests_total: int = 0
+    started_ns: int | None = None
+    units_run: int = 0
+    grid: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    last_error: str | None = None
+
+
+class ExperimentRunner:
+    def __init__(
+        self,
+        daemon: Any,
+        *,
+        cache_dir: str | None = None,
+        reference: ReferenceFn | None = _default_reference,
+        engine_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.daemon = daemon
+        self.store = daemon.store
+        self.cache_dir = cache_dir
+        self.reference = reference
+        self.engine_kwargs = dict(engine_kwargs or {})
+        self.state = Progress()
+        self._resumed = anyio.Event()
+        self._resumed.set()
+        self._cancel_scope: anyio.CancelScope | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._engine_limiter = anyio.CapacityLimiter(1)
+        self.finished = anyio.Event()
+
+    # -- control ---------------------------------------------------------------------
+    def pause(self) -> None:
+        """Pause before the next unit (a unit in progress is never cut: it would be invalid)."""
+        if self.state.status == "running":
+            self._resumed = anyio.Event()
+            self.state.status = "paused"
+            self.daemon.event("info", "plan paused: the current unit finishes first")
+
+    def resume(self) -> None:
+        if self.state.status == "paused":
+            self.state.status = "running"
+            self._resumed.set()
+            self.daemon.event("info", "plan resumed")
+
+    def cancel(self) -> None:
+        if self._cancel_scope is not None and self.state.status in ("running", "paused"):
+            self.state.status = "cancelling"
+            self._resumed.set()
+            self._cancel_scope.cancel()
+            self.daemon.event("warning", "plan cancelled: the current unit is abandoned")
+
+    async def submit(self, plan_toml: str, plan_path: str | None, *, force: bool = False) -> str:
+        if self.state.status in ("running", "paused", "cancelling"):
+            raise PlanError(
+                f"a plan is already running (experiment {self.state.experiment_id}); cancel "
+                "it or wait for it to finish."
+            )
+        from pathlib import Path
+
+        plan = parse_plan(plan_toml, Path(plan_path) if plan_path else None)
+        experiment_id, units = await anyio.to_thread.run_sync(self.prepare, plan, False, force)
+        if self._task_group is None:
+            raise PlanError("this daemon runs no experiment runner service")
+        self._task_group.start_soon(self.run_units, plan, experiment_id, units)
+        return experiment_id
+
+    def progress(self) -> dict[str, Any]:
+        state = self.state
+        remaining = None
+        if state.phase_ends_ns is not None:
+            remaining = max(0.0, (state.phase_ends_ns - now_ns()) / 1e9)
+        eta_s = None
+        if state.started_ns and state.units_run:
+            per_unit_s = (now_ns() - state.started_ns) / 1e9 / state.units_run
+            eta_s = per_unit_s * max(0, state.units_total - state.unit_index + 1)
+        return {
+            "status": state.status,
+            "experiment_id": state.experiment_id,
+            "plan_name": state.plan_name,
+            "unit_index": state.unit_index,
+            "units_total": state.units_total,
+            "unit": state.unit,
+            "phase": state.phase,
+            "phase_remaining_s": remaining,
+            "request_index": state.request_index,
+            "requests_total": state.requests_total,
+            "eta_s": eta_s,
+            "grid": [
+                {"model": m, "configuration": c, **counts}
+                for (m, c), counts in sorted(state.grid.items())
+            ],
+            "results": list(state.results),
+            "last_error": state.last_error,
+        }
+
+    # -- the store -----------------------------------------------------------------------
+    def prepare(self, plan: Plan, resume: bool, force: bool) -> tuple[str, list[Unit]]:
+        """Find the experiment to resume or create a new one; the units still to run."""
+        rows = self.store.execute(
+            """SELECT experiment_id, plan_hash, plan FROM experiments
+               WHERE name = ? AND status NOT IN ('done') ORDER BY created_ns DESC LIMIT 1""",
+            [plan.name],
+        )
+        if rows and rows[0][1] != plan.plan_hash and not force:
+            changes = diff_plans(json.loads(rows[0][2]), plan.canonical())
+            raise PlanError(
+                f"experiment {rows[0][0]} of plan '{plan.name}' is unfinished and the plan "
+                f"changed since it started: {'; '.join(changes[:8])}. Restore the plan to "
+                "resume it, or pass --force to start a new experiment."
+            )
+        if rows and rows[0][1] == plan.plan_hash:
+            experiment_id = str(rows[0][0])
+            self.store.execute(
+                "UPDATE experiments SET status = 'running' WHERE experiment_id = ?",
+                [experiment_id],
+            )
+            self.daemon.event("info", f"resuming experiment {experiment_id}")
+        elif resume:
+            raise PlanError(
+                f"there is no unfinished experiment of plan '{plan.name}' to resume in "
+                f"{self.store.path}; run it without --resume to start one."
+            )
+        else:
+            experiment_id = uuid.uuid4().hex[:12]
+            units = plan.units()
+            with self.store.lock:
+                con = self.store.con
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    con.execute(
+                        """INSERT INTO experiments (experiment_id, session_id, name, plan_path,
+                               plan_hash, plan_toml, plan, seed, order_kind, status, created_ns)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)""",
+                        [
+                            experiment_id,
+                            self.daemon.session_id,
+                            plan.name,
+                            str(plan.path) if plan.path else None,
+                            plan.plan_hash,
+                            plan.text,
+                            json.dumps(plan.canonical()),
+                            plan.spec.seed,
+                            plan.spec.order,
+                            now_ns(),
+                        ],
+                    )
+                    con.executemany(
+                        """INSERT INTO units (experiment_id, unit_id, model, engine, provider,
+                               repetition, factors, status)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')""",
+                        [
+                            [
+                                experiment_id,
+                                u.unit_id,
+                                u.model,
+                                u.engine,
+                                u.provider,
+                                u.repetition,
+                                json.dumps(u.factors),
+                            ]
+                            for u in units
+                        ],
+                    )
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+        all_units = {u.unit_id: u for u in plan.units()}
+        statuses = self.store.execute(
+            "SELECT unit_id, status FROM units WHERE experiment_id = ? ORDER BY unit_id",
+            [experiment_id],
+        )
+        self.state = Progress(
+            status="running",
+            experiment_id=experiment_id,
+            plan_name=plan.name,
+            units_total=len(all_units),
+        )
+        for unit_id, status in statuses:
+            unit = all_units[int(unit_id)]
+            cell = self.state.grid.setdefault(
+                (unit.model, unit.configuration), {"done": 0, "failed": 0, "running": 0, "total": 0}
+            )
+            cell["total"] += 1
+            if status in ("done", "failed"):
+                cell[status] += 1
+        todo = [all_units[int(uid)] for uid, status in statuses if status not in ("done", "failed")]
+        self.state.unit_index = len(all_units) - len(todo)
+        return experiment_id, todo
+
+    def _phase_start(self, experiment_id: str, unit: Unit, attempt: int, phase: str) -> int:
+        start_ns = now_ns()
+        rows = self.store.execute(
+            """INSERT INTO phases (experiment_id, unit_id, attempt, phase, session_id, start_ns)
+               VALUES (?, ?, ?, ?, ?, ?) RETURNING phase_id""",
+            [experiment_id, unit.unit_id, attempt, phase, self.daemon.session_id, start_ns],
+        )
+        self.state.phase = phase
+        return int(rows[0][0])
+
+    def _phase_end(self, phase_id: int) -> None:
+        self.store.execute("UPDATE phases SET end_ns = ? WHERE phase_id = ?", [now_ns(), phase_id])
+
+    def _store_requests(
+        self,
+        experiment_id: str,
+        unit: Unit,
+        attempt: int,
+        phase: str,
+        records: Sequence[RequestRecord],
+    ) -> None:
+        with self.store.lock:
+            self.store.con.executemany(
+                """INSERT INTO requests (experiment_id, unit_id, attempt, phase, prompt_id,
+                       tokens_in, tokens_out, start_ns, end_ns, ttft_ns, output_hash, text)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    [
+                        experiment_id,
+                        unit.unit_id,
+                        attempt,
+                        phase,
+                        r.prompt_id,
+                        r.tokens_in,
+                        r.tokens_out,
+                        r.start_ns,
+                        r.end_ns,
+                        r.ttft_ns,
+                        r.output_hash,
+                        r.text,
+                    ]
+                    for r in records
+                ],
+            )
+
+    # -- engines -------------------------------------------------------------------------
+    def make_engine(self, plan: Plan, name: str) -> Engine:
+        if name in plan.spec.custom_engines:
+            module_name, _, class_name = plan.spec.custom_engines[name].partition(":")
+            try:
+                engine_class = getattr(importlib.import_module(module_name), class_name)
+            except (ImportError, AttributeError) as error:
+                raise PlanError(
+                    f"custom engine {name!r} = {plan.spec.custom_engines[name]!r} cannot be "
+                    f"loaded: {error}. Give it as 'package.module:Class' importable here."
+                ) from None
+            engine: Engine = engine_class(**self.engine_kwargs)
+            return engine
+        from greenmon.engines import get_engine
+
+        return get_engine(name, cache_dir=self.cache_dir, **self.engine_kwargs)
+
+    async def _in_engine_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        # abandon_on_cancel: a hung engine call cannot be interrupted, but the unit can be
+        # failed on time and the plan go on; the abandoned thread is reported.
+        return await anyio.to_thread.run_sync(
+            fn, *args, limiter=self._engine_limiter, abandon_on_cancel=True
+        )
+
+    async def _sleep_phase(self, seconds: float) -> None:
+        self.state.phase_ends_ns = now_ns() + int(seconds * 1e9)
+        await anyio.sleep(seconds)
+        self.state.phase_ends_ns = None
+
+    async def _cooldown_before(self, plan: Plan) -> None:
+        cooldown = plan.spec.cooldown
+        if not cooldown.adaptive:
+            await self._sleep_phase(cooldown.before_s)
+            return
+        # Adaptive: at least before_s, then until power settles near the first baseline.
+        await self._sleep_phase(cooldown.before_s)
+        deadline_ns = now_ns() + int(max(0.0, cooldown.max_s - cooldown.before_s) * 1e9)
+        target_w = self._baseline_w
+        while now_ns() < deadline_ns:
+            current_w = await anyio.to_thread.run_sync(self._recent_power_w, 2.0)
+            if target_w is None or current_w is None:
+                break
+            if abs(current_w - target_w) <= cooldown.tolerance * target_w:
+                break
+            await anyio.sleep(0.5)
+
+    _baseline_w: float | None = None
+
+    def _recent_power_w(self, window_s: float) -> float | None:
+        """Mean power of the energy sources over the last window_s, from stored samples."""
+        end_ns = now_ns()
+        rows = self.store.execute(
+            "SELECT sum(e.energy_j) FROM ("
+            + window_energy_sql(
+                "(SELECT 0::BIGINT AS window_id, channel_id, "
+                f"{end_ns - int(window_s * 1e9)}::BIGINT AS start_ns, {end_ns}::BIGINT AS end_ns "
+                "FROM energy_sources WHERE session_id = ?)"
+            )
+            + ") e",
+            [self.daemon.session_id],
+        )
+        energy_j = rows[0][0] if rows else None
+        return None if energy_j is None else float(energy_j) / window_s
+
+    # -- running ---------------------------------------------------------------------
+    async def run_units(self, plan: Plan, experiment_id: str, units: Sequence[Unit]) -> None:
+        from greenmon.models import resolve_model
+        from greenmon.workload import load_workload
+
+        self.state.started_ns = now_ns()
+        final = "done"
+        try:
+            with anyio.CancelScope() as scope:
+                self._cancel_scope = scope
+                models: dict[str, Any] = {}
+                workloads: dict[str, list[Prompt]] = {}
+                references: dict[tuple[str, int], Mapping[str, Sequence[int]] | None] = {}
+                for unit in units:
+                    await self._resumed.wait()
+                    if scope.cancel_called:
+                        break
+                    self.state.unit_index += 1
+                    try:
+                        if unit.model not in models:
+                            models[unit.model] = await anyio.to_thread.run_sync(
+                                partial(resolve_model, unit.model, cache_dir=self.cache_dir)
+                            )
+                            workloads[unit.model] = await anyio.to_thread.run_sync(
+                                partial(
+                                    load_workload,
+                                    plan.spec.workload,
+                                    model=models[unit.model],
+                                    seed=plan.spec.seed,
+                                    limit=plan.spec.prompts,
+                                    cache_dir=self.cache_dir,
+                                )
+                            )
+                        max_new = int(unit.setting("max_new_tokens", plan.spec.max_new_tokens))
+                        key = (unit.model, max_new)
+                        if key not in references:
+                            references[key] = await self._reference(
+                                models[unit.model], workloads[unit.model], max_new
+                            )
+                    except GreenmonError as error:
+                        await self._fail_unit(experiment_id, unit, str(error))
+                        continue
+                    await self.run_unit(
+                        plan,
+                        experiment_id,
+                        unit,
+                        models[unit.model],
+                        workloads[unit.model],
+                        references[key],
+                    )
+                    self.state.units_run += 1
+            if scope.cancel_called:
+                final = "cancelled"
+        except BaseException:
+            final = "interrupted"
+            raise
+        finally:
+            self._cancel_scope = None
+            with anyio.CancelScope(shield=True):
+                self.state.status = final
+                self.state.phase = None
+                await anyio.to_thread.run_sync(
+                    lambda: self.store.execute(
+                        "UPDATE experiments SET status = ?, finished_ns = ? "
+                        "WHERE experiment_id = ?",
+                        [final, now_ns(), experiment_id],
+                    )
+                )
+                self.finished.set()
+
+    async def _reference(
+        self, model: Any, prompts: list[Prompt], max_new_tokens: int
+    ) -> Mapping[str, Sequence[int]] | None:
+        if self.reference is None:
+            return None
+        reference = self.reference
+        try:
+            return await anyio.to_thread.run_sync(lambda: reference(model, prompts, max_new_tokens))
+        except Exception as error:
+            self.daemon.event("warning", f"no fidelity reference: {error}")
+            return None
+
+    async def _fail_unit(self, experiment_id: str, unit: Unit, reason: str) -> None:
+        self.state.last_error = reason
+        cell = self.state.grid.get((unit.model, unit.configuration))
+        if cell is not None:
+            cell["failed"] += 1
+        await anyio.to_thread.run_sync(
+            lambda: self.store.execute(
+                "UPDATE units SET status = 'failed', reason = ?, ended_ns = ? "
+                "WHERE experiment_id = ? AND unit_id = ?",
+                [reason, now_ns(), experiment_id, unit.unit_id],
+            )
+        )
+        self.daemon.event("error", f"unit {unit.unit_id} ({unit.configuration}) failed: {reason}")
+
+    async def run_unit(
+        self,
+        plan: Plan,
+        experiment_id: str,
+        unit: Unit,
+        model: Any,
+        prompts: list[Prompt],
+        reference: Mapping[str, Sequence[int]] | None,
+    ) -> None:
+        db = anyio.to_thread.run_sync
+        cell = self.state.grid.setdefault(
+            (unit.model, unit.configuration), {"done": 0, "failed": 0, "running": 0, "total": 1}
+        )
+        cell["running"] = 1
+        self.state.unit = {
+            "unit_id": unit.unit_id,
+            "model": unit.model,
+            "engine": unit.engine,
+            "provider": unit.provider,
+            "configuration": unit.configuration,
+            "repetition": unit.repetition,
+            "factors": unit.factors,
+        }
+        rows = await db(
+            lambda: self.store.execute(
+                """UPDATE units SET status = 'running', attempt = attempt + 1, started_ns = ?,
+                   session_id = ?, reason = NULL, params = ?, size_category = ?
+               WHERE experiment_id = ? AND unit_id = ? RETURNING attempt""",
+                [
+                    now_ns(),
+                    self.daemon.session_id,
+                    getattr(model, "param_count", None),
+                    getattr(model, "size_category", None),
+                    experiment_id,
+                    unit.unit_id,
+                ],
+            )
+        )
+        attempt = int(rows[0][0])
+        max_new = int(unit.setting("max_new_tokens", plan.spec.max_new_tokens))
+        batch_size = int(unit.setting("batch_size", plan.spec.batch_size))
+        options = dict(plan.spec.engine_options.get(unit.engine, {}))
+        if "dtype" in unit.factors:
+            options["dtype"] = unit.factors["dtype"]
+        rss_before = psutil.Process().memory_info().rss
+        engine: Engine | None = None
+        abandoned = False
+        measured: list[RequestRecord] = []
+        load_info: dict[str, Any] = {}
+        failure: str | None = None
+        try:
+            with anyio.fail_after(plan.spec.unit_timeout_s):
+                engine = self.make_engine(plan, unit.engine)
+                phase_id = await db(self._phase_start, experiment_id, unit, attempt, "load")
+                info = await self._in_engine_thread(engine.load, model, unit.provider, options)
+                await db(self._phase_end, phase_id)
+                load_info = {
+                    "export_s": info.export_s,
+                    "load_s": info.load_s,
+                    "export_cache_hit": info.export_cache_hit,
+                    **dict(info.details),
+                }
+
+                warm = prompts[: plan.spec.warmup_requests]
+                if warm:
+                    phase_id = await db(self._phase_start, experiment_id, unit, attempt, "warmup")
+                    for start in range(0, len(warm), batch_size):
+                        records = await self._in_engine_thread(
+                            engine.generate, warm[start : start + batch_size], max_new
+                        )
+                        await db(
+                            self._store_requests, experiment_id, unit, attempt, "warmup", records
+                        )
+                    await db(self._phase_end, phase_id)
+
+                phase_id = await db(
+                    self._phase_start, experiment_id, unit, attempt, "cooldown_before"
+                )
+                await self._cooldown_before(plan)
+                await db(self._phase_end, phase_id)
+
+                phase_id = await db(self._phase_start, experiment_id, unit, attempt, "measure")
+                self.state.requests_total = len(prompts)
+                self.state.request_index = 0
+                for start in range(0, len(prompts), batch_size):
+                    records = await self._in_engine_thread(
+                        engine.generate, prompts[start : start + batch_size], max_new
+                    )
+                    measured.extend(records)
+                    self.state.request_index = len(measured)
+                    await db(self._store_requests, experiment_id, unit, attempt, "measure", records)
+                await db(self._phase_end, phase_id)
+
+                phase_id = await db(
+                    self._phase_start, experiment_id, unit, attempt, "cooldown_after"
+                )
+                await self._sleep_phase(plan.spec.cooldown.after_s)
+                await db(self._phase_end, phase_id)
+            bad = [r for r in measured if r.tokens_out != max_new * 1]
+            if bad:
+                failure = (
+                    f"{len(bad)} requests generated other than {max_new} tokens "
+                    f"(e.g. {bad[0].prompt_id}: {bad[0].tokens_out}): engines must do "
+                    "the same work"
+                )
+        except TimeoutError:
+            abandoned = True
+            failure = f"timed out after {plan.spec.unit_timeout_s:g} s (unit_timeout_s)"
+        except anyio.get_cancelled_exc_class():
+            abandoned = True
+            with anyio.CancelScope(shield=True):
+                await db(
+                    lambda: self.store.execute(
+                        "UPDATE units SET status = 'cancelled', reason = 'cancelled', ended_ns = ? "
+                        "WHERE experiment_id = ? AND unit_id = ?",
+                        [now_ns(), experiment_id, unit.unit_id],
+                    )
+                )
+                await db(self._close_open_phases, experiment_id, unit.unit_id, attempt)
+                cell["running"] = 0
+            raise
+        except MemoryError:
+            failure = "out of memory while loading or generating; try a smaller batch_size"
+        except Exception as error:
+            failure = f"{type(error).__name__}: {error}"
+        finally:
+            with anyio.CancelScope(shield=True):
+                if engine is not None and not abandoned:
+                    try:
+                        await self._in_engine_thread(engine.close)
+                    except Exception as error:
+                        self.daemon.event("warning", f"engine close failed: {error}")
+                elif engine is not None:
+                    self.daemon.event(
+                        "warning",
+                        f"unit {unit.unit_id}: engine thread abandoned "
+                        "while busy; its memory may stay held",
+                    )
+                engine = None
+                gc.collect()
+                rss_after = psutil.Process().memory_info().rss
+                load_info["rss_before_bytes"] = rss_before
+                load_info["rss_after_close_bytes"] = rss_after
+                if rss_after - rss_before > max(RELEASE_TOLERANCE_BYTES, 0.1 * rss_before):
+                    self.daemon.event(
+                        "warning",
+                        f"unit {unit.unit_id}: {(rss_after - rss_before) / 2**20:.0f} MiB still "
+                        "held after the engine closed; the next unit's baseline may be raised",
+                    )
+                self._release_accelerators()
+        cell["running"] = 0
+        self.state.unit = None
+        self.state.phase = None
+        if failure is not None:
+            await db(self._close_open_phases, experiment_id, unit.unit_id, attempt)
+            await db(
+                lambda: self.store.execute(
+                    "UPDATE units SET load_info = ? WHERE experiment_id = ? AND unit_id = ?",
+                    [json.dumps(load_info, default=str), experiment_id, unit.unit_id],
+                )
+            )
+            await self._fail_unit(experiment_id, unit, failure)
+            return
+        fidelity_share: float | None = None
+        first_divergence: int | None = None
+        if reference is not None:
+            fidelity_share, first_divergence = await db(
+                self._store_fidelity, experiment_id, unit, attempt, measured, reference
+            )
+        await db(
+            lambda: self.store.execute(
+                """UPDATE units SET status = 'done', ended_ns = ?, load_info = ?,
+                   fidelity_share = ?, fidelity_first_divergence = ?
+               WHERE experiment_id = ? AND unit_id = ?""",
+                [
+                    now_ns(),
+                    json.dumps(load_info, default=str),
+                    fidelity_share,
+                    first_divergence,
+                    experiment_id,
+                    unit.unit_id,
+                ],
+            )
+        )
+        cell["done"] += 1
+        if self._baseline_w is None and plan.spec.cooldown.adaptive:
+            self._baseline_w = await db(self._recent_power_w, max(0.5, plan.spec.cooldown.before_s))
+        self.state.results = await db(self.summary_rows, experiment_id)
+
+    def _close_open_phases(self, experiment_id: str, unit_id: int, attempt: int) -> None:
+        self.store.execute(
+            "UPDATE phases SET end_ns = ? WHERE experiment_id = ? AND unit_id = ? "
+            "AND attempt = ? AND end_ns IS NULL",
+            [now_ns(), experiment_id, unit_id, attempt],
+        )
+
+    def _store_fidelity(
+        self,
+        experiment_id: str,
+        unit: Unit,
+        attempt: int,
+        records: Sequence[RequestRecord],
+        reference: Mapping[str, Sequence[int]],
+    ) -> tuple[float | None, int | None]:
+        from greenmon.fidelity import compare_unit
+
+        known = [r for r in records if r.prompt_id in reference]
+        if not known:
+            return None, None
+        result = compare_unit(known, reference)
+        with self.store.lock:
+            self.store.con.executemany(
+                """UPDATE requests SET identical_share = ?, first_divergence = ?
+                   WHERE experiment_id = ? AND unit_id = ? AND attempt = ? AND phase = 'measure'
+                     AND prompt_id = ?""",
+                [
+                    [
+                        r.identical_share,
+                        r.first_divergence,
+                        experiment_id,
+                        unit.unit_id,
+                        attempt,
+                        r.prompt_id,
+                    ]
+                    for r in result.requests
+                ],
+            )
+        return result.identical_share, result.first_divergence
+
+    @staticmethod
+    def _release_accelerators() -> None:
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def summary_rows(self, experiment_id: str) -> list[dict[str, Any]]:
+        """Medians per configuration over finished units (the live results table)."""
+        columns, rows = self.store.query(
+            """SELECT configuration, count(*) AS units,
+                      median(energy_global_j) AS median_energy_j,
+                      median(duration_s) AS median_duration_s,
+                      median(j_per_token) AS median_j_per_token,
+                      list_distinct(flatten(list(flags))) AS flags
+               FROM unit_results WHERE experiment_id = ? AND status = 'done'
+               GROUP BY configuration ORDER BY configuration""",
+            [experiment_id],
+        )
+        return [
+            {
+                k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in zip(columns, row, strict=True)
+            }
+            for row in rows
+        ]
+
+
+def runner_service(
+    plan: Plan | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    stop_when_done: bool = True,
+    **runner_kwargs: Any,
+) -> Callable[..., Any]:
+    """A daemon service: attach a runner as ``daemon.runner``; run ``plan`` if given."""
+
+    async def service(
+        daemon: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        runner = ExperimentRunner(daemon, **runner_kwargs)
+        daemon.runner = runner
+        async with anyio.create_task_group() as group:
+            runner._task_group = group
+            if plan is not None:
+                experiment_id, units = await anyio.to_thread.run_sync(
+                    runner.prepare, plan, resume, force
+                )
+                daemon.experiment_id = experiment_id
+                task_status.started()
+
+                async def run_then_stop() -> None:
+                    try:
+                        # Let the probes collect a little before the first phase.
+                        await anyio.sleep(0.2)
+                        await runner.run_units(plan, experiment_id, units)
+                    finally:
+                        if stop_when_done:
+                            daemon.request_stop()
+
+                group.start_soon(run_then_stop)
+            else:
+                task_status.started()
+            await anyio.sleep_forever()
+
+    return service
