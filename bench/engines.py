@@ -8,7 +8,8 @@
   bare transformers ``generate`` loop (same model, prompts, token count, thread count).
   The two are interleaved prompt by prompt, so drift of the machine hits both.  Reported:
   the median over (prompt, round) pairs of the time ratio (``paired_ratio_median``, the
-  figure least disturbed by other load), and the median of per-round throughput ratios.  1.0 means no overhead; the aim is >= 0.97.
+  figure least disturbed by other load), and the median of per-round throughput ratios.
+  1.0 means no overhead; the aim is >= 0.97.
 
 Usage: python bench/engines.py [--prompts 16] [--new-tokens 32] [--rounds 5] [--threads N]
 """
