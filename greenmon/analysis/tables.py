@@ -1,0 +1,130 @@
+"""Analysis results as DuckDB tables, so ``greenmon sql`` can ask questions of them.
+
+One table per result (``analysis_medians``, ``analysis_tests``, ...), every row keyed by
+``experiment_id``.  Re-analysing an experiment replaces its rows and leaves other
+experiments' rows alone.  The tables are derived data: when a newer greenmon changes a
+table's columns, the old table is dropped and rebuilt rather than migrated.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from greenmon.analysis import stats
+from greenmon.analysis.data import load_results, resolve_experiment
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from greenmon.store import Store
+
+TABLE_PREFIX = "analysis_"
+
+TABLE_COLUMNS: dict[str, list[str]] = {
+    "medians": stats.MEDIAN_COLUMNS,
+    "assumptions": stats.ASSUMPTION_COLUMNS,
+    "tests": stats.TEST_COLUMNS,
+    "posthoc": stats.POSTHOC_COLUMNS,
+    "savings": stats.SAVING_COLUMNS,
+    "savings_range": stats.SAVING_RANGE_COLUMNS,
+    "summary": stats.SUMMARY_COLUMNS,
+    "twoway": stats.TWOWAY_COLUMNS,
+    "reconciliation": stats.RECONCILIATION_COLUMNS,
+}
+
+_VARCHAR = {
+    "variable", "scope", "model", "factor_key", "configuration", "engine", "provider",
+    "check", "test", "effect_size_kind", "a", "b", "versus", "range_text", "best",
+    "reference", "sentence", "models_sentence", "factor", "source",
+}  # fmt: skip
+_INTEGER = {
+    "size_category", "n", "groups", "n_total", "min_n", "pairs_total", "pairs_significant",
+    "models", "models_lower", "models_significant_lower", "models_tested",
+    "models_significant", "models_all_pairs_differ", "unit_id", "repetition",
+}  # fmt: skip
+_BOOLEAN = {"passed", "normal", "equal_var", "significant", "all_pairs_differ"}
+
+
+def sql_type(column: str) -> str:
+    if column in _BOOLEAN:
+        return "BOOLEAN"
+    if column in _INTEGER:
+        return "INTEGER"
+    if column in _VARCHAR:
+        return "VARCHAR"
+    return "DOUBLE"
+
+
+def table_ddl(name: str) -> str:
+    columns = ["experiment_id VARCHAR NOT NULL"] + [
+        f'"{c}" {sql_type(c)}' for c in TABLE_COLUMNS[name]
+    ]
+    return f"CREATE TABLE {TABLE_PREFIX}{name} ({', '.join(columns)})"
+
+
+def write_tables(store: Store, result: stats.AnalysisResult) -> list[str]:
+    """Replace ``result.experiment_id``'s rows in every analysis table; returns the names."""
+    names: list[str] = []
+    with store.lock:
+        con = store.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for name, frame in result.tables().items():
+                table = f"{TABLE_PREFIX}{name}"
+                _ensure_table(store, name)
+                con.execute(f"DELETE FROM {table} WHERE experiment_id = ?", [result.experiment_id])
+                if len(frame):
+                    _insert(store, table, name, frame, result.experiment_id)
+                names.append(table)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return names
+
+
+def _ensure_table(store: Store, name: str) -> None:
+    table = f"{TABLE_PREFIX}{name}"
+    rows = store.con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index",
+        [table],
+    ).fetchall()
+    wanted = ["experiment_id", *TABLE_COLUMNS[name]]
+    if rows and [r[0] for r in rows] == wanted:
+        return
+    if rows:
+        store.con.execute(f"DROP TABLE {table}")
+    store.con.execute(table_ddl(name))
+
+
+def _insert(store: Store, table: str, name: str, frame: pd.DataFrame, experiment_id: str) -> None:
+    columns = TABLE_COLUMNS[name]
+    data = frame[columns].copy()
+    # Object columns mixing None and numbers confuse DuckDB's type sniffing; cast in SQL.
+    data = data.astype(object).where(data.notna(), None)
+    data.insert(0, "experiment_id", experiment_id)
+    select = ", ".join(
+        ["experiment_id"] + [f'CAST("{c}" AS {sql_type(c)}) AS "{c}"' for c in columns]
+    )
+    store.con.register("greenmon_analysis_rows", data)
+    try:
+        store.con.execute(f"INSERT INTO {table} SELECT {select} FROM greenmon_analysis_rows")
+    finally:
+        store.con.unregister("greenmon_analysis_rows")
+
+
+def analyze(
+    store: Store,
+    experiment_id: str | None = None,
+    *,
+    alpha: float = stats.ALPHA,
+    workers: int | None = None,
+    write: bool = True,
+) -> stats.AnalysisResult:
+    """Analyse one experiment (None: the latest) and, with ``write``, store the tables."""
+    experiment = resolve_experiment(store, experiment_id)
+    frame = load_results(store, experiment)
+    result = stats.analyze_frame(frame, experiment, alpha=alpha, workers=workers)
+    if write and not store.read_only:
+        write_tables(store, result)
+    return result
