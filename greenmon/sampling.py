@@ -320,6 +320,11 @@ class Sampler:
                     await self.send.send(event)
                 if len(batch):
                     await self.send.send(batch)
+                # An async probe's sessions belong to this loop: release them here, since
+                # the daemon's later close() is synchronous (probes/netio.py).
+                aclose = getattr(self.probe, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
     def _lose(self, lost: ProbeLost) -> None:
         self.health.state = "lost"

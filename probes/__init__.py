@@ -11,5 +11,6 @@ REGISTRY: dict[str, str] = {
     "host": "greenmon.probes.host",
     "rapl": "greenmon.probes.rapl",
     "nvml": "greenmon.probes.nvml",
+    "netio": "greenmon.probes.netio",
     "estimate": "greenmon.probes.estimate",
 }
