@@ -40,6 +40,8 @@ class Config:
     daemon: DaemonOptions = field(default_factory=DaemonOptions)
     probes: dict[str, ProbeOptions] = field(default_factory=dict)
     source: Path | None = None
+    # Probes whose module cannot be imported here (a missing optional library): name -> why.
+    broken: dict[str, str] = field(default_factory=dict)
 
     def enabled_probes(self) -> dict[str, ProbeOptions]:
         return {name: options for name, options in self.probes.items() if options.enabled}

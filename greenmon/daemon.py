@@ -101,6 +101,7 @@ class Daemon:
     # -- start-up ----------------------------------------------------------------------
     def _create_probes(self) -> dict[str, tuple[Probe, float]]:
         created: dict[str, tuple[Probe, float]] = {}
+        self.unavailable.update(self.config.broken)
         if self._injected is not None:
             for name, probe in self._injected.items():
                 options = self.config.probes.get(name)
