@@ -73,46 +73,42 @@ pts AS (
     WHERE s.value IS NOT NULL
 ),
 seq AS (
-    SELECT channel_id, t_ns, value,
+    SELECT channel_id, t_ns AS t1, value AS v1,
            lag(t_ns) OVER w AS prev_t_ns, lag(value) OVER w AS prev_value,
-           lead(t_ns) OVER w AS next_t_ns
+           lead(t_ns) OVER w IS NULL AS last_sample
     FROM pts
     WINDOW w AS (PARTITION BY channel_id ORDER BY t_ns)
 ),
-iv AS (
-    -- real intervals between consecutive samples
-    SELECT s.channel_id, s.prev_t_ns AS t0, s.t_ns AS t1, s.prev_value AS v0, s.value AS v1,
-           false AS edge
-    FROM seq s WHERE s.prev_t_ns IS NOT NULL AND s.t_ns > s.prev_t_ns
-    UNION ALL
-    -- the stretch just before the first and after the last sample: covered, no energy
-    SELECT s.channel_id, s.t_ns - 2 * c.period_ns, s.t_ns, s.value, s.value, true
-    FROM seq s JOIN ch c USING (channel_id) WHERE s.prev_t_ns IS NULL
-    UNION ALL
-    SELECT s.channel_id, s.t_ns, s.t_ns + 2 * c.period_ns, s.value, s.value, true
-    FROM seq s JOIN ch c USING (channel_id) WHERE s.next_t_ns IS NULL
-),
 iv2 AS (
-    SELECT iv.*, ch.kind, ch.period_ns, ch.scale_si,
-           (ch.kind = 'counter' AND NOT iv.edge AND iv.v1 < iv.v0) AS negative,
+    -- One row per sample: the interval from the previous sample, or for the first sample
+    -- an "edge" stretch of two periods before it (covered, no energy).  The last sample
+    -- also covers two periods after it (trailing_ns).
+    SELECT s.channel_id, coalesce(s.prev_t_ns, s.t1 - 2 * ch.period_ns) AS t0, s.t1,
+           coalesce(s.prev_value, s.v1) AS v0, s.v1, s.prev_t_ns IS NULL AS edge,
+           CASE WHEN s.last_sample THEN 2 * ch.period_ns ELSE 0 END AS trailing_ns,
+           ch.kind, ch.period_ns, ch.scale_si,
+           (ch.kind = 'counter' AND s.prev_t_ns IS NOT NULL AND s.v1 < s.prev_value) AS negative,
            CASE
-               WHEN ch.kind <> 'counter' OR iv.edge THEN NULL
-               WHEN iv.v1 >= iv.v0 THEN iv.v1 - iv.v0
-               WHEN ch.counter_range IS NOT NULL THEN iv.v1 - iv.v0 + ch.counter_range
+               WHEN ch.kind <> 'counter' OR s.prev_t_ns IS NULL THEN NULL
+               WHEN s.v1 >= s.prev_value THEN s.v1 - s.prev_value
+               WHEN ch.counter_range IS NOT NULL THEN s.v1 - s.prev_value + ch.counter_range
                ELSE NULL
            END AS delta
-    FROM iv JOIN ch USING (channel_id)
+    FROM seq s JOIN ch USING (channel_id)
+    WHERE s.prev_t_ns IS NULL OR s.t1 > s.prev_t_ns
 ),
 cut AS (
     SELECT w.window_id, w.channel_id, w.start_ns, w.end_ns, i.*,
-           greatest(i.t0, w.start_ns) AS s_ns, least(i.t1, w.end_ns) AS e_ns
+           greatest(i.t0, w.start_ns) AS s_ns, greatest(least(i.t1, w.end_ns), i.t0) AS e_ns
     FROM win w JOIN iv2 i
-      ON i.channel_id = w.channel_id AND i.t1 > w.start_ns AND i.t0 < w.end_ns
+      ON i.channel_id = w.channel_id AND i.t1 + i.trailing_ns > w.start_ns
+     AND i.t0 < w.end_ns
 ),
 parts AS (
     SELECT window_id, channel_id, start_ns, end_ns, scale_si, edge, negative, delta,
+           trailing_ns, t1,
            CASE
-               WHEN edge THEN 0.0
+               WHEN edge OR s_ns >= e_ns THEN 0.0
                WHEN kind = 'counter' AND s_ns = t0 AND e_ns = t1 THEN delta
                WHEN kind = 'counter' THEN delta * (e_ns - s_ns) / (t1 - t0)
                ELSE ((v0 + (v1 - v0) * (s_ns - t0) / (t1 - t0))
@@ -121,10 +117,12 @@ parts AS (
            END AS part_native,
            CASE
                WHEN kind = 'counter' AND NOT edge AND delta IS NULL THEN 0
-               WHEN t1 - t0 <= 4 * period_ns OR edge THEN e_ns - s_ns
+               WHEN t1 - t0 <= 4 * period_ns OR edge THEN greatest(0, e_ns - s_ns)
                ELSE greatest(0, least(t0 + 2 * period_ns, e_ns) - s_ns)
                     + greatest(0, e_ns - greatest(t1 - 2 * period_ns, s_ns))
-           END AS covered_ns
+           END
+           + greatest(0, least(t1 + trailing_ns, end_ns) - greatest(t1, start_ns))
+               AS covered_ns
     FROM cut
 )
 SELECT w.window_id, w.channel_id,
