@@ -1,0 +1,309 @@
+"""Figures of an experiment, as PNG and SVG (matplotlib's object API, no pyplot state).
+
+- box plots per dependent variable by configuration, one colour per model (the study's
+  Figures 3-5);
+- energy against time, one point per unit;
+- one unit's power traces with its phases shaded;
+- wall power against the sum of its components (CPU + DRAM + GPU) over the same unit.
+
+*Power* of a channel is derived from raw samples: a counter's wrap-free delta over the
+time between samples (converted to W), a power gauge as read.  Traces are averaged into
+time bins so a long unit sampled at 100 Hz stays a readable, small figure.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from greenmon.analysis.data import VARIABLES_BY_COLUMN, configuration_label
+from greenmon.energy import ENERGY_UNITS, POWER_UNITS, SCALE_TO_SI_SQL
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from greenmon.store import Store
+
+TRACE_BINS = 600
+PHASE_COLOURS = {
+    "load": "#d9d9d9", "warmup": "#fde0c5", "cooldown_before": "#d6e9f8",
+    "measure": "#d8f0d2", "cooldown_after": "#d6e9f8",
+}  # fmt: skip
+DOMAIN_COLOURS = {"cpu": "#1f77b4", "dram": "#9467bd", "gpu": "#2ca02c", "wall": "#d62728"}
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One rendered figure: its files and its SVG text (for inline embedding)."""
+
+    name: str
+    title: str
+    png_path: Path
+    svg_path: Path
+    svg: str
+    png_base64: str
+
+
+def configuration_order(configurations: Any) -> list[str]:
+    """CPU-provider configurations first, then the rest, each by engine (Tables 4/5)."""
+    names = sorted({str(c) for c in configurations})
+    return sorted(names, key=lambda c: (c.partition("/")[2] != "cpu", c.partition("/")[2], c))
+
+
+def _figure(width_in: float = 9.0, height_in: float = 4.5) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width_in, height_in), dpi=100, layout="constrained")
+
+
+def render(figure: Figure, out_dir: Path, name: str, title: str) -> Plot:
+    """Write ``name``.png and ``name``.svg under ``out_dir``; keep both for embedding."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = io.BytesIO()
+    # No dates or random ids in the files: the same data renders the same bytes.
+    figure.savefig(png, format="png", metadata={"Software": None})
+    svg_buffer = io.StringIO()
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": "greenmon", "svg.fonttype": "none"}):
+        figure.savefig(svg_buffer, format="svg", metadata={"Date": None, "Creator": None})
+    png_path, svg_path = out_dir / f"{name}.png", out_dir / f"{name}.svg"
+    png_path.write_bytes(png.getvalue())
+    svg_path.write_text(svg_buffer.getvalue(), encoding="utf-8")
+    return Plot(
+        name=name,
+        title=title,
+        png_path=png_path,
+        svg_path=svg_path,
+        svg=svg_buffer.getvalue(),
+        png_base64=base64.b64encode(png.getvalue()).decode("ascii"),
+    )
+
+
+def box_plot(done: pd.DataFrame, variable: str) -> Figure:
+    """Box plots of ``variable`` by configuration, one colour per model."""
+    info = VARIABLES_BY_COLUMN[variable]
+    configs = configuration_order(done["configuration"])
+    models = sorted(done["model"].unique())
+    figure = _figure(max(7.0, 1.2 * len(configs) + 2), 4.5)
+    axes = figure.add_subplot()
+    colours = _palette(len(models))
+    width = 0.8 / max(len(models), 1)
+    for m, model in enumerate(models):
+        data, positions = [], []
+        for c, config in enumerate(configs):
+            values = done.loc[
+                (done["model"] == model) & (done["configuration"] == config), variable
+            ].dropna()
+            if len(values):
+                data.append(values.to_numpy(dtype=float))
+                positions.append(c - 0.4 + width * (m + 0.5))
+        if not data:
+            continue
+        boxes = axes.boxplot(
+            data, positions=positions, widths=width * 0.9, patch_artist=True,
+            manage_ticks=False, flierprops={"markersize": 2},
+        )  # fmt: skip
+        for patch in boxes["boxes"]:
+            patch.set_facecolor(colours[m])
+            patch.set_alpha(0.8)
+        axes.plot([], [], color=colours[m], linewidth=6, label=model)
+    axes.set_xticks(range(len(configs)), [configuration_label(c) for c in configs])
+    axes.set_ylabel(f"{info.label} ({info.unit})")
+    axes.set_title(f"{info.label} by configuration")
+    axes.grid(axis="y", alpha=0.3)
+    if len(models) > 1:
+        axes.legend(fontsize="small", ncols=min(len(models), 6), loc="best")
+    return figure
+
+
+def _palette(count: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20" if count > 10 else "tab10"]
+    return [cmap(i % cmap.N) for i in range(count)]
+
+
+def energy_time_plot(done: pd.DataFrame, variable: str = "energy_global_j") -> Figure:
+    """Energy against measure time, one point per unit, one colour per configuration."""
+    figure = _figure(7.5, 4.5)
+    axes = figure.add_subplot()
+    configs = configuration_order(done["configuration"])
+    colours = _palette(len(configs))
+    for c, config in enumerate(configs):
+        part = done[done["configuration"] == config]
+        axes.scatter(
+            part["duration_s"], part[variable], s=14, color=colours[c],
+            label=configuration_label(config), alpha=0.8,
+        )  # fmt: skip
+    info = VARIABLES_BY_COLUMN[variable]
+    axes.set_xlabel("Measure time (s)")
+    axes.set_ylabel(f"{info.label} ({info.unit})")
+    axes.set_title("Energy against time per unit")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def unit_power(store: Store, experiment_id: str, unit_id: int, bins: int = TRACE_BINS) -> (
+    tuple[pd.DataFrame, pd.DataFrame]
+):
+    """(power, phases) of one unit: power has t_s (from the unit's first phase), channel,
+    domain, power_w averaged per time bin; phases has phase, start_s, end_s."""
+    _, phase_rows = store.query(
+        """SELECT phase, start_ns, end_ns, session_id FROM phases
+           WHERE experiment_id = ? AND unit_id = ? AND end_ns IS NOT NULL
+           AND attempt = (SELECT max(attempt) FROM phases
+                          WHERE experiment_id = ? AND unit_id = ?)
+           ORDER BY start_ns""",
+        [experiment_id, unit_id, experiment_id, unit_id],
+    )
+    phases = pd.DataFrame(phase_rows, columns=["phase", "start_ns", "end_ns", "session_id"])
+    if phases.empty:
+        return pd.DataFrame(columns=["t_s", "channel", "domain", "power_w"]), phases
+    lo, hi = int(phases["start_ns"].min()), int(phases["end_ns"].max())
+    bin_ns = max((hi - lo) // bins, 1)
+    columns, rows = store.query(
+        f"""WITH ch AS (
+                SELECT channel_id, probe || ':' || name AS channel, domain, kind,
+                       {SCALE_TO_SI_SQL} AS scale
+                FROM channels
+                WHERE session_id = ? AND domain IS NOT NULL
+                  AND ((kind = 'counter' AND unit IN {ENERGY_UNITS!r})
+                       OR (kind = 'gauge' AND unit IN {POWER_UNITS!r}))),
+            pw AS (
+                SELECT ch.channel, ch.domain, s.t_ns,
+                       CASE WHEN ch.kind = 'counter'
+                            THEN (s.value - lag(s.value) OVER w)
+                                 / ((s.t_ns - lag(s.t_ns) OVER w) / 1e9)
+                            ELSE s.value END * ch.scale AS power_w
+                FROM samples s JOIN ch USING (channel_id)
+                WHERE s.t_ns BETWEEN ? AND ?
+                WINDOW w AS (PARTITION BY s.channel_id ORDER BY s.t_ns))
+            SELECT channel, domain, (floor((t_ns - ?) / ?) * ? + ? / 2) / 1e9 AS t_s,
+                   avg(power_w) AS power_w
+            FROM pw WHERE power_w >= 0 AND power_w IS NOT NULL
+            GROUP BY ALL ORDER BY channel, t_s""",
+        [str(phases["session_id"].iloc[0]), lo, hi, lo, bin_ns, bin_ns, bin_ns],
+    )
+    power = pd.DataFrame(rows, columns=columns)
+    phases = phases.assign(
+        start_s=(phases["start_ns"] - lo) / 1e9, end_s=(phases["end_ns"] - lo) / 1e9
+    )[["phase", "start_s", "end_s"]]
+    return power, phases
+
+
+def _shade(axes: Any, phases: pd.DataFrame) -> None:
+    seen: set[str] = set()
+    for row in phases.itertuples(index=False):
+        label = None if row.phase in seen else str(row.phase)
+        seen.add(str(row.phase))
+        axes.axvspan(row.start_s, row.end_s, color=PHASE_COLOURS.get(str(row.phase), "#eee"),
+                     alpha=0.7, label=label, linewidth=0)  # fmt: skip
+
+
+def power_trace_plot(power: pd.DataFrame, phases: pd.DataFrame, title: str) -> Figure:
+    """Each energy channel's power over one unit, phases shaded."""
+    figure = _figure(9.0, 4.5)
+    axes = figure.add_subplot()
+    _shade(axes, phases)
+    for channel, part in power.groupby("channel", sort=True):
+        domain = str(part["domain"].iloc[0])
+        axes.plot(part["t_s"], part["power_w"], label=f"{channel} ({domain})", linewidth=1.2,
+                  color=DOMAIN_COLOURS.get(domain))  # fmt: skip
+    axes.set_xlabel("Time since the unit started (s)")
+    axes.set_ylabel("Power (W)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", ncols=2)
+    return figure
+
+
+def wall_components_frame(power: pd.DataFrame) -> pd.DataFrame:
+    """Per time bin: wall power and the sum of CPU + DRAM + GPU power."""
+    if power.empty:
+        return pd.DataFrame(columns=["t_s", "wall_w", "components_w"])
+    by_domain = power.pivot_table(index="t_s", columns="domain", values="power_w", aggfunc="sum")
+    parts = [d for d in ("cpu", "dram", "gpu") if d in by_domain.columns]
+    if "wall" not in by_domain.columns or not parts:
+        return pd.DataFrame(columns=["t_s", "wall_w", "components_w"])
+    # Sources sample at different instants: carry each across empty bins before adding.
+    filled = by_domain.sort_index().ffill().bfill()
+    return pd.DataFrame(
+        {"t_s": filled.index.to_numpy(dtype=float),
+         "wall_w": filled["wall"].to_numpy(dtype=float),
+         "components_w": filled[parts].sum(axis=1).to_numpy(dtype=float)}
+    )  # fmt: skip
+
+
+def wall_components_plot(frame: pd.DataFrame, phases: pd.DataFrame, title: str) -> Figure:
+    figure = _figure(9.0, 4.0)
+    axes = figure.add_subplot()
+    _shade(axes, phases)
+    axes.plot(frame["t_s"], frame["wall_w"], label="wall", color=DOMAIN_COLOURS["wall"])
+    axes.plot(frame["t_s"], frame["components_w"], label="CPU + DRAM + GPU", color="#333333")
+    axes.fill_between(frame["t_s"], frame["components_w"], frame["wall_w"], alpha=0.15,
+                      color=DOMAIN_COLOURS["wall"], label="unaccounted")  # fmt: skip
+    axes.set_xlabel("Time since the unit started (s)")
+    axes.set_ylabel("Power (W)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def trace_unit(done: pd.DataFrame) -> int | None:
+    """The unit whose traces a report shows: the median-energy unit of the configuration
+    with the most units, so the trace is typical rather than the first or an outlier."""
+    if done.empty:
+        return None
+    config = done["configuration"].value_counts().sort_index().idxmax()
+    part = done[done["configuration"] == config].sort_values("unit_id")
+    energy = part["energy_global_j"].fillna(part["duration_s"]).fillna(0.0)
+    order = np.argsort(energy.to_numpy(dtype=float), kind="stable")
+    return int(part["unit_id"].iloc[order[len(order) // 2]])
+
+
+def make_plots(
+    store: Store | None,
+    done: pd.DataFrame,
+    variables: list[str],
+    out_dir: Path,
+    experiment_id: str,
+    unit_id: int | None = None,
+) -> list[Plot]:
+    """Every figure of an experiment, written under ``out_dir`` (PNG + SVG)."""
+    plots: list[Plot] = []
+    for variable in variables:
+        label = VARIABLES_BY_COLUMN[variable].label
+        plots.append(render(box_plot(done, variable), out_dir, f"box_{variable}", label))
+    if done["duration_s"].notna().any() and done["energy_global_j"].notna().any():
+        plots.append(
+            render(energy_time_plot(done), out_dir, "energy_time", "Energy against time per unit")
+        )
+    unit = unit_id if unit_id is not None else trace_unit(done)
+    if store is None or unit is None:
+        return plots
+    power, phases = unit_power(store, experiment_id, unit)
+    row = done[done["unit_id"] == unit]
+    what = f"unit {unit}"
+    if len(row):
+        r = row.iloc[0]
+        what += f": {r['model']}, {configuration_label(str(r['configuration']))}, "
+        what += f"repetition {r['repetition']}"
+    if not power.empty:
+        title = f"Power traces, {what}"
+        plots.append(render(power_trace_plot(power, phases, title), out_dir, "power_traces", title))
+    wall = wall_components_frame(power)
+    if not wall.empty:
+        title = f"Wall power against CPU + DRAM + GPU, {what}"
+        plots.append(
+            render(wall_components_plot(wall, phases, title), out_dir, "wall_components", title)
+        )
+    return plots
