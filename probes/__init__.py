@@ -12,5 +12,6 @@ REGISTRY: dict[str, str] = {
     "rapl": "greenmon.probes.rapl",
     "nvml": "greenmon.probes.nvml",
     "netio": "greenmon.probes.netio",
+    "energibridge": "greenmon.probes.energibridge",
     "estimate": "greenmon.probes.estimate",
 }
