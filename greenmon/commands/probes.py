@@ -42,6 +42,7 @@ def describe_probes(config_path: str | None) -> list[dict[str, Any]]:
                         "kind": c.kind,
                         "domain": c.domain,
                         "estimated": c.estimated,
+                        "fallback_for": c.metadata.get("fallback_for"),
                     }
                     for c in channels
                 ],
@@ -65,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"    why: {entry['reason']}")
         for channel in entry["channels"]:
             marks = " [estimated]" if channel["estimated"] else ""
-            domain = f" domain={channel['domain']}" if channel["domain"] else ""
+            if channel["fallback_for"]:
+                fallback = channel["fallback_for"]
+                marks = f" [estimated: a fallback, measured {fallback} channels come first]"
+            domain = f", domain={channel['domain']}" if channel["domain"] else ""
             print(f"    {channel['name']} ({channel['unit']}, {channel['kind']}{domain}){marks}")
     return 0
