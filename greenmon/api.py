@@ -420,6 +420,7 @@ class ApiServer:
             ]
         )
         self._runner: web.AppRunner | None = None
+        self._started_ns: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -468,9 +469,17 @@ class ApiServer:
     # -- handlers ----------------------------------------------------------------------
     async def status(self, request: web.Request) -> web.Response:
         daemon = self.daemon
+        if self._started_ns is None:
+            _, rows = await anyio.to_thread.run_sync(
+                daemon.store.query,
+                "SELECT started_ns FROM sessions WHERE session_id = ?",
+                [daemon.session_id],
+            )
+            self._started_ns = int(rows[0][0]) if rows and rows[0][0] is not None else None
         body = {
             "pid": os.getpid(),
             "session_id": daemon.session_id,
+            "started_ns": self._started_ns,
             "db_path": str(daemon.store.path.resolve()),
             "socket_path": str(self.socket_path),
             "probes": daemon.health(),

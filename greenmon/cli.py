@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "run an experiment plan headless, with live progress"),
     "demo": ("demo", "a complete small experiment on the embedded tiny model, then a report"),
     "engines": ("engines", "list every engine x provider: usable here or not, and why"),
+    "status": ("status", "what the running daemon (or, without one, the database) is doing"),
+    "tui": ("tui", "watch power, utilisation and plan progress live; pause, resume, cancel"),
 }
 
 

@@ -1,0 +1,156 @@
+"""``greenmon status``: what the running daemon is doing, or what the database last saw.
+
+With a daemon listening on its API socket, the answer comes from the daemon (probes and
+their health, the plan in progress).  Without one, the database is opened read-only and
+the last session and the last experiment's units are summarised from its tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from greenmon.api import ApiClient, call_daemon, find_daemon, resolve_socket_path
+from greenmon.commands.common import add_db_argument, format_table, resolve_db
+from greenmon.store import Store
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_db_argument(parser)
+    parser.add_argument("--socket", default=None, help="the daemon's API socket")
+    parser.add_argument("--json", action="store_true", help="print as JSON")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def progress_lines(progress: dict[str, Any] | None) -> list[str]:
+    if not progress:
+        return ["runner: none (the daemon only samples)"]
+    lines = [
+        f"plan {progress.get('plan_name') or '-'} ({progress.get('experiment_id') or '-'}): "
+        f"{progress.get('status')}, unit {progress.get('unit_index')}/"
+        f"{progress.get('units_total')}, ETA {_duration(progress.get('eta_s'))}"
+    ]
+    unit = progress.get("unit")
+    if unit:
+        phase = progress.get("phase") or "-"
+        if progress.get("phase_remaining_s") is not None:
+            phase += f" ({_duration(progress['phase_remaining_s'])} left)"
+        lines.append(
+            f"  now: {unit.get('model')} {unit.get('configuration')} repetition "
+            f"{unit.get('repetition')}, phase {phase}"
+            + (
+                f", request {progress.get('request_index')}/{progress.get('requests_total')}"
+                if progress.get("requests_total")
+                else ""
+            )
+        )
+    return lines
+
+
+def daemon_report(status: dict[str, Any]) -> str:
+    lines = [
+        f"daemon pid {status['pid']} running: {status['db_path']}, "
+        f"session {status['session_id']}, API {status.get('socket_path')}"
+    ]
+    rows = [
+        (
+            p["probe"],
+            p["state"],
+            f"{p['achieved_hz']:.2f}/{p['target_hz']:g}",
+            p["errors"],
+            p["missed_ticks"],
+            "" if p.get("jitter_p99_us") is None else f"{p['jitter_p99_us']:.0f}",
+            p.get("last_error") or p.get("reason") or "",
+        )
+        for p in status["probes"]
+    ]
+    columns = ["probe", "state", "Hz", "errors", "missed", "p99 jitter us", "last error"]
+    lines.append(format_table(columns, rows, max_width=60))
+    lines += progress_lines(status.get("progress"))
+    return "\n".join(lines)
+
+
+def file_status(path: Path) -> dict[str, Any]:
+    """The last session and experiment from the file, opened read-only."""
+    with Store.open(path, read_only=True) as store:
+        columns, rows = store.query(
+            "SELECT session_id, host, started_at::VARCHAR AS started_at, started_ns, ended_ns "
+            "FROM sessions "
+            "ORDER BY started_ns DESC NULLS LAST, started_at DESC LIMIT 1"
+        )
+        session = dict(zip(columns, rows[0], strict=True)) if rows else None
+        if session:
+            _, counts = store.query(
+                "SELECT count(DISTINCT c.channel_id), count(s.t_ns) FROM channels c "
+                "LEFT JOIN samples s USING (channel_id) WHERE c.session_id = ?",
+                [session["session_id"]],
+            )
+            session["channels"], session["samples"] = counts[0]
+            session["duration_s"] = (
+                (session["ended_ns"] - session["started_ns"]) / 1e9
+                if session["ended_ns"] is not None
+                else None
+            )
+        columns, rows = store.query(
+            "SELECT experiment_id, name, plan_path, status, created_ns FROM experiments "
+            "ORDER BY created_ns DESC NULLS LAST LIMIT 1"
+        )
+        experiment = dict(zip(columns, rows[0], strict=True)) if rows else None
+        if experiment:
+            _, unit_rows = store.query(
+                "SELECT status, count(*) FROM units WHERE experiment_id = ? GROUP BY status "
+                "ORDER BY status",
+                [experiment["experiment_id"]],
+            )
+            experiment["units"] = {status: count for status, count in unit_rows}
+    return {"daemon": None, "db_path": str(path), "session": session, "experiment": experiment}
+
+
+def file_report(report: dict[str, Any]) -> str:
+    lines = [f"no daemon runs; read {report['db_path']} (read-only)"]
+    session = report["session"]
+    if session is None:
+        lines.append("no session recorded yet")
+    else:
+        state = "ended" if session["ended_ns"] is not None else "did not end cleanly"
+        lines.append(
+            f"last session {session['session_id']} on {session['host']}, started "
+            f"{session['started_at']}, {state}, {_duration(session['duration_s'])}, "
+            f"{session['channels']} channels, {session['samples']} samples"
+        )
+    experiment = report["experiment"]
+    if experiment is None:
+        lines.append("no experiment recorded yet")
+    else:
+        units = ", ".join(f"{count} {status}" for status, count in experiment["units"].items())
+        lines.append(
+            f"last experiment {experiment['experiment_id']} ({experiment['name']}, "
+            f"{experiment['plan_path']}): {experiment['status']}; units: {units or 'none'}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    client = find_daemon(resolve_socket_path(args.socket))
+    if client is not None:
+        status: dict[str, Any] = call_daemon(client, ApiClient.status)
+        if args.json:
+            print(json.dumps({"daemon": status}, default=str, indent=2))
+        else:
+            print(daemon_report(status))
+        return 0
+    report = file_status(resolve_db(args.db))
+    if args.json:
+        print(json.dumps(report, default=str, indent=2))
+    else:
+        print(file_report(report))
+    return 0

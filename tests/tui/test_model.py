@@ -1,0 +1,87 @@
+"""The TUI's headless model: power from counters and gauges, phase spans, no textual."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from greenmon.tui.model import LiveModel, grid_table, unit_lines
+
+CHANNELS = [
+    {"channel_id": 1, "probe": "rapl", "name": "package-0.energy_uj", "unit": "uJ",
+     "kind": "counter", "domain": "cpu", "estimated": False, "metadata": {"counter_range": 1000}},
+    {"channel_id": 2, "probe": "nvml", "name": "gpu0.energy_mj", "unit": "mJ",
+     "kind": "counter", "domain": "gpu", "estimated": False, "metadata": {}},
+    {"channel_id": 3, "probe": "est", "name": "cpu.power_w", "unit": "W",
+     "kind": "gauge", "domain": "cpu", "estimated": True, "metadata": {"estimated": True}},
+    {"channel_id": 4, "probe": "nvml", "name": "gpu0.power_limit_mw", "unit": "mW",
+     "kind": "gauge", "domain": None, "estimated": False, "metadata": {}},
+    {"channel_id": 5, "probe": "host", "name": "cpu.percent", "unit": "%",
+     "kind": "gauge", "domain": None, "estimated": False, "metadata": {}},
+]  # fmt: skip
+S = 1_000_000_000
+
+
+def model_with(*snaps: dict[str, object]) -> LiveModel:
+    model = LiveModel()
+    model.set_status({"session_id": "s", "channels": CHANNELS, "probes": []})
+    for snap in snaps:
+        model.ingest(snap)
+    return model
+
+
+def test_counter_power_is_wrap_aware_and_a_reset_without_range_gives_no_point() -> None:
+    model = model_with(
+        {"t_ns": 1 * S, "values": [[1, 1 * S, 900.0], [2, 1 * S, 5000.0]]},
+        # rapl wrapped at 1000 uJ: 900 -> 100 is +200 uJ in 1 s
+        {"t_ns": 2 * S, "values": [[1, 2 * S, 100.0], [2, 2 * S, 7000.0]]},
+        # the same readings again (no new sample): no new point
+        {"t_ns": 3 * S, "values": [[1, 2 * S, 100.0], [2, 2 * S, 7000.0]]},
+        # the GPU counter went backwards with no range: a reset, no point
+        {"t_ns": 4 * S, "values": [[1, 4 * S, 500.0], [2, 4 * S, 10.0]]},
+    )
+    series = {label.split(" (")[0]: ws for label, _, ws in model.chart_series()}
+    assert series["CPU package"] == pytest.approx([200e-6, 200e-6])
+    assert series["GPU"] == pytest.approx([2.0])
+
+
+def test_estimated_gauges_are_marked_and_domainless_power_is_left_off() -> None:
+    model = model_with({"t_ns": S, "values": [[3, S, 12.5], [4, S, 250000.0], [5, S, 40.0]]})
+    labels = [label for label, _, _ in model.chart_series()]
+    assert labels == ["CPU package (est cpu.power_w) ~estimated"]
+    assert model.gauges() == {"CPU": 40.0, "RAM": None, "GPU": None, "GPU memory": None}
+
+
+def test_phase_spans_follow_progress() -> None:
+    def snap(t_s: int, phase: str | None) -> dict[str, object]:
+        return {"t_ns": t_s * S, "values": [[3, t_s * S, 1.0]], "progress": {"phase": phase}}
+
+    model = model_with(snap(1, "warmup"), snap(2, "warmup"), snap(3, "measure"), snap(5, None))
+    assert model.phase_spans_s() == [("warmup", -4.0, -2.0), ("measure", -2.0, 0.0)]
+
+
+def test_unit_and_grid_text() -> None:
+    progress = {
+        "status": "running", "plan_name": "p", "experiment_id": "e", "unit_index": 2,
+        "units_total": 4, "unit": {"model": "m", "configuration": "onnx/cpu", "repetition": 1},
+        "phase": "cooldown_before", "phase_remaining_s": 75, "request_index": None,
+        "requests_total": None, "eta_s": 3700,
+        "grid": [{"model": "m", "configuration": "onnx/cpu", "done": 1, "failed": 1,
+                  "running": 1, "total": 3}],
+    }  # fmt: skip
+    lines = unit_lines(progress)
+    assert lines[1] == "unit 2/4: m  onnx/cpu  repetition 1"
+    assert lines[2] == "phase cooldown_before (1m15s left)"
+    assert lines[3] == "plan ETA 1h01m40s"
+    assert grid_table(progress) == (["onnx/cpu"], [("m", ["1/3 done 1 failed ▶ running"])])
+
+
+def test_core_and_model_modules_do_not_import_textual() -> None:
+    code = (
+        "import sys, greenmon.api, greenmon.tui.model, greenmon.tui.embedded, "
+        "greenmon.commands.status; print('textual' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,378 @@
+"""The greenmon TUI: a live view of a daemon, through its API client only.
+
+Views (keys 1-4): *live* (power per source over the last minutes with the runner's phase
+shaded, utilisation gauges, the current unit), *plan* (models x configurations grid and the
+results table), *health* (probes and the event log), *sql* (a read-only console).
+``p`` / ``r`` pause and resume the plan; ``c`` twice within a few seconds cancels it;
+``q`` quits.  Quitting never stops a daemon the TUI only attached to.
+
+The app never touches the store: everything arrives through a ``DaemonLink`` (the API
+client, or a fake with its shape in tests).  When the link fails the app says so, keeps
+what it last saw, and reconnects when the daemon answers again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+import anyio
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Static
+from textual_plotext import PlotextPlot
+
+from greenmon.api import ApiError, SqlResult
+from greenmon.tui.model import (
+    HEALTH_COLUMNS,
+    RESULT_COLUMNS,
+    LiveModel,
+    grid_table,
+    health_rows,
+    result_rows,
+    unit_lines,
+)
+
+VIEWS = ("live", "plan", "health", "sql")
+CANCEL_CONFIRM_S = 3.0
+EVENT_LIMIT = 200
+SERIES_COLORS = ("cyan", "orange", "green", "magenta", "yellow", "blue")
+
+
+class DaemonLink(Protocol):
+    """What the app needs from the API client (greenmon.api.ApiClient has this shape)."""
+
+    async def status(self) -> dict[str, Any]: ...
+    def stream(self) -> AsyncIterator[dict[str, Any]]: ...
+    async def events(self, limit: int = 100) -> list[dict[str, Any]]: ...
+    async def sql(self, query: str, limit: int | None = None) -> SqlResult: ...
+    async def pause(self) -> dict[str, Any]: ...
+    async def resume(self) -> dict[str, Any]: ...
+    async def cancel(self) -> dict[str, Any]: ...
+    async def close(self) -> None: ...
+
+
+class PowerChart(PlotextPlot):  # type: ignore[misc]  # textual-plotext is untyped here
+    """Power per source (W) against seconds before the newest sample."""
+
+    def draw(self, model: LiveModel) -> None:
+        plt = self.plt
+        plt.clear_figure()
+        plt.xlabel("s before the newest sample")
+        series = model.chart_series()
+        if not series:
+            plt.title("power (W): waiting for samples")
+            self.refresh()
+            return
+        top_w = max(max(ws) for _, _, ws in series) * 1.1 or 1.0
+        spans = model.phase_spans_s()
+        for phase, start_s, end_s in spans:
+            # A filled band at the chart's top value marks the phase's extent.
+            shade = "gray" if "cooldown" in phase else "white"
+            plt.plot([start_s, end_s], [top_w, top_w], fillx=True, color=shade, marker="░")
+        for index, (label, xs, ws) in enumerate(series):
+            color = SERIES_COLORS[index % len(SERIES_COLORS)]
+            plt.plot(xs, ws, label=label, color=color, marker="braille")
+        current = spans[-1][0] if spans else None
+        plt.title("power (W)" + (f"   shaded: phase {current}" if current else ""))
+        plt.ylim(0, top_w)
+        self.refresh()
+
+
+def gauge_text(values: dict[str, float | None], width: int = 20) -> Text:
+    text = Text()
+    for label, value in values.items():
+        text.append(f"{label:<11}")
+        if value is None:
+            text.append("n/a\n", style="dim")
+            continue
+        filled = round(max(0.0, min(100.0, value)) / 100 * width)
+        text.append("█" * filled, style="green" if value < 80 else "red")
+        text.append("░" * (width - filled), style="dim")
+        text.append(f" {value:5.1f}%\n")
+    return text
+
+
+def power_text(model: LiveModel) -> Text:
+    text = Text()
+    for label, watts in model.power_now():
+        reading = "-" if watts is None else f"{watts:7.2f} W"
+        text.append(f"{reading}  {label}\n")
+    return text
+
+
+class GreenmonApp(App[str]):
+    TITLE = "greenmon"
+    CSS = """
+    #banner { height: 1; padding: 0 1; background: $panel; }
+    #banner.lost { background: $error; color: $text; }
+    #live-chart { height: 1fr; min-height: 10; }
+    #live-side { height: 11; }
+    #unit { width: 2fr; border: round $primary; padding: 0 1; }
+    #gauges { width: 1fr; border: round $primary; padding: 0 1; }
+    #power-now { width: 2fr; border: round $primary; padding: 0 1; }
+    .title { padding: 0 1; text-style: bold; }
+    #grid { height: 2fr; }
+    #results { height: 1fr; }
+    #health-table { height: 1fr; }
+    #events { height: 2fr; }
+    #sql-status { height: auto; padding: 0 1; }
+    #sql-table { height: 1fr; }
+    """
+    BINDINGS = [  # noqa: RUF012 (textual's declared type)
+        Binding("1", "show('live')", "Live"),
+        Binding("2", "show('plan')", "Plan"),
+        Binding("3", "show('health')", "Health"),
+        Binding("4", "show('sql')", "SQL"),
+        Binding("p", "pause", "Pause"),
+        Binding("r", "resume", "Resume"),
+        Binding("c", "cancel", "Cancel (twice)"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        link: DaemonLink,
+        *,
+        owns_daemon: bool = False,
+        where: str = "",
+        reconnect_s: float = 1.0,
+        events_every_s: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.link = link
+        self.owns_daemon = owns_daemon
+        self.where = where
+        self.reconnect_s = reconnect_s
+        self.events_every_s = events_every_s
+        self.model = LiveModel()
+        self.connected = False
+        self.disconnects = 0
+        self.last_error = ""
+        self._cancel_armed_at: float | None = None
+        self._shown: dict[str, Any] = {}
+
+    # -- layout --------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Static("connecting to the daemon…", id="banner")
+        with ContentSwitcher(initial="live", id="views"):
+            with Vertical(id="live"):
+                yield PowerChart(id="live-chart")
+                with Horizontal(id="live-side"):
+                    yield Static("", id="unit")
+                    yield Static("", id="gauges")
+                    yield Static("", id="power-now")
+            with Vertical(id="plan"):
+                yield Static("plan: models x configurations (repetitions)", classes="title")
+                yield DataTable(id="grid", zebra_stripes=True, cursor_type="none")
+                yield Static("results (median per configuration)", classes="title")
+                yield DataTable(id="results", zebra_stripes=True, cursor_type="none")
+            with Vertical(id="health"):
+                yield Static("probes", classes="title")
+                yield DataTable(id="health-table", cursor_type="none")
+                yield Static("events", classes="title")
+                yield DataTable(id="events", cursor_type="row")
+            with Vertical(id="sql"):
+                yield Input(placeholder="SELECT … (read-only; Enter runs)", id="sql-input")
+                yield Static("", id="sql-status")
+                yield DataTable(id="sql-table", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#unit", Static).border_title = "current unit"
+        self.query_one("#gauges", Static).border_title = "utilisation"
+        self.query_one("#power-now", Static).border_title = "power now"
+        self.query_one("#results", DataTable).add_columns(*RESULT_COLUMNS)
+        self.query_one("#health-table", DataTable).add_columns(*HEALTH_COLUMNS)
+        self.query_one("#events", DataTable).add_columns("t (s)", "level", "probe", "message")
+        self._draw_all()
+        self.follow_daemon()
+        self.poll_events()
+
+    async def on_unmount(self) -> None:
+        await self.link.close()
+
+    # -- following the daemon --------------------------------------------------------------
+    @work(exclusive=True, group="follow")
+    async def follow_daemon(self) -> None:
+        while True:
+            try:
+                status = await self.link.status()
+                self.model.set_status(status)
+                self._set_connected(True, status)
+                self._draw_all()
+                async for snap in self.link.stream():
+                    self.model.ingest(snap)
+                    self._draw_live()
+                raise ApiError("the daemon closed the stream")
+            except ApiError as error:
+                self._set_connected(False, error=str(error))
+            except Exception as error:  # a malformed answer must not end the viewer
+                self._set_connected(False, error=f"{type(error).__name__}: {error}")
+            await self._sleep(self.reconnect_s)
+
+    @work(exclusive=True, group="events")
+    async def poll_events(self) -> None:
+        while True:
+            if self.connected:
+                try:
+                    events = await self.link.events(EVENT_LIMIT)
+                except ApiError:
+                    pass  # the follow worker reports the connection
+                else:
+                    self._draw_events(events)
+            await self._sleep(self.events_every_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+    def _set_connected(
+        self, connected: bool, status: dict[str, Any] | None = None, error: str = ""
+    ) -> None:
+        banner = self.query_one("#banner", Static)
+        if connected and status is not None:
+            self.connected = True
+            owner = "in-process daemon" if self.owns_daemon else "daemon"
+            banner.update(
+                f"{owner} pid {status.get('pid')}  db {status.get('db_path')}  "
+                f"session {str(status.get('session_id'))[:8]}"
+            )
+            banner.remove_class("lost")
+            return
+        if self.connected or not self.disconnects:
+            self.disconnects += 1
+        self.connected = False
+        self.last_error = error
+        banner.update(
+            f"daemon connection lost ({error}); reconnecting every {self.reconnect_s:g} s"
+        )
+        banner.add_class("lost")
+
+    # -- drawing ------------------------------------------------------------------------
+    def _draw_all(self) -> None:
+        self._draw_live()
+
+    def _draw_live(self) -> None:
+        model = self.model
+        self.query_one("#live-chart", PowerChart).draw(model)
+        self.query_one("#unit", Static).update("\n".join(unit_lines(model.progress)))
+        self.query_one("#gauges", Static).update(gauge_text(model.gauges()))
+        self.query_one("#power-now", Static).update(power_text(model))
+        self._draw_plan()
+        self._draw_health()
+
+    def _changed(self, key: str, value: Any) -> bool:
+        """Tables are rebuilt only when their content changes, keeping scroll and cursor."""
+        if self._shown.get(key) == value:
+            return False
+        self._shown[key] = value
+        return True
+
+    def _draw_plan(self) -> None:
+        configurations, rows = grid_table(self.model.progress)
+        if self._changed("grid", (configurations, rows)):
+            grid = self.query_one("#grid", DataTable)
+            grid.clear(columns=True)
+            grid.add_columns("model", *configurations)
+            for model_name, cells in rows:
+                grid.add_row(model_name, *cells)
+        results = result_rows(self.model.progress)
+        if self._changed("results", results):
+            table = self.query_one("#results", DataTable)
+            table.clear()
+            for row in results:
+                table.add_row(*row)
+
+    def _draw_health(self) -> None:
+        rows = health_rows(self.model.probes)
+        if self._changed("health", rows):
+            table = self.query_one("#health-table", DataTable)
+            table.clear()
+            for row in rows:
+                table.add_row(*row)
+
+    def _draw_events(self, events: Sequence[dict[str, Any]]) -> None:
+        started_ns = (self.model.status or {}).get("started_ns")
+        rows = [
+            (
+                f"{(e['t_ns'] - started_ns) / 1e9:.1f}" if started_ns else str(e["t_ns"]),
+                str(e.get("level")),
+                str(e.get("probe") or ""),
+                str(e.get("message")),
+            )
+            for e in events
+        ]
+        if self._changed("events", rows):
+            table = self.query_one("#events", DataTable)
+            table.clear()
+            for row in rows:
+                table.add_row(*row)
+            if rows:
+                table.move_cursor(row=len(rows) - 1)
+
+    # -- actions ------------------------------------------------------------------------
+    def action_show(self, view: str) -> None:
+        self.query_one("#views", ContentSwitcher).current = view
+        if view == "sql":
+            self.query_one("#sql-input", Input).focus()
+
+    async def action_pause(self) -> None:
+        await self._control("pause")
+
+    async def action_resume(self) -> None:
+        await self._control("resume")
+
+    async def action_cancel(self) -> None:
+        now_s = time.monotonic()
+        if self._cancel_armed_at is None or now_s - self._cancel_armed_at > CANCEL_CONFIRM_S:
+            self._cancel_armed_at = now_s
+            self.notify("Press c again to cancel the plan.", title="cancel?", timeout=3)
+            return
+        self._cancel_armed_at = None
+        await self._control("cancel")
+
+    async def _control(self, action: str) -> None:
+        try:
+            await getattr(self.link, action)()
+        except ApiError as error:
+            self.notify(error.message, title=f"{action} failed", severity="error")
+        else:
+            self.notify(f"{action} sent to the daemon", timeout=2)
+
+    async def action_quit(self) -> None:
+        if self.owns_daemon:
+            message = "greenmon tui: stopping the in-process daemon (it flushes its samples)."
+        else:
+            message = (
+                "greenmon tui: detached; the daemon keeps running"
+                + (f" at {self.where}" if self.where else "")
+                + ". Stop it with Ctrl-C where it runs, or SIGTERM."
+            )
+        self.exit(message)
+
+    # -- SQL console ---------------------------------------------------------------------
+    @on(Input.Submitted, "#sql-input")
+    def run_query(self, event: Input.Submitted) -> None:
+        if event.value.strip():
+            self._query(event.value)
+
+    @work(exclusive=True, group="sql")
+    async def _query(self, sql: str) -> None:
+        status = self.query_one("#sql-status", Static)
+        table = self.query_one("#sql-table", DataTable)
+        status.update("running…")
+        try:
+            result = await self.link.sql(sql)
+        except ApiError as error:
+            status.update(Text(f"{error.title}: {error.message}", style="bold red"))
+            return
+        table.clear(columns=True)
+        table.add_columns(*result.columns)
+        for row in result.rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        more = " (truncated: narrow the query or add LIMIT)" if result.truncated else ""
+        status.update(f"{len(result.rows)} rows{more}")

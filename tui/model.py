@@ -1,0 +1,343 @@
+"""What the TUI shows, computed from the API's status and stream snapshots (no textual).
+
+Terms:
+- *source*: a channel whose domain adds into totals (``cpu`` = CPU package, ``dram``,
+  ``gpu``, ``wall``); each is one line on the power chart.  Sub-domains (``cpu_core``,
+  ``psys``) and power gauges without a domain (NVML power beside its energy counter) are
+  left off, so the chart shows what the results add up.
+- *power*: for a counter (``energy_uj``, ``energy_mj``, J, Wh), the delta between two
+  consecutive readings over their time difference, wrap-corrected with the channel's
+  ``counter_range`` metadata; a negative delta without a range is a reset and gives no
+  point.  For a power gauge (uW, mW, W) it is the reading itself.
+- *phase span*: the runner's phase between the stream snapshots that saw it begin and end,
+  on the daemon's monotonic clock, for shading the chart.
+- Times are seconds relative to the newest sample (``t_s <= 0``), so nothing depends on
+  the viewer's clock.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SOURCE_LABELS = {"cpu": "CPU package", "dram": "DRAM", "gpu": "GPU", "wall": "wall"}
+POWER_SCALE_W = {"uW": 1e-6, "mW": 1e-3, "W": 1.0}
+ENERGY_SCALE_J = {"uJ": 1e-6, "mJ": 1e-3, "J": 1.0, "Wh": 3600.0, "kWh": 3_600_000.0}
+WINDOW_S = 300.0
+
+# Utilisation gauges: the first channel whose name matches wins.
+GAUGE_PATTERNS: dict[str, re.Pattern[str]] = {
+    "CPU": re.compile(r"^cpu\.(percent|utilisation_percent)$"),
+    "RAM": re.compile(r"^ram\.percent$"),
+    "GPU": re.compile(r"^gpu\d+\.util_gpu_percent$"),
+    "GPU memory": re.compile(r"^gpu\d+\.memory_percent$"),
+}
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    channel_id: int
+    probe: str
+    name: str
+    unit: str
+    kind: str
+    domain: str | None
+    estimated: bool
+    counter_range: float | None
+
+    @classmethod
+    def from_status(cls, row: Mapping[str, Any]) -> ChannelInfo:
+        metadata = row.get("metadata") or {}
+        counter_range = metadata.get("counter_range")
+        return cls(
+            channel_id=int(row["channel_id"]),
+            probe=str(row["probe"]),
+            name=str(row["name"]),
+            unit=str(row["unit"]),
+            kind=str(row["kind"]),
+            domain=row.get("domain"),
+            estimated=bool(row.get("estimated")),
+            counter_range=float(counter_range) if counter_range else None,
+        )
+
+    @property
+    def is_source(self) -> bool:
+        if self.domain not in SOURCE_LABELS:
+            return False
+        if self.kind == "counter":
+            return self.unit in ENERGY_SCALE_J
+        return self.unit in POWER_SCALE_W
+
+    @property
+    def label(self) -> str:
+        base = f"{SOURCE_LABELS.get(self.domain or '', self.domain)} ({self.probe} {self.name})"
+        return f"{base} ~estimated" if self.estimated else base
+
+
+@dataclass
+class PowerSeries:
+    channel: ChannelInfo
+    points: deque[tuple[int, float]] = field(default_factory=deque)  # (t_ns, power_w)
+
+    @property
+    def latest_w(self) -> float | None:
+        return self.points[-1][1] if self.points else None
+
+
+@dataclass
+class PhaseSpan:
+    phase: str
+    start_ns: int
+    end_ns: int | None = None
+
+
+def counter_power_w(
+    previous: tuple[int, float], current: tuple[int, float], info: ChannelInfo
+) -> float | None:
+    """Power between two counter readings, or None (no time passed, or a reset)."""
+    (t0_ns, v0), (t1_ns, v1) = previous, current
+    if t1_ns <= t0_ns:
+        return None
+    delta = v1 - v0
+    if delta < 0:
+        if not info.counter_range:
+            return None
+        delta += info.counter_range
+    return delta * ENERGY_SCALE_J[info.unit] / ((t1_ns - t0_ns) / 1e9)
+
+
+class LiveModel:
+    """The latest state of a daemon as the TUI sees it; fed by ``set_status``/``ingest``."""
+
+    def __init__(self, window_s: float = WINDOW_S) -> None:
+        self.window_ns = int(window_s * 1e9)
+        self.channels: dict[int, ChannelInfo] = {}
+        self.series: dict[int, PowerSeries] = {}
+        self.last_reading: dict[int, tuple[int, float]] = {}
+        self.values: dict[int, float] = {}
+        self.phases: deque[PhaseSpan] = deque()
+        self.progress: dict[str, Any] | None = None
+        self.probes: list[dict[str, Any]] = []
+        self.status: dict[str, Any] = {}
+        self.latest_ns: int | None = None
+        self.snapshots = 0
+
+    def set_status(self, status: Mapping[str, Any]) -> None:
+        """A (re)connection: channel ids are per session, so start the series afresh."""
+        channels = [ChannelInfo.from_status(row) for row in status.get("channels", [])]
+        if status.get("session_id") != self.status.get("session_id"):
+            self.series.clear()
+            self.last_reading.clear()
+            self.values.clear()
+            self.phases.clear()
+            self.latest_ns = None
+        self.status = dict(status)
+        self.channels = {c.channel_id: c for c in channels}
+        for info in channels:
+            if info.is_source and info.channel_id not in self.series:
+                self.series[info.channel_id] = PowerSeries(info)
+        self.progress = status.get("progress")
+        self.probes = list(status.get("probes", []))
+
+    def ingest(self, snap: Mapping[str, Any]) -> None:
+        self.snapshots += 1
+        for channel_id, t_ns, value in snap.get("values", []):
+            self._reading(int(channel_id), int(t_ns), float(value))
+        t_ns = int(snap.get("t_ns") or 0)
+        self.probes = list(snap.get("probes", self.probes))
+        self.progress = snap.get("progress")
+        self._phase(t_ns, (self.progress or {}).get("phase"))
+        self._trim()
+
+    def _reading(self, channel_id: int, t_ns: int, value: float) -> None:
+        info = self.channels.get(channel_id)
+        if info is None:
+            return
+        previous = self.last_reading.get(channel_id)
+        if previous is not None and t_ns <= previous[0]:
+            return  # the same reading as in the last snapshot
+        self.last_reading[channel_id] = (t_ns, value)
+        self.values[channel_id] = value
+        self.latest_ns = t_ns if self.latest_ns is None else max(self.latest_ns, t_ns)
+        series = self.series.get(channel_id)
+        if series is None:
+            return
+        if info.kind == "counter":
+            power_w = counter_power_w(previous, (t_ns, value), info) if previous else None
+        else:
+            power_w = value * POWER_SCALE_W[info.unit]
+        if power_w is not None:
+            series.points.append((t_ns, power_w))
+
+    def _phase(self, t_ns: int, phase: str | None) -> None:
+        current = self.phases[-1] if self.phases else None
+        if current is not None and current.end_ns is None and current.phase != phase:
+            current.end_ns = t_ns
+            current = None
+        if phase and (current is None or current.end_ns is not None):
+            self.phases.append(PhaseSpan(phase, t_ns))
+
+    def _trim(self) -> None:
+        if self.latest_ns is None:
+            return
+        horizon_ns = self.latest_ns - self.window_ns
+        for series in self.series.values():
+            while series.points and series.points[0][0] < horizon_ns:
+                series.points.popleft()
+        while self.phases and (self.phases[0].end_ns or self.latest_ns) < horizon_ns:
+            self.phases.popleft()
+
+    # -- views -------------------------------------------------------------------------
+    def chart_series(self) -> list[tuple[str, list[float], list[float]]]:
+        """(label, t_s, power_w) per source, t_s relative to the newest sample."""
+        if self.latest_ns is None:
+            return []
+        latest = self.latest_ns
+        out = []
+        for series in self.series.values():
+            if series.points:
+                xs = [(t - latest) / 1e9 for t, _ in series.points]
+                out.append((series.channel.label, xs, [w for _, w in series.points]))
+        return out
+
+    def phase_spans_s(self) -> list[tuple[str, float, float]]:
+        if self.latest_ns is None:
+            return []
+        latest = self.latest_ns
+        return [
+            (
+                span.phase,
+                max((span.start_ns - latest) / 1e9, -self.window_ns / 1e9),
+                ((span.end_ns or latest) - latest) / 1e9,
+            )
+            for span in self.phases
+        ]
+
+    def gauges(self) -> dict[str, float | None]:
+        found: dict[str, float | None] = dict.fromkeys(GAUGE_PATTERNS)
+        for channel_id, info in sorted(self.channels.items()):
+            for label, pattern in GAUGE_PATTERNS.items():
+                if found[label] is None and pattern.match(info.name):
+                    found[label] = self.values.get(channel_id)
+        return found
+
+    def power_now(self) -> list[tuple[str, float | None]]:
+        return [(s.channel.label, s.latest_w) for s in self.series.values()]
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def unit_lines(progress: Mapping[str, Any] | None) -> list[str]:
+    """The current unit panel's text."""
+    if not progress:
+        return ["No experiment runner in this daemon: it only samples."]
+    status = progress.get("status", "idle")
+    lines = [
+        f"plan {progress.get('plan_name') or '-'}  ({progress.get('experiment_id') or '-'})"
+        f"  status {status}"
+    ]
+    unit = progress.get("unit")
+    index, total = progress.get("unit_index"), progress.get("units_total")
+    if unit:
+        lines.append(
+            f"unit {index}/{total}: {unit.get('model')}  {unit.get('configuration')}"
+            f"  repetition {unit.get('repetition')}"
+        )
+        phase = progress.get("phase") or "-"
+        remaining = progress.get("phase_remaining_s")
+        if remaining is not None:
+            phase += f" ({format_duration(remaining)} left)"
+        request = ""
+        if progress.get("requests_total"):
+            request = f"  request {progress.get('request_index')}/{progress.get('requests_total')}"
+        lines.append(f"phase {phase}{request}")
+    elif total:
+        lines.append(f"units {index}/{total}")
+    lines.append(f"plan ETA {format_duration(progress.get('eta_s'))}")
+    return lines
+
+
+def grid_table(
+    progress: Mapping[str, Any] | None,
+) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """(configurations, [(model, cells)]) for the plan grid."""
+    cells: dict[tuple[str, str], Mapping[str, Any]] = {}
+    models: list[str] = []
+    configurations: list[str] = []
+    for cell in (progress or {}).get("grid", []):
+        model, configuration = str(cell["model"]), str(cell["configuration"])
+        if model not in models:
+            models.append(model)
+        if configuration not in configurations:
+            configurations.append(configuration)
+        cells[(model, configuration)] = cell
+    rows = []
+    for model in models:
+        row = []
+        for configuration in configurations:
+            cell = cells.get((model, configuration))
+            row.append(grid_cell(cell) if cell else "")
+        rows.append((model, row))
+    return configurations, rows
+
+
+def grid_cell(cell: Mapping[str, Any]) -> str:
+    text = f"{cell.get('done', 0)}/{cell.get('total', 0)} done"
+    if cell.get("failed"):
+        text += f" {cell['failed']} failed"
+    if cell.get("running"):
+        text += " ▶ running"
+    return text
+
+
+RESULT_COLUMNS = ("configuration", "units", "median J", "median s", "J/token", "flags")
+
+
+def result_rows(progress: Mapping[str, Any] | None) -> list[tuple[str, ...]]:
+    def number(value: Any, digits: int) -> str:
+        return "-" if value is None else f"{float(value):.{digits}f}"
+
+    return [
+        (
+            str(row.get("configuration")),
+            str(row.get("units", "")),
+            number(row.get("median_energy_j"), 1),
+            number(row.get("median_duration_s"), 2),
+            number(row.get("median_j_per_token"), 4),
+            ", ".join(row.get("flags") or []) or "ok",
+        )
+        for row in (progress or {}).get("results", [])
+    ]
+
+
+HEALTH_COLUMNS = ("probe", "state", "achieved/target Hz", "errors", "missed", "last error")
+
+
+def health_rows(probes: Iterable[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for probe in probes:
+        if probe.get("state") == "unavailable":
+            rate = "-"
+        else:
+            rate = f"{probe.get('achieved_hz', 0):.1f}/{probe.get('target_hz', 0):g}"
+        rows.append(
+            (
+                str(probe.get("probe")),
+                str(probe.get("state")),
+                rate,
+                str(probe.get("errors", 0)),
+                str(probe.get("missed_ticks", 0)),
+                str(probe.get("last_error") or probe.get("reason") or ""),
+            )
+        )
+    return rows
