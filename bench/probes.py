@@ -1,0 +1,160 @@
+"""What sampling costs: the daemon's CPU share with four probes at their default rates.
+
+Runs ``greenmon.daemon.Daemon`` for ``--seconds`` (default 30) with host (10 Hz), a fake NVML
+module with two GPUs (20 Hz), the NETIO probe polling a local fake device (2 Hz) and RAPL on
+a fake powercap tree (50 Hz), writing to a fresh DuckDB file, and prints JSON:
+
+- ``cpu_percent_of_one_core``: this process's CPU time (all threads: samplers, writer,
+  DuckDB) over wall time, in % of one core, for the whole run and for the steady state
+  (from one second after the daemon started to the end);
+- per probe: target and achieved rate, p50 / p99 tick jitter in µs, missed ticks, errors,
+  and ``read_cpu_us``, the CPU time of one read measured alone before the run (blocking
+  probes), which separates what the probes cost from what sampling and storing cost.
+
+The fake NETIO device runs in a separate process, so its CPU is not counted; the fake NVML
+module runs in-process, standing in for the real library's calls (the real NVML calls cost
+more, tens of µs each).  Usage: ``python -m bench.probes [--seconds 30]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from greenmon.config import parse_config
+from greenmon.daemon import Daemon
+from greenmon.probes import host, netio, nvml, rapl
+from greenmon.probes.base import Probe
+from greenmon.store import Store
+from tests.fakes.nvml import two_gpus
+from tests.fakes.rapl import standard_tree
+
+REPO = Path(__file__).resolve().parents[1]
+NETIO_ENV = {"GREENMON_NETIO_USER": "netio", "GREENMON_NETIO_PASSWORD": "s3cret-pw"}
+
+
+def read_cost_us(probe: Probe, reads: int = 300) -> float:
+    """CPU time of one ``read()`` of a blocking probe, alone, in µs: the probe's own share
+    of the daemon's cost, as against the sampler, the writer and DuckDB."""
+    probe.open()
+    try:
+        start = time.thread_time()
+        for _ in range(reads):
+            probe.read()
+        return round((time.thread_time() - start) / reads * 1e6, 1)
+    finally:
+        probe.close()
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def start_netio_server() -> tuple[subprocess.Popen[str], int]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.netio", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert process.stdout is not None
+    port = int(process.stdout.readline())
+    return process, port
+
+
+async def measure(seconds: float, workdir: Path, netio_port: int) -> dict[str, Any]:
+    standard_tree(workdir / "powercap")
+    probes: dict[str, Probe] = {
+        "host": host.HostProbe(host.Options()),
+        "nvml": nvml.NvmlProbe(nvml=two_gpus()),
+        "netio": netio.NetioProbe(  # type: ignore[dict-item]
+            netio.Options(enabled=True, host=f"127.0.0.1:{netio_port}"), environ=NETIO_ENV
+        ),
+        "rapl": rapl.RaplProbe(rapl.Options(sysfs_root=str(workdir / "powercap"))),
+    }
+    read_costs = {name: read_cost_us(probe) for name, probe in probes.items() if name != "netio"}
+    config = parse_config("")  # default rates: host 10, nvml 20, netio 2, rapl 50 Hz
+    store = Store.open(workdir / "bench.duckdb")
+    daemon = Daemon(store, config, probes=probes, handle_signals=False)
+    marks: dict[str, float] = {}
+    result: dict[str, Any] = {}
+
+    async def run() -> None:
+        marks["cpu_start"], marks["wall_start"] = cpu_seconds(), time.monotonic()
+        summary = await daemon.run(seconds)
+        marks["cpu_end"], marks["wall_end"] = cpu_seconds(), time.monotonic()
+        result["summary"] = summary
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        await daemon.started.wait()
+        await anyio.sleep(1.0)
+        marks["cpu_steady"], marks["wall_steady"] = cpu_seconds(), time.monotonic()
+    store.close()
+    summary = result["summary"]
+
+    def share(cpu_key: str, wall_key: str) -> float:
+        cpu = marks["cpu_end"] - marks[cpu_key]
+        wall = marks["wall_end"] - marks[wall_key]
+        return round(100.0 * cpu / wall, 3)
+
+    return {
+        "seconds": round(marks["wall_end"] - marks["wall_start"], 2),
+        "cpu_percent_of_one_core": {
+            "whole_run": share("cpu_start", "wall_start"),
+            "steady_state": share("cpu_steady", "wall_steady"),
+        },
+        "samples_written": summary.samples_written,
+        "probes": [
+            {
+                "probe": p["probe"],
+                "state": p["state"],
+                "target_hz": p["target_hz"],
+                "achieved_hz": p["achieved_hz"],
+                "jitter_p50_us": _round(p["jitter_p50_us"]),
+                "jitter_p99_us": _round(p["jitter_p99_us"]),
+                "missed_ticks": p["missed_ticks"],
+                "errors": p["errors"],
+                "last_error": p["last_error"],
+                "read_cpu_us": read_costs.get(p["probe"]),
+            }
+            for p in summary.probes
+        ],
+        "netio_refresh_period_s": probes["netio"].refresh_period_s,  # type: ignore[attr-defined]
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    server, port = start_netio_server()
+    try:
+        with tempfile.TemporaryDirectory(prefix="greenmon-bench-") as workdir:
+            figures = anyio.run(measure, args.seconds, Path(workdir), port)
+    finally:
+        server.terminate()
+        server.wait(10)
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
