@@ -307,7 +307,7 @@ def compare_groups(groups: dict[str, np.ndarray], alpha: float = ALPHA) -> Scope
 
 
 # Below this many scopes, starting worker processes costs more than it saves.
-PARALLEL_MIN_SCOPES = 24
+PARALLEL_MIN_SCOPES = 60
 
 
 def _compare_chunk(chunk: list[dict[str, np.ndarray]], alpha: float) -> list[ScopeComparison]:
@@ -333,6 +333,11 @@ def _map_comparisons(
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         return _compare_chunk(tasks, alpha)
     from concurrent.futures import ProcessPoolExecutor
+
+    # Import the test libraries here, once, so forked workers inherit them (each would
+    # otherwise spend seconds importing pingouin).
+    import pingouin  # noqa: F401
+    import scikit_posthocs  # noqa: F401
 
     # Interleave scopes over chunks so each worker gets a mix of cheap and costly ones.
     chunks = [tasks[i::workers] for i in range(workers)]

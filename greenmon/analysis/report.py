@@ -1,0 +1,418 @@
+"""One experiment's report: a self-contained HTML file and its Markdown twin.
+
+The HTML embeds every figure as inline SVG (no external files, no scripts), so it can be
+mailed or attached to a paper's artefact; the Markdown twin links the PNGs written beside
+it.  Both hold the same sections: what was run and on what, the order actually run,
+validity flags and estimated sources, one plain sentence per dependent variable, the
+median tables (CPU-provider configurations beside CUDA-provider ones, as the study's
+Tables 4 and 5), the tests with effect sizes, savings, reconciliation and the figures.
+
+Every table cell goes through ``cell``, so a test can check the HTML against
+``greenmon analyze --json`` by formatting the JSON the same way.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from greenmon.analysis.data import (
+    VARIABLES_BY_COLUMN,
+    configuration_label,
+    factor_label,
+)
+from greenmon.analysis.plots import Plot, configuration_order, make_plots
+from greenmon.analysis.stats import AnalysisResult
+from greenmon.analysis.tables import analyze
+from greenmon.store import Store
+
+# Columns of the result tables the report shows, as stored (so they match --json).
+REPORT_COLUMNS: dict[str, list[str]] = {
+    "tests": [
+        "variable", "model", "factor_key", "groups", "n_total", "normal", "equal_var", "test",
+        "statistic", "df1", "df2", "p_value", "effect_size_kind", "effect_size",
+        "pairs_significant", "pairs_total",
+    ],
+    "savings_range": [
+        "variable", "factor_key", "configuration", "versus", "models", "range_text",
+        "median_saving_pct", "models_significant_lower",
+    ],
+    "posthoc": [
+        "variable", "model", "factor_key", "a", "b", "test", "p_adjusted", "diff_pct",
+        "effect_size_kind", "effect_size", "cliffs_delta",
+    ],
+    "reconciliation": [
+        "unit_id", "model", "configuration", "repetition", "energy_wall_j", "components_j",
+        "unaccounted_j", "unaccounted_share",
+    ],
+    "twoway": ["variable", "model", "factor", "source", "f", "p_value", "np2"],
+}  # fmt: skip
+
+
+def cell(value: Any) -> str:
+    """How every table value is written, in HTML and Markdown alike."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return ""
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.2e}"
+        return f"{value:.4g}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+@dataclass
+class ReportData:
+    """What a report shows, gathered from the database."""
+
+    result: AnalysisResult
+    session: dict[str, Any]
+    experiment: dict[str, Any]
+    order: pd.DataFrame
+    flags: pd.DataFrame
+    estimated: pd.DataFrame
+    plots: list[Plot]
+
+
+def _rows(store: Store, sql: str, params: Sequence[Any]) -> pd.DataFrame:
+    columns, rows = store.query(sql, params)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def gather(store: Store, experiment_id: str | None, out_dir: Path) -> ReportData:
+    result = analyze(store, experiment_id)
+    experiment = result.experiment_id
+    exp = _rows(store, "SELECT * FROM experiments WHERE experiment_id = ?", [experiment])
+    exp_row = exp.iloc[0].to_dict() if len(exp) else {"experiment_id": experiment}
+    session = _rows(
+        store,
+        # started_at as text: fetching a TIMESTAMPTZ would need pytz.
+        """SELECT * REPLACE (CAST(started_at AS VARCHAR) AS started_at) FROM sessions
+           WHERE session_id = coalesce(
+               (SELECT session_id FROM experiments WHERE experiment_id = ?),
+               (SELECT min(session_id) FROM units WHERE experiment_id = ?))""",
+        [experiment, experiment],
+    )
+    order = _rows(
+        store,
+        """SELECT unit_id, model, engine || '/' || provider AS configuration, repetition,
+                  factors, status, attempt, reason,
+                  round((started_ns - min(started_ns) OVER ()) / 1e9, 1) AS started_s
+           FROM units WHERE experiment_id = ? ORDER BY unit_id""",
+        [experiment],
+    )
+    flags = _rows(
+        store,
+        """SELECT flag, count(*) AS units,
+                  string_agg(DISTINCT configuration, ', ') AS configurations
+           FROM (SELECT unnest(flags) AS flag, configuration FROM unit_results
+                 WHERE experiment_id = ?)
+           GROUP BY flag ORDER BY flag""",
+        [experiment],
+    )
+    estimated = _rows(
+        store,
+        """SELECT DISTINCT c.probe, c.name AS channel, c.domain, c.unit
+           FROM channels c JOIN units u ON u.session_id = c.session_id
+           WHERE u.experiment_id = ? AND c.estimated ORDER BY 1, 2""",
+        [experiment],
+    )
+    from greenmon.analysis.data import load_results
+
+    frame = load_results(store, experiment)
+    done = frame[frame["status"] == "done"]
+    plots = make_plots(store, done, result.variables, out_dir / "plots", experiment)
+    return ReportData(
+        result=result,
+        session=session.iloc[0].to_dict() if len(session) else {},
+        experiment=exp_row,
+        order=order,
+        flags=flags,
+        estimated=estimated,
+        plots=plots,
+    )
+
+
+# -- tables as (columns, rows) -----------------------------------------------------------
+
+
+def median_table(
+    result: AnalysisResult, variable: str, scope: str, factors: str
+) -> tuple[list[str], list[list[Any]]]:
+    """Medians of one variable, rows per model (or size category), columns per
+    configuration with CPU-provider configurations first."""
+    med = result.medians
+    part = med[(med["variable"] == variable) & (med["scope"] == scope)
+               & (med["factor_key"] == factors)]  # fmt: skip
+    key = "model" if scope == "model" else "size_category"
+    configs = configuration_order(part["configuration"])
+    table = part.pivot_table(index=key, columns="configuration", values="median", aggfunc="first")
+    columns = [key, *[configuration_label(c) for c in configs]]
+    rows = [
+        [index, *[_value(table.loc[index].get(c)) for c in configs]] for index in table.index
+    ]
+    return columns, rows
+
+
+def _value(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def result_table(result: AnalysisResult, name: str) -> tuple[list[str], list[list[Any]]]:
+    columns = REPORT_COLUMNS[name]
+    records = result.to_json()["tables"][name]
+    return columns, [[r.get(c) for c in columns] for r in records]
+
+
+# -- HTML ------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.85em}
+th,td{border:1px solid #ccc;padding:.2em .5em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.sentence{background:#f4faf2;border-left:4px solid #4a9a3a;padding:.4em .8em;margin:.4em 0}
+.note{background:#fff7e6;border-left:4px solid #e0a030;padding:.4em .8em;margin:.4em 0}
+figure{margin:1em 0}figure svg{max-width:100%;height:auto}
+details{margin:.5em 0 1em}pre{background:#f6f6f6;padding:.6em;overflow:auto}
+"""
+
+
+def html_table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], name: str | None = None
+) -> str:
+    attr = f' data-table="{html.escape(name)}"' if name else ""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _kv(pairs: Sequence[tuple[str, Any]]) -> list[list[Any]]:
+    return [[k, v] for k, v in pairs]
+
+
+def environment_rows(data: ReportData) -> list[list[Any]]:
+    s, e = data.session, data.experiment
+    versions = s.get("versions")
+    if isinstance(versions, str):
+        versions = ", ".join(f"{k} {v}" for k, v in json.loads(versions or "{}").items())
+    anchor = s.get("clock_anchor_ns")
+    started_at = s.get("started_at")
+    return _kv(
+        [
+            ("experiment", e.get("experiment_id")),
+            ("name", e.get("name")),
+            ("status", e.get("status")),
+            ("host", s.get("host")),
+            ("os / kernel", f"{s.get('os') or ''} {s.get('kernel') or ''}".strip()),
+            ("CPU", s.get("cpu_model")),
+            ("cores (logical / physical)",
+             f"{s.get('cores_logical') or ''} / {s.get('cores_physical') or ''}"),
+            ("RAM (GiB)", None if s.get("ram_bytes") is None
+             else round(float(s["ram_bytes"]) / 2**30, 1)),
+            ("Python", s.get("python")),
+            ("versions", versions),
+            ("clock anchor (wall ns - monotonic ns)", anchor),
+            ("session started", None if started_at is None else str(started_at)),
+            ("plan", e.get("plan_path")),
+            ("plan hash", e.get("plan_hash")),
+            ("seed", e.get("seed")),
+            ("order", e.get("order_kind")),
+            ("units (total / analysed)",
+             f"{data.result.units_total} / {data.result.units_analysed}"),
+        ]
+    )  # fmt: skip
+
+
+def render_html(data: ReportData) -> str:
+    r = data.result
+    out: list[str] = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>greenmon report: {html.escape(r.experiment_id)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>greenmon report: {html.escape(r.experiment_id)}</h1>",
+        "<h2 id='findings'>Findings</h2>",
+    ]
+    for row in r.summary.to_dict(orient="records"):
+        out.append(f"<p class='sentence'>{html.escape(str(row['sentence']))}")
+        if isinstance(row.get("models_sentence"), str):
+            out.append(f" {html.escape(row['models_sentence'])}")
+        out.append("</p>")
+    for note in r.notes:
+        out.append(
+            f"<p class='note'><b>{html.escape(note.title)}.</b> {html.escape(note.message)}</p>"
+        )
+    out += ["<h2 id='environment'>Environment and plan</h2>",
+            html_table(["", "value"], environment_rows(data), "environment")]  # fmt: skip
+    plan = data.experiment.get("plan_toml")
+    if plan:
+        out.append(f"<details><summary>Plan file</summary><pre>{html.escape(str(plan))}</pre>"
+                   "</details>")  # fmt: skip
+    out.append("<details><summary>Order actually run</summary>")
+    out.append(html_table(list(data.order.columns), data.order.values.tolist(), "order"))
+    out.append("</details>")
+    out.append("<h2 id='validity'>Validity</h2>")
+    if data.flags.empty:
+        out.append("<p>No unit carries a validity flag.</p>")
+    else:
+        out.append(html_table(list(data.flags.columns), data.flags.values.tolist(), "flags"))
+    if data.estimated.empty:
+        out.append("<p>Every energy source was measured; none was estimated.</p>")
+    else:
+        out.append("<p>Estimated (modelled, not measured) sources:</p>")
+        out.append(
+            html_table(list(data.estimated.columns), data.estimated.values.tolist(), "estimated")
+        )
+    out.append("<h2 id='medians'>Medians</h2>")
+    for variable in r.variables:
+        info = VARIABLES_BY_COLUMN[variable]
+        for factors in sorted(r.medians["factor_key"].unique()):
+            where = f", {factor_label(factors)}" if factors else ""
+            for scope, label in (("model", "per model"), ("size_category", "per size category")):
+                columns, rows = median_table(r, variable, scope, factors)
+                if rows:
+                    out.append(f"<h3>{html.escape(info.label)} ({html.escape(info.unit)}), "
+                               f"{label}{html.escape(where)}</h3>")  # fmt: skip
+                    out.append(html_table(columns, rows, f"medians:{variable}:{scope}:{factors}"))
+    out.append("<h2 id='tests'>Tests and effect sizes</h2>")
+    out.append(
+        "<p>Per model and configuration group: Shapiro-Wilk per configuration, Levene across "
+        "them; all normal &rarr; Welch ANOVA + Games-Howell (two groups: Welch's t) with "
+        "omega squared and Hedges' g; otherwise Kruskal-Wallis + Dunn (Holm) (two groups: "
+        "Mann-Whitney U) with epsilon squared and Cliff's delta. &alpha; = 0.05.</p>"
+    )
+    for name in ("tests", "savings_range"):
+        columns, rows = result_table(r, name)
+        out.append(f"<h3>{'Omnibus tests' if name == 'tests' else 'Savings over models'}</h3>")
+        out.append(html_table(columns, rows, name))
+    columns, rows = result_table(r, "posthoc")
+    out.append("<details><summary>Post-hoc pairs</summary>")
+    out.append(html_table(columns, rows, "posthoc") + "</details>")
+    if len(r.twoway):
+        columns, rows = result_table(r, "twoway")
+        out.append("<h3>Two-way ANOVA: configuration x factor</h3>")
+        out.append(html_table(columns, rows, "twoway"))
+    out.append("<h2 id='reconciliation'>Reconciliation: wall against components</h2>")
+    out.append(_reconciliation_html(r))
+    out.append("<h2 id='plots'>Figures</h2>")
+    for plot in data.plots:
+        svg = plot.svg[plot.svg.find("<svg") :]
+        out.append(f"<figure data-plot='{html.escape(plot.name)}'>{svg}"
+                   f"<figcaption>{html.escape(plot.title)}</figcaption></figure>")  # fmt: skip
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _reconciliation_html(r: AnalysisResult) -> str:
+    rec = r.reconciliation
+    share = rec["unaccounted_share"].dropna()
+    if share.empty:
+        return "<p>No wall source was measured, so nothing to reconcile.</p>"
+    text = (
+        f"<p>Over {len(share)} units, CPU + DRAM + GPU left a median "
+        f"{share.median() * 100:.1f}% of wall energy unaccounted (from "
+        f"{share.min() * 100:.1f}% to {share.max() * 100:.1f}%): the rest of the machine "
+        "(fans, disks, power supply losses).</p>"
+    )
+    columns, rows = result_table(r, "reconciliation")
+    table = html_table(columns, rows, "reconciliation")
+    return f"{text}<details><summary>Per unit</summary>{table}</details>"
+
+
+# -- Markdown ---------------------------------------------------------------------------
+
+
+def md_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(str(c)) for c in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]  # fmt: skip
+    lines += ["| " + " | ".join(esc(cell(v)) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(data: ReportData) -> str:
+    r = data.result
+    out = [f"# greenmon report: {r.experiment_id}", "", "## Findings", ""]
+    for row in r.summary.to_dict(orient="records"):
+        extra = f" {row['models_sentence']}" if isinstance(row.get("models_sentence"), str) else ""
+        out.append(f"- {row['sentence']}{extra}")
+    out.append("")
+    out += [f"> **{n.title}.** {n.message}\n" for n in r.notes]
+    out += ["## Environment and plan", "", md_table(["", "value"], environment_rows(data)), ""]
+    if data.experiment.get("plan_toml"):
+        out += ["```toml", str(data.experiment["plan_toml"]).rstrip(), "```", ""]
+    out += ["### Order actually run", "",
+            md_table(list(data.order.columns), data.order.values.tolist()), ""]  # fmt: skip
+    out += ["## Validity", ""]
+    out.append(
+        md_table(list(data.flags.columns), data.flags.values.tolist())
+        if len(data.flags) else "No unit carries a validity flag."
+    )  # fmt: skip
+    out.append("")
+    out.append(
+        "Estimated sources:\n\n"
+        + md_table(list(data.estimated.columns), data.estimated.values.tolist())
+        if len(data.estimated) else "Every energy source was measured; none was estimated."
+    )  # fmt: skip
+    out += ["", "## Medians", ""]
+    for variable in r.variables:
+        info = VARIABLES_BY_COLUMN[variable]
+        for factors in sorted(r.medians["factor_key"].unique()):
+            where = f", {factor_label(factors)}" if factors else ""
+            for scope, label in (("model", "per model"), ("size_category", "per size category")):
+                columns, rows = median_table(r, variable, scope, factors)
+                if rows:
+                    out += [f"### {info.label} ({info.unit}), {label}{where}", "",
+                            md_table(columns, rows), ""]  # fmt: skip
+    out += ["## Tests and effect sizes", ""]
+    for name, title in (("tests", "Omnibus tests"), ("savings_range", "Savings over models"),
+                        ("posthoc", "Post-hoc pairs"), ("twoway", "Two-way ANOVA"),
+                        ("reconciliation", "Reconciliation: wall against components")):  # fmt: skip
+        columns, rows = result_table(r, name)
+        if rows:
+            out += [f"### {title}", "", md_table(columns, rows), ""]
+    out += ["## Figures", ""]
+    for plot in data.plots:
+        out += [f"![{plot.title}](plots/{plot.png_path.name})", ""]
+    return "\n".join(out)
+
+
+def write_report(
+    store_or_path: Store | str | Path,
+    experiment_id: str | None = None,
+    out_dir: str | Path = "greenmon-report",
+) -> Path:
+    """Analyse ``experiment_id`` (None: the latest), store its analysis tables, and write
+    ``report.html`` (self-contained), ``report.md`` and ``plots/`` under ``out_dir``.
+    Returns the HTML file's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(store_or_path, Store):
+        data = gather(store_or_path, experiment_id, out)
+    else:
+        with Store.open(store_or_path) as store:
+            data = gather(store, experiment_id, out)
+    html_path = out / "report.html"
+    html_path.write_text(render_html(data), encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(data), encoding="utf-8")
+    return html_path
