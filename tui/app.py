@@ -71,9 +71,11 @@ class PowerChart(PlotextPlot):  # type: ignore[misc]  # textual-plotext is untyp
         top_w = max(max(ws) for _, _, ws in series) * 1.1 or 1.0
         spans = model.phase_spans_s()
         for phase, start_s, end_s in spans:
-            # A filled band at the chart's top value marks the phase's extent.
-            shade = "gray" if "cooldown" in phase else "white"
-            plt.plot([start_s, end_s], [top_w, top_w], fillx=True, color=shade, marker="░")
+            # A sparse band up to the chart's top marks each phase's extent; cooldowns
+            # (the idle baseline) in blue, work phases in gray, each labelled at its start.
+            shade = "blue" if "cooldown" in phase else "gray"
+            plt.plot([start_s, end_s], [top_w, top_w], fillx=True, color=shade, marker="·")
+            plt.text(phase, x=start_s, y=top_w * 0.05, color=shade, alignment="left")
         for index, (label, xs, ws) in enumerate(series):
             color = SERIES_COLORS[index % len(SERIES_COLORS)]
             plt.plot(xs, ws, label=label, color=color, marker="braille")
@@ -83,7 +85,7 @@ class PowerChart(PlotextPlot):  # type: ignore[misc]  # textual-plotext is untyp
         self.refresh()
 
 
-def gauge_text(values: dict[str, float | None], width: int = 20) -> Text:
+def gauge_text(values: dict[str, float | None], width: int = 12) -> Text:
     text = Text()
     for label, value in values.items():
         text.append(f"{label:<11}")
@@ -91,9 +93,9 @@ def gauge_text(values: dict[str, float | None], width: int = 20) -> Text:
             text.append("n/a\n", style="dim")
             continue
         filled = round(max(0.0, min(100.0, value)) / 100 * width)
+        text.append(f"{value:5.1f}% ")
         text.append("█" * filled, style="green" if value < 80 else "red")
-        text.append("░" * (width - filled), style="dim")
-        text.append(f" {value:5.1f}%\n")
+        text.append("░" * (width - filled) + "\n", style="dim")
     return text
 
 
@@ -112,9 +114,9 @@ class GreenmonApp(App[str]):
     #banner.lost { background: $error; color: $text; }
     #live-chart { height: 1fr; min-height: 10; }
     #live-side { height: 11; }
-    #unit { width: 2fr; border: round $primary; padding: 0 1; }
-    #gauges { width: 1fr; border: round $primary; padding: 0 1; }
-    #power-now { width: 2fr; border: round $primary; padding: 0 1; }
+    #unit { width: 1fr; border: round $primary; padding: 0 1; }
+    #gauges { width: 34; border: round $primary; padding: 0 1; }
+    #power-now { width: 1fr; border: round $primary; padding: 0 1; }
     .title { padding: 0 1; text-style: bold; }
     #grid { height: 2fr; }
     #results { height: 1fr; }

@@ -1,0 +1,166 @@
+"""Snapshots pinning the TUI's main views at a fixed size, from fixed fake data.
+
+The link below has the API client's shape and answers from constants, so every frame is
+the same on every run: no clocks, no live probes.  Update with ``--snapshot-update``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from textual.pilot import Pilot
+from textual.widgets import Input
+
+from greenmon.api import QueryRefused, SqlResult
+from greenmon.tui.app import GreenmonApp
+from tests.api.fakes import FakeRunner
+
+SIZE = (140, 40)
+S = 1_000_000_000
+CHANNELS = [
+    {"channel_id": 1, "probe": "rapl", "name": "package-0.energy_uj", "unit": "uJ",
+     "kind": "counter", "domain": "cpu", "estimated": False, "metadata": {"counter_range": 2**32}},
+    {"channel_id": 2, "probe": "rapl", "name": "dram.energy_uj", "unit": "uJ",
+     "kind": "counter", "domain": "dram", "estimated": False, "metadata": {}},
+    {"channel_id": 3, "probe": "estimate", "name": "gpu0.power_w", "unit": "W",
+     "kind": "gauge", "domain": "gpu", "estimated": True, "metadata": {"estimated": True}},
+    {"channel_id": 4, "probe": "host", "name": "cpu.percent", "unit": "%",
+     "kind": "gauge", "domain": None, "estimated": False, "metadata": {}},
+    {"channel_id": 5, "probe": "host", "name": "ram.percent", "unit": "%",
+     "kind": "gauge", "domain": None, "estimated": False, "metadata": {}},
+]  # fmt: skip
+PROBES = [
+    {"probe": "rapl", "state": "running", "reason": None, "target_hz": 50.0,
+     "achieved_hz": 49.98, "errors": 0, "missed_ticks": 0, "last_error": None},
+    {"probe": "host", "state": "running", "reason": None, "target_hz": 10.0,
+     "achieved_hz": 10.0, "errors": 2, "missed_ticks": 3, "last_error": "OSError: busy"},
+    {"probe": "nvml", "state": "unavailable", "reason": "no NVIDIA driver (libnvidia-ml.so)",
+     "target_hz": 0.0, "achieved_hz": 0.0, "errors": 0, "missed_ticks": 0, "last_error": None},
+]  # fmt: skip
+SNAPSHOTS = 120  # 60 s at 2 Hz
+
+
+def progress() -> dict[str, Any]:
+    runner = FakeRunner()
+    for failed in (False, False, True):
+        runner.finish_unit(failed=failed)
+    return runner.progress()
+
+
+def snapshot_at(index: int) -> dict[str, Any]:
+    t_ns = 1000 * S + index * S // 2
+    # the package counter integrates 20 W, then 30 W while measuring, plus a ripple
+    energy_j = sum(20.0 + 10.0 * (i >= 60) + 2 * math.sin(i / 5) for i in range(index)) * 0.5
+    energy_uj = (energy_j * 1e6) % 2**32
+    phase = "cooldown_before" if index < 60 else "measure"
+    return {
+        "t_ns": t_ns,
+        "values": [
+            [1, t_ns, energy_uj],
+            [2, t_ns, index * 3.0 * 0.5e6],
+            [3, t_ns, 35.0 + 5 * math.cos(index / 7)],
+            [4, t_ns, 62.5],
+            [5, t_ns, 41.0],
+        ],
+        "probes": PROBES,
+        "progress": {**progress(), "phase": phase},
+    }
+
+
+class FixedLink:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "pid": 4242,
+            "session_id": "5e55104d00000000",
+            "started_ns": 1000 * S,
+            "db_path": "/data/greenmon.duckdb",
+            "channels": CHANNELS,
+            "probes": PROBES,
+            "progress": progress(),
+        }
+
+    async def stream(self) -> AsyncIterator[dict[str, Any]]:
+        for index in range(SNAPSHOTS):
+            yield snapshot_at(index)
+        await anyio.sleep_forever()
+
+    async def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [
+            {"t_ns": 1000 * S, "level": "info", "probe": "rapl", "message": "sampling 2 channels at 50 Hz"},
+            {"t_ns": 1001 * S, "level": "info", "probe": "nvml", "message": "unavailable: no NVIDIA driver"},
+            {"t_ns": 1030 * S, "level": "warning", "probe": "host", "message": "read failed, gap left: OSError: busy"},
+        ]  # fmt: skip
+
+    async def sql(self, query: str, limit: int | None = None) -> SqlResult:
+        if query.lstrip().upper().startswith("DROP"):
+            raise QueryRefused("DROP statements are refused: the daemon's SQL is read-only.")
+        return SqlResult(
+            ["probe", "name", "unit"], [[c["probe"], c["name"], c["unit"]] for c in CHANNELS]
+        )
+
+    async def pause(self) -> dict[str, Any]:
+        return {}
+
+    async def resume(self) -> dict[str, Any]:
+        return {}
+
+    async def cancel(self) -> dict[str, Any]:
+        return {}
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def make_app() -> GreenmonApp:
+    # events_every_s long: the one poll at mount is all the snapshot needs
+    return GreenmonApp(
+        FixedLink(), where="/run/user/1000/greenmon/daemon.sock", events_every_s=3600
+    )
+
+
+async def settle(pilot: Pilot[Any]) -> None:
+    app = pilot.app
+    assert isinstance(app, GreenmonApp)
+    with anyio.fail_after(10):
+        while app.model.snapshots < SNAPSHOTS or app.query_one("#events").row_count < 3:  # type: ignore[attr-defined]
+            await pilot.pause(0.05)
+    await pilot.pause()
+
+
+def test_live_view(snap_compare: Any) -> None:
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=settle)
+
+
+def test_plan_view(snap_compare: Any) -> None:
+    async def before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        await pilot.press("2")
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=before)
+
+
+def test_health_view(snap_compare: Any) -> None:
+    async def before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        await pilot.press("3")
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=before)
+
+
+def test_sql_view(snap_compare: Any) -> None:
+    async def before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        await pilot.press("4")
+        sql_input = pilot.app.query_one("#sql-input", Input)
+        sql_input.cursor_blink = False
+        sql_input.value = "SELECT probe, name, unit FROM channels"
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=before)
