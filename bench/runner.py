@@ -80,7 +80,7 @@ def main() -> None:
             lambda: run_experiment(plan, db, resume=False, force=True, quiet=True, reference=None)
         )
         with Store.open(db, read_only=True) as store:
-            _, [(unit_wall_s, cooldown_s)] = store.query(
+            _, [(_unit_wall_s, cooldown_s)] = store.query(
                 """SELECT sum(u.ended_ns - u.started_ns) / 1e9,
                           sum(p.end_ns - p.start_ns) FILTER (WHERE p.phase LIKE 'cooldown%') / 1e9
                    FROM units u JOIN phases p USING (experiment_id, unit_id)

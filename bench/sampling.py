@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 
 import anyio
-
 from _common import CpuMeter, machine  # type: ignore[import-not-found]
+
 from greenmon.config import parse_config
 from greenmon.daemon import Daemon
 from greenmon.store import Store
@@ -40,9 +40,11 @@ def run_at(rate_hz: float, tmp: Path) -> dict[str, object]:
     config = parse_config(
         f'[probes.rapl]\nrate_hz = {rate_hz}\nsysfs_root = "{root}"\n'
         "[probes.host]\nenabled = false\n"
-        + "".join(f"[probes.{p}]\nenabled = false\n"
-                  for p in ("nvml", "netio", "energibridge", "estimate")
-                  if p in __import__("greenmon.probes", fromlist=["REGISTRY"]).REGISTRY)
+        + "".join(
+            f"[probes.{p}]\nenabled = false\n"
+            for p in ("nvml", "netio", "energibridge", "estimate")
+            if p in __import__("greenmon.probes", fromlist=["REGISTRY"]).REGISTRY
+        )
     )
     store = Store.open(tmp / f"bench-{rate_hz:g}.duckdb")
     daemon = Daemon(store, config, handle_signals=False)
@@ -79,8 +81,7 @@ def run_at(rate_hz: float, tmp: Path) -> dict[str, object]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = [run_at(rate, Path(tmp)) for rate in (100.0, 1000.0)]
-    print(json.dumps({"benchmark": "sampling", "machine": machine(), "results": results},
-                     indent=2))
+    print(json.dumps({"benchmark": "sampling", "machine": machine(), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from _common import machine  # type: ignore[import-not-found]
+
 from greenmon.energy import Window, window_energy
 from greenmon.probes.base import Channel
 from greenmon.store import SampleBatch, Store
@@ -29,9 +30,18 @@ def main() -> None:
         store = Store.open(Path(tmp) / "bench.duckdb")
         session = store.start_session({"host": "bench"}, 0, 0)
         channel_ids = store.register_channels(
-            session, "rapl",
-            [Channel(f"package-{i}.energy_uj", "uJ", "counter", domain="cpu",
-                     metadata={"counter_range": 262_143_328_851}) for i in range(CHANNELS)],
+            session,
+            "rapl",
+            [
+                Channel(
+                    f"package-{i}.energy_uj",
+                    "uJ",
+                    "counter",
+                    domain="cpu",
+                    metadata={"counter_range": 262_143_328_851},
+                )
+                for i in range(CHANNELS)
+            ],
             PERIOD_NS,
         )
         per_channel = TOTAL_ROWS // CHANNELS
@@ -57,25 +67,36 @@ def main() -> None:
         energy_s = time.perf_counter() - started
         # 100 phase-like windows per channel, as the results views ask
         step = end_ns // 100
-        many = [Window(i * 1000 + j, cid, j * step, (j + 1) * step)
-                for i, cid in enumerate(channel_ids) for j in range(100)]
+        many = [
+            Window(i * 1000 + j, cid, j * step, (j + 1) * step)
+            for i, cid in enumerate(channel_ids)
+            for j in range(100)
+        ]
         started = time.perf_counter()
         window_energy(store.con, many)
         windows_s = time.perf_counter() - started
         store.close()
     expected_j = [(per_channel - 1) * (1000 + i) * 1e-6 for i in range(CHANNELS)]
     got_j = [energy[(i, cid)].energy_j for i, cid in enumerate(channel_ids)]
-    print(json.dumps({
-        "benchmark": "store",
-        "machine": machine(),
-        "rows": per_channel * CHANNELS,
-        "ingest_rows_per_s": round(per_channel * CHANNELS / ingest_s),
-        "ingest_s": round(ingest_s, 3),
-        "energy_all_rows_s": round(energy_s, 3),
-        "energy_400_windows_s": round(windows_s, 3),
-        "energy_correct": all(abs(a - b) < 1e-6 * a for a, b in zip(expected_j, got_j, strict=True)
-                              if b is not None),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "store",
+                "machine": machine(),
+                "rows": per_channel * CHANNELS,
+                "ingest_rows_per_s": round(per_channel * CHANNELS / ingest_s),
+                "ingest_s": round(ingest_s, 3),
+                "energy_all_rows_s": round(energy_s, 3),
+                "energy_400_windows_s": round(windows_s, 3),
+                "energy_correct": all(
+                    abs(a - b) < 1e-6 * a
+                    for a, b in zip(expected_j, got_j, strict=True)
+                    if b is not None
+                ),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":
