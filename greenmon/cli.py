@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "engines": ("engines", "list every engine x provider: usable here or not, and why"),
     "status": ("status", "what the running daemon (or, without one, the database) is doing"),
     "tui": ("tui", "watch power, utilisation and plan progress live; pause, resume, cancel"),
+    "analyze": ("analyze", "the study's tables and tests for an experiment, stored and printed"),
+    "report": ("report", "write a self-contained HTML report (and Markdown) of an experiment"),
+    "export": ("export", "export samples, units, phases and results as Parquet or CSV"),
 }
 
 

@@ -1,0 +1,53 @@
+"""``greenmon analyze``: the study's tables and tests for one experiment, stored and printed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from greenmon.commands.common import add_db_argument, format_table, resolve_db
+from greenmon.store import Store
+
+# What the text output shows of each table; --json prints every column.
+_TEXT_COLUMNS = {
+    "tests": ["variable", "model", "factor_key", "test", "statistic", "p_value",
+              "effect_size_kind", "effect_size", "pairs_significant", "pairs_total"],
+    "savings_range": ["variable", "factor_key", "configuration", "versus", "range_text",
+                      "models_significant_lower", "models"],
+}  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_db_argument(parser)
+    parser.add_argument("--experiment", default=None, help="experiment id (default: the latest)")
+    parser.add_argument("--json", action="store_true", help="print every table as JSON")
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="processes for the tests (default: one per core for large experiments)",
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from greenmon.analysis.tables import analyze
+
+    with Store.open(resolve_db(args.db)) as store:
+        result = analyze(store, args.experiment, workers=args.workers)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, default=str))
+        return 0
+    print(
+        f"Experiment {result.experiment_id}: {result.units_analysed} of {result.units_total} "
+        "units analysed; tables analysis_* written (query them with `greenmon sql`)."
+    )
+    for note in result.notes:
+        print(f"\nnote: {note.title}: {note.message}")
+    print("\nFindings:")
+    for row in result.summary.to_dict(orient="records"):
+        extra = row.get("models_sentence")
+        print(f"- {row['sentence']}" + (f" {extra}" if isinstance(extra, str) else ""))
+    for name, columns in _TEXT_COLUMNS.items():
+        frame = getattr(result, name)
+        if len(frame):
+            print(f"\n{name}:")
+            print(format_table(columns, frame[columns].values.tolist()))
+    return 0

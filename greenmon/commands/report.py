@@ -1,0 +1,24 @@
+"""``greenmon report``: a self-contained HTML report (and Markdown twin) of one experiment."""
+
+from __future__ import annotations
+
+import argparse
+
+from greenmon.commands.common import add_db_argument, resolve_db
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_db_argument(parser)
+    parser.add_argument("--experiment", default=None, help="experiment id (default: the latest)")
+    parser.add_argument(
+        "--out", default="greenmon-report",
+        help="directory for report.html, report.md and plots/ (default: ./greenmon-report)",
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from greenmon.analysis.report import write_report
+
+    path = write_report(resolve_db(args.db), args.experiment, args.out)
+    print(f"Wrote {path} and {path.with_suffix('.md')}")
+    return 0
