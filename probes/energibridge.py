@@ -4,12 +4,13 @@ EnergiBridge (github.com/tdurieux/EnergiBridge) reads the RAPL / AMD energy MSRs
 ``/dev/cpu/N/msr`` and writes one CSV row per interval while a command runs; it has no
 monitor mode.  So the probe runs it as a long-lived child around a command that only waits::
 
-    energibridge -o FILE -i INTERVAL_MS -m 0 [-g] -- sleep infinity
+    energibridge -o FILE -i INTERVAL_MS [-g] -- sleep infinity
 
-(``-m 0``: no time limit), reads complete lines of FILE as they appear (EnergiBridge writes
-each field with its own unbuffered write, so a half-written row is normal and is left for
-the next read), and stops the child with SIGINT in ``close()``, then kills what is left of
-its process group and reaps it.
+(no ``-m``: the default is no time limit, and releases disagree on how to spell "none",
+``0`` in older ones, ``-1`` in the current README), reads complete lines of FILE as they
+appear (EnergiBridge writes each field with its own unbuffered write, so a half-written row
+is normal and is left for the next read), and stops the child with SIGINT in ``close()``,
+then kills what is left of its process group and reaps it.
 
 Terms:
 - *row*: ``Delta`` (ms since the previous row), ``Time`` (Unix epoch ms at which the row's
@@ -31,7 +32,8 @@ Channels (name <- column; all carry metadata ``column``):
   ``coreN.energy_j`` <- ``PP0_ENERGY (J)``, ``CORE<N>_ENERGY (J)``: domain ``cpu_core``;
   ``pp1.energy_j`` <- ``PP1_ENERGY (J)``: domain ``cpu_uncore``.
 - ``cpuN.usage_percent``, ``cpuN.freq_mhz``, ``coreN.freq_mhz``, ``coreN.pstate``,
-  ``coreN.volt_v``, ``ram.total_bytes``, ``ram.used_bytes``, ``swap.total_bytes``,
+  ``coreN.volt_v``, ``cpuN.temperature_c``, ``cpu.power_w`` / ``system.power_w`` (macOS
+  builds, no domain), ``ram.total_bytes``, ``ram.used_bytes``, ``swap.total_bytes``,
   ``swap.used_bytes``.
 - with ``gpu = true`` (``-g``): ``gpuN.power_mw`` <- ``GPU<N>_POWER (mWatts)``, with no
   domain (metadata ``measures: "gpu"``): the NVML probe is greenmon's GPU source, and the
@@ -96,6 +98,7 @@ _NAMED_ENERGY = {
 _GAUGES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"^CPU_USAGE_(\d+)$"), "cpu{}.usage_percent", "%"),
     (re.compile(r"^CPU_FREQUENCY_(\d+)$"), "cpu{}.freq_mhz", "MHz"),
+    (re.compile(r"^CPU_TEMP_(\d+)$"), "cpu{}.temperature_c", "C"),
     (re.compile(r"^CORE(\d+)_FREQ \(MHZ\)$"), "core{}.freq_mhz", "MHz"),
     (re.compile(r"^CORE(\d+)_PSTATE$"), "core{}.pstate", "1"),
     (re.compile(r"^CORE(\d+)_VOLT \(V\)$"), "core{}.volt_v", "V"),
@@ -105,6 +108,8 @@ _GAUGES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"^GPU(\d+)_TEMPERATURE$"), "gpu{}.temperature_c", "C"),
 ]
 _GPU_POWER = re.compile(r"^GPU(\d+)_POWER(?: \(mWatts\))?$")
+# Power gauges where a platform has no counters (macOS); no domain: Linux reads counters.
+_POWER = {"CPU_POWER (Watts)": "cpu.power_w", "SYSTEM_POWER (Watts)": "system.power_w"}
 _MEMORY = {
     "TOTAL_MEMORY": "ram.total_bytes",
     "USED_MEMORY": "ram.used_bytes",
@@ -147,6 +152,8 @@ def column_channel(column: str, counter_range_j: float | None) -> Channel:
         if counter_range_j is not None:
             meta["counter_range"] = counter_range_j
         return Channel(f"{label}.energy_j", "J", "counter", domain, meta)
+    if column in _POWER:
+        return Channel(_POWER[column], "W", "gauge", None, meta)
     if column in _MEMORY:
         return Channel(_MEMORY[column], "B", "gauge", None, meta)
     match = _GPU_POWER.match(column)
@@ -262,7 +269,6 @@ class EnergiBridgeProbe:
     def _argv(self, csv_path: Path) -> list[str]:
         assert self._executable is not None
         argv = [self._executable, "-o", str(csv_path), "-i", str(self.options.interval_ms)]
-        argv += ["-m", "0"]
         if self.options.gpu:
             argv.append("-g")
         return [*argv, "--", "sleep", "infinity"]

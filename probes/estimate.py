@@ -107,7 +107,7 @@ class EstimateProbe:
         }
         return [
             Channel("cpu.power_w", "W", "gauge", domain="cpu", metadata=metadata),
-            Channel("cpu.utilisation_percent", "%", "gauge", metadata={"estimated_from": True}),
+            Channel("cpu.utilisation_percent", "%", "gauge", metadata={"input_of": "cpu.power_w"}),
         ]
 
     def read(self) -> Values:

@@ -1,7 +1,7 @@
 """A fake ``energibridge`` executable that writes EnergiBridge's CSV format.
 
 ``write_fake_energibridge`` writes a Python script to a directory, made executable, that
-takes EnergiBridge's command line (``-o FILE -i MS -m 0 [-g] -- COMMAND...``) and writes
+takes EnergiBridge's command line (``-o FILE -i MS [-m S] [-g] -- COMMAND...``) and writes
 the header and rows the test gives (for example the real AMD file), field by field with
 unbuffered writes as the real binary does, then either generates rows every interval or
 waits, until SIGINT.  It can die mid-line on chosen runs, or fail before its header with a

@@ -93,7 +93,7 @@ def test_intel_columns_live_rows_on_the_monotonic_clock(tmp_path: Path) -> None:
     probe.close()
     assert child.process.poll() is not None  # stopped and reaped
     [argv] = fake.argvs()
-    assert argv[argv.index("-i") + 1] == "20" and argv[argv.index("-m") + 1] == "0"
+    assert argv[argv.index("-i") + 1] == "20" and "-m" not in argv
     assert argv[-3:] == ["--", "sleep", "infinity"]
     # EnergiBridge's epoch-ms Time lands within a second of greenmon's own clock
     assert all(abs(t_ns - now_ns()) < 2_000_000_000 for t_ns, _ in rows)
@@ -178,6 +178,9 @@ def test_gpu_and_unknown_columns_map_to_channels() -> None:
     )
     assert column_channel("PACAKGE_ENERGY (J)", None).name == "package.energy_j"
     assert column_channel("CORE12_FREQ (MHZ)", None).name == "core12.freq_mhz"
-    other = column_channel("SYSTEM_POWER (Watts)", None)
-    assert (other.name, other.unit, other.kind) == ("system_power_watts", "1", "gauge")
+    system = column_channel("SYSTEM_POWER (Watts)", None)
+    assert (system.name, system.unit, system.domain) == ("system.power_w", "W", None)
+    assert column_channel("CPU_TEMP_3", None).name == "cpu3.temperature_c"
+    other = column_channel("FAN_SPEED (RPM)", None)
+    assert (other.name, other.unit, other.kind) == ("fan_speed_rpm", "1", "gauge")
     assert "GPU0_POWER (mWatts)" in INTEL_GPU_COLUMNS
