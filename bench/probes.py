@@ -8,8 +8,8 @@ a fake powercap tree (50 Hz), writing to a fresh DuckDB file, and prints JSON:
   DuckDB) over wall time, in % of one core, for the whole run and for the steady state
   (from one second after the daemon started to the end);
 - per probe: target and achieved rate, p50 / p99 tick jitter in µs, missed ticks, errors,
-  and ``read_cpu_us``, the CPU time of one read measured alone before the run (blocking
-  probes), which separates what the probes cost from what sampling and storing cost.
+  and ``read_cpu_us``, the CPU time of one read measured alone before the run, which
+  separates what the probes cost from what sampling and storing cost.
 
 The fake NETIO device runs in a separate process, so its CPU is not counted; the fake NVML
 module runs in-process, standing in for the real library's calls (the real NVML calls cost
@@ -56,6 +56,20 @@ def read_cost_us(probe: Probe, reads: int = 300) -> float:
         probe.close()
 
 
+async def async_read_cost_us(probe: netio.NetioProbe, reads: int = 40) -> float:
+    """The same for the NETIO probe: its reads are coroutines on this thread's loop."""
+    probe.open()
+    try:
+        await probe.read()  # the session and its connection are made once, not per read
+        start = time.thread_time()
+        for _ in range(reads):
+            await probe.read()
+        return round((time.thread_time() - start) / reads * 1e6, 1)
+    finally:
+        await probe.aclose()
+        probe.close()
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -85,6 +99,11 @@ async def measure(seconds: float, workdir: Path, netio_port: int) -> dict[str, A
         "rapl": rapl.RaplProbe(rapl.Options(sysfs_root=str(workdir / "powercap"))),
     }
     read_costs = {name: read_cost_us(probe) for name, probe in probes.items() if name != "netio"}
+    read_costs["netio"] = await async_read_cost_us(
+        netio.NetioProbe(
+            netio.Options(enabled=True, host=f"127.0.0.1:{netio_port}"), environ=NETIO_ENV
+        )
+    )
     config = parse_config("")  # default rates: host 10, nvml 20, netio 2, rapl 50 Hz
     store = Store.open(workdir / "bench.duckdb")
     daemon = Daemon(store, config, probes=probes, handle_signals=False)
@@ -116,6 +135,16 @@ async def measure(seconds: float, workdir: Path, netio_port: int) -> dict[str, A
             "whole_run": share("cpu_start", "wall_start"),
             "steady_state": share("cpu_steady", "wall_steady"),
         },
+        # what the reads alone would cost at the achieved rates; the rest of the CPU
+        # share is sampling, hand-off, the writer and DuckDB
+        "probe_reads_percent_of_one_core": round(
+            sum(
+                p["achieved_hz"] * read_costs[p["probe"]] / 1e4
+                for p in summary.probes
+                if read_costs.get(p["probe"]) is not None
+            ),
+            3,
+        ),
         "samples_written": summary.samples_written,
         "probes": [
             {
