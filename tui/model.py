@@ -264,6 +264,8 @@ def unit_lines(progress: Mapping[str, Any] | None) -> list[str]:
     elif total:
         lines.append(f"units {index}/{total}")
     lines.append(f"plan ETA {format_duration(progress.get('eta_s'))}")
+    if progress.get("last_error"):
+        lines.append(f"last error: {progress['last_error']}")
     return lines
 
 
