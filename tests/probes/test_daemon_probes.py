@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
+import anyio
 import pytest
 
 from greenmon.config import parse_config
-from greenmon.daemon import Daemon
+from greenmon.daemon import Daemon, DaemonSummary
 from greenmon.probes.base import Probe
 from greenmon.probes.energibridge import EnergiBridgeProbe
 from greenmon.probes.energibridge import Options as EnergiBridgeOptions
@@ -39,7 +39,6 @@ async def test_probes_share_the_daemon_and_a_lost_gpu_stops_alone(tmp_path: Path
     gpu = FakeGpu("GPU-a")
     module = FakeNvml([gpu])
     fake_eb = write_fake_energibridge(tmp_path / "bin")
-    timer = threading.Timer(0.5, lambda: setattr(gpu, "lost", True))
     with ServerThread(NetioState(cycle=True)) as device:
         probes: dict[str, Probe] = {
             "nvml": NvmlProbe(nvml=module),
@@ -54,11 +53,17 @@ async def test_probes_share_the_daemon_and_a_lost_gpu_stops_alone(tmp_path: Path
         }
         store = Store.open(tmp_path / "db.duckdb")
         daemon = Daemon(store, parse_config(CONFIG), probes=probes, handle_signals=False)
-        timer.start()
-        try:
-            summary = await daemon.run(1.5)
-        finally:
-            timer.cancel()
+        outcome: dict[str, DaemonSummary] = {}
+
+        async def run() -> None:
+            outcome["summary"] = await daemon.run(1.5)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(run)
+            await daemon.started.wait()  # every probe is open and sampling
+            await anyio.sleep(0.3)
+            gpu.lost = True
+        summary = outcome["summary"]
         _, rows = store.query(
             "SELECT c.probe, count(*), min(s.t_ns), max(s.t_ns) "
             "FROM samples s JOIN channels c USING (channel_id) GROUP BY 1"
