@@ -335,6 +335,13 @@ class Sampler:
 
     def _finish(self) -> None:
         self.health.stopped_ns = now_ns()
+        # A source that refreshes slower than it is polled (the NETIO wattmeter) detects
+        # its real period; record it with the session's events.
+        refresh_s = getattr(self.probe, "refresh_period_s", None)
+        if isinstance(refresh_s, float):
+            self._event(
+                "info", f"source refresh period, detected from value changes: {refresh_s:.3f} s"
+            )
         if self.health.state == "running":
             self.health.state = "stopped"
 

@@ -227,3 +227,4 @@ async def test_runs_in_the_daemon_and_its_session_is_closed(
     assert rows and rows[0][1] >= 5
     assert probe._session is None  # the sampler awaited aclose() on its loop
     assert PASSWORD not in str(config_rows) + str(events)
+    assert any("refresh period, detected from value changes" in m for (m,) in events)
