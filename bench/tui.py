@@ -1,0 +1,229 @@
+"""TUI benchmark: does attaching a viewer disturb the daemon?
+
+Runs the daemon in its own process (a fake RAPL tree at 250 Hz, so the sampler's 4096-tick
+jitter window covers about the measured 15 s, plus the host probe at 10 Hz) with its API,
+and measures, with no viewer, with a bare stream reader (4 Hz, no drawing) and with the
+TUI attached headless (streams at 4 Hz, polls events, draws), the daemon process's CPU
+time as a share of one core and each probe's p99 tick jitter (windows reset when a
+measurement starts).  Conditions alternate (none, stream, tui, none, ...) so drift is not
+mistaken for an effect.  Prints JSON.
+
+    python bench/tui.py [--seconds 15] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from _common import REPO, machine  # type: ignore[import-not-found]
+
+RAPL_HZ = 250.0
+WARMUP_S = 3.0
+VIEWER_START_S = 4.0
+VIEWERS = ("none", "stream", "tui")
+
+
+def serve(socket_path: str, db_path: str, root: str) -> None:
+    """The daemon process: fake RAPL + host probes, the API, until SIGTERM."""
+    import anyio
+
+    from greenmon.api import ApiOptions, api_service
+    from greenmon.config import parse_config
+    from greenmon.daemon import Daemon
+    from greenmon.probes import REGISTRY
+    from greenmon.store import Store
+    from tests.fakes.rapl import FakeRaplTree
+
+    tree = FakeRaplTree(Path(root))
+    tree.add_zone("intel-rapl:0", "package-0")
+    tree.add_zone("intel-rapl:0:0", "dram")
+    others = "".join(
+        f"[probes.{name}]\nenabled = false\n" for name in REGISTRY if name not in ("rapl", "host")
+    )
+    config = parse_config(
+        f'[probes.rapl]\nrate_hz = {RAPL_HZ}\nsysfs_root = "{root}"\n'
+        "[probes.host]\nrate_hz = 10\n" + others
+    )
+
+    async def reset_on_sigusr1(daemon: Daemon, *, task_status: Any) -> None:
+        # The bench starts each measured window with empty jitter windows, so start-up
+        # (the viewer's textual import, its first layout) is not counted in it.
+        with anyio.open_signal_receiver(signal.SIGUSR1) as signals:
+            task_status.started()
+            async for _ in signals:
+                for sampler in daemon.samplers:
+                    sampler.health.jitter_ns.clear()
+
+    with Store.open(db_path) as store:
+        api = api_service(ApiOptions(socket_path=Path(socket_path)))
+        daemon = Daemon(store, config, services=[api, reset_on_sigusr1])
+        anyio.run(daemon.run)
+
+
+def view(socket_path: str, kind: str) -> None:
+    """The viewer process: the real TUI headless, or a bare stream reader (no drawing)."""
+    from greenmon.api import ApiClient
+
+    if kind == "stream":
+        import anyio
+
+        async def read_stream() -> None:
+            async with ApiClient(socket_path) as client:
+                async for _ in client.stream():
+                    pass
+
+        anyio.run(read_stream)
+        return
+    from greenmon.tui.app import GreenmonApp
+
+    GreenmonApp(ApiClient(socket_path)).run(headless=True)
+
+
+def wait_for_socket(path: Path, timeout_s: float = 30.0) -> None:
+    from greenmon.api import socket_is_live
+
+    deadline = time.monotonic() + timeout_s
+    while not (path.exists() and socket_is_live(path)):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the daemon did not serve {path} within {timeout_s} s")
+        time.sleep(0.1)
+
+
+def cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def status(path: Path) -> dict[str, Any]:
+    from greenmon.api import ApiClient, call_daemon
+
+    result: dict[str, Any] = call_daemon(ApiClient(path), ApiClient.status)
+    return result
+
+
+def one_condition(viewer: str, seconds: float, tmp: Path, index: int) -> dict[str, Any]:
+    socket_path = tmp / f"d{index}.sock"
+    script = str(Path(__file__).resolve())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    daemon = subprocess.Popen(
+        [sys.executable, script, "--serve", str(socket_path), str(tmp / f"b{index}.duckdb"),
+         str(tmp / f"powercap{index}")],
+        env=env,
+    )  # fmt: skip
+    viewer_process = None
+    try:
+        wait_for_socket(socket_path)
+        time.sleep(WARMUP_S)
+        if viewer != "none":
+            viewer_process = subprocess.Popen(
+                [sys.executable, script, "--view", str(socket_path), viewer],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(VIEWER_START_S)  # textual's import and first layout are not the daemon's
+        missed0 = {p["probe"]: p["missed_ticks"] for p in status(socket_path)["probes"]}
+        daemon.send_signal(signal.SIGUSR1)
+        proc = psutil.Process(daemon.pid)
+        viewer_proc = psutil.Process(viewer_process.pid) if viewer_process else None
+        cpu0, wall0 = cpu_s(proc), time.monotonic()
+        viewer_cpu0 = cpu_s(viewer_proc) if viewer_proc else 0.0
+        time.sleep(seconds)
+        wall = time.monotonic() - wall0
+        daemon_cpu = cpu_s(proc) - cpu0
+        viewer_cpu = (cpu_s(viewer_proc) - viewer_cpu0) if viewer_proc else None
+        probes = {p["probe"]: p for p in status(socket_path)["probes"] if p["state"] == "running"}
+        if viewer_process is not None and viewer_process.poll() is not None:
+            raise SystemExit("the headless TUI exited early")
+    finally:
+        if viewer_process is not None:
+            viewer_process.terminate()
+            viewer_process.wait(10)
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+    return {
+        "viewer": viewer,
+        "daemon_cpu_percent_of_core": round(100 * daemon_cpu / wall, 2),
+        "viewer_cpu_percent_of_core": (
+            None if viewer_cpu is None else round(100 * viewer_cpu / wall, 2)
+        ),
+        "probes": {
+            name: {
+                "target_hz": p["target_hz"],
+                "achieved_hz": p["achieved_hz"],
+                "jitter_p50_us": p["jitter_p50_us"],
+                "jitter_p99_us": p["jitter_p99_us"],
+                "missed_ticks": p["missed_ticks"] - missed0.get(name, 0),
+            }
+            for name, p in probes.items()
+        },
+    }  # fmt: skip
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for viewer in VIEWERS:
+        chosen = [r for r in runs if r["viewer"] == viewer]
+        cpu = [r["daemon_cpu_percent_of_core"] for r in chosen]
+        entry: dict[str, Any] = {
+            "daemon_cpu_percent_of_core": {"median": statistics.median(cpu), "runs": cpu}
+        }
+        for probe in chosen[0]["probes"]:
+            p99 = [r["probes"][probe]["jitter_p99_us"] for r in chosen if probe in r["probes"]]
+            entry[f"{probe}_jitter_p99_us"] = {"median": statistics.median(p99), "runs": p99}
+        missed = [sum(p["missed_ticks"] for p in r["probes"].values()) for r in chosen]
+        entry["missed_ticks"] = {"runs": missed}
+        out[viewer] = entry
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--serve", nargs=3, metavar=("SOCKET", "DB", "ROOT"))
+    parser.add_argument("--view", nargs=2, metavar=("SOCKET", "KIND"))
+    args = parser.parse_args()
+    if args.serve:
+        serve(*args.serve)
+        return
+    if args.view:
+        view(*args.view)
+        return
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="gm-bench-", dir="/tmp") as directory:
+        tmp = Path(directory)
+        index = 0
+        for _ in range(args.rounds):
+            for viewer in VIEWERS:
+                runs.append(one_condition(viewer, args.seconds, tmp, index))
+                index += 1
+    print(
+        json.dumps(
+            {
+                "benchmark": "tui",
+                "machine": machine(),
+                "seconds_per_condition": args.seconds,
+                "load_avg_1m_after": os.getloadavg()[0],
+                "rapl_rate_hz": RAPL_HZ,
+                "summary": summarise(runs),
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
