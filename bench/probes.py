@@ -13,7 +13,9 @@ a fake powercap tree (50 Hz), writing to a fresh DuckDB file, and prints JSON:
 
 The fake NETIO device runs in a separate process, so its CPU is not counted; the fake NVML
 module runs in-process, standing in for the real library's calls (the real NVML calls cost
-more, tens of µs each).  Usage: ``python -m bench.probes [--seconds 30]``.
+more, tens of µs each).  Usage: ``bench/run_all --only probes`` or
+``PYTHONPATH=bench python bench/probes.py [--seconds 30]``.  On a shared machine read
+``machine.load_avg_1m`` first: other processes' load inflates the CPU share and jitter.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from _common import REPO, machine  # type: ignore[import-not-found]
 
 from greenmon.config import parse_config
 from greenmon.daemon import Daemon
@@ -39,7 +42,6 @@ from greenmon.store import Store
 from tests.fakes.nvml import two_gpus
 from tests.fakes.rapl import standard_tree
 
-REPO = Path(__file__).resolve().parents[1]
 NETIO_ENV = {"GREENMON_NETIO_USER": "netio", "GREENMON_NETIO_PASSWORD": "s3cret-pw"}
 
 
@@ -162,8 +164,7 @@ async def measure(seconds: float, workdir: Path, netio_port: int) -> dict[str, A
             for p in summary.probes
         ],
         "netio_refresh_period_s": probes["netio"].refresh_period_s,  # type: ignore[attr-defined]
-        "cores": os.cpu_count(),
-        "python": sys.version.split()[0],
+        "machine": machine(),
     }
 
 
