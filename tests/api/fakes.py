@@ -8,6 +8,7 @@ import math
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -148,9 +149,11 @@ class FakePowerProbe:
     default_rate_hz: ClassVar[float] = 20.0
     COUNTER_RANGE_UJ = 2**32
 
+    POWER_W = 25.0
+
     def __init__(self) -> None:
         self.reads = 0
-        self.energy_uj = self.COUNTER_RANGE_UJ - 5_000_000  # wraps soon after the start
+        self.t0_ns = time.monotonic_ns()
 
     def open(self) -> Sequence[Channel]:
         return [
@@ -169,11 +172,13 @@ class FakePowerProbe:
 
     def read(self) -> Values:
         self.reads += 1
-        # ~25 W at 20 Hz: 1.25 J per read
-        self.energy_uj = (self.energy_uj + 1_250_000) % self.COUNTER_RANGE_UJ
+        # The counter follows time, not reads, so late reads under load still give 25 W;
+        # it starts 0.2 s short of its range and so wraps early in every test.
+        elapsed_s = (time.monotonic_ns() - self.t0_ns) / 1e9
+        energy_uj = self.COUNTER_RANGE_UJ - 5_000_000 + self.POWER_W * 1e6 * elapsed_s
         wobble = math.sin(self.reads / 10)
         return [
-            float(self.energy_uj),
+            float(energy_uj % self.COUNTER_RANGE_UJ),
             3000.0 + 500 * wobble,
             40.0 + 5 * wobble,
             50.0 + 20 * wobble,
