@@ -51,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     path = resolve_db(args.db, config.daemon.db)
     with Store.open(path) as store:
-        daemon = Daemon(store, config)
+        from greenmon.api import api_service
+
+        # The local API lets `greenmon status`, `greenmon sql` and `greenmon tui` attach.
+        daemon = Daemon(store, config, services=[api_service()])
 
         summary_holder: list[DaemonSummary] = []
 

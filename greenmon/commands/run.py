@@ -149,6 +149,13 @@ def run(args: argparse.Namespace) -> int:
     check = check_plan(plan, deep=False)
     if check.problems:
         raise GreenmonError(" ".join(check.problems), title="Plan cannot run here")
+    from greenmon.api import submit_plan
+
+    experiment = submit_plan(Path(args.plan), args.force)
+    if experiment is not None:
+        print(f"submitted to the running daemon as experiment {experiment}; "
+              "watch it with `greenmon tui` or `greenmon status`")
+        return 0
     db = resolve_db(args.db)
     started = time.monotonic()
     try:

