@@ -670,7 +670,7 @@ def _summary(
             if len(ranking) < 2:
                 row["sentence"] = (
                     f"Only {configuration_label(str(ranking.index[0]))} was measured{where}; "
-                    f"its median {var.label.lower()} was {ranking.iloc[0]:.4g} {var.unit}."
+                    f"its median {var.noun} was {ranking.iloc[0]:.4g} {var.unit}."
                 )
                 rows.append(row)
                 continue
