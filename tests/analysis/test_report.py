@@ -9,8 +9,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 
+from greenmon.analysis.data import load_results
 from greenmon.analysis.report import REPORT_COLUMNS, cell, write_report
 from greenmon.analysis.synthetic import synthetic_results, write_synthetic_experiment
 from greenmon.analysis.tables import analyze
@@ -20,13 +22,17 @@ from greenmon.store import Store
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="module")
-def experiment_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("analysis") / "exp.duckdb"
-    truth = synthetic_results(
+def _truth() -> pd.DataFrame:
+    return synthetic_results(
         models=2, configurations=("torch/cpu", "onnx/cpu", "torch/cuda"), repetitions=5,
         gpu=True, seed=7,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def experiment_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("analysis") / "exp.duckdb"
+    truth = _truth()
     with Store.open(path) as store:
         write_synthetic_experiment(store, truth, plan_toml="[plan]\nrepetitions = 5\n")
     return path
@@ -41,11 +47,18 @@ def report_dir(experiment_db: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_view_results_match_truth_and_tables_are_replaced(experiment_db: Path) -> None:
     with Store.open(experiment_db) as store:
+        measured = load_results(store, "synthetic").set_index("unit_id").sort_index()
         result = analyze(store, workers=1)
         again = analyze(store, result.experiment_id, workers=1)
         _, rows = store.query(
             "SELECT count(*) FROM analysis_tests WHERE experiment_id = ?", [result.experiment_id]
         )
+    truth = _truth().set_index("unit_id").sort_index()
+    for column in ("energy_global_j", "energy_gpu_j", "dynamic_cpu_j", "energy_wall_j",
+                   "duration_s", "j_per_token", "cpu_percent", "gpu_mem_used_percent"):
+        assert measured[column].to_numpy(dtype=float) == pytest.approx(
+            truth[column].to_numpy(dtype=float), rel=1e-6, abs=1e-6
+        ), column  # fmt: skip
     assert rows[0][0] == len(again.tests) > 0
     assert "energy_gpu_j" in result.variables and not result.skipped_variables
 
