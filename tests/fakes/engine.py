@@ -3,6 +3,14 @@
 ``PoweredRapl`` keeps a fake powercap counter equal to the integral of a known power: an
 idle floor plus extra watts while the engine loads or generates.  Phase energy computed
 from the stored samples can then be checked against the power the test put in.
+
+Fault tests steer ``FakeEngine`` through the plan's ``[engine_options.<name>]``:
+``load_s`` (how long a load takes), ``generate_s`` (extra seconds per generate call),
+``fail_load``, ``fail_generate`` (raise), ``oom`` (raise MemoryError in generate) and
+``hang_s`` (block in generate until ``HANG_RELEASE`` is set or the time passes).  With
+``GREENMON_FAKE_ENGINE_EVENTS`` set, every call appends ``<event> <pid>`` lines
+(load-start, load-end, generate-start, generate-end, close) so a test in another process
+can tell which phase a unit is in.
 """
 
 from __future__ import annotations
@@ -50,6 +58,10 @@ class PoweredRapl:
                 self.zone.advance(delta)
 
 
+# Set by a test to let every hung generate() return (an abandoned engine thread ends).
+HANG_RELEASE = threading.Event()
+
+
 class FakeEngine:
     """Sleeps instead of computing; adds ``busy_w`` to the power source while busy."""
 
@@ -65,21 +77,43 @@ class FakeEngine:
         # In a subprocess, tests follow progress through this file: one line per request.
         marker = os.environ.get("GREENMON_FAKE_ENGINE_LOG")
         self.log = Path(marker) if marker else None
+        events = os.environ.get("GREENMON_FAKE_ENGINE_EVENTS")
+        self.events = Path(events) if events else None
+        self.options: dict[str, Any] = {}
+
+    def _event(self, name: str) -> None:
+        if self.events is not None:
+            with self.events.open("a") as handle:
+                handle.write(f"{name} {os.getpid()}\n")
 
     def _busy(self, watts: float) -> None:
         if self.power is not None:
             self.power.extra_w = watts
 
     def load(self, model: Any, provider: str, options: Mapping[str, Any]) -> LoadInfo:
+        self._event("load-start")
         if options.get("fail_load"):
             raise RuntimeError("simulated export failure")
+        self.options = dict(options)
+        load_s = float(options.get("load_s", 0.05))
         self._busy(self.load_w)
-        time.sleep(0.05)
+        time.sleep(load_s)
         self._busy(0.0)
         self.loaded = True
-        return LoadInfo(export_s=0.0, load_s=0.05, export_cache_hit=True, details={"fake": True})
+        self._event("load-end")
+        return LoadInfo(
+            export_s=0.0, load_s=load_s, export_cache_hit=True, details={"fake": True}
+        )
 
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[RequestRecord]:
+        self._event("generate-start")
+        if self.options.get("fail_generate"):
+            raise RuntimeError("simulated kernel failure in generate")
+        if self.options.get("oom"):
+            raise MemoryError("simulated allocation failure")
+        if self.options.get("hang_s"):
+            HANG_RELEASE.wait(float(self.options["hang_s"]))
+        time.sleep(float(self.options.get("generate_s", 0.0)))
         records = []
         for prompt in prompts:
             start = time.monotonic_ns()
@@ -103,7 +137,9 @@ class FakeEngine:
                     " ".join(map(str, ids)),
                 )
             )
+        self._event("generate-end")
         return records
 
     def close(self) -> None:
+        self._event("close")
         self.loaded = False
