@@ -39,7 +39,7 @@ def wait_for(
         if predicate():
             return
         if process is not None and process.poll() is not None:
-            out, err = process.communicate()
+            _out, err = process.communicate()
             raise AssertionError(f"process exited ({process.returncode}) before {what}: {err}")
         time.sleep(0.01)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
