@@ -47,6 +47,14 @@ def window_energy_sql(windows: str) -> str:
     ``windows`` must name a relation with columns window_id, channel_id, start_ns, end_ns.
     Output columns: window_id, channel_id, energy_native (in the channel's unit, times
     seconds for gauges), energy_j, coverage, wraps, resets, intervals.
+
+    How: one ordered pass over the samples gives, at every sample, the cumulative energy
+    C(t) and the cumulative covered time Cov(t) since the first sample.  Both are
+    continuous and piecewise simple between samples (linear for counters and coverage,
+    quadratic for the trapezoid of a linear power), so a window's energy is C(end) -
+    C(start), with each edge found by an ASOF join to the sample at or before it.  That
+    costs one sort of the samples however many windows are asked, where a range join of
+    windows against intervals grew with windows x samples.
     """
     return f"""
 WITH win AS (SELECT window_id, channel_id, start_ns, end_ns FROM {windows}),
@@ -73,69 +81,122 @@ pts AS (
     WHERE s.value IS NOT NULL
 ),
 seq AS (
-    SELECT channel_id, t_ns AS t1, value AS v1,
-           lag(t_ns) OVER w AS prev_t_ns, lag(value) OVER w AS prev_value,
-           lead(t_ns) OVER w IS NULL AS last_sample
+    SELECT channel_id, t_ns, value,
+           lead(t_ns) OVER w AS next_t, lead(value) OVER w AS next_v,
+           row_number() OVER w AS rn
     FROM pts
     WINDOW w AS (PARTITION BY channel_id ORDER BY t_ns)
 ),
-iv2 AS (
-    -- One row per sample: the interval from the previous sample, or for the first sample
-    -- an "edge" stretch of two periods before it (covered, no energy).  The last sample
-    -- also covers two periods after it (trailing_ns).
-    SELECT s.channel_id, coalesce(s.prev_t_ns, s.t1 - 2 * ch.period_ns) AS t0, s.t1,
-           coalesce(s.prev_value, s.v1) AS v0, s.v1, s.prev_t_ns IS NULL AS edge,
-           CASE WHEN s.last_sample THEN 2 * ch.period_ns ELSE 0 END AS trailing_ns,
-           ch.kind, ch.period_ns, ch.scale_si,
-           (ch.kind = 'counter' AND s.prev_t_ns IS NOT NULL AND s.v1 < s.prev_value) AS negative,
+iv AS (
+    -- what lies between this sample and the next: energy (native units), covered time
+    SELECT s.*, c.kind, c.period_ns, c.scale_si,
+           coalesce(c.kind = 'counter' AND s.next_v < s.value
+                    AND c.counter_range IS NOT NULL, false) AS wrap_next,
+           coalesce(c.kind = 'counter' AND s.next_v < s.value
+                    AND c.counter_range IS NULL, false) AS reset_next,
            CASE
-               WHEN ch.kind <> 'counter' OR s.prev_t_ns IS NULL THEN NULL
-               WHEN s.v1 >= s.prev_value THEN s.v1 - s.prev_value
-               WHEN ch.counter_range IS NOT NULL THEN s.v1 - s.prev_value + ch.counter_range
-               ELSE NULL
-           END AS delta
-    FROM seq s JOIN ch USING (channel_id)
-    WHERE s.prev_t_ns IS NULL OR s.t1 > s.prev_t_ns
+               WHEN s.next_t IS NULL THEN 0.0
+               WHEN c.kind = 'counter' AND s.next_v >= s.value THEN s.next_v - s.value
+               WHEN c.kind = 'counter' AND c.counter_range IS NOT NULL
+                   THEN s.next_v - s.value + c.counter_range
+               WHEN c.kind = 'counter' THEN 0.0
+               ELSE (s.value + s.next_v) / 2.0 * (s.next_t - s.t_ns) * 1e-9
+           END AS e_next,
+           CASE
+               WHEN s.next_t IS NULL THEN 0
+               WHEN c.kind = 'counter' AND s.next_v < s.value AND c.counter_range IS NULL
+                   THEN 0
+               ELSE least(s.next_t - s.t_ns, 4 * c.period_ns)
+           END AS cov_next
+    FROM seq s JOIN ch c USING (channel_id)
 ),
-cut AS (
-    SELECT w.window_id, w.channel_id, w.start_ns, w.end_ns, i.*,
-           greatest(i.t0, w.start_ns) AS s_ns, greatest(least(i.t1, w.end_ns), i.t0) AS e_ns
-    FROM win w JOIN iv2 i
-      ON i.channel_id = w.channel_id AND i.t1 + i.trailing_ns > w.start_ns
-     AND i.t0 < w.end_ns
+span AS (
+    SELECT channel_id, arg_min(value, t_ns) AS first_v, min(t_ns) AS first_t,
+           max(t_ns) AS last_t
+    FROM pts GROUP BY channel_id
 ),
-parts AS (
-    SELECT window_id, channel_id, start_ns, end_ns, scale_si, edge, negative, delta,
-           trailing_ns, t1,
+-- Intervals that are not plain counter steps: wraps, resets, gaps longer than four
+-- periods, and every gauge interval.  Only these need a running sum; for the plain rest,
+-- a counter's own value is its cumulative energy and time itself is cumulative coverage.
+ev AS (
+    SELECT channel_id, t_ns,
+           CASE WHEN kind = 'counter' THEN e_next - (next_v - value) ELSE e_next END
+               AS d_energy,
+           (next_t - t_ns) - cov_next AS d_uncovered,
+           wrap_next::INTEGER AS d_wraps, reset_next::INTEGER AS d_resets
+    FROM iv
+    WHERE next_t IS NOT NULL
+      AND (kind <> 'counter' OR wrap_next OR reset_next OR next_t - t_ns > 4 * period_ns)
+),
+evc AS (
+    SELECT channel_id, t_ns,
+           sum(d_energy) OVER w AS c_energy, sum(d_uncovered) OVER w AS c_uncovered,
+           sum(d_wraps) OVER w AS c_wraps, sum(d_resets) OVER w AS c_resets
+    FROM ev
+    WINDOW w AS (PARTITION BY channel_id ORDER BY t_ns ROWS UNBOUNDED PRECEDING)
+),
+edges AS (
+    SELECT window_id, channel_id, start_ns AS x, 0 AS side FROM win
+    UNION ALL
+    SELECT window_id, channel_id, end_ns AS x, 1 AS side FROM win
+),
+edge_row AS (
+    -- the sample at or before each edge
+    SELECT e.window_id, e.channel_id, e.side, e.x, c.t_ns, c.value, c.next_t, c.next_v,
+           c.rn, c.kind, c.period_ns, c.e_next, c.cov_next, c.wrap_next, c.reset_next
+    FROM edges e ASOF LEFT JOIN iv c ON c.channel_id = e.channel_id AND e.x >= c.t_ns
+),
+at_edge AS (
+    SELECT r.window_id, r.channel_id, r.side, r.rn,
+           coalesce(v.c_wraps, 0) + coalesce((r.wrap_next AND r.x > r.t_ns)::INTEGER, 0)
+               AS wraps_at,
+           coalesce(v.c_resets, 0) + coalesce((r.reset_next AND r.x > r.t_ns)::INTEGER, 0)
+               AS resets_at,
+           -- C(x): cumulative energy since the first sample
+           CASE WHEN r.t_ns IS NULL THEN 0.0 ELSE
+               CASE WHEN r.kind = 'counter' THEN r.value - sp.first_v ELSE 0.0 END
+               + coalesce(v.c_energy, 0.0)
+               + CASE
+                   WHEN r.next_t IS NULL OR r.x = r.t_ns THEN 0.0
+                   WHEN r.kind = 'counter' THEN r.e_next * (r.x - r.t_ns) / (r.next_t - r.t_ns)
+                   ELSE (r.value + (r.value + (r.next_v - r.value) * (r.x - r.t_ns)
+                                    / (r.next_t - r.t_ns))) / 2.0 * (r.x - r.t_ns) * 1e-9
+                 END
+           END AS energy_at,
+           -- Cov(x): covered time since the first sample; the two periods before the
+           -- first sample count from -2P, the two after the last are added on
            CASE
-               WHEN edge OR s_ns >= e_ns THEN 0.0
-               WHEN kind = 'counter' AND s_ns = t0 AND e_ns = t1 THEN delta
-               WHEN kind = 'counter' THEN delta * (e_ns - s_ns) / (t1 - t0)
-               ELSE ((v0 + (v1 - v0) * (s_ns - t0) / (t1 - t0))
-                     + (v0 + (v1 - v0) * (e_ns - t0) / (t1 - t0))) / 2.0
-                    * (e_ns - s_ns) * 1e-9
-           END AS part_native,
-           CASE
-               WHEN kind = 'counter' AND NOT edge AND delta IS NULL THEN 0
-               WHEN t1 - t0 <= 4 * period_ns OR edge THEN greatest(0, e_ns - s_ns)
-               ELSE greatest(0, least(t0 + 2 * period_ns, e_ns) - s_ns)
-                    + greatest(0, e_ns - greatest(t1 - 2 * period_ns, s_ns))
-           END
-           + greatest(0, least(t1 + trailing_ns, end_ns) - greatest(t1, start_ns))
-               AS covered_ns
-    FROM cut
+               WHEN r.t_ns IS NULL THEN -least(sp.first_t - r.x, 2 * ch.period_ns)::DOUBLE
+               ELSE (r.t_ns - sp.first_t) - coalesce(v.c_uncovered, 0)
+                    + CASE
+                        WHEN r.next_t IS NULL THEN least(r.x - r.t_ns, 2 * r.period_ns)
+                        WHEN r.reset_next THEN 0
+                        WHEN r.next_t - r.t_ns <= 4 * r.period_ns THEN r.x - r.t_ns
+                        ELSE least(r.x - r.t_ns, 2 * r.period_ns)
+                             + greatest(0, r.x - (r.next_t - 2 * r.period_ns))
+                      END
+           END AS cov_at,
+           ch.scale_si
+    FROM edge_row r
+    JOIN ch ON ch.channel_id = r.channel_id
+    LEFT JOIN span sp ON sp.channel_id = r.channel_id
+    ASOF LEFT JOIN evc v ON v.channel_id = r.channel_id AND r.t_ns > v.t_ns
 )
 SELECT w.window_id, w.channel_id,
-       sum(p.part_native) AS energy_native,
-       sum(p.part_native) * any_value(p.scale_si) AS energy_j,
-       coalesce(least(1.0, coalesce(sum(p.covered_ns), 0) / nullif(w.end_ns - w.start_ns, 0)), 0.0)
-            AS coverage,
-       coalesce(count_if(p.negative AND p.delta IS NOT NULL), 0) AS wraps,
-       coalesce(count_if(p.negative AND p.delta IS NULL), 0) AS resets,
-       coalesce(count_if(NOT p.edge), 0) AS intervals
-FROM win w LEFT JOIN parts p
-  ON p.window_id = w.window_id AND p.channel_id = w.channel_id
-GROUP BY w.window_id, w.channel_id, w.start_ns, w.end_ns
+       CASE WHEN sp.first_t IS NULL OR w.end_ns <= sp.first_t OR w.start_ns >= sp.last_t
+            THEN NULL ELSE b.energy_at - a.energy_at END AS energy_native,
+       CASE WHEN sp.first_t IS NULL OR w.end_ns <= sp.first_t OR w.start_ns >= sp.last_t
+            THEN NULL ELSE (b.energy_at - a.energy_at) * b.scale_si END AS energy_j,
+       CASE WHEN sp.first_t IS NULL OR w.end_ns <= w.start_ns THEN 0.0
+            ELSE greatest(0.0, least(1.0, (b.cov_at - a.cov_at) / (w.end_ns - w.start_ns)))
+       END AS coverage,
+       b.wraps_at - a.wraps_at AS wraps,
+       b.resets_at - a.resets_at AS resets,
+       coalesce(b.rn, 0) - coalesce(a.rn, 0) AS intervals
+FROM win w
+LEFT JOIN span sp ON sp.channel_id = w.channel_id
+JOIN at_edge a ON a.window_id = w.window_id AND a.channel_id = w.channel_id AND a.side = 0
+JOIN at_edge b ON b.window_id = w.window_id AND b.channel_id = w.channel_id AND b.side = 1
 """
 
 
