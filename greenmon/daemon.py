@@ -150,6 +150,14 @@ class Daemon:
             )
         return events
 
+    def _restore_settings(self) -> list[Event]:
+        from greenmon.settings import restore_journal
+
+        return [
+            Event(now_ns(), "info" if r.ok else "error", None, f"restore journal: {r.message}")
+            for r in restore_journal(self.store)
+        ]
+
     async def _anchor_loop(self) -> None:
         interval_s = self.config.daemon.anchor_interval_s
         while True:
@@ -184,7 +192,10 @@ class Daemon:
             max_buffer_size=self.stream_buffer
         )
         self._send = send
-        start_events = self._open_probes(send)
+        # issue 8: hardware settings a crashed or killed run left changed are put back
+        # before anything is measured (greenmon/settings.py; one cheap query when none).
+        start_events = await anyio.to_thread.run_sync(self._restore_settings)
+        start_events += self._open_probes(send)
         limiter = anyio.CapacityLimiter(max(1, len(self.samplers)))
         written = 0
 

@@ -65,6 +65,17 @@ class Factors(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cpu_max_freq_khz: list[int] | None = None
 
 
+class Hardware(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where hardware factors are applied (greenmon/settings.py); tests point these at fakes."""
+
+    # The cpufreq sysfs directory holding cpuN/cpufreq/.
+    cpufreq_root: str = "/sys/devices/system/cpu"
+    # "pynvml", or "package.module:factory" returning an object shaped like pynvml.
+    nvml_module: str = "pynvml"
+    # NVML indices or UUIDs of the GPUs the GPU factors apply to; None: every GPU.
+    gpu_devices: list[int | str] | None = None
+
+
 class PlanSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     models: list[str]
     configurations: list[str] | str
@@ -80,6 +91,7 @@ class PlanSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     unit_timeout_s: float = 3600.0
     cooldown: Cooldown = msgspec.field(default_factory=Cooldown)
     factors: Factors = msgspec.field(default_factory=Factors)
+    hardware: Hardware = msgspec.field(default_factory=Hardware)
     engine_options: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     # Engines not built in, as "module:Class" (a user's own engine, or a test's fake).
     custom_engines: dict[str, str] = msgspec.field(default_factory=dict)
@@ -119,6 +131,10 @@ class Plan:
 
     def canonical(self) -> dict[str, Any]:
         data: dict[str, Any] = msgspec.to_builtins(self.spec)
+        # issue 8: a plan without a [hardware] table keeps the hash it had before the table
+        # existed, so experiments started earlier still resume.
+        if self.spec.hardware == Hardware():
+            del data["hardware"]
         data["configurations"] = [f"{e}/{p}" for e, p in self.configurations]
         return data
 
@@ -309,6 +325,11 @@ def check_plan(plan: Plan, *, cache_dir: str | None = None, deep: bool = True) -
     cooldown_s = plan.spec.cooldown.before_s + plan.spec.cooldown.after_s
     tokens = plan.spec.max_new_tokens * ((prompts_count or 164) + plan.spec.warmup_requests)
     per_unit_s = cooldown_s + DEFAULT_LOAD_S + tokens * DEFAULT_TOKEN_S / plan.spec.batch_size
+    # issue 8: hardware factors (DVFS) are checked against this machine's ranges and the
+    # privileges they need; a plan without them costs nothing here.
+    from greenmon.settings import check_hardware
+
+    problems += check_hardware(plan)
     if plan.spec.order == "blocked":
         notes.append(
             "order = 'blocked' runs each configuration's repetitions back to back, "

@@ -80,8 +80,12 @@ class ExperimentRunner:
         cache_dir: str | None = None,
         reference: ReferenceFn | None = _default_reference,
         engine_kwargs: Mapping[str, Any] | None = None,
+        nvml: Any = None,
     ) -> None:
         self.daemon = daemon
+        # issue 8: a pre-built NVML module for the hardware factors (tests pass a fake);
+        # None: the plan's [hardware] nvml_module.
+        self.nvml = nvml
         self.store = daemon.store
         self.cache_dir = cache_dir
         self.reference = reference
@@ -379,9 +383,26 @@ class ExperimentRunner:
         try:
             with anyio.CancelScope() as scope:
                 self._cancel_scope = scope
+                # issue 8: missing privileges or out-of-range hardware levels stop the plan
+                # here, before the first unit, not in the middle of the run.
+                from greenmon.settings import require_hardware
+
+                try:
+                    await anyio.to_thread.run_sync(
+                        partial(require_hardware, plan, nvml=self.nvml)
+                    )
+                except PlanError as error:
+                    self.state.last_error = str(error)
+                    self.daemon.event("error", str(error))
+                    final = "failed"
+                    return
                 models: dict[str, Any] = {}
-                workloads: dict[str, list[Prompt]] = {}
-                references: dict[tuple[str, int], Mapping[str, Sequence[int]] | None] = {}
+                # issue 8: keyed by (model, input_tokens): an input_tokens level gets its
+                # own windows of exactly that many tokens (greenmon/workload.py).
+                workloads: dict[tuple[str, int | None], list[Prompt]] = {}
+                references: dict[
+                    tuple[str, int | None, int], Mapping[str, Sequence[int]] | None
+                ] = {}
                 for unit in units:
                     await self._resumed.wait()
                     if scope.cancel_called:
@@ -392,7 +413,10 @@ class ExperimentRunner:
                             models[unit.model] = await anyio.to_thread.run_sync(
                                 partial(resolve_model, unit.model, cache_dir=self.cache_dir)
                             )
-                            workloads[unit.model] = await anyio.to_thread.run_sync(
+                        input_tokens = unit.factors.get("input_tokens")
+                        prompts_key = (unit.model, input_tokens)
+                        if prompts_key not in workloads:
+                            workloads[prompts_key] = await anyio.to_thread.run_sync(
                                 partial(
                                     load_workload,
                                     plan.spec.workload,
@@ -400,13 +424,14 @@ class ExperimentRunner:
                                     seed=plan.spec.seed,
                                     limit=plan.spec.prompts,
                                     cache_dir=self.cache_dir,
+                                    input_tokens=input_tokens,
                                 )
                             )
                         max_new = int(unit.setting("max_new_tokens", plan.spec.max_new_tokens))
-                        key = (unit.model, max_new)
+                        key = (unit.model, input_tokens, max_new)
                         if key not in references:
                             references[key] = await self._reference(
-                                models[unit.model], workloads[unit.model], max_new
+                                models[unit.model], workloads[prompts_key], max_new
                             )
                     except GreenmonError as error:
                         await self._fail_unit(experiment_id, unit, str(error))
@@ -416,7 +441,7 @@ class ExperimentRunner:
                         experiment_id,
                         unit,
                         models[unit.model],
-                        workloads[unit.model],
+                        workloads[prompts_key],
                         references[key],
                     )
                     self.state.units_run += 1
@@ -510,6 +535,11 @@ class ExperimentRunner:
         if "dtype" in unit.factors:
             options["dtype"] = unit.factors["dtype"]
         rss_before = psutil.Process().memory_info().rss
+        # issue 8: the unit's hardware levels (DVFS), journaled so they are always restored.
+        from greenmon.settings import HARDWARE_FACTORS, UnitSettings
+
+        hardware_levels = {k: v for k, v in unit.factors.items() if k in HARDWARE_FACTORS}
+        unit_settings: UnitSettings | None = None
         engine: Engine | None = None
         abandoned = False
         measured: list[RequestRecord] = []
@@ -527,6 +557,28 @@ class ExperimentRunner:
                     "export_cache_hit": info.export_cache_hit,
                     **dict(info.details),
                 }
+
+                # issue 8: hardware levels go in force after the load (whose energy is kept
+                # apart, and which a low clock would only slow down) and before warm-up, so
+                # warm-up, the idle baseline of cooldown_before, the measure and the tail
+                # all run at the unit's setting.  Restored in the finally below.
+                if hardware_levels:
+                    unit_settings = UnitSettings(
+                        self.store,
+                        plan.spec.hardware,
+                        self.daemon.session_id,
+                        experiment_id,
+                        unit.unit_id,
+                        nvml=self.nvml,
+                    )
+                    in_force = await db(unit_settings.apply, hardware_levels)
+                    await db(
+                        lambda: self.store.execute(
+                            "UPDATE units SET settings = ? WHERE experiment_id = ? "
+                            "AND unit_id = ?",
+                            [json.dumps(in_force), experiment_id, unit.unit_id],
+                        )
+                    )
 
                 warm = prompts[: plan.spec.warmup_requests]
                 if warm:
@@ -595,6 +647,11 @@ class ExperimentRunner:
             failure = f"{type(error).__name__}: {error}"
         finally:
             with anyio.CancelScope(shield=True):
+                # issue 8: restore first, shielded: cancellation (SIGINT/SIGTERM stops the
+                # daemon, which cancels the runner) must not leave the machine changed.
+                if unit_settings is not None:
+                    for problem in await db(unit_settings.restore):
+                        self.daemon.event("error", f"unit {unit.unit_id}: {problem}")
                 if engine is not None and not abandoned:
                     try:
                         await self._in_engine_thread(engine.close)

@@ -11,6 +11,10 @@ Terms:
   - ``humaneval-full``: each HumanEval problem's whole prompt.
   Anything else is a path to a JSONL file, one ``{"id": ..., "prompt": ...}`` per line.
 - *limit*: keep the first N prompts (after the order above), for quick runs.
+- *input tokens*: the plan factor ``input_tokens``: instead of the workload's own prompts,
+  one seeded window of exactly N tokens of the model's tokenizer per source prompt
+  (``token_windows``).  The source is every HumanEval prompt for the built-in workloads
+  (their common origin) and the file's prompts for a JSONL workload.
 """
 
 from __future__ import annotations
@@ -41,13 +45,33 @@ def load_workload(
     seed: int = 0,
     limit: int | None = None,
     cache_dir: str | None = None,
+    input_tokens: int | None = None,
 ) -> list[Prompt]:
     """The prompts of a workload, by built-in name or JSONL path.
 
-    ``humaneval-windows`` needs the model's tokenizer: pass ``tokenizer`` (anything with
-    ``encode``/``decode``) or ``model`` (a spec or ModelInfo, whose tokenizer is loaded).
+    ``humaneval-windows`` and ``input_tokens`` need the model's tokenizer: pass
+    ``tokenizer`` (anything with ``encode``/``decode``) or ``model`` (a spec or ModelInfo,
+    whose tokenizer is loaded).
     """
     text = os.fspath(name)
+    if input_tokens is not None:  # issue 8: the input_tokens factor
+        if tokenizer is None:
+            if model is None:
+                raise WorkloadError(
+                    "input_tokens cuts windows with the model's tokenizer: "
+                    "give a model or a tokenizer"
+                )
+            tokenizer = tokenizer_for(model, cache_dir=cache_dir)
+        if text in BUILTIN_WORKLOADS:
+            source = humaneval_full()
+        elif Path(text).expanduser().is_file():
+            source = read_jsonl(Path(text).expanduser())
+        else:
+            raise WorkloadError(
+                f"workload {text!r} is neither a built-in workload "
+                f"({', '.join(BUILTIN_WORKLOADS)}) nor an existing JSONL file"
+            )
+        return take(token_windows(source, tokenizer, input_tokens, seed=seed), limit)
     if text == "humaneval-windows":
         if tokenizer is None:
             if model is None:
@@ -111,6 +135,53 @@ def humaneval_windows(
         start = rng.randrange(max(1, len(ids) - length + 1))
         window = ids[start : start + length]
         prompts.append(Prompt(task_id, tokenizer.decode(window)))
+    return prompts
+
+
+# Start positions tried per source prompt before giving up on an exact-length window.
+WINDOW_ATTEMPTS = 64
+
+
+def token_windows(
+    source: Sequence[Prompt], tokenizer: Any, n_tokens: int, *, seed: int = 0
+) -> list[Prompt]:
+    """One window of exactly ``n_tokens`` tokens per source prompt, at a seeded position.
+
+    A prompt shorter than the window continues into the next ones (cyclically), so every
+    source prompt gives a window.  The decoded text must encode back to ``n_tokens``
+    tokens (subword merges at the edges can change the count): the first start position,
+    from the seeded one onwards, where it does is taken.  Ids are ``<id>@<n>tok``.
+    """
+    if n_tokens < 1:
+        raise WorkloadError(f"input_tokens must be at least 1, got {n_tokens}")
+    rng = random.Random(seed)
+    encoded = [list(tokenizer.encode(p.text, add_special_tokens=False)) for p in source]
+    total = sum(len(ids) for ids in encoded)
+    if total < n_tokens:
+        raise WorkloadError(
+            f"input_tokens = {n_tokens} is longer than the whole workload ({total} tokens)"
+        )
+    prompts = []
+    for index, prompt in enumerate(source):
+        ids = list(encoded[index])
+        following = index + 1
+        while len(ids) < n_tokens + WINDOW_ATTEMPTS:
+            ids += encoded[following % len(encoded)]
+            following += 1
+            if following - index > len(encoded) and len(ids) >= n_tokens:
+                break
+        start = rng.randrange(max(1, len(encoded[index]) - n_tokens + 1))
+        for attempt in range(WINDOW_ATTEMPTS):
+            begin = (start + attempt) % max(1, len(ids) - n_tokens + 1)
+            text = tokenizer.decode(ids[begin : begin + n_tokens])
+            if len(tokenizer.encode(text, add_special_tokens=False)) == n_tokens:
+                prompts.append(Prompt(f"{prompt.prompt_id}@{n_tokens}tok", text))
+                break
+        else:
+            raise WorkloadError(
+                f"no window of prompt {prompt.prompt_id!r} encodes back to exactly "
+                f"{n_tokens} tokens with this tokenizer"
+            )
     return prompts
 
 

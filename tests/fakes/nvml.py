@@ -4,11 +4,23 @@
 attributes, ``NVMLError`` with ``.value`` codes as in pynvml).  Each ``FakeGpu`` advances
 its energy counter on every read, can be told that a function is not supported, and can
 fall off the bus (``lost = True``) so the probe sees ``NVML_ERROR_GPU_IS_LOST``.
+
+The setters greenmon/settings.py uses (power limit, locked and application clocks) keep
+their state on the ``FakeGpu``: a power limit outside the constraints is refused with
+``NVML_ERROR_INVALID_ARGUMENT``; locked clocks snap to the nearest supported clock, as the
+driver does, and the running clock follows; ``no_permission = True`` refuses every setter.
+``file_backed()`` keeps that state in the JSON file named by ``GREENMON_FAKE_NVML_STATE``
+so a test can look at a GPU that a ``greenmon`` subprocess changed (plan key
+``[hardware] nvml_module = "tests.fakes.nvml:file_backed"``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -61,15 +73,43 @@ class FakeGpu:
     has_instant_power_field: bool = True
     lost: bool = False
     energy_reads: int = 0
+    # -- settable state (greenmon/settings.py) --
+    power_limit_min_mw: int = 100_000
+    power_limit_max_mw: int = 350_000
+    supported_memory_clocks_mhz: list[int] = field(default_factory=lambda: [9501, 5001, 810])
+    # 210, 225, ..., 1410 MHz: 1400 is not one of them, so a lock at 1400 runs at 1395/1410.
+    supported_graphics_clocks_mhz: list[int] = field(
+        default_factory=lambda: list(range(210, 1411, 15))
+    )
+    default_sm_clock_mhz: int = 1410
+    default_memory_clock_mhz: int = 9501
+    locked_sm_clocks_mhz: list[int] | None = None
+    locked_memory_clocks_mhz: list[int] | None = None
+    applications_clocks_mhz: list[int] = field(default_factory=lambda: [9501, 1410])  # mem, sm
+    no_permission: bool = False
+    setter_calls: list[str] = field(default_factory=list)
+
+
+def _nearest(value: int, supported: list[int]) -> int:
+    return min(supported, key=lambda c: (abs(c - value), c))
 
 
 class FakeNvml:
     """Pass an instance where the probe takes the NVML module."""
 
     NVMLError = NVMLError
+    # greenmon/settings.py skips its root / CAP_SYS_ADMIN check for this module.
+    GREENMON_FAKE_PRIVILEGED = True
 
-    def __init__(self, gpus: list[FakeGpu], *, init_error: int | None = None) -> None:
+    def __init__(
+        self,
+        gpus: list[FakeGpu],
+        *,
+        init_error: int | None = None,
+        state_path: Path | None = None,
+    ) -> None:
         self.gpus = gpus
+        self.state_path = state_path
         self.init_error = init_error
         self.initialised = False
         self.shutdowns = 0
@@ -169,6 +209,114 @@ class FakeNvml:
 
     def nvmlDeviceGetTemperature(self, handle: FakeGpu, sensor: int) -> int:
         return self._gpu(handle, "nvmlDeviceGetTemperature").temperature_c
+
+    # -- the setters (and their getters) ---------------------------------------------------
+    def _setter(self, handle: Any, function: str) -> FakeGpu:
+        gpu = self._gpu(handle, function)
+        if gpu.no_permission:
+            raise NVMLError(NVML_ERROR_NO_PERMISSION)
+        gpu.setter_calls.append(function)
+        return gpu
+
+    def _save(self) -> None:
+        if self.state_path is not None:
+            data = [
+                dataclasses.asdict(g) | {"not_supported": sorted(g.not_supported)}
+                for g in self.gpus
+            ]
+            self.state_path.write_text(json.dumps(data))
+
+    def nvmlDeviceGetPowerManagementLimit(self, handle: FakeGpu) -> int:
+        return self._gpu(handle, "nvmlDeviceGetPowerManagementLimit").power_limit_mw
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: FakeGpu) -> tuple[int, int]:
+        gpu = self._gpu(handle, "nvmlDeviceGetPowerManagementLimitConstraints")
+        return gpu.power_limit_min_mw, gpu.power_limit_max_mw
+
+    def nvmlDeviceSetPowerManagementLimit(self, handle: FakeGpu, limit_mw: int) -> None:
+        gpu = self._setter(handle, "nvmlDeviceSetPowerManagementLimit")
+        if not gpu.power_limit_min_mw <= limit_mw <= gpu.power_limit_max_mw:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        gpu.power_limit_mw = int(limit_mw)
+        self._save()
+
+    def nvmlDeviceGetSupportedMemoryClocks(self, handle: FakeGpu) -> list[int]:
+        return list(
+            self._gpu(handle, "nvmlDeviceGetSupportedMemoryClocks").supported_memory_clocks_mhz
+        )
+
+    def nvmlDeviceGetSupportedGraphicsClocks(self, handle: FakeGpu, memory_mhz: int) -> list[int]:
+        gpu = self._gpu(handle, "nvmlDeviceGetSupportedGraphicsClocks")
+        if memory_mhz not in gpu.supported_memory_clocks_mhz:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return list(gpu.supported_graphics_clocks_mhz)
+
+    def nvmlDeviceSetGpuLockedClocks(self, handle: FakeGpu, min_mhz: int, max_mhz: int) -> None:
+        gpu = self._setter(handle, "nvmlDeviceSetGpuLockedClocks")
+        if min_mhz > max_mhz:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        supported = gpu.supported_graphics_clocks_mhz
+        gpu.locked_sm_clocks_mhz = [_nearest(min_mhz, supported), _nearest(max_mhz, supported)]
+        gpu.sm_clock_mhz = gpu.locked_sm_clocks_mhz[1]
+        self._save()
+
+    def nvmlDeviceResetGpuLockedClocks(self, handle: FakeGpu) -> None:
+        gpu = self._setter(handle, "nvmlDeviceResetGpuLockedClocks")
+        gpu.locked_sm_clocks_mhz = None
+        gpu.sm_clock_mhz = gpu.default_sm_clock_mhz
+        self._save()
+
+    def nvmlDeviceSetMemoryLockedClocks(self, handle: FakeGpu, min_mhz: int, max_mhz: int) -> None:
+        gpu = self._setter(handle, "nvmlDeviceSetMemoryLockedClocks")
+        supported = gpu.supported_memory_clocks_mhz
+        gpu.locked_memory_clocks_mhz = [_nearest(min_mhz, supported), _nearest(max_mhz, supported)]
+        gpu.memory_clock_mhz = gpu.locked_memory_clocks_mhz[1]
+        self._save()
+
+    def nvmlDeviceResetMemoryLockedClocks(self, handle: FakeGpu) -> None:
+        gpu = self._setter(handle, "nvmlDeviceResetMemoryLockedClocks")
+        gpu.locked_memory_clocks_mhz = None
+        gpu.memory_clock_mhz = gpu.default_memory_clock_mhz
+        self._save()
+
+    def nvmlDeviceGetApplicationsClock(self, handle: FakeGpu, clock: int) -> int:
+        gpu = self._gpu(handle, "nvmlDeviceGetApplicationsClock")
+        mem, sm = gpu.applications_clocks_mhz
+        return sm if clock == NVML_CLOCK_SM else mem
+
+    def nvmlDeviceSetApplicationsClocks(self, handle: FakeGpu, mem_mhz: int, sm_mhz: int) -> None:
+        gpu = self._setter(handle, "nvmlDeviceSetApplicationsClocks")
+        if mem_mhz not in gpu.supported_memory_clocks_mhz or (
+            sm_mhz not in gpu.supported_graphics_clocks_mhz
+        ):
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        gpu.applications_clocks_mhz = [int(mem_mhz), int(sm_mhz)]
+        self._save()
+
+    def nvmlDeviceResetApplicationsClocks(self, handle: FakeGpu) -> None:
+        gpu = self._setter(handle, "nvmlDeviceResetApplicationsClocks")
+        gpu.applications_clocks_mhz = [gpu.default_memory_clock_mhz, gpu.default_sm_clock_mhz]
+        self._save()
+
+
+STATE_ENV = "GREENMON_FAKE_NVML_STATE"
+
+
+def load_state(path: Path) -> list[FakeGpu]:
+    return [
+        FakeGpu(**(row | {"not_supported": set(row["not_supported"])}))
+        for row in json.loads(path.read_text())
+    ]
+
+
+def file_backed() -> FakeNvml:
+    """A FakeNvml whose GPUs live in $GREENMON_FAKE_NVML_STATE (one GPU when it is new)."""
+    path = Path(os.environ[STATE_ENV])
+    if path.exists():
+        return FakeNvml(load_state(path), state_path=path)
+    nvml = FakeNvml([FakeGpu("GPU-33333333-aaaa-bbbb-cccc-000000000000")], state_path=path)
+    nvml._save()
+    return nvml
 
 
 def two_gpus() -> FakeNvml:
