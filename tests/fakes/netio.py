@@ -54,7 +54,8 @@ class NetioState:
     user: str | None = "netio"
     password: str | None = "s3cret-pw"
     json_version: str = "2.4"
-    # ok | forbidden | error500 | malformed | stall
+    # ok | unauthorized (401 whatever the credentials) | forbidden | error500 | malformed
+    # | stall
     mode: str = "ok"
     stall_s: float = 2.0
     # cycle through rows (bench) or stay on the last one (tests)
@@ -139,6 +140,8 @@ def make_app(state: NetioState) -> web.Application:
     async def netio_json(request: web.Request) -> web.StreamResponse:
         state.requests += 1
         if expected is not None and request.headers.get("Authorization") != expected:
+            return web.Response(status=401, text="Unauthorized")
+        if state.mode == "unauthorized":  # the device's password changed mid-run
             return web.Response(status=401, text="Unauthorized")
         if state.mode == "forbidden":
             return web.Response(status=403, text="Forbidden")
