@@ -14,7 +14,7 @@ Blocking probes run their loop in a dedicated worker thread (taken through a cap
 limiter) and sleep to each deadline there: asyncio's timers resolve about 1 ms on these
 machines, too coarse for 1 kHz, while a thread waiting on an Event holds 1 kHz with p99
 jitter near 0.2 ms.  The thread hands samples to the event loop in batches (every
-``handoff_interval_s``), so the loop wakes ten times a second, not at the sampling rate.
+``handoff_interval_s``), so the loop wakes four times a second, not at the sampling rate.
 Async probes (``async def read``) run as tasks on the loop: network probes are slow anyway.
 """
 
@@ -147,7 +147,7 @@ class Sampler:
         send: MemoryObjectSendStream[SampleBatch | Event],
         *,
         max_backoff_s: float = 30.0,
-        handoff_interval_s: float = 0.1,
+        handoff_interval_s: float = 0.25,
         on_values: Callable[[str, int, dict[str, float | None]], None] | None = None,
     ) -> None:
         if rate_hz <= 0:
