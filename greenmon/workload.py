@@ -138,8 +138,9 @@ def humaneval_windows(
     return prompts
 
 
-# Start positions tried per source prompt before giving up on an exact-length window.
-WINDOW_ATTEMPTS = 64
+# Start positions, and slice lengths around N, tried per prompt for an exact-length window.
+WINDOW_STARTS = 32
+WINDOW_SLACK_TOKENS = 8
 
 
 def token_windows(
@@ -148,9 +149,10 @@ def token_windows(
     """One window of exactly ``n_tokens`` tokens per source prompt, at a seeded position.
 
     A prompt shorter than the window continues into the next ones (cyclically), so every
-    source prompt gives a window.  The decoded text must encode back to ``n_tokens``
-    tokens (subword merges at the edges can change the count): the first start position,
-    from the seeded one onwards, where it does is taken.  Ids are ``<id>@<n>tok``.
+    source prompt gives a window.  What the engine sees is the decoded text, and it must
+    encode back to ``n_tokens`` tokens; subword merges (at the edges, or where two prompts
+    meet) can change the count, so slices a few tokens shorter or longer, and later starts,
+    are tried until one does.  Ids are ``<id>@<n>tok``.
     """
     if n_tokens < 1:
         raise WorkloadError(f"input_tokens must be at least 1, got {n_tokens}")
@@ -161,28 +163,45 @@ def token_windows(
         raise WorkloadError(
             f"input_tokens = {n_tokens} is longer than the whole workload ({total} tokens)"
         )
+    wanted = n_tokens + WINDOW_STARTS + WINDOW_SLACK_TOKENS
+    lengths = [n_tokens] + [
+        n_tokens + sign * delta
+        for delta in range(1, WINDOW_SLACK_TOKENS + 1)
+        for sign in (-1, 1)
+        if n_tokens + sign * delta >= 1
+    ]
     prompts = []
     for index, prompt in enumerate(source):
         ids = list(encoded[index])
         following = index + 1
-        while len(ids) < n_tokens + WINDOW_ATTEMPTS:
+        # Continue into the next prompts, but at most once around the whole workload.
+        while len(ids) < wanted and following - index <= len(encoded):
             ids += encoded[following % len(encoded)]
             following += 1
-            if following - index > len(encoded) and len(ids) >= n_tokens:
-                break
+        # Drawn for every prompt, so one short prompt does not shift the later windows.
         start = rng.randrange(max(1, len(encoded[index]) - n_tokens + 1))
-        for attempt in range(WINDOW_ATTEMPTS):
-            begin = (start + attempt) % max(1, len(ids) - n_tokens + 1)
-            text = tokenizer.decode(ids[begin : begin + n_tokens])
-            if len(tokenizer.encode(text, add_special_tokens=False)) == n_tokens:
-                prompts.append(Prompt(f"{prompt.prompt_id}@{n_tokens}tok", text))
-                break
-        else:
+        window = _exact_window(tokenizer, ids, start, lengths, n_tokens)
+        if window is None:
             raise WorkloadError(
                 f"no window of prompt {prompt.prompt_id!r} encodes back to exactly "
                 f"{n_tokens} tokens with this tokenizer"
             )
+        prompts.append(Prompt(f"{prompt.prompt_id}@{n_tokens}tok", window))
     return prompts
+
+
+def _exact_window(
+    tokenizer: Any, ids: Sequence[int], start: int, lengths: Sequence[int], n_tokens: int
+) -> str | None:
+    for attempt in range(WINDOW_STARTS):
+        begin = start + attempt
+        for length in lengths:
+            if begin + length > len(ids):
+                continue
+            text = str(tokenizer.decode(ids[begin : begin + length]))
+            if len(tokenizer.encode(text, add_special_tokens=False)) == n_tokens:
+                return text
+    return None
 
 
 def humaneval_full() -> list[Prompt]:

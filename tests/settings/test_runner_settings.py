@@ -255,3 +255,66 @@ def test_plan_check_refuses_an_out_of_range_level(
     plan.write_text(text)
     assert main(["plan", "check", str(plan)]) == 0
     assert capsys.readouterr().out.rstrip().endswith("ok")
+
+
+def test_refused_hardware_stops_the_plan_before_the_first_unit(
+    tmp_path: Path, power: PoweredRapl
+) -> None:
+    tree = FakeCpufreqTree(tmp_path / "cpu", cpus=2)
+    text = PLAN.format(
+        prompts=2, repetitions=1, cpufreq=tree.root, powercap=power.tree.root
+    ).replace("gpu_power_limit_w = [150]", "gpu_power_limit_w = [999]")
+    db = tmp_path / "run.duckdb"
+    anyio.run(
+        lambda: run_experiment(
+            parse_plan(text), db, resume=False, force=False, quiet=True, reference=None,
+            nvml=FakeNvml([FakeGpu("GPU-aaaa")]),
+        )
+    )  # fmt: skip
+    with Store.open(db, read_only=True) as store:
+        _, experiments = store.query("SELECT status FROM experiments")
+        _, units = store.query("SELECT DISTINCT status FROM units")
+        _, events = store.query("SELECT message FROM events WHERE level = 'error'")
+    assert experiments == [("failed",)] and units == [("pending",)]
+    assert any("gpu_power_limit_w level 999" in m for (m,) in events)
+    assert tree.values("scaling_governor") == ["powersave"] * 2
+    assert _journal_statuses(db) == {}
+
+
+def test_input_tokens_levels_get_windows_of_that_length(tmp_path: Path, power: PoweredRapl) -> None:
+    text = f"""
+name = "input-tokens"
+models = ["tiny"]
+configurations = ["fake/cpu"]
+prompts = 3
+max_new_tokens = 4
+repetitions = 1
+warmup_requests = 0
+custom_engines = {{ fake = "tests.fakes.engine:FakeEngine" }}
+[cooldown]
+before_s = 0.05
+after_s = 0.05
+[factors]
+input_tokens = [16, 48]
+[probes.rapl]
+sysfs_root = "{power.tree.root}"
+[probes.host]
+enabled = false
+"""
+    db = tmp_path / "run.duckdb"
+    experiment_id, _ = anyio.run(
+        lambda: run_experiment(
+            parse_plan(text), db, resume=False, force=False, quiet=True, reference=None,
+            engine_kwargs={"power": power},
+        )
+    )  # fmt: skip
+    with Store.open(db, read_only=True) as store:
+        _, rows = store.query(
+            """SELECT u.factors ->> 'input_tokens', r.prompt_id FROM requests r JOIN units u
+                 USING (experiment_id, unit_id) WHERE r.experiment_id = ? AND u.status = 'done'
+               ORDER BY 1, 2""",
+            [experiment_id],
+        )
+    assert [(int(n), p) for n, p in rows] == [
+        (n, f"HumanEval/{i}@{n}tok") for n in (16, 48) for i in range(3)
+    ]
