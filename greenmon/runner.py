@@ -96,6 +96,7 @@ class ExperimentRunner:
         self._cancel_scope: anyio.CancelScope | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._engine_limiter = anyio.CapacityLimiter(1)
+        self._phases: list[list[Any]] = []
         self.finished = anyio.Event()
 
     # -- control ---------------------------------------------------------------------
@@ -259,17 +260,16 @@ class ExperimentRunner:
         return experiment_id, todo
 
     def _phase_start(self, experiment_id: str, unit: Unit, attempt: int, phase: str) -> int:
-        start_ns = now_ns()
-        rows = self.store.execute(
-            """INSERT INTO phases (experiment_id, unit_id, attempt, phase, session_id, start_ns)
-               VALUES (?, ?, ?, ?, ?, ?) RETURNING phase_id""",
-            [experiment_id, unit.unit_id, attempt, phase, self.daemon.session_id, start_ns],
-        )
+        # Markers are kept in memory and written once the unit ends (_write_phases): a
+        # database write between phases would be greenmon's own work inside the unit's
+        # timeline (10-40 ms each, measured).  An interrupted unit is rerun whole, so the
+        # markers lost with it are never needed.
+        self._phases.append([phase, now_ns(), None])
         self.state.phase = phase
-        return int(rows[0][0])
+        return len(self._phases) - 1
 
-    def _phase_end(self, phase_id: int) -> None:
-        self.store.execute("UPDATE phases SET end_ns = ? WHERE phase_id = ?", [now_ns(), phase_id])
+    def _phase_end(self, index: int) -> None:
+        self._phases[index][2] = now_ns()
 
     def _store_requests(
         self,
@@ -388,9 +388,7 @@ class ExperimentRunner:
                 from greenmon.settings import require_hardware
 
                 try:
-                    await anyio.to_thread.run_sync(
-                        partial(require_hardware, plan, nvml=self.nvml)
-                    )
+                    await anyio.to_thread.run_sync(partial(require_hardware, plan, nvml=self.nvml))
                 except PlanError as error:
                     self.state.last_error = str(error)
                     self.daemon.event("error", str(error))
@@ -529,6 +527,8 @@ class ExperimentRunner:
             )
         )
         attempt = int(rows[0][0])
+        self._phases = []
+        warm_records: list[RequestRecord] = []
         max_new = int(unit.setting("max_new_tokens", plan.spec.max_new_tokens))
         batch_size = int(unit.setting("batch_size", plan.spec.batch_size))
         options = dict(plan.spec.engine_options.get(unit.engine, {}))
@@ -548,9 +548,9 @@ class ExperimentRunner:
         try:
             with anyio.fail_after(plan.spec.unit_timeout_s):
                 engine = self.make_engine(plan, unit.engine)
-                phase_id = await db(self._phase_start, experiment_id, unit, attempt, "load")
+                phase_id = self._phase_start(experiment_id, unit, attempt, "load")
                 info = await self._in_engine_thread(engine.load, model, unit.provider, options)
-                await db(self._phase_end, phase_id)
+                self._phase_end(phase_id)
                 load_info = {
                     "export_s": info.export_s,
                     "load_s": info.load_s,
@@ -574,32 +574,25 @@ class ExperimentRunner:
                     in_force = await db(unit_settings.apply, hardware_levels)
                     await db(
                         lambda: self.store.execute(
-                            "UPDATE units SET settings = ? WHERE experiment_id = ? "
-                            "AND unit_id = ?",
+                            "UPDATE units SET settings = ? WHERE experiment_id = ? AND unit_id = ?",
                             [json.dumps(in_force), experiment_id, unit.unit_id],
                         )
                     )
 
                 warm = prompts[: plan.spec.warmup_requests]
                 if warm:
-                    phase_id = await db(self._phase_start, experiment_id, unit, attempt, "warmup")
-                    warm_records: list[RequestRecord] = []
+                    phase_id = self._phase_start(experiment_id, unit, attempt, "warmup")
                     for start in range(0, len(warm), batch_size):
                         warm_records += await self._in_engine_thread(
                             engine.generate, warm[start : start + batch_size], max_new
                         )
-                    await db(self._phase_end, phase_id)
-                    await db(
-                        self._store_requests, experiment_id, unit, attempt, "warmup", warm_records
-                    )
+                    self._phase_end(phase_id)
 
-                phase_id = await db(
-                    self._phase_start, experiment_id, unit, attempt, "cooldown_before"
-                )
+                phase_id = self._phase_start(experiment_id, unit, attempt, "cooldown_before")
                 await self._cooldown_before(plan)
-                await db(self._phase_end, phase_id)
+                self._phase_end(phase_id)
 
-                phase_id = await db(self._phase_start, experiment_id, unit, attempt, "measure")
+                phase_id = self._phase_start(experiment_id, unit, attempt, "measure")
                 self.state.requests_total = len(prompts)
                 self.state.request_index = 0
                 for start in range(0, len(prompts), batch_size):
@@ -608,16 +601,11 @@ class ExperimentRunner:
                     )
                     measured.extend(records)
                     self.state.request_index = len(measured)
-                await db(self._phase_end, phase_id)
-                # Stored once the phase has ended, so no database write falls inside the
-                # measured window; an interrupted unit is rerun whole, so nothing is lost.
-                await db(self._store_requests, experiment_id, unit, attempt, "measure", measured)
+                self._phase_end(phase_id)
 
-                phase_id = await db(
-                    self._phase_start, experiment_id, unit, attempt, "cooldown_after"
-                )
+                phase_id = self._phase_start(experiment_id, unit, attempt, "cooldown_after")
                 await self._sleep_phase(plan.spec.cooldown.after_s)
-                await db(self._phase_end, phase_id)
+                self._phase_end(phase_id)
             bad = [r for r in measured if r.tokens_out != max_new * 1]
             if bad:
                 failure = (
@@ -638,7 +626,7 @@ class ExperimentRunner:
                         [now_ns(), experiment_id, unit.unit_id],
                     )
                 )
-                await db(self._close_open_phases, experiment_id, unit.unit_id, attempt)
+                await db(self._write_phases, experiment_id, unit.unit_id, attempt)
                 cell["running"] = 0
             raise
         except MemoryError:
@@ -679,7 +667,7 @@ class ExperimentRunner:
         self.state.unit = None
         self.state.phase = None
         if failure is not None:
-            await db(self._close_open_phases, experiment_id, unit.unit_id, attempt)
+            await db(self._write_phases, experiment_id, unit.unit_id, attempt)
             await db(
                 lambda: self.store.execute(
                     "UPDATE units SET load_info = ? WHERE experiment_id = ? AND unit_id = ?",
@@ -688,6 +676,11 @@ class ExperimentRunner:
             )
             await self._fail_unit(experiment_id, unit, failure)
             return
+        # Requests and phase markers are stored once the unit's timeline is over, so no
+        # database write falls between its phases; an interrupted unit is rerun whole.
+        await db(self._store_requests, experiment_id, unit, attempt, "warmup", warm_records)
+        await db(self._store_requests, experiment_id, unit, attempt, "measure", measured)
+        await db(self._write_phases, experiment_id, unit.unit_id, attempt)
         fidelity_share: float | None = None
         first_divergence: int | None = None
         if reference is not None:
@@ -714,12 +707,21 @@ class ExperimentRunner:
             self._baseline_w = await db(self._recent_power_w, max(0.5, plan.spec.cooldown.before_s))
         self.state.results = await db(self.summary_rows, experiment_id)
 
-    def _close_open_phases(self, experiment_id: str, unit_id: int, attempt: int) -> None:
-        self.store.execute(
-            "UPDATE phases SET end_ns = ? WHERE experiment_id = ? AND unit_id = ? "
-            "AND attempt = ? AND end_ns IS NULL",
-            [now_ns(), experiment_id, unit_id, attempt],
-        )
+    def _write_phases(self, experiment_id: str, unit_id: int, attempt: int) -> None:
+        """Store the unit's phase markers; a phase still open ends now."""
+        end_ns = now_ns()
+        rows = [
+            [experiment_id, unit_id, attempt, phase, self.daemon.session_id, start, end or end_ns]
+            for phase, start, end in self._phases
+        ]
+        self._phases = []
+        if rows:
+            with self.store.lock:
+                self.store.con.executemany(
+                    """INSERT INTO phases (experiment_id, unit_id, attempt, phase, session_id,
+                           start_ns, end_ns) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                    rows,
+                )
 
     def _store_fidelity(
         self,
