@@ -87,6 +87,12 @@ def main() -> None:
                    WHERE experiment_id = ?""",
                 [experiment_id],
             )
+            _, [(measure_s, requests_s)] = store.query(
+                """SELECT (SELECT sum(end_ns - start_ns) FROM phases
+                           WHERE experiment_id = ? AND phase = 'measure') / 1e9,
+                          (SELECT sum(end_ns - start_ns) FROM requests
+                           WHERE experiment_id = ? AND phase = 'measure') / 1e9""",
+                [experiment_id, experiment_id])
             _, [(units_wall_s,)] = store.query(
                 "SELECT sum(ended_ns - started_ns) / 1e9 FROM units WHERE experiment_id = ?",
                 [experiment_id],
@@ -109,7 +115,10 @@ def main() -> None:
                 "bookkeeping_share_of_active_percent": round(
                     100 * (active_s - engine_s) / active_s, 3
                 ),
-                "bookkeeping_share_of_unit_percent": round(
+                # inside the measured window only: what the energy figures actually cover
+        "measure_s": round(measure_s, 3),
+        "measure_overhead_percent": round(100 * (measure_s - requests_s) / measure_s, 3),
+        "bookkeeping_share_of_unit_percent": round(
                     100 * (active_s - engine_s) / units_wall_s, 3
                 ),
             },
