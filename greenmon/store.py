@@ -224,6 +224,20 @@ def _explain_open_error(path: Path, error: duckdb.Error) -> StoreError:
     return StoreError(f"Could not open {path}: {text.splitlines()[0]}")
 
 
+def _explain_write_error(path: Path, error: duckdb.Error, samples: int) -> StoreError:
+    """A failed flush (full disk, file gone read-only) as a message a person can act on."""
+    # A failed COMMIT is followed by a failed ROLLBACK, whose error hides the cause.
+    cause: BaseException = error
+    while isinstance(cause.__context__, duckdb.Error):
+        cause = cause.__context__
+    return StoreError(
+        f"Could not write to {path}: {str(cause).splitlines()[0]}. The last {samples} "
+        "samples were not stored; everything flushed before is kept and readable. Free "
+        "space on that disk (or make it writable) and start again, or pass --db with a "
+        "file elsewhere."
+    )
+
+
 def _check_file_is_duckdb(path: Path) -> None:
     with path.open("rb") as handle:
         header = handle.read(16)
@@ -492,7 +506,10 @@ async def run_writer(
             return
         batch, events = pending, pending_events
         pending, pending_events = SampleBatch(), []
-        await anyio.to_thread.run_sync(store.write, batch, events, session_id)
+        try:
+            await anyio.to_thread.run_sync(store.write, batch, events, session_id)
+        except duckdb.Error as error:
+            raise _explain_write_error(store.path, error, len(batch)) from None
         written += len(batch)
 
     def take(item: SampleBatch | Event) -> None:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from greenmon.errors import GreenmonError
+
 DEFAULT_DB = "greenmon.duckdb"
 
 
@@ -20,6 +22,19 @@ def add_db_argument(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"database file (default: $GREENMON_DB, the config's [daemon] db, or ./{DEFAULT_DB})",
     )
+
+
+def greenmon_error_in(group: BaseExceptionGroup[Any]) -> GreenmonError | None:
+    """The first GreenmonError inside a task group's failure, however deeply nested.
+
+    When one task fails, the others often fail *because* of it (a sampler finds the
+    writer's stream closed); the GreenmonError is the one a person needs to read.
+    """
+    matched, _ = group.split(GreenmonError)
+    error: BaseException | None = matched
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error if isinstance(error, GreenmonError) else None
 
 
 def resolve_db(arg: str | None, config_db: str | None = None) -> Path:

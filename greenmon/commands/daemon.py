@@ -8,7 +8,7 @@ import sys
 
 import anyio
 
-from greenmon.commands.common import add_db_argument, resolve_db
+from greenmon.commands.common import add_db_argument, greenmon_error_in, resolve_db
 from greenmon.config import load_config
 from greenmon.daemon import Daemon, DaemonSummary
 from greenmon.store import Store
@@ -73,7 +73,14 @@ def run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
 
-        anyio.run(capture)
+        try:
+            anyio.run(capture)
+        except BaseExceptionGroup as group:
+            # A socket path taken, a full disk: shown as one paragraph, not a traceback.
+            error = greenmon_error_in(group)
+            if error is not None:
+                raise error from None
+            raise
         summary = summary_holder[0]
     if args.json:
         print(json.dumps(summary.__dict__, default=str, indent=2))

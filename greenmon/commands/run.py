@@ -10,7 +10,12 @@ from typing import Any
 
 import anyio
 
-from greenmon.commands.common import add_db_argument, format_table, resolve_db
+from greenmon.commands.common import (
+    add_db_argument,
+    format_table,
+    greenmon_error_in,
+    resolve_db,
+)
 from greenmon.config import parse_config
 from greenmon.daemon import Daemon
 from greenmon.errors import GreenmonError
@@ -146,7 +151,9 @@ def print_summary(db: Path, experiment_id: str, summary: list[dict[str, Any]]) -
 
 def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
-    check = check_plan(plan, deep=False)
+    # deep: an unknown model or a broken workload file stops here, with the reason, rather
+    # than failing every unit of an experiment that then reports nothing.
+    check = check_plan(plan, deep=True)
     if check.problems:
         raise GreenmonError(" ".join(check.problems), title="Plan cannot run here")
     from greenmon.api import submit_plan
@@ -163,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
             lambda: run_experiment(plan, db, resume=args.resume, force=args.force, quiet=args.quiet)
         )
     except BaseExceptionGroup as group:
-        inner = unwrap(group)
-        if isinstance(inner, GreenmonError):
+        inner = greenmon_error_in(group)
+        if inner is not None:
             raise inner from None
         raise
     print_summary(db, experiment_id, summary)

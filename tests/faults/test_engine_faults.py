@@ -7,6 +7,7 @@ still runs (the good units all finish with their requests), and the experiment e
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def test_a_failing_engine_fails_its_units_and_the_next_units_run(
             assert dict(measured)[unit_id] == 2
         assert started_ns is not None and ended_ns is not None
     # every unit ran after the one before it ended: a failure never stopped the plan
-    for before, after in zip(units, units[1:], strict=False):
+    for before, after in itertools.pairwise(units):
         assert after[4] >= before[5]
     if case == "hangs":
         assert any("engine thread abandoned" in m for _, m in events)
