@@ -55,6 +55,22 @@ def test_engines_satisfy_the_protocol(loaded_engines: dict[str, Any]) -> None:
 def test_openvino_records_the_precision_in_force(loaded_engines: dict[str, Any]) -> None:
     _, info = loaded_engines["openvino"]
     assert info.details["inference_precision"] == "f32"
+    # an f32 run also keeps the KV cache in f32 and quantises nothing on the fly
+    assert info.details["kv_cache_precision"] == "f32"
+    assert info.details["dynamic_quantization_group_size"] == "0"
+
+
+def test_openvino_matches_torch_on_the_demo_prompts(loaded_engines: dict[str, Any]) -> None:
+    # With OpenVINO's default f16 KV cache, 3 of these 32 prompts diverged from torch.
+    from greenmon.workload import load_workload
+
+    prompts = load_workload("gaissa-164", limit=32)
+    torch_engine, _ = loaded_engines["torch"]
+    openvino_engine, _ = loaded_engines["openvino"]
+    for prompt in prompts:
+        (expected,) = torch_engine.generate([prompt], 16)
+        (got,) = openvino_engine.generate([prompt], 16)
+        assert got.output_ids == expected.output_ids, prompt.prompt_id
 
 
 class CountingExporter:
