@@ -195,7 +195,8 @@ class Daemon:
         # issue 8: hardware settings a crashed or killed run left changed are put back
         # before anything is measured (greenmon/settings.py; one cheap query when none).
         start_events = await anyio.to_thread.run_sync(self._restore_settings)
-        start_events += self._open_probes(send)
+        # open() may block (a wattmeter request, EnergiBridge writing its header): off the loop.
+        start_events += await anyio.to_thread.run_sync(self._open_probes, send)
         limiter = anyio.CapacityLimiter(max(1, len(self.samplers)))
         written = 0
 
