@@ -772,7 +772,7 @@ class ExperimentRunner:
                       median(duration_s) AS median_duration_s,
                       median(j_per_token) AS median_j_per_token,
                       list_distinct(flatten(list(flags))) AS flags
-               FROM unit_results WHERE experiment_id = ? AND status = 'done'
+               FROM unit_results_for(?) WHERE status = 'done'
                GROUP BY configuration ORDER BY configuration""",
             [experiment_id],
         )

@@ -37,7 +37,16 @@ VIEWS: dict[str, str] = {
 
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
     for name, sql in VIEWS.items():
+        if name in _MACRO_VIEWS:
+            continue
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+    for name, sql in MACROS.items():
+        con.execute(f"CREATE OR REPLACE MACRO {name}(exp) AS TABLE {sql}")
+    for name in _MACRO_VIEWS:
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
+
+
+_MACRO_VIEWS = ("unit_phase_energy", "unit_baseline", "unit_utilisation", "unit_results")
 
 
 # Which probe answers for a domain when several could: measured before estimated, then the
@@ -70,7 +79,7 @@ FROM cand c JOIN best_kind b USING (session_id, domain, probe, kind_rank)
 _SOURCE_WINDOWS = """(
     SELECT p.phase_id AS window_id, es.channel_id, p.start_ns, p.end_ns
     FROM phases p JOIN energy_sources es ON es.session_id = p.session_id
-    WHERE p.end_ns IS NOT NULL
+    WHERE p.end_ns IS NOT NULL AND (exp IS NULL OR p.experiment_id = exp)
 )"""
 
 _UNIT_PHASE_ENERGY = f"""
@@ -98,6 +107,7 @@ WITH pw AS (
     JOIN energy_sources es ON es.session_id = p.session_id
     JOIN samples s ON s.channel_id = es.channel_id AND s.t_ns BETWEEN p.start_ns AND p.end_ns
     WHERE p.phase = 'cooldown_before' AND p.end_ns IS NOT NULL
+      AND (exp IS NULL OR p.experiment_id = exp)
     WINDOW w AS (PARTITION BY p.phase_id, es.channel_id ORDER BY s.t_ns)
 ),
 per_channel AS (
@@ -112,16 +122,16 @@ _UNIT_UTILISATION = """
 SELECT p.experiment_id, p.unit_id, p.attempt,
        avg(s.value) FILTER (WHERE c.probe = 'host' AND c.name = 'cpu.percent') AS cpu_percent,
        avg(s.value) FILTER (WHERE c.probe = 'host' AND c.name = 'ram.percent') AS ram_percent,
-       avg(s.value) FILTER (WHERE c.probe = 'nvml' AND c.name LIKE '%util%gpu%percent')
+       avg(s.value) FILTER (WHERE c.probe = 'nvml' AND c.name LIKE '%.util_gpu_percent')
            AS gpu_percent,
-       avg(s.value) FILTER (WHERE c.probe = 'nvml' AND c.name LIKE '%util%mem%percent')
+       avg(s.value) FILTER (WHERE c.probe = 'nvml' AND c.name LIKE '%.util_memory_percent')
            AS gpu_mem_util_percent,
-       avg(s.value) FILTER (WHERE c.probe = 'nvml' AND c.name LIKE '%mem%used%percent')
+       avg(s.value) FILTER (WHERE c.probe = 'nvml' AND c.name LIKE '%.memory_percent')
            AS gpu_mem_used_percent
 FROM phases p
 JOIN channels c ON c.session_id = p.session_id AND c.probe IN ('host', 'nvml')
 JOIN samples s ON s.channel_id = c.channel_id AND s.t_ns BETWEEN p.start_ns AND p.end_ns
-WHERE p.phase = 'measure' AND p.end_ns IS NOT NULL
+WHERE p.phase = 'measure' AND p.end_ns IS NOT NULL AND (exp IS NULL OR p.experiment_id = exp)
 GROUP BY ALL
 """
 
@@ -136,7 +146,7 @@ def _domain(kind: str, domain: str) -> str:
 
 
 _UNIT_RESULTS = f"""
-WITH pe AS (SELECT * FROM unit_phase_energy),
+WITH pe AS (SELECT * FROM unit_phase_energy_for(exp)),
 energy AS (
     SELECT experiment_id, unit_id, attempt,
            {_domain("measure", "cpu")} AS energy_cpu_j,
@@ -161,20 +171,23 @@ baseline AS (
            sum(baseline_w) FILTER (WHERE domain = 'dram') AS dram_w,
            sum(baseline_w) FILTER (WHERE domain = 'gpu') AS gpu_w,
            sum(baseline_w) FILTER (WHERE domain = 'wall') AS wall_w
-    FROM unit_baseline GROUP BY ALL
+    FROM unit_baseline_for(exp) GROUP BY ALL
 ),
 measure AS (
     SELECT experiment_id, unit_id, attempt, (end_ns - start_ns) / 1e9 AS duration_s
     FROM phases WHERE phase = 'measure' AND end_ns IS NOT NULL
+      AND (exp IS NULL OR experiment_id = exp)
 ),
 load AS (
     SELECT experiment_id, unit_id, attempt, (end_ns - start_ns) / 1e9 AS load_s
     FROM phases WHERE phase = 'load' AND end_ns IS NOT NULL
+      AND (exp IS NULL OR experiment_id = exp)
 ),
 req AS (
     SELECT experiment_id, unit_id, attempt, count(*) AS requests,
            sum(tokens_out) AS tokens_out
-    FROM requests WHERE phase = 'measure' GROUP BY ALL
+    FROM requests WHERE phase = 'measure' AND (exp IS NULL OR experiment_id = exp)
+    GROUP BY ALL
 ),
 base AS (
     SELECT u.experiment_id, u.unit_id, u.model, u.engine, u.provider,
@@ -200,7 +213,8 @@ base AS (
     LEFT JOIN req r USING (experiment_id, unit_id, attempt)
     LEFT JOIN energy e USING (experiment_id, unit_id, attempt)
     LEFT JOIN baseline b USING (experiment_id, unit_id, attempt)
-    LEFT JOIN unit_utilisation ut USING (experiment_id, unit_id, attempt)
+    LEFT JOIN unit_utilisation_for(exp) ut USING (experiment_id, unit_id, attempt)
+    WHERE exp IS NULL OR u.experiment_id = exp
 )
 SELECT *,
        CASE WHEN energy_cpu_j IS NULL AND energy_gpu_j IS NULL THEN NULL
@@ -226,12 +240,16 @@ SELECT *,
 FROM base
 """
 
-VIEWS.update(
-    {
-        "energy_sources": _ENERGY_SOURCES,
-        "unit_phase_energy": _UNIT_PHASE_ENERGY,
-        "unit_baseline": _UNIT_BASELINE,
-        "unit_utilisation": _UNIT_UTILISATION,
-        "unit_results": _UNIT_RESULTS,
-    }
-)
+VIEWS["energy_sources"] = _ENERGY_SOURCES
+
+# The per-unit results as table macros taking an experiment id (NULL: every experiment),
+# so that asking about one experiment reads only the samples of its time range; the views
+# of the same names without "_for" are these macros over everything.
+MACROS: dict[str, str] = {
+    "unit_phase_energy_for": _UNIT_PHASE_ENERGY,
+    "unit_baseline_for": _UNIT_BASELINE,
+    "unit_utilisation_for": _UNIT_UTILISATION,
+    "unit_results_for": _UNIT_RESULTS,
+}
+for _macro in MACROS:
+    VIEWS[_macro.removesuffix("_for")] = f"SELECT * FROM {_macro}(NULL)"

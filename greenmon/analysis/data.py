@@ -157,7 +157,7 @@ def latest_experiment(store: Store) -> str:
     )
     if not rows:
         _, rows = store.query(
-            "SELECT experiment_id FROM unit_results GROUP BY 1 ORDER BY max(unit_id) DESC LIMIT 1"
+            "SELECT experiment_id FROM units GROUP BY 1 ORDER BY max(started_ns) DESC LIMIT 1"
         )
     if not rows:
         raise ExperimentNotFoundError(
@@ -172,10 +172,10 @@ def resolve_experiment(store: Store, experiment_id: str | None) -> str:
     if experiment_id is None:
         return latest_experiment(store)
     _, rows = store.query(
-        "SELECT count(*) FROM unit_results WHERE experiment_id = ?", [experiment_id]
+        "SELECT count(*) FROM units WHERE experiment_id = ?", [experiment_id]
     )
     if not rows or not rows[0][0]:
-        _, known = store.query("SELECT DISTINCT experiment_id FROM unit_results ORDER BY 1")
+        _, known = store.query("SELECT DISTINCT experiment_id FROM units ORDER BY 1")
         names = ", ".join(str(r[0]) for r in known[:10]) or "none"
         raise ExperimentNotFoundError(
             f"{store.path} has no units for experiment {experiment_id!r} (experiments with "
@@ -192,7 +192,8 @@ def load_results(store: Store, experiment_id: str) -> pd.DataFrame:
         cursor = store.con.cursor()
     try:
         frame = cursor.execute(
-            "SELECT * FROM unit_results WHERE experiment_id = ? ORDER BY unit_id",
+            # unit_results_for reads only this experiment's samples
+            "SELECT * FROM unit_results_for(?) ORDER BY unit_id",
             [experiment_id],
         ).df()
     finally:

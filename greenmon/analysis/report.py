@@ -114,8 +114,7 @@ def gather(store: Store, experiment_id: str | None, out_dir: Path) -> ReportData
         store,
         """SELECT flag, count(*) AS units,
                   string_agg(DISTINCT configuration, ', ') AS configurations
-           FROM (SELECT unnest(flags) AS flag, configuration FROM unit_results
-                 WHERE experiment_id = ?)
+           FROM (SELECT unnest(flags) AS flag, configuration FROM unit_results_for(?))
            GROUP BY flag ORDER BY flag""",
         [experiment],
     )

@@ -153,10 +153,10 @@ def write_synthetic_experiment(
     if has_gpu:
         sources += [
             ("nvml", Channel("gpu0.energy_mj", "mJ", "counter", domain="gpu"), "gpu"),
-            ("nvml", Channel("gpu0.utilization_gpu_percent", "%", "gauge"), "gpu_percent"),
-            ("nvml", Channel("gpu0.utilization_memory_percent", "%", "gauge"),
+            ("nvml", Channel("gpu0.util_gpu_percent", "%", "gauge"), "gpu_percent"),
+            ("nvml", Channel("gpu0.util_memory_percent", "%", "gauge"),
              "gpu_mem_util_percent"),
-            ("nvml", Channel("gpu0.memory_used_percent", "%", "gauge"), "gpu_mem_used_percent"),
+            ("nvml", Channel("gpu0.memory_percent", "%", "gauge"), "gpu_mem_used_percent"),
         ]
     if has_wall:
         sources.append(("netio", Channel("outlet1.load_w", "W", "gauge", domain="wall"), "wall"))
