@@ -42,7 +42,7 @@ after_s = {cooldown_s}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_db_argument(parser)
-    parser.add_argument("--prompts", type=int, default=16, help="prompts per unit (of 164)")
+    parser.add_argument("--prompts", type=int, default=64, help="prompts per unit (of 164)")
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument(
         "--cooldown",
