@@ -52,6 +52,10 @@ REPORT_COLUMNS: dict[str, list[str]] = {
         "unaccounted_j", "unaccounted_share",
     ],
     "twoway": ["variable", "model", "factor", "source", "f", "p_value", "np2"],
+    "tradeoff": [
+        "model", "configuration", "factor", "level", "n", "median_energy_j",
+        "median_duration_s", "energy_change_pct", "duration_change_pct",
+    ],
 }  # fmt: skip
 
 
@@ -309,6 +313,12 @@ def render_html(data: ReportData) -> str:
         columns, rows = result_table(r, "twoway")
         out.append("<h3>Two-way ANOVA: configuration x factor</h3>")
         out.append(html_table(columns, rows, "twoway"))
+    if len(r.tradeoff):
+        columns, rows = result_table(r, "tradeoff")
+        out.append("<h3>Energy against time per factor level</h3>")
+        out.append(html_table(columns, rows, "tradeoff"))
+        sentences = [t for t in r.tradeoff["sentence"] if isinstance(t, str)]
+        out.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in sentences) + "</ul>")
     out.append("<h2 id='reconciliation'>Reconciliation: wall against components</h2>")
     out.append(_reconciliation_html(r))
     out.append("<h2 id='plots'>Figures</h2>")
@@ -386,6 +396,7 @@ def render_markdown(data: ReportData) -> str:
     out += ["## Tests and effect sizes", ""]
     for name, title in (("tests", "Omnibus tests"), ("savings_range", "Savings over models"),
                         ("posthoc", "Post-hoc pairs"), ("twoway", "Two-way ANOVA"),
+                        ("tradeoff", "Energy against time per factor level"),
                         ("reconciliation", "Reconciliation: wall against components")):  # fmt: skip
         columns, rows = result_table(r, name)
         if rows:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,11 @@ SUMMARY_COLUMNS = [
 TWOWAY_COLUMNS = [
     "variable", "model", "factor", "source", "ss", "df", "ms", "f", "p_value", "np2",
 ]  # fmt: skip
+TRADEOFF_COLUMNS = [
+    "model", "configuration", "factor", "level", "reference", "n", "energy_variable",
+    "median_energy_j", "median_duration_s", "energy_change_pct", "duration_change_pct",
+    "sentence",
+]  # fmt: skip
 RECONCILIATION_COLUMNS = [
     "unit_id", "model", "configuration", "repetition", "factor_key", "energy_wall_j",
     "energy_cpu_j", "energy_dram_j", "energy_gpu_j", "components_j", "unaccounted_j",
@@ -109,6 +115,7 @@ class AnalysisResult:
     summary: pd.DataFrame
     twoway: pd.DataFrame
     reconciliation: pd.DataFrame
+    tradeoff: pd.DataFrame
     variables: list[str]
     skipped_variables: list[str]
     units_total: int
@@ -127,6 +134,7 @@ class AnalysisResult:
             "summary": self.summary,
             "twoway": self.twoway,
             "reconciliation": self.reconciliation,
+            "tradeoff": self.tradeoff,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -439,6 +447,7 @@ def _analyze_frame(
     summary = _summary(done, measured, medians, tests, posthoc, savings, savings_range)
     twoway = _twoway(done, measured)
     reconciliation = reconcile(done)
+    tradeoff = _tradeoff(done, measured)
     return AnalysisResult(
         experiment_id=experiment_id,
         medians=medians,
@@ -450,6 +459,7 @@ def _analyze_frame(
         summary=summary,
         twoway=twoway,
         reconciliation=reconciliation,
+        tradeoff=tradeoff,
         variables=measured,
         skipped_variables=skipped,
         units_total=len(results),
@@ -823,6 +833,75 @@ def _twoway(done: pd.DataFrame, measured: list[str]) -> pd.DataFrame:
                          "f": r.get("F"), "p_value": r.get("p_unc"), "np2": r.get("np2")}
                     )  # fmt: skip
     return _frame(rows, TWOWAY_COLUMNS)
+
+
+def _tradeoff(done: pd.DataFrame, measured: list[str]) -> pd.DataFrame:
+    """Per model, configuration and varied factor: median energy and time at each level,
+    and their change against the first level (the DVFS study's question: how much slower
+    for how much less energy).  Only factors that vary while the others stay fixed."""
+    energy = next((v for v in ("energy_global_j", "energy_wall_j") if v in measured), None)
+    if energy is None or "duration_s" not in measured:
+        return _frame([], TRADEOFF_COLUMNS)
+    factor_values = [json_factors(key) for key in done["factor_key"]]
+    names = sorted({name for levels in factor_values for name in levels})
+    rows: list[dict[str, Any]] = []
+    frame = done.copy()
+    for name in names:
+        frame[f"factor:{name}"] = [json.dumps(levels.get(name)) for levels in factor_values]
+        others = [f"factor:{n}" for n in names if n != name]
+        frame["_others"] = (
+            frame[others].astype(str).agg("|".join, axis=1) if others else ""
+        )
+        keys = ["model", "configuration", "_others"]
+        for (model, configuration, _), part in frame.groupby(keys, sort=True):
+            levels = part.groupby(f"factor:{name}", sort=False)
+            if levels.ngroups < 2:
+                continue
+            ordered = sorted(levels.groups, key=_level_sort_key)
+            medians = {
+                level: (float(group[energy].median()), float(group["duration_s"].median()),
+                        len(group))
+                for level, group in levels
+            }  # fmt: skip
+            reference = ordered[0]
+            ref_energy, ref_time, _ = medians[reference]
+            for level in ordered:
+                level_energy, level_time, n = medians[level]
+                energy_pct = _pct_change(level_energy, ref_energy)
+                time_pct = _pct_change(level_time, ref_time)
+                sentence = None
+                if level != reference and energy_pct is not None and time_pct is not None:
+                    sentence = (
+                        f"At {name} = {json.loads(level)}, {configuration} used "
+                        f"{abs(energy_pct):.1f}% {'less' if energy_pct < 0 else 'more'} energy "
+                        f"and took {abs(time_pct):.1f}% {'less' if time_pct < 0 else 'more'} "
+                        f"time than at {name} = {json.loads(reference)}."
+                    )
+                rows.append(
+                    {"model": model, "configuration": configuration, "factor": name,
+                     "level": json.loads(level), "reference": json.loads(reference), "n": n,
+                     "energy_variable": energy, "median_energy_j": level_energy,
+                     "median_duration_s": level_time, "energy_change_pct": energy_pct,
+                     "duration_change_pct": time_pct, "sentence": sentence}
+                )  # fmt: skip
+    out = _frame(rows, TRADEOFF_COLUMNS)
+    # levels may be numbers or strings; the table stores them as text
+    out["level"] = out["level"].astype(str)
+    out["reference"] = out["reference"].astype(str)
+    return out
+
+
+def _level_sort_key(level: str) -> tuple[int, Any]:
+    value = json.loads(level)
+    if isinstance(value, int | float):
+        return (0, value)
+    return (1, str(value))
+
+
+def _pct_change(value: float, reference: float) -> float | None:
+    if not np.isfinite(value) or not np.isfinite(reference) or reference == 0:
+        return None
+    return 100.0 * (value - reference) / reference
 
 
 def json_factors(key: str) -> dict[str, Any]:

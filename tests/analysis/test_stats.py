@@ -152,3 +152,22 @@ def test_reconciliation_share() -> None:
     assert share.to_numpy() == pytest.approx(np.full(len(share), 0.15 / 1.15))
     no_wall = analyze_frame(_one_model(repetitions=3, wall=False), workers=1)
     assert no_wall.reconciliation["unaccounted_share"].isna().all()
+
+
+def test_energy_against_time_per_factor_level() -> None:
+    frame = _one_model(factors=({"gpu_power_limit_w": 300}, {"gpu_power_limit_w": 150}),
+                       repetitions=5, relative_sd=0.0)
+    capped = frame["factors"].str.contains("150")
+    # known truth: the lower limit halves energy and takes 25% longer
+    frame.loc[capped, "energy_global_j"] *= 0.5
+    frame.loc[capped, "duration_s"] *= 1.25
+    result = analyze_frame(frame, workers=1)
+    tradeoff = result.tradeoff
+    rows = tradeoff[(tradeoff["configuration"] == "onnx/cpu") & (tradeoff["level"] == "300")]
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    # levels sort numerically: 150 is the reference, 300 uses twice the energy, 20% less time
+    assert row["reference"] == "150"
+    assert row["energy_change_pct"] == pytest.approx(100.0)
+    assert row["duration_change_pct"] == pytest.approx(-20.0)
+    assert "100.0% more energy" in row["sentence"] and "20.0% less time" in row["sentence"]
