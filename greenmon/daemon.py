@@ -206,6 +206,7 @@ class Daemon:
                 self.store,
                 self.session_id,
                 receive,
+                sinks=[sampler.sink for sampler in self.samplers],
                 flush_interval_s=self.config.daemon.flush_interval_s,
                 task_status=task_status,
             )

@@ -23,6 +23,7 @@ import math
 import re
 import threading
 import uuid
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -485,12 +486,15 @@ async def run_writer(
     session_id: str,
     receive: MemoryObjectReceiveStream[SampleBatch | Event],
     *,
+    sinks: Sequence[deque[tuple[SampleBatch, list[Event]]]] = (),
     flush_interval_s: float = 0.5,
     max_batch_rows: int = 100_000,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> int:
     """The only writer of samples: consume batches and events, flush in transactions.
 
+    Samples come from ``receive`` (async probes, events) and from ``sinks``, the deques
+    that sampler threads append to without waking the loop; both are drained at each flush.
     Flushes when ``max_batch_rows`` samples are pending or ``flush_interval_s`` has passed
     since the last flush.  Ends when every sender has closed the stream; the final flush
     (and a drain of anything still queued when cancelled) runs shielded, so SIGINT or
@@ -518,6 +522,13 @@ async def run_writer(
         else:
             pending.extend(item)
 
+    def drain_sinks() -> None:
+        for sink in sinks:
+            while sink:
+                batch, events = sink.popleft()
+                pending.extend(batch)
+                pending_events.extend(events)
+
     task_status.started()
     try:
         while True:
@@ -533,6 +544,7 @@ async def run_writer(
                     except anyio.EndOfStream:
                         ended = True
                         break
+            drain_sinks()
             await flush()
             if ended:
                 break
@@ -545,5 +557,6 @@ async def run_writer(
                 except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                     break
             receive.close()
+            drain_sinks()
             await flush()
     return written
