@@ -226,6 +226,10 @@ class Sampler:
                 self.send.send_nowait(batch)
         except anyio.WouldBlock:
             return False
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # The writer is gone (the daemon is failing or stopping): nothing can be
+            # stored any more, so this sampler stops instead of raising a second error.
+            self._stop.set()
         return True
 
     def _handoff_from_thread(self) -> None:

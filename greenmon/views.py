@@ -206,7 +206,13 @@ base AS (
            e.load_energy_j, e.tail_energy_j, e.min_coverage, e.wraps, e.resets,
            coalesce(e.estimated, false) AS estimated, e.estimated_domains, e.max_period_ns,
            ut.cpu_percent, ut.ram_percent, ut.gpu_percent, ut.gpu_mem_util_percent,
-           ut.gpu_mem_used_percent, u.fidelity_share, u.fidelity_first_divergence
+           ut.gpu_mem_used_percent, u.fidelity_share, u.fidelity_first_divergence,
+           -- a probe that failed while this unit ran: its figures may have gaps
+           EXISTS (SELECT 1 FROM events ev
+                   WHERE ev.session_id = u.session_id AND ev.probe IS NOT NULL
+                     AND ev.level IN ('warning', 'error')
+                     AND ev.t_ns BETWEEN u.started_ns AND coalesce(u.ended_ns, u.started_ns))
+               AS probe_errors
     FROM units u
     LEFT JOIN measure m USING (experiment_id, unit_id, attempt)
     LEFT JOIN load l USING (experiment_id, unit_id, attempt)
@@ -234,6 +240,7 @@ SELECT *,
                      + coalesce(energy_gpu_j, 0) > (1 + {WALL_TOLERANCE}) * energy_wall_j
                 THEN 'wall_below_components' END,
            CASE WHEN fidelity_share < 1 THEN 'fidelity' END,
+           CASE WHEN probe_errors THEN 'probe_errors' END,
            CASE WHEN status = 'done' AND energy_global_j IS NULL AND energy_wall_j IS NULL
                 THEN 'no_energy_source' END
        ], lambda x: x IS NOT NULL) AS flags

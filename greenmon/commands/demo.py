@@ -9,13 +9,14 @@ estimate where nothing can be measured), then the results table and a report.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import anyio
 
 from greenmon.commands.common import add_db_argument
-from greenmon.commands.run import print_summary, run_experiment, unwrap
+from greenmon.commands.run import RunInterrupted, print_summary, run_experiment, unwrap
 from greenmon.errors import GreenmonError
 from greenmon.plan import parse_plan
 
@@ -72,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
         experiment_id, summary = anyio.run(
             lambda: run_experiment(plan, db, resume=False, force=True, quiet=args.quiet)
         )
+    except RunInterrupted as stopped:
+        print_summary(db, stopped.experiment_id, stopped.summary)
+        print(f"greenmon demo: {stopped.status} before every unit ran; no report written.",
+              file=sys.stderr)
+        return 130 if stopped.status == "interrupted" else 1
     except BaseExceptionGroup as group:
         inner = unwrap(group)
         if isinstance(inner, GreenmonError):

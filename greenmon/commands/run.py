@@ -120,9 +120,23 @@ async def run_experiment(
         if experiment_id is None or daemon.runner is None:
             raise GreenmonError("the daemon stopped before the experiment started")
         summary: list[dict[str, Any]] = daemon.runner.summary_rows(experiment_id)
+        # the runner's final state: done, cancelled, interrupted (a signal) or failed
+        summary_status = str(daemon.runner.state.status)
+        if summary_status != "done":
+            raise RunInterrupted(experiment_id, summary_status, summary)
         return experiment_id, summary
     finally:
         store.close()
+
+
+class RunInterrupted(Exception):
+    """The experiment stopped before every unit ran; what finished is kept."""
+
+    def __init__(self, experiment_id: str, status: str, summary: list[dict[str, Any]]) -> None:
+        super().__init__(status)
+        self.experiment_id = experiment_id
+        self.status = status
+        self.summary = summary
 
 
 def unwrap(error: BaseException) -> BaseException:
@@ -169,6 +183,14 @@ def run(args: argparse.Namespace) -> int:
         experiment_id, summary = anyio.run(
             lambda: run_experiment(plan, db, resume=args.resume, force=args.force, quiet=args.quiet)
         )
+    except RunInterrupted as stopped:
+        print_summary(db, stopped.experiment_id, stopped.summary)
+        print(
+            f"greenmon: experiment {stopped.experiment_id} {stopped.status} before every unit "
+            "ran; finished units are kept. Run the same command again to resume it.",
+            file=sys.stderr,
+        )
+        return 130 if stopped.status == "interrupted" else 1
     except BaseExceptionGroup as group:
         inner = greenmon_error_in(group)
         if inner is not None:

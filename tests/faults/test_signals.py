@@ -183,7 +183,9 @@ def test_run_signal_mid_unit_flushes_closes_and_reaps(
             process.kill()
             process.communicate()
     assert "Traceback" not in stderr, stderr
-    assert process.returncode == 0, stderr
+    # interrupted: exit 130 and say how to resume, not a finished-looking summary
+    assert process.returncode == 130, stderr
+    assert "Run the same command again to resume" in stderr
     assert stop_s < 10, "the run waited for its cooldown instead of stopping"
     assert alive(children) == []
     assert not any(d.exists() for d in workdirs)
