@@ -751,6 +751,12 @@ def _sentence(
             p = float(pairs["p_adjusted"].iloc[0])
             row.update(saving_pct=pct, p_value=p, effect_size_kind=kind, effect_size=effects[0])
             text += f"; {_format_p(p)}, {kind} {effects[0]:.2f}."
+            if not p < ALPHA:
+                # a practitioner must not act on a difference the test could not confirm
+                text += (
+                    " The difference is not significant at the 5% level: do not act on it "
+                    "yet; more repetitions would tell."
+                )
         else:
             row.update(saving_pct=pct)
             text += " (not tested: see the notes)."

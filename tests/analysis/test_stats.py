@@ -52,6 +52,15 @@ def test_identical_distributions_do_not_differ() -> None:
     assert not row["significant"]
     pairs = result.posthoc[result.posthoc["variable"] == "energy_global_j"]
     assert not pairs["significant"].any()
+    sentence = result.summary.set_index("variable").loc["energy_global_j", "sentence"]
+    assert "not significant" in sentence
+
+
+def test_a_significant_difference_reads_as_one() -> None:
+    result = analyze_frame(_one_model(repetitions=8), workers=1)
+    sentence = result.summary.set_index("variable").loc["energy_global_j", "sentence"]
+    assert "<ONNX, CPU> used 67% less energy than <TORCH, CPU>" in sentence
+    assert "not significant" not in sentence
 
 
 def test_skewed_groups_route_to_kruskal_and_dunn() -> None:
