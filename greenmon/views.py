@@ -96,19 +96,42 @@ GROUP BY ALL
 
 # Idle baseline: per channel, the median power over the unit's cooldown before the measure
 # (counters: wrap-free interval deltas over time; gauges: values), summed per domain.
+# Samples are matched to phases with an ASOF join (the last phase of the kind that started
+# at or before the sample, then kept if it had not ended): a sort, where a range join of
+# samples against phases compared every sample with every phase.
+def _phase_samples(phase: str, channels: str) -> str:
+    return f"""
+    SELECT p.phase_id, p.experiment_id, p.unit_id, p.attempt, s.channel_id, s.t_ns, s.value
+    FROM (
+        SELECT s.channel_id, s.t_ns, s.value, c.session_id
+        FROM samples s JOIN ({channels}) c USING (channel_id)
+        JOIN (SELECT session_id, min(start_ns) AS lo_ns, max(end_ns) AS hi_ns FROM phases
+              WHERE phase = '{phase}' AND end_ns IS NOT NULL
+                AND (exp IS NULL OR experiment_id = exp)
+              GROUP BY session_id) r
+          ON r.session_id = c.session_id AND s.t_ns BETWEEN r.lo_ns AND r.hi_ns
+    ) s
+    ASOF JOIN (
+        SELECT * FROM phases
+        WHERE phase = '{phase}' AND end_ns IS NOT NULL AND (exp IS NULL OR experiment_id = exp)
+    ) p ON p.session_id = s.session_id AND s.t_ns >= p.start_ns
+    WHERE s.t_ns <= p.end_ns
+    """
+
+
+# Idle baseline: per channel, the median power over the unit's cooldown before the measure
+# (counters: wrap-free interval deltas over time; gauges: values), summed per domain.
+_SOURCE_CHANNELS = "SELECT channel_id, session_id FROM energy_sources"
 _UNIT_BASELINE = f"""
-WITH pw AS (
-    SELECT p.phase_id, p.experiment_id, p.unit_id, p.attempt, es.domain, es.channel_id,
+WITH ps AS ({_phase_samples("cooldown_before", _SOURCE_CHANNELS)}),
+pw AS (
+    SELECT ps.experiment_id, ps.unit_id, ps.attempt, es.domain, ps.channel_id,
            CASE WHEN es.kind = 'counter'
-                THEN (s.value - lag(s.value) OVER w) / ((s.t_ns - lag(s.t_ns) OVER w) / 1e9)
-                ELSE s.value END
+                THEN (ps.value - lag(ps.value) OVER w) / ((ps.t_ns - lag(ps.t_ns) OVER w) / 1e9)
+                ELSE ps.value END
            * (CASE es.unit {SCALE_TO_SI_SQL.removeprefix("CASE unit")}) AS power_w
-    FROM phases p
-    JOIN energy_sources es ON es.session_id = p.session_id
-    JOIN samples s ON s.channel_id = es.channel_id AND s.t_ns BETWEEN p.start_ns AND p.end_ns
-    WHERE p.phase = 'cooldown_before' AND p.end_ns IS NOT NULL
-      AND (exp IS NULL OR p.experiment_id = exp)
-    WINDOW w AS (PARTITION BY p.phase_id, es.channel_id ORDER BY s.t_ns)
+    FROM ps JOIN energy_sources es USING (channel_id)
+    WINDOW w AS (PARTITION BY ps.phase_id, ps.channel_id ORDER BY ps.t_ns)
 ),
 per_channel AS (
     SELECT experiment_id, unit_id, attempt, domain, channel_id, median(power_w) AS median_w
@@ -118,20 +141,29 @@ SELECT experiment_id, unit_id, attempt, domain, sum(median_w) AS baseline_w
 FROM per_channel GROUP BY ALL
 """
 
-_UNIT_UTILISATION = """
-SELECT p.experiment_id, p.unit_id, p.attempt,
-       avg(s.value) FILTER (WHERE c.probe = 'host' AND c.name = 'cpu.percent') AS cpu_percent,
-       avg(s.value) FILTER (WHERE c.probe = 'host' AND c.name = 'ram.percent') AS ram_percent,
-       avg(s.value) FILTER (WHERE c.probe = 'nvml' AND c.name LIKE '%.util_gpu_percent')
-           AS gpu_percent,
-       avg(s.value) FILTER (WHERE c.probe = 'nvml' AND c.name LIKE '%.util_memory_percent')
-           AS gpu_mem_util_percent,
-       avg(s.value) FILTER (WHERE c.probe = 'nvml' AND c.name LIKE '%.memory_percent')
-           AS gpu_mem_used_percent
-FROM phases p
-JOIN channels c ON c.session_id = p.session_id AND c.probe IN ('host', 'nvml')
-JOIN samples s ON s.channel_id = c.channel_id AND s.t_ns BETWEEN p.start_ns AND p.end_ns
-WHERE p.phase = 'measure' AND p.end_ns IS NOT NULL AND (exp IS NULL OR p.experiment_id = exp)
+_UTILISATION_CHANNELS = """
+SELECT channel_id, session_id,
+       CASE WHEN probe = 'host' AND name = 'cpu.percent' THEN 'cpu_percent'
+            WHEN probe = 'host' AND name = 'ram.percent' THEN 'ram_percent'
+            WHEN probe = 'nvml' AND name LIKE '%.util_gpu_percent' THEN 'gpu_percent'
+            WHEN probe = 'nvml' AND name LIKE '%.util_memory_percent'
+                THEN 'gpu_mem_util_percent'
+            WHEN probe = 'nvml' AND name LIKE '%.memory_percent' THEN 'gpu_mem_used_percent'
+       END AS quantity
+FROM channels WHERE probe IN ('host', 'nvml')
+"""
+
+_MEASURED_UTILISATION = "SELECT channel_id, session_id FROM uc WHERE quantity IS NOT NULL"
+_UNIT_UTILISATION = f"""
+WITH uc AS ({_UTILISATION_CHANNELS}),
+ps AS ({_phase_samples("measure", _MEASURED_UTILISATION)})
+SELECT ps.experiment_id, ps.unit_id, ps.attempt,
+       avg(ps.value) FILTER (WHERE uc.quantity = 'cpu_percent') AS cpu_percent,
+       avg(ps.value) FILTER (WHERE uc.quantity = 'ram_percent') AS ram_percent,
+       avg(ps.value) FILTER (WHERE uc.quantity = 'gpu_percent') AS gpu_percent,
+       avg(ps.value) FILTER (WHERE uc.quantity = 'gpu_mem_util_percent') AS gpu_mem_util_percent,
+       avg(ps.value) FILTER (WHERE uc.quantity = 'gpu_mem_used_percent') AS gpu_mem_used_percent
+FROM ps JOIN uc USING (channel_id)
 GROUP BY ALL
 """
 
