@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from greenmon.cli import main
-from greenmon.commands.run import run_experiment
+from greenmon.commands.run import RunInterrupted, run_experiment
 from greenmon.plan import parse_plan
 from greenmon.store import Store
 from tests.fakes.cpufreq import FakeCpufreqTree
@@ -265,12 +265,14 @@ def test_refused_hardware_stops_the_plan_before_the_first_unit(
         prompts=2, repetitions=1, cpufreq=tree.root, powercap=power.tree.root
     ).replace("gpu_power_limit_w = [150]", "gpu_power_limit_w = [999]")
     db = tmp_path / "run.duckdb"
-    anyio.run(
-        lambda: run_experiment(
-            parse_plan(text), db, resume=False, force=False, quiet=True, reference=None,
-            nvml=FakeNvml([FakeGpu("GPU-aaaa")]),
-        )
-    )  # fmt: skip
+    with pytest.raises(RunInterrupted) as stopped:
+        anyio.run(
+            lambda: run_experiment(
+                parse_plan(text), db, resume=False, force=False, quiet=True, reference=None,
+                nvml=FakeNvml([FakeGpu("GPU-aaaa")]),
+            )
+        )  # fmt: skip
+    assert stopped.value.status == "failed"
     with Store.open(db, read_only=True) as store:
         _, experiments = store.query("SELECT status FROM experiments")
         _, units = store.query("SELECT DISTINCT status FROM units")
