@@ -141,10 +141,27 @@ edges AS (
     SELECT window_id, channel_id, end_ns AS x, 1 AS side FROM win
 ),
 edge_row AS (
-    -- the sample at or before each edge
+    -- the sample at or before each edge; the ASOF join reads only the narrow ordered
+    -- columns (sorting 50 million wide rows cost more than the rest of the query), and
+    -- the interval after that sample is worked out again for these few rows
     SELECT e.window_id, e.channel_id, e.side, e.x, c.t_ns, c.value, c.next_t, c.next_v,
-           c.rn, c.kind, c.period_ns, c.e_next, c.cov_next, c.wrap_next, c.reset_next
-    FROM edges e ASOF LEFT JOIN iv c ON c.channel_id = e.channel_id AND e.x >= c.t_ns
+           c.rn, ch.kind, ch.period_ns,
+           coalesce(ch.kind = 'counter' AND c.next_v < c.value
+                    AND ch.counter_range IS NOT NULL, false) AS wrap_next,
+           coalesce(ch.kind = 'counter' AND c.next_v < c.value
+                    AND ch.counter_range IS NULL, false) AS reset_next,
+           CASE
+               WHEN c.next_t IS NULL THEN 0.0
+               WHEN ch.kind = 'counter' AND c.next_v >= c.value THEN c.next_v - c.value
+               WHEN ch.kind = 'counter' AND ch.counter_range IS NOT NULL
+                   THEN c.next_v - c.value + ch.counter_range
+               WHEN ch.kind = 'counter' THEN 0.0
+               ELSE (c.value + c.next_v) / 2.0 * (c.next_t - c.t_ns) * 1e-9
+           END AS e_next
+    FROM edges e
+    JOIN ch ON ch.channel_id = e.channel_id
+    ASOF LEFT JOIN (SELECT channel_id, t_ns, value, next_t, next_v, rn FROM seq) c
+      ON c.channel_id = e.channel_id AND e.x >= c.t_ns
 ),
 at_edge AS (
     SELECT r.window_id, r.channel_id, r.side, r.rn,

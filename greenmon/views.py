@@ -35,7 +35,16 @@ VIEWS: dict[str, str] = {
 }
 
 
+# Views and macros of earlier versions, dropped so an old file does not keep stale ones.
+RETIRED_VIEWS: tuple[str, ...] = ()
+RETIRED_MACROS: tuple[str, ...] = ()
+
+
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
+    for name in RETIRED_VIEWS:
+        con.execute(f"DROP VIEW IF EXISTS {name}")
+    for name in RETIRED_MACROS:
+        con.execute(f"DROP MACRO TABLE IF EXISTS {name}")
     for name, sql in VIEWS.items():
         if name in _MACRO_VIEWS:
             continue
@@ -96,51 +105,6 @@ GROUP BY ALL
 
 # Idle baseline: per channel, the median power over the unit's cooldown before the measure
 # (counters: wrap-free interval deltas over time; gauges: values), summed per domain.
-# Samples are matched to phases with an ASOF join (the last phase of the kind that started
-# at or before the sample, then kept if it had not ended): a sort, where a range join of
-# samples against phases compared every sample with every phase.
-def _phase_samples(phase: str, channels: str) -> str:
-    return f"""
-    SELECT p.phase_id, p.experiment_id, p.unit_id, p.attempt, s.channel_id, s.t_ns, s.value
-    FROM (
-        SELECT s.channel_id, s.t_ns, s.value, c.session_id
-        FROM samples s JOIN ({channels}) c USING (channel_id)
-        JOIN (SELECT session_id, min(start_ns) AS lo_ns, max(end_ns) AS hi_ns FROM phases
-              WHERE phase = '{phase}' AND end_ns IS NOT NULL
-                AND (exp IS NULL OR experiment_id = exp)
-              GROUP BY session_id) r
-          ON r.session_id = c.session_id AND s.t_ns BETWEEN r.lo_ns AND r.hi_ns
-    ) s
-    ASOF JOIN (
-        SELECT * FROM phases
-        WHERE phase = '{phase}' AND end_ns IS NOT NULL AND (exp IS NULL OR experiment_id = exp)
-    ) p ON p.session_id = s.session_id AND s.t_ns >= p.start_ns
-    WHERE s.t_ns <= p.end_ns
-    """
-
-
-# Idle baseline: per channel, the median power over the unit's cooldown before the measure
-# (counters: wrap-free interval deltas over time; gauges: values), summed per domain.
-_SOURCE_CHANNELS = "SELECT channel_id, session_id FROM energy_sources"
-_UNIT_BASELINE = f"""
-WITH ps AS ({_phase_samples("cooldown_before", _SOURCE_CHANNELS)}),
-pw AS (
-    SELECT ps.experiment_id, ps.unit_id, ps.attempt, es.domain, ps.channel_id,
-           CASE WHEN es.kind = 'counter'
-                THEN (ps.value - lag(ps.value) OVER w) / ((ps.t_ns - lag(ps.t_ns) OVER w) / 1e9)
-                ELSE ps.value END
-           * (CASE es.unit {SCALE_TO_SI_SQL.removeprefix("CASE unit")}) AS power_w
-    FROM ps JOIN energy_sources es USING (channel_id)
-    WINDOW w AS (PARTITION BY ps.phase_id, ps.channel_id ORDER BY ps.t_ns)
-),
-per_channel AS (
-    SELECT experiment_id, unit_id, attempt, domain, channel_id, median(power_w) AS median_w
-    FROM pw WHERE power_w >= 0 GROUP BY ALL
-)
-SELECT experiment_id, unit_id, attempt, domain, sum(median_w) AS baseline_w
-FROM per_channel GROUP BY ALL
-"""
-
 _UTILISATION_CHANNELS = """
 SELECT channel_id, session_id,
        CASE WHEN probe = 'host' AND name = 'cpu.percent' THEN 'cpu_percent'
@@ -153,17 +117,74 @@ SELECT channel_id, session_id,
 FROM channels WHERE probe IN ('host', 'nvml')
 """
 
-_MEASURED_UTILISATION = "SELECT channel_id, session_id FROM uc WHERE quantity IS NOT NULL"
+# Idle baseline: per channel, the median power over the cooldown before the measure
+# (counters: wrap-free interval deltas over time; gauges: values), summed per domain.
+# Samples are matched to their cooldown with an ASOF join keyed by channel (each phase is
+# paired with each source channel of its session first), so DuckDB sorts per channel, in
+# parallel, rather than one session-wide sort or a range join of samples x phases.
+_UNIT_BASELINE = f"""
+WITH pc AS (
+    SELECT p.phase_id, p.experiment_id, p.unit_id, p.attempt, p.start_ns, p.end_ns,
+           es.channel_id, es.domain, es.kind, es.unit
+    FROM phases p JOIN energy_sources es ON es.session_id = p.session_id
+    WHERE p.phase = 'cooldown_before' AND p.end_ns IS NOT NULL
+      AND (exp IS NULL OR p.experiment_id = exp)
+),
+span AS (SELECT channel_id, min(start_ns) AS lo_ns, max(end_ns) AS hi_ns FROM pc GROUP BY ALL),
+ps AS (
+    SELECT pc.*, s.t_ns, s.value
+    FROM (
+        SELECT s.channel_id, s.t_ns, s.value FROM samples s
+        JOIN span r ON r.channel_id = s.channel_id AND s.t_ns BETWEEN r.lo_ns AND r.hi_ns
+    ) s
+    ASOF JOIN pc ON pc.channel_id = s.channel_id AND s.t_ns >= pc.start_ns
+    WHERE s.t_ns <= pc.end_ns
+),
+pw AS (
+    SELECT experiment_id, unit_id, attempt, domain, channel_id,
+           CASE WHEN kind = 'counter'
+                THEN (value - lag(value) OVER w) / ((t_ns - lag(t_ns) OVER w) / 1e9)
+                ELSE value END
+           * (CASE unit {SCALE_TO_SI_SQL.removeprefix("CASE unit")}) AS power_w
+    FROM ps
+    WINDOW w AS (PARTITION BY phase_id, channel_id ORDER BY t_ns)
+),
+per_channel AS (
+    SELECT experiment_id, unit_id, attempt, domain, channel_id, median(power_w) AS median_w
+    FROM pw WHERE power_w >= 0 GROUP BY ALL
+)
+SELECT experiment_id, unit_id, attempt,
+       sum(median_w) FILTER (WHERE domain = 'cpu') AS baseline_cpu_w,
+       sum(median_w) FILTER (WHERE domain = 'dram') AS baseline_dram_w,
+       sum(median_w) FILTER (WHERE domain = 'gpu') AS baseline_gpu_w,
+       sum(median_w) FILTER (WHERE domain = 'wall') AS baseline_wall_w
+FROM per_channel GROUP BY ALL
+"""
+
+# Mean utilisation over the measured phase, time-weighted: the trapezoid integral of each
+# gauge over the window (greenmon/energy.py, one sort per channel) divided by its length.
+_UTILISATION_WINDOWS = f"""(
+    SELECT p.phase_id AS window_id, uc.channel_id, p.start_ns, p.end_ns
+    FROM phases p JOIN ({_UTILISATION_CHANNELS}) uc ON uc.session_id = p.session_id
+    WHERE p.phase = 'measure' AND p.end_ns IS NOT NULL AND uc.quantity IS NOT NULL
+      AND (exp IS NULL OR p.experiment_id = exp)
+)"""
+
 _UNIT_UTILISATION = f"""
-WITH uc AS ({_UTILISATION_CHANNELS}),
-ps AS ({_phase_samples("measure", _MEASURED_UTILISATION)})
-SELECT ps.experiment_id, ps.unit_id, ps.attempt,
-       avg(ps.value) FILTER (WHERE uc.quantity = 'cpu_percent') AS cpu_percent,
-       avg(ps.value) FILTER (WHERE uc.quantity = 'ram_percent') AS ram_percent,
-       avg(ps.value) FILTER (WHERE uc.quantity = 'gpu_percent') AS gpu_percent,
-       avg(ps.value) FILTER (WHERE uc.quantity = 'gpu_mem_util_percent') AS gpu_mem_util_percent,
-       avg(ps.value) FILTER (WHERE uc.quantity = 'gpu_mem_used_percent') AS gpu_mem_used_percent
-FROM ps JOIN uc USING (channel_id)
+SELECT p.experiment_id, p.unit_id, p.attempt,
+       avg(e.energy_native / ((p.end_ns - p.start_ns) / 1e9))
+           FILTER (WHERE uc.quantity = 'cpu_percent') AS cpu_percent,
+       avg(e.energy_native / ((p.end_ns - p.start_ns) / 1e9))
+           FILTER (WHERE uc.quantity = 'ram_percent') AS ram_percent,
+       avg(e.energy_native / ((p.end_ns - p.start_ns) / 1e9))
+           FILTER (WHERE uc.quantity = 'gpu_percent') AS gpu_percent,
+       avg(e.energy_native / ((p.end_ns - p.start_ns) / 1e9))
+           FILTER (WHERE uc.quantity = 'gpu_mem_util_percent') AS gpu_mem_util_percent,
+       avg(e.energy_native / ((p.end_ns - p.start_ns) / 1e9))
+           FILTER (WHERE uc.quantity = 'gpu_mem_used_percent') AS gpu_mem_used_percent
+FROM ({window_energy_sql(_UTILISATION_WINDOWS)}) e
+JOIN phases p ON p.phase_id = e.window_id
+JOIN ({_UTILISATION_CHANNELS}) uc ON uc.channel_id = e.channel_id
 GROUP BY ALL
 """
 
@@ -197,13 +218,9 @@ energy AS (
            list(DISTINCT domain) FILTER (WHERE estimated) AS estimated_domains
     FROM pe GROUP BY ALL
 ),
-baseline AS (
-    SELECT experiment_id, unit_id, attempt,
-           sum(baseline_w) FILTER (WHERE domain = 'cpu') AS cpu_w,
-           sum(baseline_w) FILTER (WHERE domain = 'dram') AS dram_w,
-           sum(baseline_w) FILTER (WHERE domain = 'gpu') AS gpu_w,
-           sum(baseline_w) FILTER (WHERE domain = 'wall') AS wall_w
-    FROM unit_baseline_for(exp) GROUP BY ALL
+stats AS (
+    SELECT * FROM unit_baseline_for(exp)
+    FULL JOIN unit_utilisation_for(exp) USING (experiment_id, unit_id, attempt)
 ),
 measure AS (
     SELECT experiment_id, unit_id, attempt, (end_ns - start_ns) / 1e9 AS duration_s
@@ -230,15 +247,15 @@ base AS (
            CASE WHEN e.energy_cpu_j IS NULL AND e.energy_gpu_j IS NULL THEN NULL
                 ELSE coalesce(e.energy_cpu_j, 0) + coalesce(e.energy_gpu_j, 0) END
                AS energy_global_j,
-           e.energy_cpu_j - b.cpu_w * m.duration_s AS dynamic_cpu_j,
-           e.energy_dram_j - b.dram_w * m.duration_s AS dynamic_dram_j,
-           e.energy_gpu_j - b.gpu_w * m.duration_s AS dynamic_gpu_j,
-           e.energy_wall_j - b.wall_w * m.duration_s AS dynamic_wall_j,
-           b.cpu_w AS baseline_cpu_w, b.gpu_w AS baseline_gpu_w, b.wall_w AS baseline_wall_w,
+           e.energy_cpu_j - b.baseline_cpu_w * m.duration_s AS dynamic_cpu_j,
+           e.energy_dram_j - b.baseline_dram_w * m.duration_s AS dynamic_dram_j,
+           e.energy_gpu_j - b.baseline_gpu_w * m.duration_s AS dynamic_gpu_j,
+           e.energy_wall_j - b.baseline_wall_w * m.duration_s AS dynamic_wall_j,
+           b.baseline_cpu_w, b.baseline_gpu_w, b.baseline_wall_w,
            e.load_energy_j, e.tail_energy_j, e.min_coverage, e.wraps, e.resets,
            coalesce(e.estimated, false) AS estimated, e.estimated_domains, e.max_period_ns,
-           ut.cpu_percent, ut.ram_percent, ut.gpu_percent, ut.gpu_mem_util_percent,
-           ut.gpu_mem_used_percent, u.fidelity_share, u.fidelity_first_divergence,
+           b.cpu_percent, b.ram_percent, b.gpu_percent, b.gpu_mem_util_percent,
+           b.gpu_mem_used_percent, u.fidelity_share, u.fidelity_first_divergence,
            -- a probe that failed while this unit ran: its figures may have gaps
            EXISTS (SELECT 1 FROM events ev
                    WHERE ev.session_id = u.session_id AND ev.probe IS NOT NULL
@@ -250,8 +267,7 @@ base AS (
     LEFT JOIN load l USING (experiment_id, unit_id, attempt)
     LEFT JOIN req r USING (experiment_id, unit_id, attempt)
     LEFT JOIN energy e USING (experiment_id, unit_id, attempt)
-    LEFT JOIN baseline b USING (experiment_id, unit_id, attempt)
-    LEFT JOIN unit_utilisation_for(exp) ut USING (experiment_id, unit_id, attempt)
+    LEFT JOIN stats b USING (experiment_id, unit_id, attempt)
     WHERE exp IS NULL OR u.experiment_id = exp
 )
 SELECT *,
