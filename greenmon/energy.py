@@ -41,6 +41,25 @@ EDGE_MARGIN_PERIODS = 10
 EDGE_MARGIN_MIN_NS = 5_000_000_000
 
 
+def _interval_after(row: str, channel: str) -> str:
+    """SQL columns for the interval from sample ``row`` to the next one: wrap_next,
+    reset_next and e_next (its energy in the channel's native unit)."""
+    r, c = row, channel
+    return f"""coalesce({c}.kind = 'counter' AND {r}.next_v < {r}.value
+                    AND {c}.counter_range IS NOT NULL, false) AS wrap_next,
+           coalesce({c}.kind = 'counter' AND {r}.next_v < {r}.value
+                    AND {c}.counter_range IS NULL, false) AS reset_next,
+           CASE
+               WHEN {r}.next_t IS NULL THEN 0.0
+               WHEN {c}.kind = 'counter' AND {r}.next_v >= {r}.value
+                   THEN {r}.next_v - {r}.value
+               WHEN {c}.kind = 'counter' AND {c}.counter_range IS NOT NULL
+                   THEN {r}.next_v - {r}.value + {c}.counter_range
+               WHEN {c}.kind = 'counter' THEN 0.0
+               ELSE ({r}.value + {r}.next_v) / 2.0 * ({r}.next_t - {r}.t_ns) * 1e-9
+           END AS e_next"""
+
+
 def window_energy_sql(windows: str) -> str:
     """SQL computing energy per (window_id, channel_id) for the relation ``windows``.
 
@@ -90,18 +109,7 @@ seq AS (
 iv AS (
     -- what lies between this sample and the next: energy (native units), covered time
     SELECT s.*, c.kind, c.period_ns, c.scale_si,
-           coalesce(c.kind = 'counter' AND s.next_v < s.value
-                    AND c.counter_range IS NOT NULL, false) AS wrap_next,
-           coalesce(c.kind = 'counter' AND s.next_v < s.value
-                    AND c.counter_range IS NULL, false) AS reset_next,
-           CASE
-               WHEN s.next_t IS NULL THEN 0.0
-               WHEN c.kind = 'counter' AND s.next_v >= s.value THEN s.next_v - s.value
-               WHEN c.kind = 'counter' AND c.counter_range IS NOT NULL
-                   THEN s.next_v - s.value + c.counter_range
-               WHEN c.kind = 'counter' THEN 0.0
-               ELSE (s.value + s.next_v) / 2.0 * (s.next_t - s.t_ns) * 1e-9
-           END AS e_next,
+           {_interval_after('s', 'c')},
            CASE
                WHEN s.next_t IS NULL THEN 0
                WHEN c.kind = 'counter' AND s.next_v < s.value AND c.counter_range IS NULL
@@ -146,18 +154,7 @@ edge_row AS (
     -- the interval after that sample is worked out again for these few rows
     SELECT e.window_id, e.channel_id, e.side, e.x, c.t_ns, c.value, c.next_t, c.next_v,
            c.rn, ch.kind, ch.period_ns,
-           coalesce(ch.kind = 'counter' AND c.next_v < c.value
-                    AND ch.counter_range IS NOT NULL, false) AS wrap_next,
-           coalesce(ch.kind = 'counter' AND c.next_v < c.value
-                    AND ch.counter_range IS NULL, false) AS reset_next,
-           CASE
-               WHEN c.next_t IS NULL THEN 0.0
-               WHEN ch.kind = 'counter' AND c.next_v >= c.value THEN c.next_v - c.value
-               WHEN ch.kind = 'counter' AND ch.counter_range IS NOT NULL
-                   THEN c.next_v - c.value + ch.counter_range
-               WHEN ch.kind = 'counter' THEN 0.0
-               ELSE (c.value + c.next_v) / 2.0 * (c.next_t - c.t_ns) * 1e-9
-           END AS e_next
+           {_interval_after('c', 'ch')}
     FROM edges e
     JOIN ch ON ch.channel_id = e.channel_id
     ASOF LEFT JOIN (SELECT channel_id, t_ns, value, next_t, next_v, rn FROM seq) c
