@@ -206,6 +206,15 @@ class Sampler:
         if text is not None:
             self._pending_events.append(Event(t_ns, level, self.probe.name, text))
 
+    def _after_failure(
+        self, error: BaseException, consecutive: int, t0_ns: int, tick: int
+    ) -> tuple[int, int]:
+        """Record a failed read; the tick to retry at (after backoff) and ticks missed."""
+        self._fail(error, consecutive)
+        wait = backoff_ticks(consecutive, self.period_ns, self.max_backoff_s)
+        next_, missed = next_tick(t0_ns, self.period_ns, tick + wait - 1, now_ns())
+        return next_, missed + wait - 1
+
     def _fail(self, error: BaseException, consecutive: int) -> None:
         self.health.errors += 1
         self.health.last_error = f"{type(error).__name__}: {error}"
@@ -276,10 +285,7 @@ class Sampler:
                     break
                 except Exception as error:
                     consecutive += 1
-                    self._fail(error, consecutive)
-                    wait = backoff_ticks(consecutive, period_ns, self.max_backoff_s)
-                    tick, missed = next_tick(t0_ns, period_ns, tick + wait - 1, time.monotonic_ns())
-                    missed += wait - 1
+                    tick, missed = self._after_failure(error, consecutive, t0_ns, tick)
                 self.health.missed_ticks += missed
                 if time.monotonic_ns() - last_handoff_ns >= self.handoff_interval_ns:
                     self._handoff_from_thread()
@@ -315,10 +321,7 @@ class Sampler:
                     break
                 except Exception as error:
                     consecutive += 1
-                    self._fail(error, consecutive)
-                    wait = backoff_ticks(consecutive, period_ns, self.max_backoff_s)
-                    tick, missed = next_tick(t0_ns, period_ns, tick + wait - 1, now_ns())
-                    missed += wait - 1
+                    tick, missed = self._after_failure(error, consecutive, t0_ns, tick)
                 self.health.missed_ticks += missed
                 batch, events = self._take_pending()
                 if not self._send_nowait(batch, events):
