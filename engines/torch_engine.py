@@ -27,6 +27,15 @@ OPTIONS: dict[str, object] = {"dtype": "float32", "threads": None}
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def check_dtype(engine: str, dtype: str) -> None:
+    """Refuse a dtype the torch-based engines (torch, torchscript) do not know."""
+    if dtype not in DTYPES:
+        raise EngineError(
+            f"{engine} dtype {dtype!r} is not one of {', '.join(DTYPES)}",
+            title="Unknown engine option",
+        )
+
+
 def torch_device(provider: str) -> str:
     """The torch device for a provider; EngineError when CUDA is not usable here."""
     if provider == "cuda":
@@ -55,11 +64,7 @@ class TorchEngine:
     def load(self, model: Any, provider: str, options: Mapping[str, Any]) -> LoadInfo:
         check_provider(self.name, provider, self.providers)
         opts = check_options(self.name, options, OPTIONS)
-        if opts["dtype"] not in DTYPES:
-            raise EngineError(
-                f"torch dtype {opts['dtype']!r} is not one of {', '.join(DTYPES)}",
-                title="Unknown engine option",
-            )
+        check_dtype(self.name, opts["dtype"])
         info = as_model(model, self.cache_dir)
         self._device = torch_device(provider)
         set_threads(opts["threads"])

@@ -42,7 +42,7 @@ from greenmon.engines._common import (
     tokenize_batch,
 )
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
-from greenmon.engines.torch_engine import DTYPES, torch_device
+from greenmon.engines.torch_engine import check_dtype, torch_device
 from greenmon.errors import EngineError
 from greenmon.models import ModelInfo
 
@@ -143,11 +143,7 @@ class TorchscriptEngine:
     def load(self, model: Any, provider: str, options: Mapping[str, Any]) -> LoadInfo:
         check_provider(self.name, provider, self.providers)
         opts = check_options(self.name, options, OPTIONS)
-        if opts["dtype"] not in DTYPES:
-            raise EngineError(
-                f"torchscript dtype {opts['dtype']!r} is not one of {', '.join(DTYPES)}",
-                title="Unknown engine option",
-            )
+        check_dtype(self.name, opts["dtype"])
         info = as_model(model, self.cache_dir)
         self._device = torch_device(provider)
         set_threads(opts["threads"])
