@@ -4,9 +4,11 @@ The TUI, ``greenmon status``, ``greenmon sql`` and ``greenmon run`` talk to a ru
 daemon only through this API; the daemon alone holds the DuckDB file read-write.
 
 Terms:
-- *socket path*: ``$XDG_RUNTIME_DIR/greenmon/daemon.sock``, else
-  ``/tmp/greenmon-$UID/daemon.sock``.  The socket is mode 0600 in a 0700 directory: only
-  its owner may talk to the daemon, so the Unix socket needs no token.
+- *socket path*: one per database file, derived from the file's resolved path:
+  ``$XDG_RUNTIME_DIR/greenmon/<hash>.sock``, else ``/tmp/greenmon-$UID/<hash>.sock``, so
+  ``--db`` always reaches the daemon of that file and daemons on different files coexist.
+  ``--socket`` or ``$GREENMON_SOCKET`` override it (on both sides).  The socket is mode
+  0600 in a 0700 directory: only its owner may talk to the daemon, so it needs no token.
 - *TCP*: optional, on 127.0.0.1 only, for viewing over an SSH tunnel; every request on it
   must carry ``Authorization: Bearer <token>``.
 - *snapshot*: what ``GET /stream`` sends about 4 times a second, one JSON object per line
@@ -15,17 +17,20 @@ Terms:
   client's writer sends only the newest one when its previous write has completed.  A
   stalled client therefore holds at most one snapshot plus its socket buffers, and never
   slows a probe, the writer or another client.
-- *runner*: ``daemon.runner`` (greenmon/runner.py) when the daemon runs experiments; it may
-  be absent or None, and then plan endpoints answer 409.
+- *runner*: ``daemon.runner`` (greenmon/runner.py): every daemon greenmon composes has
+  one (greenmon/daemon.py ``build_daemon``); plans queue there and run one at a time.
 
 Endpoints: ``GET /status``, ``GET /stream``, ``GET /events?limit=N``, ``POST /plans``,
-``POST /pause``, ``POST /resume``, ``POST /cancel``, ``POST /sql`` (read-only).
+``POST /pause``, ``POST /resume``, ``POST /cancel`` (``{"experiment_id": ...}`` for a
+queued plan), ``GET /experiments`` (every experiment in the file),
+``GET /experiments/{id}`` (its medians per configuration), ``POST /sql`` (read-only).
 Errors come back as ``{"error": message, "title": title, "kind": error class}``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import json
 import os
@@ -50,8 +55,9 @@ from greenmon.errors import GreenmonError, PlanError
 
 if TYPE_CHECKING:
     from greenmon.daemon import Daemon
+    from greenmon.runner import ExperimentRunner
+    from greenmon.store import Store
 
-SOCKET_NAME = "daemon.sock"
 STREAM_HZ = 4.0
 SQL_ROW_LIMIT = 10_000
 SQL_TIMEOUT_S = 60.0
@@ -78,19 +84,33 @@ class QueryFailed(ApiError):
     title = "Query failed"
 
 
-def default_socket_path() -> Path:
+def runtime_dir() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and Path(runtime).is_dir():
-        return Path(runtime) / "greenmon" / SOCKET_NAME
-    return Path(f"/tmp/greenmon-{os.getuid()}") / SOCKET_NAME
+        return Path(runtime) / "greenmon"
+    return Path(f"/tmp/greenmon-{os.getuid()}")
 
 
-def resolve_socket_path(path: str | Path | None = None) -> Path:
-    """An explicit path, else ``$GREENMON_SOCKET``, else the runtime-dir default."""
+def socket_path_for(db_path: str | Path) -> Path:
+    """The socket of the daemon holding ``db_path``: a hash of its resolved path.
+
+    A hash keeps the path short (a Unix socket path has ~107 bytes) whatever the
+    database's path, and the same file reached by two relative paths gets one socket.
+    """
+    digest = hashlib.sha256(str(Path(db_path).resolve()).encode()).hexdigest()[:16]
+    return runtime_dir() / f"{digest}.sock"
+
+
+def resolve_socket_path(path: str | Path | None = None, db_path: str | Path | None = None) -> Path:
+    """An explicit path, else ``$GREENMON_SOCKET``, else the socket of ``db_path``."""
     if path is not None:
         return Path(path)
     env = os.environ.get("GREENMON_SOCKET")
-    return Path(env) if env else default_socket_path()
+    if env:
+        return Path(env)
+    if db_path is None:
+        raise ApiError("No database given to find its daemon's socket.")
+    return socket_path_for(db_path)
 
 
 @dataclass
@@ -261,8 +281,9 @@ def prepare_socket_path(path: Path) -> None:
         raise ApiError(f"{path} exists and is not a socket; remove it or pass another path.")
     if socket_is_live(path):
         raise ApiError(
-            f"Another greenmon daemon already serves {path}. Use it (`greenmon status`, "
-            "`greenmon tui`) or stop it first."
+            f"Another greenmon daemon already serves {path} (GREENMON_SOCKET or --socket "
+            "names the same path for two databases). Give each daemon its own socket, or "
+            "leave both unset: each database file then gets its own."
         )
     path.unlink()
 
@@ -295,8 +316,21 @@ def bind_unix_socket(path: Path) -> socket.socket:
     return sock
 
 
-def runner_of(daemon: Daemon) -> Any | None:
-    return getattr(daemon, "runner", None)
+def runner_of(daemon: Daemon) -> ExperimentRunner | None:
+    return daemon.runner
+
+
+def experiment_rows(store: Store) -> list[dict[str, Any]]:
+    """Every experiment in the file with its unit counts, newest first (blocking)."""
+    columns, rows = store.query(
+        """SELECT e.experiment_id, e.name AS plan_name, e.status, e.created_ns, e.finished_ns,
+                  count(u.unit_id) AS units_total,
+                  count(*) FILTER (u.status = 'done') AS units_done,
+                  count(*) FILTER (u.status = 'failed') AS units_failed
+           FROM experiments e LEFT JOIN units u USING (experiment_id)
+           GROUP BY ALL ORDER BY e.created_ns DESC NULLS LAST"""
+    )
+    return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
 def probe_summary(daemon: Daemon) -> list[dict[str, Any]]:
@@ -334,6 +368,7 @@ def channel_table(daemon: Daemon) -> list[dict[str, Any]]:
             "kind": channel.kind,
             "domain": channel.domain,
             "estimated": channel.estimated,
+            "energy_source": channel_id in daemon.energy_source_ids,
             "metadata": dict(channel.metadata),
         }
         for channel_id, (probe, channel) in sorted(daemon.channels.items())
@@ -360,8 +395,7 @@ def runner_progress(daemon: Daemon) -> dict[str, Any] | None:
     runner = runner_of(daemon)
     if runner is None:
         return None
-    progress: dict[str, Any] = runner.progress()
-    return progress
+    return runner.progress()
 
 
 def snapshot(daemon: Daemon) -> dict[str, Any]:
@@ -404,7 +438,7 @@ class ApiServer:
     def __init__(self, daemon: Daemon, options: ApiOptions) -> None:
         self.daemon = daemon
         self.options = options
-        self.socket_path = resolve_socket_path(options.socket_path)
+        self.socket_path = resolve_socket_path(options.socket_path, daemon.store.path)
         self.hub = SnapshotHub()
         self.app = web.Application(middlewares=[self._auth])
         self.app.add_routes(
@@ -416,6 +450,8 @@ class ApiServer:
                 web.post("/pause", self.control),
                 web.post("/resume", self.control),
                 web.post("/cancel", self.control),
+                web.get("/experiments", self.experiments),
+                web.get("/experiments/{experiment_id}", self.experiment),
                 web.post("/sql", self.sql),
             ]
         )
@@ -434,6 +470,7 @@ class ApiServer:
         await web.SockSite(self._runner, sock).start()
         if self.options.tcp_port is not None:
             await web.TCPSite(self._runner, "127.0.0.1", self.options.tcp_port).start()
+        self.daemon.socket_path = self.socket_path
 
     async def stop(self) -> None:
         self.hub.close()
@@ -528,10 +565,10 @@ class ApiServer:
         ]
         return web.json_response({"events": events}, dumps=dumps)
 
-    def _require_runner(self) -> Any:
+    def _experiment_runner(self) -> ExperimentRunner:
         runner = runner_of(self.daemon)
         if runner is None:
-            raise ApiError("This daemon runs no experiment runner; it only samples.")
+            raise ApiError("This daemon is starting or stopping: it runs no experiment runner.")
         return runner
 
     async def submit(self, request: web.Request) -> web.Response:
@@ -539,25 +576,41 @@ class ApiServer:
         plan_toml = body.get("plan_toml")
         if not isinstance(plan_toml, str):
             raise ApiError("POST /plans needs a JSON body with plan_toml (the plan's text).")
-        runner = runner_of(self.daemon)
-        if runner is None:
-            return _error_response(409, ApiError("This daemon runs no experiment runner."))
         try:
-            experiment_id = await runner.submit(
-                plan_toml, body.get("plan_path"), force=bool(body.get("force", False))
+            submission = await self._experiment_runner().submit(
+                plan_toml,
+                body.get("plan_path"),
+                force=bool(body.get("force", False)),
+                resume=bool(body.get("resume", False)),
             )
         except PlanError as error:
             return _error_response(400, error)
-        return web.json_response({"experiment_id": experiment_id}, dumps=dumps)
+        return web.json_response(submission, dumps=dumps)
 
     async def control(self, request: web.Request) -> web.Response:
-        runner = runner_of(self.daemon)
-        if runner is None:
-            return _error_response(409, ApiError("This daemon runs no experiment runner."))
+        runner = self._experiment_runner()
         action = request.path.strip("/")
-        getattr(runner, action)()
+        if action == "cancel":
+            body = await _json_body(request) if request.can_read_body else {}
+            experiment_id = body.get("experiment_id")
+            try:
+                runner.cancel(str(experiment_id) if experiment_id else None)
+            except PlanError as error:
+                return _error_response(409, error)
+        else:
+            getattr(runner, action)()
         self.daemon.event("info", f"{action} requested through the API")
         return web.json_response({"ok": True, "progress": runner.progress()}, dumps=dumps)
+
+    async def experiments(self, request: web.Request) -> web.Response:
+        rows = await anyio.to_thread.run_sync(experiment_rows, self.daemon.store)
+        return web.json_response({"experiments": rows}, dumps=dumps)
+
+    async def experiment(self, request: web.Request) -> web.Response:
+        experiment_id = request.match_info["experiment_id"]
+        runner = self._experiment_runner()
+        summary = await anyio.to_thread.run_sync(runner.summary_rows, experiment_id)
+        return web.json_response({"experiment_id": experiment_id, "results": summary}, dumps=dumps)
 
     async def sql(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -690,10 +743,23 @@ class ApiClient:
         events: list[dict[str, Any]] = result["events"]
         return events
 
-    async def submit(self, plan_toml: str, plan_path: str | None, *, force: bool = False) -> str:
-        body = {"plan_toml": plan_toml, "plan_path": plan_path, "force": force}
-        result = await self._request("POST", "/plans", body)
-        return str(result["experiment_id"])
+    async def submit(
+        self, plan_toml: str, plan_path: str | None, *, force: bool = False, resume: bool = False
+    ) -> dict[str, Any]:
+        """Queue a plan: its experiment id, whether it resumed, units done and total."""
+        body = {"plan_toml": plan_toml, "plan_path": plan_path, "force": force, "resume": resume}
+        result: dict[str, Any] = await self._request("POST", "/plans", body)
+        return result
+
+    async def experiments(self) -> list[dict[str, Any]]:
+        result = await self._request("GET", "/experiments")
+        rows: list[dict[str, Any]] = result["experiments"]
+        return rows
+
+    async def experiment_results(self, experiment_id: str) -> list[dict[str, Any]]:
+        result = await self._request("GET", f"/experiments/{experiment_id}")
+        rows: list[dict[str, Any]] = result["results"]
+        return rows
 
     async def pause(self) -> dict[str, Any]:
         return await self._control("pause")
@@ -701,11 +767,11 @@ class ApiClient:
     async def resume(self) -> dict[str, Any]:
         return await self._control("resume")
 
-    async def cancel(self) -> dict[str, Any]:
-        return await self._control("cancel")
+    async def cancel(self, experiment_id: str | None = None) -> dict[str, Any]:
+        return await self._control("cancel", {"experiment_id": experiment_id})
 
-    async def _control(self, action: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("POST", f"/{action}", {})
+    async def _control(self, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("POST", f"/{action}", body or {})
         return result
 
     async def sql(self, query: str, limit: int | None = None) -> SqlResult:
@@ -748,12 +814,25 @@ def _error_from(payload: Any, status: int) -> GreenmonError:
 # -- sync helpers for the CLI --------------------------------------------------------------
 
 
-def find_daemon(socket_path: str | Path | None = None) -> ApiClient | None:
-    """A client for the daemon listening at the socket, or None when none listens."""
-    path = resolve_socket_path(socket_path)
+def find_daemon(db_path: str | Path, socket_path: str | Path | None = None) -> ApiClient | None:
+    """A client for the daemon holding ``db_path``, or None when none runs.
+
+    The daemon is found at the file's socket (or the override); one that answers there
+    but holds another file (two databases given one socket) is an error, never silently
+    the answer for this file.
+    """
+    path = resolve_socket_path(socket_path, db_path)
     if not path.exists() or not socket_is_live(path):
         return None
-    return ApiClient(path)
+    client = ApiClient(path)
+    held = Path(call_daemon(ApiClient(path), ApiClient.status)["db_path"])
+    if held != Path(db_path).resolve():
+        raise ApiError(
+            f"The daemon at {path} holds {held}, not {Path(db_path).resolve()}. Unset "
+            "GREENMON_SOCKET / --socket to reach the daemon of this file (each file has its "
+            "own socket), or pass --db for the file that daemon holds."
+        )
+    return client
 
 
 def call_daemon(client: ApiClient, method: Callable[[ApiClient], Any]) -> Any:
@@ -764,15 +843,3 @@ def call_daemon(client: ApiClient, method: Callable[[ApiClient], Any]) -> Any:
             return await method(client)
 
     return anyio.run(once)
-
-
-def submit_plan(plan_path: Path, force: bool, socket_path: str | Path | None = None) -> str | None:
-    """Submit a plan file to the running daemon: its experiment id, or None (no daemon)."""
-    client = find_daemon(socket_path)
-    if client is None:
-        return None
-    text = plan_path.read_text()
-    experiment_id: str = call_daemon(
-        client, lambda c: c.submit(text, str(plan_path.resolve()), force=force)
-    )
-    return experiment_id

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "run an experiment plan headless, with live progress"),
     "demo": ("demo", "a complete small experiment on the embedded tiny model, then a report"),
     "engines": ("engines", "list every engine x provider: usable here or not, and why"),
+    "cancel": ("cancel", "cancel the plan running (or a queued one) in the daemon of a file"),
     "status": ("status", "what the running daemon (or, without one, the database) is doing"),
     "tui": ("tui", "watch power, utilisation and plan progress live; pause, resume, cancel"),
     "analyze": ("analyze", "the study's tables and tests for an experiment, stored and printed"),

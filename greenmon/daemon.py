@@ -18,7 +18,8 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -31,6 +32,10 @@ from greenmon.hostinfo import host_info
 from greenmon.probes.base import Channel, Probe, ProbeUnavailable
 from greenmon.sampling import ProbeHealth, Sampler
 from greenmon.store import Event, SampleBatch, Store, run_writer
+
+if TYPE_CHECKING:
+    from greenmon.api import ApiOptions
+    from greenmon.runner import ExperimentRunner
 
 Service = Callable[..., Coroutine[Any, Any, None]]
 
@@ -65,12 +70,15 @@ class Daemon:
         self.samplers: list[Sampler] = []
         self.channels: dict[int, tuple[str, Channel]] = {}
         self.unavailable: dict[str, str] = {}
+        # The channels that answer for their domain (the store's energy_sources view).
+        self.energy_source_ids: frozenset[int] = frozenset()
         self._stop = anyio.Event()
         self._send: MemoryObjectSendStream[SampleBatch | Event] | None = None
         self.started = anyio.Event()
-        # Set by the runner service (greenmon/runner.py) when one runs in this daemon.
-        self.runner: Any = None
-        self.experiment_id: str | None = None
+        # Set by the runner service (greenmon/runner.py); every composed daemon has one.
+        self.runner: ExperimentRunner | None = None
+        # Set by the API service (greenmon/api.py) once its socket listens.
+        self.socket_path: Path | None = None
 
     # -- for services --------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -148,6 +156,10 @@ class Daemon:
             events.append(
                 Event(now_ns(), "info", name, f"sampling {len(channels)} channels at {rate_hz} Hz")
             )
+        rows = self.store.execute(
+            "SELECT channel_id FROM energy_sources WHERE session_id = ?", [self.session_id]
+        )
+        self.energy_source_ids = frozenset(int(row[0]) for row in rows)
         return events
 
     def _restore_settings(self) -> list[Event]:
@@ -168,7 +180,8 @@ class Daemon:
             )
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # SIGHUP (a closed SSH terminal) stops like SIGTERM: orderly, resumable.
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
                 self.event("info", f"received {signal.Signals(signum).name}, stopping")
                 self.request_stop()
@@ -254,3 +267,32 @@ class Daemon:
             samples_written=written,
             probes=self.health(),
         )
+
+
+def build_daemon(
+    store: Store,
+    config: Config,
+    *,
+    api: ApiOptions | None = None,
+    probes: Mapping[str, Probe] | None = None,
+    handle_signals: bool = True,
+    runner_options: Mapping[str, Any] | None = None,
+) -> Daemon:
+    """The one daemon composition: probes, the writer, the experiment runner and the API.
+
+    ``greenmon daemon``, ``greenmon run`` (when no daemon holds the file), ``greenmon tui``
+    (when none runs) and the Python ``Monitor`` all start their daemon through here, so
+    every daemon can be watched, queried and given plans the same way.  ``probes``
+    replaces the configured probes (fakes of absent hardware in tests); ``runner_options``
+    go to the runner (cache_dir, the fidelity reference, engine keyword arguments).
+    """
+    from greenmon.api import ApiOptions, api_service
+    from greenmon.runner import runner_service
+
+    return Daemon(
+        store,
+        config,
+        probes=probes,
+        services=[runner_service(**dict(runner_options or {})), api_service(api or ApiOptions())],
+        handle_signals=handle_signals,
+    )

@@ -72,7 +72,42 @@ class Progress:
     last_error: str | None = None
 
 
+@dataclass
+class Submission:
+    """A plan accepted by the runner: queued, running, or finished in this daemon's life."""
+
+    plan: Plan
+    experiment_id: str
+    units: list[Unit]
+    units_total: int
+    units_done: int
+    resumed: bool
+    grid: dict[tuple[str, str], dict[str, int]]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    outcome: str | None = None  # done | cancelled | failed | interrupted
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "experiment_id": self.experiment_id,
+            "plan_name": self.plan.name,
+            "units_total": self.units_total,
+            "units_done": self.units_done,
+            "resumed": self.resumed,
+            "outcome": self.outcome,
+        }
+
+
+class PlanFinished(PlanError):
+    title = "Plan already finished"
+
+
+# How many finished submissions progress() keeps (clients following a plan read its outcome).
+FINISHED_KEPT = 20
+
+
 class ExperimentRunner:
+    """Runs one plan at a time from a queue; submissions are serialised by a lock."""
+
     def __init__(
         self,
         daemon: Any,
@@ -94,10 +129,13 @@ class ExperimentRunner:
         self._resumed = anyio.Event()
         self._resumed.set()
         self._cancel_scope: anyio.CancelScope | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
         self._engine_limiter = anyio.CapacityLimiter(1)
         self._phases: list[list[Any]] = []
-        self.finished = anyio.Event()
+        self.queue: list[Submission] = []
+        self.current: Submission | None = None
+        self.finished: list[Submission] = []
+        self._submit_lock = anyio.Lock()
+        self._queued = anyio.Event()
 
     # -- control ---------------------------------------------------------------------
     def pause(self) -> None:
@@ -113,27 +151,86 @@ class ExperimentRunner:
             self._resumed.set()
             self.daemon.event("info", "plan resumed")
 
-    def cancel(self) -> None:
+    def cancel(self, experiment_id: str | None = None) -> None:
+        """Cancel the running plan (the current unit is abandoned) or remove a queued one."""
+        for queued in self.queue:
+            if queued.experiment_id == experiment_id:
+                self.queue.remove(queued)
+                self.store.execute(
+                    "UPDATE experiments SET status = 'cancelled', finished_ns = ? "
+                    "WHERE experiment_id = ?",
+                    [now_ns(), queued.experiment_id],
+                )
+                self._finish(queued, "cancelled")
+                self.daemon.event("warning", f"queued plan {experiment_id} cancelled")
+                return
+        current = self.current
+        if current is None or experiment_id not in (None, current.experiment_id):
+            raise PlanError(
+                f"no queued or running experiment {experiment_id} in this daemon"
+                if experiment_id
+                else "no plan is running or queued in this daemon"
+            )
         if self._cancel_scope is not None and self.state.status in ("running", "paused"):
             self.state.status = "cancelling"
             self._resumed.set()
             self._cancel_scope.cancel()
             self.daemon.event("warning", "plan cancelled: the current unit is abandoned")
 
-    async def submit(self, plan_toml: str, plan_path: str | None, *, force: bool = False) -> str:
-        if self.state.status in ("running", "paused", "cancelling"):
-            raise PlanError(
-                f"a plan is already running (experiment {self.state.experiment_id}); cancel "
-                "it or wait for it to finish."
-            )
+    async def submit(
+        self, plan_toml: str, plan_path: str | None, *, force: bool = False, resume: bool = False
+    ) -> dict[str, Any]:
+        """A plan's text from the API: queued, its submission as a dict."""
         from pathlib import Path
 
         plan = parse_plan(plan_toml, Path(plan_path) if plan_path else None)
-        experiment_id, units = await anyio.to_thread.run_sync(self.prepare, plan, False, force)
-        if self._task_group is None:
-            raise PlanError("this daemon runs no experiment runner service")
-        self._task_group.start_soon(self.run_units, plan, experiment_id, units)
-        return experiment_id
+        submission = await self.submit_plan(plan, force=force, resume=resume)
+        return submission.as_dict() | {"queued_behind": self.queued_behind(submission)}
+
+    async def submit_plan(self, plan: Plan, *, force: bool, resume: bool) -> Submission:
+        """Queue a plan; simultaneous submissions are serialised, never run together."""
+        async with self._submit_lock:
+            for active in (self.current, *self.queue):
+                if active is not None and active.plan.name == plan.name:
+                    raise PlanError(
+                        f"plan '{plan.name}' is already "
+                        f"{'running' if active is self.current else 'queued'} as experiment "
+                        f"{active.experiment_id} in this daemon; follow it with `greenmon "
+                        "status` or `greenmon tui`, or cancel it first."
+                    )
+            submission = await anyio.to_thread.run_sync(self.prepare, plan, resume, force)
+            self.queue.append(submission)
+            self._queued.set()
+        return submission
+
+    def queued_behind(self, submission: Submission) -> list[str]:
+        """The experiments that run before ``submission`` (the current one first)."""
+        if submission not in self.queue:
+            return []
+        ahead = self.queue[: self.queue.index(submission)]
+        return [s.experiment_id for s in ([self.current] if self.current else []) + ahead]
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None or bool(self.queue)
+
+    async def serve(self) -> None:
+        """The runner's loop: one plan at a time from the queue, until cancelled."""
+        while True:
+            while not self.queue:
+                self._queued = anyio.Event()
+                await self._queued.wait()
+            submission = self.queue.pop(0)
+            self.current = submission
+            try:
+                await self.run_units(submission)
+            finally:
+                self.current = None
+
+    def _finish(self, submission: Submission, outcome: str) -> None:
+        submission.outcome = outcome
+        submission.done.set()
+        self.finished = [*self.finished[-(FINISHED_KEPT - 1) :], submission]
 
     def progress(self) -> dict[str, Any]:
         state = self.state
@@ -162,30 +259,55 @@ class ExperimentRunner:
             ],
             "results": list(state.results),
             "last_error": state.last_error,
+            "queue": [queued.as_dict() for queued in self.queue],
+            "finished": [done.as_dict() for done in self.finished],
         }
 
     # -- the store -----------------------------------------------------------------------
-    def prepare(self, plan: Plan, resume: bool, force: bool) -> tuple[str, list[Unit]]:
-        """Find the experiment to resume or create a new one; the units still to run."""
+    def prepare(self, plan: Plan, resume: bool, force: bool) -> Submission:
+        """Find the experiment to resume or create a new one (blocking: a worker thread).
+
+        The plan's latest unfinished experiment (same name) is resumed when its hash is the
+        same, and refused with the differences when the plan changed; a plan whose latest
+        experiment finished is refused with how to run it again.  ``force`` always starts a
+        new experiment.
+        """
         rows = self.store.execute(
-            """SELECT experiment_id, plan_hash, plan FROM experiments
-               WHERE name = ? AND status NOT IN ('done') ORDER BY created_ns DESC LIMIT 1""",
+            """SELECT experiment_id, plan_hash, plan, status, units_done, units_total
+               FROM (SELECT e.experiment_id, e.plan_hash, e.plan, e.status, e.created_ns,
+                            count(*) FILTER (u.status IN ('done', 'failed')) AS units_done,
+                            count(u.unit_id) AS units_total
+                     FROM experiments e LEFT JOIN units u USING (experiment_id)
+                     WHERE e.name = ? GROUP BY ALL)
+               ORDER BY created_ns DESC LIMIT 1""",
             [plan.name],
         )
-        if rows and rows[0][1] != plan.plan_hash and not force:
-            changes = diff_plans(json.loads(rows[0][2]), plan.canonical())
-            raise PlanError(
-                f"experiment {rows[0][0]} of plan '{plan.name}' is unfinished and the plan "
-                f"changed since it started: {'; '.join(changes[:8])}. Restore the plan to "
-                "resume it, or pass --force to start a new experiment."
+        latest = rows[0] if rows and not force else None
+        resumed = False
+        if latest is not None and latest[3] == "done" and latest[1] == plan.plan_hash:
+            raise PlanFinished(
+                f"plan '{plan.name}' already finished as experiment {latest[0]} "
+                f"({latest[5]} units) in {self.store.path}. Its results are there "
+                f"(`greenmon analyze --db {self.store.path}`); to run it again as a new "
+                "experiment, pass --force."
             )
-        if rows and rows[0][1] == plan.plan_hash:
-            experiment_id = str(rows[0][0])
+        if latest is not None and latest[3] != "done":
+            if latest[1] != plan.plan_hash:
+                changes = diff_plans(json.loads(latest[2]), plan.canonical())
+                raise PlanError(
+                    f"experiment {latest[0]} of plan '{plan.name}' is unfinished and the plan "
+                    f"changed since it started: {'; '.join(changes[:8])}. Restore the plan to "
+                    "resume it, or pass --force to start a new experiment."
+                )
+            experiment_id = str(latest[0])
+            resumed = True
             self.store.execute(
-                "UPDATE experiments SET status = 'running' WHERE experiment_id = ?",
+                "UPDATE experiments SET status = 'queued' WHERE experiment_id = ?",
                 [experiment_id],
             )
-            self.daemon.event("info", f"resuming experiment {experiment_id}")
+            self.daemon.event(
+                "info", f"resuming experiment {experiment_id}: {latest[4]} of {latest[5]} done"
+            )
         elif resume:
             raise PlanError(
                 f"there is no unfinished experiment of plan '{plan.name}' to resume in "
@@ -193,71 +315,76 @@ class ExperimentRunner:
             )
         else:
             experiment_id = uuid.uuid4().hex[:12]
-            units = plan.units()
-            with self.store.lock:
-                con = self.store.con
-                con.execute("BEGIN TRANSACTION")
-                try:
-                    con.execute(
-                        """INSERT INTO experiments (experiment_id, session_id, name, plan_path,
-                               plan_hash, plan_toml, plan, seed, order_kind, status, created_ns)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)""",
-                        [
-                            experiment_id,
-                            self.daemon.session_id,
-                            plan.name,
-                            str(plan.path) if plan.path else None,
-                            plan.plan_hash,
-                            plan.text,
-                            json.dumps(plan.canonical()),
-                            plan.spec.seed,
-                            plan.spec.order,
-                            now_ns(),
-                        ],
-                    )
-                    con.executemany(
-                        """INSERT INTO units (experiment_id, unit_id, model, engine, provider,
-                               repetition, factors, status)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')""",
-                        [
-                            [
-                                experiment_id,
-                                u.unit_id,
-                                u.model,
-                                u.engine,
-                                u.provider,
-                                u.repetition,
-                                json.dumps(u.factors),
-                            ]
-                            for u in units
-                        ],
-                    )
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
+            self._create_experiment(plan, experiment_id)
         all_units = {u.unit_id: u for u in plan.units()}
         statuses = self.store.execute(
             "SELECT unit_id, status FROM units WHERE experiment_id = ? ORDER BY unit_id",
             [experiment_id],
         )
-        self.state = Progress(
-            status="running",
-            experiment_id=experiment_id,
-            plan_name=plan.name,
-            units_total=len(all_units),
-        )
+        grid: dict[tuple[str, str], dict[str, int]] = {}
         for unit_id, status in statuses:
             unit = all_units[int(unit_id)]
-            cell = self.state.grid.setdefault(
+            cell = grid.setdefault(
                 (unit.model, unit.configuration), {"done": 0, "failed": 0, "running": 0, "total": 0}
             )
             cell["total"] += 1
             if status in ("done", "failed"):
                 cell[status] += 1
         todo = [all_units[int(uid)] for uid, status in statuses if status not in ("done", "failed")]
-        self.state.unit_index = len(all_units) - len(todo)
-        return experiment_id, todo
+        return Submission(
+            plan=plan,
+            experiment_id=experiment_id,
+            units=todo,
+            units_total=len(all_units),
+            units_done=len(all_units) - len(todo),
+            resumed=resumed,
+            grid=grid,
+        )
+
+    def _create_experiment(self, plan: Plan, experiment_id: str) -> None:
+        units = plan.units()
+        with self.store.lock:
+            con = self.store.con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(
+                    """INSERT INTO experiments (experiment_id, session_id, name, plan_path,
+                           plan_hash, plan_toml, plan, seed, order_kind, status, created_ns)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)""",
+                    [
+                        experiment_id,
+                        self.daemon.session_id,
+                        plan.name,
+                        str(plan.path) if plan.path else None,
+                        plan.plan_hash,
+                        plan.text,
+                        json.dumps(plan.canonical()),
+                        plan.spec.seed,
+                        plan.spec.order,
+                        now_ns(),
+                    ],
+                )
+                con.executemany(
+                    """INSERT INTO units (experiment_id, unit_id, model, engine, provider,
+                           repetition, factors, status)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')""",
+                    [
+                        [
+                            experiment_id,
+                            u.unit_id,
+                            u.model,
+                            u.engine,
+                            u.provider,
+                            u.repetition,
+                            json.dumps(u.factors),
+                        ]
+                        for u in units
+                    ],
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
 
     def _phase_start(self, experiment_id: str, unit: Unit, attempt: int, phase: str) -> int:
         # Markers are kept in memory and written once the unit ends (_write_phases): a
@@ -374,11 +501,31 @@ class ExperimentRunner:
         return None if energy_j is None else float(energy_j) / window_s
 
     # -- running ---------------------------------------------------------------------
-    async def run_units(self, plan: Plan, experiment_id: str, units: Sequence[Unit]) -> None:
+    async def run_units(self, submission: Submission) -> None:
         from greenmon.models import resolve_model
         from greenmon.workload import load_workload
 
-        self.state.started_ns = now_ns()
+        plan, experiment_id, units = submission.plan, submission.experiment_id, submission.units
+        self.state = Progress(
+            status="running",
+            experiment_id=experiment_id,
+            plan_name=plan.name,
+            units_total=submission.units_total,
+            unit_index=submission.units_done,
+            grid=submission.grid,
+            started_ns=now_ns(),
+        )
+        self._resumed = anyio.Event()
+        self._resumed.set()
+        await anyio.to_thread.run_sync(
+            lambda: self.store.execute(
+                "UPDATE experiments SET status = 'running' WHERE experiment_id = ?",
+                [experiment_id],
+            )
+        )
+        self.daemon.event("info", f"experiment {experiment_id} ({plan.name}) started")
+        # Let the probes collect a little before the first phase.
+        await anyio.sleep(0.2)
         final = "done"
         try:
             with anyio.CancelScope() as scope:
@@ -460,7 +607,11 @@ class ExperimentRunner:
                         [final, now_ns(), experiment_id],
                     )
                 )
-                self.finished.set()
+                if final == "done":
+                    self.state.results = await anyio.to_thread.run_sync(
+                        self.summary_rows, experiment_id
+                    )
+                self._finish(submission, final)
 
     async def _reference(
         self, model: Any, prompts: list[Prompt], max_new_tokens: int
@@ -785,42 +936,19 @@ class ExperimentRunner:
         ]
 
 
-def runner_service(
-    plan: Plan | None = None,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    stop_when_done: bool = True,
-    **runner_kwargs: Any,
-) -> Callable[..., Any]:
-    """A daemon service: attach a runner as ``daemon.runner``; run ``plan`` if given."""
+def runner_service(**runner_kwargs: Any) -> Callable[..., Any]:
+    """A daemon service: attach a runner as ``daemon.runner``; it idles until a plan arrives.
+
+    ``runner_kwargs`` go to ExperimentRunner (cache_dir, the fidelity reference, engine
+    keyword arguments, a pre-built NVML module).
+    """
 
     async def service(
         daemon: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         runner = ExperimentRunner(daemon, **runner_kwargs)
         daemon.runner = runner
-        async with anyio.create_task_group() as group:
-            runner._task_group = group
-            if plan is not None:
-                experiment_id, units = await anyio.to_thread.run_sync(
-                    runner.prepare, plan, resume, force
-                )
-                daemon.experiment_id = experiment_id
-                task_status.started()
-
-                async def run_then_stop() -> None:
-                    try:
-                        # Let the probes collect a little before the first phase.
-                        await anyio.sleep(0.2)
-                        await runner.run_units(plan, experiment_id, units)
-                    finally:
-                        if stop_when_done:
-                            daemon.request_stop()
-
-                group.start_soon(run_then_stop)
-            else:
-                task_status.started()
-            await anyio.sleep_forever()
+        task_status.started()
+        await runner.serve()
 
     return service

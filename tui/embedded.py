@@ -1,6 +1,7 @@
 """A daemon serving its API from a background thread, for ``greenmon tui`` (and bench/).
 
-When no daemon runs, ``greenmon tui`` starts one in-process: the daemon gets its own event
+When no daemon holds the file, ``greenmon tui`` starts one in-process — the same
+composition as ``greenmon daemon`` (probes, writer, runner, API): the daemon gets its own event
 loop in a thread (an anyio blocking portal), so the TUI's drawing never delays the
 daemon's hand-offs or flushes on a shared loop, and the TUI still talks to it only through
 the API socket, exactly as it would to a separate process.  No textual here.
@@ -16,9 +17,9 @@ from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from greenmon.api import ApiOptions, api_service
+from greenmon.api import ApiOptions
 from greenmon.config import Config
-from greenmon.daemon import Daemon, DaemonSummary
+from greenmon.daemon import Daemon, DaemonSummary, build_daemon
 from greenmon.probes.base import Probe
 from greenmon.store import Store
 
@@ -46,11 +47,11 @@ class BackgroundDaemon:
 
     def start(self) -> Daemon:
         self._store = Store.open(self.db_path)
-        self.daemon = Daemon(
+        self.daemon = build_daemon(
             self._store,
             self.config,
+            api=self.api,
             probes=self.probes,
-            services=[api_service(self.api)],
             # Signals belong to the main thread, where the TUI (or caller) handles them.
             handle_signals=False,
         )

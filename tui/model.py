@@ -1,14 +1,11 @@
 """What the TUI shows, computed from the API's status and stream snapshots (no textual).
 
 Terms:
-- *source*: a channel whose domain adds into totals (``cpu`` = CPU package, ``dram``,
-  ``gpu``, ``wall``); each is one line on the power chart.  Sub-domains (``cpu_core``,
-  ``psys``) and power gauges without a domain (NVML power beside its energy counter) are
-  left off, so the chart shows what the results add up.
-- *power*: for a counter (``energy_uj``, ``energy_mj``, J, Wh), the delta between two
-  consecutive readings over their time difference, wrap-corrected with the channel's
-  ``counter_range`` metadata; a negative delta without a range is a reset and gives no
-  point.  For a power gauge (uW, mW, W) it is the reading itself.
+- *source*: the channel that answers for a domain (``cpu`` = CPU package, ``dram``,
+  ``gpu``, ``wall``) as the store's ``energy_sources`` view chose it (the daemon marks
+  it in its channel table); each is one line on the power chart, so the chart shows
+  what the results add up.
+- *power*: a counter's rate between readings or a gauge's value (greenmon/livepower.py).
 - *phase span*: the runner's phase between the stream snapshots that saw it begin and end,
   on the daemon's monotonic clock, for shading the chart.
 - Times are seconds relative to the newest sample (``t_s <= 0``), so nothing depends on
@@ -23,9 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SOURCE_LABELS = {"cpu": "CPU package", "dram": "DRAM", "gpu": "GPU", "wall": "wall"}
-POWER_SCALE_W = {"uW": 1e-6, "mW": 1e-3, "W": 1.0}
-ENERGY_SCALE_J = {"uJ": 1e-6, "mJ": 1e-3, "J": 1.0, "Wh": 3600.0, "kWh": 3_600_000.0}
+from greenmon.livepower import ChannelInfo, reading_power_w
+
 WINDOW_S = 300.0
 
 # Utilisation gauges: the first channel whose name matches wins.
@@ -35,46 +31,6 @@ GAUGE_PATTERNS: dict[str, re.Pattern[str]] = {
     "GPU": re.compile(r"^gpu\d+\.util_gpu_percent$"),
     "GPU memory": re.compile(r"^gpu\d+\.memory_percent$"),
 }
-
-
-@dataclass(frozen=True)
-class ChannelInfo:
-    channel_id: int
-    probe: str
-    name: str
-    unit: str
-    kind: str
-    domain: str | None
-    estimated: bool
-    counter_range: float | None
-
-    @classmethod
-    def from_status(cls, row: Mapping[str, Any]) -> ChannelInfo:
-        metadata = row.get("metadata") or {}
-        counter_range = metadata.get("counter_range")
-        return cls(
-            channel_id=int(row["channel_id"]),
-            probe=str(row["probe"]),
-            name=str(row["name"]),
-            unit=str(row["unit"]),
-            kind=str(row["kind"]),
-            domain=row.get("domain"),
-            estimated=bool(row.get("estimated")),
-            counter_range=float(counter_range) if counter_range else None,
-        )
-
-    @property
-    def is_source(self) -> bool:
-        if self.domain not in SOURCE_LABELS:
-            return False
-        if self.kind == "counter":
-            return self.unit in ENERGY_SCALE_J
-        return self.unit in POWER_SCALE_W
-
-    @property
-    def label(self) -> str:
-        base = f"{SOURCE_LABELS.get(self.domain or '', self.domain)} ({self.probe} {self.name})"
-        return f"{base} ~estimated" if self.estimated else base
 
 
 @dataclass
@@ -92,21 +48,6 @@ class PhaseSpan:
     phase: str
     start_ns: int
     end_ns: int | None = None
-
-
-def counter_power_w(
-    previous: tuple[int, float], current: tuple[int, float], info: ChannelInfo
-) -> float | None:
-    """Power between two counter readings, or None (no time passed, or a reset)."""
-    (t0_ns, v0), (t1_ns, v1) = previous, current
-    if t1_ns <= t0_ns:
-        return None
-    delta = v1 - v0
-    if delta < 0:
-        if not info.counter_range:
-            return None
-        delta += info.counter_range
-    return delta * ENERGY_SCALE_J[info.unit] / ((t1_ns - t0_ns) / 1e9)
 
 
 class LiveModel:
@@ -165,10 +106,7 @@ class LiveModel:
         series = self.series.get(channel_id)
         if series is None:
             return
-        if info.kind == "counter":
-            power_w = counter_power_w(previous, (t_ns, value), info) if previous else None
-        else:
-            power_w = value * POWER_SCALE_W[info.unit]
+        power_w = reading_power_w(info, previous, (t_ns, value))
         if power_w is not None:
             series.points.append((t_ns, power_w))
 

@@ -16,12 +16,19 @@ from greenmon.errors import GreenmonError
 DEFAULT_DB = "greenmon.duckdb"
 
 
-def add_db_argument(parser: argparse.ArgumentParser) -> None:
+def add_db_argument(parser: argparse.ArgumentParser, *, socket: bool = False) -> None:
     parser.add_argument(
         "--db",
         default=None,
         help=f"database file (default: $GREENMON_DB, the config's [daemon] db, or ./{DEFAULT_DB})",
     )
+    if socket:
+        parser.add_argument(
+            "--socket",
+            default=None,
+            help="the daemon's API socket (default: $GREENMON_SOCKET, else the one derived "
+            "from the database's path)",
+        )
 
 
 def greenmon_error_in(group: BaseExceptionGroup[Any]) -> GreenmonError | None:

@@ -1,4 +1,8 @@
-"""``greenmon daemon``: run the configured probes headless, store every sample."""
+"""``greenmon daemon``: the daemon headless — probes, writer, experiment runner and API.
+
+It samples until stopped, takes plans (`greenmon run PLAN --db FILE` submits to it) and
+serves the local API for `greenmon status`, `sql` and `tui`.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ import anyio
 
 from greenmon.commands.common import add_db_argument, greenmon_error_in, resolve_db
 from greenmon.config import load_config
-from greenmon.daemon import Daemon, DaemonSummary
+from greenmon.daemon import DaemonSummary, build_daemon
 from greenmon.store import Store
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_db_argument(parser)
+    add_db_argument(parser, socket=True)
     parser.add_argument("--config", default=None, help="TOML configuration file")
     parser.add_argument(
         "--duration",
@@ -51,10 +55,9 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     path = resolve_db(args.db, config.daemon.db)
     with Store.open(path) as store:
-        from greenmon.api import api_service
+        from greenmon.api import ApiOptions
 
-        # The local API lets `greenmon status`, `greenmon sql` and `greenmon tui` attach.
-        daemon = Daemon(store, config, services=[api_service()])
+        daemon = build_daemon(store, config, api=ApiOptions(socket_path=args.socket))
 
         summary_holder: list[DaemonSummary] = []
 
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
                 await daemon.started.wait()
                 print(
                     f"greenmon daemon started: {path}, session {daemon.session_id}, "
-                    f"{len(daemon.samplers)} probes sampling",
+                    f"{len(daemon.samplers)} probes sampling, API {daemon.socket_path}; "
+                    f"submit plans with `greenmon run PLAN --db {path}`",
                     file=sys.stderr,
                     flush=True,
                 )

@@ -1,10 +1,19 @@
-"""``greenmon run PLAN``: run an experiment headless with a live progress line."""
+"""``greenmon run PLAN``: run an experiment with a live progress line.
+
+When a daemon holds the database, the plan is submitted to it (queued behind any plan it
+runs) and followed over its API; Ctrl-C then detaches and the plan keeps running there.
+When none does, a daemon is started in this process — the same composition as
+``greenmon daemon`` (greenmon/daemon.py ``build_daemon``), serving the API for the whole
+run — so ``greenmon status``, ``sql`` and ``tui`` attach to it from other terminals;
+Ctrl-C, SIGTERM or SIGHUP then stop it in order and the experiment can be resumed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,29 +25,36 @@ from greenmon.commands.common import (
     greenmon_error_in,
     resolve_db,
 )
-from greenmon.config import parse_config
-from greenmon.daemon import Daemon
-from greenmon.errors import GreenmonError
+from greenmon.config import Config, parse_config
+from greenmon.daemon import Daemon, build_daemon
+from greenmon.errors import GreenmonError, PlanError
+from greenmon.livepower import PowerMeter
 from greenmon.plan import Plan, check_plan, load_plan
-from greenmon.runner import runner_service
+from greenmon.runner import Submission
 from greenmon.store import Store
+
+# How often the progress line is redrawn on a terminal, and written when not on one.
+LINE_PERIOD_S = 1.0
+LOG_PERIOD_S = 10.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_db_argument(parser)
+    add_db_argument(parser, socket=True)
     parser.add_argument("plan", help="plan file (TOML)")
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="resume the unfinished experiment of this plan (found by hash)",
+        help="only resume the unfinished experiment of this plan (found by name and hash)",
     )
     parser.add_argument(
-        "--force", action="store_true", help="start a new experiment even though the plan changed"
+        "--force",
+        action="store_true",
+        help="start a new experiment even though the plan changed or already finished",
     )
     parser.add_argument("--quiet", action="store_true", help="no live progress line")
 
 
-def probes_config(plan: Plan) -> Any:
+def probes_config(plan: Plan) -> Config:
     """The daemon config for a plan: its [probes.*] tables, as in a config file."""
     lines: list[str] = []
     for name, table in plan.spec.probes.items():
@@ -58,75 +74,83 @@ def _toml_value(value: Any) -> str:
     return str(value)
 
 
-def progress_line(progress: dict[str, Any], watts: float | None) -> str:
+def progress_line(progress: Mapping[str, Any], meter: PowerMeter | None = None) -> str:
     unit = progress.get("unit") or {}
     parts = [f"unit {progress['unit_index']}/{progress['units_total']}"]
+    if progress.get("status") == "paused":
+        parts.append("paused")
     if unit:
         parts.append(f"{unit['model']} {unit['configuration']} rep {unit['repetition']}")
     if progress.get("phase"):
-        phase = progress["phase"]
+        phase = str(progress["phase"])
         if progress.get("phase_remaining_s") is not None:
             phase += f" {progress['phase_remaining_s']:.0f}s"
         parts.append(phase)
     if progress.get("phase") == "measure":
         parts.append(f"request {progress['request_index']}/{progress['requests_total']}")
-    if watts is not None:
-        parts.append(f"{watts:.1f} W")
+    if meter is not None:
+        parts += [power.text() for power in meter.by_domain()]
     if progress.get("eta_s") is not None:
         parts.append(f"ETA {progress['eta_s'] / 60:.1f} min")
     return " | ".join(parts)
 
 
-def current_watts(daemon: Daemon) -> float | None:
-    total = None
-    for health in daemon.health():
-        for name, value in health.get("last_values", {}).items():
-            if value is not None and name.endswith((".power_w", ".load_w")):
-                total = (total or 0.0) + value
-    return total
+class ProgressPrinter:
+    """The live line on stderr: redrawn in place on a terminal, logged every 10 s if not.
+
+    A terminal that went away (SIGHUP, a closed SSH session) makes writes fail: printing
+    then stops, and the run goes on to an orderly stop.
+    """
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.interactive = sys.stderr.isatty()
+        self._last_s = 0.0
+        self._open_line = False
+
+    def show(self, line: str) -> None:
+        now_s = time.monotonic()
+        period_s = LINE_PERIOD_S if self.interactive else LOG_PERIOD_S
+        if self.quiet or now_s - self._last_s < period_s:
+            return
+        self._last_s = now_s
+        if self.interactive:
+            self._write("\r\033[K" + line)
+            self._open_line = True
+        else:
+            self._write(line + "\n")
+
+    def say(self, message: str) -> None:
+        """A message of its own line (never over the progress line)."""
+        self.end_line()
+        self._write(message + "\n")
+
+    def end_line(self) -> None:
+        if self._open_line:
+            self._write("\n")
+            self._open_line = False
+
+    def _write(self, text: str) -> None:
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except OSError:
+            self.quiet = True
 
 
-async def run_experiment(
-    plan: Plan, db: Path, *, resume: bool, force: bool, quiet: bool, **runner_kwargs: Any
-) -> tuple[str, list[dict[str, Any]]]:
-    store = Store.open(db)
-    try:
-        daemon = Daemon(
-            store,
-            probes_config(plan),
-            services=[runner_service(plan, resume=resume, force=force, **runner_kwargs)],
+def announce(printer: ProgressPrinter, submission: Mapping[str, Any], db: Path) -> None:
+    experiment_id = submission["experiment_id"]
+    done, total = submission["units_done"], submission["units_total"]
+    if submission["resumed"]:
+        printer.say(f"resuming experiment {experiment_id}: {done} of {total} units done")
+    else:
+        printer.say(f"experiment {experiment_id}: {total} units")
+    ahead = submission.get("queued_behind") or []
+    if ahead:
+        printer.say(
+            f"queued behind {len(ahead)} plan(s) in the daemon holding {db}: {', '.join(ahead)}"
         )
-        async with anyio.create_task_group() as group:
-            group.start_soon(daemon.run)
-            await daemon.started.wait()
-            interactive = sys.stderr.isatty()
-            while not daemon.stopping:
-                if not quiet and daemon.runner is not None:
-                    line = progress_line(daemon.runner.progress(), current_watts(daemon))
-                    if interactive:
-                        print("\r\033[K" + line, end="", file=sys.stderr, flush=True)
-                with anyio.move_on_after(1.0 if interactive else 10.0):
-                    while not daemon.stopping:
-                        await anyio.sleep(0.1)
-                if not quiet and not interactive and daemon.runner:
-                    print(
-                        progress_line(daemon.runner.progress(), current_watts(daemon)),
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            if not quiet and interactive:
-                print(file=sys.stderr)
-        experiment_id = daemon.experiment_id
-        if experiment_id is None or daemon.runner is None:
-            raise GreenmonError("the daemon stopped before the experiment started")
-        summary: list[dict[str, Any]] = daemon.runner.summary_rows(experiment_id)
-        # the runner's final state: done, cancelled, interrupted (a signal) or failed
-        summary_status = str(daemon.runner.state.status)
-        if summary_status != "done":
-            raise RunInterrupted(experiment_id, summary_status, summary)
-        return experiment_id, summary
-    finally:
-        store.close()
+    printer.say(f"watch it from another terminal: greenmon tui --db {db}")
 
 
 class RunInterrupted(Exception):
@@ -143,6 +167,135 @@ def unwrap(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
     return error
+
+
+# -- in this process ---------------------------------------------------------------------
+
+
+async def run_experiment(
+    plan: Plan,
+    db: Path,
+    *,
+    resume: bool,
+    force: bool,
+    quiet: bool,
+    socket_path: str | Path | None = None,
+    **runner_options: Any,
+) -> tuple[str, list[dict[str, Any]]]:
+    """Start a daemon on ``db`` in this process, run ``plan`` in it, stop when it ends.
+
+    The daemon serves its API for the whole run.  Raises RunInterrupted when the plan
+    did not finish (a signal, a cancel from the TUI, a failure before the first unit).
+    """
+    from greenmon.api import ApiOptions
+
+    printer = ProgressPrinter(quiet)
+    store = Store.open(db)
+    try:
+        daemon = build_daemon(
+            store,
+            probes_config(plan),
+            api=ApiOptions(socket_path=Path(socket_path) if socket_path else None),
+            runner_options=runner_options,
+        )
+        submission: Submission | None = None
+        refused: PlanError | None = None
+        async with anyio.create_task_group() as group:
+            group.start_soon(daemon.run)
+            await daemon.started.wait()
+            try:
+                submission = await _runner(daemon).submit_plan(plan, force=force, resume=resume)
+            except PlanError as error:
+                refused = error
+            else:
+                announce(printer, submission.as_dict(), db)  # nothing runs before it here
+                await _follow_here(daemon, submission, printer)
+            daemon.request_stop()
+        printer.end_line()
+        if refused is not None:
+            raise refused
+        assert submission is not None
+        experiment_id = submission.experiment_id
+        summary = _runner(daemon).summary_rows(experiment_id)
+        outcome = submission.outcome or "interrupted"
+        if outcome != "done":
+            raise RunInterrupted(experiment_id, outcome, summary)
+        return experiment_id, summary
+    finally:
+        store.close()
+
+
+def _runner(daemon: Daemon) -> Any:
+    if daemon.runner is None:
+        raise GreenmonError("the daemon stopped before its runner started")
+    return daemon.runner
+
+
+async def _follow_here(daemon: Daemon, submission: Submission, printer: ProgressPrinter) -> None:
+    """Print progress until the plan ends, then serve plans others queued meanwhile."""
+    from greenmon.api import channel_table, channel_values
+
+    runner = _runner(daemon)
+    meter = PowerMeter(channel_table(daemon))
+    while not submission.done.is_set() and not daemon.stopping:
+        meter.ingest(channel_values(daemon))
+        if runner.current is submission:
+            printer.show(progress_line(runner.progress(), meter))
+        with anyio.move_on_after(0.25):
+            await submission.done.wait()
+    if runner.busy and not daemon.stopping:
+        printer.say(
+            f"{len(runner.queue) + (runner.current is not None)} plan(s) submitted by other "
+            "clients are still queued here; this process serves them until they finish "
+            "(Ctrl-C stops it; they resume when run again)."
+        )
+        while runner.busy and not daemon.stopping:
+            await anyio.sleep(0.5)
+
+
+# -- through a running daemon ------------------------------------------------------------
+
+
+async def follow_remote(
+    socket_path: Path, plan: Plan, db: Path, *, resume: bool, force: bool, quiet: bool
+) -> tuple[str, str, list[dict[str, Any]]]:
+    """Submit to the daemon at ``socket_path`` and follow the plan: (id, outcome, summary)."""
+    from greenmon.api import ApiClient, DaemonUnreachable
+
+    printer = ProgressPrinter(quiet)
+    async with ApiClient(socket_path) as client:
+        path = str(plan.path.resolve()) if plan.path else None
+        submission = await client.submit(plan.text, path, force=force, resume=resume)
+        experiment_id = str(submission["experiment_id"])
+        announce(printer, submission, db)
+        if plan.spec.probes:
+            printer.say(
+                "note: the plan's [probes.*] tables are not used: the running daemon samples "
+                "with its own configuration"
+            )
+        meter = PowerMeter((await client.status())["channels"])
+        outcome = "interrupted"
+        try:
+            async for snap in client.stream():
+                progress = snap.get("progress") or {}
+                finished = {f["experiment_id"]: f for f in progress.get("finished", [])}
+                if experiment_id in finished:
+                    outcome = str(finished[experiment_id]["outcome"])
+                    break
+                meter.ingest(snap.get("values", []))
+                if progress.get("experiment_id") == experiment_id:
+                    printer.show(progress_line(progress, meter))
+        except DaemonUnreachable:
+            printer.say("the daemon stopped before the plan ended; run the same command to resume")
+        printer.end_line()
+        try:
+            summary = await client.experiment_results(experiment_id)
+        except DaemonUnreachable:
+            summary = []
+        return experiment_id, outcome, summary
+
+
+# -- the command ---------------------------------------------------------------------------
 
 
 def print_summary(db: Path, experiment_id: str, summary: list[dict[str, Any]]) -> None:
@@ -163,39 +316,64 @@ def print_summary(db: Path, experiment_id: str, summary: list[dict[str, Any]]) -
     print(f'database: {db}  (greenmon sql --db {db} "SELECT * FROM unit_results")')
 
 
+def _stopped_early(db: Path, stopped: RunInterrupted) -> int:
+    print_summary(db, stopped.experiment_id, stopped.summary)
+    print(
+        f"greenmon: experiment {stopped.experiment_id} {stopped.status} before every unit "
+        "ran; finished units are kept. Run the same command again to resume it.",
+        file=sys.stderr,
+    )
+    return 130 if stopped.status == "interrupted" else 1
+
+
 def run(args: argparse.Namespace) -> int:
+    from greenmon.api import find_daemon, resolve_socket_path
+
     plan = load_plan(args.plan)
     # deep: an unknown model or a broken workload file stops here, with the reason, rather
     # than failing every unit of an experiment that then reports nothing.
     check = check_plan(plan, deep=True)
     if check.problems:
         raise GreenmonError(" ".join(check.problems), title="Plan cannot run here")
-    from greenmon.api import submit_plan
-
-    experiment = submit_plan(Path(args.plan), args.force)
-    if experiment is not None:
-        print(f"submitted to the running daemon as experiment {experiment}; "
-              "watch it with `greenmon tui` or `greenmon status`")
-        return 0
     db = resolve_db(args.db)
     started = time.monotonic()
-    try:
-        experiment_id, summary = anyio.run(
-            lambda: run_experiment(plan, db, resume=args.resume, force=args.force, quiet=args.quiet)
-        )
-    except RunInterrupted as stopped:
-        print_summary(db, stopped.experiment_id, stopped.summary)
-        print(
-            f"greenmon: experiment {stopped.experiment_id} {stopped.status} before every unit "
-            "ran; finished units are kept. Run the same command again to resume it.",
-            file=sys.stderr,
-        )
-        return 130 if stopped.status == "interrupted" else 1
-    except BaseExceptionGroup as group:
-        inner = greenmon_error_in(group)
-        if inner is not None:
-            raise inner from None
-        raise
+    if find_daemon(db, args.socket) is not None:
+        socket_path = resolve_socket_path(args.socket, db)
+        try:
+            experiment_id, outcome, summary = anyio.run(
+                lambda: follow_remote(
+                    socket_path, plan, db, resume=args.resume, force=args.force, quiet=args.quiet
+                )
+            )
+        except KeyboardInterrupt:
+            print(
+                f"\ndetached: the plan keeps running in the daemon holding {db}. Follow it "
+                f"with `greenmon tui --db {db}`; cancel it there (c c) or with "
+                f"`greenmon cancel --db {db}`.",
+                file=sys.stderr,
+            )
+            return 130
+        if outcome != "done":
+            return _stopped_early(db, RunInterrupted(experiment_id, outcome, summary))
+    else:
+        try:
+            experiment_id, summary = anyio.run(
+                lambda: run_experiment(
+                    plan,
+                    db,
+                    resume=args.resume,
+                    force=args.force,
+                    quiet=args.quiet,
+                    socket_path=args.socket,
+                )
+            )
+        except RunInterrupted as stopped:
+            return _stopped_early(db, stopped)
+        except BaseExceptionGroup as group:
+            inner = greenmon_error_in(group)
+            if inner is not None:
+                raise inner from None
+            raise
     print_summary(db, experiment_id, summary)
     print(f"took {time.monotonic() - started:.0f} s")
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from greenmon.commands.common import (
@@ -27,32 +26,21 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_db_argument(parser)
+    add_db_argument(parser, socket=True)
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print rows as JSON objects")
     output.add_argument("--csv", action="store_true", help="print rows as CSV")
-    parser.add_argument("--socket", default=None, help="the daemon's API socket")
     parser.add_argument("query", help='SQL to run, e.g. "SELECT * FROM channels"')
 
 
 def _query_daemon(args: argparse.Namespace) -> tuple[list[str], list[Any]] | None:
-    """Rows from the running daemon, or None when none runs or it holds another file."""
-    from greenmon.api import ApiClient, call_daemon, find_daemon, resolve_socket_path
+    """Rows from the daemon holding the file, or None when none does."""
+    from greenmon.api import call_daemon, find_daemon
 
-    client = find_daemon(resolve_socket_path(args.socket))
+    client = find_daemon(resolve_db(args.db), args.socket)
     if client is None:
         return None
-
-    async def ask(c: ApiClient) -> SqlResult | None:
-        if args.db is not None:
-            status = await c.status()
-            if Path(status["db_path"]) != resolve_db(args.db).resolve():
-                return None
-        return await c.sql(args.query)
-
-    result: SqlResult | None = call_daemon(client, ask)
-    if result is None:
-        return None
+    result: SqlResult = call_daemon(client, lambda c: c.sql(args.query))
     if result.truncated:
         print(
             f"greenmon sql: only the first {len(result.rows)} rows (the daemon's limit); "

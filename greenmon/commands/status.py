@@ -12,14 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from greenmon.api import ApiClient, call_daemon, find_daemon, resolve_socket_path
+from greenmon.api import ApiClient, call_daemon, find_daemon
 from greenmon.commands.common import add_db_argument, format_table, resolve_db
 from greenmon.store import Store
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_db_argument(parser)
-    parser.add_argument("--socket", default=None, help="the daemon's API socket")
+    add_db_argument(parser, socket=True)
     parser.add_argument("--json", action="store_true", help="print as JSON")
 
 
@@ -33,7 +32,10 @@ def _duration(seconds: float | None) -> str:
 
 def progress_lines(progress: dict[str, Any] | None) -> list[str]:
     if not progress:
-        return ["runner: none (the daemon only samples)"]
+        return ["runner: starting"]
+    if progress.get("experiment_id") is None:
+        idle = "runner: idle, waiting for a plan (`greenmon run PLAN --db ...`)"
+        return [idle, *queue_lines(progress)]
     lines = [
         f"plan {progress.get('plan_name') or '-'} ({progress.get('experiment_id') or '-'}): "
         f"{progress.get('status')}, unit {progress.get('unit_index')}/"
@@ -53,7 +55,15 @@ def progress_lines(progress: dict[str, Any] | None) -> list[str]:
                 else ""
             )
         )
-    return lines
+    return lines + queue_lines(progress)
+
+
+def queue_lines(progress: dict[str, Any]) -> list[str]:
+    return [
+        f"  queued {position}: {queued['plan_name']} ({queued['experiment_id']}), "
+        f"{queued['units_done']}/{queued['units_total']} units done"
+        for position, queued in enumerate(progress.get("queue") or [], start=1)
+    ]
 
 
 def daemon_report(status: dict[str, Any]) -> str:
@@ -140,7 +150,8 @@ def file_report(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    client = find_daemon(resolve_socket_path(args.socket))
+    db = resolve_db(args.db)
+    client = find_daemon(db, args.socket)
     if client is not None:
         status: dict[str, Any] = call_daemon(client, ApiClient.status)
         if args.json:
@@ -148,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(daemon_report(status))
         return 0
-    report = file_status(resolve_db(args.db))
+    report = file_status(db)
     if args.json:
         print(json.dumps(report, default=str, indent=2))
     else:

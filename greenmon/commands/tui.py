@@ -1,23 +1,51 @@
-"""``greenmon tui``: watch a daemon live; start one in-process when none runs."""
+"""``greenmon tui``: watch the daemon of a database live; start one in-process when none runs."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from greenmon.commands.common import add_db_argument, resolve_db
 from greenmon.errors import GreenmonError
 
+if TYPE_CHECKING:
+    from greenmon.api import ApiClient
+    from greenmon.tui.app import GreenmonApp
+    from greenmon.tui.embedded import BackgroundDaemon
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_db_argument(parser)
+    add_db_argument(parser, socket=True)
     parser.add_argument("--config", default=None, help="TOML configuration (in-process daemon)")
-    parser.add_argument(
-        "--socket", default=None, help="the daemon's API socket (default: the runtime dir)"
+
+
+def attach(args: argparse.Namespace) -> tuple[ApiClient, BackgroundDaemon | None, Path]:
+    """A client for the daemon holding the file, starting one in-process when none does."""
+    from greenmon.api import ApiClient, ApiOptions, find_daemon, resolve_socket_path
+    from greenmon.config import load_config
+
+    config = load_config(args.config)
+    db_path = resolve_db(args.db, config.daemon.db)
+    socket_path = resolve_socket_path(args.socket, db_path)
+    client = find_daemon(db_path, args.socket)
+    if client is not None:
+        return client, None, socket_path
+    from greenmon.tui.embedded import BackgroundDaemon
+
+    background = BackgroundDaemon(db_path, config, ApiOptions(socket_path=socket_path))
+    print(
+        f"greenmon tui: no daemon holds {db_path}; starting one in this process (it stops "
+        "when you quit; plans submitted to it stop with it and resume when run again)",
+        file=sys.stderr,
     )
+    background.start()
+    return ApiClient(socket_path), background, socket_path
 
 
-def run(args: argparse.Namespace) -> int:
+def build_app(args: argparse.Namespace) -> tuple[GreenmonApp, BackgroundDaemon | None]:
+    """The app ``greenmon tui`` runs (tests drive the same one with Textual's pilot)."""
     try:
         from greenmon.tui.app import GreenmonApp
     except ImportError as error:
@@ -26,30 +54,13 @@ def run(args: argparse.Namespace) -> int:
             "`pip install 'greenmon[tui]'`.",
             title="TUI not installed",
         ) from None
-    from greenmon.api import ApiClient, ApiOptions, find_daemon, resolve_socket_path
-    from greenmon.config import load_config
-
-    socket_path = resolve_socket_path(args.socket)
-    client = find_daemon(socket_path)
-    background = None
-    if client is None:
-        from greenmon.tui.embedded import BackgroundDaemon
-
-        config = load_config(args.config)
-        db_path = resolve_db(args.db, config.daemon.db)
-        background = BackgroundDaemon(db_path, config, ApiOptions(socket_path=socket_path))
-        print(
-            f"greenmon tui: no daemon runs; starting one in-process on {db_path}", file=sys.stderr
-        )
-        background.start()
-        client = ApiClient(socket_path)
-    elif args.db:
-        print(
-            f"greenmon tui: a daemon already runs at {socket_path}; attaching to it "
-            "(--db is ignored: the daemon owns its file).",
-            file=sys.stderr,
-        )
+    client, background, socket_path = attach(args)
     app = GreenmonApp(client, owns_daemon=background is not None, where=str(socket_path))
+    return app, background
+
+
+def run(args: argparse.Namespace) -> int:
+    app, background = build_app(args)
     try:
         message = app.run()
     finally:

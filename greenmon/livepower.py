@@ -1,0 +1,135 @@
+"""Live power from the API's channel table and stream values (no database, no textual).
+
+Which channel answers for a domain is decided once, by the store's ``energy_sources`` view
+(greenmon/views.py): the daemon marks those channels ``energy_source`` in its channel table,
+so the TUI, the ``greenmon run`` progress line and the results all count the same channels.
+What is computed here is only how a reading becomes power:
+
+- for a counter (``energy_uj``, ``energy_mj``, J, Wh): the delta between two consecutive
+  readings over their time difference, wrap-corrected with the channel's
+  ``counter_range`` metadata; a negative delta without a range is a reset and gives no
+  power;
+- for a power gauge (uW, mW, W): the reading itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+SOURCE_LABELS = {"cpu": "CPU package", "dram": "DRAM", "gpu": "GPU", "wall": "wall"}
+POWER_SCALE_W = {"uW": 1e-6, "mW": 1e-3, "W": 1.0}
+ENERGY_SCALE_J = {"uJ": 1e-6, "mJ": 1e-3, "J": 1.0, "Wh": 3600.0, "kWh": 3_600_000.0}
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    channel_id: int
+    probe: str
+    name: str
+    unit: str
+    kind: str
+    domain: str | None
+    estimated: bool
+    counter_range: float | None
+    energy_source: bool = False
+
+    @classmethod
+    def from_status(cls, row: Mapping[str, Any]) -> ChannelInfo:
+        metadata = row.get("metadata") or {}
+        counter_range = metadata.get("counter_range")
+        return cls(
+            channel_id=int(row["channel_id"]),
+            probe=str(row["probe"]),
+            name=str(row["name"]),
+            unit=str(row["unit"]),
+            kind=str(row["kind"]),
+            domain=row.get("domain"),
+            estimated=bool(row.get("estimated")),
+            counter_range=float(counter_range) if counter_range else None,
+            energy_source=bool(row.get("energy_source")),
+        )
+
+    @property
+    def is_source(self) -> bool:
+        """The channel that answers for its domain (the ``energy_sources`` view's choice)."""
+        return self.energy_source and (
+            self.unit in ENERGY_SCALE_J if self.kind == "counter" else self.unit in POWER_SCALE_W
+        )
+
+    @property
+    def label(self) -> str:
+        base = f"{SOURCE_LABELS.get(self.domain or '', self.domain)} ({self.probe} {self.name})"
+        return f"{base} ~estimated" if self.estimated else base
+
+
+def counter_power_w(
+    previous: tuple[int, float], current: tuple[int, float], info: ChannelInfo
+) -> float | None:
+    """Power between two counter readings, or None (no time passed, or a reset)."""
+    (t0_ns, v0), (t1_ns, v1) = previous, current
+    if t1_ns <= t0_ns:
+        return None
+    delta = v1 - v0
+    if delta < 0:
+        if not info.counter_range:
+            return None
+        delta += info.counter_range
+    return delta * ENERGY_SCALE_J[info.unit] / ((t1_ns - t0_ns) / 1e9)
+
+
+def reading_power_w(
+    info: ChannelInfo, previous: tuple[int, float] | None, current: tuple[int, float]
+) -> float | None:
+    """Power at a reading: a counter's rate since the previous one, or a gauge's value."""
+    if info.kind == "counter":
+        return counter_power_w(previous, current, info) if previous else None
+    return current[1] * POWER_SCALE_W[info.unit]
+
+
+@dataclass(frozen=True)
+class DomainPower:
+    domain: str
+    power_w: float
+    estimated: bool
+
+    def text(self) -> str:
+        return f"{self.domain} {self.power_w:.1f} W" + (" (estimated)" if self.estimated else "")
+
+
+class PowerMeter:
+    """Power per domain now, from successive ``[channel_id, t_ns, value]`` readings."""
+
+    def __init__(self, channels: Iterable[Mapping[str, Any]]) -> None:
+        infos = (ChannelInfo.from_status(row) for row in channels)
+        self.sources = {info.channel_id: info for info in infos if info.is_source}
+        self._last: dict[int, tuple[int, float]] = {}
+        self._power_w: dict[int, float] = {}
+
+    def ingest(self, values: Iterable[Iterable[Any]]) -> None:
+        for channel_id, t_ns, value in values:
+            info = self.sources.get(int(channel_id))
+            if info is None:
+                continue
+            current = (int(t_ns), float(value))
+            previous = self._last.get(info.channel_id)
+            if previous is not None and current[0] <= previous[0]:
+                continue  # the same reading as in the last snapshot
+            self._last[info.channel_id] = current
+            power_w = reading_power_w(info, previous, current)
+            if power_w is not None:
+                self._power_w[info.channel_id] = power_w
+
+    def by_domain(self) -> list[DomainPower]:
+        totals: dict[str, DomainPower] = {}
+        for channel_id, power_w in self._power_w.items():
+            info = self.sources[channel_id]
+            domain = info.domain or "?"
+            known = totals.get(domain)
+            totals[domain] = DomainPower(
+                domain,
+                power_w + (known.power_w if known else 0.0),
+                info.estimated or bool(known and known.estimated),
+            )
+        return [totals[d] for d in sorted(totals)]
