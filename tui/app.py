@@ -4,7 +4,15 @@ Views (keys 1-4): *live* (power per source over the last minutes with the runner
 shaded, utilisation gauges, the current unit), *plan* (models x configurations grid and the
 results table), *health* (probes and the event log), *sql* (a read-only console).
 ``p`` / ``r`` pause and resume the plan; ``c`` twice within a few seconds cancels it;
-``q`` quits.  Quitting never stops a daemon the TUI only attached to.
+``q`` quits; Escape leaves the SQL input so the view keys work again.  Quitting never
+stops a daemon the TUI only attached to.
+
+The plan view lists the daemon's queue and every experiment in the file; moving the
+cursor onto one shows its medians per configuration.
+
+Cost: the TUI runs on the machine it measures, so it draws only what is visible and only
+what changed; the chart (plotext, the one expensive widget) is redrawn at most once a
+second, and nothing is drawn while nothing changes.
 
 The app never touches the store: everything arrives through a ``DaemonLink`` (the API
 client, or a fake with its shape in tests).  When the link fails the app says so, keeps
@@ -31,6 +39,7 @@ from greenmon.tui.model import (
     HEALTH_COLUMNS,
     RESULT_COLUMNS,
     LiveModel,
+    experiment_table,
     grid_table,
     health_rows,
     result_rows,
@@ -38,6 +47,9 @@ from greenmon.tui.model import (
 )
 
 VIEWS = ("live", "plan", "health", "sql")
+CHART_PERIOD_S = 1.0
+EXPERIMENTS_PERIOD_S = 10.0
+EXPERIMENT_COLUMNS = ("experiment", "plan", "status", "units done", "failed", "total")
 CANCEL_CONFIRM_S = 3.0
 EVENT_LIMIT = 200
 SERIES_COLORS = ("cyan", "orange", "green", "magenta", "yellow", "blue")
@@ -52,7 +64,9 @@ class DaemonLink(Protocol):
     async def sql(self, query: str, limit: int | None = None) -> SqlResult: ...
     async def pause(self) -> dict[str, Any]: ...
     async def resume(self) -> dict[str, Any]: ...
-    async def cancel(self) -> dict[str, Any]: ...
+    async def cancel(self, experiment_id: str | None = None) -> dict[str, Any]: ...
+    async def experiments(self) -> list[dict[str, Any]]: ...
+    async def experiment_results(self, experiment_id: str) -> list[dict[str, Any]]: ...
     async def close(self) -> None: ...
 
 
@@ -134,6 +148,7 @@ class GreenmonApp(App[str]):
         Binding("r", "resume", "Resume"),
         Binding("c", "cancel", "Cancel (twice)"),
         Binding("q", "quit", "Quit"),
+        Binding("escape", "leave_input", "Leave input", show=False),
     ]
 
     def __init__(
@@ -157,6 +172,13 @@ class GreenmonApp(App[str]):
         self.last_error = ""
         self._cancel_armed_at: float | None = None
         self._shown: dict[str, Any] = {}
+        self._chart_drawn_s = 0.0
+        self._chart_stale = True
+        self._finished_seen: tuple[str, ...] = ()
+        self._chosen_experiment: str | None = None
+        self._experiment_rows: list[dict[str, Any]] = []
+        self._results_of: str | None = None
+        self._experiment_results: list[dict[str, Any]] = []
 
     # -- layout --------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -171,7 +193,11 @@ class GreenmonApp(App[str]):
             with Vertical(id="plan"):
                 yield Static("plan: models x configurations (repetitions)", classes="title")
                 yield DataTable(id="grid", zebra_stripes=True, cursor_type="none")
-                yield Static("results (median per configuration)", classes="title")
+                yield Static("experiments in the file (queue first)", classes="title")
+                yield DataTable(id="experiments", zebra_stripes=True, cursor_type="row")
+                yield Static(
+                    "results (median per configuration)", classes="title", id="results-title"
+                )
                 yield DataTable(id="results", zebra_stripes=True, cursor_type="none")
             with Vertical(id="health"):
                 yield Static("probes", classes="title")
@@ -189,11 +215,13 @@ class GreenmonApp(App[str]):
         self.query_one("#gauges", Static).border_title = "utilisation"
         self.query_one("#power-now", Static).border_title = "power now"
         self.query_one("#results", DataTable).add_columns(*RESULT_COLUMNS)
+        self.query_one("#experiments", DataTable).add_columns(*EXPERIMENT_COLUMNS)
         self.query_one("#health-table", DataTable).add_columns(*HEALTH_COLUMNS)
         self.query_one("#events", DataTable).add_columns("t (s)", "level", "probe", "message")
         self._draw_all()
         self.follow_daemon()
         self.poll_events()
+        self.poll_experiments()
 
     async def on_unmount(self) -> None:
         await self.link.close()
@@ -209,7 +237,9 @@ class GreenmonApp(App[str]):
                 self._draw_all()
                 async for snap in self.link.stream():
                     self.model.ingest(snap)
-                    self._draw_live()
+                    self._chart_stale = True
+                    self._draw_visible()
+                    self._note_finished()
                 raise ApiError("the daemon closed the stream")
             except ApiError as error:
                 self._set_connected(False, error=str(error))
@@ -228,6 +258,56 @@ class GreenmonApp(App[str]):
                 else:
                     self._draw_events(events)
             await self._sleep(self.events_every_s)
+
+    @work(exclusive=True, group="experiments")
+    async def poll_experiments(self) -> None:
+        """Every experiment in the file: at start, when a plan ends, and now and then."""
+        while True:
+            if self.connected:
+                try:
+                    rows = await self.link.experiments()
+                    chosen = self._chosen_experiment or self._default_experiment(rows)
+                    results = await self.link.experiment_results(chosen) if chosen else []
+                except ApiError:
+                    pass
+                else:
+                    self._experiment_rows = rows
+                    self._results_of, self._experiment_results = chosen, results
+                    self._draw_plan()
+            await self._sleep(EXPERIMENTS_PERIOD_S)
+
+    def _default_experiment(self, rows: Sequence[dict[str, Any]]) -> str | None:
+        running = (self.model.progress or {}).get("experiment_id")
+        if running:
+            return None  # the running plan's results come with every snapshot
+        return str(rows[0]["experiment_id"]) if rows else None
+
+    def _note_finished(self) -> None:
+        finished = tuple(
+            f["experiment_id"] for f in (self.model.progress or {}).get("finished", [])
+        )
+        if finished != self._finished_seen:
+            self._finished_seen = finished
+            self.poll_experiments()
+
+    @on(DataTable.RowHighlighted, "#experiments")
+    def choose_experiment(self, event: DataTable.RowHighlighted) -> None:
+        if not event.data_table.has_focus:
+            return  # the table was redrawn, not moved by the person
+        key = event.row_key.value
+        if key and key != self._chosen_experiment:
+            self._chosen_experiment = key
+            self._load_results(key)
+
+    @work(exclusive=True, group="results")
+    async def _load_results(self, experiment_id: str) -> None:
+        try:
+            results = await self.link.experiment_results(experiment_id)
+        except ApiError as error:
+            self.notify(error.message, title="results", severity="error")
+            return
+        self._results_of, self._experiment_results = experiment_id, results
+        self._draw_plan()
 
     async def _sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
@@ -257,15 +337,34 @@ class GreenmonApp(App[str]):
     # -- drawing ------------------------------------------------------------------------
     def _draw_all(self) -> None:
         self._draw_live()
+        self._draw_plan()
+        self._draw_health()
+
+    def _draw_visible(self) -> None:
+        """Only the view on screen is drawn; the others catch up when shown."""
+        view = self.query_one("#views", ContentSwitcher).current
+        if view == "live":
+            self._draw_live()
+        elif view == "plan":
+            self._draw_plan()
+        elif view == "health":
+            self._draw_health()
 
     def _draw_live(self) -> None:
         model = self.model
-        self.query_one("#live-chart", PowerChart).draw(model)
-        self.query_one("#unit", Static).update("\n".join(unit_lines(model.progress)))
-        self.query_one("#gauges", Static).update(gauge_text(model.gauges()))
-        self.query_one("#power-now", Static).update(power_text(model))
-        self._draw_plan()
-        self._draw_health()
+        now_s = time.monotonic()
+        if self._chart_stale and now_s - self._chart_drawn_s >= CHART_PERIOD_S:
+            self.query_one("#live-chart", PowerChart).draw(model)
+            self._chart_drawn_s = now_s
+            self._chart_stale = False
+        self._update_static("unit", "\n".join(unit_lines(model.progress)))
+        self._update_static("gauges", gauge_text(model.gauges()))
+        self._update_static("power-now", power_text(model))
+
+    def _update_static(self, name: str, content: str | Text) -> None:
+        key = content.plain if isinstance(content, Text) else content
+        if self._changed(name, key):
+            self.query_one(f"#{name}", Static).update(content)
 
     def _changed(self, key: str, value: Any) -> bool:
         """Tables are rebuilt only when their content changes, keeping scroll and cursor."""
@@ -282,7 +381,20 @@ class GreenmonApp(App[str]):
             grid.add_columns("model", *configurations)
             for model_name, cells in rows:
                 grid.add_row(model_name, *cells)
-        results = result_rows(self.model.progress)
+        experiments = experiment_table(self.model.progress, self._experiment_rows)
+        if self._changed("experiments", experiments):
+            table = self.query_one("#experiments", DataTable)
+            table.clear()
+            for experiment in experiments:
+                table.add_row(*experiment, key=experiment[0])
+        progress = self.model.progress or {}
+        running = progress.get("experiment_id")
+        if running and self._chosen_experiment in (None, running):
+            shown, results = running, result_rows(progress)
+        else:
+            shown, results = self._results_of, result_rows({"results": self._experiment_results})
+        title = f"results of {shown} (median per configuration)" if shown else "results"
+        self._update_static("results-title", title)
         if self._changed("results", results):
             table = self.query_one("#results", DataTable)
             table.clear()
@@ -321,6 +433,13 @@ class GreenmonApp(App[str]):
         self.query_one("#views", ContentSwitcher).current = view
         if view == "sql":
             self.query_one("#sql-input", Input).focus()
+        else:
+            self._chart_stale = True
+            self._draw_visible()
+
+    def action_leave_input(self) -> None:
+        """Escape: the SQL input lets go of the keyboard, so 1-4, p, r, c and q work again."""
+        self.set_focus(None)
 
     async def action_pause(self) -> None:
         await self._control("pause")

@@ -178,8 +178,11 @@ def format_duration(seconds: float | None) -> str:
 def unit_lines(progress: Mapping[str, Any] | None) -> list[str]:
     """The current unit panel's text."""
     if not progress:
-        return ["No experiment runner in this daemon: it only samples."]
+        return ["The daemon's runner is starting."]
     status = progress.get("status", "idle")
+    queued = [f"queued: {q['plan_name']} ({q['experiment_id']})" for q in progress.get("queue", [])]
+    if progress.get("experiment_id") is None:
+        return ["idle: waiting for a plan (greenmon run PLAN --db FILE)", *queued]
     lines = [
         f"plan {progress.get('plan_name') or '-'}  ({progress.get('experiment_id') or '-'})"
         f"  status {status}"
@@ -204,7 +207,36 @@ def unit_lines(progress: Mapping[str, Any] | None) -> list[str]:
     lines.append(f"plan ETA {format_duration(progress.get('eta_s'))}")
     if progress.get("last_error"):
         lines.append(f"last error: {progress['last_error']}")
-    return lines
+    return lines + queued
+
+
+def experiment_table(
+    progress: Mapping[str, Any] | None, experiments: Iterable[Mapping[str, Any]]
+) -> list[tuple[str, ...]]:
+    """Rows of the experiments table: the daemon's queue, then every experiment in the file.
+
+    The running experiment's counts come from the live progress (the file's are written
+    per unit); queued ones that are not in the file's list yet come from the queue.
+    """
+    progress = progress or {}
+    rows: list[tuple[str, ...]] = []
+    seen: set[str] = set()
+    for queued in progress.get("queue", []):
+        rows.append(
+            (str(queued["experiment_id"]), str(queued["plan_name"]), "queued",
+             str(queued["units_done"]), "-", str(queued["units_total"]))
+        )  # fmt: skip
+        seen.add(str(queued["experiment_id"]))
+    for row in experiments:
+        experiment_id = str(row["experiment_id"])
+        if experiment_id in seen:
+            continue
+        rows.append(
+            (experiment_id, str(row.get("plan_name")), str(row.get("status")),
+             str(row.get("units_done")), str(row.get("units_failed")),
+             str(row.get("units_total")))
+        )  # fmt: skip
+    return rows
 
 
 def grid_table(
