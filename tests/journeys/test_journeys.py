@@ -24,7 +24,8 @@ import pytest
 from greenmon.commands import tui as tui_command
 from tests.faults.support import cli_env, greenmon_cmd, wait_for
 
-pytestmark = pytest.mark.slow
+# Each journey starts several Python processes; on a busy 2-core machine that takes minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 PLAN = """
 name = "{name}"
@@ -239,7 +240,7 @@ def test_sighup_stops_a_run_in_order_and_it_resumes(
     tmp_path: Path, stopper: list[subprocess.Popen[str]]
 ) -> None:
     db = tmp_path / "h.duckdb"
-    plan = write_plan(tmp_path, "hungup", repetitions=3, cooldown_s=0.5)
+    plan = write_plan(tmp_path, "hungup", repetitions=3, cooldown_s=2.0)
     run = start("run", str(plan), "--db", str(db), cwd=tmp_path)
     stopper.append(run)
     wait_for(
