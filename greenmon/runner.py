@@ -517,19 +517,21 @@ class ExperimentRunner:
         )
         self._resumed = anyio.Event()
         self._resumed.set()
-        await anyio.to_thread.run_sync(
-            lambda: self.store.execute(
-                "UPDATE experiments SET status = 'running' WHERE experiment_id = ?",
-                [experiment_id],
-            )
-        )
-        self.daemon.event("info", f"experiment {experiment_id} ({plan.name}) started")
-        # Let the probes collect a little before the first phase.
-        await anyio.sleep(0.2)
         final = "done"
         try:
+            # The scope exists before the first await: a cancel that arrives at any point
+            # after the status says "running" reaches this plan.
             with anyio.CancelScope() as scope:
                 self._cancel_scope = scope
+                await anyio.to_thread.run_sync(
+                    lambda: self.store.execute(
+                        "UPDATE experiments SET status = 'running' WHERE experiment_id = ?",
+                        [experiment_id],
+                    )
+                )
+                self.daemon.event("info", f"experiment {experiment_id} ({plan.name}) started")
+                # Let the probes collect a little before the first phase.
+                await anyio.sleep(0.2)
                 # issue 8: missing privileges or out-of-range hardware levels stop the plan
                 # here, before the first unit, not in the middle of the run.
                 from greenmon.settings import require_hardware
@@ -598,8 +600,6 @@ class ExperimentRunner:
         finally:
             self._cancel_scope = None
             with anyio.CancelScope(shield=True):
-                self.state.status = final
-                self.state.phase = None
                 await anyio.to_thread.run_sync(
                     lambda: self.store.execute(
                         "UPDATE experiments SET status = ?, finished_ns = ? "
@@ -611,6 +611,10 @@ class ExperimentRunner:
                     self.state.results = await anyio.to_thread.run_sync(
                         self.summary_rows, experiment_id
                     )
+                # The state says the plan ended only once the file says so too.
+                self.state.status = final
+                self.state.phase = None
+                self.state.unit = None
                 self._finish(submission, final)
 
     async def _reference(

@@ -174,6 +174,7 @@ class GreenmonApp(App[str]):
         self._shown: dict[str, Any] = {}
         self._chart_drawn_s = 0.0
         self._chart_stale = True
+        self._chart_timer_set = False
         self._finished_seen: tuple[str, ...] = ()
         self._chosen_experiment: str | None = None
         self._experiment_rows: list[dict[str, Any]] = []
@@ -352,14 +353,34 @@ class GreenmonApp(App[str]):
 
     def _draw_live(self) -> None:
         model = self.model
-        now_s = time.monotonic()
-        if self._chart_stale and now_s - self._chart_drawn_s >= CHART_PERIOD_S:
-            self.query_one("#live-chart", PowerChart).draw(model)
-            self._chart_drawn_s = now_s
-            self._chart_stale = False
+        self._draw_chart()
         self._update_static("unit", "\n".join(unit_lines(model.progress)))
         self._update_static("gauges", gauge_text(model.gauges()))
         self._update_static("power-now", power_text(model))
+
+    @property
+    def chart_pending(self) -> bool:
+        """New data the chart has not drawn yet (it will within CHART_PERIOD_S)."""
+        return self._chart_stale
+
+    def _draw_chart(self) -> None:
+        """Redraw the chart if stale, at most once per CHART_PERIOD_S; a redraw held back
+        is done by a timer, so the last data is always drawn even if no more arrives."""
+        if not self._chart_stale or self._chart_timer_set:
+            return
+        wait_s = self._chart_drawn_s + CHART_PERIOD_S - time.monotonic()
+        if wait_s > 0:
+            self._chart_timer_set = True
+            self.set_timer(wait_s, self._chart_timer)
+            return
+        self.query_one("#live-chart", PowerChart).draw(self.model)
+        self._chart_drawn_s = time.monotonic()
+        self._chart_stale = False
+
+    def _chart_timer(self) -> None:
+        self._chart_timer_set = False
+        if self.query_one("#views", ContentSwitcher).current == "live":
+            self._draw_chart()
 
     def _update_static(self, name: str, content: str | Text) -> None:
         key = content.plain if isinstance(content, Text) else content

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from greenmon.api import (
@@ -21,10 +22,11 @@ from greenmon.api import (
     check_read_only,
     find_daemon,
     prepare_socket_path,
-    submit_plan,
+    socket_path_for,
 )
 from greenmon.errors import PlanError
-from tests.api.fakes import FakePowerProbe, FakeRunner, running_daemon, short_socket_dir
+from greenmon.probes.base import Channel
+from tests.api.fakes import FakePowerProbe, fake_plan, running_daemon, short_socket_dir
 from tests.fakes.probes import CountingProbe
 
 pytestmark = pytest.mark.anyio
@@ -71,9 +73,8 @@ async def test_status_reports_session_probes_channels_and_progress(
     db_path: Path, sock_dir: Path
 ) -> None:
     path = sock_dir / "d.sock"
-    runner = FakeRunner()
     async with (
-        running_daemon(db_path, path, {"fakepower": FakePowerProbe()}, runner=runner) as daemon,
+        running_daemon(db_path, path, {"fakepower": FakePowerProbe()}) as daemon,
         ApiClient(path) as client,
     ):
         status = await client.status()
@@ -82,7 +83,9 @@ async def test_status_reports_session_probes_channels_and_progress(
         names = {c["name"]: c for c in status["channels"]}
         assert names["gpu0.power_w"]["estimated"] is True
         assert names["package-0.energy_uj"]["metadata"]["counter_range"] == 2**32
-        assert status["progress"]["plan_name"] == "fake-plan"
+        # every daemon has a runner; it idles until a plan arrives
+        assert status["progress"]["status"] == "idle"
+        assert status["progress"]["experiment_id"] is None and status["progress"]["queue"] == []
         # events reach the store with the writer's next flush
         with anyio.fail_after(5):
             while not any("sampling 5 channels" in e["message"] for e in await client.events(5)):
@@ -147,32 +150,52 @@ async def test_sql_reads_rows_refuses_writes_and_limits_rows(db_path: Path, sock
         assert count.rows == [[1]]
 
 
-async def test_plans_pause_resume_cancel_reach_the_runner(db_path: Path, sock_dir: Path) -> None:
-    path = sock_dir / "d.sock"
-    runner = FakeRunner()
-    async with (
-        running_daemon(db_path, path, {"counting": CountingProbe()}, runner=runner),
-        ApiClient(path) as client,
-    ):
-        assert await client.submit("name = 'p'", "/plans/p.toml", force=True) == "exp-0001"
-        assert runner.submitted == [("name = 'p'", "/plans/p.toml", True)]
-        with pytest.raises(PlanError, match="models must not be empty"):
-            await client.submit("bad", None)
-        assert (await client.pause())["progress"]["status"] == "paused"
-        await client.resume()
-        await client.cancel()
-        assert runner.calls == ["pause", "resume", "cancel"]
+async def until_progress(client: ApiClient, key: str, value: Any) -> dict[str, Any]:
+    with anyio.fail_after(60):
+        while True:
+            progress: dict[str, Any] = (await client.status())["progress"]
+            if progress.get(key) == value:
+                return progress
+            await anyio.sleep(0.05)
 
 
-async def test_plan_endpoints_without_a_runner_say_so(db_path: Path, sock_dir: Path) -> None:
+async def test_plans_queue_and_pause_resume_cancel_reach_the_runner(
+    db_path: Path, sock_dir: Path
+) -> None:
     path = sock_dir / "d.sock"
     async with (
         running_daemon(db_path, path, {"counting": CountingProbe()}),
         ApiClient(path) as client,
     ):
-        with pytest.raises(ApiError, match="no experiment runner"):
-            await client.pause()
-        assert (await client.status())["progress"] is None
+        first = await client.submit(fake_plan("first", repetitions=20, cooldown_s=0.3), None)
+        assert first["resumed"] is False and first["units_total"] == 40
+        with pytest.raises(PlanError, match="no .configurations. key"):
+            await client.submit("name = 'bad'\nmodels = []\n", None)
+        with pytest.raises(PlanError, match="already running"):
+            await client.submit(fake_plan("first", repetitions=20, cooldown_s=0.3), None)
+        second = await client.submit(fake_plan("second"), "/plans/second.toml")
+        assert second["queued_behind"] == [first["experiment_id"]]
+        await until_progress(client, "status", "running")
+        queue = (await client.status())["progress"]["queue"]
+        assert [q["experiment_id"] for q in queue] == [second["experiment_id"]]
+
+        assert (await client.pause())["progress"]["status"] == "paused"
+        assert (await client.resume())["progress"]["status"] == "running"
+        # A queued plan is cancelled without touching the running one.
+        await client.cancel(second["experiment_id"])
+        progress = (await client.status())["progress"]
+        assert progress["queue"] == [] and progress["experiment_id"] == first["experiment_id"]
+        await client.cancel()
+        finished = await until_progress(client, "status", "cancelled")
+        outcomes = {f["experiment_id"]: f["outcome"] for f in finished["finished"]}
+        assert outcomes == {
+            second["experiment_id"]: "cancelled",
+            first["experiment_id"]: "cancelled",
+        }
+        rows = (await client.sql("SELECT name, status FROM experiments ORDER BY name")).rows
+        assert rows == [["first", "cancelled"], ["second", "cancelled"]]
+        listed = {e["plan_name"]: e for e in await client.experiments()}
+        assert listed["first"]["units_total"] == 40
 
 
 async def test_stream_sends_newer_values(db_path: Path, sock_dir: Path) -> None:
@@ -189,9 +212,20 @@ async def test_stream_sends_newer_values(db_path: Path, sock_dir: Path) -> None:
     assert seen[-1] > seen[0]
 
 
-class BulkyRunner(FakeRunner):
-    def progress(self) -> dict[str, Any]:
-        return {**super().progress(), "plan_name": "x" * 20_000}
+class BulkyProbe:
+    """Many channels, so that every stream snapshot is large (~30 KB)."""
+
+    name = "bulky"
+    default_rate_hz = 5.0
+
+    def open(self) -> list[Channel]:
+        return [Channel(f"sensor{i:04d}.value_w", "W", "gauge") for i in range(1000)]
+
+    def read(self) -> list[float]:
+        return [1.0] * 1000
+
+    def close(self) -> None:
+        pass
 
 
 async def _achieved_hz(daemon_probe: CountingProbe, seconds: float) -> float:
@@ -208,7 +242,7 @@ async def test_a_stalled_stream_client_does_not_slow_the_probes(
     # Big snapshots at 50 Hz (~1 MB/s) fill the stalled client's socket buffers at once.
     options = ApiOptions(socket_path=path, stream_hz=50.0)
     async with running_daemon(
-        db_path, path, {"counting": probe}, runner=BulkyRunner(), options=options
+        db_path, path, {"counting": probe, "bulky": BulkyProbe()}, options=options
     ) as daemon:
         await anyio.sleep(0.3)
         baseline_hz = await _achieved_hz(probe, 1.0)
@@ -222,8 +256,9 @@ async def test_a_stalled_stream_client_does_not_slow_the_probes(
             # Another client still receives fresh snapshots meanwhile.
             async with ApiClient(path) as client:
                 firsts: list[float] = []
+                counting_id = min(daemon.channels)
                 async for snap in client.stream():
-                    firsts.append(snap["values"][0][2])
+                    firsts.append(next(v for c, _, v in snap["values"] if c == counting_id))
                     if firsts[-1] > firsts[0]:
                         break
         finally:
@@ -242,11 +277,29 @@ async def test_client_without_daemon_raises_unreachable(sock_dir: Path) -> None:
             await client.status()
 
 
-def test_find_daemon_and_submit_plan_without_daemon(sock_dir: Path, tmp_path: Path) -> None:
-    assert find_daemon(sock_dir / "none.sock") is None
-    plan = tmp_path / "plan.toml"
-    plan.write_text("name = 'p'\n")
-    assert submit_plan(plan, False, socket_path=sock_dir / "none.sock") is None
+def test_find_daemon_without_daemon(sock_dir: Path, tmp_path: Path) -> None:
+    assert find_daemon(tmp_path / "a.duckdb", sock_dir / "none.sock") is None
+    assert find_daemon(tmp_path / "a.duckdb") is None
+
+
+def test_each_database_file_has_its_own_socket(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.delenv("GREENMON_SOCKET", raising=False)
+    first, second = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
+    assert socket_path_for(first) != socket_path_for(second)
+    monkeypatch.chdir(tmp_path)
+    assert socket_path_for("a.duckdb") == socket_path_for(first)
+    assert len(str(socket_path_for(tmp_path / ("x" * 200) / "c.duckdb"))) < 100
+
+
+async def test_a_daemon_holding_another_file_is_never_the_answer(
+    db_path: Path, sock_dir: Path, tmp_path: Path
+) -> None:
+    path = sock_dir / "d.sock"
+    async with running_daemon(db_path, path, {"counting": CountingProbe()}):
+        with pytest.raises(ApiError, match="holds"):
+            await anyio.to_thread.run_sync(find_daemon, tmp_path / "other.duckdb", path)
+        client = await anyio.to_thread.run_sync(find_daemon, db_path, path)
+        assert client is not None
 
 
 def test_socket_owned_by_another_user_is_refused(sock_dir: Path) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from greenmon.api import ApiOptions, submit_plan
+from greenmon.api import ApiOptions
 from greenmon.cli import main
 from greenmon.config import parse_config
 from greenmon.tui.embedded import BackgroundDaemon
-from tests.api.fakes import FakeRunner, short_socket_dir
+from tests.api.fakes import short_socket_dir
 from tests.fakes.probes import CountingProbe
 
 
@@ -35,27 +35,26 @@ def test_status_and_sql_go_through_the_daemon(
     background: tuple[BackgroundDaemon, Path], db_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     daemon, path = background
-    assert main(["status", "--socket", str(path)]) == 0
+    at = ["--socket", str(path), "--db", str(db_path)]
+    assert main(["status", *at]) == 0
     out = capsys.readouterr().out
     assert f"session {daemon.daemon.session_id}" in out  # type: ignore[union-attr]
-    assert "counting" in out and "runner: none" in out
+    assert "counting" in out and "runner: idle, waiting for a plan" in out
     # the file is held read-write by the daemon, yet sql answers through the API
-    assert main(["sql", "--socket", str(path), "--json", "SELECT name FROM channels"]) == 0
+    assert main(["sql", *at, "--json", "SELECT name FROM channels"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"name": "counting.reads"}]
-    assert main(["sql", "--socket", str(path), "DROP TABLE samples"]) == 2
+    assert main(["sql", *at, "DROP TABLE samples"]) == 2
     assert "Query refused" in capsys.readouterr().err
 
 
-def test_submit_plan_reaches_the_runner(
-    background: tuple[BackgroundDaemon, Path], tmp_path: Path
+def test_a_socket_of_another_file_is_refused_not_reported(
+    background: tuple[BackgroundDaemon, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    daemon, path = background
-    runner = FakeRunner()
-    daemon.daemon.runner = runner  # type: ignore[union-attr]
-    plan = tmp_path / "plan.toml"
-    plan.write_text("name = 'p'\n")
-    assert submit_plan(plan, True, socket_path=path) == "exp-0001"
-    assert runner.submitted == [("name = 'p'\n", str(plan.resolve()), True)]
+    _daemon, path = background
+    other = tmp_path / "other.duckdb"
+    assert main(["status", "--socket", str(path), "--db", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "holds" in err and str(other) in err
 
 
 def test_status_without_daemon_reads_the_file(

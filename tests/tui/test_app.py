@@ -1,4 +1,5 @@
-"""The TUI driven by Textual's pilot against a daemon with fake probes and a fake runner."""
+"""The TUI driven by Textual's pilot against the daemon `greenmon daemon` composes, with fake
+hardware probes and plans on the fake engine."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import ContentSwitcher, DataTable, Input, Static
 
 from greenmon.api import ApiClient
 from greenmon.tui.app import GreenmonApp
-from tests.api.fakes import FakePowerProbe, FakeRunner, running_daemon, short_socket_dir
+from tests.api.fakes import FakePowerProbe, fake_plan, running_daemon, short_socket_dir
 
 pytestmark = pytest.mark.anyio
 
@@ -26,7 +27,7 @@ def sock_path() -> Iterator[Path]:
         yield path / "d.sock"
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
     with anyio.fail_after(timeout_s):
         while not condition():
             await anyio.sleep(0.05)
@@ -62,40 +63,66 @@ async def test_values_change_as_samples_arrive(db_path: Path, sock_path: Path) -
 
 
 async def test_grid_and_results_advance_as_units_finish(db_path: Path, sock_path: Path) -> None:
-    runner = FakeRunner()
     probes = {"fakepower": FakePowerProbe()}
-    async with running_daemon(db_path, sock_path, probes, runner=runner, config_text=NO_HOST):
-        app = GreenmonApp(ApiClient(sock_path))
+    async with running_daemon(db_path, sock_path, probes, config_text=NO_HOST):
+        client = ApiClient(sock_path)
+        app = GreenmonApp(client)
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("2")
-            await until(lambda: table_rows(app, "#grid") != [])
-            assert table_rows(app, "#grid")[0] == ["tiny-gpt2", "0/2 done ▶ running", "0/2 done"]
-            assert table_rows(app, "#results") == []
-            runner.finish_unit()
-            runner.finish_unit(failed=True)
-            await until(lambda: table_rows(app, "#grid")[0][2] == "0/2 done 1 failed")
-            assert table_rows(app, "#grid")[0][1] == "1/2 done"
-            await until(lambda: len(table_rows(app, "#results")) == 1)
-            assert table_rows(app, "#results")[0][0] == "torch/cpu"
-            assert "unit 3/8" in text_of(app, "#unit")
+            await until(lambda: app.connected)
+            submitted = await client.submit(fake_plan("grid", repetitions=2), None)
+            await until(lambda: table_rows(app, "#grid") != [], timeout_s=60)
+            assert table_rows(app, "#grid")[0][0] == "tiny"
+            await until(lambda: all("2/2 done" in c for c in table_rows(app, "#grid")[0][1:]),
+                        timeout_s=60)  # fmt: skip
+            await until(lambda: len(table_rows(app, "#results")) == 2, timeout_s=30)
+            assert {r[0] for r in table_rows(app, "#results")} == {"fake/cpu", "fake2/cpu"}
+            # the finished experiment is listed from the file, with its counts
+            await until(lambda: table_rows(app, "#experiments") != [], timeout_s=30)
+            await until(lambda: table_rows(app, "#experiments")[0][2] == "done", timeout_s=30)
+            row = table_rows(app, "#experiments")[0]
+            assert row[0] == submitted["experiment_id"] and row[3] == "4" and row[5] == "4"
 
 
 async def test_pause_resume_and_cancel_reach_the_daemon(db_path: Path, sock_path: Path) -> None:
-    runner = FakeRunner()
     probes = {"fakepower": FakePowerProbe()}
-    async with running_daemon(db_path, sock_path, probes, runner=runner, config_text=NO_HOST):
-        app = GreenmonApp(ApiClient(sock_path))
+    async with running_daemon(db_path, sock_path, probes, config_text=NO_HOST):
+        client = ApiClient(sock_path)
+        app = GreenmonApp(client)
+
+        def status() -> str:
+            return str((app.model.progress or {}).get("status"))
+
         async with app.run_test(size=SIZE) as pilot:
             await until(lambda: app.connected)
+            await client.submit(fake_plan("steered", repetitions=20, cooldown_s=0.5), None)
+            await until(lambda: status() == "running", timeout_s=30)
             await pilot.press("p")
-            await until(lambda: runner.calls == ["pause"])
+            await until(lambda: status() == "paused")
             await pilot.press("r")
+            await until(lambda: status() == "running")
             await pilot.press("c")  # the first press only asks
-            await until(lambda: runner.calls == ["pause", "resume"])
-            await pilot.pause(0.1)
-            assert runner.calls == ["pause", "resume"]
+            await pilot.pause(0.3)
+            assert status() == "running"
             await pilot.press("c")
-            await until(lambda: runner.calls == ["pause", "resume", "cancel"])
+            await until(lambda: status() == "cancelled", timeout_s=30)
+
+
+async def test_escape_leaves_the_sql_input_and_view_keys_work_again(
+    db_path: Path, sock_path: Path
+) -> None:
+    async with running_daemon(db_path, sock_path, {"fakepower": FakePowerProbe()}):
+        app = GreenmonApp(ApiClient(sock_path))
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("4")
+            sql_input = app.query_one("#sql-input", Input)
+            assert sql_input.has_focus
+            await pilot.press("1", "2")  # typed into the query, not taken as view keys
+            assert sql_input.value == "12"
+            assert app.query_one("#views", ContentSwitcher).current == "sql"
+            await pilot.press("escape", "2")
+            assert not sql_input.has_focus
+            assert app.query_one("#views", ContentSwitcher).current == "plan"
 
 
 async def test_sql_console_shows_rows_and_refuses_a_write(db_path: Path, sock_path: Path) -> None:

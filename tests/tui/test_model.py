@@ -24,9 +24,12 @@ CHANNELS = [
 S = 1_000_000_000
 
 
-def model_with(*snaps: dict[str, object]) -> LiveModel:
+def model_with(*snaps: dict[str, object], sources: tuple[int, ...] = (1, 2)) -> LiveModel:
+    """``sources``: the channels the daemon marks as answering for their domain (the
+    store's energy_sources view: RAPL before the estimate when both measure the CPU)."""
+    channels = [{**c, "energy_source": c["channel_id"] in sources} for c in CHANNELS]
     model = LiveModel()
-    model.set_status({"session_id": "s", "channels": CHANNELS, "probes": []})
+    model.set_status({"session_id": "s", "channels": channels, "probes": []})
     for snap in snaps:
         model.ingest(snap)
     return model
@@ -48,9 +51,12 @@ def test_counter_power_is_wrap_aware_and_a_reset_without_range_gives_no_point() 
 
 
 def test_estimated_gauges_are_marked_and_domainless_power_is_left_off() -> None:
-    model = model_with({"t_ns": S, "values": [[3, S, 12.5], [4, S, 250000.0], [5, S, 40.0]]})
+    values = [[3, S, 12.5], [4, S, 250000.0], [5, S, 40.0]]
+    model = model_with({"t_ns": S, "values": values}, sources=(3,))
     labels = [label for label, _, _ in model.chart_series()]
     assert labels == ["CPU package (est cpu.power_w) ~estimated"]
+    # a channel that is not the domain's source is never charted beside it
+    assert model_with({"t_ns": S, "values": values}).chart_series() == []
     assert model.gauges() == {"CPU": 40.0, "RAM": None, "GPU": None, "GPU memory": None}
 
 

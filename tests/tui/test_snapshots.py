@@ -16,17 +16,19 @@ from textual.widgets import Input
 
 from greenmon.api import QueryRefused, SqlResult
 from greenmon.tui.app import GreenmonApp
-from tests.api.fakes import FakeRunner
 
 SIZE = (140, 40)
 S = 1_000_000_000
 CHANNELS = [
     {"channel_id": 1, "probe": "rapl", "name": "package-0.energy_uj", "unit": "uJ",
-     "kind": "counter", "domain": "cpu", "estimated": False, "metadata": {"counter_range": 2**32}},
+     "kind": "counter", "domain": "cpu", "estimated": False, "metadata": {"counter_range": 2**32},
+     "energy_source": True},
     {"channel_id": 2, "probe": "rapl", "name": "dram.energy_uj", "unit": "uJ",
-     "kind": "counter", "domain": "dram", "estimated": False, "metadata": {}},
+     "kind": "counter", "domain": "dram", "estimated": False, "metadata": {},
+     "energy_source": True},
     {"channel_id": 3, "probe": "estimate", "name": "gpu0.power_w", "unit": "W",
-     "kind": "gauge", "domain": "gpu", "estimated": True, "metadata": {"estimated": True}},
+     "kind": "gauge", "domain": "gpu", "estimated": True, "metadata": {"estimated": True},
+     "energy_source": True},
     {"channel_id": 4, "probe": "host", "name": "cpu.percent", "unit": "%",
      "kind": "gauge", "domain": None, "estimated": False, "metadata": {}},
     {"channel_id": 5, "probe": "host", "name": "ram.percent", "unit": "%",
@@ -43,11 +45,44 @@ PROBES = [
 SNAPSHOTS = 120  # 60 s at 2 Hz
 
 
+def cell(model: str, configuration: str, done: int, failed: int, running: int) -> dict[str, Any]:
+    return {"model": model, "configuration": configuration, "done": done, "failed": failed,
+            "running": running, "total": 2}  # fmt: skip
+
+
+def result(configuration: str, flags: list[str]) -> dict[str, Any]:
+    return {"configuration": configuration, "units": 1, "median_energy_j": 110.0,
+            "median_duration_s": 5.0, "median_j_per_token": 0.51, "flags": flags}  # fmt: skip
+
+
 def progress() -> dict[str, Any]:
-    runner = FakeRunner()
-    for failed in (False, False, True):
-        runner.finish_unit(failed=failed)
-    return runner.progress()
+    """A plan of 8 units, 3 finished (one failed), the 4th in its idle baseline."""
+    return {
+        "status": "running", "experiment_id": "exp-0001", "plan_name": "fake-plan",
+        "unit_index": 4, "units_total": 8,
+        "unit": {"model": "codeparrot-small", "engine": "onnx", "provider": "cpu",
+                 "configuration": "onnx/cpu", "repetition": 1},
+        "phase": "cooldown_before", "phase_remaining_s": 12.0,
+        "request_index": 3, "requests_total": 10, "eta_s": 420.0,
+        "grid": [
+            cell("tiny-gpt2", "torch/cpu", 1, 0, 0), cell("tiny-gpt2", "onnx/cpu", 1, 0, 0),
+            cell("codeparrot-small", "torch/cpu", 0, 1, 0),
+            cell("codeparrot-small", "onnx/cpu", 0, 0, 1),
+        ],
+        "results": [result("torch/cpu", []), result("onnx/cpu", ["low coverage"])],
+        "last_error": None,
+        "queue": [{"experiment_id": "exp-0002", "plan_name": "next-plan", "units_total": 4,
+                   "units_done": 0, "resumed": False, "outcome": None}],
+        "finished": [],
+    }  # fmt: skip
+
+
+EXPERIMENTS = [
+    {"experiment_id": "exp-0001", "plan_name": "fake-plan", "status": "running",
+     "units_total": 8, "units_done": 2, "units_failed": 1},
+    {"experiment_id": "exp-0000", "plan_name": "earlier", "status": "done",
+     "units_total": 4, "units_done": 4, "units_failed": 0},
+]  # fmt: skip
 
 
 def snapshot_at(index: int) -> dict[str, Any]:
@@ -110,8 +145,14 @@ class FixedLink:
     async def resume(self) -> dict[str, Any]:
         return {}
 
-    async def cancel(self) -> dict[str, Any]:
+    async def cancel(self, experiment_id: str | None = None) -> dict[str, Any]:
         return {}
+
+    async def experiments(self) -> list[dict[str, Any]]:
+        return EXPERIMENTS
+
+    async def experiment_results(self, experiment_id: str) -> list[dict[str, Any]]:
+        return [result("torch/cpu", [])]
 
     async def close(self) -> None:
         self.closed = True
@@ -128,7 +169,12 @@ async def settle(pilot: Pilot[Any]) -> None:
     app = pilot.app
     assert isinstance(app, GreenmonApp)
     with anyio.fail_after(10):
-        while app.model.snapshots < SNAPSHOTS or app.query_one("#events").row_count < 3:  # type: ignore[attr-defined]
+        while (
+            app.model.snapshots < SNAPSHOTS
+            or app.query_one("#events").row_count < 3  # type: ignore[attr-defined]
+            or app.query_one("#experiments").row_count < 3  # type: ignore[attr-defined]
+            or app.chart_pending
+        ):
             await pilot.pause(0.05)
     await pilot.pause()
 
