@@ -167,10 +167,15 @@ class ExperimentRunner:
     # -- the store -----------------------------------------------------------------------
     def prepare(self, plan: Plan, resume: bool, force: bool) -> tuple[str, list[Unit]]:
         """Find the experiment to resume or create a new one; the units still to run."""
+        # issue 18: a shard resumes its own experiment (same plan, same shard).
+        shard = plan.shard
+        shard_index, shard_count = (shard.index, shard.count) if shard else (None, None)
         rows = self.store.execute(
             """SELECT experiment_id, plan_hash, plan FROM experiments
-               WHERE name = ? AND status NOT IN ('done') ORDER BY created_ns DESC LIMIT 1""",
-            [plan.name],
+               WHERE name = ? AND status NOT IN ('done')
+                 AND shard_index IS NOT DISTINCT FROM ? AND shard_count IS NOT DISTINCT FROM ?
+               ORDER BY created_ns DESC LIMIT 1""",
+            [plan.name, shard_index, shard_count],
         )
         if rows and rows[0][1] != plan.plan_hash and not force:
             changes = diff_plans(json.loads(rows[0][2]), plan.canonical())
@@ -200,8 +205,10 @@ class ExperimentRunner:
                 try:
                     con.execute(
                         """INSERT INTO experiments (experiment_id, session_id, name, plan_path,
-                               plan_hash, plan_toml, plan, seed, order_kind, status, created_ns)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)""",
+                               plan_hash, plan_toml, plan, seed, order_kind, status, created_ns,
+                               shard_index, shard_count, host)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?,
+                                   (SELECT host FROM sessions WHERE session_id = ?))""",
                         [
                             experiment_id,
                             self.daemon.session_id,
@@ -213,6 +220,9 @@ class ExperimentRunner:
                             plan.spec.seed,
                             plan.spec.order,
                             now_ns(),
+                            shard_index,  # issue 18
+                            shard_count,
+                            self.daemon.session_id,
                         ],
                     )
                     con.executemany(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from greenmon.commands.common import (
 from greenmon.config import parse_config
 from greenmon.daemon import Daemon
 from greenmon.errors import GreenmonError
-from greenmon.plan import Plan, check_plan, load_plan
+from greenmon.plan import Plan, check_plan, load_plan, parse_shard
 from greenmon.runner import runner_service
 from greenmon.store import Store
 
@@ -36,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--force", action="store_true", help="start a new experiment even though the plan changed"
     )
     parser.add_argument("--quiet", action="store_true", help="no live progress line")
+    # issue 18: one deterministic part of the plan's units, for campaigns across machines.
+    parser.add_argument(
+        "--shard", default=None, metavar="K/N",
+        help="run only the K-th (from 0) of N parts of the units; 'auto' inside a SLURM array",
+    )  # fmt: skip
 
 
 def probes_config(plan: Plan) -> Any:
@@ -165,6 +171,8 @@ def print_summary(db: Path, experiment_id: str, summary: list[dict[str, Any]]) -
 
 def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
+    if args.shard is not None:  # issue 18
+        plan = dataclasses.replace(plan, shard=parse_shard(args.shard))
     # deep: an unknown model or a broken workload file stops here, with the reason, rather
     # than failing every unit of an experiment that then reports nothing.
     check = check_plan(plan, deep=True)
@@ -172,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
         raise GreenmonError(" ".join(check.problems), title="Plan cannot run here")
     from greenmon.api import submit_plan
 
-    experiment = submit_plan(Path(args.plan), args.force)
+    # issue 18: a shard runs in its own process and file; a daemon would run every unit.
+    experiment = submit_plan(Path(args.plan), args.force) if plan.shard is None else None
     if experiment is not None:
         print(f"submitted to the running daemon as experiment {experiment}; "
               "watch it with `greenmon tui` or `greenmon status`")
