@@ -158,7 +158,7 @@ def _within_hosts(
     statistic, p_value = _stouffer(p_values, weights) if p_values else (math.nan, math.nan)
     return {
         "variable": variable, "model": model, "factor_key": key,
-        "hosts": int(data["host"].nunique()), "configurations": int(len(ranks)),
+        "hosts": int(data["host"].nunique()), "configurations": len(ranks),
         "test": "Kruskal-Wallis within hosts, Stouffer-combined",
         "statistic": statistic, "p_value": p_value,
         "significant": bool(p_value < alpha) if p_values else None,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from greenmon.commands.common import add_db_argument, format_table, resolve_db
 from greenmon.campaign import open_for_analysis
+from greenmon.commands.common import add_db_argument, format_table, resolve_db
 
 # What the text output shows of each table; --json prints every column.
 _TEXT_COLUMNS = {

@@ -86,3 +86,15 @@ def test_merged_two_host_campaign_from_files(tmp_path: Path) -> None:
                for n in result.notes)  # fmt: skip
     effects = result.host_effects[result.host_effects["variable"] == "energy_global_j"]
     assert effects["ratio"].between(0.75, 0.85).all()
+
+
+def test_report_shows_hosts_side_by_side_with_the_method(tmp_path: Path) -> None:
+    from greenmon.analysis.report import _hosts_markdown, host_median_table
+
+    result = analyze_frame(_campaign(), "campaign", variables=["energy_global_j"])
+    columns, rows = host_median_table(result)
+    assert columns[-2:] == ["node-a", "node-b"] and len(rows) == 6
+    for row in rows:  # node-b's median is about 0.8 of node-a's, configuration by configuration
+        assert 0.72 < row[-1] / row[-2] < 0.88
+    text = "\n".join(_hosts_markdown(result))
+    assert "Stouffer" in text and "Whitlock 2005" in text and "node-b" in text

@@ -13,7 +13,6 @@ from greenmon.store import Store
 from tests.campaign.support import cli_env, greenmon, write_plan
 from tests.fakes.rapl import standard_tree
 
-
 pytestmark = pytest.mark.slow
 
 # unit -> (energy, duration, requests, samples in its measure phase)
