@@ -132,3 +132,29 @@ def test_a_directory_of_parquet_exports_analyses_as_one_campaign(
     assert "6 of 6 units analysed" in analysed.stdout
     report = greenmon("report", "--db", str(exports), "--out", str(tmp_path / "r"), env=env)
     assert (tmp_path / "r" / "report.html").exists(), report.stdout
+
+
+def test_a_shard_resumes_its_own_experiment(tmp_path: Path, env: dict[str, str]) -> None:
+    """Two shards in one file: each finds its own unfinished experiment (plan hash + shard)."""
+    standard_tree(tmp_path / "powercap")
+    plan = write_plan(tmp_path / "campaign.toml", tmp_path / "powercap", repetitions=2)
+    db = tmp_path / "both.duckdb"
+    greenmon("run", str(plan), "--shard", "1/2", "--db", str(db), "--quiet", env=env)
+    # leave shard 1 as a crash would: its experiment unfinished, one unit not yet run
+    with Store.open(db) as store:
+        store.execute("UPDATE experiments SET status = 'interrupted'")
+        _, rows = store.query("SELECT min(unit_id) FROM units")
+        redo = rows[0][0]
+        store.execute("UPDATE units SET status = 'pending' WHERE unit_id = ?", [redo])
+    greenmon("run", str(plan), "--shard", "0/2", "--db", str(db), "--quiet", env=env)
+    greenmon("run", str(plan), "--shard", "1/2", "--db", str(db), "--quiet", env=env)
+    with Store.open(db, read_only=True) as store:
+        _, experiments = store.query(
+            "SELECT shard_index, status, (SELECT count(*) FROM units u WHERE "
+            "u.experiment_id = e.experiment_id) FROM experiments e ORDER BY shard_index"
+        )
+        _, attempts = store.query("SELECT unit_id, attempt FROM units ORDER BY unit_id")
+    assert experiments == [(0, "done", 2), (1, "done", 2)]
+    # only the unit left pending ran again, in shard 1's own experiment
+    assert [a for u, a in attempts if u == redo] == [2]
+    assert all(a == 1 for u, a in attempts if u != redo)

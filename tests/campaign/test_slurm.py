@@ -88,6 +88,10 @@ def test_a_plan_sharded_over_a_slurm_array_runs_every_unit_once(
         # README: greenmon analyze --db campaign.duckdb
         analysed = greenmon("analyze", "--db", "campaign.duckdb", "--json", env=env,
                             cwd=tmp_path)  # fmt: skip
+        # README: greenmon report --db campaign.duckdb --out campaign-report
+        greenmon("report", "--db", "campaign.duckdb", "--out", "campaign-report", env=env,
+                 cwd=tmp_path)  # fmt: skip
+    assert (tmp_path / "campaign-report" / "report.html").exists()
     result = json.loads(analysed.stdout)
     assert result["units_total"] == 6 and result["units_analysed"] == 6
     with Store.open(tmp_path / "campaign.duckdb", read_only=True) as store:
