@@ -582,6 +582,7 @@ class ApiServer:
                 body.get("plan_path"),
                 force=bool(body.get("force", False)),
                 resume=bool(body.get("resume", False)),
+                shard=str(body["shard"]) if body.get("shard") else None,
             )
         except PlanError as error:
             return _error_response(400, error)
@@ -744,10 +745,23 @@ class ApiClient:
         return events
 
     async def submit(
-        self, plan_toml: str, plan_path: str | None, *, force: bool = False, resume: bool = False
+        self,
+        plan_toml: str,
+        plan_path: str | None,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        shard: str | None = None,
     ) -> dict[str, Any]:
-        """Queue a plan: its experiment id, whether it resumed, units done and total."""
-        body = {"plan_toml": plan_toml, "plan_path": plan_path, "force": force, "resume": resume}
+        """Queue a plan (or one shard of it, "K/N"): its experiment id, whether it resumed,
+        units done and total, and the experiments queued before it."""
+        body = {
+            "plan_toml": plan_toml,
+            "plan_path": plan_path,
+            "force": force,
+            "resume": resume,
+            "shard": shard,
+        }
         result: dict[str, Any] = await self._request("POST", "/plans", body)
         return result
 

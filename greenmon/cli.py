@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "write a self-contained HTML report (and Markdown) of an experiment"),
     "export": ("export", "export samples, units, phases and results as Parquet or CSV"),
     "restore": ("restore", "put back GPU/CPU settings a killed or crashed run left changed"),
+    "slurm": ("slurm", "write (and --submit) a SLURM array job running a plan's shards"),
+    "merge": ("merge", "merge the shards of one plan (database files or exports) into one"),
 }
 
 

@@ -64,7 +64,29 @@ def boot_id(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str | None:
         return None
 
 
+def nvidia_gpus(root: Path = Path("/proc/driver/nvidia")) -> tuple[str | None, str | None]:
+    """(GPU models, driver version) from the NVIDIA driver's /proc files; (None, None)
+    without the driver.  Read from files so recording a session never loads NVML."""
+    try:
+        version = (root / "version").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None, None
+    # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar 5 ..."
+    words = version.split()
+    driver = next((w for w in words if w[:1].isdigit() and "." in w), version.strip())
+    models: list[str] = []
+    for info in sorted((root / "gpus").glob("*/information")):
+        try:
+            for line in info.read_text().splitlines():
+                if line.startswith("Model:"):
+                    models.append(line.split(":", 1)[1].strip())
+        except OSError:
+            continue
+    return (", ".join(models) or None), driver
+
+
 def host_info() -> dict[str, Any]:
+    gpu_model, gpu_driver = nvidia_gpus()
     return {
         "host": socket.gethostname(),
         "os": f"{platform.system()} {platform.release()}",
@@ -76,4 +98,6 @@ def host_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": library_versions(),
         "boot_id": boot_id(),
+        "gpu_model": gpu_model,
+        "gpu_driver": gpu_driver,
     }

@@ -10,6 +10,10 @@ Terms:
   random order (``order = "random"``, the default) or the study's fixed ``"blocked"`` order
   (every repetition of a configuration back to back), kept for comparison.
 - *plan hash*: sha256 of the plan's canonical JSON; a resumed run must match it.
+- *shard* ``K/N``: the K-th (from 0) of N disjoint parts of a plan's units, for spreading a
+  campaign over machines (issue 18).  Which unit goes to which shard depends only on the
+  plan (its units and seed), so every machine computes the same split; the shard is not part
+  of the plan hash, so all shards of one plan share it and can be merged.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import random
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,11 +123,82 @@ class Unit:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """The ``index``-th (from 0) of ``count`` disjoint parts of a plan's units."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str, environ: Mapping[str, str] | None = None) -> Shard:
+    """``"K/N"`` (K from 0), or ``"auto"``: SLURM's array task id and count from ``environ``."""
+    env = os.environ if environ is None else environ
+    if text == "auto":
+        task, count = env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_ARRAY_TASK_COUNT")
+        if task is None or count is None:
+            raise PlanError(
+                "--shard auto reads SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT, and this "
+                "process has no such variables (it is not a task of a SLURM array job). Pass "
+                "--shard K/N instead, e.g. --shard 0/3, or submit with `greenmon slurm`."
+            )
+        # An array may start at an offset (--array=1-3); the task's place is id - min.
+        text = f"{int(task) - int(env.get('SLURM_ARRAY_TASK_MIN', '0'))}/{count}"
+    index_text, _, count_text = text.partition("/")
+    try:
+        shard = Shard(int(index_text), int(count_text))
+    except ValueError:
+        shard = Shard(-1, 0)
+    if shard.count < 1 or not 0 <= shard.index < shard.count:
+        raise PlanError(
+            f"--shard {text!r} is not a shard: write K/N with 0 <= K < N (0/3, 1/3 and 2/3 "
+            "split a plan in three), or 'auto' inside a SLURM array job."
+        )
+    return shard
+
+
+def shard_assignment(units: list[Unit], count: int, seed: int) -> dict[int, int]:
+    """unit_id -> shard, balanced by configuration.
+
+    Configurations are taken in a seeded random order, and within each its cells (model,
+    factor levels) and their repetitions, also shuffled; the units are dealt round-robin to
+    the shards in that sequence, continuing where the previous configuration stopped.  So
+    a configuration (and a cell) with at least N units reaches every shard, and shard sizes
+    differ by at most one unit.  Depends on the units and the seed only, not on the run
+    order, so ``order = "blocked"`` splits the same way.
+    """
+    by_configuration: dict[str, dict[str, list[Unit]]] = {}
+    for unit in units:
+        cell = json.dumps([unit.model, unit.factors], sort_keys=True, default=str)
+        by_configuration.setdefault(unit.configuration, {}).setdefault(cell, []).append(unit)
+    rng = random.Random(f"greenmon-shards:{seed}:{count}")
+    configurations = sorted(by_configuration)
+    rng.shuffle(configurations)
+    assignment: dict[int, int] = {}
+    dealt = 0
+    for configuration in configurations:
+        cells = by_configuration[configuration]
+        cell_keys = sorted(cells)
+        rng.shuffle(cell_keys)
+        for key in cell_keys:
+            members = sorted(cells[key], key=lambda u: u.repetition)
+            rng.shuffle(members)  # which repetition lands on which shard is random too
+            for unit in members:
+                assignment[unit.unit_id] = dealt % count
+                dealt += 1
+    return assignment
+
+
+@dataclass(frozen=True)
 class Plan:
     spec: PlanSpec
     text: str
     path: Path | None
     configurations: list[tuple[str, str]]
+    # issue 18: run only this part of the units (``greenmon run --shard K/N``); None: all.
+    shard: Shard | None = None
 
     @property
     def name(self) -> str:
@@ -157,7 +234,16 @@ class Plan:
         ]
 
     def units(self) -> list[Unit]:
-        """All units in run order: seeded shuffle, or the study's blocked order."""
+        """The units in run order (seeded shuffle, or the study's blocked order); with a
+        shard, only that shard's units, in the same order and with the plan-wide ids."""
+        every = self.all_units()
+        if self.shard is None:
+            return every
+        assignment = shard_assignment(every, self.shard.count, self.spec.seed)
+        return [u for u in every if assignment[u.unit_id] == self.shard.index]
+
+    def all_units(self) -> list[Unit]:
+        """Every unit of the plan in run order, whatever the shard."""
         combos = [
             (model, engine, provider, levels, repetition)
             for model in self.spec.models

@@ -35,7 +35,7 @@ from greenmon.clock import now_ns
 from greenmon.energy import window_energy_sql
 from greenmon.engines.base import Engine, Prompt, RequestRecord
 from greenmon.errors import GreenmonError, PlanError
-from greenmon.plan import Plan, Unit, diff_plans, parse_plan
+from greenmon.plan import Plan, Unit, diff_plans, parse_plan, parse_shard
 
 PHASES = ("load", "warmup", "cooldown_before", "measure", "cooldown_after")
 # Memory still held after close beyond this is reported: engines must not leak into the
@@ -178,12 +178,21 @@ class ExperimentRunner:
             self.daemon.event("warning", "plan cancelled: the current unit is abandoned")
 
     async def submit(
-        self, plan_toml: str, plan_path: str | None, *, force: bool = False, resume: bool = False
+        self,
+        plan_toml: str,
+        plan_path: str | None,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        shard: str | None = None,
     ) -> dict[str, Any]:
         """A plan's text from the API: queued, its submission as a dict."""
+        import dataclasses
         from pathlib import Path
 
         plan = parse_plan(plan_toml, Path(plan_path) if plan_path else None)
+        if shard is not None:  # issue 18: one part of the plan's units
+            plan = dataclasses.replace(plan, shard=parse_shard(shard))
         submission = await self.submit_plan(plan, force=force, resume=resume)
         return submission.as_dict() | {"queued_behind": self.queued_behind(submission)}
 
@@ -272,15 +281,20 @@ class ExperimentRunner:
         experiment finished is refused with how to run it again.  ``force`` always starts a
         new experiment.
         """
+        # issue 18: a shard resumes its own experiment (same plan, same shard).
+        shard = plan.shard
+        shard_index, shard_count = (shard.index, shard.count) if shard else (None, None)
         rows = self.store.execute(
             """SELECT experiment_id, plan_hash, plan, status, units_done, units_total
                FROM (SELECT e.experiment_id, e.plan_hash, e.plan, e.status, e.created_ns,
                             count(*) FILTER (u.status IN ('done', 'failed')) AS units_done,
                             count(u.unit_id) AS units_total
                      FROM experiments e LEFT JOIN units u USING (experiment_id)
-                     WHERE e.name = ? GROUP BY ALL)
+                     WHERE e.name = ? AND e.shard_index IS NOT DISTINCT FROM ?
+                       AND e.shard_count IS NOT DISTINCT FROM ?
+                     GROUP BY ALL)
                ORDER BY created_ns DESC LIMIT 1""",
-            [plan.name],
+            [plan.name, shard_index, shard_count],
         )
         latest = rows[0] if rows and not force else None
         resumed = False
@@ -347,10 +361,13 @@ class ExperimentRunner:
             con = self.store.con
             con.execute("BEGIN TRANSACTION")
             try:
+                shard = plan.shard  # issue 18: the shard and host are recorded with it
                 con.execute(
                     """INSERT INTO experiments (experiment_id, session_id, name, plan_path,
-                           plan_hash, plan_toml, plan, seed, order_kind, status, created_ns)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)""",
+                           plan_hash, plan_toml, plan, seed, order_kind, status, created_ns,
+                           shard_index, shard_count, host)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?,
+                               (SELECT host FROM sessions WHERE session_id = ?))""",
                     [
                         experiment_id,
                         self.daemon.session_id,
@@ -362,6 +379,9 @@ class ExperimentRunner:
                         plan.spec.seed,
                         plan.spec.order,
                         now_ns(),
+                        shard.index if shard else None,
+                        shard.count if shard else None,
+                        self.daemon.session_id,
                     ],
                 )
                 con.executemany(

@@ -39,7 +39,7 @@ from greenmon.errors import DatabaseLockedError, StoreError
 from greenmon.probes.base import Channel
 
 APP_ID = "greenmon"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry migrates from version i to i + 1.  Never edit a landed entry: append one.
 MIGRATIONS: list[str] = [
@@ -158,6 +158,18 @@ MIGRATIONS: list[str] = [
         identical_share   DOUBLE,
         first_divergence  INTEGER
     );
+    """,
+    # issue 18: campaigns across machines.  An experiment run as one shard of a plan
+    # records which (shard_index of shard_count) and on which host; one made by
+    # `greenmon merge` records the files and experiments it came from.  Sessions record
+    # the GPU model and driver so the analysis can warn when hosts differ.
+    """
+    ALTER TABLE experiments ADD COLUMN shard_index INTEGER;
+    ALTER TABLE experiments ADD COLUMN shard_count INTEGER;
+    ALTER TABLE experiments ADD COLUMN host VARCHAR;
+    ALTER TABLE experiments ADD COLUMN merged_from JSON;
+    ALTER TABLE sessions ADD COLUMN gpu_model VARCHAR;
+    ALTER TABLE sessions ADD COLUMN gpu_driver VARCHAR;
     """,
 ]
 
@@ -370,8 +382,9 @@ class Store:
             self.con.execute(
                 """INSERT INTO sessions (session_id, host, os, kernel, cpu_model, cores_logical,
                        cores_physical, ram_bytes, python, versions, boot_id, config,
-                       started_ns, clock_anchor_ns, started_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(? / 1e9))""",
+                       started_ns, clock_anchor_ns, started_at, gpu_model, gpu_driver)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(? / 1e9),
+                           ?, ?)""",
                 [
                     session_id,
                     info.get("host"),
@@ -388,6 +401,8 @@ class Store:
                     anchor_t_ns,
                     anchor_ns,
                     anchor_t_ns + anchor_ns,
+                    info.get("gpu_model"),
+                    info.get("gpu_driver"),
                 ],
             )
             self.con.execute(

@@ -193,7 +193,13 @@ def load_results(store: Store, experiment_id: str) -> pd.DataFrame:
     try:
         frame = cursor.execute(
             # unit_results_for reads only this experiment's samples
-            "SELECT * FROM unit_results_for(?) ORDER BY unit_id",
+            # issue 18: each unit's host and its hardware, for the host as a block
+            """SELECT r.*, s.host, s.cpu_model AS host_cpu_model,
+                      s.gpu_model AS host_gpu_model, s.gpu_driver AS host_gpu_driver
+               FROM unit_results_for(?) r
+               LEFT JOIN units u USING (experiment_id, unit_id)
+               LEFT JOIN sessions s ON s.session_id = u.session_id
+               ORDER BY r.unit_id""",
             [experiment_id],
         ).df()
     finally:

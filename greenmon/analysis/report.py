@@ -56,6 +56,13 @@ REPORT_COLUMNS: dict[str, list[str]] = {
         "model", "configuration", "factor", "level", "n", "median_energy_j",
         "median_duration_s", "energy_change_pct", "duration_change_pct",
     ],
+    "host_tests": [
+        "variable", "model", "factor_key", "hosts", "test", "statistic", "p_value", "ranking",
+    ],
+    "host_effects": [
+        "variable", "model", "factor_key", "host", "reference", "ratio", "ratio_min",
+        "ratio_max", "p_value",
+    ],
 }  # fmt: skip
 
 
@@ -179,6 +186,59 @@ def result_table(result: AnalysisResult, name: str) -> tuple[list[str], list[lis
     columns = REPORT_COLUMNS[name]
     records = result.to_json()["tables"][name]
     return columns, [[r.get(c) for c in columns] for r in records]
+
+
+def host_median_table(result: AnalysisResult) -> tuple[list[str], list[list[Any]]]:
+    """issue 18: per-host medians side by side, one column per host."""
+    frame = result.host_medians
+    if frame.empty:
+        return [], []
+    wide = frame.pivot_table(
+        index=["variable", "model", "factor_key", "configuration"], columns="host",
+        values="median", aggfunc="first",
+    ).reset_index()  # fmt: skip
+    hosts = [c for c in wide.columns if c not in ("variable", "model", "factor_key",
+                                                  "configuration")]  # fmt: skip
+    columns = ["variable", "model", "factor_key", "configuration", *map(str, hosts)]
+    rows = [[None if isinstance(v, float) and v != v else v for v in row]
+            for row in wide[["variable", "model", "factor_key", "configuration", *hosts]]
+            .values.tolist()]  # fmt: skip
+    return columns, rows
+
+
+def _hosts_html(r: AnalysisResult) -> list[str]:
+    from greenmon.analysis.hosts import METHOD_CITATION
+
+    if r.host_tests.empty:
+        return []
+    out = ["<h2 id='hosts'>Hosts</h2>",
+           f"<p>The units ran on {r.host_tests['hosts'].max()} hosts; configurations are "
+           f"compared within each host: {html.escape(METHOD_CITATION)}.</p>"]  # fmt: skip
+    sentences = [t for t in r.host_effects["sentence"] if isinstance(t, str)]
+    out.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in sentences[:12]) + "</ul>")
+    for name, title in (("host_tests", "Within-host tests"), ("host_effects", "Host effect")):
+        columns, rows = result_table(r, name)
+        out += [f"<h3>{title}</h3>", html_table(columns, rows, name)]
+    columns, rows = host_median_table(r)
+    out += ["<details><summary>Per-host medians</summary>",
+            html_table(columns, rows, "host_medians"), "</details>"]  # fmt: skip
+    return out
+
+
+def _hosts_markdown(r: AnalysisResult) -> list[str]:
+    from greenmon.analysis.hosts import METHOD_CITATION
+
+    if r.host_tests.empty:
+        return []
+    out = ["## Hosts", "", f"The units ran on {r.host_tests['hosts'].max()} hosts; "
+           f"configurations are compared within each host: {METHOD_CITATION}.", ""]  # fmt: skip
+    out += [f"- {t}" for t in r.host_effects["sentence"][:12] if isinstance(t, str)] + [""]
+    for name, title in (("host_tests", "Within-host tests"), ("host_effects", "Host effect")):
+        columns, rows = result_table(r, name)
+        out += [f"### {title}", "", md_table(columns, rows), ""]
+    columns, rows = host_median_table(r)
+    out += ["### Per-host medians", "", md_table(columns, rows), ""]
+    return out
 
 
 # -- HTML ------------------------------------------------------------------------------
@@ -319,6 +379,7 @@ def render_html(data: ReportData) -> str:
         out.append(html_table(columns, rows, "tradeoff"))
         sentences = [t for t in r.tradeoff["sentence"] if isinstance(t, str)]
         out.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in sentences) + "</ul>")
+    out += _hosts_html(r)  # issue 18
     out.append("<h2 id='reconciliation'>Reconciliation: wall against components</h2>")
     out.append(_reconciliation_html(r))
     out.append("<h2 id='plots'>Figures</h2>")
@@ -401,6 +462,7 @@ def render_markdown(data: ReportData) -> str:
         columns, rows = result_table(r, name)
         if rows:
             out += [f"### {title}", "", md_table(columns, rows), ""]
+    out += _hosts_markdown(r)  # issue 18
     out += ["## Figures", ""]
     for plot in data.plots:
         out += [f"![{plot.title}](plots/{plot.png_path.name})", ""]

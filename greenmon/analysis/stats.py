@@ -121,6 +121,11 @@ class AnalysisResult:
     units_total: int
     units_analysed: int
     notes: list[AnalysisError] = field(default_factory=list)
+    # issue 18: per-host medians, within-host tests and the host effect (analysis/hosts.py);
+    # empty unless the units ran on more than one host.
+    host_medians: pd.DataFrame = field(default_factory=pd.DataFrame)
+    host_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
+    host_effects: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """Table name (without the ``analysis_`` prefix) -> its rows."""
@@ -135,6 +140,9 @@ class AnalysisResult:
             "twoway": self.twoway,
             "reconciliation": self.reconciliation,
             "tradeoff": self.tradeoff,
+            "host_medians": self.host_medians,
+            "host_tests": self.host_tests,
+            "host_effects": self.host_effects,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -440,6 +448,10 @@ def _analyze_frame(
         )
 
     medians = _medians(done, measured)
+    # issue 18: units from several hosts are also compared within hosts (the host a block)
+    from greenmon.analysis.hosts import host_analysis
+
+    host_medians, host_tests, host_effects = host_analysis(done, measured, alpha, notes)
     comparisons = _compare_scopes(done, measured, alpha, notes, workers)
     tests, assumptions, posthoc = comparisons
     savings = _savings(medians, posthoc)
@@ -465,6 +477,9 @@ def _analyze_frame(
         units_total=len(results),
         units_analysed=len(done),
         notes=notes,
+        host_medians=host_medians,
+        host_tests=host_tests,
+        host_effects=host_effects,
     )
 
 

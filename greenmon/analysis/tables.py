@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from greenmon.analysis import stats
+from greenmon.analysis import hosts, stats
 from greenmon.analysis.data import load_results, resolve_experiment
 
 if TYPE_CHECKING:
@@ -31,18 +31,22 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "twoway": stats.TWOWAY_COLUMNS,
     "reconciliation": stats.RECONCILIATION_COLUMNS,
     "tradeoff": stats.TRADEOFF_COLUMNS,
+    "host_medians": hosts.HOST_MEDIAN_COLUMNS,
+    "host_tests": hosts.HOST_TEST_COLUMNS,
+    "host_effects": hosts.HOST_EFFECT_COLUMNS,
 }
 
 _VARCHAR = {
     "variable", "scope", "model", "factor_key", "configuration", "engine", "provider",
     "check", "test", "effect_size_kind", "a", "b", "versus", "range_text", "best",
     "reference", "sentence", "models_sentence", "factor", "source", "level",
-    "energy_variable",
+    "energy_variable", "host", "ranking",
 }  # fmt: skip
 _INTEGER = {
     "size_category", "n", "groups", "n_total", "min_n", "pairs_total", "pairs_significant",
     "models", "models_lower", "models_significant_lower", "models_tested",
     "models_significant", "models_all_pairs_differ", "unit_id", "repetition",
+    "hosts", "configurations",
 }  # fmt: skip
 _BOOLEAN = {"passed", "normal", "equal_var", "significant", "all_pairs_differ"}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from greenmon.campaign import open_for_analysis
 from greenmon.commands.common import add_db_argument, format_table, resolve_db
-from greenmon.store import Store
 
 # What the text output shows of each table; --json prints every column.
 _TEXT_COLUMNS = {
@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from greenmon.analysis.tables import analyze
 
-    with Store.open(resolve_db(args.db)) as store:
+    # issue 18: --db may also be a directory of Parquet exports or a campaign directory
+    with open_for_analysis(resolve_db(args.db)) as store:
         result = analyze(store, args.experiment, workers=args.workers)
     if args.json:
         print(json.dumps(result.to_json(), indent=2, default=str))

@@ -18,7 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from greenmon.analysis.report import write_report
+    from greenmon.campaign import open_for_analysis
 
-    path = write_report(resolve_db(args.db), args.experiment, args.out)
+    # issue 18: --db may also be a directory of Parquet exports or a campaign directory
+    with open_for_analysis(resolve_db(args.db)) as store:
+        path = write_report(store, args.experiment, args.out)
     print(f"Wrote {path} and {path.with_suffix('.md')}")
     return 0

@@ -11,6 +11,7 @@ Ctrl-C, SIGTERM or SIGHUP then stop it in order and the experiment can be resume
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from greenmon.config import Config, parse_config
 from greenmon.daemon import Daemon, build_daemon
 from greenmon.errors import GreenmonError, PlanError
 from greenmon.livepower import PowerMeter
-from greenmon.plan import Plan, check_plan, load_plan
+from greenmon.plan import Plan, check_plan, load_plan, parse_shard
 from greenmon.runner import Submission
 from greenmon.store import Store
 
@@ -52,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start a new experiment even though the plan changed or already finished",
     )
     parser.add_argument("--quiet", action="store_true", help="no live progress line")
+    # issue 18: one deterministic part of the plan's units, for campaigns across machines.
+    parser.add_argument(
+        "--shard", default=None, metavar="K/N",
+        help="run only the K-th (from 0) of N parts of the units; 'auto' inside a SLURM array",
+    )  # fmt: skip
 
 
 def probes_config(plan: Plan) -> Config:
@@ -265,7 +271,10 @@ async def follow_remote(
     printer = ProgressPrinter(quiet)
     async with ApiClient(socket_path) as client:
         path = str(plan.path.resolve()) if plan.path else None
-        submission = await client.submit(plan.text, path, force=force, resume=resume)
+        shard = f"{plan.shard.index}/{plan.shard.count}" if plan.shard else None
+        submission = await client.submit(
+            plan.text, path, force=force, resume=resume, shard=shard
+        )
         experiment_id = str(submission["experiment_id"])
         announce(printer, submission, db)
         if plan.spec.probes:
@@ -330,6 +339,8 @@ def run(args: argparse.Namespace) -> int:
     from greenmon.api import find_daemon, resolve_socket_path
 
     plan = load_plan(args.plan)
+    if args.shard is not None:  # issue 18
+        plan = dataclasses.replace(plan, shard=parse_shard(args.shard))
     # deep: an unknown model or a broken workload file stops here, with the reason, rather
     # than failing every unit of an experiment that then reports nothing.
     check = check_plan(plan, deep=True)

@@ -19,6 +19,10 @@ from greenmon.store import Store
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_db_argument(parser, socket=True)
+    parser.add_argument(
+        "campaign", nargs="?", default=None,
+        help="a campaign directory (greenmon slurm --out): every shard's progress",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print as JSON")
 
 
@@ -149,7 +153,34 @@ def file_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def campaign_report(directory: Path, as_json: bool) -> str:
+    """issue 18: every shard of a campaign directory, from its files and logs."""
+    from greenmon.campaign import read_campaign, shard_progress
+
+    campaign = read_campaign(directory)
+    rows = shard_progress(directory)
+    if as_json:
+        return json.dumps({"campaign": campaign, "shards": rows}, default=str, indent=2)
+    done = sum(r["done"] for r in rows)
+    lines = [
+        f"campaign {directory}: plan '{campaign['plan']}', {campaign['shards']} shards, "
+        f"job {campaign.get('job_id') or 'not submitted'}; {done}/{campaign['units']} "
+        "units done"
+    ]
+    columns = ["shard", "host", "state", "done", "failed", "units", "detail"]
+    table = [
+        [r["shard"], r["host"], r["state"], r["done"], r["failed"],
+         r["total"] if r["total"] is not None else size, r["detail"]]
+        for r, size in zip(rows, campaign.get("units_per_shard", [None] * len(rows)), strict=False)
+    ]  # fmt: skip
+    lines.append(format_table(columns, table, max_width=70))
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.campaign is not None:
+        print(campaign_report(Path(args.campaign), args.json))
+        return 0
     db = resolve_db(args.db)
     client = find_daemon(db, args.socket)
     if client is not None:

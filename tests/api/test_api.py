@@ -169,7 +169,7 @@ async def test_plans_queue_and_pause_resume_cancel_reach_the_runner(
     ):
         first = await client.submit(fake_plan("first", repetitions=20, cooldown_s=0.3), None)
         assert first["resumed"] is False and first["units_total"] == 40
-        with pytest.raises(PlanError, match="no .configurations. key"):
+        with pytest.raises(PlanError, match=r"no 'configurations' key"):
             await client.submit("name = 'bad'\nmodels = []\n", None)
         with pytest.raises(PlanError, match="already running"):
             await client.submit(fake_plan("first", repetitions=20, cooldown_s=0.3), None)
