@@ -1,12 +1,15 @@
-"""TUI benchmark: does attaching a viewer disturb the daemon?
+"""TUI benchmark: what a viewer costs, in its own process and in the daemon's.
 
-Runs the daemon in its own process (a fake RAPL tree at 250 Hz, so the sampler's 4096-tick
-jitter window covers about the measured 15 s, plus the host probe at 10 Hz) with its API,
-and measures, with no viewer, with a bare stream reader (4 Hz, no drawing) and with the
-TUI attached headless (streams at 4 Hz, polls events, draws), the daemon process's CPU
-time as a share of one core and each probe's p99 tick jitter (windows reset when a
-measurement starts).  Conditions alternate (none, stream, tui, none, ...) so drift is not
-mistaken for an effect.  Prints JSON.
+Runs the daemon in its own process — composed as ``greenmon daemon`` composes it
+(build_daemon), with a fake RAPL tree at 250 Hz (so the sampler's 4096-tick jitter window
+covers about the measured 15 s) plus the host probe at 10 Hz — and gives it a long plan on
+the fake engine, so the viewer shows a running experiment (phases, grid, results).  With
+no viewer, with a bare stream reader (4 Hz, no drawing) and with the TUI attached headless
+(streams at 4 Hz, polls events, draws), it measures the viewer process's CPU time and the
+daemon process's, as shares of one core, and each probe's p99 tick jitter (windows reset
+when a measurement starts).  Conditions alternate (none, stream, tui, none, ...) so drift
+is not mistaken for an effect.  Aim (issue 12): the TUI process <= 2% of a core while it
+shows a running experiment.  Prints JSON.
 
     python bench/tui.py [--seconds 15] [--rounds 2]
 """
@@ -32,15 +35,33 @@ RAPL_HZ = 250.0
 WARMUP_S = 3.0
 VIEWER_START_S = 4.0
 VIEWERS = ("none", "stream", "tui")
+TUI_AIM_PERCENT_OF_CORE = 2.0
+# A plan on the fake engine long enough to outlast every measured condition.
+PLAN = """
+name = "bench-tui"
+models = ["tiny"]
+configurations = ["fake/cpu", "fake2/cpu"]
+workload = "gaissa-164"
+prompts = 4
+max_new_tokens = 8
+repetitions = 200
+seed = 1
+warmup_requests = 0
+custom_engines = { fake = "tests.fakes.engine:FakeEngine", fake2 = "tests.fakes.engine:FakeEngine" }
+
+[cooldown]
+before_s = 1.0
+after_s = 0.5
+"""
 
 
 def serve(socket_path: str, db_path: str, root: str) -> None:
     """The daemon process: fake RAPL + host probes, the API, until SIGTERM."""
     import anyio
 
-    from greenmon.api import ApiOptions, api_service
+    from greenmon.api import ApiOptions
     from greenmon.config import parse_config
-    from greenmon.daemon import Daemon
+    from greenmon.daemon import Daemon, build_daemon
     from greenmon.probes import REGISTRY
     from greenmon.store import Store
     from tests.fakes.rapl import FakeRaplTree
@@ -66,8 +87,13 @@ def serve(socket_path: str, db_path: str, root: str) -> None:
                     sampler.health.jitter_ns.clear()
 
     with Store.open(db_path) as store:
-        api = api_service(ApiOptions(socket_path=Path(socket_path)))
-        daemon = Daemon(store, config, services=[api, reset_on_sigusr1])
+        daemon = build_daemon(
+            store,
+            config,
+            api=ApiOptions(socket_path=Path(socket_path)),
+            runner_options={"reference": None},
+        )
+        daemon.services.append(reset_on_sigusr1)  # bench instrumentation only
         anyio.run(daemon.run)
 
 
@@ -100,6 +126,12 @@ def wait_for_socket(path: Path, timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def submit(path: Path) -> None:
+    from greenmon.api import ApiClient, call_daemon
+
+    call_daemon(ApiClient(path), lambda c: c.submit(PLAN, None))
+
+
 def cpu_s(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
@@ -124,6 +156,7 @@ def one_condition(viewer: str, seconds: float, tmp: Path, index: int) -> dict[st
     viewer_process = None
     try:
         wait_for_socket(socket_path)
+        submit(socket_path)
         time.sleep(WARMUP_S)
         if viewer != "none":
             viewer_process = subprocess.Popen(
@@ -184,7 +217,22 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             entry[f"{probe}_jitter_p99_us"] = {"median": statistics.median(p99), "runs": p99}
         missed = [sum(p["missed_ticks"] for p in r["probes"].values()) for r in chosen]
         entry["missed_ticks"] = {"runs": missed}
+        viewer_cpu = [r["viewer_cpu_percent_of_core"] for r in chosen]
+        if viewer != "none":
+            entry["viewer_cpu_percent_of_core"] = {
+                "median": statistics.median(viewer_cpu),
+                "runs": viewer_cpu,
+            }
         out[viewer] = entry
+    tui_cpu = out["tui"]["viewer_cpu_percent_of_core"]["median"]
+    out["aims"] = [
+        {
+            "aim": "TUI process while it shows a running experiment",
+            "figure_percent_of_core": tui_cpu,
+            "aim_percent_of_core": TUI_AIM_PERCENT_OF_CORE,
+            "met": tui_cpu <= TUI_AIM_PERCENT_OF_CORE,
+        }
+    ]
     return out
 
 

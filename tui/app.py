@@ -10,9 +10,9 @@ stops a daemon the TUI only attached to.
 The plan view lists the daemon's queue and every experiment in the file; moving the
 cursor onto one shows its medians per configuration.
 
-Cost: the TUI runs on the machine it measures, so it draws only what is visible and only
-what changed; the chart (plotext, the one expensive widget) is redrawn at most once a
-second, and nothing is drawn while nothing changes.
+Cost: the TUI runs on the machine it measures, so it draws only the visible view, at most
+once a second, only what changed, and nothing while nothing changes; the chart (plotext,
+the one expensive widget) plots at most a few points per column.
 
 The app never touches the store: everything arrives through a ``DaemonLink`` (the API
 client, or a fake with its shape in tests).  When the link fails the app says so, keeps
@@ -47,7 +47,9 @@ from greenmon.tui.model import (
 )
 
 VIEWS = ("live", "plan", "health", "sql")
-CHART_PERIOD_S = 1.0
+# The screen is redrawn at most this often: a person reads power and progress at 1 Hz,
+# and every redraw is CPU spent on the machine being measured.
+DRAW_PERIOD_S = 1.0
 EXPERIMENTS_PERIOD_S = 10.0
 EXPERIMENT_COLUMNS = ("experiment", "plan", "status", "units done", "failed", "total")
 CANCEL_CONFIRM_S = 3.0
@@ -77,7 +79,8 @@ class PowerChart(PlotextPlot):  # type: ignore[misc]  # textual-plotext is untyp
         plt = self.plt
         plt.clear_figure()
         plt.xlabel("s before the newest sample")
-        series = model.chart_series()
+        # braille plots two dots per column: more points than that cost without showing
+        series = model.chart_series(max_points=2 * max(self.size.width, 40))
         if not series:
             plt.title("power (W): waiting for samples")
             self.refresh()
@@ -172,9 +175,9 @@ class GreenmonApp(App[str]):
         self.last_error = ""
         self._cancel_armed_at: float | None = None
         self._shown: dict[str, Any] = {}
-        self._chart_drawn_s = 0.0
-        self._chart_stale = True
-        self._chart_timer_set = False
+        self._drawn_s = 0.0
+        self._stale = True
+        self._draw_timer_set = False
         self._finished_seen: tuple[str, ...] = ()
         self._chosen_experiment: str | None = None
         self._experiment_rows: list[dict[str, Any]] = []
@@ -238,8 +241,8 @@ class GreenmonApp(App[str]):
                 self._draw_all()
                 async for snap in self.link.stream():
                     self.model.ingest(snap)
-                    self._chart_stale = True
-                    self._draw_visible()
+                    self._stale = True
+                    self._draw_soon()
                     self._note_finished()
                 raise ApiError("the daemon closed the stream")
             except ApiError as error:
@@ -353,34 +356,33 @@ class GreenmonApp(App[str]):
 
     def _draw_live(self) -> None:
         model = self.model
-        self._draw_chart()
+        self.query_one("#live-chart", PowerChart).draw(model)
         self._update_static("unit", "\n".join(unit_lines(model.progress)))
         self._update_static("gauges", gauge_text(model.gauges()))
         self._update_static("power-now", power_text(model))
 
     @property
-    def chart_pending(self) -> bool:
-        """New data the chart has not drawn yet (it will within CHART_PERIOD_S)."""
-        return self._chart_stale
+    def draw_pending(self) -> bool:
+        """Data arrived that the screen does not show yet (it will within DRAW_PERIOD_S)."""
+        return self._stale
 
-    def _draw_chart(self) -> None:
-        """Redraw the chart if stale, at most once per CHART_PERIOD_S; a redraw held back
-        is done by a timer, so the last data is always drawn even if no more arrives."""
-        if not self._chart_stale or self._chart_timer_set:
+    def _draw_soon(self) -> None:
+        """Draw the visible view now if it was not drawn in the last DRAW_PERIOD_S, else
+        once by a timer, so the newest data is always drawn even if no more arrives."""
+        if not self._stale or self._draw_timer_set:
             return
-        wait_s = self._chart_drawn_s + CHART_PERIOD_S - time.monotonic()
+        wait_s = self._drawn_s + DRAW_PERIOD_S - time.monotonic()
         if wait_s > 0:
-            self._chart_timer_set = True
-            self.set_timer(wait_s, self._chart_timer)
+            self._draw_timer_set = True
+            self.set_timer(wait_s, self._draw_timer)
             return
-        self.query_one("#live-chart", PowerChart).draw(self.model)
-        self._chart_drawn_s = time.monotonic()
-        self._chart_stale = False
+        self._draw_visible()
+        self._drawn_s = time.monotonic()
+        self._stale = False
 
-    def _chart_timer(self) -> None:
-        self._chart_timer_set = False
-        if self.query_one("#views", ContentSwitcher).current == "live":
-            self._draw_chart()
+    def _draw_timer(self) -> None:
+        self._draw_timer_set = False
+        self._draw_soon()
 
     def _update_static(self, name: str, content: str | Text) -> None:
         key = content.plain if isinstance(content, Text) else content
@@ -455,7 +457,6 @@ class GreenmonApp(App[str]):
         if view == "sql":
             self.query_one("#sql-input", Input).focus()
         else:
-            self._chart_stale = True
             self._draw_visible()
 
     def action_leave_input(self) -> None:

@@ -129,16 +129,27 @@ class LiveModel:
             self.phases.popleft()
 
     # -- views -------------------------------------------------------------------------
-    def chart_series(self) -> list[tuple[str, list[float], list[float]]]:
-        """(label, t_s, power_w) per source, t_s relative to the newest sample."""
+    def chart_series(
+        self, max_points: int | None = None
+    ) -> list[tuple[str, list[float], list[float]]]:
+        """(label, t_s, power_w) per source, t_s relative to the newest sample.
+
+        ``max_points``: at most about this many points per series (every k-th, the newest
+        always kept) — a terminal chart cannot show more, and plotting costs per point.
+        """
         if self.latest_ns is None:
             return []
         latest = self.latest_ns
         out = []
         for series in self.series.values():
-            if series.points:
-                xs = [(t - latest) / 1e9 for t, _ in series.points]
-                out.append((series.channel.label, xs, [w for _, w in series.points]))
+            points = list(series.points)
+            if not points:
+                continue
+            if max_points and len(points) > max_points:
+                step = -(-len(points) // max_points)
+                points = points[::-1][::step][::-1]
+            xs = [(t - latest) / 1e9 for t, _ in points]
+            out.append((series.channel.label, xs, [w for _, w in points]))
         return out
 
     def phase_spans_s(self) -> list[tuple[str, float, float]]:

@@ -173,7 +173,7 @@ async def settle(pilot: Pilot[Any]) -> None:
             app.model.snapshots < SNAPSHOTS
             or app.query_one("#events").row_count < 3  # type: ignore[attr-defined]
             or app.query_one("#experiments").row_count < 3  # type: ignore[attr-defined]
-            or app.chart_pending
+            or app.draw_pending
         ):
             await pilot.pause(0.05)
     await pilot.pause()
