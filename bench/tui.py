@@ -33,7 +33,7 @@ from _common import REPO, machine  # type: ignore[import-not-found]
 
 RAPL_HZ = 250.0
 WARMUP_S = 3.0
-VIEWER_START_S = 4.0
+VIEWER_START_S = 8.0
 VIEWERS = ("none", "stream", "tui")
 TUI_AIM_PERCENT_OF_CORE = 2.0
 # A plan on the fake engine long enough to outlast every measured condition.

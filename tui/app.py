@@ -50,6 +50,8 @@ VIEWS = ("live", "plan", "health", "sql")
 # The screen is redrawn at most this often: a person reads power and progress at 1 Hz,
 # and every redraw is CPU spent on the machine being measured.
 DRAW_PERIOD_S = 1.0
+# The chart (plotext, then its ANSI output parsed back) costs ~40 ms a draw: every 3 s.
+CHART_PERIOD_S = 3.0
 EXPERIMENTS_PERIOD_S = 10.0
 EXPERIMENT_COLUMNS = ("experiment", "plan", "status", "units done", "failed", "total")
 CANCEL_CONFIRM_S = 3.0
@@ -176,6 +178,7 @@ class GreenmonApp(App[str]):
         self._cancel_armed_at: float | None = None
         self._shown: dict[str, Any] = {}
         self._drawn_s = 0.0
+        self._chart_drawn_s = 0.0
         self._stale = True
         self._draw_timer_set = False
         self._finished_seen: tuple[str, ...] = ()
@@ -254,7 +257,9 @@ class GreenmonApp(App[str]):
     @work(exclusive=True, group="events")
     async def poll_events(self) -> None:
         while True:
-            if self.connected:
+            # Events are fetched only while the health view shows them (and once at start).
+            visible = self.query_one("#views", ContentSwitcher).current == "health"
+            if self.connected and (visible or not self._shown.get("events")):
                 try:
                     events = await self.link.events(EVENT_LIMIT)
                 except ApiError:
@@ -356,7 +361,10 @@ class GreenmonApp(App[str]):
 
     def _draw_live(self) -> None:
         model = self.model
-        self.query_one("#live-chart", PowerChart).draw(model)
+        now_s = time.monotonic()
+        if now_s - self._chart_drawn_s >= CHART_PERIOD_S or not self._chart_drawn_s:
+            self.query_one("#live-chart", PowerChart).draw(model)
+            self._chart_drawn_s = now_s
         self._update_static("unit", "\n".join(unit_lines(model.progress)))
         self._update_static("gauges", gauge_text(model.gauges()))
         self._update_static("power-now", power_text(model))
@@ -387,7 +395,9 @@ class GreenmonApp(App[str]):
     def _update_static(self, name: str, content: str | Text) -> None:
         key = content.plain if isinstance(content, Text) else content
         if self._changed(name, key):
-            self.query_one(f"#{name}", Static).update(content)
+            # No layout pass: these panels have fixed sizes (CSS), so new text never
+            # moves anything, and a layout pass costs more than the text itself.
+            self.query_one(f"#{name}", Static).update(content, layout=False)
 
     def _changed(self, key: str, value: Any) -> bool:
         """Tables are rebuilt only when their content changes, keeping scroll and cursor."""
@@ -457,6 +467,7 @@ class GreenmonApp(App[str]):
         if view == "sql":
             self.query_one("#sql-input", Input).focus()
         else:
+            self._chart_drawn_s = 0.0  # a view shown anew is drawn whole
             self._draw_visible()
 
     def action_leave_input(self) -> None:
