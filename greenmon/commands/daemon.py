@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     with Store.open(path) as store:
         from greenmon.api import api_service
 
+        # Nothing the daemon does needs a file outside its database: the API's SQL
+        # cannot reach one either (greenmon.store.confine).
+        store.confine()
+
         # The local API lets `greenmon status`, `greenmon sql` and `greenmon tui` attach.
         daemon = Daemon(store, config, services=[api_service()])
 
