@@ -45,9 +45,9 @@ from _common import REPO, machine  # type: ignore[import-not-found]
 
 from greenmon.config import parse_config
 from greenmon.daemon import Daemon
+from greenmon.privhelper import HelperClient
 from greenmon.probes import host, netio, nvml, rapl
 from greenmon.probes.base import Probe
-from greenmon.privhelper import HelperClient
 from greenmon.settings import CpufreqKnob
 from greenmon.store import Store
 from tests.fakes.cpufreq import FakeCpufreqTree
