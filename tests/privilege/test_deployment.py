@@ -79,6 +79,7 @@ class Deployment:
             # the API socket's directory must be the daemon user's own
             "GREENMON_SOCKET": str(self.data / "run" / "api.sock"),
             "GREENMON_HELPER_SOCKET": str(self.socket),
+            "GREENMON_CACHE_DIR": str(self.data / "cache"),
             "HF_HUB_OFFLINE": "1",
         }
 
@@ -268,3 +269,39 @@ def test_the_helper_refuses_a_user_paths_outside_its_roots_and_values_outside_ra
     assert "outside" in outcomes[2] and "kHz" in outcomes[2]
     assert "not available" in outcomes[3]
     assert deployment.cpu.read(0, "scaling_max_freq") == "3600000"
+
+
+def test_plan_check_as_a_user_says_settings_go_through_the_helper_or_why_not(
+    deployment: Deployment,
+) -> None:
+    def plan(name: str, helper_socket: Path) -> Path:
+        path = deployment.data / name
+        path.write_text(
+            'name = "dvfs"\nmodels = ["tiny"]\nconfigurations = ["torch/cpu"]\n'
+            "prompts = 2\nmax_new_tokens = 2\nrepetitions = 1\n"
+            '[factors]\ncpu_governor = ["performance", "powersave"]\n'
+            f'[hardware]\ncpufreq_root = "{deployment.cpu.root}"\n'
+            f'helper_socket = "{helper_socket}"\n'
+        )
+        return path
+
+    from greenmon.models import build_builtin_model
+
+    # The built-in model, built once by this (root) process, read by the user: building it
+    # again as the user would only cost time.
+    built = build_builtin_model("tiny")
+    copy = deployment.data / "cache" / "models" / built.name
+    if not copy.exists():
+        shutil.copytree(built, copy)
+    subprocess.run(["chmod", "-R", "a+rX", str(deployment.data / "cache")], check=True)
+    done = deployment.as_user(["plan", "check", str(plan("helper.toml", deployment.socket))])
+    assert done.returncode == 0, done.stderr
+    assert f"hardware settings are written through the greenmon helper at {deployment.socket}" in (
+        done.stdout
+    )
+    missing = deployment.base / "helper" / "none.sock"
+    refused = deployment.as_user(["plan", "check", str(plan("no-helper.toml", missing))])
+    assert refused.returncode == 2
+    assert "cpufreq files are not writable by this user" in refused.stderr
+    assert f"no greenmon helper answers at {missing}" in refused.stderr
+    assert "Traceback" not in refused.stderr
