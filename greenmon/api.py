@@ -47,7 +47,7 @@ from anyio.abc import TaskStatus
 
 from greenmon.clock import now_ns
 from greenmon.errors import GreenmonError, PlanError
-from greenmon.store import confine
+from greenmon.store import confine, is_confined
 
 if TYPE_CHECKING:
     from greenmon.daemon import Daemon
@@ -203,9 +203,12 @@ def run_read_only(
     """Run a checked statement on a new cursor in a READ ONLY transaction (blocking)."""
     query = check_read_only(sql)
     with lock:
-        # Whoever composed the daemon, its API's SQL never reaches a file (idempotent).
-        confine(con)
         cursor = con.cursor()
+    # Whoever composed the daemon, its API's SQL never reaches a file.  The settings are
+    # the database's, so the cursor answers for them without holding the store's lock.
+    if not is_confined(cursor):
+        with lock:
+            confine(con)
     timer = threading.Timer(timeout_s, cursor.interrupt)
     timer.daemon = True
     timer.start()
