@@ -7,20 +7,17 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import duckdb
 import pytest
 
-from greenmon.api import ApiClient, ApiOptions, QueryFailed, QueryRefused
+from greenmon.api import ApiClient, QueryFailed, QueryRefused
 from greenmon.cli import main
-from greenmon.config import parse_config
 from greenmon.store import Store, is_confined
 from greenmon.tui.embedded import BackgroundDaemon
 from tests.api.fakes import short_socket_dir
-from tests.fakes.probes import CountingProbe
 
 
 @pytest.fixture
@@ -56,21 +53,6 @@ def escapes(outside: Path) -> list[str]:
         "SET enable_external_access = true",
         "SET threads = 1",
     ]
-
-
-@pytest.fixture
-def background(db_path: Path) -> Iterator[tuple[BackgroundDaemon, Path]]:
-    with short_socket_dir() as directory:
-        path = directory / "d.sock"
-        daemon = BackgroundDaemon(
-            db_path, parse_config(""), ApiOptions(socket_path=path),
-            probes={"counting": CountingProbe()},
-        )  # fmt: skip
-        daemon.start()
-        try:
-            yield daemon, path
-        finally:
-            daemon.stop()
 
 
 def test_the_api_refuses_every_file_and_setting_escape(
