@@ -52,6 +52,7 @@ from anyio.abc import TaskStatus
 
 from greenmon.clock import now_ns
 from greenmon.errors import GreenmonError, PlanError
+from greenmon.store import confine, is_confined
 
 if TYPE_CHECKING:
     from greenmon.daemon import Daemon
@@ -182,6 +183,29 @@ def check_read_only(sql: str) -> str:
     return statement.query
 
 
+FILE_ACCESS_REFUSED = (
+    "Reading, listing or writing files is refused: SQL here reaches only the database's "
+    "own tables and views (DuckDB's external access is off and its settings are locked), "
+    "so read_text, read_csv, read_parquet, glob, COPY, ATTACH, INSTALL/LOAD and SET cannot "
+    "touch a file outside it. {how}"
+)
+DAEMON_FILE_HOW = (
+    "To work with files, stop the daemon and run `greenmon export` or `greenmon sql "
+    "--allow-file-access` on the database file."
+)
+
+
+def refused_by_confinement(error: duckdb.Error, how: str) -> QueryRefused | None:
+    """QueryRefused for an error raised by a confined database (greenmon.store.confine);
+    None for any other error."""
+    first_line = str(error).splitlines()[0]
+    if isinstance(error, duckdb.PermissionException) or "configuration has been locked" in (
+        first_line
+    ):
+        return QueryRefused(f"{FILE_ACCESS_REFUSED.format(how=how)} (DuckDB: {first_line})")
+    return None
+
+
 @dataclass
 class SqlResult:
     columns: list[str]
@@ -200,6 +224,11 @@ def run_read_only(
     query = check_read_only(sql)
     with lock:
         cursor = con.cursor()
+    # Whoever composed the daemon, its API's SQL never reaches a file.  The settings are
+    # the database's, so the cursor answers for them without holding the store's lock.
+    if not is_confined(cursor):
+        with lock:
+            confine(con)
     timer = threading.Timer(timeout_s, cursor.interrupt)
     timer.daemon = True
     timer.start()
@@ -218,6 +247,9 @@ def run_read_only(
             "(a WHERE on session_id or t_ns) or use LIMIT."
         ) from None
     except duckdb.Error as error:
+        refused = refused_by_confinement(error, DAEMON_FILE_HOW)
+        if refused is not None:
+            raise refused from None
         raise QueryFailed(
             f"{str(error).splitlines()[0]}. Queries may read any table or view (samples, "
             "channels, sessions, events, experiments, units, phases, requests, "

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("restore", "put back GPU/CPU settings a killed or crashed run left changed"),
     "slurm": ("slurm", "write (and --submit) a SLURM array job running a plan's shards"),
     "merge": ("merge", "merge the shards of one plan (database files or exports) into one"),
+    "helper": ("helper", "as root: read RAPL, apply hardware settings for a daemon run as a user"),
 }
 
 

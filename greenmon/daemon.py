@@ -289,6 +289,9 @@ def build_daemon(
     from greenmon.api import ApiOptions, api_service
     from greenmon.runner import runner_service
 
+    # Nothing a daemon does needs a file outside its database, and the API's SQL must not
+    # reach one (issue 20): DuckDB's own external-access switch, locked.
+    store.confine()
     return Daemon(
         store,
         config,

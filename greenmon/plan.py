@@ -80,6 +80,9 @@ class Hardware(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nvml_module: str = "pynvml"
     # NVML indices or UUIDs of the GPUs the GPU factors apply to; None: every GPU.
     gpu_devices: list[int | str] | None = None
+    # The greenmon helper's socket, used when greenmon is not root (greenmon/privhelper.py);
+    # None: $GREENMON_HELPER_SOCKET, else /run/greenmon-helper.sock.
+    helper_socket: str | None = None
 
 
 class PlanSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -416,6 +419,11 @@ def check_plan(plan: Plan, *, cache_dir: str | None = None, deep: bool = True) -
     from greenmon.settings import check_hardware
 
     problems += check_hardware(plan)
+    from greenmon.settings import hardware_access
+
+    access = hardware_access(plan)
+    if access is not None:
+        notes.append(access)
     if plan.spec.order == "blocked":
         notes.append(
             "order = 'blocked' runs each configuration's repetitions back to back, "

@@ -46,6 +46,7 @@ from greenmon.errors import GreenmonError, PlanError
 
 if TYPE_CHECKING:
     from greenmon.plan import Hardware, Plan
+    from greenmon.privhelper import HelperClient
     from greenmon.store import Store
 
 CPU_FACTORS = ("cpu_governor", "cpu_max_freq_khz")
@@ -160,6 +161,49 @@ def _gpu_handles(nvml: Any, devices: Sequence[int | str] | None) -> list[tuple[s
         uuid = nvml.nvmlDeviceGetUUID(handle)
         out.append((uuid.decode() if isinstance(uuid, bytes) else str(uuid), handle))
     return out
+
+
+def power_limit_range_mw(nvml: Any, handle: Any) -> tuple[int, int]:
+    low_mw, high_mw = nvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)
+    return int(low_mw), int(high_mw)
+
+
+def supported_clocks_mhz(nvml: Any, handle: Any) -> tuple[list[int], dict[int, list[int]]]:
+    """Supported memory clocks, and the SM clocks supported at each, ascending."""
+    memory = sorted(int(m) for m in nvml.nvmlDeviceGetSupportedMemoryClocks(handle))
+    graphics = {
+        m: sorted(int(c) for c in nvml.nvmlDeviceGetSupportedGraphicsClocks(handle, m))
+        for m in memory
+    }
+    return memory, graphics
+
+
+def check_nvml_value(nvml: Any, handle: Any, setting: str, value: str) -> str | None:
+    """Why ``value`` is outside what this GPU supports for ``setting`` (None: it is not).
+    Values are as NvmlKnob writes them: milliwatts, ``min,max`` or ``memory,sm`` MHz, or
+    ``reset`` for clocks."""
+    if setting == "power_limit_mw":
+        low_mw, high_mw = power_limit_range_mw(nvml, handle)
+        if not value.isdigit() or not low_mw <= int(value) <= high_mw:
+            return f"power limit {value!r} mW is outside {low_mw}..{high_mw} mW"
+        return None
+    if value == "reset" and setting != "applications_clocks_mhz":
+        return None
+    try:
+        first, second = (int(v) for v in value.split(","))
+    except ValueError:
+        return f"{setting} value {value!r} is not two clocks in MHz ('a,b') or 'reset'"
+    memory, graphics = supported_clocks_mhz(nvml, handle)
+    sm = sorted({c for clocks in graphics.values() for c in clocks})
+    if setting == "gpu_locked_clocks_mhz":
+        if not sm[0] <= first <= second <= sm[-1]:
+            return f"SM clocks {first}..{second} MHz are outside {sm[0]}..{sm[-1]} MHz"
+    elif setting == "memory_locked_clocks_mhz":
+        if not memory[0] <= first <= second <= memory[-1]:
+            return f"memory clocks {first}..{second} MHz are outside {memory[0]}..{memory[-1]} MHz"
+    elif first not in graphics or second not in graphics[first]:
+        return f"application clocks {first} MHz memory, {second} MHz SM are not a supported pair"
+    return None
 
 
 class NvmlSession:
@@ -286,6 +330,44 @@ class NvmlKnob:
             self._call(f"nvmlDeviceSet{kind}", first, second)
 
 
+@dataclass
+class HelperKnob:
+    """A knob the greenmon helper writes (greenmon/privhelper.py), for a process that is
+    not root; reading needs no privilege and stays direct."""
+
+    knob: Knob
+    helper: HelperClient
+
+    @property
+    def target(self) -> str:
+        return self.knob.target
+
+    def read(self) -> str:
+        return self.knob.read()
+
+    def write(self, value: str) -> None:
+        from greenmon.privhelper import HelperRefused
+
+        try:
+            self.helper.setting_write(self.target, value)
+        except HelperRefused as error:
+            raise SettingError(str(error), title=error.title) from None
+
+
+def settings_helper(hardware: Hardware | None = None) -> HelperClient | None:
+    """Who writes hardware settings: None when this process is root (directly), else a
+    client of the greenmon helper (connected on first use)."""
+    if os.geteuid() == 0:
+        return None
+    from greenmon.privhelper import HelperClient
+
+    return HelperClient(hardware.helper_socket if hardware is not None else None)
+
+
+def _writer(knob: Knob, helper: HelperClient | None) -> Knob:
+    return knob if helper is None else HelperKnob(knob, helper)
+
+
 def knob_from_target(target: str, session: NvmlSession) -> Knob:
     data = json.loads(target)
     if data["kind"] == "cpufreq":
@@ -316,7 +398,15 @@ def has_cap_sys_admin() -> bool:
     return False
 
 
-def _check_cpu(levels: Mapping[str, list[Any]], root: Path) -> list[str]:
+def _helper_problem(hardware: Hardware) -> str | None:
+    """Why the greenmon helper cannot write settings for this process (None: it can)."""
+    from greenmon.privhelper import helper_answers
+
+    return helper_answers(hardware.helper_socket)
+
+
+def _check_cpu(levels: Mapping[str, list[Any]], hardware: Hardware) -> list[str]:
+    root = Path(hardware.cpufreq_root)
     problems: list[str] = []
     dirs = online_cpufreq_dirs(root)
     if not dirs:
@@ -355,12 +445,15 @@ def _check_cpu(levels: Mapping[str, list[Any]], root: Path) -> list[str]:
         if key in levels
     ]
     denied = [f for f in files if not os.access(f, os.W_OK)]
-    if denied:
+    helper_problem = _helper_problem(hardware) if denied and os.geteuid() != 0 else "root"
+    if denied and helper_problem is not None:
         problems.append(
             f"cpufreq files are not writable by this user ({denied[0]}"
             + (f" and {len(denied) - 1} more" if len(denied) > 1 else "")
-            + "): run greenmon as root, or give its user write access to "
-            f"{root}/cpu*/cpufreq/scaling_governor and scaling_max_freq"
+            + "): run greenmon as root, or run the greenmon helper as root for it, or give "
+            f"its user write access to {root}/cpu*/cpufreq/scaling_governor and "
+            "scaling_max_freq"
+            + ("" if helper_problem == "root" else f" (helper: {helper_problem})")
         )
     return problems
 
@@ -383,7 +476,7 @@ def _check_gpu(levels: Mapping[str, list[Any]], hardware: Hardware, nvml: Any) -
             return ["GPU factors are set but NVML finds no GPU"]
         for uuid, handle in gpus:
             if "gpu_power_limit_w" in levels:
-                low_mw, high_mw = module.nvmlDeviceGetPowerManagementLimitConstraints(handle)
+                low_mw, high_mw = power_limit_range_mw(module, handle)
                 for watts in levels["gpu_power_limit_w"]:
                     if not low_mw <= watts * 1000 <= high_mw:
                         problems.append(
@@ -392,14 +485,8 @@ def _check_gpu(levels: Mapping[str, list[Any]], hardware: Hardware, nvml: Any) -
                             "(nvmlDeviceGetPowerManagementLimitConstraints)"
                         )
             if "gpu_locked_clocks_mhz" in levels:
-                memory = sorted(int(m) for m in module.nvmlDeviceGetSupportedMemoryClocks(handle))
-                sm = sorted(
-                    {
-                        int(c)
-                        for m in memory
-                        for c in module.nvmlDeviceGetSupportedGraphicsClocks(handle, m)
-                    }
-                )
+                memory, graphics = supported_clocks_mhz(module, handle)
+                sm = sorted({c for clocks in graphics.values() for c in clocks})
                 for level in levels["gpu_locked_clocks_mhz"]:
                     if level[0] < sm[0] or level[1] > sm[-1]:
                         problems.append(
@@ -414,10 +501,13 @@ def _check_gpu(levels: Mapping[str, list[Any]], hardware: Hardware, nvml: Any) -
                             f"is outside GPU {uuid}'s supported {memory[0]}..{memory[-1]} MHz "
                             "(nvmlDeviceGetSupportedMemoryClocks)"
                         )
-        if not (getattr(module, "GREENMON_FAKE_PRIVILEGED", False) or has_cap_sys_admin()):
+        privileged = getattr(module, "GREENMON_FAKE_PRIVILEGED", False) or has_cap_sys_admin()
+        helper_problem = None if privileged else _helper_problem(hardware)
+        if helper_problem is not None:
             problems.append(
-                "GPU power limits and clocks need root or CAP_SYS_ADMIN: run greenmon with "
-                "sudo, or `sudo setcap cap_sys_admin+ep` on its Python interpreter"
+                "GPU power limits and clocks need root or CAP_SYS_ADMIN: run the greenmon "
+                "helper as root for this user, or run greenmon with sudo, or `sudo setcap "
+                f"cap_sys_admin+ep` on its Python interpreter (helper: {helper_problem})"
             )
     except GreenmonError as error:
         problems.append(str(error))
@@ -434,10 +524,28 @@ def check_hardware(plan: Plan, *, nvml: Any = None) -> list[str]:
     levels = hardware_levels(plan)
     problems: list[str] = []
     if any(key in levels for key in CPU_FACTORS):
-        problems += _check_cpu(levels, Path(plan.spec.hardware.cpufreq_root))
+        problems += _check_cpu(levels, plan.spec.hardware)
     if any(key in levels for key in GPU_FACTORS):
         problems += _check_gpu(levels, plan.spec.hardware, nvml)
     return problems
+
+
+def hardware_access(plan: Plan) -> str | None:
+    """How the plan's hardware factors would be written here, in words (None: it has none)."""
+    if not hardware_levels(plan):
+        return None
+    if os.geteuid() == 0:
+        return "hardware settings are written directly (greenmon runs as root)"
+    from greenmon.privhelper import helper_socket_path
+
+    path = helper_socket_path(plan.spec.hardware.helper_socket)
+    problem = _helper_problem(plan.spec.hardware)
+    if problem is None:
+        return f"hardware settings are written through the greenmon helper at {path}"
+    return (
+        "hardware settings cannot be written: greenmon is not root and the helper does not "
+        f"answer ({problem})"
+    )
 
 
 def require_hardware(plan: Plan, *, nvml: Any = None) -> None:
@@ -472,6 +580,7 @@ class UnitSettings:
     def __post_init__(self) -> None:
         given = {self.hardware.nvml_module: self.nvml} if self.nvml is not None else None
         self._session = NvmlSession(given)
+        self._helper = settings_helper(self.hardware)
 
     # one journaled change
     def _set(self, knob: Knob, value: str, previous: str) -> str:
@@ -483,7 +592,7 @@ class UnitSettings:
         )
         journal_id = int(rows[0][0])
         try:
-            knob.write(value)
+            _writer(knob, self._helper).write(value)
         except BaseException:
             # Refused (unsupported, no permission, invalid): nothing changed to restore.
             self.store.execute(
@@ -580,9 +689,13 @@ class UnitSettings:
 
     def restore(self) -> list[str]:
         """Restore this unit's changes, newest first; the problems that remain."""
-        problems = restore_rows(self.store, [a.journal_id for a in self.applied], self._session)
+        problems = restore_rows(
+            self.store, [a.journal_id for a in self.applied], self._session, self._helper
+        )
         self.applied.clear()
         self._session.close()
+        if self._helper is not None:
+            self._helper.close()
         return problems
 
 
@@ -596,16 +709,23 @@ class Restored:
 
 
 def restore_rows(
-    store: Store, journal_ids: Sequence[int] | None, session: NvmlSession | None = None
+    store: Store,
+    journal_ids: Sequence[int] | None,
+    session: NvmlSession | None = None,
+    helper: HelperClient | None = None,
 ) -> list[str]:
     """Restore the given rows (None: every row not 'restored'); the problems left."""
-    return [r.message for r in restore_journal(store, journal_ids, session) if not r.ok]
+    return [r.message for r in restore_journal(store, journal_ids, session, helper) if not r.ok]
 
 
 def restore_journal(
-    store: Store, journal_ids: Sequence[int] | None = None, session: NvmlSession | None = None
+    store: Store,
+    journal_ids: Sequence[int] | None = None,
+    session: NvmlSession | None = None,
+    helper: HelperClient | None = None,
 ) -> list[Restored]:
-    """Write back the previous value of each journal row not yet restored, newest first."""
+    """Write back the previous value of each journal row not yet restored, newest first.
+    Not root: through ``helper``, else the greenmon helper at the default socket."""
     if journal_ids is not None and not journal_ids:
         return []
     sql = (
@@ -619,12 +739,15 @@ def restore_journal(
     rows = store.execute(sql + " ORDER BY journal_id DESC", params)
     own_session = session is None
     session = session or NvmlSession()
+    own_helper = helper is None and bool(rows)
+    if own_helper:
+        helper = settings_helper()
     results: list[Restored] = []
     try:
         for journal_id, target, previous in rows:
             try:
                 knob = knob_from_target(str(target), session)
-                knob.write(str(previous))
+                _writer(knob, helper).write(str(previous))
             except Exception as error:
                 store.execute(
                     "UPDATE restore_journal SET status = 'restore_failed' WHERE journal_id = ?",
@@ -658,6 +781,8 @@ def restore_journal(
     finally:
         if own_session:
             session.close()
+        if own_helper and helper is not None:
+            helper.close()
     return results
 
 

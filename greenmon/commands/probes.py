@@ -26,6 +26,10 @@ def describe_probes(config_path: str | None) -> list[dict[str, Any]]:
             entry["rate_hz"] = options.rate_hz or probe.default_rate_hz
             entry["default_rate_hz"] = probe.default_rate_hz
             channels = probe.open()
+            # How a probe that has more than one way in reached its source (RAPL: directly
+            # or through the greenmon helper).
+            describe_access = getattr(probe, "describe_access", None)
+            entry["access"] = describe_access() if describe_access is not None else None
             probe.close()
         except ProbeUnavailable as error:
             entry.update(available=False, reason=str(error), channels=[])
@@ -61,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         if not entry["enabled"]:
             state += " (disabled in config)"
         rate = entry.get("rate_hz")
-        print(f"{entry['probe']}: {state}" + (f", {rate:g} Hz" if rate else ""))
+        access = f", read {entry['access']}" if entry.get("access") else ""
+        print(f"{entry['probe']}: {state}" + (f", {rate:g} Hz" if rate else "") + access)
         if entry["reason"]:
             print(f"    why: {entry['reason']}")
         for channel in entry["channels"]:

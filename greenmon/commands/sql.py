@@ -1,7 +1,9 @@
 """``greenmon sql``: a read-only query on a greenmon database.
 
 When a daemon holds the file, the query goes through its API (read-only there too, with a
-row limit); otherwise the file is opened read-only.
+row limit); otherwise the file is opened read-only.  Either way the SQL reaches no file
+outside the database (greenmon.store.confine), unless ``--allow-file-access`` is given on
+a file no daemon holds.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print rows as JSON objects")
     output.add_argument("--csv", action="store_true", help="print rows as CSV")
+    parser.add_argument(
+        "--allow-file-access",
+        action="store_true",
+        help="on a file no daemon holds: let the query read and write files outside the "
+        "database (read_csv, COPY, ATTACH, ...); never through a daemon",
+    )
     parser.add_argument("query", help='SQL to run, e.g. "SELECT * FROM channels"')
 
 
@@ -50,8 +58,16 @@ def _query_daemon(args: argparse.Namespace) -> tuple[list[str], list[Any]] | Non
     return result.columns, result.rows
 
 
+LOCAL_FILE_HOW = (
+    "To let a query on a file no daemon holds read or write other files, add "
+    "--allow-file-access."
+)
+
+
 def run(args: argparse.Namespace) -> int:
     import duckdb
+
+    from greenmon.api import refused_by_confinement
 
     from_daemon = _query_daemon(args)
     if from_daemon is not None:
@@ -60,9 +76,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     path = resolve_db(args.db)
     with Store.open(path, read_only=True) as store:
+        if not args.allow_file_access:
+            store.confine()
         try:
             columns, rows = store.query(args.query)
         except duckdb.Error as error:
+            refused = refused_by_confinement(error, LOCAL_FILE_HOW)
+            if refused is not None:
+                raise refused from None
             raise GreenmonError(
                 f"{error}. The database is opened read-only: queries may read any table or "
                 "view (samples, channels, sessions, events, units, phases, requests, "

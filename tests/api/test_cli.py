@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,21 +13,6 @@ from greenmon.config import parse_config
 from greenmon.tui.embedded import BackgroundDaemon
 from tests.api.fakes import short_socket_dir
 from tests.fakes.probes import CountingProbe
-
-
-@pytest.fixture
-def background(db_path: Path) -> Iterator[tuple[BackgroundDaemon, Path]]:
-    with short_socket_dir() as directory:
-        path = directory / "d.sock"
-        daemon = BackgroundDaemon(
-            db_path, parse_config(""), ApiOptions(socket_path=path),
-            probes={"counting": CountingProbe()},
-        )  # fmt: skip
-        daemon.start()
-        try:
-            yield daemon, path
-        finally:
-            daemon.stop()
 
 
 def test_status_and_sql_go_through_the_daemon(
