@@ -93,11 +93,14 @@ def test_the_api_refuses_every_file_and_setting_escape(
 
 
 def test_greenmon_sql_through_a_daemon_refuses_with_one_paragraph(
-    background: tuple[BackgroundDaemon, Path], secret: Path, capsys: pytest.CaptureFixture[str]
+    background: tuple[BackgroundDaemon, Path],
+    secret: Path,
+    db_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _, path = background
     for sql in escapes(secret):
-        assert main(["sql", "--socket", str(path), sql]) == 2, sql
+        assert main(["sql", "--socket", str(path), "--db", str(db_path), sql]) == 2, sql
         captured = capsys.readouterr()
         assert captured.out == "", sql
         assert captured.err.startswith("greenmon: Query refused: "), (sql, captured.err)
