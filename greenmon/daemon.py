@@ -30,7 +30,7 @@ from greenmon.config import Config, probe_module
 from greenmon.hostinfo import host_info
 from greenmon.probes.base import Channel, Probe, ProbeUnavailable
 from greenmon.sampling import ProbeHealth, Sampler
-from greenmon.store import Event, SampleBatch, Store, run_writer
+from greenmon.store import Event, FlushRequest, SampleBatch, Store, run_writer
 
 Service = Callable[..., Coroutine[Any, Any, None]]
 
@@ -66,7 +66,7 @@ class Daemon:
         self.channels: dict[int, tuple[str, Channel]] = {}
         self.unavailable: dict[str, str] = {}
         self._stop = anyio.Event()
-        self._send: MemoryObjectSendStream[SampleBatch | Event] | None = None
+        self._send: MemoryObjectSendStream[SampleBatch | Event | FlushRequest] | None = None
         self.started = anyio.Event()
         # Set by the runner service (greenmon/runner.py) when one runs in this daemon.
         self.runner: Any = None
@@ -89,6 +89,21 @@ class Daemon:
                 self.store.write(
                     SampleBatch(), [Event(now_ns(), level, probe, message)], self.session_id
                 )
+
+    async def flush(self) -> None:
+        """Return once everything handed to the writer so far is in the database.
+
+        issue 15: a window's figures are read as it closes, not at the next periodic flush.
+        """
+        send = self._send
+        if send is None:
+            return
+        request = FlushRequest()
+        try:
+            await send.send(request)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return
+        await request.done.wait()
 
     def health(self) -> list[dict[str, Any]]:
         rows = [s.health.as_dict() for s in self.samplers]
@@ -188,7 +203,7 @@ class Daemon:
                 host_info(), anchor.t_ns, anchor.anchor_ns, self.config.as_dict()
             )
         )
-        send, receive = anyio.create_memory_object_stream[SampleBatch | Event](
+        send, receive = anyio.create_memory_object_stream[SampleBatch | Event | FlushRequest](
             max_buffer_size=self.stream_buffer
         )
         self._send = send

@@ -39,7 +39,7 @@ from greenmon.errors import DatabaseLockedError, StoreError
 from greenmon.probes.base import Channel
 
 APP_ID = "greenmon"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry migrates from version i to i + 1.  Never edit a landed entry: append one.
 MIGRATIONS: list[str] = [
@@ -159,6 +159,23 @@ MIGRATIONS: list[str] = [
         first_divergence  INTEGER
     );
     """,
+    # issue 15: a user's named windows (the API, `greenmon measure`, Monitor.window).  A row
+    # is written when the window opens (end_ns NULL while open); kind 'baseline' marks an
+    # idle window that others subtract.
+    """
+    CREATE SEQUENCE window_id_seq START 1;
+    CREATE TABLE windows (
+        window_id          BIGINT PRIMARY KEY DEFAULT nextval('window_id_seq'),
+        session_id         VARCHAR NOT NULL,
+        name               VARCHAR NOT NULL,
+        kind               VARCHAR NOT NULL DEFAULT 'window'
+                           CHECK (kind IN ('window', 'baseline')),
+        tags               JSON,
+        start_ns           BIGINT NOT NULL,
+        end_ns             BIGINT,
+        baseline_window_id BIGINT
+    );
+    """,
 ]
 
 _LOCK_PATTERN = re.compile(r"(Conflicting lock|Could not set lock|lock on file)", re.I)
@@ -202,6 +219,17 @@ class SampleBatch:
                 "value": pa.array(self.values, pa.float64()),
             }
         )
+
+
+@dataclass(eq=False)
+class FlushRequest:
+    """Sent through the writer's stream: flush everything queued so far, then set ``done``.
+
+    A window's figures are read the moment it closes (greenmon/windows.py); this is how its
+    last samples reach the database without waiting for the next periodic flush.
+    """
+
+    done: anyio.Event = field(default_factory=anyio.Event)
 
 
 @dataclass(frozen=True)
@@ -489,7 +517,7 @@ class Store:
 async def run_writer(
     store: Store,
     session_id: str,
-    receive: MemoryObjectReceiveStream[SampleBatch | Event],
+    receive: MemoryObjectReceiveStream[SampleBatch | Event | FlushRequest],
     *,
     sinks: Sequence[deque[tuple[SampleBatch, list[Event]]]] = (),
     flush_interval_s: float = 0.5,
@@ -507,6 +535,7 @@ async def run_writer(
     """
     pending = SampleBatch()
     pending_events: list[Event] = []
+    flush_requests: list[FlushRequest] = []
     written = 0
 
     async def flush() -> None:
@@ -521,8 +550,10 @@ async def run_writer(
             raise _explain_write_error(store.path, error, len(batch)) from None
         written += len(batch)
 
-    def take(item: SampleBatch | Event) -> None:
-        if isinstance(item, Event):
+    def take(item: SampleBatch | Event | FlushRequest) -> None:
+        if isinstance(item, FlushRequest):
+            flush_requests.append(item)
+        elif isinstance(item, Event):
             pending_events.append(item)
         else:
             pending.extend(item)
@@ -539,7 +570,7 @@ async def run_writer(
         while True:
             deadline = anyio.current_time() + flush_interval_s
             ended = False
-            while len(pending) < max_batch_rows:
+            while len(pending) < max_batch_rows and not flush_requests:
                 remaining = deadline - anyio.current_time()
                 if remaining <= 0:
                     break
@@ -551,6 +582,9 @@ async def run_writer(
                         break
             drain_sinks()
             await flush()
+            for request in flush_requests:
+                request.done.set()
+            flush_requests.clear()
             if ended:
                 break
     finally:
@@ -564,4 +598,6 @@ async def run_writer(
             receive.close()
             drain_sinks()
             await flush()
+            for request in flush_requests:
+                request.done.set()
     return written

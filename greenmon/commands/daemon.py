@@ -10,7 +10,7 @@ import anyio
 
 from greenmon.commands.common import add_db_argument, greenmon_error_in, resolve_db
 from greenmon.config import load_config
-from greenmon.daemon import Daemon, DaemonSummary
+from greenmon.daemon import DaemonSummary
 from greenmon.store import Store
 
 
@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     path = resolve_db(args.db, config.daemon.db)
     with Store.open(path) as store:
-        from greenmon.api import api_service
+        from greenmon.compose import compose_daemon
 
-        # The local API lets `greenmon status`, `greenmon sql` and `greenmon tui` attach.
-        daemon = Daemon(store, config, services=[api_service()])
+        # The local API lets `greenmon status`, `sql`, `tui`, `measure` and Monitor attach.
+        daemon = compose_daemon(store, config)
 
         summary_holder: list[DaemonSummary] = []
 
