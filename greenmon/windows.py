@@ -30,6 +30,7 @@ from anyio.abc import TaskStatus
 
 from greenmon.clock import now_ns
 from greenmon.errors import GreenmonError
+from greenmon.store import Event, SampleBatch
 from greenmon.views import UTILISATION_QUANTITIES
 
 DOMAINS = ("cpu", "dram", "gpu", "wall", "global")
@@ -297,12 +298,19 @@ class WindowRegistry:
         """At daemon stop: close what is still open, so no measured interval is lost."""
         end_ns = now_ns()
         for window_id in list(self.open):
-            self.open.pop(window_id)
-            self.daemon.event("warning", f"window {window_id} closed by the daemon stopping")
+            window = self.open.pop(window_id)
+            # The writer has stopped by now: the event goes to the store directly.
+            event = Event(
+                end_ns, "warning", None,
+                f"window {window_id} ({window.name}) closed by the daemon stopping",
+            )  # fmt: skip
             await anyio.to_thread.run_sync(
                 self.store.execute,
                 "UPDATE windows SET end_ns = ? WHERE window_id = ?",
                 [end_ns, window_id],
+            )
+            await anyio.to_thread.run_sync(
+                self.store.write, SampleBatch(), [event], self.daemon.session_id
             )
 
     # -- listing -----------------------------------------------------------------------
