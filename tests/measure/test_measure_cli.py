@@ -48,9 +48,18 @@ def _measure(
     child = [sys.executable, "-c", CHILD, str(power.marker), str(BUSY_S), str(status)]
     result = subprocess.run(
         greenmon_command(
-            "measure", "--db", str(tmp_path / "m.duckdb"), "--config", str(config),
-            "--json", "-o", str(report), *options, "--", *child,
-        ),  # fmt: skip
+            "measure",
+            "--db",
+            str(tmp_path / "m.duckdb"),
+            "--config",
+            str(config),
+            "--json",
+            "-o",
+            str(report),
+            *options,
+            "--",
+            *child,
+        ),
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -116,9 +125,19 @@ def test_measure_forwards_sigterm_to_the_command(tmp_path: Path, short_dir: Path
     report = tmp_path / "report.json"
     process = subprocess.Popen(
         greenmon_command(
-            "measure", "--db", str(tmp_path / "m.duckdb"), "--config", str(config),
-            "--json", "-o", str(report), "--", sys.executable, "-c", child,
-        ),  # fmt: skip
+            "measure",
+            "--db",
+            str(tmp_path / "m.duckdb"),
+            "--config",
+            str(config),
+            "--json",
+            "-o",
+            str(report),
+            "--",
+            sys.executable,
+            "-c",
+            child,
+        ),
         cwd=tmp_path,
         env=cli_env(short_dir / "d.sock"),
         stderr=subprocess.PIPE,

@@ -30,7 +30,9 @@ def test_windows_over_the_api_get_the_energy_put_in(
 ) -> None:
     socket_path = short_dir / "d.sock"
     db = tmp_path / "windows.duckdb"
-    process = start_daemon(tmp_path, socket_path, write_config(tmp_path, marked_power.tree.root), db)
+    process = start_daemon(
+        tmp_path, socket_path, write_config(tmp_path, marked_power.tree.root), db
+    )
     returned: dict[str, Any] = {}
 
     async def scenario() -> None:
@@ -93,9 +95,7 @@ def test_windows_over_the_api_get_the_energy_put_in(
     # What the close returned is what DuckDB gives afterwards: the close waited for the
     # samples up to the window's end.
     with Store.open(db, read_only=True) as store:
-        columns, rows = store.query(
-            "SELECT * FROM window_results WHERE name = 'busy'"
-        )
+        columns, rows = store.query("SELECT * FROM window_results WHERE name = 'busy'")
     stored = WindowResult.from_row(dict(zip(columns, rows[0], strict=True)))
     assert stored.energy_j["cpu"] == pytest.approx(busy.energy_j["cpu"], rel=1e-9)
     assert stored.dynamic_j["cpu"] == pytest.approx(busy.dynamic_j["cpu"], rel=1e-9)
@@ -107,7 +107,9 @@ def test_a_window_still_open_when_the_daemon_stops_is_kept(
 ) -> None:
     socket_path = short_dir / "d.sock"
     db = tmp_path / "windows.duckdb"
-    process = start_daemon(tmp_path, socket_path, write_config(tmp_path, marked_power.tree.root), db)
+    process = start_daemon(
+        tmp_path, socket_path, write_config(tmp_path, marked_power.tree.root), db
+    )
 
     async def open_one() -> None:
         async with ApiClient(socket_path) as client:
