@@ -41,6 +41,7 @@ HANDOFF_WAIT_MIN_S = 1.0
 HANDOFF_WAIT_MAX_S = 10.0
 HANDOFF_POLL_S = 0.002
 RECENT_WINDOWS = 20
+CACHED_WINDOWS = 1000
 
 
 class WindowError(GreenmonError):
@@ -189,6 +190,9 @@ class WindowRegistry:
         self.open: dict[int, OpenWindow] = {}
         self.auto_baseline_id: int | None = None
         self._baseline_lock = anyio.Lock()
+        # A closed window's figures never change: GET /windows (a viewer polls it) computes
+        # each one once.
+        self._closed: dict[int, WindowResult] = {}
 
     # -- opening -----------------------------------------------------------------------
     async def open_window(
@@ -278,7 +282,14 @@ class WindowRegistry:
         results = await anyio.to_thread.run_sync(window_results, self.store, [window_id])
         if not results:
             raise WindowError(f"Window {window_id} has no row in window_results.")
+        self._remember(results)
         return results[0]
+
+    def _remember(self, results: Sequence[WindowResult]) -> None:
+        for result in results:
+            self._closed[result.window_id] = result
+        while len(self._closed) > CACHED_WINDOWS:
+            del self._closed[min(self._closed)]
 
     async def samples_through(self, t_ns: int) -> None:
         """Return once every running sampler's samples up to ``t_ns`` are stored."""
@@ -322,9 +333,10 @@ class WindowRegistry:
                ORDER BY end_ns DESC LIMIT ?""",
             [self.daemon.session_id, limit],
         )
-        recent = await anyio.to_thread.run_sync(
-            window_results, self.store, [int(r[0]) for r in rows]
-        )
+        ids = [int(r[0]) for r in rows]
+        missing = [i for i in ids if i not in self._closed]
+        self._remember(await anyio.to_thread.run_sync(window_results, self.store, missing))
+        recent = [self._closed[i] for i in ids if i in self._closed]
         return {
             "session_id": self.daemon.session_id,
             "open": [w.as_dict() for w in sorted(self.open.values(), key=lambda w: w.start_ns)],
