@@ -97,9 +97,9 @@ class Window:
 class Monitor:
     """Named measurement windows over a greenmon daemon (attached or in-process).
 
-    ``db``: the database (default as for the CLI: $GREENMON_DB, the config's, or
-    ./greenmon.duckdb); ``config``: a TOML file (or Config) for an in-process daemon's
-    probes; ``socket``: the API socket (default: the one the CLI uses).
+    ``db``: the database (default, as for the CLI: the running daemon's, else $GREENMON_DB,
+    the config's, or ./greenmon.duckdb); ``config``: a TOML file (or Config) for an
+    in-process daemon's probes; ``socket``: the API socket (default: the CLI's).
     """
 
     def __init__(
@@ -142,7 +142,10 @@ class Monitor:
             if found is not None:
                 self._client = ApiClient(self.socket_path, timeout_s=CLIENT_TIMEOUT_S)
                 status = self._call(self._client.status)
-                if Path(status["db_path"]) != self.db_path.resolve():
+                # As `greenmon sql`: without an explicit db, the running daemon's file it is.
+                if self._db is None:
+                    self.db_path = Path(status["db_path"])
+                elif Path(status["db_path"]) != self.db_path.resolve():
                     raise MonitorError(
                         f"The daemon at {self.socket_path} holds {status['db_path']}, not "
                         f"{self.db_path}. Use that database, stop that daemon, or pass "

@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
             status = _exit_status(returncode)
             if status != 0 or fw.received is not None:
                 break
+    if fw.received is not None and not results:
+        status = 128 + fw.received  # stopped before the command ran (during the baseline)
     report = _report(command, results, baseline, status, args.repeat)
     out: TextIO
     if args.output:
