@@ -19,7 +19,7 @@ from typing import Any
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from greenmon.api import ApiOptions
-from greenmon.compose import compose_daemon
+from greenmon.compose import build_daemon
 from greenmon.config import Config
 from greenmon.daemon import Daemon, DaemonSummary
 from greenmon.probes.base import Probe
@@ -49,7 +49,7 @@ class BackgroundDaemon:
 
     def start(self) -> Daemon:
         self._store = Store.open(self.db_path)
-        self.daemon = compose_daemon(
+        self.daemon = build_daemon(
             self._store,
             self.config,
             api=self.api,

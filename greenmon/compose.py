@@ -1,8 +1,9 @@
 """What every daemon runs besides its probes and writer: one list, used by every starter.
 
-``greenmon daemon``, the in-process daemons of ``greenmon measure`` and ``Monitor`` (and,
-through greenmon/background.py, the TUI's) compose their daemon here, so a window or a
-metric works the same whoever started the daemon.
+``greenmon daemon`` and the in-process daemons of ``greenmon measure`` and ``Monitor``
+(greenmon/background.py) compose their daemon here, so a window or a metric works the same
+whoever started the daemon.  (Issue 12 brings ``greenmon.daemon.build_daemon`` with this
+signature and the runner; on merge this module's services join that list.)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def daemon_services(config: Config, api: ApiOptions | None = None) -> list[Any]:
     return [windows_service(), api_service(api), metrics_service(config.daemon)]
 
 
-def compose_daemon(
+def build_daemon(
     store: Store,
     config: Config,
     *,

@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     path = resolve_db(args.db, config.daemon.db)
     with Store.open(path) as store:
-        from greenmon.compose import compose_daemon
+        from greenmon.compose import build_daemon
 
         # The local API lets `greenmon status`, `sql`, `tui`, `measure` and Monitor attach.
-        daemon = compose_daemon(store, config)
+        daemon = build_daemon(store, config)
 
         summary_holder: list[DaemonSummary] = []
 
