@@ -345,7 +345,7 @@ def _window_domain(domain: str) -> str:
 
 
 _WINDOW_RESULTS = f"""
-WITH e AS ({window_energy_sql(_WINDOW_CHANNELS)}),
+WITH e AS MATERIALIZED ({window_energy_sql(_WINDOW_CHANNELS)}),
 de AS (
     SELECT e.window_id, es.domain, e.energy_j, e.coverage, e.wraps, e.resets, es.estimated,
            es.period_ns
@@ -365,7 +365,7 @@ util AS (
     JOIN ({_UTILISATION_CHANNELS}) uc ON uc.channel_id = e.channel_id
     GROUP BY e.window_id
 ),
-figures AS (
+figures AS MATERIALIZED (
     SELECT w.window_id, w.session_id, w.name, w.kind, w.tags, w.start_ns, w.end_ns,
            (w.end_ns - w.start_ns) / 1e9 AS duration_s, w.baseline_window_id,
            en.energy_cpu_j, en.energy_dram_j, en.energy_gpu_j, en.energy_wall_j,
