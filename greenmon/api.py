@@ -53,6 +53,7 @@ from anyio.abc import TaskStatus
 from greenmon.clock import now_ns
 from greenmon.errors import GreenmonError, PlanError
 from greenmon.store import confine, is_confined
+from greenmon.windows_api import add_window_routes
 
 if TYPE_CHECKING:
     from greenmon.daemon import Daemon
@@ -487,6 +488,7 @@ class ApiServer:
                 web.post("/sql", self.sql),
             ]
         )
+        add_window_routes(self.app, daemon)  # issue 15: /windows (greenmon/windows_api.py)
         self._runner: web.AppRunner | None = None
         self._started_ns: int | None = None
 
@@ -841,6 +843,34 @@ class ApiClient:
             raise DaemonUnreachable(
                 f"The stream from {self._where()} ended ({type(error).__name__})."
             ) from None
+
+    # -- windows (issue 15; greenmon/windows_api.py) -----------------------------------------
+    async def open_window(
+        self,
+        name: str,
+        tags: Mapping[str, Any] | None = None,
+        *,
+        kind: str = "window",
+        baseline_window_id: int | None = None,
+        baseline_s: float | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "name": name,
+            "tags": dict(tags or {}),
+            "kind": kind,
+            "baseline_window_id": baseline_window_id,
+            "baseline_s": baseline_s,
+        }
+        result: dict[str, Any] = await self._request("POST", "/windows", body)
+        return result
+
+    async def close_window(self, window_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("POST", f"/windows/{int(window_id)}/close", {})
+        return result
+
+    async def windows(self, limit: int = 20) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", f"/windows?limit={int(limit)}")
+        return result
 
 
 def _error_from(payload: Any, status: int) -> GreenmonError:

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("analyze", "the study's tables and tests for an experiment, stored and printed"),
     "report": ("report", "write a self-contained HTML report (and Markdown) of an experiment"),
     "export": ("export", "export samples, units, phases and results as Parquet or CSV"),
+    "measure": ("measure", "run a command inside a measured window and print its energy"),
     "restore": ("restore", "put back GPU/CPU settings a killed or crashed run left changed"),
     "slurm": ("slurm", "write (and --submit) a SLURM array job running a plan's shards"),
     "merge": ("merge", "merge the shards of one plan (database files or exports) into one"),

@@ -33,6 +33,9 @@ class DaemonOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # 5 ms).  A sampler thread woken at its deadline waits for the GIL; 0.5 ms keeps tick
     # jitter under a millisecond while the writer or an engine is busy in Python.
     gil_switch_interval_s: float = 0.0005
+    # issue 15: Prometheus metrics over HTTP (greenmon/metrics.py); off unless a port is set.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass

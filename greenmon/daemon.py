@@ -31,7 +31,7 @@ from greenmon.config import Config, probe_module
 from greenmon.hostinfo import host_info
 from greenmon.probes.base import Channel, Probe, ProbeUnavailable
 from greenmon.sampling import ProbeHealth, Sampler
-from greenmon.store import Event, SampleBatch, Store, run_writer
+from greenmon.store import Event, FlushRequest, SampleBatch, Store, run_writer
 
 if TYPE_CHECKING:
     from greenmon.api import ApiOptions
@@ -73,7 +73,7 @@ class Daemon:
         # The channels that answer for their domain (the store's energy_sources view).
         self.energy_source_ids: frozenset[int] = frozenset()
         self._stop = anyio.Event()
-        self._send: MemoryObjectSendStream[SampleBatch | Event] | None = None
+        self._send: MemoryObjectSendStream[SampleBatch | Event | FlushRequest] | None = None
         self.started = anyio.Event()
         # Set by the runner service (greenmon/runner.py); every composed daemon has one.
         self.runner: ExperimentRunner | None = None
@@ -97,6 +97,21 @@ class Daemon:
                 self.store.write(
                     SampleBatch(), [Event(now_ns(), level, probe, message)], self.session_id
                 )
+
+    async def flush(self) -> None:
+        """Return once everything handed to the writer so far is in the database.
+
+        issue 15: a window's figures are read as it closes, not at the next periodic flush.
+        """
+        send = self._send
+        if send is None:
+            return
+        request = FlushRequest()
+        try:
+            await send.send(request)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return
+        await request.done.wait()
 
     def health(self) -> list[dict[str, Any]]:
         rows = [s.health.as_dict() for s in self.samplers]
@@ -201,7 +216,7 @@ class Daemon:
                 host_info(), anchor.t_ns, anchor.anchor_ns, self.config.as_dict()
             )
         )
-        send, receive = anyio.create_memory_object_stream[SampleBatch | Event](
+        send, receive = anyio.create_memory_object_stream[SampleBatch | Event | FlushRequest](
             max_buffer_size=self.stream_buffer
         )
         self._send = send
@@ -285,9 +300,13 @@ def build_daemon(
     every daemon can be watched, queried and given plans the same way.  ``probes``
     replaces the configured probes (fakes of absent hardware in tests); ``runner_options``
     go to the runner (cache_dir, the fidelity reference, engine keyword arguments).
+    Besides the runner and the API, every daemon keeps the user's named windows
+    (greenmon/windows.py) and, when configured, serves Prometheus metrics.
     """
     from greenmon.api import ApiOptions, api_service
+    from greenmon.metrics import metrics_service
     from greenmon.runner import runner_service
+    from greenmon.windows import windows_service
 
     # Nothing a daemon does needs a file outside its database, and the API's SQL must not
     # reach one (issue 20): DuckDB's own external-access switch, locked.
@@ -296,6 +315,13 @@ def build_daemon(
         store,
         config,
         probes=probes,
-        services=[runner_service(**dict(runner_options or {})), api_service(api or ApiOptions())],
+        # In start order: the windows registry before the API that serves it; the metrics
+        # listener (off unless [daemon] metrics_port is set) last.
+        services=[
+            runner_service(**dict(runner_options or {})),
+            windows_service(),
+            api_service(api or ApiOptions()),
+            metrics_service(config.daemon),
+        ],
         handle_signals=handle_signals,
     )

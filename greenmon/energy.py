@@ -26,12 +26,17 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-# Multiplier from a channel's unit to joules (counters) or watts (power gauges).
-SCALE_TO_SI_SQL = """CASE unit
-    WHEN 'uJ' THEN 1e-6 WHEN 'mJ' THEN 1e-3 WHEN 'J' THEN 1.0
-    WHEN 'Wh' THEN 3600.0 WHEN 'kWh' THEN 3600000.0
-    WHEN 'uW' THEN 1e-6 WHEN 'mW' THEN 1e-3 WHEN 'W' THEN 1.0
-    ELSE NULL END"""
+# Multiplier from a channel's unit to joules (counters) or watts (power gauges); the SQL
+# below and the live metrics (greenmon/metrics.py) both read it from here.
+SCALE_TO_SI: dict[str, float] = {
+    "uJ": 1e-6, "mJ": 1e-3, "J": 1.0, "Wh": 3600.0, "kWh": 3600000.0,
+    "uW": 1e-6, "mW": 1e-3, "W": 1.0,
+}  # fmt: skip
+SCALE_TO_SI_SQL = (
+    "CASE unit "
+    + " ".join(f"WHEN '{unit}' THEN {scale!r}" for unit, scale in SCALE_TO_SI.items())
+    + " ELSE NULL END"
+)
 
 ENERGY_UNITS = ("uJ", "mJ", "J", "Wh", "kWh")
 POWER_UNITS = ("uW", "mW", "W")

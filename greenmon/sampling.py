@@ -170,10 +170,23 @@ class Sampler:
         self.sink: deque[tuple[SampleBatch, list[Event]]] = deque()
         self._throttle = _EventThrottle()
         self._names = [c.name for c in self.channels]
+        # issue 15: a closing window asks for the samples up to its end now
+        # (request_handoff), not at the next hand-off; handed_off_t_ns says how far the
+        # samples handed to the writer reach.
+        self._handoff_after_ns: int | None = None
+        self.handed_off_t_ns: int | None = None
 
     def stop(self) -> None:
         """Ask the loop to finish its current tick, hand off what it holds, and return."""
         self._stop.set()
+
+    def request_handoff(self, after_ns: int) -> None:
+        """Hand off as soon as a sample at or after ``after_ns`` has been read."""
+        self._handoff_after_ns = after_ns
+
+    def _handoff_due(self) -> bool:
+        after_ns, last_ns = self._handoff_after_ns, self.health.last_t_ns
+        return after_ns is not None and last_ns is not None and last_ns >= after_ns
 
     @property
     def is_async(self) -> bool:
@@ -245,9 +258,13 @@ class Sampler:
         # A deque append is atomic and wakes nobody: the writer drains ``sink`` when it
         # flushes.  Handing off through the event loop instead (from_thread.run_sync)
         # costs a loop wake-up and a thread wait per hand-off.
+        last_ns = self.health.last_t_ns
         batch, events = self._take_pending()
         if len(batch) or events:
             self.sink.append((batch, events))
+        self.handed_off_t_ns = last_ns
+        if self._handoff_due():
+            self._handoff_after_ns = None
 
     # -- the loops ------------------------------------------------------------------------
     def _thread_loop(self) -> None:
@@ -287,7 +304,10 @@ class Sampler:
                     consecutive += 1
                     tick, missed = self._after_failure(error, consecutive, t0_ns, tick)
                 self.health.missed_ticks += missed
-                if time.monotonic_ns() - last_handoff_ns >= self.handoff_interval_ns:
+                if (
+                    time.monotonic_ns() - last_handoff_ns >= self.handoff_interval_ns
+                    or self._handoff_due()
+                ):
                     self._handoff_from_thread()
                     last_handoff_ns = time.monotonic_ns()
         finally:
@@ -328,6 +348,8 @@ class Sampler:
                     batch.extend(self._pending)
                     self._pending = batch
                     self._pending_events = events + self._pending_events
+                else:
+                    self.handed_off_t_ns = self.health.last_t_ns
         finally:
             self._finish()
             with anyio.CancelScope(shield=True):

@@ -39,7 +39,7 @@ from greenmon.errors import DatabaseLockedError, StoreError
 from greenmon.probes.base import Channel
 
 APP_ID = "greenmon"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry migrates from version i to i + 1.  Never edit a landed entry: append one.
 MIGRATIONS: list[str] = [
@@ -171,6 +171,23 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sessions ADD COLUMN gpu_model VARCHAR;
     ALTER TABLE sessions ADD COLUMN gpu_driver VARCHAR;
     """,
+    # issue 15: a user's named windows (the API, `greenmon measure`, Monitor.window).  A row
+    # is written when the window opens (end_ns NULL while open); kind 'baseline' marks an
+    # idle window that others subtract.
+    """
+    CREATE SEQUENCE window_id_seq START 1;
+    CREATE TABLE windows (
+        window_id          BIGINT PRIMARY KEY DEFAULT nextval('window_id_seq'),
+        session_id         VARCHAR NOT NULL,
+        name               VARCHAR NOT NULL,
+        kind               VARCHAR NOT NULL DEFAULT 'window'
+                           CHECK (kind IN ('window', 'baseline')),
+        tags               JSON,
+        start_ns           BIGINT NOT NULL,
+        end_ns             BIGINT,
+        baseline_window_id BIGINT
+    );
+    """,
 ]
 
 _LOCK_PATTERN = re.compile(r"(Conflicting lock|Could not set lock|lock on file)", re.I)
@@ -214,6 +231,17 @@ class SampleBatch:
                 "value": pa.array(self.values, pa.float64()),
             }
         )
+
+
+@dataclass(eq=False)
+class FlushRequest:
+    """Sent through the writer's stream: flush everything queued so far, then set ``done``.
+
+    A window's figures are read the moment it closes (greenmon/windows.py); this is how its
+    last samples reach the database without waiting for the next periodic flush.
+    """
+
+    done: anyio.Event = field(default_factory=anyio.Event)
 
 
 @dataclass(frozen=True)
@@ -535,7 +563,7 @@ class Store:
 async def run_writer(
     store: Store,
     session_id: str,
-    receive: MemoryObjectReceiveStream[SampleBatch | Event],
+    receive: MemoryObjectReceiveStream[SampleBatch | Event | FlushRequest],
     *,
     sinks: Sequence[deque[tuple[SampleBatch, list[Event]]]] = (),
     flush_interval_s: float = 0.5,
@@ -553,6 +581,7 @@ async def run_writer(
     """
     pending = SampleBatch()
     pending_events: list[Event] = []
+    flush_requests: list[FlushRequest] = []
     written = 0
 
     async def flush() -> None:
@@ -567,8 +596,10 @@ async def run_writer(
             raise _explain_write_error(store.path, error, len(batch)) from None
         written += len(batch)
 
-    def take(item: SampleBatch | Event) -> None:
-        if isinstance(item, Event):
+    def take(item: SampleBatch | Event | FlushRequest) -> None:
+        if isinstance(item, FlushRequest):
+            flush_requests.append(item)
+        elif isinstance(item, Event):
             pending_events.append(item)
         else:
             pending.extend(item)
@@ -585,7 +616,7 @@ async def run_writer(
         while True:
             deadline = anyio.current_time() + flush_interval_s
             ended = False
-            while len(pending) < max_batch_rows:
+            while len(pending) < max_batch_rows and not flush_requests:
                 remaining = deadline - anyio.current_time()
                 if remaining <= 0:
                     break
@@ -597,6 +628,9 @@ async def run_writer(
                         break
             drain_sinks()
             await flush()
+            for request in flush_requests:
+                request.done.set()
+            flush_requests.clear()
             if ended:
                 break
     finally:
@@ -610,4 +644,6 @@ async def run_writer(
             receive.close()
             drain_sinks()
             await flush()
+            for request in flush_requests:
+                request.done.set()
     return written

@@ -50,12 +50,19 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
             continue
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
     for name, sql in MACROS.items():
-        con.execute(f"CREATE OR REPLACE MACRO {name}(exp) AS TABLE {sql}")
+        parameter = MACRO_PARAMETERS.get(name, "exp")
+        con.execute(f"CREATE OR REPLACE MACRO {name}({parameter}) AS TABLE {sql}")
     for name in _MACRO_VIEWS:
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
 
 
-_MACRO_VIEWS = ("unit_phase_energy", "unit_baseline", "unit_utilisation", "unit_results")
+_MACRO_VIEWS = (
+    "unit_phase_energy",
+    "unit_baseline",
+    "unit_utilisation",
+    "unit_results",
+    "window_results",
+)
 
 
 # Which probe answers for a domain when several could: measured before estimated, then the
@@ -170,18 +177,28 @@ _UTILISATION_WINDOWS = f"""(
       AND (exp IS NULL OR p.experiment_id = exp)
 )"""
 
+UTILISATION_QUANTITIES = (
+    "cpu_percent",
+    "ram_percent",
+    "gpu_percent",
+    "gpu_mem_util_percent",
+    "gpu_mem_used_percent",
+)
+
+
+def _utilisation_means(window: str) -> str:
+    """Time-weighted mean of each utilisation quantity over ``window`` (start_ns, end_ns):
+    the trapezoid integral ``e.energy_native`` divided by the window's length."""
+    return ",\n       ".join(
+        f"avg(e.energy_native / (({window}.end_ns - {window}.start_ns) / 1e9)) "
+        f"FILTER (WHERE uc.quantity = '{q}') AS {q}"
+        for q in UTILISATION_QUANTITIES
+    )
+
+
 _UNIT_UTILISATION = f"""
 SELECT p.experiment_id, p.unit_id, p.attempt,
-       avg(e.energy_native / ((p.end_ns - p.start_ns) / 1e9))
-           FILTER (WHERE uc.quantity = 'cpu_percent') AS cpu_percent,
-       avg(e.energy_native / ((p.end_ns - p.start_ns) / 1e9))
-           FILTER (WHERE uc.quantity = 'ram_percent') AS ram_percent,
-       avg(e.energy_native / ((p.end_ns - p.start_ns) / 1e9))
-           FILTER (WHERE uc.quantity = 'gpu_percent') AS gpu_percent,
-       avg(e.energy_native / ((p.end_ns - p.start_ns) / 1e9))
-           FILTER (WHERE uc.quantity = 'gpu_mem_util_percent') AS gpu_mem_util_percent,
-       avg(e.energy_native / ((p.end_ns - p.start_ns) / 1e9))
-           FILTER (WHERE uc.quantity = 'gpu_mem_used_percent') AS gpu_mem_used_percent
+       {_utilisation_means("p")}
 FROM ({window_energy_sql(_UTILISATION_WINDOWS)}) e
 JOIN phases p ON p.phase_id = e.window_id
 JOIN ({_UTILISATION_CHANNELS}) uc ON uc.channel_id = e.channel_id
@@ -192,6 +209,29 @@ GROUP BY ALL
 MIN_COVERAGE = 0.9
 MIN_WINDOW_PERIODS = 5
 WALL_TOLERANCE = 0.10
+
+
+def _validity_flags(*, fidelity: str = "false", measured: str = "true") -> str:
+    """The ``flags`` list of a measured window (a unit's measure phase, a user's window),
+    from its columns duration_s, max_period_ns, min_coverage, wraps, resets, estimated,
+    energy_*_j and probe_errors; ``fidelity`` and ``measured`` are SQL conditions."""
+    return f"""list_filter([
+           CASE WHEN duration_s IS NOT NULL AND max_period_ns IS NOT NULL
+                 AND duration_s * 1e9 < {MIN_WINDOW_PERIODS} * max_period_ns
+                THEN 'short_window' END,
+           CASE WHEN min_coverage < {MIN_COVERAGE} THEN 'low_coverage' END,
+           CASE WHEN wraps > 0 THEN 'counter_wrap' END,
+           CASE WHEN resets > 0 THEN 'counter_reset' END,
+           CASE WHEN estimated THEN 'estimated' END,
+           CASE WHEN energy_wall_j IS NOT NULL
+                 AND coalesce(energy_cpu_j, 0) + coalesce(energy_dram_j, 0)
+                     + coalesce(energy_gpu_j, 0) > (1 + {WALL_TOLERANCE}) * energy_wall_j
+                THEN 'wall_below_components' END,
+           CASE WHEN {fidelity} THEN 'fidelity' END,
+           CASE WHEN probe_errors THEN 'probe_errors' END,
+           CASE WHEN {measured} AND energy_global_j IS NULL AND energy_wall_j IS NULL
+                THEN 'no_energy_source' END
+       ], lambda x: x IS NOT NULL)"""
 
 
 def _domain(kind: str, domain: str) -> str:
@@ -275,24 +315,98 @@ SELECT *,
             ELSE coalesce(dynamic_cpu_j, 0) + coalesce(dynamic_gpu_j, 0) END AS dynamic_global_j,
        energy_global_j / nullif(requests, 0) AS j_per_request,
        energy_global_j / nullif(tokens_out, 0) AS j_per_token,
-       list_filter([
-           CASE WHEN duration_s IS NOT NULL AND max_period_ns IS NOT NULL
-                 AND duration_s * 1e9 < {MIN_WINDOW_PERIODS} * max_period_ns
-                THEN 'short_window' END,
-           CASE WHEN min_coverage < {MIN_COVERAGE} THEN 'low_coverage' END,
-           CASE WHEN wraps > 0 THEN 'counter_wrap' END,
-           CASE WHEN resets > 0 THEN 'counter_reset' END,
-           CASE WHEN estimated THEN 'estimated' END,
-           CASE WHEN energy_wall_j IS NOT NULL
-                 AND coalesce(energy_cpu_j, 0) + coalesce(energy_dram_j, 0)
-                     + coalesce(energy_gpu_j, 0) > (1 + {WALL_TOLERANCE}) * energy_wall_j
-                THEN 'wall_below_components' END,
-           CASE WHEN fidelity_share < 1 THEN 'fidelity' END,
-           CASE WHEN probe_errors THEN 'probe_errors' END,
-           CASE WHEN status = 'done' AND energy_global_j IS NULL AND energy_wall_j IS NULL
-                THEN 'no_energy_source' END
-       ], lambda x: x IS NOT NULL) AS flags
+       {_validity_flags(fidelity="fidelity_share < 1", measured="status = 'done'")} AS flags
 FROM base
+"""
+
+# issue 15: a user's windows (table ``windows``), with what unit_results gives per unit
+# where it applies.  ``ids`` selects windows by id (NULL: all); the baseline windows they
+# name are computed with them.  Energy per domain comes from energy_sources and
+# window_energy_sql, exactly as for phases; utilisation channels ride in the same query.
+# The baseline of a window is the mean power of its baseline window (energy / duration)
+# per domain; dynamic energy is energy minus that power times the window's duration.
+_WINDOW_SELECTED = """(ids IS NULL OR list_contains(ids, w.window_id)
+       OR w.window_id IN (SELECT baseline_window_id FROM windows
+                          WHERE list_contains(ids, window_id)))"""
+
+_WINDOW_CHANNELS = f"""(
+    SELECT w.window_id, es.channel_id, w.start_ns, w.end_ns
+    FROM windows w JOIN energy_sources es ON es.session_id = w.session_id
+    WHERE w.end_ns IS NOT NULL AND {_WINDOW_SELECTED}
+    UNION ALL
+    SELECT w.window_id, uc.channel_id, w.start_ns, w.end_ns
+    FROM windows w JOIN ({_UTILISATION_CHANNELS}) uc ON uc.session_id = w.session_id
+    WHERE w.end_ns IS NOT NULL AND uc.quantity IS NOT NULL AND {_WINDOW_SELECTED}
+)"""
+
+
+def _window_domain(domain: str) -> str:
+    return f"sum(energy_j) FILTER (WHERE domain = '{domain}') AS energy_{domain}_j"
+
+
+_WINDOW_RESULTS = f"""
+WITH e AS MATERIALIZED ({window_energy_sql(_WINDOW_CHANNELS)}),
+de AS (
+    SELECT e.window_id, es.domain, e.energy_j, e.coverage, e.wraps, e.resets, es.estimated,
+           es.period_ns
+    FROM e JOIN energy_sources es ON es.channel_id = e.channel_id
+),
+energy AS (
+    SELECT window_id, {_window_domain("cpu")}, {_window_domain("dram")},
+           {_window_domain("gpu")}, {_window_domain("wall")},
+           min(coverage) AS min_coverage, sum(wraps) AS wraps, sum(resets) AS resets,
+           bool_or(estimated) AS estimated, max(period_ns) AS max_period_ns,
+           list(DISTINCT domain) FILTER (WHERE estimated) AS estimated_domains
+    FROM de GROUP BY window_id
+),
+util AS (
+    SELECT e.window_id, {_utilisation_means("w")}
+    FROM e JOIN windows w ON w.window_id = e.window_id
+    JOIN ({_UTILISATION_CHANNELS}) uc ON uc.channel_id = e.channel_id
+    GROUP BY e.window_id
+),
+figures AS MATERIALIZED (
+    SELECT w.window_id, w.session_id, w.name, w.kind, w.tags, w.start_ns, w.end_ns,
+           (w.end_ns - w.start_ns) / 1e9 AS duration_s, w.baseline_window_id,
+           en.energy_cpu_j, en.energy_dram_j, en.energy_gpu_j, en.energy_wall_j,
+           CASE WHEN en.energy_cpu_j IS NULL AND en.energy_gpu_j IS NULL THEN NULL
+                ELSE coalesce(en.energy_cpu_j, 0) + coalesce(en.energy_gpu_j, 0) END
+               AS energy_global_j,
+           en.min_coverage, en.wraps, en.resets, coalesce(en.estimated, false) AS estimated,
+           en.estimated_domains, en.max_period_ns,
+           u.cpu_percent, u.ram_percent, u.gpu_percent, u.gpu_mem_util_percent,
+           u.gpu_mem_used_percent,
+           -- a probe that failed while this window was open: its figures may have gaps
+           EXISTS (SELECT 1 FROM events ev
+                   WHERE ev.session_id = w.session_id AND ev.probe IS NOT NULL
+                     AND ev.level IN ('warning', 'error')
+                     AND ev.t_ns BETWEEN w.start_ns AND w.end_ns) AS probe_errors
+    FROM windows w
+    LEFT JOIN energy en ON en.window_id = w.window_id
+    LEFT JOIN util u ON u.window_id = w.window_id
+    WHERE w.end_ns IS NOT NULL AND {_WINDOW_SELECTED}
+),
+base AS (
+    SELECT f.*,
+           b.energy_cpu_j / nullif(b.duration_s, 0) AS baseline_cpu_w,
+           b.energy_dram_j / nullif(b.duration_s, 0) AS baseline_dram_w,
+           b.energy_gpu_j / nullif(b.duration_s, 0) AS baseline_gpu_w,
+           b.energy_wall_j / nullif(b.duration_s, 0) AS baseline_wall_w
+    FROM figures f LEFT JOIN figures b ON b.window_id = f.baseline_window_id
+)
+SELECT *,
+       energy_cpu_j - baseline_cpu_w * duration_s AS dynamic_cpu_j,
+       energy_dram_j - baseline_dram_w * duration_s AS dynamic_dram_j,
+       energy_gpu_j - baseline_gpu_w * duration_s AS dynamic_gpu_j,
+       energy_wall_j - baseline_wall_w * duration_s AS dynamic_wall_j,
+       CASE WHEN baseline_window_id IS NULL
+                 OR (energy_cpu_j IS NULL AND energy_gpu_j IS NULL) THEN NULL
+            ELSE coalesce(energy_cpu_j - baseline_cpu_w * duration_s, 0)
+                 + coalesce(energy_gpu_j - baseline_gpu_w * duration_s, 0)
+       END AS dynamic_global_j,
+       {_validity_flags()} AS flags
+FROM base
+WHERE ids IS NULL OR list_contains(ids, window_id)
 """
 
 VIEWS["energy_sources"] = _ENERGY_SOURCES
@@ -305,6 +419,8 @@ MACROS: dict[str, str] = {
     "unit_baseline_for": _UNIT_BASELINE,
     "unit_utilisation_for": _UNIT_UTILISATION,
     "unit_results_for": _UNIT_RESULTS,
+    "window_results_for": _WINDOW_RESULTS,
 }
+MACRO_PARAMETERS = {"window_results_for": "ids"}
 for _macro in MACROS:
     VIEWS[_macro.removesuffix("_for")] = f"SELECT * FROM {_macro}(NULL)"

@@ -1,0 +1,234 @@
+"""Live metrics for Prometheus: an optional HTTP listener on the daemon (``GET /metrics``).
+
+Off unless ``[daemon] metrics_port`` is set; bound to ``metrics_host`` (127.0.0.1 unless the
+config says otherwise).  The text format is prometheus-client's: a custom Collector reads
+the daemon's latest values when Prometheus scrapes, so sampling does no extra work.
+
+Metrics (labels in braces):
+- ``greenmon_power_watts{probe, channel, domain}``: power per channel.  Power gauges give
+  their latest reading; energy counters their mean power since the previous scrape (so a
+  counter channel appears from the second scrape on).
+- ``greenmon_energy_joules_total{domain}``: cumulative energy per domain since the first
+  scrape, from the channels ``energy_sources`` chooses for the domain (the same rule as
+  every result), counters wrap-corrected; power gauges integrated between scrapes.
+- ``greenmon_probe_up{probe}`` (1 sampling, 0 not), ``greenmon_probe_rate_hz{probe}``,
+  ``greenmon_probe_samples_total{probe}``, ``greenmon_probe_errors_total{probe}``,
+  ``greenmon_probe_missed_ticks_total{probe}``: probe health.
+- ``greenmon_experiment_info{experiment_id, plan_name, status}``,
+  ``greenmon_experiment_units_done``, ``greenmon_experiment_units_total``,
+  ``greenmon_experiment_eta_seconds``, ``greenmon_unit_info{experiment_id, unit_id, model,
+  configuration, phase}``: the runner's progress, when the daemon runs one.
+- ``greenmon_windows_open``: named windows open now (greenmon/windows.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskStatus
+
+from greenmon.energy import ENERGY_UNITS, POWER_UNITS, SCALE_TO_SI
+from greenmon.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from greenmon.config import DaemonOptions
+
+
+@dataclass
+class _Last:
+    t_ns: int
+    value: float
+
+
+class DaemonCollector:
+    """A prometheus-client Collector over one daemon's in-memory state."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+        self._last: dict[int, _Last] = {}
+        self._energy_j: dict[str, float] = {}
+        # channel_id -> domain, for the channels energy_sources chooses (resolved once the
+        # probes have registered their channels; see refresh_sources)
+        self._sources: dict[int, str] | None = None
+        self._sources_for = 0
+
+    # -- the source rule, read from the store -----------------------------------------
+    def refresh_sources(self) -> None:
+        """Read which channel answers for each domain (blocking: call from a thread)."""
+        if self._sources is not None and self._sources_for == len(self.daemon.channels):
+            return
+        _, rows = self.daemon.store.query(
+            "SELECT channel_id, domain FROM energy_sources WHERE session_id = ?",
+            [self.daemon.session_id],
+        )
+        self._sources = {int(channel_id): str(domain) for channel_id, domain in rows}
+        self._sources_for = len(self.daemon.channels)
+
+    # -- collection --------------------------------------------------------------------
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            InfoMetricFamily,
+        )
+
+        from greenmon.api import channel_values, runner_progress
+
+        power = GaugeMetricFamily(
+            "greenmon_power_watts",
+            "Power per channel: a power gauge's latest reading, or an energy counter's "
+            "mean power since the previous scrape.",
+            labels=["probe", "channel", "domain"],
+        )
+        sources = self._sources or {}
+        for channel_id, t_ns, value in channel_values(self.daemon):
+            probe, channel = self.daemon.channels[channel_id]
+            scale = SCALE_TO_SI.get(channel.unit)
+            if scale is None:
+                continue
+            labels = [probe, channel.name, channel.domain or ""]
+            watts: float | None = None
+            energy_j = 0.0
+            last = self._last.get(channel_id)
+            if channel.kind == "gauge" and channel.unit in POWER_UNITS:
+                watts = float(value) * scale
+                if last is not None and t_ns > last.t_ns:
+                    energy_j = (last.value + watts) / 2 * (t_ns - last.t_ns) / 1e9
+                self._last[channel_id] = _Last(t_ns, watts)
+            elif channel.kind == "counter" and channel.unit in ENERGY_UNITS:
+                if last is not None and t_ns > last.t_ns:
+                    delta = float(value) - last.value
+                    counter_range = channel.metadata.get("counter_range")
+                    if delta < 0 and counter_range is not None:
+                        delta += float(counter_range)
+                    if delta >= 0:  # a reset (no known range) leaves this interval out
+                        energy_j = delta * scale
+                        watts = energy_j / ((t_ns - last.t_ns) / 1e9)
+                self._last[channel_id] = _Last(t_ns, float(value))
+            else:
+                continue
+            if watts is not None:
+                power.add_metric(labels, watts)
+            domain = sources.get(channel_id)
+            if domain is not None:
+                self._energy_j[domain] = self._energy_j.get(domain, 0.0) + energy_j
+        yield power
+
+        energy = CounterMetricFamily(
+            "greenmon_energy_joules",
+            "Energy per domain since the first scrape, from the channels energy_sources "
+            "chooses for it.",
+            labels=["domain"],
+        )
+        for domain in sorted(set(sources.values())):
+            energy.add_metric([domain], self._energy_j.get(domain, 0.0))
+        yield energy
+
+        yield from self._probe_metrics(GaugeMetricFamily, CounterMetricFamily)
+
+        progress = runner_progress(self.daemon)
+        if progress is not None:
+            yield InfoMetricFamily(
+                "greenmon_experiment",
+                "The experiment the daemon's runner works on.",
+                value={
+                    "experiment_id": str(progress.get("experiment_id") or ""),
+                    "plan_name": str(progress.get("plan_name") or ""),
+                    "status": str(progress.get("status") or ""),
+                },
+            )
+            for name, key, text in (
+                ("greenmon_experiment_units_done", "unit_index", "Units finished or skipped."),
+                ("greenmon_experiment_units_total", "units_total", "Units in the plan."),
+                ("greenmon_experiment_eta_seconds", "eta_s", "Estimated time left."),
+            ):
+                if progress.get(key) is not None:
+                    yield GaugeMetricFamily(name, text, value=float(progress[key]))
+            unit = progress.get("unit")
+            if unit:
+                yield InfoMetricFamily(
+                    "greenmon_unit",
+                    "The unit running now.",
+                    value={
+                        "experiment_id": str(progress.get("experiment_id") or ""),
+                        "unit_id": str(unit.get("unit_id", "")),
+                        "model": str(unit.get("model", "")),
+                        "configuration": str(unit.get("configuration", "")),
+                        "phase": str(progress.get("phase") or ""),
+                    },
+                )
+        registry = getattr(self.daemon, "windows", None)
+        open_windows = getattr(registry, "open", None)
+        if open_windows is not None:
+            yield GaugeMetricFamily(
+                "greenmon_windows_open", "Named windows open now.", value=len(open_windows)
+            )
+
+    def _probe_metrics(self, gauge: Any, counter: Any) -> Iterator[Metric]:
+        up = gauge("greenmon_probe_up", "1 while the probe samples, else 0.", labels=["probe"])
+        rate = gauge("greenmon_probe_rate_hz", "Achieved sampling rate.", labels=["probe"])
+        samples = counter("greenmon_probe_samples", "Samples read.", labels=["probe"])
+        errors = counter("greenmon_probe_errors", "Failed reads.", labels=["probe"])
+        missed = counter("greenmon_probe_missed_ticks", "Ticks missed.", labels=["probe"])
+        for sampler in self.daemon.samplers:
+            health = sampler.health
+            labels = [health.probe]
+            up.add_metric(labels, 1.0 if health.state == "running" else 0.0)
+            rate.add_metric(labels, float(health.achieved_hz))
+            samples.add_metric(labels, float(health.samples))
+            errors.add_metric(labels, float(health.errors))
+            missed.add_metric(labels, float(health.missed_ticks))
+        for name in self.daemon.unavailable:
+            up.add_metric([name], 0.0)
+        yield from (up, rate, samples, errors, missed)
+
+
+def metrics_service(options: DaemonOptions) -> Callable[..., Any]:
+    """A daemon service serving ``/metrics`` when ``options.metrics_port`` is set."""
+
+    async def service(
+        daemon: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        if options.metrics_port is None:
+            task_status.started()
+            return
+        from aiohttp import web
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        collector = DaemonCollector(daemon)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)  # type: ignore[arg-type]
+
+        async def scrape(request: web.Request) -> web.Response:
+            await anyio.to_thread.run_sync(collector.refresh_sources)
+            return web.Response(
+                body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
+
+        app = web.Application()
+        app.add_routes([web.get("/metrics", scrape)])
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, options.metrics_host, options.metrics_port).start()
+        except OSError as error:
+            await runner.cleanup()
+            raise ConfigError(
+                f"Cannot serve metrics on {options.metrics_host}:{options.metrics_port}: "
+                f"{error.strerror or error}. Choose another [daemon] metrics_port (or stop "
+                "what listens there)."
+            ) from None
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await runner.cleanup()
+
+    return service

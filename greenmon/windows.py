@@ -1,0 +1,371 @@
+"""Named windows: a user's interval on the samples' clock, kept by the daemon.
+
+Terms:
+- *window*: a name, tags (a JSON object) and ``[start_ns, end_ns]`` on the monotonic clock
+  of the samples, stored in the ``windows`` table when it opens; its figures are the view
+  ``window_results`` (greenmon/views.py), computed by the same energy SQL as a runner's
+  phases (greenmon/energy.py) with the same rule for which channel answers for a domain.
+- *baseline window*: an idle window (kind ``baseline``) whose mean power per domain other
+  windows subtract (dynamic energy).  A caller names one by id, or asks the daemon to take
+  one of ``baseline_s`` seconds before its first window (kept for the session).
+- *closing*: the end is stamped on arrival; the daemon then asks every sampler for its
+  samples up to that instant and the writer to flush them (``Daemon.flush``), so the
+  figures returned by a close are complete, and the same as DuckDB gives afterwards.
+
+``windows_service()`` attaches a ``WindowRegistry`` to a daemon as ``daemon.windows``;
+the API's routes (greenmon/windows_api.py) call it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskStatus
+
+from greenmon.clock import now_ns
+from greenmon.errors import GreenmonError
+from greenmon.store import Event, SampleBatch
+from greenmon.views import UTILISATION_QUANTITIES
+
+DOMAINS = ("cpu", "dram", "gpu", "wall", "global")
+# How long a close waits for every sampler to read past the window's end: a few periods
+# of the slowest probe, at least this long, at most the cap (a stalled probe is reported
+# by the window's coverage, not by a hung close).
+HANDOFF_WAIT_MIN_S = 1.0
+HANDOFF_WAIT_MAX_S = 10.0
+HANDOFF_POLL_S = 0.002
+RECENT_WINDOWS = 20
+CACHED_WINDOWS = 1000
+
+
+class WindowError(GreenmonError):
+    title = "Window"
+
+
+@dataclass(frozen=True)
+class OpenWindow:
+    window_id: int
+    name: str
+    kind: str
+    tags: dict[str, Any]
+    start_ns: int
+    baseline_window_id: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "window_id": self.window_id,
+            "name": self.name,
+            "kind": self.kind,
+            "tags": self.tags,
+            "start_ns": self.start_ns,
+            "elapsed_s": (now_ns() - self.start_ns) / 1e9,
+            "baseline_window_id": self.baseline_window_id,
+        }
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """A closed window's figures, as the API returns them and Monitor / measure show them.
+
+    ``energy_j``, ``dynamic_j``, ``baseline_w`` and ``mean_power_w`` are keyed by domain
+    (cpu, dram, gpu, wall, and global = cpu + gpu); a domain no probe measured is absent.
+    """
+
+    window_id: int
+    name: str
+    kind: str
+    tags: dict[str, Any]
+    start_ns: int
+    end_ns: int
+    duration_s: float
+    baseline_window_id: int | None
+    energy_j: dict[str, float] = field(default_factory=dict)
+    dynamic_j: dict[str, float] = field(default_factory=dict)
+    baseline_w: dict[str, float] = field(default_factory=dict)
+    mean_power_w: dict[str, float] = field(default_factory=dict)
+    utilisation: dict[str, float] = field(default_factory=dict)
+    coverage: float | None = None
+    flags: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "window_id": self.window_id,
+            "name": self.name,
+            "kind": self.kind,
+            "tags": self.tags,
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "duration_s": self.duration_s,
+            "baseline_window_id": self.baseline_window_id,
+            "energy_j": self.energy_j,
+            "dynamic_j": self.dynamic_j,
+            "baseline_w": self.baseline_w,
+            "mean_power_w": self.mean_power_w,
+            "utilisation": self.utilisation,
+            "coverage": self.coverage,
+            "flags": self.flags,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WindowResult:
+        return cls(
+            window_id=int(data["window_id"]),
+            name=str(data["name"]),
+            kind=str(data["kind"]),
+            tags=dict(data.get("tags") or {}),
+            start_ns=int(data["start_ns"]),
+            end_ns=int(data["end_ns"]),
+            duration_s=float(data["duration_s"]),
+            baseline_window_id=data.get("baseline_window_id"),
+            energy_j=dict(data.get("energy_j") or {}),
+            dynamic_j=dict(data.get("dynamic_j") or {}),
+            baseline_w=dict(data.get("baseline_w") or {}),
+            mean_power_w=dict(data.get("mean_power_w") or {}),
+            utilisation=dict(data.get("utilisation") or {}),
+            coverage=data.get("coverage"),
+            flags=list(data.get("flags") or []),
+        )
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> WindowResult:
+        """From a row of ``window_results`` (column name -> value)."""
+
+        def number(value: Any) -> float | None:
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                return None
+            return float(value)
+
+        def per_domain(pattern: str) -> dict[str, float]:
+            values = {d: number(row.get(pattern.format(d))) for d in DOMAINS}
+            return {d: v for d, v in values.items() if v is not None}
+
+        duration_s = float(row["duration_s"])
+        energy = per_domain("energy_{}_j")
+        tags = row.get("tags")
+        return cls(
+            window_id=int(row["window_id"]),
+            name=str(row["name"]),
+            kind=str(row["kind"]),
+            tags=json.loads(tags) if isinstance(tags, str) else dict(tags or {}),
+            start_ns=int(row["start_ns"]),
+            end_ns=int(row["end_ns"]),
+            duration_s=duration_s,
+            baseline_window_id=row.get("baseline_window_id"),
+            energy_j=energy,
+            dynamic_j=per_domain("dynamic_{}_j"),
+            baseline_w=per_domain("baseline_{}_w"),
+            mean_power_w={d: e / duration_s for d, e in energy.items()} if duration_s else {},
+            utilisation={
+                q: v
+                for q, v in ((q, number(row.get(q))) for q in UTILISATION_QUANTITIES)
+                if v is not None
+            },
+            coverage=number(row.get("min_coverage")),
+            flags=list(row.get("flags") or []),
+        )
+
+
+def window_results(store: Any, window_ids: Sequence[int]) -> list[WindowResult]:
+    """Figures of closed windows from the view (blocking: run in a worker thread)."""
+    if not window_ids:
+        return []
+    columns, rows = store.query(
+        "SELECT * FROM window_results_for(?) ORDER BY window_id", [list(window_ids)]
+    )
+    return [WindowResult.from_row(dict(zip(columns, row, strict=True))) for row in rows]
+
+
+class WindowRegistry:
+    """The daemon's open windows; opens, closes and lists them (from the event loop)."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+        self.store = daemon.store
+        self.open: dict[int, OpenWindow] = {}
+        self.auto_baseline_id: int | None = None
+        self._baseline_lock = anyio.Lock()
+        # A closed window's figures never change: GET /windows (a viewer polls it) computes
+        # each one once.
+        self._closed: dict[int, WindowResult] = {}
+
+    # -- opening -----------------------------------------------------------------------
+    async def open_window(
+        self,
+        name: str,
+        tags: Mapping[str, Any] | None = None,
+        *,
+        kind: str = "window",
+        baseline_window_id: int | None = None,
+        baseline_s: float | None = None,
+    ) -> OpenWindow:
+        if not name or not isinstance(name, str):
+            raise WindowError("A window needs a name (a non-empty string).")
+        if kind not in ("window", "baseline"):
+            raise WindowError(f"kind must be 'window' or 'baseline', not {kind!r}.")
+        if baseline_window_id is not None and baseline_s is not None:
+            raise WindowError("Give baseline_window_id or baseline_s, not both.")
+        if baseline_s is not None:
+            baseline_window_id = await self._auto_baseline(baseline_s)
+        elif baseline_window_id is not None:
+            await self._check_baseline(baseline_window_id)
+        return await self._insert(name, dict(tags or {}), kind, baseline_window_id)
+
+    async def _insert(
+        self, name: str, tags: dict[str, Any], kind: str, baseline_window_id: int | None
+    ) -> OpenWindow:
+        start_ns = now_ns()
+        rows = await anyio.to_thread.run_sync(
+            self.store.execute,
+            """INSERT INTO windows (session_id, name, kind, tags, start_ns, baseline_window_id)
+               VALUES (?, ?, ?, ?, ?, ?) RETURNING window_id""",
+            [
+                self.daemon.session_id,
+                name,
+                kind,
+                json.dumps(tags, default=str),
+                start_ns,
+                baseline_window_id,
+            ],
+        )
+        window = OpenWindow(int(rows[0][0]), name, kind, tags, start_ns, baseline_window_id)
+        self.open[window.window_id] = window
+        return window
+
+    async def _check_baseline(self, window_id: int) -> None:
+        rows = await anyio.to_thread.run_sync(
+            self.store.execute,
+            "SELECT end_ns FROM windows WHERE window_id = ?",
+            [window_id],
+        )
+        if not rows:
+            raise WindowError(
+                f"No window {window_id} to use as a baseline; open and close an idle window "
+                "first (kind 'baseline'), or pass baseline_s to let the daemon take one."
+            )
+        if rows[0][0] is None:
+            raise WindowError(
+                f"Window {window_id} is still open; close it before using it as a baseline."
+            )
+
+    async def _auto_baseline(self, seconds: float) -> int:
+        if not (isinstance(seconds, int | float) and 0 < seconds <= 3600):
+            raise WindowError(f"baseline_s must be between 0 and 3600 seconds, not {seconds!r}.")
+        async with self._baseline_lock:
+            if self.auto_baseline_id is None:
+                window = await self._insert("baseline", {"auto": True}, "baseline", None)
+                await anyio.sleep(seconds)
+                await self.close_window(window.window_id)
+                self.auto_baseline_id = window.window_id
+            return self.auto_baseline_id
+
+    # -- closing -----------------------------------------------------------------------
+    async def close_window(self, window_id: int) -> WindowResult:
+        end_ns = now_ns()
+        window = self.open.pop(window_id, None)
+        if window is None:
+            raise WindowError(
+                f"Window {window_id} is not open in this daemon (closed already, or opened "
+                "by another daemon session). `GET /windows` lists the open ones."
+            )
+        await anyio.to_thread.run_sync(
+            self.store.execute,
+            "UPDATE windows SET end_ns = ? WHERE window_id = ?",
+            [end_ns, window_id],
+        )
+        await self.samples_through(end_ns)
+        results = await anyio.to_thread.run_sync(window_results, self.store, [window_id])
+        if not results:
+            raise WindowError(f"Window {window_id} has no row in window_results.")
+        self._remember(results)
+        return results[0]
+
+    def _remember(self, results: Sequence[WindowResult]) -> None:
+        for result in results:
+            self._closed[result.window_id] = result
+        while len(self._closed) > CACHED_WINDOWS:
+            del self._closed[min(self._closed)]
+
+    async def samples_through(self, t_ns: int) -> None:
+        """Return once every running sampler's samples up to ``t_ns`` are stored."""
+        samplers = [s for s in self.daemon.samplers if s.health.state == "running"]
+        for sampler in samplers:
+            sampler.request_handoff(t_ns)
+        slowest_s = max((s.period_ns / 1e9 for s in samplers), default=0.0)
+        wait_s = min(HANDOFF_WAIT_MAX_S, max(HANDOFF_WAIT_MIN_S, 4 * slowest_s))
+        with anyio.move_on_after(wait_s):
+            while any(
+                s.health.state == "running" and (s.handed_off_t_ns or 0) < t_ns for s in samplers
+            ):
+                await anyio.sleep(HANDOFF_POLL_S)
+        await self.daemon.flush()
+
+    async def close_all(self) -> None:
+        """At daemon stop: close what is still open, so no measured interval is lost."""
+        end_ns = now_ns()
+        for window_id in list(self.open):
+            window = self.open.pop(window_id)
+            # The writer has stopped by now: the event goes to the store directly.
+            event = Event(
+                end_ns, "warning", None,
+                f"window {window_id} ({window.name}) closed by the daemon stopping",
+            )  # fmt: skip
+            await anyio.to_thread.run_sync(
+                self.store.execute,
+                "UPDATE windows SET end_ns = ? WHERE window_id = ?",
+                [end_ns, window_id],
+            )
+            await anyio.to_thread.run_sync(
+                self.store.write, SampleBatch(), [event], self.daemon.session_id
+            )
+
+    # -- listing -----------------------------------------------------------------------
+    async def listing(self, limit: int = RECENT_WINDOWS) -> dict[str, Any]:
+        """Open windows and the most recent closed ones of this session, with figures."""
+        rows = await anyio.to_thread.run_sync(
+            self.store.execute,
+            """SELECT window_id FROM windows WHERE session_id = ? AND end_ns IS NOT NULL
+               ORDER BY end_ns DESC LIMIT ?""",
+            [self.daemon.session_id, limit],
+        )
+        ids = [int(r[0]) for r in rows]
+        missing = [i for i in ids if i not in self._closed]
+        self._remember(await anyio.to_thread.run_sync(window_results, self.store, missing))
+        recent = [self._closed[i] for i in ids if i in self._closed]
+        return {
+            "session_id": self.daemon.session_id,
+            "open": [w.as_dict() for w in sorted(self.open.values(), key=lambda w: w.start_ns)],
+            "recent": [r.as_dict() for r in sorted(recent, key=lambda r: -r.end_ns)],
+            "auto_baseline_window_id": self.auto_baseline_id,
+        }
+
+
+def registry_of(daemon: Any) -> WindowRegistry | None:
+    registry = getattr(daemon, "windows", None)
+    return registry if isinstance(registry, WindowRegistry) else None
+
+
+def windows_service() -> Callable[..., Any]:
+    """A daemon service keeping named windows: ``services=[windows_service(), ...]``.
+
+    List it before the API so ``daemon.windows`` exists when the API starts answering.
+    """
+
+    async def service(
+        daemon: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        registry = WindowRegistry(daemon)
+        daemon.windows = registry
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await registry.close_all()
+
+    return service

@@ -1,0 +1,102 @@
+"""The API's window endpoints (issue 15), registered on ApiServer's app in one line.
+
+``POST /windows`` ``{"name", "tags"?, "kind"?, "baseline_window_id"?, "baseline_s"?}``
+opens a window and answers ``{"window_id", "start_ns", ...}``; ``POST /windows/{id}/close``
+closes it and answers its figures (greenmon/windows.py ``WindowResult.as_dict``);
+``GET /windows?limit=N`` answers ``{"open": [...], "recent": [...]}``: the open windows
+(name, tags, start, elapsed seconds) and the last N closed ones of this session with their
+figures, which is what a viewer needs to list them beside the current unit.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from greenmon.windows import WindowError, WindowRegistry, registry_of
+
+if TYPE_CHECKING:
+    from greenmon.daemon import Daemon
+
+
+def _dumps(value: Any) -> str:
+    from greenmon.api import dumps
+
+    return dumps(value)
+
+
+def _error(status: int, message: str) -> web.Response:
+    error = WindowError(message)
+    body = {"error": error.message, "title": error.title, "kind": type(error).__name__}
+    return web.json_response(body, status=status, dumps=_dumps)
+
+
+class WindowRoutes:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def _registry(self) -> WindowRegistry | None:
+        return registry_of(self.daemon)
+
+    async def open(self, request: web.Request) -> web.Response:
+        registry = self._registry()
+        if registry is None:
+            return _error(409, "This daemon keeps no windows (it runs no windows service).")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "POST /windows needs a JSON object body with at least a name.")
+        if not isinstance(body, dict):
+            return _error(400, "POST /windows needs a JSON object body with at least a name.")
+        tags = body.get("tags") or {}
+        if not isinstance(tags, dict):
+            return _error(400, "tags must be a JSON object (name -> value).")
+        baseline_id = body.get("baseline_window_id")
+        baseline_s = body.get("baseline_s")
+        window = await registry.open_window(
+            str(body.get("name") or ""),
+            tags,
+            kind=str(body.get("kind") or "window"),
+            baseline_window_id=None if baseline_id is None else int(baseline_id),
+            baseline_s=None if baseline_s is None else float(baseline_s),
+        )
+        return web.json_response(window.as_dict(), dumps=_dumps)
+
+    async def close(self, request: web.Request) -> web.Response:
+        registry = self._registry()
+        if registry is None:
+            return _error(409, "This daemon keeps no windows (it runs no windows service).")
+        try:
+            window_id = int(request.match_info["window_id"])
+        except ValueError:
+            return _error(400, "The window id in /windows/{id}/close must be an integer.")
+        if window_id not in registry.open:
+            return _error(
+                404,
+                f"Window {window_id} is not open in this daemon (closed already, or opened "
+                "in another session). GET /windows lists the open ones.",
+            )
+        result = await registry.close_window(window_id)
+        return web.json_response(result.as_dict(), dumps=_dumps)
+
+    async def listing(self, request: web.Request) -> web.Response:
+        registry = self._registry()
+        if registry is None:
+            return _error(409, "This daemon keeps no windows (it runs no windows service).")
+        try:
+            limit = max(0, min(1000, int(request.query.get("limit", "20"))))
+        except ValueError:
+            return _error(400, "limit must be an integer")
+        return web.json_response(await registry.listing(limit), dumps=_dumps)
+
+
+def add_window_routes(app: web.Application, daemon: Daemon) -> None:
+    routes = WindowRoutes(daemon)
+    app.add_routes(
+        [
+            web.post("/windows", routes.open),
+            web.post("/windows/{window_id}/close", routes.close),
+            web.get("/windows", routes.listing),
+        ]
+    )

@@ -1,0 +1,78 @@
+"""`/metrics` of a running `greenmon daemon`, read with prometheus-client's own parser."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import anyio
+from prometheus_client.parser import text_string_to_metric_families
+
+from greenmon.api import ApiClient
+from tests.measure.support import IDLE_W, MarkedPower, start_daemon, stop_daemon, write_config
+
+DOCUMENTED = {
+    "greenmon_power_watts",
+    "greenmon_energy_joules",
+    "greenmon_probe_up",
+    "greenmon_probe_rate_hz",
+    "greenmon_probe_samples",
+    "greenmon_probe_errors",
+    "greenmon_probe_missed_ticks",
+    "greenmon_windows_open",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        values = found.setdefault(family.name, {})
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            values[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_metrics_from_a_running_daemon(
+    tmp_path: Path, short_dir: Path, marked_power: MarkedPower
+) -> None:
+    port = _free_port()
+    socket_path = short_dir / "d.sock"
+    config = write_config(tmp_path, marked_power.tree.root, f"[daemon]\nmetrics_port = {port}\n")
+    daemon = start_daemon(tmp_path, socket_path, config, tmp_path / "metrics.duckdb")
+    try:
+
+        async def open_window() -> None:
+            async with ApiClient(socket_path) as client:
+                await client.open_window("scraped")
+
+        anyio.run(open_window)
+        first = _scrape(port)
+        time.sleep(2.0)
+        second = _scrape(port)
+    finally:
+        stop_daemon(daemon)
+
+    assert set(second) >= DOCUMENTED, sorted(DOCUMENTED - set(second))
+    assert second["greenmon_windows_open"][()] == 1
+    package = (("channel", "package-0.energy_uj"), ("domain", "cpu"), ("probe", "rapl"))
+    # a counter's power is its mean since the previous scrape: the power put in
+    assert package not in first["greenmon_power_watts"]
+    assert abs(second["greenmon_power_watts"][package] - IDLE_W) < 0.01 * IDLE_W
+    energy_j = second["greenmon_energy_joules"][(("domain", "cpu"),)]
+    assert 1.9 * IDLE_W < energy_j < 3.0 * IDLE_W
+    assert second["greenmon_probe_up"][(("probe", "rapl"),)] == 1
+    assert second["greenmon_probe_samples"][(("probe", "rapl"),)] > 200
