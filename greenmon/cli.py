@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "write a self-contained HTML report (and Markdown) of an experiment"),
     "export": ("export", "export samples, units, phases and results as Parquet or CSV"),
     "restore": ("restore", "put back GPU/CPU settings a killed or crashed run left changed"),
+    "serve": ("serve", "serve a model over an OpenAI-compatible HTTP API with a greenmon engine"),
 }
 
 

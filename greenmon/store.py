@@ -39,7 +39,7 @@ from greenmon.errors import DatabaseLockedError, StoreError
 from greenmon.probes.base import Channel
 
 APP_ID = "greenmon"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry migrates from version i to i + 1.  Never edit a landed entry: append one.
 MIGRATIONS: list[str] = [
@@ -158,6 +158,11 @@ MIGRATIONS: list[str] = [
         identical_share   DOUBLE,
         first_divergence  INTEGER
     );
+    """,
+    # issue 16: served requests: new tokens asked for, and the server's usage claim.
+    """
+    ALTER TABLE requests ADD COLUMN tokens_requested INTEGER;
+    ALTER TABLE requests ADD COLUMN usage_tokens_out INTEGER;
     """,
 ]
 
