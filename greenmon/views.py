@@ -55,7 +55,9 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
 
 
-_MACRO_VIEWS = ("unit_phase_energy", "unit_baseline", "unit_utilisation", "unit_results")
+_MACRO_VIEWS = (
+    "unit_phase_energy", "unit_baseline", "unit_utilisation", "unit_steady", "unit_results",
+)  # fmt: skip
 
 
 # Which probe answers for a domain when several could: measured before estimated, then the
@@ -188,6 +190,68 @@ JOIN ({_UTILISATION_CHANNELS}) uc ON uc.channel_id = e.channel_id
 GROUP BY ALL
 """
 
+# issue 16: the steady-state window of a unit's measure, as ML.ENERGY defines it for a
+# closed loop: from the moment every concurrent slot is busy (the start of the N-th
+# request, N = the unit's concurrency; 1 without one, and for an open loop, whose
+# arrivals have no slots) until the first slot drains (the first request to end after
+# the last request started: from then on fewer than N are in flight for good).  Tokens
+# in the window are each request's tokens prorated by the share of its lifetime
+# [start, end] inside the window (work spread evenly over a request's life, which is
+# also right for a server that streams only after generating).  Its energy is the same
+# window arithmetic as a phase's (greenmon/energy.py) over the unit's energy sources.
+_STEADY_REQUESTS = """
+SELECT q.experiment_id, q.unit_id, q.attempt, q.start_ns, q.end_ns, q.tokens_out,
+       row_number() OVER g AS nth,
+       max(q.start_ns) OVER (PARTITION BY q.experiment_id, q.unit_id, q.attempt)
+           AS last_start_ns,
+       CASE WHEN json_extract(u.factors, '$.request_rate_hz') IS NOT NULL THEN 1
+            ELSE coalesce(TRY_CAST(json_extract(u.factors, '$.concurrency') AS INTEGER), 1)
+       END AS slots
+FROM requests q JOIN units u USING (experiment_id, unit_id)
+WHERE q.phase = 'measure' AND (exp IS NULL OR q.experiment_id = exp)
+WINDOW g AS (PARTITION BY q.experiment_id, q.unit_id, q.attempt ORDER BY q.start_ns, q.end_ns)
+"""
+
+_UNIT_STEADY = f"""
+WITH steady_edges AS (
+    SELECT experiment_id, unit_id, attempt,
+           max(start_ns) FILTER (WHERE nth = slots) AS steady_start_ns,
+           min(end_ns) FILTER (WHERE end_ns >= last_start_ns) AS steady_end_ns
+    FROM ({_STEADY_REQUESTS}) GROUP BY ALL
+),
+steady_tokens AS (
+    SELECT r.experiment_id, r.unit_id, r.attempt,
+           sum(r.tokens_out * greatest(0, least(r.end_ns, e.steady_end_ns)
+                                          - greatest(r.start_ns, e.steady_start_ns))
+               / nullif(r.end_ns - r.start_ns, 0)) AS steady_tokens
+    FROM ({_STEADY_REQUESTS}) r JOIN steady_edges e USING (experiment_id, unit_id, attempt)
+    GROUP BY ALL
+),
+steady_windows AS (
+    SELECT p.phase_id AS window_id, es.channel_id, e.steady_start_ns AS start_ns,
+           e.steady_end_ns AS end_ns
+    FROM steady_edges e
+    JOIN phases p USING (experiment_id, unit_id, attempt)
+    JOIN energy_sources es ON es.session_id = p.session_id
+    WHERE p.phase = 'measure' AND p.end_ns IS NOT NULL AND es.domain IN ('cpu', 'gpu')
+      AND e.steady_end_ns > e.steady_start_ns
+),
+steady_energy AS (
+    SELECT p.experiment_id, p.unit_id, p.attempt, sum(x.energy_j) AS steady_energy_j,
+           max(es.period_ns) AS steady_max_period_ns
+    FROM ({window_energy_sql("steady_windows")}) x
+    JOIN phases p ON p.phase_id = x.window_id
+    JOIN energy_sources es ON es.channel_id = x.channel_id
+    GROUP BY ALL
+)
+SELECT e.experiment_id, e.unit_id, e.attempt, e.steady_start_ns, e.steady_end_ns,
+       (e.steady_end_ns - e.steady_start_ns) / 1e9 AS steady_s, t.steady_tokens,
+       g.steady_energy_j, g.steady_max_period_ns
+FROM steady_edges e
+LEFT JOIN steady_tokens t USING (experiment_id, unit_id, attempt)
+LEFT JOIN steady_energy g USING (experiment_id, unit_id, attempt)
+"""
+
 # Thresholds behind the validity flags.
 MIN_COVERAGE = 0.9
 MIN_WINDOW_PERIODS = 5
@@ -234,7 +298,19 @@ load AS (
 ),
 req AS (
     SELECT experiment_id, unit_id, attempt, count(*) AS requests,
-           sum(tokens_out) AS tokens_out
+           sum(tokens_out) AS tokens_out,
+           -- issue 16: latency per request (end to end), time to first token, time per
+           -- output token after the first; a served request's count against what was
+           -- asked and against the server's usage claim
+           quantile_cont((end_ns - start_ns) / 1e9, 0.5) AS latency_p50_s,
+           quantile_cont((end_ns - start_ns) / 1e9, 0.9) AS latency_p90_s,
+           quantile_cont((end_ns - start_ns) / 1e9, 0.99) AS latency_p99_s,
+           quantile_cont(ttft_ns / 1e9, 0.5) AS ttft_p50_s,
+           quantile_cont(ttft_ns / 1e9, 0.9) AS ttft_p90_s,
+           median((end_ns - start_ns - ttft_ns) / 1e9 / nullif(tokens_out - 1, 0))
+               AS tpot_p50_s,
+           count(*) FILTER (WHERE tokens_out <> tokens_requested
+                               OR usage_tokens_out <> tokens_out) AS token_count_mismatches
     FROM requests WHERE phase = 'measure' AND (exp IS NULL OR experiment_id = exp)
     GROUP BY ALL
 ),
@@ -243,6 +319,13 @@ base AS (
            u.engine || '/' || u.provider AS configuration, u.repetition, u.factors, u.status,
            u.reason, u.params, u.size_category, u.attempt, m.duration_s, l.load_s,
            r.requests, r.tokens_out,
+           r.tokens_out / nullif(m.duration_s, 0) AS throughput_tok_s,
+           r.requests / nullif(m.duration_s, 0) AS requests_per_s,
+           r.latency_p50_s, r.latency_p90_s, r.latency_p99_s, r.ttft_p50_s, r.ttft_p90_s,
+           r.tpot_p50_s, r.token_count_mismatches,
+           st.steady_s, st.steady_tokens, st.steady_energy_j,
+           st.steady_energy_j / nullif(st.steady_tokens, 0) AS steady_j_per_token,
+           st.steady_max_period_ns,
            e.energy_cpu_j, e.energy_dram_j, e.energy_gpu_j, e.energy_wall_j,
            CASE WHEN e.energy_cpu_j IS NULL AND e.energy_gpu_j IS NULL THEN NULL
                 ELSE coalesce(e.energy_cpu_j, 0) + coalesce(e.energy_gpu_j, 0) END
@@ -268,6 +351,7 @@ base AS (
     LEFT JOIN req r USING (experiment_id, unit_id, attempt)
     LEFT JOIN energy e USING (experiment_id, unit_id, attempt)
     LEFT JOIN stats b USING (experiment_id, unit_id, attempt)
+    LEFT JOIN unit_steady_for(exp) st USING (experiment_id, unit_id, attempt)
     WHERE exp IS NULL OR u.experiment_id = exp
 )
 SELECT *,
@@ -290,7 +374,12 @@ SELECT *,
            CASE WHEN fidelity_share < 1 THEN 'fidelity' END,
            CASE WHEN probe_errors THEN 'probe_errors' END,
            CASE WHEN status = 'done' AND energy_global_j IS NULL AND energy_wall_j IS NULL
-                THEN 'no_energy_source' END
+                THEN 'no_energy_source' END,
+           -- issue 16
+           CASE WHEN token_count_mismatches > 0 THEN 'token_count_mismatch' END,
+           CASE WHEN status = 'done' AND requests > 0 AND max_period_ns IS NOT NULL
+                 AND coalesce(steady_s, 0) * 1e9 < {MIN_WINDOW_PERIODS} * max_period_ns
+                THEN 'short_steady_state' END
        ], lambda x: x IS NOT NULL) AS flags
 FROM base
 """
@@ -304,6 +393,7 @@ MACROS: dict[str, str] = {
     "unit_phase_energy_for": _UNIT_PHASE_ENERGY,
     "unit_baseline_for": _UNIT_BASELINE,
     "unit_utilisation_for": _UNIT_UTILISATION,
+    "unit_steady_for": _UNIT_STEADY,
     "unit_results_for": _UNIT_RESULTS,
 }
 for _macro in MACROS:
