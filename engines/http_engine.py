@@ -138,6 +138,8 @@ class HttpEngine:
         self._process: subprocess.Popen[bytes] | None = None
         self._log_path: Path | None = None
         self._tokenizer: Any = None
+        self._tokenizer_tried = False
+        self._model: Any = None
         self._concurrency = 1
         self._rate_hz: float | None = None
         self._seed = 0
@@ -153,7 +155,9 @@ class HttpEngine:
         )
         self._seed = int(opts["seed"])
         self._server = server
-        self._tokenizer = _tokenizer_or_none(model, self.cache_dir)
+        self._model = model
+        self._tokenizer = None
+        self._tokenizer_tried = False
         start_s = time.perf_counter()
         if server.command:
             if asyncio.run(_answers(server.ready_url)):
@@ -182,7 +186,6 @@ class HttpEngine:
                 "server_pid": None if self._process is None else self._process.pid,
                 "server_log": None if self._log_path is None else str(self._log_path),
                 "served_models": models,
-                "token_ids": "retokenized" if self._tokenizer is not None else "none",
             },
         )
 
@@ -356,6 +359,11 @@ class HttpEngine:
         )
 
     def _encode(self, text: str) -> tuple[int, ...]:
+        # Loaded on first need only: a server that streams token ids and usage never needs
+        # it, and importing transformers costs seconds.
+        if not self._tokenizer_tried:
+            self._tokenizer_tried = True
+            self._tokenizer = _tokenizer_or_none(self._model, self.cache_dir)
         if self._tokenizer is None:
             return ()
         return tuple(int(t) for t in self._tokenizer.encode(text, add_special_tokens=False))

@@ -338,8 +338,26 @@ def load_served_engine(
             f"not {engine_name!r}"
         )
     info = resolve_model(model, cache_dir=cache_dir)
-    engine = get_engine(engine_name, cache_dir=cache_dir)
+    engine: Engine
+    if ":" in engine_name:
+        # A user's own engine (or a test's fake), as a plan's custom_engines names one.
+        import importlib
+
+        module_name, _, class_name = engine_name.partition(":")
+        try:
+            engine = getattr(importlib.import_module(module_name), class_name)()
+        except (ImportError, AttributeError) as error:
+            raise ServeError(
+                f"engine {engine_name!r} cannot be loaded: {error}. Give a built-in engine "
+                "or 'package.module:Class' importable here."
+            ) from None
+    else:
+        engine = get_engine(engine_name, cache_dir=cache_dir)
     engine.load(info, provider, options)
+    if ":" in engine_name:
+        # A custom engine brings its tokenizer (or none: its streams then send each
+        # answer's text in one piece with all its token ids).
+        return engine, getattr(engine, "tokenizer", None)
     try:
         from greenmon.engines._common import load_tokenizer
 

@@ -14,7 +14,10 @@ class ServeOptionError(GreenmonError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="built-in model (tiny), a local directory, or a Hub id")
-    parser.add_argument("--engine", default="torch", help="torch, onnx, openvino, torchscript")
+    parser.add_argument(
+        "--engine", default="torch",
+        help="torch, onnx, openvino, torchscript, or package.module:Class",
+    )  # fmt: skip
     parser.add_argument("--provider", default="cpu", help="cpu, cuda, or tensorrt (onnx)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
