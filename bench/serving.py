@@ -176,7 +176,7 @@ def main() -> int:
     run_s = time.monotonic() - started
     run([*greenmon, "analyze", "--db", str(db)], out)
     run([*greenmon, "report", "--db", str(db), "--out", str(out / "report")], out)
-    from greenmon.analysis.data import load_results, latest_experiment
+    from greenmon.analysis.data import latest_experiment, load_results
     from greenmon.analysis.serving import serving_cost, serving_table
     from greenmon.store import Store
 
