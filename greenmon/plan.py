@@ -459,6 +459,18 @@ def check_plan(plan: Plan, *, cache_dir: str | None = None, deep: bool = True) -
     from greenmon.settings import check_hardware
 
     problems += check_hardware(plan)
+    # issue 16: how the load factors reach in-process engines, said before anything runs.
+    in_process = [f"{e}/{p}" for e, p in plan.configurations if e != "http"]
+    if in_process and plan.spec.factors.request_rate_hz:
+        notes.append(
+            f"request_rate_hz applies to http/... configurations only: {', '.join(in_process)} "
+            "run their requests back to back at every rate level."
+        )
+    if in_process and plan.spec.factors.concurrency and not plan.spec.factors.batch_size:
+        notes.append(
+            f"{', '.join(in_process)} run a concurrency level N as batches of N requests "
+            "(the in-process counterpart of N requests in flight)."
+        )
     if plan.spec.order == "blocked":
         notes.append(
             "order = 'blocked' runs each configuration's repetitions back to back, "
