@@ -81,12 +81,6 @@ DEPENDENT_VARIABLES: tuple[Variable, ...] = (
     Variable("dynamic_wall_j", "Dynamic energy, wall", "J", "dynamic wall energy"),
     Variable("duration_s", "Execution time", "s", "time"),
     Variable("j_per_token", "Energy per token", "J/token", "energy per token"),
-    # issue 16: serving under load (a unit's measure; steady state as greenmon/views.py)
-    Variable("steady_j_per_token", "Energy per token, steady state", "J/token",
-             "steady-state energy per token"),
-    Variable("latency_p50_s", "Latency, median", "s", "median latency"),
-    Variable("latency_p90_s", "Latency, 90th percentile", "s", "90th-percentile latency"),
-    Variable("ttft_p50_s", "Time to first token, median", "s", "time to first token"),
     Variable("cpu_percent", "CPU utilisation", "%", "CPU"),
     Variable("ram_percent", "RAM utilisation", "%", "RAM"),
     Variable("gpu_percent", "GPU utilisation", "%", "GPU"),
@@ -101,10 +95,12 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "requests", "tokens_out",
     "energy_cpu_j", "energy_dram_j", "energy_gpu_j", "energy_wall_j", "energy_global_j",
     "dynamic_cpu_j", "dynamic_dram_j", "dynamic_gpu_j", "dynamic_wall_j", "dynamic_global_j",
-    "j_per_request", "j_per_token", "steady_j_per_token", "throughput_tok_s",
-    "latency_p50_s", "latency_p90_s", "ttft_p50_s", "cpu_percent", "ram_percent", "gpu_percent",
+    "j_per_request", "j_per_token", "cpu_percent", "ram_percent", "gpu_percent",
     "gpu_mem_util_percent", "gpu_mem_used_percent",
     "estimated", "min_coverage", "flags", "fidelity_share",
+    # issue 16: serving under load, shown per level by greenmon/analysis/serving.py
+    "steady_j_per_token", "throughput_tok_s", "latency_p50_s", "latency_p90_s",
+    "latency_p99_s", "ttft_p50_s", "tpot_p50_s", "steady_s",
 )  # fmt: skip
 
 
