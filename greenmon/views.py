@@ -87,20 +87,78 @@ SELECT c.session_id, c.domain, c.channel_id, c.probe, c.name, c.kind, c.unit, c.
 FROM cand c JOIN best_kind b USING (session_id, domain, probe, kind_rank)
 """
 
-_SOURCE_WINDOWS = """(
+# issue 16: the steady-state window of a unit's measure, as ML.ENERGY defines it for a
+# closed loop: from the moment every concurrent slot is busy (the start of the N-th
+# request, N = the unit's concurrency; 1 without one, and for an open loop, whose
+# arrivals have no slots) until the first slot drains (the first request to end after
+# the last request started: from then on fewer than N are in flight for good).  Tokens
+# in the window are each request's tokens prorated by the share of its lifetime
+# [start, end] inside the window (work spread evenly over a request's life, which is
+# also right for a server that streams only after generating).  Its energy comes from
+# the same pass over the samples as the phases' (window -phase_id of the measure, shown
+# as phase 'steady' in unit_phase_energy), so it costs no second sort of the samples.
+_STEADY_REQUESTS = """
+SELECT q.experiment_id, q.unit_id, q.attempt, q.start_ns, q.end_ns, q.tokens_out,
+       row_number() OVER g AS nth,
+       max(q.start_ns) OVER (PARTITION BY q.experiment_id, q.unit_id, q.attempt)
+           AS last_start_ns,
+       CASE WHEN json_extract(u.factors, '$.request_rate_hz') IS NOT NULL THEN 1
+            ELSE coalesce(TRY_CAST(json_extract(u.factors, '$.concurrency') AS INTEGER), 1)
+       END AS slots
+FROM requests q JOIN units u USING (experiment_id, unit_id)
+WHERE q.phase = 'measure' AND (exp IS NULL OR q.experiment_id = exp)
+WINDOW g AS (PARTITION BY q.experiment_id, q.unit_id, q.attempt ORDER BY q.start_ns, q.end_ns)
+"""
+
+_STEADY_EDGES = f"""
+SELECT experiment_id, unit_id, attempt,
+       max(start_ns) FILTER (WHERE nth = slots) AS steady_start_ns,
+       min(end_ns) FILTER (WHERE end_ns >= last_start_ns) AS steady_end_ns
+FROM ({_STEADY_REQUESTS}) GROUP BY ALL
+"""
+
+_UNIT_STEADY = f"""
+WITH steady_edges AS ({_STEADY_EDGES}),
+steady_tokens AS (
+    SELECT r.experiment_id, r.unit_id, r.attempt,
+           sum(r.tokens_out * greatest(0, least(r.end_ns, e.steady_end_ns)
+                                          - greatest(r.start_ns, e.steady_start_ns))
+               / nullif(r.end_ns - r.start_ns, 0)) AS steady_tokens
+    FROM ({_STEADY_REQUESTS}) r JOIN steady_edges e USING (experiment_id, unit_id, attempt)
+    GROUP BY ALL
+)
+SELECT e.experiment_id, e.unit_id, e.attempt, e.steady_start_ns, e.steady_end_ns,
+       (e.steady_end_ns - e.steady_start_ns) / 1e9 AS steady_s, t.steady_tokens
+FROM steady_edges e LEFT JOIN steady_tokens t USING (experiment_id, unit_id, attempt)
+"""
+
+_SOURCE_WINDOWS = f"""(
     SELECT p.phase_id AS window_id, es.channel_id, p.start_ns, p.end_ns
     FROM phases p JOIN energy_sources es ON es.session_id = p.session_id
     WHERE p.end_ns IS NOT NULL AND (exp IS NULL OR p.experiment_id = exp)
+    UNION ALL
+    -- issue 16: each measure's steady-state window, as window -phase_id
+    SELECT -p.phase_id AS window_id, es.channel_id, e.steady_start_ns, e.steady_end_ns
+    FROM ({_STEADY_EDGES}) e
+    JOIN phases p USING (experiment_id, unit_id, attempt)
+    JOIN energy_sources es ON es.session_id = p.session_id
+    WHERE p.phase = 'measure' AND p.end_ns IS NOT NULL
+      AND e.steady_end_ns > e.steady_start_ns
 )"""
 
+# Phase 'steady' (issue 16) is the measure's steady-state window: its duration is
+# unit_steady's steady_s, so duration_s is NULL on those rows.
 _UNIT_PHASE_ENERGY = f"""
-SELECT p.experiment_id, p.unit_id, p.attempt, p.phase, p.phase_id,
-       (p.end_ns - p.start_ns) / 1e9 AS duration_s, es.domain,
+SELECT p.experiment_id, p.unit_id, p.attempt,
+       CASE WHEN e.window_id < 0 THEN 'steady' ELSE p.phase END AS phase, p.phase_id,
+       CASE WHEN e.window_id < 0 THEN NULL ELSE (p.end_ns - p.start_ns) / 1e9 END
+           AS duration_s,
+       es.domain,
        sum(e.energy_j) AS energy_j, min(e.coverage) AS coverage, sum(e.wraps) AS wraps,
        sum(e.resets) AS resets, bool_or(es.estimated) AS estimated,
        max(es.period_ns) AS period_ns
 FROM ({window_energy_sql(_SOURCE_WINDOWS)}) e
-JOIN phases p ON p.phase_id = e.window_id
+JOIN phases p ON p.phase_id = abs(e.window_id)
 JOIN energy_sources es ON es.channel_id = e.channel_id
 GROUP BY ALL
 """
@@ -190,68 +248,6 @@ JOIN ({_UTILISATION_CHANNELS}) uc ON uc.channel_id = e.channel_id
 GROUP BY ALL
 """
 
-# issue 16: the steady-state window of a unit's measure, as ML.ENERGY defines it for a
-# closed loop: from the moment every concurrent slot is busy (the start of the N-th
-# request, N = the unit's concurrency; 1 without one, and for an open loop, whose
-# arrivals have no slots) until the first slot drains (the first request to end after
-# the last request started: from then on fewer than N are in flight for good).  Tokens
-# in the window are each request's tokens prorated by the share of its lifetime
-# [start, end] inside the window (work spread evenly over a request's life, which is
-# also right for a server that streams only after generating).  Its energy is the same
-# window arithmetic as a phase's (greenmon/energy.py) over the unit's energy sources.
-_STEADY_REQUESTS = """
-SELECT q.experiment_id, q.unit_id, q.attempt, q.start_ns, q.end_ns, q.tokens_out,
-       row_number() OVER g AS nth,
-       max(q.start_ns) OVER (PARTITION BY q.experiment_id, q.unit_id, q.attempt)
-           AS last_start_ns,
-       CASE WHEN json_extract(u.factors, '$.request_rate_hz') IS NOT NULL THEN 1
-            ELSE coalesce(TRY_CAST(json_extract(u.factors, '$.concurrency') AS INTEGER), 1)
-       END AS slots
-FROM requests q JOIN units u USING (experiment_id, unit_id)
-WHERE q.phase = 'measure' AND (exp IS NULL OR q.experiment_id = exp)
-WINDOW g AS (PARTITION BY q.experiment_id, q.unit_id, q.attempt ORDER BY q.start_ns, q.end_ns)
-"""
-
-_UNIT_STEADY = f"""
-WITH steady_edges AS (
-    SELECT experiment_id, unit_id, attempt,
-           max(start_ns) FILTER (WHERE nth = slots) AS steady_start_ns,
-           min(end_ns) FILTER (WHERE end_ns >= last_start_ns) AS steady_end_ns
-    FROM ({_STEADY_REQUESTS}) GROUP BY ALL
-),
-steady_tokens AS (
-    SELECT r.experiment_id, r.unit_id, r.attempt,
-           sum(r.tokens_out * greatest(0, least(r.end_ns, e.steady_end_ns)
-                                          - greatest(r.start_ns, e.steady_start_ns))
-               / nullif(r.end_ns - r.start_ns, 0)) AS steady_tokens
-    FROM ({_STEADY_REQUESTS}) r JOIN steady_edges e USING (experiment_id, unit_id, attempt)
-    GROUP BY ALL
-),
-steady_windows AS (
-    SELECT p.phase_id AS window_id, es.channel_id, e.steady_start_ns AS start_ns,
-           e.steady_end_ns AS end_ns
-    FROM steady_edges e
-    JOIN phases p USING (experiment_id, unit_id, attempt)
-    JOIN energy_sources es ON es.session_id = p.session_id
-    WHERE p.phase = 'measure' AND p.end_ns IS NOT NULL AND es.domain IN ('cpu', 'gpu')
-      AND e.steady_end_ns > e.steady_start_ns
-),
-steady_energy AS (
-    SELECT p.experiment_id, p.unit_id, p.attempt, sum(x.energy_j) AS steady_energy_j,
-           max(es.period_ns) AS steady_max_period_ns
-    FROM ({window_energy_sql("steady_windows")}) x
-    JOIN phases p ON p.phase_id = x.window_id
-    JOIN energy_sources es ON es.channel_id = x.channel_id
-    GROUP BY ALL
-)
-SELECT e.experiment_id, e.unit_id, e.attempt, e.steady_start_ns, e.steady_end_ns,
-       (e.steady_end_ns - e.steady_start_ns) / 1e9 AS steady_s, t.steady_tokens,
-       g.steady_energy_j, g.steady_max_period_ns
-FROM steady_edges e
-LEFT JOIN steady_tokens t USING (experiment_id, unit_id, attempt)
-LEFT JOIN steady_energy g USING (experiment_id, unit_id, attempt)
-"""
-
 # Thresholds behind the validity flags.
 MIN_COVERAGE = 0.9
 MIN_WINDOW_PERIODS = 5
@@ -274,6 +270,8 @@ energy AS (
                AS load_energy_j,
            sum(energy_j) FILTER (WHERE phase = 'cooldown_after' AND domain IN ('cpu', 'gpu'))
                AS tail_energy_j,
+           sum(energy_j) FILTER (WHERE phase = 'steady' AND domain IN ('cpu', 'gpu'))
+               AS steady_energy_j,
            min(coverage) FILTER (WHERE phase = 'measure') AS min_coverage,
            sum(wraps) FILTER (WHERE phase = 'measure') AS wraps,
            sum(resets) FILTER (WHERE phase = 'measure') AS resets,
@@ -323,9 +321,8 @@ base AS (
            r.requests / nullif(m.duration_s, 0) AS requests_per_s,
            r.latency_p50_s, r.latency_p90_s, r.latency_p99_s, r.ttft_p50_s, r.ttft_p90_s,
            r.tpot_p50_s, r.token_count_mismatches,
-           st.steady_s, st.steady_tokens, st.steady_energy_j,
-           st.steady_energy_j / nullif(st.steady_tokens, 0) AS steady_j_per_token,
-           st.steady_max_period_ns,
+           st.steady_s, st.steady_tokens, e.steady_energy_j,
+           e.steady_energy_j / nullif(st.steady_tokens, 0) AS steady_j_per_token,
            e.energy_cpu_j, e.energy_dram_j, e.energy_gpu_j, e.energy_wall_j,
            CASE WHEN e.energy_cpu_j IS NULL AND e.energy_gpu_j IS NULL THEN NULL
                 ELSE coalesce(e.energy_cpu_j, 0) + coalesce(e.energy_gpu_j, 0) END
