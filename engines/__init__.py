@@ -9,6 +9,9 @@ Terms:
   configuration cannot run here, or None.  It reads installed versions from package
   metadata and looks for an NVIDIA device in /proc and /dev before importing anything
   heavy; torch is imported only to confirm CUDA once a GPU and a CUDA build are present.
+- *served engine* (issue 16): ``http``, whose "provider" is the name of a plan's
+  ``[servers.<name>]`` table (``http/greenmon-serve``); it needs only aiohttp here, the
+  server brings its own runtime.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ ENGINES: dict[str, tuple[str, str]] = {
     "onnx": ("greenmon.engines.onnx_engine", "OnnxEngine"),
     "openvino": ("greenmon.engines.openvino_engine", "OpenvinoEngine"),
     "torchscript": ("greenmon.engines.torchscript_engine", "TorchscriptEngine"),
+    "http": ("greenmon.engines.http_engine", "HttpEngine"),
 }
+# Engines whose provider is a server name from the plan, not one of ALL_PROVIDERS.
+SERVED_ENGINES = ("http",)
 # Kept here rather than read from the classes so that checking a plan imports nothing.
 PROVIDERS: dict[str, tuple[str, ...]] = {
     "torch": ("cpu", "cuda"),
@@ -43,6 +49,7 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "onnx": ("torch", "transformers", "optimum-onnx", "onnxruntime"),
     "openvino": ("torch", "transformers", "optimum-intel", "openvino"),
     "torchscript": ("torch", "transformers"),
+    "http": ("aiohttp",),
 }
 IMPOSSIBLE: dict[tuple[str, str], str] = {
     ("openvino", "cuda"): (
@@ -119,6 +126,9 @@ def check_configuration(
     """The reason (engine, provider) cannot run on this machine, or None when it can."""
     if engine not in ENGINES:
         return f"unknown engine {engine!r}; known engines: {', '.join(ENGINES)}"
+    if engine in SERVED_ENGINES:
+        missing = [d for d in REQUIREMENTS[engine] if _version(d) is None]
+        return f"{engine} needs {', '.join(missing)}" if missing else None
     if provider not in ALL_PROVIDERS:
         return f"unknown provider {provider!r}; known providers: {', '.join(ALL_PROVIDERS)}"
     if (engine, provider) in IMPOSSIBLE:
@@ -165,6 +175,13 @@ def describe_engines(*, gpu_root: Path = Path("/")) -> list[ConfigurationStatus]
     statuses = []
     for engine in ENGINES:
         versions = {d: _version(d) for d in REQUIREMENTS[engine]}
+        if engine in SERVED_ENGINES:
+            # One row: the server, named in a plan's [servers.<name>], is the provider.
+            reason = check_configuration(engine, "<server>")
+            statuses.append(
+                ConfigurationStatus(engine, "<server>", reason is None, reason, versions)
+            )
+            continue
         if engine == "onnx":
             versions["onnxruntime-gpu"] = _version("onnxruntime-gpu")
         for provider in ALL_PROVIDERS:
@@ -178,6 +195,7 @@ def describe_engines(*, gpu_root: Path = Path("/")) -> list[ConfigurationStatus]
 __all__ = [
     "ENGINES",
     "PROVIDERS",
+    "SERVED_ENGINES",
     "ConfigurationStatus",
     "check_configuration",
     "describe_engines",

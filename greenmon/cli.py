@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "slurm": ("slurm", "write (and --submit) a SLURM array job running a plan's shards"),
     "merge": ("merge", "merge the shards of one plan (database files or exports) into one"),
     "helper": ("helper", "as root: read RAPL, apply hardware settings for a daemon run as a user"),
+    "serve": ("serve", "serve a model over an OpenAI-compatible HTTP API with a greenmon engine"),
 }
 
 

@@ -14,6 +14,9 @@ Terms:
   campaign over machines (issue 18).  Which unit goes to which shard depends only on the
   plan (its units and seed), so every machine computes the same split; the shard is not part
   of the plan hash, so all shards of one plan share it and can be merged.
+- *server* (issue 16): a ``[servers.<name>]`` table naming an OpenAI-compatible server
+  that the configuration ``http/<name>`` sends its requests to; *load factors*
+  (``concurrency``, ``request_rate_hz``) say how many requests are in flight.
 """
 
 from __future__ import annotations
@@ -45,7 +48,13 @@ FACTOR_KEYS = (
     "gpu_locked_clocks_mhz",
     "cpu_governor",
     "cpu_max_freq_khz",
+    "concurrency",
+    "request_rate_hz",
 )
+# issue 16: factors that say how requests arrive; an engine that handles load (http) runs
+# the closed or open loop itself (engines/http_engine.py).
+LOAD_FACTORS = ("concurrency", "request_rate_hz")
+SERVER_APIS = ("completions", "chat")
 
 
 class Cooldown(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -69,6 +78,33 @@ class Factors(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gpu_locked_clocks_mhz: list[list[int]] | None = None
     cpu_governor: list[str] | None = None
     cpu_max_freq_khz: list[int] | None = None
+    # issue 16: a closed loop with N requests in flight; an open loop of seeded Poisson
+    # arrivals at this many requests per second.  One of the two per plan.
+    concurrency: list[int] | None = None
+    request_rate_hz: list[float] | None = None
+
+
+class ServerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An OpenAI-compatible server that ``http/<name>`` measures (engines/http_engine.py)."""
+
+    # Where its OpenAI routes live, e.g. "http://127.0.0.1:8000/v1".
+    base_url: str
+    # The model name the server answers to (the request's "model").
+    model: str
+    # "completions" (/completions, prompt) or "chat" (/chat/completions, messages).
+    api: str = "completions"
+    # Starts the server (argv); started in the unit's load phase and stopped when the unit
+    # ends, so load, idle with the model loaded and teardown are phases like in-process.
+    command: list[str] | None = None
+    # Polled until it answers 200 after the command starts; default base_url + "/models".
+    ready_url: str | None = None
+    ready_timeout_s: float = 120.0
+    # Send min_tokens = max_tokens and ignore_eos = true (vLLM, llama.cpp, greenmon serve);
+    # false for a server that refuses them: its counts are then checked and flagged only.
+    exact_tokens: bool = True
+    # Extra JSON fields for every request body (e.g. {return_token_ids = true}).
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    request_timeout_s: float = 600.0
 
 
 class Hardware(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -106,6 +142,8 @@ class PlanSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     custom_engines: dict[str, str] = msgspec.field(default_factory=dict)
     # [probes.<name>] tables exactly as in a config file; the daemon of `greenmon run`.
     probes: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    # issue 16: OpenAI-compatible servers measured as http/<name>.
+    servers: dict[str, ServerSpec] = msgspec.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -215,6 +253,12 @@ class Plan:
         # existed, so experiments started earlier still resume.
         if self.spec.hardware == Hardware():
             del data["hardware"]
+        # issue 16: likewise for servers and the load factors when a plan has none.
+        if not self.spec.servers:
+            del data["servers"]
+        for key in LOAD_FACTORS:
+            if data["factors"].get(key) is None:
+                data["factors"].pop(key, None)
         data["configurations"] = [f"{e}/{p}" for e, p in self.configurations]
         return data
 
@@ -235,6 +279,28 @@ class Plan:
             dict(zip(keys, combo, strict=True))
             for combo in itertools.product(*(factors[k] for k in keys))
         ]
+
+    def engine_options_for(self, unit: Unit) -> dict[str, Any]:
+        """What ``engine.load`` gets for a unit: the plan's ``[engine_options.<engine>]``,
+        the unit's dtype level and, for ``http`` (issue 16), its server table, load level
+        and the seed of its arrivals."""
+        options = dict(self.spec.engine_options.get(unit.engine, {}))
+        if "dtype" in unit.factors:
+            options["dtype"] = unit.factors["dtype"]
+        if unit.engine == "http" and unit.provider in self.spec.servers:
+            options["server"] = msgspec.to_builtins(self.spec.servers[unit.provider])
+            options["seed"] = self.spec.seed
+            for key in LOAD_FACTORS:
+                if key in unit.factors:
+                    options[key] = unit.factors[key]
+        return options
+
+    def batch_size_for(self, unit: Unit) -> int:
+        """Requests per ``generate`` call.  issue 16: an in-process engine at a
+        ``concurrency`` level N runs N requests at a time (one batch of N): the in-process
+        counterpart of N requests in flight at a server, unless batch_size is a factor."""
+        default = unit.factors.get("concurrency", self.spec.batch_size)
+        return int(unit.setting("batch_size", default))
 
     def units(self) -> list[Unit]:
         """The units in run order (seeded shuffle, or the study's blocked order); with a
@@ -311,11 +377,16 @@ def parse_plan(text: str, path: Path | None = None) -> Plan:
             raise _error(f"{key} must be at least 1", path, text, key)
     if not spec.models:
         raise _error("models is empty: name at least one model", path, text, "models")
+    _check_load(spec, path, text)
     from greenmon.engines import ENGINES, IMPOSSIBLE, PROVIDERS, describe_engines
 
     known_engines = set(ENGINES) | set(spec.custom_engines)
     if spec.configurations == "all":
-        configurations = [(s.engine, s.provider) for s in describe_engines() if s.usable]
+        configurations = [
+            (s.engine, s.provider)
+            for s in describe_engines()
+            if s.usable and s.engine != "http"  # a server is named, never implied
+        ]
     elif isinstance(spec.configurations, str):
         raise _error('configurations must be a list or "all"', path, text, "configurations")
     else:
@@ -337,6 +408,8 @@ def parse_plan(text: str, path: Path | None = None) -> Plan:
                     text,
                     "configurations",
                 )
+            if engine == "http" and engine not in spec.custom_engines:
+                _check_server(spec, provider, item, path, text)
             if (engine, provider) in IMPOSSIBLE:
                 raise _error(
                     f"{item!r} cannot run: {IMPOSSIBLE[(engine, provider)]}",
@@ -354,6 +427,62 @@ def parse_plan(text: str, path: Path | None = None) -> Plan:
                 )
             configurations.append((engine, provider))
     return Plan(spec=spec, text=text, path=path, configurations=configurations)
+
+
+def _check_load(spec: PlanSpec, path: Path | None, text: str) -> None:
+    """issue 16: load levels are positive, and a plan is a closed or an open loop."""
+    factors = spec.factors
+    if factors.concurrency is not None and factors.request_rate_hz is not None:
+        raise _error(
+            "concurrency (a closed loop) and request_rate_hz (an open loop) cannot be "
+            "crossed: give one of them",
+            path,
+            text,
+            "request_rate_hz",
+        )
+    for key in LOAD_FACTORS:
+        levels = getattr(factors, key)
+        if levels is not None and (not levels or any(level <= 0 for level in levels)):
+            raise _error(f"{key} levels must be positive numbers", path, text, key)
+    for name, server in spec.servers.items():
+        if server.api not in SERVER_APIS:
+            raise _error(
+                f"servers.{name}.api must be one of {', '.join(SERVER_APIS)}, not "
+                f"{server.api!r}",
+                path,
+                text,
+                "api",
+            )
+        if not server.base_url.startswith(("http://", "https://")):
+            raise _error(
+                f"servers.{name}.base_url must be an http:// or https:// URL such as "
+                f"http://127.0.0.1:8000/v1, not {server.base_url!r}",
+                path,
+                text,
+                "base_url",
+            )
+        if server.command is not None and not server.command:
+            raise _error(
+                f"servers.{name}.command is empty: give the argv that starts the server, "
+                "or leave it out when the server is already running",
+                path,
+                text,
+                "command",
+            )
+
+
+def _check_server(
+    spec: PlanSpec, provider: str, item: str, path: Path | None, text: str
+) -> None:
+    if not provider or provider not in spec.servers:
+        known = ", ".join(sorted(spec.servers)) or "none"
+        raise _error(
+            f"{item!r} names server {provider!r}, which has no [servers.{provider}] table "
+            f"(servers in this plan: {known}); add one with base_url and model",
+            path,
+            text,
+            "configurations",
+        )
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -424,6 +553,18 @@ def check_plan(plan: Plan, *, cache_dir: str | None = None, deep: bool = True) -
     access = hardware_access(plan)
     if access is not None:
         notes.append(access)
+    # issue 16: how the load factors reach in-process engines, said before anything runs.
+    in_process = [f"{e}/{p}" for e, p in plan.configurations if e != "http"]
+    if in_process and plan.spec.factors.request_rate_hz:
+        notes.append(
+            f"request_rate_hz applies to http/... configurations only: {', '.join(in_process)} "
+            "run their requests back to back at every rate level."
+        )
+    if in_process and plan.spec.factors.concurrency and not plan.spec.factors.batch_size:
+        notes.append(
+            f"{', '.join(in_process)} run a concurrency level N as batches of N requests "
+            "(the in-process counterpart of N requests in flight)."
+        )
     if plan.spec.order == "blocked":
         notes.append(
             "order = 'blocked' runs each configuration's repetitions back to back, "

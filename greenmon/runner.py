@@ -33,7 +33,7 @@ from anyio.abc import TaskStatus
 
 from greenmon.clock import now_ns
 from greenmon.energy import window_energy_sql
-from greenmon.engines.base import Engine, Prompt, RequestRecord
+from greenmon.engines.base import Engine, Prompt, RequestRecord, handles_load
 from greenmon.errors import GreenmonError, PlanError
 from greenmon.plan import Plan, Unit, diff_plans, parse_plan, parse_shard
 
@@ -270,7 +270,16 @@ class ExperimentRunner:
             "last_error": state.last_error,
             "queue": [queued.as_dict() for queued in self.queue],
             "finished": [done.as_dict() for done in self.finished],
+            "serving": self._serving_progress(),
         }
+
+    def _serving_progress(self) -> dict[str, Any] | None:
+        """issue 16: requests in flight, tokens/s and latency of a served unit (an engine
+        that handles load and offers ``live()``); None for in-process engines."""
+        live = getattr(self._live_engine, "live", None)
+        return dict(live()) if callable(live) else None
+
+    _live_engine: Engine | None = None
 
     # -- the store -----------------------------------------------------------------------
     def prepare(self, plan: Plan, resume: bool, force: bool) -> Submission:
@@ -443,6 +452,9 @@ class ExperimentRunner:
                 "ttft_ns": pa.array([r.ttft_ns for r in records], pa.int64()),
                 "output_hash": [r.output_hash for r in records],
                 "text": [r.text for r in records],
+                # issue 16
+                "tokens_requested": pa.array([r.tokens_requested for r in records], pa.int32()),
+                "usage_tokens_out": pa.array([r.usage_tokens_out for r in records], pa.int32()),
             }
         )
         with self.store.lock:
@@ -450,7 +462,8 @@ class ExperimentRunner:
             try:
                 self.store.con.execute(
                     """INSERT INTO requests (experiment_id, unit_id, attempt, phase, prompt_id,
-                           tokens_in, tokens_out, start_ns, end_ns, ttft_ns, output_hash, text)
+                           tokens_in, tokens_out, start_ns, end_ns, ttft_ns, output_hash, text,
+                           tokens_requested, usage_tokens_out)
                        SELECT * FROM greenmon_requests"""
                 )
             finally:
@@ -705,10 +718,9 @@ class ExperimentRunner:
         self._phases = []
         warm_records: list[RequestRecord] = []
         max_new = int(unit.setting("max_new_tokens", plan.spec.max_new_tokens))
-        batch_size = int(unit.setting("batch_size", plan.spec.batch_size))
-        options = dict(plan.spec.engine_options.get(unit.engine, {}))
-        if "dtype" in unit.factors:
-            options["dtype"] = unit.factors["dtype"]
+        # issue 16: options include an http unit's server and load level (plan.py).
+        batch_size = plan.batch_size_for(unit)
+        options = plan.engine_options_for(unit)
         rss_before = psutil.Process().memory_info().rss
         # issue 8: the unit's hardware levels (DVFS), journaled so they are always restored.
         from greenmon.settings import HARDWARE_FACTORS, UnitSettings
@@ -723,6 +735,11 @@ class ExperimentRunner:
         try:
             with anyio.fail_after(plan.spec.unit_timeout_s):
                 engine = self.make_engine(plan, unit.engine)
+                # issue 16: an engine that handles load gets each phase's prompts in one
+                # call and runs the unit's closed or open loop itself.
+                if handles_load(engine):
+                    batch_size = max(len(prompts), 1)
+                self._live_engine = engine
                 phase_id = self._phase_start(experiment_id, unit, attempt, "load")
                 info = await self._in_engine_thread(engine.load, model, unit.provider, options)
                 self._phase_end(phase_id)
@@ -782,7 +799,8 @@ class ExperimentRunner:
                 await self._sleep_phase(plan.spec.cooldown.after_s)
                 self._phase_end(phase_id)
             bad = [r for r in measured if r.tokens_out != max_new * 1]
-            if bad:
+            # issue 16: a server's counts are flagged (token_count_mismatch), not failed.
+            if bad and not handles_load(engine):
                 failure = (
                     f"{len(bad)} requests generated other than {max_new} tokens "
                     f"(e.g. {bad[0].prompt_id}: {bad[0].tokens_out}): engines must do "
@@ -827,6 +845,7 @@ class ExperimentRunner:
                         "while busy; its memory may stay held",
                     )
                 engine = None
+                self._live_engine = None
                 gc.collect()
                 rss_after = psutil.Process().memory_info().rss
                 load_info["rss_before_bytes"] = rss_before

@@ -39,7 +39,7 @@ from greenmon.errors import DatabaseLockedError, StoreError
 from greenmon.probes.base import Channel
 
 APP_ID = "greenmon"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each entry migrates from version i to i + 1.  Never edit a landed entry: append one.
 MIGRATIONS: list[str] = [
@@ -187,6 +187,11 @@ MIGRATIONS: list[str] = [
         end_ns             BIGINT,
         baseline_window_id BIGINT
     );
+    """,
+    # issue 16: served requests: new tokens asked for, and the server's usage claim.
+    """
+    ALTER TABLE requests ADD COLUMN tokens_requested INTEGER;
+    ALTER TABLE requests ADD COLUMN usage_tokens_out INTEGER;
     """,
 ]
 

@@ -60,6 +60,7 @@ _MACRO_VIEWS = (
     "unit_phase_energy",
     "unit_baseline",
     "unit_utilisation",
+    "unit_steady",
     "unit_results",
     "window_results",
 )
@@ -92,20 +93,78 @@ SELECT c.session_id, c.domain, c.channel_id, c.probe, c.name, c.kind, c.unit, c.
 FROM cand c JOIN best_kind b USING (session_id, domain, probe, kind_rank)
 """
 
-_SOURCE_WINDOWS = """(
+# issue 16: the steady-state window of a unit's measure, as ML.ENERGY defines it for a
+# closed loop: from the moment every concurrent slot is busy (the start of the N-th
+# request, N = the unit's concurrency; 1 without one, and for an open loop, whose
+# arrivals have no slots) until the first slot drains (the first request to end after
+# the last request started: from then on fewer than N are in flight for good).  Tokens
+# in the window are each request's tokens prorated by the share of its lifetime
+# [start, end] inside the window (work spread evenly over a request's life, which is
+# also right for a server that streams only after generating).  Its energy comes from
+# the same pass over the samples as the phases' (window -phase_id of the measure, shown
+# as phase 'steady' in unit_phase_energy), so it costs no second sort of the samples.
+_STEADY_REQUESTS = """
+SELECT q.experiment_id, q.unit_id, q.attempt, q.start_ns, q.end_ns, q.tokens_out,
+       row_number() OVER g AS nth,
+       max(q.start_ns) OVER (PARTITION BY q.experiment_id, q.unit_id, q.attempt)
+           AS last_start_ns,
+       CASE WHEN json_extract(u.factors, '$.request_rate_hz') IS NOT NULL THEN 1
+            ELSE coalesce(TRY_CAST(json_extract(u.factors, '$.concurrency') AS INTEGER), 1)
+       END AS slots
+FROM requests q JOIN units u USING (experiment_id, unit_id)
+WHERE q.phase = 'measure' AND (exp IS NULL OR q.experiment_id = exp)
+WINDOW g AS (PARTITION BY q.experiment_id, q.unit_id, q.attempt ORDER BY q.start_ns, q.end_ns)
+"""
+
+_STEADY_EDGES = f"""
+SELECT experiment_id, unit_id, attempt,
+       max(start_ns) FILTER (WHERE nth = slots) AS steady_start_ns,
+       min(end_ns) FILTER (WHERE end_ns >= last_start_ns) AS steady_end_ns
+FROM ({_STEADY_REQUESTS}) GROUP BY ALL
+"""
+
+_UNIT_STEADY = f"""
+WITH steady_edges AS ({_STEADY_EDGES}),
+steady_tokens AS (
+    SELECT r.experiment_id, r.unit_id, r.attempt,
+           sum(r.tokens_out * greatest(0, least(r.end_ns, e.steady_end_ns)
+                                          - greatest(r.start_ns, e.steady_start_ns))
+               / nullif(r.end_ns - r.start_ns, 0)) AS steady_tokens
+    FROM ({_STEADY_REQUESTS}) r JOIN steady_edges e USING (experiment_id, unit_id, attempt)
+    GROUP BY ALL
+)
+SELECT e.experiment_id, e.unit_id, e.attempt, e.steady_start_ns, e.steady_end_ns,
+       (e.steady_end_ns - e.steady_start_ns) / 1e9 AS steady_s, t.steady_tokens
+FROM steady_edges e LEFT JOIN steady_tokens t USING (experiment_id, unit_id, attempt)
+"""
+
+_SOURCE_WINDOWS = f"""(
     SELECT p.phase_id AS window_id, es.channel_id, p.start_ns, p.end_ns
     FROM phases p JOIN energy_sources es ON es.session_id = p.session_id
     WHERE p.end_ns IS NOT NULL AND (exp IS NULL OR p.experiment_id = exp)
+    UNION ALL
+    -- issue 16: each measure's steady-state window, as window -phase_id
+    SELECT -p.phase_id AS window_id, es.channel_id, e.steady_start_ns, e.steady_end_ns
+    FROM ({_STEADY_EDGES}) e
+    JOIN phases p USING (experiment_id, unit_id, attempt)
+    JOIN energy_sources es ON es.session_id = p.session_id
+    WHERE p.phase = 'measure' AND p.end_ns IS NOT NULL
+      AND e.steady_end_ns > e.steady_start_ns
 )"""
 
+# Phase 'steady' (issue 16) is the measure's steady-state window: its duration is
+# unit_steady's steady_s, so duration_s is NULL on those rows.
 _UNIT_PHASE_ENERGY = f"""
-SELECT p.experiment_id, p.unit_id, p.attempt, p.phase, p.phase_id,
-       (p.end_ns - p.start_ns) / 1e9 AS duration_s, es.domain,
+SELECT p.experiment_id, p.unit_id, p.attempt,
+       CASE WHEN e.window_id < 0 THEN 'steady' ELSE p.phase END AS phase, p.phase_id,
+       CASE WHEN e.window_id < 0 THEN NULL ELSE (p.end_ns - p.start_ns) / 1e9 END
+           AS duration_s,
+       es.domain,
        sum(e.energy_j) AS energy_j, min(e.coverage) AS coverage, sum(e.wraps) AS wraps,
        sum(e.resets) AS resets, bool_or(es.estimated) AS estimated,
        max(es.period_ns) AS period_ns
 FROM ({window_energy_sql(_SOURCE_WINDOWS)}) e
-JOIN phases p ON p.phase_id = e.window_id
+JOIN phases p ON p.phase_id = abs(e.window_id)
 JOIN energy_sources es ON es.channel_id = e.channel_id
 GROUP BY ALL
 """
@@ -211,10 +270,13 @@ MIN_WINDOW_PERIODS = 5
 WALL_TOLERANCE = 0.10
 
 
-def _validity_flags(*, fidelity: str = "false", measured: str = "true") -> str:
+def _validity_flags(
+    *, fidelity: str = "false", measured: str = "true", unit_only: str = ""
+) -> str:
     """The ``flags`` list of a measured window (a unit's measure phase, a user's window),
     from its columns duration_s, max_period_ns, min_coverage, wraps, resets, estimated,
-    energy_*_j and probe_errors; ``fidelity`` and ``measured`` are SQL conditions."""
+    energy_*_j and probe_errors; ``fidelity`` and ``measured`` are SQL conditions;
+    ``unit_only`` adds CASE items that only units have columns for."""
     return f"""list_filter([
            CASE WHEN duration_s IS NOT NULL AND max_period_ns IS NOT NULL
                  AND duration_s * 1e9 < {MIN_WINDOW_PERIODS} * max_period_ns
@@ -230,8 +292,17 @@ def _validity_flags(*, fidelity: str = "false", measured: str = "true") -> str:
            CASE WHEN {fidelity} THEN 'fidelity' END,
            CASE WHEN probe_errors THEN 'probe_errors' END,
            CASE WHEN {measured} AND energy_global_j IS NULL AND energy_wall_j IS NULL
-                THEN 'no_energy_source' END
+                THEN 'no_energy_source' END{unit_only}
        ], lambda x: x IS NOT NULL)"""
+
+
+# issue 16: served units: a token count that differs from what was asked, and a steady
+# state (every slot busy) shorter than the sensors allow.
+_UNIT_ONLY_FLAGS = f""",
+           CASE WHEN token_count_mismatches > 0 THEN 'token_count_mismatch' END,
+           CASE WHEN status = 'done' AND requests > 0 AND max_period_ns IS NOT NULL
+                 AND coalesce(steady_s, 0) * 1e9 < {MIN_WINDOW_PERIODS} * max_period_ns
+                THEN 'short_steady_state' END"""
 
 
 def _domain(kind: str, domain: str) -> str:
@@ -250,6 +321,8 @@ energy AS (
                AS load_energy_j,
            sum(energy_j) FILTER (WHERE phase = 'cooldown_after' AND domain IN ('cpu', 'gpu'))
                AS tail_energy_j,
+           sum(energy_j) FILTER (WHERE phase = 'steady' AND domain IN ('cpu', 'gpu'))
+               AS steady_energy_j,
            min(coverage) FILTER (WHERE phase = 'measure') AS min_coverage,
            sum(wraps) FILTER (WHERE phase = 'measure') AS wraps,
            sum(resets) FILTER (WHERE phase = 'measure') AS resets,
@@ -274,7 +347,19 @@ load AS (
 ),
 req AS (
     SELECT experiment_id, unit_id, attempt, count(*) AS requests,
-           sum(tokens_out) AS tokens_out
+           sum(tokens_out) AS tokens_out,
+           -- issue 16: latency per request (end to end), time to first token, time per
+           -- output token after the first; a served request's count against what was
+           -- asked and against the server's usage claim
+           quantile_cont((end_ns - start_ns) / 1e9, 0.5) AS latency_p50_s,
+           quantile_cont((end_ns - start_ns) / 1e9, 0.9) AS latency_p90_s,
+           quantile_cont((end_ns - start_ns) / 1e9, 0.99) AS latency_p99_s,
+           quantile_cont(ttft_ns / 1e9, 0.5) AS ttft_p50_s,
+           quantile_cont(ttft_ns / 1e9, 0.9) AS ttft_p90_s,
+           median((end_ns - start_ns - ttft_ns) / 1e9 / nullif(tokens_out - 1, 0))
+               AS tpot_p50_s,
+           count(*) FILTER (WHERE tokens_out <> tokens_requested
+                               OR usage_tokens_out <> tokens_out) AS token_count_mismatches
     FROM requests WHERE phase = 'measure' AND (exp IS NULL OR experiment_id = exp)
     GROUP BY ALL
 ),
@@ -283,6 +368,12 @@ base AS (
            u.engine || '/' || u.provider AS configuration, u.repetition, u.factors, u.status,
            u.reason, u.params, u.size_category, u.attempt, m.duration_s, l.load_s,
            r.requests, r.tokens_out,
+           r.tokens_out / nullif(m.duration_s, 0) AS throughput_tok_s,
+           r.requests / nullif(m.duration_s, 0) AS requests_per_s,
+           r.latency_p50_s, r.latency_p90_s, r.latency_p99_s, r.ttft_p50_s, r.ttft_p90_s,
+           r.tpot_p50_s, r.token_count_mismatches,
+           st.steady_s, st.steady_tokens, e.steady_energy_j,
+           e.steady_energy_j / nullif(st.steady_tokens, 0) AS steady_j_per_token,
            e.energy_cpu_j, e.energy_dram_j, e.energy_gpu_j, e.energy_wall_j,
            CASE WHEN e.energy_cpu_j IS NULL AND e.energy_gpu_j IS NULL THEN NULL
                 ELSE coalesce(e.energy_cpu_j, 0) + coalesce(e.energy_gpu_j, 0) END
@@ -308,6 +399,7 @@ base AS (
     LEFT JOIN req r USING (experiment_id, unit_id, attempt)
     LEFT JOIN energy e USING (experiment_id, unit_id, attempt)
     LEFT JOIN stats b USING (experiment_id, unit_id, attempt)
+    LEFT JOIN unit_steady_for(exp) st USING (experiment_id, unit_id, attempt)
     WHERE exp IS NULL OR u.experiment_id = exp
 )
 SELECT *,
@@ -315,7 +407,9 @@ SELECT *,
             ELSE coalesce(dynamic_cpu_j, 0) + coalesce(dynamic_gpu_j, 0) END AS dynamic_global_j,
        energy_global_j / nullif(requests, 0) AS j_per_request,
        energy_global_j / nullif(tokens_out, 0) AS j_per_token,
-       {_validity_flags(fidelity="fidelity_share < 1", measured="status = 'done'")} AS flags
+       {_validity_flags(
+           fidelity="fidelity_share < 1", measured="status = 'done'", unit_only=_UNIT_ONLY_FLAGS
+       )} AS flags
 FROM base
 """
 
@@ -418,6 +512,7 @@ MACROS: dict[str, str] = {
     "unit_phase_energy_for": _UNIT_PHASE_ENERGY,
     "unit_baseline_for": _UNIT_BASELINE,
     "unit_utilisation_for": _UNIT_UTILISATION,
+    "unit_steady_for": _UNIT_STEADY,
     "unit_results_for": _UNIT_RESULTS,
     "window_results_for": _WINDOW_RESULTS,
 }

@@ -98,6 +98,9 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "j_per_request", "j_per_token", "cpu_percent", "ram_percent", "gpu_percent",
     "gpu_mem_util_percent", "gpu_mem_used_percent",
     "estimated", "min_coverage", "flags", "fidelity_share",
+    # issue 16: serving under load, shown per level by greenmon/analysis/serving.py
+    "steady_j_per_token", "throughput_tok_s", "latency_p50_s", "latency_p90_s",
+    "latency_p99_s", "ttft_p50_s", "tpot_p50_s", "steady_s",
 )  # fmt: skip
 
 

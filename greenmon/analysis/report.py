@@ -92,6 +92,9 @@ class ReportData:
     flags: pd.DataFrame
     estimated: pd.DataFrame
     plots: list[Plot]
+    # issue 16: serving under load (empty when the plan neither serves nor varies load)
+    serving: pd.DataFrame | None = None
+    serving_cost: pd.DataFrame | None = None
 
 
 def _rows(store: Store, sql: str, params: Sequence[Any]) -> pd.DataFrame:
@@ -141,7 +144,12 @@ def gather(store: Store, experiment_id: str | None, out_dir: Path) -> ReportData
     frame = load_results(store, experiment)
     done = frame[frame["status"] == "done"]
     plots = make_plots(store, done, result.variables, out_dir / "plots", experiment)
+    from greenmon.analysis import serving
+
+    serving_table = serving.serving_table(done) if serving.applies(done) else None
     return ReportData(
+        serving=serving_table,
+        serving_cost=None if serving_table is None else serving.serving_cost(serving_table),
         result=result,
         session=session.iloc[0].to_dict() if len(session) else {},
         experiment=exp_row,
@@ -344,6 +352,7 @@ def render_html(data: ReportData) -> str:
         out.append(
             html_table(list(data.estimated.columns), data.estimated.values.tolist(), "estimated")
         )
+    out += _serving_html(data)
     out.append("<h2 id='medians'>Medians</h2>")
     for variable in r.variables:
         info = VARIABLES_BY_COLUMN[variable]
@@ -389,6 +398,44 @@ def render_html(data: ReportData) -> str:
                    f"<figcaption>{html.escape(plot.title)}</figcaption></figure>")  # fmt: skip
     out.append("</body></html>")
     return "\n".join(out)
+
+
+_SERVING_NOTE = (
+    "Per configuration and load level, medians over units. Energy per token over the whole "
+    "measure and over its steady state: from the moment every concurrent slot is busy "
+    "until the first slot drains (flag short_steady_state when shorter than the sensors "
+    "allow). Latency is end to end per request; TTFT the time to the first streamed token; "
+    "TPOT the time per output token after it."
+)
+_COST_NOTE = (
+    "Served (http/...) against in-process at the same model and level: percentage change "
+    "of the medians (positive energy or latency change, or negative throughput change, "
+    "is what serving over HTTP costs)."
+)
+
+
+def _serving_html(data: ReportData) -> list[str]:
+    if data.serving is None or data.serving.empty:
+        return []
+    out = ["<h2 id='serving'>Serving under load</h2>", f"<p>{_SERVING_NOTE}</p>",
+           html_table(list(data.serving.columns), data.serving.values.tolist(), "serving")]
+    if data.serving_cost is not None and len(data.serving_cost):
+        cost = data.serving_cost
+        out += ["<h3>The cost of serving over HTTP</h3>", f"<p>{_COST_NOTE}</p>",
+                html_table(list(cost.columns), cost.values.tolist(), "serving_cost")]
+    return out
+
+
+def _serving_markdown(data: ReportData) -> list[str]:
+    if data.serving is None or data.serving.empty:
+        return []
+    out = ["## Serving under load", "", _SERVING_NOTE, "",
+           md_table(list(data.serving.columns), data.serving.values.tolist()), ""]
+    if data.serving_cost is not None and len(data.serving_cost):
+        cost = data.serving_cost
+        out += ["### The cost of serving over HTTP", "", _COST_NOTE, "",
+                md_table(list(cost.columns), cost.values.tolist()), ""]
+    return out
 
 
 def _reconciliation_html(r: AnalysisResult) -> str:
@@ -444,7 +491,9 @@ def render_markdown(data: ReportData) -> str:
         + md_table(list(data.estimated.columns), data.estimated.values.tolist())
         if len(data.estimated) else "Every energy source was measured; none was estimated."
     )  # fmt: skip
-    out += ["", "## Medians", ""]
+    out.append("")
+    out += _serving_markdown(data)
+    out += ["## Medians", ""]
     for variable in r.variables:
         info = VARIABLES_BY_COLUMN[variable]
         for factors in sorted(r.medians["factor_key"].unique()):

@@ -143,3 +143,13 @@ class FakeEngine:
     def close(self) -> None:
         self._event("close")
         self.loaded = False
+
+
+class ShortEngine(FakeEngine):
+    """Generates one token fewer than asked: a runtime that cannot be made to emit exactly
+    N tokens (served by ``greenmon serve``, it shows how such a server is flagged)."""
+
+    name: ClassVar[str] = "short"
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[RequestRecord]:
+        return super().generate(prompts, max(1, max_new_tokens - 1))

@@ -1,0 +1,138 @@
+"""`greenmon serve`'s routes (greenmon/serving.py) around a fake engine, in-process."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from greenmon.serving import OpenAIServer, ServeOptions
+from tests.fakes.engine import FakeEngine
+
+
+class SplitTokenizer:
+    """Decodes ids as their numbers joined by spaces, as FakeEngine writes its text."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return " ".join(map(str, ids))
+
+
+async def _client(max_batch_size: int = 4) -> TestClient[Any, Any]:
+    engine = FakeEngine()
+    engine.load("tiny", "cpu", {})
+    server = OpenAIServer(engine, SplitTokenizer(), ServeOptions("tiny", max_batch_size, 20.0))
+    client: TestClient[Any, Any] = TestClient(TestServer(server.app()))
+    await client.start_server()
+    return client
+
+
+def _events(body: str) -> list[Any]:
+    lines = [ln[6:] for ln in body.splitlines() if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(x) for x in lines[:-1]]
+
+
+@pytest.mark.anyio
+async def test_completions_stream_exactly_n_tokens_then_usage() -> None:
+    client = await _client()
+    try:
+        resp = await client.post("/v1/completions", json={
+            "model": "tiny", "prompt": "def f():", "max_tokens": 5, "min_tokens": 5,
+            "ignore_eos": True, "stream": True, "return_token_ids": True,
+            "stream_options": {"include_usage": True},
+        })  # fmt: skip
+        assert resp.status == 200
+        events = _events(await resp.text())
+        chunks = [e for e in events if e["choices"]]
+        assert len(chunks) == 5 and all(len(c["choices"][0]["token_ids"]) == 1 for c in chunks)
+        assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
+        text = "".join(c["choices"][0]["text"] for c in chunks)
+        ids = [c["choices"][0]["token_ids"][0] for c in chunks]
+        assert text == " ".join(map(str, ids))
+        assert events[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 5,
+                                       "total_tokens": 7}
+    finally:
+        await client.close()
+
+
+@pytest.mark.anyio
+async def test_chat_and_plain_answers_and_models() -> None:
+    client = await _client()
+    try:
+        resp = await client.post("/v1/chat/completions", json={
+            "model": "tiny", "max_tokens": 3,
+            "messages": [{"role": "system", "content": "be brief"},
+                         {"role": "user", "content": "hello there"}],
+        })  # fmt: skip
+        body = await resp.json()
+        assert body["object"] == "chat.completion"
+        assert body["choices"][0]["message"]["role"] == "assistant"
+        assert body["usage"]["completion_tokens"] == 3
+        assert body["usage"]["prompt_tokens"] == 4  # "be brief\nhello there", by words
+        models = await (await client.get("/v1/models")).json()
+        assert [m["id"] for m in models["data"]] == ["tiny"]
+        assert (await client.get("/health")).status == 200
+    finally:
+        await client.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ({"prompt": "x"}, "'model' is required"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": 4, "min_tokens": 6}, "min_tokens"),
+        ({"model": "tiny", "prompt": ["a", "b"]}, "one string"),
+        ({"model": "tiny", "prompt": "x", "n": 2}, "'n' must be 1"),
+    ],
+)
+async def test_bad_requests_get_openai_shaped_errors(body: dict[str, Any], match: str) -> None:
+    client = await _client()
+    try:
+        resp = await client.post("/v1/completions", json=body)
+        assert resp.status == 400
+        assert match in (await resp.json())["error"]["message"]
+    finally:
+        await client.close()
+
+
+class CountingEngine(FakeEngine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def generate(self, prompts: Any, max_new_tokens: int) -> Any:
+        self.batches.append(len(prompts))
+        return super().generate(prompts, max_new_tokens)
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_of_one_length_share_a_batch() -> None:
+    import anyio
+
+    engine = CountingEngine()
+    engine.load("tiny", "cpu", {})
+    # A long wait for companions, so the three requests surely meet.
+    server = OpenAIServer(engine, None, ServeOptions("tiny", 4, 500.0))
+    client: TestClient[Any, Any] = TestClient(TestServer(server.app()))
+    await client.start_server()
+    results: list[Any] = []
+    try:
+
+        async def one(i: int, max_tokens: int) -> None:
+            resp = await client.post("/v1/completions", json={
+                "model": "tiny", "prompt": f"p {i}", "max_tokens": max_tokens})  # fmt: skip
+            results.append(await resp.json())
+
+        async with anyio.create_task_group() as group:
+            for i in range(3):
+                group.start_soon(one, i, 2)
+            group.start_soon(one, 9, 3)
+    finally:
+        await client.close()
+    assert sorted(r["usage"]["completion_tokens"] for r in results) == [2, 2, 2, 3]
+    # the three of length 2 in one batch; the other length in its own
+    assert sorted(engine.batches) == [1, 3]
