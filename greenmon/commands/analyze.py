@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from greenmon.commands.common import add_db_argument, format_table, resolve_db
+from greenmon.commands.common import add_db_argument, existing_db, format_table
 from greenmon.store import Store
 
 # What the text output shows of each table; --json prints every column.
@@ -28,9 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    db = existing_db(args.db)
     from greenmon.analysis.tables import analyze
 
-    with Store.open(resolve_db(args.db)) as store:
+    with Store.open(db) as store:
         result = analyze(store, args.experiment, workers=args.workers)
     if args.json:
         print(json.dumps(result.to_json(), indent=2, default=str))

@@ -41,6 +41,18 @@ def resolve_db(arg: str | None, config_db: str | None = None) -> Path:
     return Path(arg or os.environ.get("GREENMON_DB") or config_db or DEFAULT_DB)
 
 
+def existing_db(arg: str | None, config_db: str | None = None) -> Path:
+    """The database a reading command (sql, status, analyze, report, export, restore) uses;
+    a DatabaseNotFoundError, with nothing created, when the file is not there."""
+    # Imported here: the store pulls in duckdb and pyarrow, which `greenmon probes` and
+    # `engines` never need.
+    from greenmon.store import require_database
+
+    path = resolve_db(arg, config_db)
+    require_database(path)
+    return path
+
+
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 40) -> str:
     """A plain aligned text table (no dependency: this runs in every command)."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from greenmon.commands.common import add_db_argument, resolve_db
+from greenmon.commands.common import add_db_argument, existing_db
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    db = existing_db(args.db)  # before the report folder is made
     from greenmon.analysis.report import write_report
 
-    path = write_report(resolve_db(args.db), args.experiment, args.out)
+    path = write_report(db, args.experiment, args.out)
     print(f"Wrote {path} and {path.with_suffix('.md')}")
     return 0

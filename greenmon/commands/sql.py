@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from greenmon.commands.common import (
     add_db_argument,
+    existing_db,
     format_csv,
     format_json,
     format_table,
@@ -70,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
         columns, rows = from_daemon
         _print(args, columns, rows)
         return 0
-    path = resolve_db(args.db)
-    with Store.open(path, read_only=True) as store:
+    with Store.open(existing_db(args.db), read_only=True) as store:
         try:
             columns, rows = store.query(args.query)
         except duckdb.Error as error:
