@@ -11,8 +11,8 @@ and warning instead goes to
 
 Terms:
 - *terminal handler*: a ``logging.StreamHandler`` writing to stdout or stderr (by object,
-  by file descriptor 1 or 2, or to any terminal).  Those are set aside while active; handlers writing
-  elsewhere (a library's own log file, pytest's capture) are left as they are.
+  by file descriptor 1 or 2, or to any terminal).  Those are set aside while active;
+  handlers writing elsewhere (a library's own log file, pytest's capture) are left alone.
 - *adopting* a logger: setting aside its terminal handlers and letting its records
   propagate to the root logger, where the capture handler is.  A logger is adopted (with
   its ancestors) when it emits a record, through the log-record factory, before the record
@@ -51,9 +51,7 @@ _reentry = threading.local()
 
 
 def _is_terminal_handler(handler: logging.Handler) -> bool:
-    if not isinstance(handler, logging.StreamHandler) or isinstance(
-        handler, logging.FileHandler
-    ):
+    if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
         return False
     stream = handler.stream
     if stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
@@ -110,8 +108,12 @@ class _Capture:
             try:
                 self.callback(level, message if detail is None else f"{message}\n{detail}")
             except Exception as error:  # the event is lost; the library call is not
-                self.write("ERROR", f"greenmon.liblog: the log callback failed: {error!r}",
-                           None, time.time())
+                self.write(
+                    "ERROR",
+                    f"greenmon.liblog: the log callback failed: {error!r}",
+                    None,
+                    time.time(),
+                )
         finally:
             _reentry.busy = False
 
@@ -169,8 +171,9 @@ class _Capture:
         file: TextIO | None = None,
         line: str | None = None,
     ) -> None:
-        self.emit("WARNING", f"{category.__name__}: {message} ({filename}:{lineno})", None,
-                  time.time())
+        self.emit(
+            "WARNING", f"{category.__name__}: {message} ({filename}:{lineno})", None, time.time()
+        )
 
     # -- entry and exit ------------------------------------------------------------------
     def start(self) -> None:
@@ -222,4 +225,3 @@ def library_logs(callback: LogCallback, log_path: str | Path) -> Iterator[None]:
         yield
     finally:
         capture.stop()
-

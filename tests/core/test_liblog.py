@@ -248,8 +248,9 @@ def test_an_unwritable_log_file_is_refused_before_anything_changes(tmp_path: Pat
     factory = logging.getLogRecordFactory()
     showwarning = warnings.showwarning
     handlers = list(logging.root.handlers)
-    with pytest.raises(GreenmonError, match="cannot append to the log file"), library_logs(
-        Events(), tmp_path / "no-such-folder" / "log"
+    with (
+        pytest.raises(GreenmonError, match="cannot append to the log file"),
+        library_logs(Events(), tmp_path / "no-such-folder" / "log"),
     ):
         pass
     assert logging.getLogRecordFactory() is factory
