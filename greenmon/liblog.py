@@ -6,8 +6,10 @@ propagate) and warn through ``warnings.warn``.  Written to the terminal, they la
 middle of the ``\\r`` progress line.  While :func:`library_logs` is active, every such record
 and warning instead goes to
 
-- ``callback(level, message)``: the daemon stores it as an event, and
-- a log file, appended to, one line per record (a traceback follows its line).
+- ``callback(level, message)``, level being the events table's "info", "warning" or
+  "error": the daemon stores it as an event, and
+- a log file, appended to, one line per record with logging's own level name (a
+  traceback follows its line).
 
 Terms:
 - *terminal handler*: a ``logging.StreamHandler`` writing to stdout or stderr (by object,
@@ -42,8 +44,17 @@ from typing import Any, TextIO
 
 from greenmon.errors import GreenmonError
 
-# Called with (level name such as "WARNING", message) for each record and warning.
+# Called with (level, message) for each record and warning; level is the events table's
+# "info" | "warning" | "error", so the daemon stores it as it is.
 LogCallback = Callable[[str, str], None]
+
+
+def event_level(levelno: int) -> str:
+    """The events table's level for a logging level (DEBUG counts as info)."""
+    if levelno >= logging.ERROR:
+        return "error"
+    return "warning" if levelno >= logging.WARNING else "info"
+
 
 _TERMINAL_FDS = (1, 2)
 _state_lock = threading.RLock()
@@ -79,7 +90,7 @@ class _CaptureHandler(logging.Handler):
             detail = "".join(traceback.format_exception(*record.exc_info)).rstrip()
         elif record.stack_info:
             detail = record.stack_info
-        self.capture.emit(record.levelname, message, detail, record.created)
+        self.capture.emit(record.levelno, message, detail, record.created)
 
 
 class _Capture:
@@ -96,7 +107,8 @@ class _Capture:
         self.active = False
 
     # -- output ------------------------------------------------------------------------
-    def emit(self, level: str, message: str, detail: str | None, created_s: float) -> None:
+    def emit(self, levelno: int, message: str, detail: str | None, created_s: float) -> None:
+        level = logging.getLevelName(levelno)
         # A callback that logs (or warns) would come straight back here: its records go
         # to the file only.
         if getattr(_reentry, "busy", False):
@@ -106,7 +118,8 @@ class _Capture:
         try:
             self.write(level, message, detail, created_s)
             try:
-                self.callback(level, message if detail is None else f"{message}\n{detail}")
+                text = message if detail is None else f"{message}\n{detail}"
+                self.callback(event_level(levelno), text)
             except Exception as error:  # the event is lost; the library call is not
                 self.write(
                     "ERROR",
@@ -172,7 +185,10 @@ class _Capture:
         line: str | None = None,
     ) -> None:
         self.emit(
-            "WARNING", f"{category.__name__}: {message} ({filename}:{lineno})", None, time.time()
+            logging.WARNING,
+            f"{category.__name__}: {message} ({filename}:{lineno})",
+            None,
+            time.time(),
         )
 
     # -- entry and exit ------------------------------------------------------------------

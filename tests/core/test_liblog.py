@@ -84,8 +84,8 @@ def test_a_library_record_goes_to_the_callback_and_the_file_not_the_terminal(
         library_logger.info("converted in %d s", 3)
     assert capsys.readouterr().err == ""
     assert events.items == [
-        ("WARNING", "fakelib: Could not infer something"),
-        ("INFO", "fakelib: converted in 3 s"),
+        ("warning", "fakelib: Could not infer something"),
+        ("info", "fakelib: converted in 3 s"),
     ]
     lines = log.read_text().splitlines()
     assert len(lines) == 2
@@ -117,7 +117,7 @@ def test_a_logger_a_library_configures_later_in_a_worker_thread_is_caught(
     try:
         with library_logs(events, tmp_path / "log"):
             run_in_thread(import_and_log)
-        assert events.items == [("WARNING", "latelib.modeling: `torch_dtype` is deprecated")]
+        assert events.items == [("warning", "latelib.modeling: `torch_dtype` is deprecated")]
         assert capsys.readouterr().err == ""
         # On exit the library's set-up is as it made it.
         assert root_of_library.handlers == [handler]
@@ -140,7 +140,7 @@ def test_warnings_from_any_thread_go_to_the_callback(
             warnings.warn("deprecated", DeprecationWarning, stacklevel=1)
     assert warnings.showwarning is showwarning_before
     assert capsys.readouterr().err == ""
-    assert [level for level, _ in events.items] == ["WARNING", "WARNING"]
+    assert [level for level, _ in events.items] == ["warning", "warning"]
     assert events.items[0][1].startswith("UserWarning: padding side is right (")
     assert events.items[1][1].startswith("DeprecationWarning: deprecated (")
     assert __file__ in events.items[1][1]
@@ -162,7 +162,7 @@ def test_the_terminal_handlers_of_the_root_logger_are_set_aside_others_kept(
             assert terminal not in logging.root.handlers
         assert capsys.readouterr().err == ""
         assert "disk full" in elsewhere_stream.getvalue()
-        assert events.items == [("ERROR", "somelib: disk full")]
+        assert events.items == [("error", "somelib: disk full")]
         assert terminal in logging.root.handlers and elsewhere in logging.root.handlers
     finally:
         logging.root.removeHandler(terminal)
@@ -178,7 +178,7 @@ def test_a_traceback_follows_its_record(tmp_path: Path, library_logger: logging.
         except ValueError:
             library_logger.exception("export failed")
     ((level, message),) = events.items
-    assert level == "ERROR"
+    assert level == "error"
     assert message.startswith("fakelib: export failed\nTraceback (most recent call last):")
     assert message.rstrip().endswith("ValueError: bad shape")
     text = log.read_text()
@@ -233,6 +233,20 @@ def test_records_from_many_threads_all_arrive(
     assert len(events.items) == threads_n * records_n
     assert len(set(events.items)) == threads_n * records_n
     assert len(log.read_text().splitlines()) == threads_n * records_n
+
+
+def test_levels_are_the_events_tables_and_the_file_keeps_logging_s(
+    tmp_path: Path, library_logger: logging.Logger
+) -> None:
+    events = Events()
+    log = tmp_path / "log"
+    library_logger.setLevel(logging.DEBUG)
+    with library_logs(events, log):
+        for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, 50):
+            library_logger.log(level, "at %d", level)
+    assert [level for level, _ in events.items] == ["info", "info", "warning", "error", "error"]
+    names = [line.split()[1] for line in log.read_text().splitlines()]
+    assert names == ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 def test_the_log_file_is_appended_to(tmp_path: Path, library_logger: logging.Logger) -> None:
