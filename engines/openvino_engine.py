@@ -46,18 +46,51 @@ CUDA_REASON = (
 )
 
 
+# Why greenmon calls optimum-intel's exporter and loader directly, not
+# ``OVModelForCausalLM.from_pretrained``: that method first guesses whether its argument
+# is already an OpenVINO IR, and with ``local_files_only`` (which HF_HUB_OFFLINE forces) it
+# takes every argument for a hub id in the Hugging Face cache.  A local folder then fails
+# the guess (a Path: "Path.replace() takes 2 positional arguments"; a str: no refs file in
+# the hub cache), and every export and every load printed "Could not infer whether the
+# model was already converted".  optimum-onnx fixed the same guess for local folders;
+# optimum-intel 1.27.0 has not.  greenmon knows what each folder holds (a model to
+# export, or its export-cache entry), so nothing needs guessing.
+
+
 def export_openvino(model: ModelInfo, dest: Path) -> None:
     """Export a causal LM to an OpenVINO IR in ``dest`` (float weights, stateful)."""
-    from optimum.intel import OVModelForCausalLM
+    from optimum.exporters.openvino import main_export
+    from optimum.intel import OVConfig
 
-    ov_model = OVModelForCausalLM.from_pretrained(
-        model.path,
-        export=True,
-        compile=False,
-        load_in_8bit=False,
+    main_export(
+        model_name_or_path=str(model.path),
+        output=dest,
+        task="text-generation-with-past",
+        # dtype "auto" keeps the weights as the model stores them; without an OVConfig
+        # optimum-intel compresses models above 1 B parameters to int8.  (This is what
+        # from_pretrained(export=True, load_in_8bit=False) passes.)
+        ov_config=OVConfig(dtype="auto"),
+        stateful=True,
+        local_files_only=True,
+        library_name="transformers",
+    )
+
+
+def load_openvino(path: Path, ov_config: Mapping[str, str]) -> Any:
+    """The exported IR in ``path`` (an export-cache entry), compiled for the CPU."""
+    from optimum.intel import OVModelForCausalLM
+    from transformers import AutoConfig
+
+    # _from_pretrained is the loader from_pretrained hands an existing IR to, after its
+    # guess (see above); the model class it picks by model type is kept.
+    return OVModelForCausalLM._from_pretrained(
+        model_id=path,
+        config=AutoConfig.from_pretrained(path, local_files_only=True),
+        device="CPU",
+        ov_config=dict(ov_config),
+        compile=True,
         local_files_only=True,
     )
-    ov_model.save_pretrained(dest)
 
 
 class OpenvinoEngine:
@@ -86,8 +119,6 @@ class OpenvinoEngine:
             info, self.name, {}, library_versions(*EXPORT_LIBRARIES), self.exporter,
             cache_dir=self.cache_dir,
         )
-        from optimum.intel import OVModelForCausalLM
-
         ov_config: dict[str, str] = {
             "INFERENCE_PRECISION_HINT": precision,
             # OpenVINO 2024+ also stores the KV cache in f16 (or u8) and quantises
@@ -108,10 +139,7 @@ class OpenvinoEngine:
         start_s = time.perf_counter()
         try:
             self._tokenizer = load_tokenizer(info)
-            self._model = OVModelForCausalLM.from_pretrained(
-                export.path, device="CPU", ov_config=ov_config, compile=True,
-                local_files_only=True,
-            )
+            self._model = load_openvino(export.path, ov_config)
         except Exception as error:  # openvino raises RuntimeError subclasses of its own
             raise EngineError(
                 f"OpenVINO could not load {info.spec}: {error}", title="Model not loadable"

@@ -2,13 +2,17 @@
 
 Each subcommand lives in ``greenmon.commands.<module>`` and is imported only when chosen.
 Errors derived from GreenmonError are printed as one paragraph with their title and exit
-status 2; a KeyboardInterrupt exits with 130.  Nothing else in greenmon prints.
+status 2; a KeyboardInterrupt exits with 130; a reader that closes the output early
+(``greenmon sql ... | head -1``) ends the command quietly with 141, as SIGPIPE ends other
+command-line tools.  Nothing else in greenmon prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import sys
 from collections.abc import Sequence
 
@@ -51,8 +55,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The exit status of a command whose output pipe was closed: 128 + SIGPIPE, as a shell
+# reports `yes | head -1`.
+EXIT_CLOSED_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = _main(list(sys.argv[1:] if argv is None else argv))
+        # Flush here, so a reader that went away is met inside this try, not in the
+        # interpreter's own flush at exit (which would print "Exception ignored ...").
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        if not _stdout_pipe_closed():
+            raise  # a socket's broken pipe, not the output's: a bug to show
+        # Python's documented recipe: point stdout at devnull so the final flush at
+        # exit has somewhere to go, and end without a word.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
+
+
+def _stdout_pipe_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # stdout closed or not a real file
+        return False
+
+
+def _main(args_list: list[str]) -> int:
     parser = build_parser()
     # Parse the command name first, then let only that command's module add its options.
     if args_list and args_list[0] in COMMANDS:

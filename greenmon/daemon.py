@@ -98,6 +98,13 @@ class Daemon:
                     SampleBatch(), [Event(now_ns(), level, probe, message)], self.session_id
                 )
 
+    def library_event(self, level: str, message: str) -> None:
+        """A library's log record or warning (greenmon/liblog.py), from any thread: written
+        at once under the store's lock, since the writer's stream belongs to the loop."""
+        if self.session_id:
+            event = Event(now_ns(), level, None, message)
+            self.store.write(SampleBatch(), [event], self.session_id)
+
     async def flush(self) -> None:
         """Return once everything handed to the writer so far is in the database.
 

@@ -35,6 +35,10 @@ class DatabaseLockedError(StoreError):
     title = "Database in use"
 
 
+class DatabaseNotFoundError(StoreError):
+    title = "No such database"
+
+
 class PlanError(GreenmonError):
     title = "Invalid plan"
 

@@ -35,7 +35,7 @@ import pyarrow as pa
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from greenmon.errors import DatabaseLockedError, StoreError
+from greenmon.errors import DatabaseLockedError, DatabaseNotFoundError, StoreError
 from greenmon.probes.base import Channel
 
 APP_ID = "greenmon"
@@ -284,6 +284,28 @@ def _explain_write_error(path: Path, error: duckdb.Error, samples: int) -> Store
     )
 
 
+def require_database(path: Path) -> None:
+    """Refuse a database file that does not exist (or is empty), before anything creates it.
+
+    Every command that only reads results (sql, status, analyze, report, export, restore)
+    checks this first: opening a missing path read-write would create an empty database,
+    and a mistyped --db would look like an experiment with no data.
+    """
+    if path.is_dir():
+        problem = "is a folder, not a database file"
+    elif not path.exists():
+        problem = "does not exist"
+    elif path.stat().st_size == 0:
+        problem = "is empty: no greenmon database was ever written to it"
+    else:
+        return
+    raise DatabaseNotFoundError(
+        f"{path} {problem} (looked for {path.absolute()}); nothing was created. Check --db "
+        "(or $GREENMON_DB); a database is written by `greenmon run PLAN --db PATH`, "
+        "`greenmon daemon --db PATH` or `greenmon demo`."
+    )
+
+
 def _check_file_is_duckdb(path: Path) -> None:
     with path.open("rb") as handle:
         header = handle.read(16)
@@ -375,10 +397,7 @@ class Store:
                     "it; the file was left untouched."
                 )
         elif read_only:
-            raise StoreError(
-                f"{db_path} does not exist. Run `greenmon daemon --db {db_path}` or "
-                "`greenmon demo` first, or pass --db with an existing file."
-            )
+            require_database(db_path)
         else:
             db_path.parent.mkdir(parents=True, exist_ok=True)
             version = None

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from greenmon.campaign import open_for_analysis
-from greenmon.commands.common import add_db_argument, format_table, resolve_db
+from greenmon.commands.common import add_db_argument, analysis_source, format_table
 
 # What the text output shows of each table; --json prints every column.
 _TEXT_COLUMNS = {
@@ -28,10 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    db = analysis_source(args.db)
     from greenmon.analysis.tables import analyze
 
     # issue 18: --db may also be a directory of Parquet exports or a campaign directory
-    with open_for_analysis(resolve_db(args.db)) as store:
+    with open_for_analysis(db) as store:
         result = analyze(store, args.experiment, workers=args.workers)
     if args.json:
         print(json.dumps(result.to_json(), indent=2, default=str))

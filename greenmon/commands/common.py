@@ -48,6 +48,25 @@ def resolve_db(arg: str | None, config_db: str | None = None) -> Path:
     return Path(arg or os.environ.get("GREENMON_DB") or config_db or DEFAULT_DB)
 
 
+def existing_db(arg: str | None, config_db: str | None = None) -> Path:
+    """The database a reading command (sql, status, analyze, report, export, restore) uses;
+    a DatabaseNotFoundError, with nothing created, when the file is not there."""
+    # Imported here: the store pulls in duckdb and pyarrow, which `greenmon probes` and
+    # `engines` never need.
+    from greenmon.store import require_database
+
+    path = resolve_db(arg, config_db)
+    require_database(path)
+    return path
+
+
+def analysis_source(arg: str | None) -> Path:
+    """What ``analyze`` and ``report`` read: a database file that exists, or a directory of
+    Parquet exports or shard files (issue 18, checked where it is merged)."""
+    path = resolve_db(arg)
+    return path if path.is_dir() else existing_db(arg)
+
+
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 40) -> str:
     """A plain aligned text table (no dependency: this runs in every command)."""
 

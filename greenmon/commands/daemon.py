@@ -78,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
                 )
 
         try:
-            anyio.run(capture)
+            # Library logs (engines run in this process) go to the events table and
+            # <db>.log, as under `greenmon run`.
+            from greenmon.liblog import library_logs
+
+            with library_logs(daemon.library_event, f"{path}.log"):
+                anyio.run(capture)
         except BaseExceptionGroup as group:
             # A socket path taken, a full disk: shown as one paragraph, not a traceback.
             error = greenmon_error_in(group)

@@ -71,12 +71,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         # --force: a demo always starts a fresh experiment, even after an interrupted one.
         experiment_id, summary = anyio.run(
-            lambda: run_experiment(plan, db, resume=False, force=True, quiet=args.quiet)
+            lambda: run_experiment(
+                plan, db, resume=False, force=True, quiet=args.quiet, library_log=True
+            )
         )
     except RunInterrupted as stopped:
         print_summary(db, stopped.experiment_id, stopped.summary)
-        print(f"greenmon demo: {stopped.status} before every unit ran; no report written.",
-              file=sys.stderr)
+        print(
+            f"greenmon demo: {stopped.status} before every unit ran; no report written.",
+            file=sys.stderr,
+        )
         return 130 if stopped.status == "interrupted" else 1
     except BaseExceptionGroup as group:
         inner = unwrap(group)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from greenmon.commands.common import add_db_argument, format_table, resolve_db
+from greenmon.commands.common import add_db_argument, existing_db, format_table
 from greenmon.store import Store
 
 
@@ -16,9 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    db = existing_db(args.db)  # before the output folder is made
     from greenmon.analysis.export import export
 
-    with Store.open(resolve_db(args.db), read_only=True) as store:
+    with Store.open(db, read_only=True) as store:
         counts = export(store, args.out, args.format)
     print(format_table(["relation", "rows"], sorted(counts.items())))
     print(f"Written under {args.out} ({args.format}).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from greenmon.commands.common import add_db_argument, resolve_db
+from greenmon.commands.common import add_db_argument, analysis_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,11 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    db = analysis_source(args.db)  # before the report folder is made
     from greenmon.analysis.report import write_report
     from greenmon.campaign import open_for_analysis
 
     # issue 18: --db may also be a directory of Parquet exports or a campaign directory
-    with open_for_analysis(resolve_db(args.db)) as store:
+    with open_for_analysis(db) as store:
         path = write_report(store, args.experiment, args.out)
     print(f"Wrote {path} and {path.with_suffix('.md')}")
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from greenmon.commands.common import add_db_argument, resolve_db
+from greenmon.commands.common import add_db_argument, existing_db
 from greenmon.errors import GreenmonError
 from greenmon.settings import restore_journal
 from greenmon.store import Store
@@ -20,9 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    db = resolve_db(args.db)
-    if not db.exists():
-        raise GreenmonError(f"{db} does not exist: there is nothing to restore from it.")
+    db = existing_db(args.db)
     with Store.open(db) as store:
         results = restore_journal(store)
     if not results:

@@ -11,6 +11,7 @@ Ctrl-C, SIGTERM or SIGHUP then stop it in order and the experiment can be resume
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
@@ -186,14 +187,18 @@ async def run_experiment(
     force: bool,
     quiet: bool,
     socket_path: str | Path | None = None,
+    library_log: bool = False,
     **runner_options: Any,
 ) -> tuple[str, list[dict[str, Any]]]:
     """Start a daemon on ``db`` in this process, run ``plan`` in it, stop when it ends.
 
     The daemon serves its API for the whole run.  Raises RunInterrupted when the plan
     did not finish (a signal, a cancel from the TUI, a failure before the first unit).
+    ``library_log``: library log records and warnings go to the events table and
+    ``<db>.log`` instead of the terminal (the commands; tests keep Python's defaults).
     """
     from greenmon.api import ApiOptions
+    from greenmon.liblog import library_logs
 
     printer = ProgressPrinter(quiet)
     store = Store.open(db)
@@ -206,17 +211,25 @@ async def run_experiment(
         )
         submission: Submission | None = None
         refused: PlanError | None = None
-        async with anyio.create_task_group() as group:
-            group.start_soon(daemon.run)
-            await daemon.started.wait()
-            try:
-                submission = await _runner(daemon).submit_plan(plan, force=force, resume=resume)
-            except PlanError as error:
-                refused = error
-            else:
-                announce(printer, submission.as_dict(), db)  # nothing runs before it here
-                await _follow_here(daemon, submission, printer)
-            daemon.request_stop()
+        logs = (
+            library_logs(daemon.library_event, f"{db}.log")
+            if library_log
+            else contextlib.nullcontext()
+        )
+        with logs:
+            async with anyio.create_task_group() as group:
+                group.start_soon(daemon.run)
+                await daemon.started.wait()
+                try:
+                    submission = await _runner(daemon).submit_plan(
+                        plan, force=force, resume=resume
+                    )
+                except PlanError as error:
+                    refused = error
+                else:
+                    announce(printer, submission.as_dict(), db)  # nothing runs before it here
+                    await _follow_here(daemon, submission, printer)
+                daemon.request_stop()
         printer.end_line()
         if refused is not None:
             raise refused
@@ -376,6 +389,7 @@ def run(args: argparse.Namespace) -> int:
                     force=args.force,
                     quiet=args.quiet,
                     socket_path=args.socket,
+                    library_log=True,
                 )
             )
         except RunInterrupted as stopped:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from greenmon.commands.common import (
     add_db_argument,
+    existing_db,
     format_csv,
     format_json,
     format_table,
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         columns, rows = from_daemon
         _print(args, columns, rows)
         return 0
-    path = resolve_db(args.db)
+    path = existing_db(args.db)
     with Store.open(path, read_only=True) as store:
         if not args.allow_file_access:
             store.confine()

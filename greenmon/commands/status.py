@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from greenmon.api import ApiClient, call_daemon, find_daemon
-from greenmon.commands.common import add_db_argument, format_table, resolve_db
+from greenmon.commands.common import add_db_argument, existing_db, format_table, resolve_db
 from greenmon.store import Store
 
 
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(daemon_report(status))
         return 0
-    report = file_status(db)
+    report = file_status(existing_db(args.db))
     if args.json:
         print(json.dumps(report, default=str, indent=2))
     else:
