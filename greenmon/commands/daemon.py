@@ -50,7 +50,10 @@ def summary_lines(summary: DaemonSummary) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     path = resolve_db(args.db, config.daemon.db)
-    with Store.open(path) as store:
+    options = config.daemon
+    with Store.open(
+        path, memory_limit=options.duckdb_memory_limit, threads=options.duckdb_threads
+    ) as store:
         from greenmon.api import api_service
 
         # The local API lets `greenmon status`, `greenmon sql` and `greenmon tui` attach.
