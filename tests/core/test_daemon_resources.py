@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from greenmon.store import Store
+from greenmon.store import FLUSH_WINDOW, Event, FlushStats, SampleBatch, Store
 from tests.fakes.rapl import standard_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +36,23 @@ def test_store_open_applies_the_bounds_and_a_temp_directory_beside_the_file(
     with Store.open(db, read_only=True) as store:  # commands that read keep DuckDB's own
         _, rows = store.query(SETTINGS_SQL)
     assert rows[0][0] != "96.0 MiB"
+
+
+def test_each_flush_of_samples_is_timed_and_the_window_stays_bounded(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "timed.duckdb") as store:
+        batch = SampleBatch()
+        for t_ns in range(100):
+            batch.append_row(t_ns, [1, 2], [1.0, 2.0])
+        store.write(batch, [], "s")
+        store.write(SampleBatch(), [Event(5, "info", None, "events alone are no flush")], "s")
+        writer = store.flush_stats.as_dict()
+    assert (writer["flushes"], writer["rows"], writer["recent_rows_mean"]) == (1, 200, 200.0)
+    assert writer["recent_ms_p50"] is not None and writer["recent_ms_p50"] > 0
+    stats = FlushStats()
+    for n in range(FLUSH_WINDOW * 3):
+        stats.record(n, 1_000_000)
+    assert stats.flushes == FLUSH_WINDOW * 3 and len(stats.recent_ns) == FLUSH_WINDOW
+    assert stats.as_dict()["recent_ms_p99"] == 1.0
 
 
 def test_the_daemon_connection_has_the_configured_memory_limit_and_threads(
