@@ -13,8 +13,14 @@ samples with a projection to 100 hours at default rates (about 108 million sampl
 the file's bytes per sample and disk per hour at default rates, and flush latency at the
 end against the start, each aim beside its figure.
 
+Warm-up lasts until DuckDB's buffer pool is full: DuckDB caches every block it writes
+until its memory limit (``[daemon] duckdb_memory_limit``), so at the default 128 MB the
+daemon grows for about 15 million samples (~6.5 bytes each here) and is flat from there.
+The full soak therefore writes 21 million samples, 5 million of them after the pool has
+filled; the short default run (for ``bench/run_all``) shows the slope before the fill.
+
     python bench/soak.py                       # short: 1 million samples (bench/run_all)
-    nice -n 5 python bench/soak.py --samples 5000000   # the full soak
+    nice -n 5 python bench/soak.py --samples 21000000 --packages 8   # the full soak
 """
 
 from __future__ import annotations
