@@ -61,7 +61,7 @@ AIM_FLUSH_RATIO = 1.5
 # The flat stretch the aim asks for: at least 5 million samples after warm-up.
 FLAT_WINDOW_SAMPLES = 5_000_000
 # DuckDB's memory counts as at its limit (the buffer pool full) from this share of it.
-POOL_FULL_SHARE = 0.85
+POOL_FULL_SHARE = 0.95
 COUNTER_TICK_S = 0.05
 MB = 1e6
 
@@ -239,9 +239,16 @@ def analyse(
     spread_mb = max(rss_after) - min(rss_after)
     written = int(summary["samples_written"])
     campaign_samples = DEFAULT_SAMPLES_PER_S * 3600 * CAMPAIGN_HOURS
-    projected = (
-        None if slope is None else rss_after[-1] + slope * (campaign_samples - written) / 1e6
-    )
+    projected = None
+    if slope is not None and duck_slope is not None:
+        # DuckDB's part grows only up to its limit; the rest of the slope goes on.
+        remaining_m = (campaign_samples - written) / 1e6
+        duck_headroom_mb = max(0.0, limit_mb - warm[-1]["duckdb_mb"])
+        projected = (
+            rss_after[-1]
+            + min(max(0.0, duck_slope) * remaining_m, duck_headroom_mb)
+            + max(0.0, slope - duck_slope) * remaining_m
+        )
     bytes_per_sample = file_bytes / written if written else None
     start_flush, end_flush = flush_figures(warm[0]["writer"]), flush_figures(rows[-1]["writer"])
     flush_ratio = None
