@@ -35,11 +35,12 @@ class DaemonOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gil_switch_interval_s: float = 0.0005
     # DuckDB's ceiling for the daemon's connection (its buffer pool, the writer's rows not
     # yet checkpointed, query intermediates; beyond it queries spill to <db>.tmp).  DuckDB's
-    # own default is 80% of RAM, and it keeps every block it has written cached until that
-    # limit: ~13 bytes per sample, 1.4 GB over a 100-hour campaign, beside engines that need
-    # the RAM.  Writing needs ~16 MB (rows up to a checkpoint) and re-reading a block costs
-    # one read from the OS page cache, so 128 MB leaves room for the daemon's own queries
-    # (runner bookkeeping, results, the TUI) and caps the daemon near 350 MB (README).
+    # own default is 80% of RAM, and it keeps every block it has written cached up to that
+    # limit: 6-13 bytes per sample, 0.65-1.4 GB over a 100-hour campaign, beside engines
+    # that need the RAM.  Writing needs ~16 MB (rows up to a checkpoint) and re-reading a
+    # block costs one read from the OS page cache; the results query the runner runs after
+    # each unit needs ~128 MB at 10 M samples (64 MB fails it).  128 MB holds the daemon
+    # flat near 385 MB once full (README, bench/soak.py).
     duckdb_memory_limit: str = "128MB"
     # Threads a query in the daemon may use.  Appends use one; two let a results query run
     # in parallel without taking every core from an engine that is being measured (and
