@@ -554,6 +554,7 @@ class ApiServer:
             "db_path": str(daemon.store.path.resolve()),
             "socket_path": str(self.socket_path),
             "probes": daemon.health(),
+            "writer": daemon.store.flush_stats.as_dict(),
             "channels": channel_table(daemon),
             "runner": runner_of(daemon) is not None,
             "progress": runner_progress(daemon),

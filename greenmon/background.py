@@ -20,7 +20,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from greenmon.api import ApiOptions
 from greenmon.config import Config
-from greenmon.daemon import Daemon, DaemonSummary, build_daemon
+from greenmon.daemon import Daemon, DaemonSummary, build_daemon, open_daemon_store
 from greenmon.probes.base import Probe
 from greenmon.store import Store
 
@@ -47,7 +47,7 @@ class BackgroundDaemon:
         self._future: Future[Any] | None = None
 
     def start(self) -> Daemon:
-        self._store = Store.open(self.db_path)
+        self._store = open_daemon_store(self.db_path, self.config)
         self.daemon = build_daemon(
             self._store,
             self.config,

@@ -36,6 +36,58 @@ class DaemonOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # issue 15: Prometheus metrics over HTTP (greenmon/metrics.py); off unless a port is set.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # DuckDB's ceiling for the daemon's connection (its buffer pool, the writer's rows not
+    # yet checkpointed, query intermediates; beyond it queries spill to <db>.tmp).  DuckDB's
+    # own default is 80% of RAM, and it keeps every block it has written cached up to that
+    # limit: 6-13 bytes per sample, 0.65-1.4 GB over a 100-hour campaign, beside engines
+    # that need the RAM.  Writing needs ~16 MB (rows up to a checkpoint) and re-reading a
+    # block costs one read from the OS page cache; the results query the runner runs after
+    # each unit needs ~128 MB at 10 M samples (64 MB fails it).  128 MB holds the daemon
+    # flat near 385 MB once full (README, bench/soak.py).
+    duckdb_memory_limit: str = "128MB"
+    # Threads a query in the daemon may use.  Appends use one; two let a results query run
+    # in parallel without taking every core from an engine that is being measured (and
+    # each DuckDB thread has its own buffers, so fewer threads also means less memory).
+    duckdb_threads: int = 2
+
+
+# DuckDB's size units (1000^i and 1024^i).  Written here, not left to DuckDB, so a bad
+# value is named with its file and line before the daemon starts; an absolute size only,
+# since a share of RAM is the open-ended default this option exists to replace.
+_MEMORY_LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.I)
+_MEMORY_UNITS = {
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+# Below this the writer's rows up to a checkpoint (~16 MB) and a small query do not fit.
+MIN_DUCKDB_MEMORY_BYTES = 64 * 10**6
+
+
+def memory_limit_bytes(text: str) -> int | None:
+    """``"128MB"`` -> 128_000_000; None when ``text`` is not a size DuckDB accepts."""
+    match = _MEMORY_LIMIT.match(text)
+    if match is None:
+        return None
+    return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()])
+
+
+def _check_daemon(daemon: DaemonOptions, source: Path | None, text: str) -> None:
+    """Checks msgspec's types cannot express: sizes and counts within what works."""
+    limit = daemon.duckdb_memory_limit
+    size = memory_limit_bytes(limit)
+    if size is None or size < MIN_DUCKDB_MEMORY_BYTES:
+        key = "daemon.duckdb_memory_limit"
+        why = "is not a size" if size is None else "is below 64MB, too small to write and query"
+        raise ConfigError(
+            f"Wrong value for '{key}' in {_where(source, text, key)}: {limit!r} {why}. "
+            'Give a size in quotes with its unit, e.g. "128MB", "1GB" or "512MiB".'
+        )
+    if daemon.duckdb_threads < 1:
+        key = "daemon.duckdb_threads"
+        raise ConfigError(
+            f"Wrong value for '{key}' in {_where(source, text, key)}: "
+            f"{daemon.duckdb_threads}. Give a whole number of threads, 1 or more."
+        )
 
 
 @dataclass
@@ -137,6 +189,7 @@ def parse_config(text: str, source: Path | None = None) -> Config:
             "Allowed top-level tables: [daemon], [probes.<name>]."
         )
     daemon = convert_table(data.get("daemon", {}), DaemonOptions, "daemon", source, text)
+    _check_daemon(daemon, source, text)
     probe_tables = data.get("probes", {})
     if not isinstance(probe_tables, dict):
         raise ConfigError(f"'probes' in {_where(source, text, 'probes')} must be a table.")

@@ -291,6 +291,16 @@ class Daemon:
         )
 
 
+def open_daemon_store(path: Path, config: Config) -> Store:
+    """The database a daemon holds, with its bounded resources (issue 21: DuckDB's memory
+    limit and threads from ``[daemon]``); every daemon opens its file through here."""
+    return Store.open(
+        path,
+        memory_limit=config.daemon.duckdb_memory_limit,
+        threads=config.daemon.duckdb_threads,
+    )
+
+
 def build_daemon(
     store: Store,
     config: Config,

@@ -14,8 +14,7 @@ import anyio
 
 from greenmon.commands.common import add_db_argument, greenmon_error_in, resolve_db
 from greenmon.config import load_config
-from greenmon.daemon import DaemonSummary, build_daemon
-from greenmon.store import Store
+from greenmon.daemon import DaemonSummary, build_daemon, open_daemon_store
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +53,7 @@ def summary_lines(summary: DaemonSummary) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     path = resolve_db(args.db, config.daemon.db)
-    with Store.open(path) as store:
+    with open_daemon_store(path, config) as store:
         from greenmon.api import ApiOptions
 
         daemon = build_daemon(store, config, api=ApiOptions(socket_path=args.socket))

@@ -28,12 +28,11 @@ from greenmon.commands.common import (
     resolve_db,
 )
 from greenmon.config import Config, parse_config
-from greenmon.daemon import Daemon, build_daemon
+from greenmon.daemon import Daemon, build_daemon, open_daemon_store
 from greenmon.errors import GreenmonError, PlanError
 from greenmon.livepower import PowerMeter
 from greenmon.plan import Plan, check_plan, load_plan, parse_shard
 from greenmon.runner import Submission
-from greenmon.store import Store
 
 # How often the progress line is redrawn on a terminal, and written when not on one.
 LINE_PERIOD_S = 1.0
@@ -201,11 +200,12 @@ async def run_experiment(
     from greenmon.liblog import library_logs
 
     printer = ProgressPrinter(quiet)
-    store = Store.open(db)
+    config = probes_config(plan)
+    store = open_daemon_store(db, config)
     try:
         daemon = build_daemon(
             store,
-            probes_config(plan),
+            config,
             api=ApiOptions(socket_path=Path(socket_path) if socket_path else None),
             runner_options=runner_options,
         )

@@ -59,3 +59,34 @@ def test_find_key_line() -> None:
     assert find_key_line(text, "b.c.y") == 4
     assert find_key_line(text, "a.x") == 2
     assert find_key_line(text, "a.z") is None
+
+
+def test_duckdb_bounds_have_defaults_and_are_read(tmp_path: Path) -> None:
+    defaults = parse_config("").daemon
+    assert (defaults.duckdb_memory_limit, defaults.duckdb_threads) == ("128MB", 2)
+    path = tmp_path / "c.toml"
+    path.write_text('[daemon]\nduckdb_memory_limit = "1GiB"\nduckdb_threads = 4\n')
+    daemon = load_config(path).daemon
+    assert (daemon.duckdb_memory_limit, daemon.duckdb_threads) == ("1GiB", 4)
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "says"),
+    [
+        ('duckdb_threads = "two"', "daemon.duckdb_threads", "Expected `int`"),
+        ("duckdb_threads = 0", "daemon.duckdb_threads", "1 or more"),
+        ("duckdb_memory_limit = 512", "daemon.duckdb_memory_limit", "Expected `str`"),
+        ('duckdb_memory_limit = "lots"', "daemon.duckdb_memory_limit", "is not a size"),
+        ('duckdb_memory_limit = "512"', "daemon.duckdb_memory_limit", "is not a size"),
+        ('duckdb_memory_limit = "80%"', "daemon.duckdb_memory_limit", "is not a size"),
+        ('duckdb_memory_limit = "32MB"', "daemon.duckdb_memory_limit", "below 64MB"),
+        ('duckdb_memory = "1GB"', "daemon.duckdb_memory", "duckdb_memory_limit"),
+    ],
+)
+def test_duckdb_bounds_are_checked(tmp_path: Path, line: str, key: str, says: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[daemon]\nflush_interval_s = 0.5\n{line}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert f"'{key}'" in message and f"{path}, line 3" in message and says in message
