@@ -242,3 +242,45 @@ def score_answers(
                 "completion", METRICS["completion"], float(passed), passed, str(result["result"])
             )
     return scores
+
+
+def store_quality(
+    store: Any,
+    experiment_id: str,
+    unit_id: int,
+    attempt: int,
+    records: Sequence[Any],
+    prompts: Sequence[Any],
+) -> None:
+    """Score a unit's measured requests (RequestRecord) against their prompts and store it.
+
+    Every request gets its task; those the task cannot score keep NULL quality.
+    """
+    by_id = {p.prompt_id: p for p in prompts}
+    answers = [
+        Answer(
+            r.prompt_id,
+            by_id[r.prompt_id].task if r.prompt_id in by_id else "completion",
+            by_id[r.prompt_id].text if r.prompt_id in by_id else "",
+            by_id[r.prompt_id].references if r.prompt_id in by_id else (),
+            r.text,
+        )
+        for r in records
+    ]
+    scores = score_answers(answers)
+    store.set_request_quality(
+        experiment_id,
+        unit_id,
+        attempt,
+        [
+            (
+                a.prompt_id,
+                a.task,
+                s.metric if s else None,
+                s.quality if s else None,
+                s.correct if s else None,
+                s.detail if s else None,
+            )
+            for a, s in zip(answers, scores, strict=True)
+        ],
+    )

@@ -234,7 +234,11 @@ load AS (
 ),
 req AS (
     SELECT experiment_id, unit_id, attempt, count(*) AS requests,
-           sum(tokens_out) AS tokens_out
+           sum(tokens_out) AS tokens_out,
+           -- issue 19: quality beside energy (greenmon/quality.py); NULL when unscored
+           any_value(quality_metric) AS quality_metric, avg(quality) AS quality,
+           count(quality) AS quality_scored,
+           count(*) FILTER (WHERE correct) AS correct_answers
     FROM requests WHERE phase = 'measure' AND (exp IS NULL OR experiment_id = exp)
     GROUP BY ALL
 ),
@@ -242,7 +246,10 @@ base AS (
     SELECT u.experiment_id, u.unit_id, u.model, u.engine, u.provider,
            u.engine || '/' || u.provider AS configuration, u.repetition, u.factors, u.status,
            u.reason, u.params, u.size_category, u.attempt, m.duration_s, l.load_s,
-           r.requests, r.tokens_out,
+           r.requests, r.tokens_out, r.quality_metric, r.quality, r.quality_scored,
+           CASE WHEN r.quality_scored > 0 THEN r.correct_answers END AS correct_answers,
+           CASE WHEN r.quality_scored > 0 THEN r.correct_answers / r.quality_scored END
+               AS correct_share,
            e.energy_cpu_j, e.energy_dram_j, e.energy_gpu_j, e.energy_wall_j,
            CASE WHEN e.energy_cpu_j IS NULL AND e.energy_gpu_j IS NULL THEN NULL
                 ELSE coalesce(e.energy_cpu_j, 0) + coalesce(e.energy_gpu_j, 0) END
@@ -275,6 +282,8 @@ SELECT *,
             ELSE coalesce(dynamic_cpu_j, 0) + coalesce(dynamic_gpu_j, 0) END AS dynamic_global_j,
        energy_global_j / nullif(requests, 0) AS j_per_request,
        energy_global_j / nullif(tokens_out, 0) AS j_per_token,
+       -- issue 19: energy per correct answer; NULL when none was correct (not infinite)
+       energy_global_j / nullif(correct_answers, 0) AS j_per_correct,
        list_filter([
            CASE WHEN duration_s IS NOT NULL AND max_period_ns IS NOT NULL
                  AND duration_s * 1e9 < {MIN_WINDOW_PERIODS} * max_period_ns

@@ -65,6 +65,8 @@ class Variable:
     label: str
     unit: str
     noun: str
+    # Quality is better higher; energy, time and utilisation are reported as "less".
+    higher_is_better: bool = False
 
 
 # In the order tables and reports show them.  "global" is CPU + GPU, as in the study.
@@ -81,6 +83,12 @@ DEPENDENT_VARIABLES: tuple[Variable, ...] = (
     Variable("dynamic_wall_j", "Dynamic energy, wall", "J", "dynamic wall energy"),
     Variable("duration_s", "Execution time", "s", "time"),
     Variable("j_per_token", "Energy per token", "J/token", "energy per token"),
+    # issue 19: quality beside energy (greenmon/quality.py)
+    Variable("quality", "Quality (task metric, 0-1)", "score", "quality", True),
+    Variable("correct_share", "Correct answers", "share", "correct answers", True),
+    Variable(
+        "j_per_correct", "Energy per correct answer", "J/correct", "energy per correct answer"
+    ),
     Variable("cpu_percent", "CPU utilisation", "%", "CPU"),
     Variable("ram_percent", "RAM utilisation", "%", "RAM"),
     Variable("gpu_percent", "GPU utilisation", "%", "GPU"),
@@ -98,6 +106,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "j_per_request", "j_per_token", "cpu_percent", "ram_percent", "gpu_percent",
     "gpu_mem_util_percent", "gpu_mem_used_percent",
     "estimated", "min_coverage", "flags", "fidelity_share",
+    "quality_metric", "quality", "correct_share", "correct_answers", "j_per_correct",
 )  # fmt: skip
 
 

@@ -31,13 +31,14 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "twoway": stats.TWOWAY_COLUMNS,
     "reconciliation": stats.RECONCILIATION_COLUMNS,
     "tradeoff": stats.TRADEOFF_COLUMNS,
+    "quality": stats.QUALITY_COLUMNS,
 }
 
 _VARCHAR = {
     "variable", "scope", "model", "factor_key", "configuration", "engine", "provider",
     "check", "test", "effect_size_kind", "a", "b", "versus", "range_text", "best",
     "reference", "sentence", "models_sentence", "factor", "source", "level",
-    "energy_variable",
+    "energy_variable", "comparison", "quality_metric", "verdict",
 }  # fmt: skip
 _INTEGER = {
     "size_category", "n", "groups", "n_total", "min_n", "pairs_total", "pairs_significant",
