@@ -1,4 +1,5 @@
-"""The ``openvino`` engine: OpenVINO through optimum-intel's ``OVModelForCausalLM``.
+"""The ``openvino`` engine: OpenVINO through optimum-intel's ``OVModelForCausalLM``
+(decoders) or ``OVModelForSeq2SeqLM`` (encoder-decoders).
 
 Provider: ``cpu`` (OpenVINO device ``CPU``).  OpenVINO has no CUDA backend, so
 openvino + cuda is refused with that reason.
@@ -31,7 +32,7 @@ from greenmon.engines._common import (
 )
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
 from greenmon.errors import EngineError
-from greenmon.models import ModelInfo
+from greenmon.models import ModelInfo, model_architecture
 
 OPTIONS: dict[str, object] = {
     "inference_precision": "f32",
@@ -46,11 +47,18 @@ CUDA_REASON = (
 )
 
 
-def export_openvino(model: ModelInfo, dest: Path) -> None:
-    """Export a causal LM to an OpenVINO IR in ``dest`` (float weights, stateful)."""
-    from optimum.intel import OVModelForCausalLM
+def ov_model_class(model: ModelInfo) -> Any:
+    """optimum-intel's class for the model's architecture."""
+    from optimum.intel import OVModelForCausalLM, OVModelForSeq2SeqLM
 
-    ov_model = OVModelForCausalLM.from_pretrained(
+    if model_architecture(model.path) == "encoder-decoder":
+        return OVModelForSeq2SeqLM
+    return OVModelForCausalLM
+
+
+def export_openvino(model: ModelInfo, dest: Path) -> None:
+    """Export a causal or seq2seq LM to an OpenVINO IR in ``dest`` (float weights)."""
+    ov_model = ov_model_class(model).from_pretrained(
         model.path,
         export=True,
         compile=False,
@@ -86,8 +94,7 @@ class OpenvinoEngine:
             info, self.name, {}, library_versions(*EXPORT_LIBRARIES), self.exporter,
             cache_dir=self.cache_dir,
         )
-        from optimum.intel import OVModelForCausalLM
-
+        ov_class = ov_model_class(info)
         ov_config: dict[str, str] = {
             "INFERENCE_PRECISION_HINT": precision,
             # OpenVINO 2024+ also stores the KV cache in f16 (or u8) and quantises
@@ -108,7 +115,7 @@ class OpenvinoEngine:
         start_s = time.perf_counter()
         try:
             self._tokenizer = load_tokenizer(info)
-            self._model = OVModelForCausalLM.from_pretrained(
+            self._model = ov_class.from_pretrained(
                 export.path, device="CPU", ov_config=ov_config, compile=True,
                 local_files_only=True,
             )
@@ -123,6 +130,7 @@ class OpenvinoEngine:
             export_cache_hit=export.cache_hit,
             details={
                 "device": "CPU",
+                "architecture": model_architecture(info.path),
                 "inference_precision_requested": precision,
                 "inference_precision": self._compiled_property("INFERENCE_PRECISION_HINT"),
                 "kv_cache_precision": self._compiled_property("KV_CACHE_PRECISION"),
@@ -138,8 +146,10 @@ class OpenvinoEngine:
 
     def _compiled_property(self, name: str) -> str | None:
         """A property of the compiled model, as OpenVINO reports it; None if unreadable."""
+        # A seq2seq model compiles an encoder and a decoder with one config: ask the decoder.
+        holder = getattr(self._model, "decoder", None) or self._model
         try:
-            value = self._model.request.get_compiled_model().get_property(name)
+            value = holder.request.get_compiled_model().get_property(name)
         except Exception:  # an older OpenVINO or optimum layout: the record says unknown
             return None
         # An element type prints as "<Type: 'float32'>"; its short name ("f32") is what
