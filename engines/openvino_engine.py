@@ -58,12 +58,19 @@ def ov_model_class(model: ModelInfo) -> Any:
 
 def export_openvino(model: ModelInfo, dest: Path) -> None:
     """Export a causal or seq2seq LM to an OpenVINO IR in ``dest`` (float weights)."""
+    extra: dict[str, Any] = {}
+    if model_architecture(model.path) == "encoder-decoder":
+        # optimum-intel 1.27's stateful seq2seq export fails on T5 ("Attempt to get a name
+        # for a Tensor without names" in patch_stateful_encoder_decoder, OpenVINO 2026.4):
+        # the stateless decoder passes past key values as inputs and outputs instead.
+        extra["stateful"] = False
     ov_model = ov_model_class(model).from_pretrained(
         model.path,
         export=True,
         compile=False,
         load_in_8bit=False,
         local_files_only=True,
+        **extra,
     )
     ov_model.save_pretrained(dest)
 

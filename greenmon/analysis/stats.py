@@ -103,6 +103,7 @@ QUALITY_COLUMNS = [
 # metric's 0-1 scale) against its reference and still count as saving energy for free;
 # beyond it, less energy is a trade-off, not a win.
 QUALITY_TOLERANCE = 0.02
+QUALITY_VARIABLES = ("quality", "correct_share", "j_per_correct")
 RECONCILIATION_COLUMNS = [
     "unit_id", "model", "configuration", "repetition", "factor_key", "energy_wall_j",
     "energy_cpu_j", "energy_dram_j", "energy_gpu_j", "components_j", "unaccounted_j",
@@ -440,6 +441,18 @@ def _analyze_frame(
         )
 
     wanted = list(variables) if variables else [v.column for v in DEPENDENT_VARIABLES]
+    if not variables:
+        # Quality exists only for workloads with references or tests (greenmon/quality.py);
+        # its absence elsewhere is expected, not a missing source.
+        unscored = [c for c in QUALITY_VARIABLES if not done[c].notna().any()]
+        wanted = [c for c in wanted if c not in unscored]
+        if "quality" not in unscored and "j_per_correct" in unscored:
+            notes.append(
+                MissingVariableError(
+                    "No answer was correct in any unit, so energy per correct answer is "
+                    "undefined here; quality and the share of correct answers are reported."
+                )
+            )
     measured = [c for c in wanted if done[c].notna().any()]
     skipped = [c for c in wanted if c not in measured]
     if skipped:
