@@ -12,6 +12,9 @@ from engine_cases import CPU_ENGINES, NEW_TOKENS, PROMPTS
 from greenmon.engines import describe_engines, get_engine
 from greenmon.models import model_architecture, resolve_model
 
+# Building tiny-t5 and exporting it for three engines takes minutes on a busy machine.
+pytestmark = pytest.mark.timeout(900)
+
 
 @pytest.fixture(scope="module")
 def tiny_t5(cache_dir: str) -> Any:

@@ -75,3 +75,37 @@ def test_builtin_task_workloads_are_right_by_their_own_references() -> None:
     # Scoring the references themselves gives full marks.
     answers = [Answer(p.prompt_id, p.task, p.text, p.references, p.references[0]) for p in qa[:5] + summaries[:5]]
     assert all(s is not None and s.quality == pytest.approx(1.0) and s.correct for s in score_answers(answers))
+
+
+def test_scores_are_stored_with_the_measured_requests(tmp_path: Path) -> None:
+    from greenmon.engines.base import Prompt, RequestRecord
+    from greenmon.quality import store_quality
+    from greenmon.store import Store
+
+    prompts = [
+        Prompt("a", "Q: x?\nAnswer:", "question_answering", ("blue",)),
+        Prompt("b", "Q: y?\nAnswer:", "question_answering", ("red sky",)),
+        Prompt("c", "def f():", "completion", ()),
+    ]
+    records = [
+        RequestRecord(p.prompt_id, 3, 2, 0, 1, None, (1, 2), text)
+        for p, text in zip(prompts, [" Blue.\nmore", "red", "    pass"], strict=True)
+    ]
+    with Store.open(tmp_path / "q.duckdb") as store:
+        for phase in ("warmup", "measure"):
+            for r in records:
+                store.execute(
+                    "INSERT INTO requests (experiment_id, unit_id, attempt, phase, prompt_id) "
+                    "VALUES ('e', 0, 1, ?, ?)", [phase, r.prompt_id],
+                )
+        store_quality(store, "e", 0, 1, records, prompts)
+        _, rows = store.query(
+            "SELECT phase, prompt_id, task, quality_metric, quality, correct FROM requests "
+            "ORDER BY phase, prompt_id"
+        )
+    assert rows[:3] == [
+        ("measure", "a", "question_answering", "token_f1", 1.0, True),
+        ("measure", "b", "question_answering", "token_f1", pytest.approx(2 / 3), False),
+        ("measure", "c", "completion", None, None, None),
+    ]
+    assert all(r[2] is None for r in rows[3:])  # warm-up requests are not scored
