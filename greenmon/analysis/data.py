@@ -85,7 +85,7 @@ DEPENDENT_VARIABLES: tuple[Variable, ...] = (
     Variable("j_per_token", "Energy per token", "J/token", "energy per token"),
     # issue 19: quality beside energy (greenmon/quality.py)
     Variable("quality", "Quality (task metric, 0-1)", "score", "quality", True),
-    Variable("correct_share", "Correct answers", "share", "correct answers", True),
+    Variable("correct_share", "Correct answers", "share", "share of correct answers", True),
     Variable(
         "j_per_correct", "Energy per correct answer", "J/correct", "energy per correct answer"
     ),

@@ -74,7 +74,8 @@ def quality_intro(r: AnalysisResult) -> str:
         "median quality on the task's metric (pass@1, token F1 or ROUGE-L F1; 0-1), the "
         "share of correct answers and the median energy per correct answer (empty when no "
         "answer was correct). A configuration that uses less energy than its reference "
-        f"while losing more than {QUALITY_TOLERANCE} quality is a trade-off, not a win."
+        f"while losing more than {QUALITY_TOLERANCE} quality is a trade-off, not a win. "
+        "Verdicts compare medians; whether a difference is significant is in the tests."
     )
 
 

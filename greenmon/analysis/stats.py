@@ -1038,8 +1038,10 @@ def _quality(done: pd.DataFrame, measured: list[str]) -> pd.DataFrame:
             else:
                 row["level"] = name
             if name != reference and energy_pct is not None:
-                row["sentence"] = _quality_sentence(noun.format(name), noun.format(reference),
-                                                    energy_pct, q_change, row["verdict"])
+                row["sentence"] = f"{base['model']}: " + _quality_sentence(
+                    noun.format(name), noun.format(reference), energy_pct, q_change,
+                    row["verdict"],
+                )
             rows.append(row)
 
     for (model, factors), scope in done.groupby(["model", "factor_key"], sort=True):
