@@ -5,6 +5,10 @@ Terms:
   that is imported only when the engine is chosen, so a missing library costs nothing until
   then.
 - *provider*: ``cpu``, ``cuda``, ``tensorrt`` (onnx only).
+- *architecture*: ``decoder`` (causal LM) or ``encoder-decoder`` (seq2seq LM, e.g. T5);
+  ``ARCHITECTURES`` says which each engine x provider serves, and ``ARCHITECTURE_NOTES``
+  what is known of each (the GPU paths are written against the libraries' documented
+  classes but cannot be run on a machine without a GPU).
 - *configuration check*: ``check_configuration(engine, provider)`` returns the reason a
   configuration cannot run here, or None.  It reads installed versions from package
   metadata and looks for an NVIDIA device in /proc and /dev before importing anything
@@ -50,6 +54,32 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "openvino": ("torch", "transformers", "optimum-intel", "openvino"),
     "torchscript": ("torch", "transformers"),
     "http": ("aiohttp",),
+}
+ARCHITECTURES: dict[str, tuple[str, ...]] = {
+    "torch": ("decoder", "encoder-decoder"),  # AutoModelForCausalLM / AutoModelForSeq2SeqLM
+    "onnx": ("decoder", "encoder-decoder"),  # ORTModelForCausalLM / ORTModelForSeq2SeqLM
+    "openvino": ("decoder", "encoder-decoder"),  # OVModelForCausalLM / OVModelForSeq2SeqLM
+    "torchscript": ("decoder", "encoder-decoder"),  # traced step / traced encoder + decoder
+}
+_UNTESTED_GPU = (
+    "written against the library's documented seq2seq class; never run on a GPU yet"
+)
+ARCHITECTURE_NOTES: dict[tuple[str, str, str], str] = {
+    ("openvino", "cpu", "encoder-decoder"): (
+        "stateless decoder (past key values as inputs): optimum-intel 1.27's stateful "
+        "seq2seq export fails on T5"
+    ),
+    ("torchscript", "cpu", "decoder"): "no KV cache: the whole sequence is re-run each step",
+    ("torchscript", "cpu", "encoder-decoder"): (
+        "encoder once, decoder re-run over the whole decoder sequence each step (no KV cache)"
+    ),
+    **{
+        (engine, provider, architecture): _UNTESTED_GPU
+        for engine, provider in (
+            ("torch", "cuda"), ("onnx", "cuda"), ("onnx", "tensorrt"), ("torchscript", "cuda")
+        )
+        for architecture in ("encoder-decoder",)
+    },
 }
 IMPOSSIBLE: dict[tuple[str, str], str] = {
     ("openvino", "cuda"): (
@@ -168,6 +198,8 @@ class ConfigurationStatus:
     usable: bool
     reason: str | None
     versions: dict[str, str | None] = field(default_factory=dict)
+    # architecture -> what is known of serving it here ("" where nothing needs saying)
+    architectures: dict[str, str] = field(default_factory=dict)
 
 
 def describe_engines(*, gpu_root: Path = Path("/")) -> list[ConfigurationStatus]:
@@ -186,13 +218,21 @@ def describe_engines(*, gpu_root: Path = Path("/")) -> list[ConfigurationStatus]
             versions["onnxruntime-gpu"] = _version("onnxruntime-gpu")
         for provider in ALL_PROVIDERS:
             reason = check_configuration(engine, provider, gpu_root=gpu_root)
+            possible = (engine, provider) not in IMPOSSIBLE and provider in PROVIDERS[engine]
+            architectures = {
+                architecture: ARCHITECTURE_NOTES.get((engine, provider, architecture), "")
+                for architecture in (ARCHITECTURES[engine] if possible else ())
+            }
             statuses.append(
-                ConfigurationStatus(engine, provider, reason is None, reason, versions)
+                ConfigurationStatus(
+                    engine, provider, reason is None, reason, versions, architectures
+                )
             )
     return statuses
 
 
 __all__ = [
+    "ARCHITECTURES",
     "ENGINES",
     "PROVIDERS",
     "SERVED_ENGINES",

@@ -203,6 +203,9 @@ def hf_generate(
         raise EngineError(
                 f"out of memory while generating: {error}", title="Out of memory"
             ) from error
-    new_ids = output[:, input_ids.shape[1]:].tolist()
+    # A decoder returns prompt + new tokens; an encoder-decoder returns the decoder's start
+    # token + new tokens (the prompt went to the encoder).
+    start = 1 if getattr(model.config, "is_encoder_decoder", False) else input_ids.shape[1]
+    new_ids = output[:, start:].tolist()
     ttft = None if streamer.first_token_ns is None else streamer.first_token_ns - start_ns
     return make_records(tokenizer, prompts, batch, new_ids, start_ns, end_ns, ttft)

@@ -21,10 +21,16 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt of a workload; ``prompt_id`` is stable across runs (e.g. HumanEval/12)."""
+    """One prompt of a workload; ``prompt_id`` is stable across runs (e.g. HumanEval/12).
+
+    ``text`` is what the engine sees (for a task workload, the task's template filled in);
+    ``task`` and ``references`` are what quality scoring needs (greenmon/quality.py).
+    """
 
     prompt_id: str
     text: str
+    task: str = "completion"
+    references: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""The ``onnx`` engine: ONNX Runtime through optimum-onnx's ``ORTModelForCausalLM``.
+"""The ``onnx`` engine: ONNX Runtime through optimum-onnx's ``ORTModelForCausalLM``
+(decoders) or ``ORTModelForSeq2SeqLM`` (encoder-decoders: an encoder graph and a decoder
+graph with past key values, exported together).
 
 Providers: ``cpu`` (CPUExecutionProvider), ``cuda`` (CUDAExecutionProvider, with IO binding
 so the KV cache stays on the GPU), ``tensorrt`` (TensorrtExecutionProvider, CUDA as the
@@ -27,7 +29,7 @@ from greenmon.engines._common import (
 )
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
 from greenmon.errors import EngineError
-from greenmon.models import ModelInfo, cache_root
+from greenmon.models import ModelInfo, cache_root, model_architecture
 
 OPTIONS: dict[str, object] = {"graph_optimization_level": "all", "threads": None}
 ORT_PROVIDERS = {
@@ -44,8 +46,14 @@ GRAPH_LEVELS = {
 EXPORT_LIBRARIES = ("optimum-onnx", "optimum", "transformers", "torch", "onnx")
 
 
+EXPORT_TASKS = {
+    "decoder": "text-generation-with-past",
+    "encoder-decoder": "text2text-generation-with-past",
+}
+
+
 def export_onnx(model: ModelInfo, dest: Path) -> None:
-    """Export a causal LM with past key values to ONNX in ``dest``."""
+    """Export a causal or seq2seq LM with past key values to ONNX in ``dest``."""
     from optimum.exporters.onnx import main_export
 
     # Validation against PyTorch is skipped: greenmon's fidelity check compares every
@@ -53,7 +61,7 @@ def export_onnx(model: ModelInfo, dest: Path) -> None:
     main_export(
         str(model.path),
         output=dest,
-        task="text-generation-with-past",
+        task=EXPORT_TASKS[model_architecture(model.path)],
         do_validation=False,
         local_files_only=True,
     )
@@ -101,7 +109,12 @@ class OnnxEngine:
             info, self.name, {}, library_versions(*EXPORT_LIBRARIES), self.exporter,
             cache_dir=self.cache_dir,
         )
-        from optimum.onnxruntime import ORTModelForCausalLM
+        from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
+
+        architecture = model_architecture(info.path)
+        ort_class = (
+            ORTModelForSeq2SeqLM if architecture == "encoder-decoder" else ORTModelForCausalLM
+        )
 
         session_options = onnxruntime.SessionOptions()
         session_options.graph_optimization_level = getattr(
@@ -121,7 +134,7 @@ class OnnxEngine:
         start_s = time.perf_counter()
         try:
             self._tokenizer = load_tokenizer(info)
-            self._model = ORTModelForCausalLM.from_pretrained(
+            self._model = ort_class.from_pretrained(
                 export.path,
                 provider=ORT_PROVIDERS[provider],
                 provider_options=provider_options,
@@ -136,12 +149,14 @@ class OnnxEngine:
             ) from error
         load_s = time.perf_counter() - start_s
         self._device = "cuda" if gpu else "cpu"
-        session = self._model.session
+        # A seq2seq model holds an encoder and a decoder session; both use one provider.
+        session = getattr(self._model, "session", None) or self._model.decoder.session
         return LoadInfo(
             export_s=export.export_s,
             load_s=load_s,
             export_cache_hit=export.cache_hit,
             details={
+                "architecture": architecture,
                 "session_providers": list(session.get_providers()),
                 "graph_optimization_level": opts["graph_optimization_level"],
                 "io_binding": bool(self._model.use_io_binding),

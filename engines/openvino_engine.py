@@ -1,4 +1,5 @@
-"""The ``openvino`` engine: OpenVINO through optimum-intel's ``OVModelForCausalLM``.
+"""The ``openvino`` engine: OpenVINO through optimum-intel's ``OVModelForCausalLM``
+(decoders) or ``OVModelForSeq2SeqLM`` (encoder-decoders).
 
 Provider: ``cpu`` (OpenVINO device ``CPU``).  OpenVINO has no CUDA backend, so
 openvino + cuda is refused with that reason.
@@ -31,7 +32,7 @@ from greenmon.engines._common import (
 )
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
 from greenmon.errors import EngineError
-from greenmon.models import ModelInfo
+from greenmon.models import ModelInfo, model_architecture
 
 OPTIONS: dict[str, object] = {
     "inference_precision": "f32",
@@ -47,7 +48,7 @@ CUDA_REASON = (
 
 
 # Why greenmon calls optimum-intel's exporter and loader directly, not
-# ``OVModelForCausalLM.from_pretrained``: that method first guesses whether its argument
+# ``OVModelFor*.from_pretrained``: that method first guesses whether its argument
 # is already an OpenVINO IR, and with ``local_files_only`` (which HF_HUB_OFFLINE forces) it
 # takes every argument for a hub id in the Hugging Face cache.  A local folder then fails
 # the guess (a Path: "Path.replace() takes 2 positional arguments"; a str: no refs file in
@@ -57,20 +58,33 @@ CUDA_REASON = (
 # export, or its export-cache entry), so nothing needs guessing.
 
 
+def ov_model_class(model_path: Path) -> Any:
+    """optimum-intel's class for the model's architecture."""
+    from optimum.intel import OVModelForCausalLM, OVModelForSeq2SeqLM
+
+    if model_architecture(model_path) == "encoder-decoder":
+        return OVModelForSeq2SeqLM
+    return OVModelForCausalLM
+
+
 def export_openvino(model: ModelInfo, dest: Path) -> None:
-    """Export a causal LM to an OpenVINO IR in ``dest`` (float weights, stateful)."""
+    """Export a causal or seq2seq LM to an OpenVINO IR in ``dest`` (float weights)."""
     from optimum.exporters.openvino import main_export
     from optimum.intel import OVConfig
 
+    seq2seq = model_architecture(model.path) == "encoder-decoder"
     main_export(
         model_name_or_path=str(model.path),
         output=dest,
-        task="text-generation-with-past",
+        task="text2text-generation-with-past" if seq2seq else "text-generation-with-past",
         # dtype "auto" keeps the weights as the model stores them; without an OVConfig
         # optimum-intel compresses models above 1 B parameters to int8.  (This is what
         # from_pretrained(export=True, load_in_8bit=False) passes.)
         ov_config=OVConfig(dtype="auto"),
-        stateful=True,
+        # optimum-intel 1.27's stateful seq2seq export fails on T5 ("Attempt to get a name
+        # for a Tensor without names" in patch_stateful_encoder_decoder, OpenVINO 2026.4):
+        # the stateless decoder passes past key values as inputs and outputs instead.
+        stateful=not seq2seq,
         local_files_only=True,
         library_name="transformers",
     )
@@ -78,12 +92,11 @@ def export_openvino(model: ModelInfo, dest: Path) -> None:
 
 def load_openvino(path: Path, ov_config: Mapping[str, str]) -> Any:
     """The exported IR in ``path`` (an export-cache entry), compiled for the CPU."""
-    from optimum.intel import OVModelForCausalLM
     from transformers import AutoConfig
 
     # _from_pretrained is the loader from_pretrained hands an existing IR to, after its
     # guess (see above); the model class it picks by model type is kept.
-    return OVModelForCausalLM._from_pretrained(
+    return ov_model_class(path)._from_pretrained(
         model_id=path,
         config=AutoConfig.from_pretrained(path, local_files_only=True),
         device="CPU",
@@ -151,6 +164,7 @@ class OpenvinoEngine:
             export_cache_hit=export.cache_hit,
             details={
                 "device": "CPU",
+                "architecture": model_architecture(info.path),
                 "inference_precision_requested": precision,
                 "inference_precision": self._compiled_property("INFERENCE_PRECISION_HINT"),
                 "kv_cache_precision": self._compiled_property("KV_CACHE_PRECISION"),
@@ -166,8 +180,10 @@ class OpenvinoEngine:
 
     def _compiled_property(self, name: str) -> str | None:
         """A property of the compiled model, as OpenVINO reports it; None if unreadable."""
+        # A seq2seq model compiles an encoder and a decoder with one config: ask the decoder.
+        holder = getattr(self._model, "decoder", None) or self._model
         try:
-            value = self._model.request.get_compiled_model().get_property(name)
+            value = holder.request.get_compiled_model().get_property(name)
         except Exception:  # an older OpenVINO or optimum layout: the record says unknown
             return None
         # An element type prints as "<Type: 'float32'>"; its short name ("f32") is what

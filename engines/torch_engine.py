@@ -1,4 +1,5 @@
-"""The ``torch`` engine: transformers ``AutoModelForCausalLM`` in eager PyTorch.
+"""The ``torch`` engine: transformers ``AutoModelForCausalLM`` (decoders) or
+``AutoModelForSeq2SeqLM`` (encoder-decoders, e.g. T5) in eager PyTorch.
 
 Providers: ``cpu``, ``cuda``.  Options: ``dtype`` (``float32`` default, ``bfloat16``,
 ``float16``), ``threads`` (torch intra-op threads; unset leaves torch's default).
@@ -22,6 +23,7 @@ from greenmon.engines._common import (
 )
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
 from greenmon.errors import EngineError
+from greenmon.models import model_architecture
 
 OPTIONS: dict[str, object] = {"dtype": "float32", "threads": None}
 DTYPES = ("float32", "bfloat16", "float16")
@@ -69,12 +71,16 @@ class TorchEngine:
         self._device = torch_device(provider)
         set_threads(opts["threads"])
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+        architecture = model_architecture(info.path)
+        auto_class = (
+            AutoModelForSeq2SeqLM if architecture == "encoder-decoder" else AutoModelForCausalLM
+        )
         start_s = time.perf_counter()
         try:
             self._tokenizer = load_tokenizer(info)
-            self._model = AutoModelForCausalLM.from_pretrained(
+            self._model = auto_class.from_pretrained(
                 info.path, dtype=getattr(torch, opts["dtype"])
             ).to(self._device).eval()  # type: ignore[arg-type]
         except torch.OutOfMemoryError as error:
@@ -93,6 +99,7 @@ class TorchEngine:
             export_cache_hit=False,
             details={
                 "device": self._device,
+                "architecture": architecture,
                 "dtype": opts["dtype"],
                 "threads": torch.get_num_threads(),
                 "attn_implementation": self._model.config._attn_implementation,

@@ -18,6 +18,13 @@ The study this replicates ran one padded forward pass instead of generating; her
 the ``max_new_tokens`` steps appends the greedy token (end-of-sequence suppressed, as the
 other engines' ``min_new_tokens`` does) and feeds the sequence back in.
 
+Encoder-decoders (T5-shaped): the encoder and a decoder step are traced apart
+(``encoder.pt``: (input ids, attention mask) -> hidden states; ``decoder.pt``: (decoder
+ids, encoder hidden states, attention mask) -> the logits of the last decoder position).
+The prompt is encoded once; the decoder starts from the model's decoder start token and
+re-runs the whole decoder sequence each step (no KV cache, as above), appending the
+greedy token, exactly ``max_new_tokens`` times.
+
 The trace is made once per (model, device, dtype) and cached.
 """
 
@@ -44,11 +51,26 @@ from greenmon.engines._common import (
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
 from greenmon.engines.torch_engine import check_dtype, torch_device
 from greenmon.errors import EngineError
-from greenmon.models import ModelInfo
+from greenmon.models import ModelInfo, model_architecture
+
+
+def decoder_start_id(path: Path) -> int:
+    """The token an encoder-decoder's decoder starts from (config.json; T5: the pad id)."""
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    start = config.get("decoder_start_token_id")
+    if start is None:
+        start = config.get("pad_token_id")
+    if start is None:
+        raise EngineError(
+            f"{path / 'config.json'} has no decoder_start_token_id", title="Model not loadable"
+        )
+    return int(start)
 
 OPTIONS: dict[str, object] = {"dtype": "float32", "threads": None}
 EXPORT_LIBRARIES = ("torch", "transformers")
 TRACE_FILE = "model.pt"
+ENCODER_FILE = "encoder.pt"
+DECODER_FILE = "decoder.pt"
 META_FILE = "trace.json"
 
 
@@ -99,8 +121,78 @@ def _step_module(model: Any) -> Any:
     return LastLogits().eval()
 
 
+def _seq2seq_modules(model: Any) -> tuple[Any, Any]:
+    """(encoder, decoder step) modules of a seq2seq LM, as the trace sees them."""
+    import torch
+
+    class Encoder(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            encoder = self.model.get_encoder()
+            return encoder(
+                input_ids=input_ids, attention_mask=attention_mask, return_dict=False
+            )[0]
+
+    class DecoderStep(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, decoder_ids: Any, hidden: Any, attention_mask: Any) -> Any:
+            logits = self.model(
+                encoder_outputs=(hidden,),
+                attention_mask=attention_mask,
+                decoder_input_ids=decoder_ids,
+                use_cache=False,
+                return_dict=False,
+            )[0]
+            return logits[:, -1, :]
+
+    return Encoder().eval(), DecoderStep().eval()
+
+
+def export_torchscript_seq2seq(
+    model: ModelInfo, dest: Path, *, device: str, dtype_name: str
+) -> None:
+    """Trace an encoder-decoder's encoder and decoder step; save both to ``dest``."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    dtype = getattr(torch, dtype_name)
+    # Eager attention: the trace then follows plain tensor code, with the masks given.
+    hf_model = AutoModelForSeq2SeqLM.from_pretrained(
+        model.path, dtype=dtype, attn_implementation="eager"
+    ).to(device).eval()  # type: ignore[arg-type]
+    encoder, decoder = _seq2seq_modules(hf_model)
+    # Batch 2 with one left-padded row, and a decoder longer than one token, so batch and
+    # both lengths stay symbolic in the trace.
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], device=device)
+    ids = torch.full(mask.shape, 3, dtype=torch.long, device=device)
+    decoder_ids = torch.full((2, 3), 3, dtype=torch.long, device=device)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced_encoder = torch.jit.trace(  # type: ignore[no-untyped-call]
+            encoder, (ids, mask), check_trace=False
+        )
+        hidden = encoder(ids, mask)
+        traced_decoder = torch.jit.trace(  # type: ignore[no-untyped-call]
+            decoder, (decoder_ids, hidden, mask), check_trace=False
+        )
+    torch.jit.save(traced_encoder, str(dest / ENCODER_FILE))
+    torch.jit.save(traced_decoder, str(dest / DECODER_FILE))
+    (dest / META_FILE).write_text(
+        json.dumps({"device": device, "dtype": dtype_name, "architecture": "encoder-decoder"})
+    )
+
+
 def export_torchscript(model: ModelInfo, dest: Path, *, device: str, dtype_name: str) -> None:
     """Trace ``model`` on ``device`` in ``dtype_name`` and save it to ``dest``."""
+    if model_architecture(model.path) == "encoder-decoder":
+        export_torchscript_seq2seq(model, dest, device=device, dtype_name=dtype_name)
+        return
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -135,6 +227,8 @@ class TorchscriptEngine:
         # exporter(model, dest, device=..., dtype_name=...); replaceable to observe exports.
         self.exporter = exporter or export_torchscript
         self._module: Any = None
+        self._encoder: Any = None
+        self._decoder_start_id = 0
         self._tokenizer: Any = None
         self._device = "cpu"
         self._dtype: Any = None
@@ -157,11 +251,18 @@ class TorchscriptEngine:
             partial(self.exporter, device=self._device, dtype_name=opts["dtype"]),
             cache_dir=self.cache_dir,
         )
+        architecture = model_architecture(info.path)
         start_s = time.perf_counter()
         try:
             self._tokenizer = load_tokenizer(info)
+            if architecture == "encoder-decoder":
+                self._encoder = torch.jit.load(  # type: ignore[no-untyped-call]
+                    str(export.path / ENCODER_FILE), map_location=self._device
+                ).eval()
+                self._decoder_start_id = decoder_start_id(info.path)
             self._module = torch.jit.load(  # type: ignore[no-untyped-call]
-                str(export.path / TRACE_FILE), map_location=self._device
+                str(export.path / (DECODER_FILE if self._encoder else TRACE_FILE)),
+                map_location=self._device,
             )
             self._module.eval()
         except (OSError, RuntimeError) as error:
@@ -179,6 +280,7 @@ class TorchscriptEngine:
             export_cache_hit=export.cache_hit,
             details={
                 "device": self._device,
+                "architecture": architecture,
                 "dtype": opts["dtype"],
                 "threads": torch.get_num_threads(),
                 "kv_cache": False,
@@ -192,6 +294,8 @@ class TorchscriptEngine:
             raise EngineError("generate called before load", title="Engine not loaded")
         if max_new_tokens < 1:
             raise EngineError("max_new_tokens must be at least 1", title="Invalid request")
+        if self._encoder is not None:
+            return self._generate_seq2seq(prompts, max_new_tokens)
         import torch
 
         batch = tokenize_batch(self._tokenizer, prompts)
@@ -232,8 +336,47 @@ class TorchscriptEngine:
         new_ids = input_ids[:, prompt_len:].tolist()
         return make_records(self._tokenizer, prompts, batch, new_ids, start_ns, end_ns, ttft_ns)
 
+    def _generate_seq2seq(
+        self, prompts: Sequence[Prompt], max_new_tokens: int
+    ) -> list[RequestRecord]:
+        """Encode once, then exactly ``max_new_tokens`` greedy decoder steps."""
+        import torch
+
+        batch = tokenize_batch(self._tokenizer, prompts)
+        input_ids = batch.input_ids.to(self._device)
+        attention_mask = batch.attention_mask.to(self._device)
+        decoder_ids = torch.full(
+            (input_ids.shape[0], 1), self._decoder_start_id, dtype=torch.long,
+            device=self._device,
+        )
+        ttft_ns: int | None = None
+        try:
+            with torch.inference_mode():
+                start_ns = time.monotonic_ns()
+                hidden = self._encoder(input_ids, attention_mask)
+                for step in range(max_new_tokens):
+                    logits = self._module(decoder_ids, hidden, attention_mask)
+                    if self._eos_ids:
+                        logits[:, self._eos_ids] = -float("inf")
+                    next_ids = logits.argmax(dim=-1, keepdim=True)
+                    decoder_ids = torch.cat([decoder_ids, next_ids], dim=1)
+                    if step == 0:
+                        if self._device == "cuda":
+                            torch.cuda.synchronize()
+                        ttft_ns = time.monotonic_ns() - start_ns
+                if self._device == "cuda":
+                    torch.cuda.synchronize()
+                end_ns = time.monotonic_ns()
+        except torch.OutOfMemoryError as error:
+            raise EngineError(
+                f"out of memory while generating: {error}", title="Out of memory"
+            ) from error
+        new_ids = decoder_ids[:, 1:].tolist()
+        return make_records(self._tokenizer, prompts, batch, new_ids, start_ns, end_ns, ttft_ns)
+
     def close(self) -> None:
         device = self._device
+        self._encoder = None
         self._module = None
         self._tokenizer = None
         if device == "cuda":

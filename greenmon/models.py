@@ -8,7 +8,11 @@ Terms:
   seed and a byte-level BPE tokenizer trained on HumanEval text.  greenmon builds it on first
   use and caches it as an ordinary model directory, so every engine loads it like any other.
   ``tiny`` (about 0.2 M parameters) keeps the tests fast; ``tiny-20m`` (about 20 M) is the
-  bench's stand-in for a real model.
+  bench's stand-in for a real model.  ``tiny-t5`` is the encoder-decoder twin of ``tiny``:
+  a T5-shaped model (relative position buckets, encoder + decoder) with the same tokenizer
+  recipe, so the seq2seq paths of every engine run offline.
+- *architecture*: ``decoder`` (causal LM) or ``encoder-decoder`` (seq2seq LM), read from the
+  model's config.json (``is_encoder_decoder``); engines pick their model class by it.
 - *fingerprint*: a short hash of the files that decide what a model computes (config,
   tokenizer, weights).  Export caches and reference outputs are keyed by it.
 - *size category*: the study's grouping by parameter count: 1 (up to ~0.6 B), 2 (~1-1.5 B),
@@ -55,6 +59,7 @@ class BuiltinRecipe:
     num_kv_heads: int
     vocab_size: int
     max_positions: int = 512
+    architecture: str = "decoder"  # or "encoder-decoder" (T5-shaped)
 
 
 BUILTIN_MODELS: dict[str, BuiltinRecipe] = {
@@ -74,8 +79,29 @@ BUILTIN_MODELS: dict[str, BuiltinRecipe] = {
         num_kv_heads=6,
         vocab_size=2048,
     ),
+    "tiny-t5": BuiltinRecipe(
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4,
+        vocab_size=1024,
+        architecture="encoder-decoder",
+    ),
 }
 BUILTIN_SEED = 0
+ARCHITECTURES = ("decoder", "encoder-decoder")
+
+
+def model_architecture(path: Path) -> str:
+    """``encoder-decoder`` when the model's config.json says so, else ``decoder``."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise EngineError(
+            f"cannot read {path / 'config.json'}: {error}", title="Model not loadable"
+        ) from error
+    return "encoder-decoder" if config.get("is_encoder_decoder") else "decoder"
 
 
 @dataclass(frozen=True)
@@ -295,7 +321,7 @@ def build_random_model(
     seed: int = BUILTIN_SEED,
     texts: Sequence[str] | None = None,
 ) -> Path:
-    """Write a random-weight Llama model and its tokenizer to ``dest``; same seed, same bytes."""
+    """Write a random-weight model and its tokenizer to ``dest``; same seed, same bytes."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -304,6 +330,8 @@ def build_random_model(
         texts if texts is not None else humaneval_texts(), recipe.vocab_size
     )
     tokenizer.save_pretrained(dest)
+    if recipe.architecture == "encoder-decoder":
+        return _build_random_t5(dest, recipe, tokenizer, seed)
     config = LlamaConfig(  # type: ignore[no-untyped-call]
         vocab_size=len(tokenizer),
         hidden_size=recipe.hidden_size,
@@ -328,6 +356,49 @@ def build_random_model(
     finally:
         torch.random.set_rng_state(generator_state)
     model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    model.save_pretrained(dest, safe_serialization=True)
+    return dest
+
+
+def _build_random_t5(dest: Path, recipe: BuiltinRecipe, tokenizer: Any, seed: int) -> Path:
+    """A random-weight T5-shaped seq2seq model beside its tokenizer in ``dest``."""
+    import torch
+    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
+
+    config = T5Config(  # type: ignore[no-untyped-call]
+        vocab_size=len(tokenizer),
+        d_model=recipe.hidden_size,
+        d_ff=recipe.intermediate_size,
+        d_kv=recipe.hidden_size // recipe.num_heads,
+        num_layers=recipe.num_layers,
+        num_decoder_layers=recipe.num_layers,
+        num_heads=recipe.num_heads,
+        feed_forward_proj="relu",
+        # As for `tiny`: a wide spread keeps the random model's top logits apart, so engines
+        # whose kernels round differently still agree on the greedy token.
+        initializer_factor=4.0,
+        tie_word_embeddings=False,
+        is_encoder_decoder=True,
+        # T5 starts decoding from the pad token.
+        decoder_start_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        dtype="float32",
+    )
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(config).eval()  # type: ignore[no-untyped-call]
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
+        decoder_start_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -469,6 +469,26 @@ class ExperimentRunner:
             finally:
                 self.store.con.unregister("greenmon_requests")
 
+    def _store_quality(
+        self,
+        experiment_id: str,
+        unit: Unit,
+        attempt: int,
+        records: Sequence[RequestRecord],
+        prompts: Sequence[Prompt],
+    ) -> None:
+        """issue 19: score the unit's measured answers (greenmon/quality.py) and store them.
+
+        Runs after the unit's timeline, outside every measured window.  A scoring failure
+        is an event, never a failed unit: the energy already measured is kept.
+        """
+        from greenmon.quality import store_quality
+
+        try:
+            store_quality(self.store, experiment_id, unit.unit_id, attempt, records, prompts)
+        except (GreenmonError, ImportError) as error:
+            self.daemon.event("warning", f"unit {unit.unit_id}: quality not scored: {error}")
+
     # -- engines -------------------------------------------------------------------------
     def make_engine(self, plan: Plan, name: str) -> Engine:
         if name in plan.spec.custom_engines:
@@ -874,6 +894,7 @@ class ExperimentRunner:
         # database write falls between its phases; an interrupted unit is rerun whole.
         await db(self._store_requests, experiment_id, unit, attempt, "warmup", warm_records)
         await db(self._store_requests, experiment_id, unit, attempt, "measure", measured)
+        await db(self._store_quality, experiment_id, unit, attempt, measured, prompts)
         await db(self._write_phases, experiment_id, unit.unit_id, attempt)
         fidelity_share: float | None = None
         first_divergence: int | None = None

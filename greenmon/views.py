@@ -359,7 +359,11 @@ req AS (
            median((end_ns - start_ns - ttft_ns) / 1e9 / nullif(tokens_out - 1, 0))
                AS tpot_p50_s,
            count(*) FILTER (WHERE tokens_out <> tokens_requested
-                               OR usage_tokens_out <> tokens_out) AS token_count_mismatches
+                               OR usage_tokens_out <> tokens_out) AS token_count_mismatches,
+           -- issue 19: quality beside energy (greenmon/quality.py); NULL when unscored
+           any_value(quality_metric) AS quality_metric, avg(quality) AS quality,
+           count(quality) AS quality_scored,
+           count(*) FILTER (WHERE correct) AS correct_answers
     FROM requests WHERE phase = 'measure' AND (exp IS NULL OR experiment_id = exp)
     GROUP BY ALL
 ),
@@ -374,6 +378,10 @@ base AS (
            r.tpot_p50_s, r.token_count_mismatches,
            st.steady_s, st.steady_tokens, e.steady_energy_j,
            e.steady_energy_j / nullif(st.steady_tokens, 0) AS steady_j_per_token,
+           r.requests, r.tokens_out, r.quality_metric, r.quality, r.quality_scored,
+           CASE WHEN r.quality_scored > 0 THEN r.correct_answers END AS correct_answers,
+           CASE WHEN r.quality_scored > 0 THEN r.correct_answers / r.quality_scored END
+               AS correct_share,
            e.energy_cpu_j, e.energy_dram_j, e.energy_gpu_j, e.energy_wall_j,
            CASE WHEN e.energy_cpu_j IS NULL AND e.energy_gpu_j IS NULL THEN NULL
                 ELSE coalesce(e.energy_cpu_j, 0) + coalesce(e.energy_gpu_j, 0) END
@@ -407,6 +415,8 @@ SELECT *,
             ELSE coalesce(dynamic_cpu_j, 0) + coalesce(dynamic_gpu_j, 0) END AS dynamic_global_j,
        energy_global_j / nullif(requests, 0) AS j_per_request,
        energy_global_j / nullif(tokens_out, 0) AS j_per_token,
+       -- issue 19: energy per correct answer; NULL when none was correct (not infinite)
+       energy_global_j / nullif(correct_answers, 0) AS j_per_correct,
        {_validity_flags(
            fidelity="fidelity_share < 1", measured="status = 'done'", unit_only=_UNIT_ONLY_FLAGS
        )} AS flags

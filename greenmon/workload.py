@@ -9,7 +9,15 @@ Terms:
   - ``gaissa-164``: the study's exact 164 prompts (package data, MIT, see
     greenmon/data/GAISSA_ATTRIBUTION.md); ids are the study's (``RandomTokens/<n>``).
   - ``humaneval-full``: each HumanEval problem's whole prompt.
-  Anything else is a path to a JSONL file, one ``{"id": ..., "prompt": ...}`` per line.
+  - ``humaneval-qa`` and ``humaneval-summaries``: question answering and summarisation
+    built by greenmon from HumanEval (package data; greenmon/data/TASKS_README.md).
+  Anything else is a path to a JSONL file: one ``{"id": ..., "prompt": ...}`` per line
+  (completion), or one ``{"input": ..., "context": ..., "references": [...], "task": ...}``
+  per line (``context``, ``references``, ``id`` and ``task`` optional; ``task`` defaults to
+  ``completion`` and is the same on every line).
+- *task*: ``completion``, ``question_answering`` or ``summarisation``.  A task's template
+  (``TASK_TEMPLATES``) turns a row's input and context into the text the engine sees;
+  its references are what greenmon/quality.py scores the answer against.
 - *limit*: keep the first N prompts (after the order above), for quick runs.
 - *input tokens*: the plan factor ``input_tokens``: instead of the workload's own prompts,
   one seeded window of exactly N tokens of the model's tokenizer per source prompt
@@ -31,8 +39,25 @@ from typing import Any
 from greenmon.engines.base import Prompt
 from greenmon.errors import WorkloadError
 
-BUILTIN_WORKLOADS = ("humaneval-windows", "gaissa-164", "humaneval-full")
+TASK_FILES = {
+    "humaneval-qa": "humaneval_qa.jsonl",
+    "humaneval-summaries": "humaneval_summaries.jsonl",
+}
+BUILTIN_WORKLOADS = ("humaneval-windows", "gaissa-164", "humaneval-full", *TASK_FILES)
 GAISSA_FILE = "gaissa_RandomHumanEval.jsonl"
+# What the engine sees for a row of each task.  Plain instructions a small seq2seq or
+# decoder model can follow; an answer is read from the first line generated.
+TASK_TEMPLATES: dict[str, dict[bool, str]] = {  # task -> {has context: template}
+    "completion": {False: "{input}", True: "{context}{input}"},
+    "question_answering": {
+        False: "Question: {input}\nAnswer:",
+        True: "{context}\nQuestion: {input}\nAnswer:",
+    },
+    "summarisation": {
+        False: "Summarise in one sentence:\n{input}\nSummary:",
+        True: "Summarise in one sentence:\n{context}\n{input}\nSummary:",
+    },
+}
 WINDOW_MIN_TOKENS = 10
 WINDOW_MAX_TOKENS = 15
 
@@ -62,7 +87,9 @@ def load_workload(
                     "give a model or a tokenizer"
                 )
             tokenizer = tokenizer_for(model, cache_dir=cache_dir)
-        if text in BUILTIN_WORKLOADS:
+        if text in TASK_FILES:
+            source = task_workload(text)
+        elif text in BUILTIN_WORKLOADS:
             source = humaneval_full()
         elif Path(text).expanduser().is_file():
             source = read_jsonl(Path(text).expanduser())
@@ -85,6 +112,8 @@ def load_workload(
         prompts = gaissa_164()
     elif text == "humaneval-full":
         prompts = humaneval_full()
+    elif text in TASK_FILES:
+        prompts = task_workload(text)
     elif Path(text).expanduser().is_file():
         prompts = read_jsonl(Path(text).expanduser())
     else:
@@ -221,44 +250,101 @@ def gaissa_164() -> list[Prompt]:
     return prompts
 
 
+def task_workload(name: str) -> list[Prompt]:
+    """A built-in task workload (package data)."""
+    source = resources.files("greenmon").joinpath("data", TASK_FILES[name])
+    return parse_jsonl(source.read_text(encoding="utf-8").splitlines(), name)
+
+
 def read_jsonl(path: Path) -> list[Prompt]:
-    """A user's prompts: one JSON object ``{"id": ..., "prompt": ...}`` per line.
+    """A user's prompts from a JSONL file (see the module docstring for the two forms).
 
     Blank lines are skipped; any other bad line raises WorkloadError naming its number.
     """
-    prompts: list[Prompt] = []
-    seen: dict[str, int] = {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise WorkloadError(f"cannot read workload file {path}: {error}") from error
+    return parse_jsonl(lines, str(path))
+
+
+def parse_jsonl(lines: Sequence[str], source: str) -> list[Prompt]:
+    prompts: list[Prompt] = []
+    seen: dict[str, int] = {}
+    tasks: dict[str, int] = {}
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        where = f"{path}, line {line_no}"
+        where = f"{source}, line {line_no}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise WorkloadError(f"{where}: not valid JSON ({error.msg})") from error
         if not isinstance(row, dict):
-            raise WorkloadError(f'{where}: expected an object {{"id": ..., "prompt": ...}}')
-        missing = [key for key in ("id", "prompt") if key not in row]
-        if missing:
-            raise WorkloadError(f"{where}: missing {' and '.join(map(repr, missing))}")
-        if not isinstance(row["prompt"], str) or not row["prompt"]:
-            raise WorkloadError(f"{where}: 'prompt' must be a non-empty string")
-        if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
-            raise WorkloadError(f"{where}: 'id' must be a string or an integer")
-        prompt_id = str(row["id"])
-        if prompt_id in seen:
             raise WorkloadError(
-                f"{where}: id {prompt_id!r} was already used on line {seen[prompt_id]}"
+                f'{where}: expected an object {{"id": ..., "prompt": ...}} or '
+                f'{{"input": ..., "references": [...]}}'
             )
-        seen[prompt_id] = line_no
-        prompts.append(Prompt(prompt_id, row["prompt"]))
+        prompt = _task_row(row, where, line_no) if "input" in row else _prompt_row(row, where)
+        if prompt.prompt_id in seen:
+            raise WorkloadError(
+                f"{where}: id {prompt.prompt_id!r} was already used on line "
+                f"{seen[prompt.prompt_id]}"
+            )
+        seen[prompt.prompt_id] = line_no
+        tasks.setdefault(prompt.task, line_no)
+        if len(tasks) > 1:
+            first, other = list(tasks)
+            raise WorkloadError(
+                f"{where}: task {other!r}, but line {tasks[first]} has task {first!r}; "
+                "one workload is one task: put each task in its own file"
+            )
+        prompts.append(prompt)
     if not prompts:
-        raise WorkloadError(f"workload file {path} holds no prompts")
+        raise WorkloadError(f"workload file {source} holds no prompts")
     return prompts
+
+
+def _row_id(row: dict[str, Any], where: str) -> str:
+    if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+        raise WorkloadError(f"{where}: 'id' must be a string or an integer")
+    return str(row["id"])
+
+
+def _prompt_row(row: dict[str, Any], where: str) -> Prompt:
+    missing = [key for key in ("id", "prompt") if key not in row]
+    if missing:
+        raise WorkloadError(f"{where}: missing {' and '.join(map(repr, missing))}")
+    if not isinstance(row["prompt"], str) or not row["prompt"]:
+        raise WorkloadError(f"{where}: 'prompt' must be a non-empty string")
+    return Prompt(_row_id(row, where), row["prompt"])
+
+
+def _task_row(row: dict[str, Any], where: str, line_no: int) -> Prompt:
+    unknown = sorted(set(row) - {"id", "task", "input", "context", "references"})
+    if unknown:
+        raise WorkloadError(f"{where}: unknown key {', '.join(map(repr, unknown))}")
+    task = row.get("task", "completion")
+    if task not in TASK_TEMPLATES:
+        raise WorkloadError(
+            f"{where}: task {task!r} is not one of {', '.join(TASK_TEMPLATES)}"
+        )
+    for key in ("input", "context"):
+        if key in row and not isinstance(row[key], str):
+            raise WorkloadError(f"{where}: {key!r} must be a string")
+    if not row["input"]:
+        raise WorkloadError(f"{where}: 'input' must be a non-empty string")
+    references = row.get("references", [])
+    if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
+        raise WorkloadError(f"{where}: 'references' must be a list of strings")
+    if task != "completion" and not references:
+        raise WorkloadError(
+            f"{where}: a {task} row needs 'references' (the answers it is scored against)"
+        )
+    context = row.get("context") or ""
+    text = TASK_TEMPLATES[task][bool(context)].format(input=row["input"], context=context)
+    prompt_id = _row_id(row, where) if "id" in row else f"line-{line_no}"
+    return Prompt(prompt_id, text, task, tuple(references))
 
 
 def prompts_fingerprint(prompts: Sequence[Prompt]) -> str:

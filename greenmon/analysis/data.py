@@ -65,6 +65,8 @@ class Variable:
     label: str
     unit: str
     noun: str
+    # Quality is better higher; energy, time and utilisation are reported as "less".
+    higher_is_better: bool = False
 
 
 # In the order tables and reports show them.  "global" is CPU + GPU, as in the study.
@@ -81,6 +83,12 @@ DEPENDENT_VARIABLES: tuple[Variable, ...] = (
     Variable("dynamic_wall_j", "Dynamic energy, wall", "J", "dynamic wall energy"),
     Variable("duration_s", "Execution time", "s", "time"),
     Variable("j_per_token", "Energy per token", "J/token", "energy per token"),
+    # issue 19: quality beside energy (greenmon/quality.py)
+    Variable("quality", "Quality (task metric, 0-1)", "score", "quality", True),
+    Variable("correct_share", "Correct answers", "share", "share of correct answers", True),
+    Variable(
+        "j_per_correct", "Energy per correct answer", "J/correct", "energy per correct answer"
+    ),
     Variable("cpu_percent", "CPU utilisation", "%", "CPU"),
     Variable("ram_percent", "RAM utilisation", "%", "RAM"),
     Variable("gpu_percent", "GPU utilisation", "%", "GPU"),
@@ -101,6 +109,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     # issue 16: serving under load, shown per level by greenmon/analysis/serving.py
     "steady_j_per_token", "throughput_tok_s", "latency_p50_s", "latency_p90_s",
     "latency_p99_s", "ttft_p50_s", "tpot_p50_s", "steady_s",
+    "quality_metric", "quality", "correct_share", "correct_answers", "j_per_correct",
 )  # fmt: skip
 
 

@@ -3,6 +3,8 @@
 - box plots per dependent variable by configuration, one colour per model (the study's
   Figures 3-5);
 - energy against time, one point per unit;
+- energy against quality, one point per unit, colour per configuration, marker per factor
+  level (issue 19);
 - one unit's power traces with its phases shaded;
 - wall power against the sum of its components (CPU + DRAM + GPU) over the same unit.
 
@@ -154,6 +156,43 @@ def energy_time_plot(done: pd.DataFrame, variable: str = "energy_global_j") -> F
     return figure
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def energy_quality_plot(done: pd.DataFrame, variable: str = "energy_global_j") -> Figure:
+    """Energy against quality, one point per unit: colour per configuration, marker per
+    factor level; the configuration's median as a large outlined marker."""
+    from greenmon.analysis.data import factor_label
+
+    figure = _figure(7.5, 4.5)
+    axes = figure.add_subplot()
+    configs = configuration_order(done["configuration"])
+    colours = _palette(len(configs))
+    levels = sorted(done["factor_key"].unique())
+    for c, config in enumerate(configs):
+        for k, level in enumerate(levels):
+            part = done[(done["configuration"] == config) & (done["factor_key"] == level)]
+            part = part[part["quality"].notna() & part[variable].notna()]
+            if part.empty:
+                continue
+            marker = MARKERS[k % len(MARKERS)]
+            label = configuration_label(config) + (f", {factor_label(level)}" if level else "")
+            axes.scatter(part["quality"], part[variable], s=14, color=colours[c],
+                         marker=marker, alpha=0.6)  # fmt: skip
+            axes.scatter(
+                [part["quality"].median()], [part[variable].median()], s=90,
+                color=colours[c], marker=marker, edgecolors="black", label=label,
+            )  # fmt: skip
+    info = VARIABLES_BY_COLUMN[variable]
+    metrics = sorted({str(m) for m in done.get("quality_metric", pd.Series()).dropna()})
+    axes.set_xlabel(f"Quality ({', '.join(metrics) or 'task metric'}, 0-1; right is better)")
+    axes.set_ylabel(f"{info.label} ({info.unit})")
+    axes.set_title("Energy against quality (large markers: medians)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return figure
+
+
 def unit_power(store: Store, experiment_id: str, unit_id: int, bins: int = TRACE_BINS) -> (
     tuple[pd.DataFrame, pd.DataFrame]
 ):
@@ -290,6 +329,12 @@ def make_plots(
         plots.append(
             render(energy_time_plot(done), out_dir, "energy_time", "Energy against time per unit")
         )
+    scored = "quality" in done and done["quality"].notna().any()
+    if scored and done["energy_global_j"].notna().any():
+        plots.append(
+            render(energy_quality_plot(done), out_dir, "energy_quality",
+                   "Energy against quality per configuration and factor level")
+        )  # fmt: skip
     unit = unit_id if unit_id is not None else trace_unit(done)
     if store is None or unit is None:
         return plots

@@ -63,7 +63,27 @@ REPORT_COLUMNS: dict[str, list[str]] = {
         "variable", "model", "factor_key", "host", "reference", "ratio", "ratio_min",
         "ratio_max", "p_value",
     ],
+    "quality": [
+        "model", "factor_key", "comparison", "configuration", "level", "versus", "n",
+        "quality_metric", "median_energy_j", "median_quality", "correct_share",
+        "j_per_correct", "energy_change_pct", "quality_change", "verdict",
+    ],
 }  # fmt: skip
+QUALITY_TITLE = "Quality beside energy: energy per correct answer, trade-offs"
+
+
+def quality_intro(r: AnalysisResult) -> str:
+    """How the quality table is to be read (one paragraph)."""
+    from greenmon.analysis.stats import QUALITY_TOLERANCE
+
+    return (
+        "Per configuration (and per factor level, against the first level): median energy, "
+        "median quality on the task's metric (pass@1, token F1 or ROUGE-L F1; 0-1), the "
+        "share of correct answers and the median energy per correct answer (empty when no "
+        "answer was correct). A configuration that uses less energy than its reference "
+        f"while losing more than {QUALITY_TOLERANCE} quality is a trade-off, not a win. "
+        "Verdicts compare medians; whether a difference is significant is in the tests."
+    )
 
 
 def cell(value: Any) -> str:
@@ -389,6 +409,13 @@ def render_html(data: ReportData) -> str:
         sentences = [t for t in r.tradeoff["sentence"] if isinstance(t, str)]
         out.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in sentences) + "</ul>")
     out += _hosts_html(r)  # issue 18
+    if len(r.quality):
+        columns, rows = result_table(r, "quality")
+        out.append(f"<h2 id='quality'>{QUALITY_TITLE}</h2>")
+        out.append(f"<p>{html.escape(quality_intro(r))}</p>")
+        out.append(html_table(columns, rows, "quality"))
+        sentences = [t for t in r.quality["sentence"] if isinstance(t, str)]
+        out.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in sentences) + "</ul>")
     out.append("<h2 id='reconciliation'>Reconciliation: wall against components</h2>")
     out.append(_reconciliation_html(r))
     out.append("<h2 id='plots'>Figures</h2>")
@@ -512,6 +539,10 @@ def render_markdown(data: ReportData) -> str:
         if rows:
             out += [f"### {title}", "", md_table(columns, rows), ""]
     out += _hosts_markdown(r)  # issue 18
+    if len(r.quality):
+        columns, rows = result_table(r, "quality")
+        out += [f"## {QUALITY_TITLE}", "", quality_intro(r), "", md_table(columns, rows), ""]
+        out += [f"- {t}" for t in r.quality["sentence"] if isinstance(t, str)] + [""]
     out += ["## Figures", ""]
     for plot in data.plots:
         out += [f"![{plot.title}](plots/{plot.png_path.name})", ""]

@@ -94,6 +94,16 @@ TRADEOFF_COLUMNS = [
     "median_energy_j", "median_duration_s", "energy_change_pct", "duration_change_pct",
     "sentence",
 ]  # fmt: skip
+QUALITY_COLUMNS = [
+    "model", "factor_key", "comparison", "configuration", "level", "versus", "n",
+    "quality_metric", "median_energy_j", "median_quality", "correct_share", "j_per_correct",
+    "energy_change_pct", "quality_change", "verdict", "sentence",
+]  # fmt: skip
+# A configuration (or factor level) may lose at most this much median quality (on the task
+# metric's 0-1 scale) against its reference and still count as saving energy for free;
+# beyond it, less energy is a trade-off, not a win.
+QUALITY_TOLERANCE = 0.02
+QUALITY_VARIABLES = ("quality", "correct_share", "j_per_correct")
 RECONCILIATION_COLUMNS = [
     "unit_id", "model", "configuration", "repetition", "factor_key", "energy_wall_j",
     "energy_cpu_j", "energy_dram_j", "energy_gpu_j", "components_j", "unaccounted_j",
@@ -116,6 +126,7 @@ class AnalysisResult:
     twoway: pd.DataFrame
     reconciliation: pd.DataFrame
     tradeoff: pd.DataFrame
+    quality: pd.DataFrame
     variables: list[str]
     skipped_variables: list[str]
     units_total: int
@@ -143,6 +154,7 @@ class AnalysisResult:
             "host_medians": self.host_medians,
             "host_tests": self.host_tests,
             "host_effects": self.host_effects,
+            "quality": self.quality,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -437,6 +449,18 @@ def _analyze_frame(
         )
 
     wanted = list(variables) if variables else [v.column for v in DEPENDENT_VARIABLES]
+    if not variables:
+        # Quality exists only for workloads with references or tests (greenmon/quality.py);
+        # its absence elsewhere is expected, not a missing source.
+        unscored = [c for c in QUALITY_VARIABLES if not done[c].notna().any()]
+        wanted = [c for c in wanted if c not in unscored]
+        if "quality" not in unscored and "j_per_correct" in unscored:
+            notes.append(
+                MissingVariableError(
+                    "No answer was correct in any unit, so energy per correct answer is "
+                    "undefined here; quality and the share of correct answers are reported."
+                )
+            )
     measured = [c for c in wanted if done[c].notna().any()]
     skipped = [c for c in wanted if c not in measured]
     if skipped:
@@ -460,6 +484,8 @@ def _analyze_frame(
     twoway = _twoway(done, measured)
     reconciliation = reconcile(done)
     tradeoff = _tradeoff(done, measured)
+    quality = _quality(done, measured)
+    summary = _weigh_quality(summary, quality)
     return AnalysisResult(
         experiment_id=experiment_id,
         medians=medians,
@@ -472,6 +498,7 @@ def _analyze_frame(
         twoway=twoway,
         reconciliation=reconciliation,
         tradeoff=tradeoff,
+        quality=quality,
         variables=measured,
         skipped_variables=skipped,
         units_total=len(results),
@@ -691,7 +718,9 @@ def _summary(
                 (medians["scope"] == "model") & (medians["variable"] == variable)
                 & (medians["factor_key"] == factors)
             ]  # fmt: skip
-            ranking = per_model.groupby("configuration")["median"].median().sort_values()
+            ranking = per_model.groupby("configuration")["median"].median().sort_values(
+                ascending=not var.higher_is_better
+            )
             if len(ranking) < 2:
                 row["sentence"] = (
                     f"Only {configuration_label(str(ranking.index[0]))} was measured{where}; "
@@ -702,6 +731,12 @@ def _summary(
             best = str(ranking.index[0])
             reference = _reference(best, list(ranking.index))
             row.update(best=best, reference=reference)
+            if var.higher_is_better:
+                row["sentence"] = _better_sentence(var.noun, best, reference, ranking, where)
+                if len(t):
+                    row["models_sentence"] = _models_sentence(t, len(models))
+                rows.append(row)
+                continue
             row["sentence"] = _sentence(
                 var.noun, var.unit, best, reference, models, variable, factors, savings,
                 savings_range, posthoc, row, where,
@@ -710,6 +745,17 @@ def _summary(
                 row["models_sentence"] = _models_sentence(t, len(models))
             rows.append(row)
     return _frame(rows, SUMMARY_COLUMNS)
+
+
+def _better_sentence(
+    noun: str, best: str, reference: str, ranking: pd.Series, where: str
+) -> str:
+    """For a variable that is better higher (quality): the best and its reference's medians."""
+    return (
+        f"{configuration_label(best)} had the highest median {noun}{where} "
+        f"({float(ranking[best]):.3g}); {configuration_label(reference)} had "
+        f"{float(ranking[reference]):.3g}. See the quality table for the tests."
+    )
 
 
 def _reference(best: str, ranked: list[str]) -> str:
@@ -948,3 +994,140 @@ def reconcile(done: pd.DataFrame) -> pd.DataFrame:
          "unaccounted_j": unaccounted, "unaccounted_share": share}
     )  # fmt: skip
     return out.sort_values("unit_id").reset_index(drop=True)[RECONCILIATION_COLUMNS]
+
+
+# -- quality beside energy (issue 19) -----------------------------------------------
+
+
+def verdict(energy_change_pct: float | None, quality_change: float | None) -> str:
+    """What a change against the reference means once quality is weighed with energy."""
+    if energy_change_pct is None:
+        return "unknown"
+    lost_quality = quality_change is not None and quality_change < -QUALITY_TOLERANCE
+    if energy_change_pct < 0:
+        return "trade-off" if lost_quality else "win"
+    return "worse" if lost_quality or quality_change is None else "costlier"
+
+
+def _quality(done: pd.DataFrame, measured: list[str]) -> pd.DataFrame:
+    """Per model and factor levels: each configuration's median energy and quality against
+    the reference configuration (the study's baseline engine), and, where a factor varies,
+    each level against the first, with a verdict: a saving that loses more quality than
+    QUALITY_TOLERANCE is a trade-off, not a win."""
+    energy = next((v for v in ("energy_global_j", "energy_wall_j") if v in measured), None)
+    if energy is None or "quality" not in measured:
+        return _frame([], QUALITY_COLUMNS)
+    rows: list[dict[str, Any]] = []
+
+    def summarise(part: pd.DataFrame) -> dict[str, Any]:
+        metric = part["quality_metric"].dropna()
+        correct = part["correct_share"].dropna()
+        per_correct = part["j_per_correct"].dropna()
+        return {
+            "n": len(part),
+            "quality_metric": str(metric.iloc[0]) if len(metric) else None,
+            "median_energy_j": float(part[energy].median()),
+            "median_quality": float(part["quality"].median()),
+            "correct_share": float(correct.median()) if len(correct) else None,
+            "j_per_correct": float(per_correct.median()) if len(per_correct) else None,
+        }
+
+    def compare(
+        groups: dict[str, dict[str, Any]], reference: str, base: dict[str, Any], noun: str
+    ) -> None:
+        ref = groups[reference]
+        for name, figures in groups.items():
+            energy_pct = None if name == reference else _pct_change(
+                figures["median_energy_j"], ref["median_energy_j"]
+            )
+            q_change = None if name == reference else (
+                figures["median_quality"] - ref["median_quality"]
+            )
+            if np.isnan(figures["median_quality"]) or np.isnan(ref["median_quality"]):
+                q_change = None
+            row = {**base, **figures, "versus": reference, "energy_change_pct": energy_pct,
+                   "quality_change": q_change, "sentence": None,
+                   "verdict": "reference" if name == reference else verdict(energy_pct, q_change)}
+            if base["comparison"] == "configuration":
+                row["configuration"], row["level"] = name, None
+            else:
+                row["level"] = name
+            if name != reference and energy_pct is not None:
+                row["sentence"] = f"{base['model']}: " + _quality_sentence(
+                    noun.format(name), noun.format(reference), energy_pct, q_change,
+                    row["verdict"],
+                )
+            rows.append(row)
+
+    for (model, factors), scope in done.groupby(["model", "factor_key"], sort=True):
+        scope = scope[scope[energy].notna() & scope["quality"].notna()]
+        groups = {str(c): summarise(p) for c, p in scope.groupby("configuration", sort=True)}
+        if len(groups) >= 1:
+            best = min(groups, key=lambda c: groups[c]["median_energy_j"])
+            reference = _reference(best, sorted(groups)) if len(groups) > 1 else best
+            compare(groups, reference,
+                    {"model": model, "factor_key": factors, "comparison": "configuration"},
+                    "{}" + (f" at {factor_label(str(factors))}" if factors else ""))
+    factor_values = [json_factors(key) for key in done["factor_key"]]
+    names = sorted({name for levels in factor_values for name in levels})
+    frame = done[done[energy].notna() & done["quality"].notna()].copy()
+    factor_values = [json_factors(key) for key in frame["factor_key"]]
+    for name in names:
+        frame[f"factor:{name}"] = [json.dumps(levels.get(name)) for levels in factor_values]
+        others = [f"factor:{n}" for n in names if n != name]
+        frame["_others"] = frame[others].astype(str).agg("|".join, axis=1) if others else ""
+        for (model, configuration, _), part in frame.groupby(
+            ["model", "configuration", "_others"], sort=True
+        ):
+            levels = {str(k): summarise(g) for k, g in part.groupby(f"factor:{name}")}
+            if len(levels) < 2:
+                continue
+            reference = sorted(levels, key=_level_sort_key)[0]
+            compare(levels, reference,
+                    {"model": model, "factor_key": str(part["factor_key"].iloc[0]),
+                     "comparison": f"factor:{name}", "configuration": configuration},
+                    f"{configuration} at {name} = " + "{}")
+    return _frame(rows, QUALITY_COLUMNS)
+
+
+def _quality_sentence(
+    what: str, versus: str, energy_pct: float, q_change: float | None, kind: str
+) -> str:
+    change = "less" if energy_pct < 0 else "more"
+    text = f"{what} used {abs(energy_pct):.1f}% {change} energy than {versus}"
+    if q_change is None:
+        return text + "; its quality was not scored."
+    text += f", with quality {q_change:+.3f} (0-1 scale)"
+    if kind == "trade-off":
+        return text + (
+            f": a trade-off, not a win (it lost more than {QUALITY_TOLERANCE} quality)."
+        )
+    if kind == "win":
+        return text + f": a win (quality within {QUALITY_TOLERANCE} or better)."
+    return text + "."
+
+
+def _weigh_quality(summary: pd.DataFrame, quality: pd.DataFrame) -> pd.DataFrame:
+    """An energy finding whose winner lost quality beyond the tolerance says so."""
+    if quality.empty or summary.empty:
+        return summary
+    out = summary.copy()
+    for index, row in out.iterrows():
+        var = VARIABLES_BY_COLUMN.get(str(row["variable"]))
+        if var is None or var.unit != "J" or not isinstance(row["best"], str):
+            continue
+        hits = quality[
+            (quality["comparison"] == "configuration")
+            & (quality["factor_key"] == row["factor_key"])
+            & (quality["configuration"] == row["best"]) & (quality["versus"] == row["reference"])
+        ]  # fmt: skip
+        trade = hits[hits["verdict"] == "trade-off"]
+        if len(trade):
+            worst = float(trade["quality_change"].min())
+            out.at[index, "sentence"] = (
+                f"{row['sentence']} But this is a trade-off, not a win: "
+                f"{configuration_label(row['best'])}'s median quality was {worst:+.3f} "
+                f"against {configuration_label(row['reference'])} (tolerance "
+                f"{QUALITY_TOLERANCE})."
+            )
+    return out

@@ -34,13 +34,14 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "host_medians": hosts.HOST_MEDIAN_COLUMNS,
     "host_tests": hosts.HOST_TEST_COLUMNS,
     "host_effects": hosts.HOST_EFFECT_COLUMNS,
+    "quality": stats.QUALITY_COLUMNS,
 }
 
 _VARCHAR = {
     "variable", "scope", "model", "factor_key", "configuration", "engine", "provider",
     "check", "test", "effect_size_kind", "a", "b", "versus", "range_text", "best",
     "reference", "sentence", "models_sentence", "factor", "source", "level",
-    "energy_variable", "host", "ranking",
+    "energy_variable", "host", "ranking", "comparison", "quality_metric", "verdict",
 }  # fmt: skip
 _INTEGER = {
     "size_category", "n", "groups", "n_total", "min_n", "pairs_total", "pairs_significant",

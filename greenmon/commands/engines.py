@@ -1,4 +1,5 @@
-"""``greenmon engines``: every engine x provider on this machine, usable or not and why."""
+"""``greenmon engines``: every engine x provider on this machine, usable or not and why, and
+which model architectures (decoder, encoder-decoder) each serves."""
 
 from __future__ import annotations
 
@@ -29,4 +30,6 @@ def run(args: argparse.Namespace) -> int:
         if status.reason:
             line += f": {status.reason}"
         print(line)
+        for architecture, note in status.architectures.items():
+            print(f"    serves {architecture}" + (f" ({note})" if note else ""))
     return 0
