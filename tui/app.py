@@ -44,6 +44,7 @@ from greenmon.tui.model import (
     health_rows,
     result_rows,
     unit_lines,
+    window_lines,
 )
 
 VIEWS = ("live", "plan", "health", "sql")
@@ -56,6 +57,7 @@ EXPERIMENTS_PERIOD_S = 10.0
 EXPERIMENT_COLUMNS = ("experiment", "plan", "status", "units done", "failed", "total")
 CANCEL_CONFIRM_S = 3.0
 EVENT_LIMIT = 200
+WINDOW_LIMIT = 6
 SERIES_COLORS = ("cyan", "orange", "green", "magenta", "yellow", "blue")
 
 
@@ -71,6 +73,7 @@ class DaemonLink(Protocol):
     async def cancel(self, experiment_id: str | None = None) -> dict[str, Any]: ...
     async def experiments(self) -> list[dict[str, Any]]: ...
     async def experiment_results(self, experiment_id: str) -> list[dict[str, Any]]: ...
+    async def windows(self, limit: int = 20) -> dict[str, Any]: ...
     async def close(self) -> None: ...
 
 
@@ -136,6 +139,7 @@ class GreenmonApp(App[str]):
     #unit { width: 1fr; border: round $primary; padding: 0 1; }
     #gauges { width: 34; border: round $primary; padding: 0 1; }
     #power-now { width: 1fr; border: round $primary; padding: 0 1; }
+    #windows { width: 1fr; border: round $primary; padding: 0 1; }
     .title { padding: 0 1; text-style: bold; }
     #grid { height: 2fr; }
     #results { height: 1fr; }
@@ -164,6 +168,7 @@ class GreenmonApp(App[str]):
         where: str = "",
         reconnect_s: float = 1.0,
         events_every_s: float = 2.0,
+        windows_every_s: float = 2.0,
     ) -> None:
         super().__init__()
         self.link = link
@@ -171,6 +176,7 @@ class GreenmonApp(App[str]):
         self.where = where
         self.reconnect_s = reconnect_s
         self.events_every_s = events_every_s
+        self.windows_every_s = windows_every_s
         self.model = LiveModel()
         self.connected = False
         self.disconnects = 0
@@ -197,6 +203,7 @@ class GreenmonApp(App[str]):
                     yield Static("", id="unit")
                     yield Static("", id="gauges")
                     yield Static("", id="power-now")
+                    yield Static("", id="windows")
             with Vertical(id="plan"):
                 yield Static("plan: models x configurations (repetitions)", classes="title")
                 yield DataTable(id="grid", zebra_stripes=True, cursor_type="none")
@@ -221,6 +228,7 @@ class GreenmonApp(App[str]):
         self.query_one("#unit", Static).border_title = "current unit"
         self.query_one("#gauges", Static).border_title = "utilisation"
         self.query_one("#power-now", Static).border_title = "power now"
+        self.query_one("#windows", Static).border_title = "named windows"
         self.query_one("#results", DataTable).add_columns(*RESULT_COLUMNS)
         self.query_one("#experiments", DataTable).add_columns(*EXPERIMENT_COLUMNS)
         self.query_one("#health-table", DataTable).add_columns(*HEALTH_COLUMNS)
@@ -229,6 +237,7 @@ class GreenmonApp(App[str]):
         self.follow_daemon()
         self.poll_events()
         self.poll_experiments()
+        self.poll_windows()
 
     async def on_unmount(self) -> None:
         await self.link.close()
@@ -284,6 +293,20 @@ class GreenmonApp(App[str]):
                     self._results_of, self._experiment_results = chosen, results
                     self._draw_plan()
             await self._sleep(EXPERIMENTS_PERIOD_S)
+
+    @work(exclusive=True, group="windows")
+    async def poll_windows(self) -> None:
+        """Open and recent named windows (issue 15), while the live view shows them."""
+        while True:
+            visible = self.query_one("#views", ContentSwitcher).current == "live"
+            if self.connected and visible:
+                try:
+                    listing = await self.link.windows(WINDOW_LIMIT)
+                except ApiError:
+                    pass  # the follow worker reports the connection
+                else:
+                    self._update_static("windows", "\n".join(window_lines(listing)))
+            await self._sleep(self.windows_every_s)
 
     def _default_experiment(self, rows: Sequence[dict[str, Any]]) -> str | None:
         running = (self.model.progress or {}).get("experiment_id")

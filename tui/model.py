@@ -216,9 +216,46 @@ def unit_lines(progress: Mapping[str, Any] | None) -> list[str]:
     elif total:
         lines.append(f"units {index}/{total}")
     lines.append(f"plan ETA {format_duration(progress.get('eta_s'))}")
+    serving = progress.get("serving")
+    if serving:  # issue 16: a served unit's load, live
+        lines.append(serving_line(serving))
     if progress.get("last_error"):
         lines.append(f"last error: {progress['last_error']}")
     return lines + queued
+
+
+def serving_line(serving: Mapping[str, Any]) -> str:
+    """A served unit (http engine): requests in flight, tokens per second, latency."""
+
+    def seconds(key: str) -> str:
+        value = serving.get(key)
+        return "-" if value is None else f"{float(value):.2f}s"
+
+    rate = serving.get("tokens_per_s")
+    return (
+        f"served: {serving.get('requests_in_flight', 0)} in flight, "
+        f"{serving.get('requests_done', 0)} done, "
+        f"{'-' if rate is None else f'{float(rate):.1f}'} tok/s, "
+        f"latency p50 {seconds('latency_p50_s')} p90 {seconds('latency_p90_s')}, "
+        f"TTFT p50 {seconds('ttft_p50_s')}"
+    )
+
+
+def window_lines(listing: Mapping[str, Any], limit: int = 6) -> list[str]:
+    """Named windows (issue 15): the open ones with their age, then the recent closed ones
+    with duration, energy per domain and flags."""
+    lines = [
+        f"▶ {w.get('name')}  {float(w.get('elapsed_s') or 0):.1f}s open"
+        for w in listing.get("open", [])
+    ]
+    for w in listing.get("recent", [])[:limit]:
+        energy = ", ".join(f"{d} {j:.2f} J" for d, j in sorted((w.get("energy_j") or {}).items()))
+        flags = ", ".join(w.get("flags") or [])
+        lines.append(
+            f"{w.get('name')}  {float(w.get('duration_s') or 0):.2f}s  {energy or '-'}"
+            + (f"  [{flags}]" if flags else "")
+        )
+    return lines[:limit] or ["no named windows yet (greenmon measure, Monitor.window)"]
 
 
 def experiment_table(

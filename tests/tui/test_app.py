@@ -162,3 +162,35 @@ async def test_connection_loss_is_shown_and_the_tui_reconnects(
         ):
             await until(lambda: app.connected)
         await pilot.press("q")
+
+
+async def test_named_windows_and_a_served_unit_are_listed_beside_the_current_unit(
+    db_path: Path, sock_path: Path
+) -> None:
+    async with running_daemon(db_path, sock_path, {"fakepower": FakePowerProbe()}):
+        client = ApiClient(sock_path)
+        app = GreenmonApp(client, windows_every_s=0.2)
+        async with app.run_test(size=SIZE):
+            await until(lambda: app.connected)
+            opened = await client.open_window("prefill", {"batch": 8})
+            await until(lambda: "▶ prefill" in text_of(app, "#windows"))
+            await client.close_window(opened["window_id"])
+            await until(lambda: "prefill  " in text_of(app, "#windows")
+                        and "▶ prefill" not in text_of(app, "#windows"))  # fmt: skip
+
+
+async def test_a_served_units_load_is_one_line_of_the_unit_panel() -> None:
+    from greenmon.tui.model import unit_lines
+
+    progress = {
+        "status": "running", "experiment_id": "e", "plan_name": "p", "unit_index": 1,
+        "units_total": 2, "unit": {"model": "tiny", "configuration": "http/llama",
+                                   "repetition": 1},
+        "phase": "measure", "requests_total": 8, "request_index": 3,
+        "serving": {"requests_in_flight": 4, "requests_done": 3, "tokens_per_s": 12.5,
+                    "latency_p50_s": 0.8, "latency_p90_s": 1.2, "ttft_p50_s": 0.1},
+    }  # fmt: skip
+    line = next(line for line in unit_lines(progress) if line.startswith("served"))
+    assert line == (
+        "served: 4 in flight, 3 done, 12.5 tok/s, latency p50 0.80s p90 1.20s, TTFT p50 0.10s"
+    )

@@ -77,6 +77,11 @@ def progress() -> dict[str, Any]:
     }  # fmt: skip
 
 
+WINDOWS = {
+    "open": [{"window_id": 3, "name": "prefill", "tags": {"batch": 8}, "elapsed_s": 4.25}],
+    "recent": [{"window_id": 2, "name": "load-test", "duration_s": 12.5,
+                "energy_j": {"cpu": 250.0, "dram": 20.5}, "flags": ["estimated"]}],
+}  # fmt: skip
 EXPERIMENTS = [
     {"experiment_id": "exp-0001", "plan_name": "fake-plan", "status": "running",
      "units_total": 8, "units_done": 2, "units_failed": 1},
@@ -154,6 +159,9 @@ class FixedLink:
     async def experiment_results(self, experiment_id: str) -> list[dict[str, Any]]:
         return [result("torch/cpu", [])]
 
+    async def windows(self, limit: int = 20) -> dict[str, Any]:
+        return WINDOWS
+
     async def close(self) -> None:
         self.closed = True
 
@@ -173,6 +181,7 @@ async def settle(pilot: Pilot[Any]) -> None:
             app.model.snapshots < SNAPSHOTS
             or app.query_one("#events").row_count < 3  # type: ignore[attr-defined]
             or app.query_one("#experiments").row_count < 3  # type: ignore[attr-defined]
+            or "prefill" not in str(app.query_one("#windows").content)  # type: ignore[attr-defined]
             or app.draw_pending
         ):
             await pilot.pause(0.05)
