@@ -497,6 +497,39 @@ class Store:
                 self.con.execute("ROLLBACK")
                 raise
 
+    def materialise_unit_results(
+        self,
+        experiment_id: str,
+        *,
+        session_id: str | None = None,
+        settled_before_ns: int | None = None,
+        except_unit: int | None = None,
+    ) -> int:
+        """Store the results of the experiment's finished units that have no valid
+        materialised row (greenmon/views.py), so reading them later costs no pass over
+        their samples.  Units of the running ``session_id`` count only once they ended
+        before ``settled_before_ns`` (their last samples flushed).  Returns the rows stored.
+        """
+        from greenmon.views import MATERIALISE_SQL
+
+        params = {
+            "exp": experiment_id,
+            "session": session_id,
+            "settled_ns": settled_before_ns,
+            "except_unit": except_unit,
+        }
+        delete, insert = MATERIALISE_SQL
+        with self.lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                self.con.execute(delete, {"exp": experiment_id})
+                row = self.con.execute(insert, params).fetchone()
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+        return int(row[0]) if row else 0
+
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement under the lock and return its rows (runner bookkeeping)."""
         with self.lock:
