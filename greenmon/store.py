@@ -510,7 +510,8 @@ class Store:
         their samples.  Units of the running ``session_id`` count only once they ended
         before ``settled_before_ns`` (their last samples flushed).  Returns the rows stored.
         """
-        from greenmon.views import MATERIALISE_SQL
+        from greenmon.energy import EDGE_MARGIN_MIN_NS, EDGE_MARGIN_PERIODS
+        from greenmon.views import MATERIALISE_SPAN_SQL, MATERIALISE_SQL
 
         params = {
             "exp": experiment_id,
@@ -523,7 +524,17 @@ class Store:
             self.con.execute("BEGIN TRANSACTION")
             try:
                 self.con.execute(delete, {"exp": experiment_id})
-                row = self.con.execute(insert, params).fetchone()
+                span = self.con.execute(MATERIALISE_SPAN_SQL, {"exp": experiment_id}).fetchone()
+                if span is None or span[0] is None:
+                    self.con.execute("COMMIT")
+                    return 0
+                # integers formatted into the SQL, not parameters: as constants they reach
+                # the samples scan's zone maps (views.py, _SAMPLE_RANGE)
+                margin_ns = max(EDGE_MARGIN_PERIODS * int(span[2] or 0), EDGE_MARGIN_MIN_NS)
+                sql = insert.format(
+                    lo_ns=int(span[0]) - 2 * margin_ns, hi_ns=int(span[1]) + 2 * margin_ns
+                )
+                row = self.con.execute(sql, params).fetchone()
                 self.con.execute("COMMIT")
             except BaseException:
                 self.con.execute("ROLLBACK")

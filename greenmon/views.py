@@ -91,6 +91,13 @@ FROM cand c JOIN best_kind b USING (session_id, domain, probe, kind_rank)
 """
 
 
+# The samples a results macro may read: between ``lo_ns`` and ``hi_ns`` when given.  Passed
+# as literals (Store.materialise_unit_results), they fold into constants that DuckDB
+# checks against each row group's min/max t_ns (zone maps), so one unit's results read
+# that unit's row groups instead of scanning every sample; NULL folds to no filter.
+_SAMPLE_RANGE = "(lo_ns IS NULL OR s.t_ns >= lo_ns) AND (hi_ns IS NULL OR s.t_ns <= hi_ns)"
+
+
 def _selected(alias: str) -> str:
     """Which units a results macro computes: those of experiment ``exp`` (NULL: all), only
     unit ``only_unit`` when given (not ``unit``: a column of channels, which a macro
@@ -118,7 +125,7 @@ SELECT p.experiment_id, p.unit_id, p.attempt, p.phase, p.phase_id,
        sum(e.energy_j) AS energy_j, min(e.coverage) AS coverage, sum(e.wraps) AS wraps,
        sum(e.resets) AS resets, bool_or(es.estimated) AS estimated,
        max(es.period_ns) AS period_ns
-FROM ({window_energy_sql(_SOURCE_WINDOWS)}) e
+FROM ({window_energy_sql(_SOURCE_WINDOWS, _SAMPLE_RANGE)}) e
 JOIN phases p ON p.phase_id = e.window_id
 JOIN energy_sources es ON es.channel_id = e.channel_id
 GROUP BY ALL
@@ -157,6 +164,7 @@ ps AS (
     FROM (
         SELECT s.channel_id, s.t_ns, s.value FROM samples s
         JOIN span r ON r.channel_id = s.channel_id AND s.t_ns BETWEEN r.lo_ns AND r.hi_ns
+        WHERE {_SAMPLE_RANGE}
     ) s
     ASOF JOIN pc ON pc.channel_id = s.channel_id AND s.t_ns >= pc.start_ns
     WHERE s.t_ns <= pc.end_ns
@@ -203,7 +211,7 @@ SELECT p.experiment_id, p.unit_id, p.attempt,
            FILTER (WHERE uc.quantity = 'gpu_mem_util_percent') AS gpu_mem_util_percent,
        avg(e.energy_native / ((p.end_ns - p.start_ns) / 1e9))
            FILTER (WHERE uc.quantity = 'gpu_mem_used_percent') AS gpu_mem_used_percent
-FROM ({window_energy_sql(_UTILISATION_WINDOWS)}) e
+FROM ({window_energy_sql(_UTILISATION_WINDOWS, _SAMPLE_RANGE)}) e
 JOIN phases p ON p.phase_id = e.window_id
 JOIN ({_UTILISATION_CHANNELS}) uc ON uc.channel_id = e.channel_id
 GROUP BY ALL
@@ -220,7 +228,7 @@ def _domain(kind: str, domain: str) -> str:
 
 
 _UNIT_RESULTS = f"""
-WITH pe AS (SELECT * FROM unit_phase_energy_sel(exp, only_unit, skip_cached)),
+WITH pe AS (SELECT * FROM unit_phase_energy_sel(exp, only_unit, skip_cached, lo_ns, hi_ns)),
 energy AS (
     SELECT experiment_id, unit_id, attempt,
            {_domain("measure", "cpu")} AS energy_cpu_j,
@@ -240,8 +248,8 @@ energy AS (
     FROM pe GROUP BY ALL
 ),
 stats AS (
-    SELECT * FROM unit_baseline_sel(exp, only_unit, skip_cached)
-    FULL JOIN unit_utilisation_sel(exp, only_unit, skip_cached)
+    SELECT * FROM unit_baseline_sel(exp, only_unit, skip_cached, lo_ns, hi_ns)
+    FULL JOIN unit_utilisation_sel(exp, only_unit, skip_cached, lo_ns, hi_ns)
         USING (experiment_id, unit_id, attempt)
 ),
 measure AS (
@@ -319,17 +327,17 @@ FROM base
 
 VIEWS["energy_sources"] = _ENERGY_SOURCES
 
-# The per-unit results as table macros: ``*_sel(exp, only_unit, skip_cached)`` compute from
-# samples for the selected units (``_selected``); ``*_for(exp)`` are those over one
-# experiment (NULL: every experiment), and the views of the same names without "_for" are
-# these over everything.
+# The per-unit results as table macros: ``*_sel(exp, only_unit, skip_cached, lo_ns,
+# hi_ns)`` compute from samples for the selected units (``_selected``) within a time range
+# (``_SAMPLE_RANGE``); ``*_for(exp)`` are those over one experiment (NULL: every
+# experiment), and the views of the same names without "_for" are these over everything.
 MACROS: dict[str, str] = {
     "unit_phase_energy_sel": _UNIT_PHASE_ENERGY,
     "unit_baseline_sel": _UNIT_BASELINE,
     "unit_utilisation_sel": _UNIT_UTILISATION,
     "unit_results_sel": _UNIT_RESULTS,
 }
-_SEL_PARAMS = "exp, only_unit, skip_cached"
+_SEL_PARAMS = "exp, only_unit, skip_cached, lo_ns, hi_ns"
 
 # Materialised results (DESIGN.md: "a unit's figures are also materialised once when it
 # ends, same SQL").  ``unit_results_done`` holds rows of ``unit_results_sel``, each with the
@@ -353,16 +361,16 @@ SELECT c.* EXCLUDE (rules_hash, unit_ended_ns)
 FROM {CACHE_TABLE} c SEMI JOIN unit_results_valid v USING (experiment_id, unit_id)
 WHERE exp IS NULL OR c.experiment_id = exp
 UNION ALL BY NAME
-SELECT * FROM unit_results_sel(exp, NULL, true)
+SELECT * FROM unit_results_sel(exp, NULL, true, NULL, NULL)
 """
 FOR_MACROS: dict[str, str] = {
-    "unit_phase_energy_for": "SELECT * FROM unit_phase_energy_sel(exp, NULL, false)",
-    "unit_baseline_for": "SELECT * FROM unit_baseline_sel(exp, NULL, false)",
-    "unit_utilisation_for": "SELECT * FROM unit_utilisation_sel(exp, NULL, false)",
+    "unit_phase_energy_for": "SELECT * FROM unit_phase_energy_sel(exp, NULL, false, NULL, NULL)",
+    "unit_baseline_for": "SELECT * FROM unit_baseline_sel(exp, NULL, false, NULL, NULL)",
+    "unit_utilisation_for": "SELECT * FROM unit_utilisation_sel(exp, NULL, false, NULL, NULL)",
     # what every reader asks: materialised rows where valid, the rest from samples
     "unit_results_for": _UNIT_RESULTS_FOR,
     # the same from samples only (tests compare the two)
-    "unit_results_live_for": "SELECT * FROM unit_results_sel(exp, NULL, false)",
+    "unit_results_live_for": "SELECT * FROM unit_results_sel(exp, NULL, false, NULL, NULL)",
 }
 for _macro in ("unit_phase_energy_for", "unit_baseline_for", "unit_utilisation_for",
                "unit_results_for"):  # fmt: skip
@@ -379,7 +387,7 @@ def _create_cache(con: duckdb.DuckDBPyConnection) -> None:
     )
     wanted = con.execute(
         "DESCRIBE SELECT *, NULL::VARCHAR AS rules_hash, NULL::BIGINT AS unit_ended_ns "
-        "FROM unit_results_sel(NULL, NULL, false)"
+        "FROM unit_results_sel(NULL, NULL, false, NULL, NULL)"
     ).fetchall()
     have = con.execute(
         "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? "
@@ -397,13 +405,21 @@ def _create_cache(con: duckdb.DuckDBPyConnection) -> None:
 # a valid row are computed in one pass (only their samples are read) and stored.  A unit
 # of the running session is stored only once it ended before $settled_ns, when the writer
 # has flushed its last samples (README: the loss bound); $except_unit is left out.
+# The time range the units still to materialise cover (their phases), before the edge
+# margins are added (Store.materialise_unit_results).
+MATERIALISE_SPAN_SQL = """
+SELECT min(p.start_ns), max(p.end_ns), (SELECT max(period_ns) FROM channels)
+FROM phases p JOIN units u USING (experiment_id, unit_id)
+WHERE p.experiment_id = $exp AND u.status IN ('done', 'failed', 'cancelled')
+  AND u.unit_id NOT IN (SELECT unit_id FROM unit_results_valid WHERE experiment_id = $exp)
+"""
 MATERIALISE_SQL = (
     f"""DELETE FROM {CACHE_TABLE}
         WHERE experiment_id = $exp AND unit_id NOT IN (
             SELECT unit_id FROM unit_results_valid WHERE experiment_id = $exp)""",
     f"""INSERT INTO {CACHE_TABLE}
         SELECT r.*, '{RULES_HASH}', u.ended_ns
-        FROM unit_results_sel($exp, NULL, true) r
+        FROM unit_results_sel($exp, NULL, true, {{lo_ns}}, {{hi_ns}}) r
         JOIN units u USING (experiment_id, unit_id)
         WHERE u.status IN ('done', 'failed', 'cancelled')
           AND ($session IS NULL OR u.session_id IS DISTINCT FROM $session
