@@ -44,3 +44,27 @@ class CpuMeter:
         self.cpu_s = times.user + times.system - self._cpu0
         self.wall_s = time.monotonic() - self._wall0
         self.core_percent = 100.0 * self.cpu_s / self.wall_s
+
+
+def aim(
+    name: str, figure: float | None, op: str, target: float, unit: str = "", why: str = ""
+) -> dict[str, Any]:
+    """One aim beside its figure: ``op`` is "<", "<=", ">" or ">="; ``met`` is None when
+    the figure could not be measured (``why`` says why).  bench/run_all prints these."""
+    met: bool | None = None
+    if figure is not None:
+        met = {
+            "<": figure < target,
+            "<=": figure <= target,
+            ">": figure > target,
+            ">=": figure >= target,
+        }[op]
+    row: dict[str, Any] = {
+        "aim": name,
+        "figure": None if figure is None else round(figure, 4),
+        "target": f"{op} {target:g}{(' ' + unit) if unit else ''}",
+        "met": met,
+    }
+    if why:
+        row["why"] = why
+    return row

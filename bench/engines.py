@@ -147,8 +147,12 @@ def main() -> None:
     prompts = load_workload("gaissa-164", limit=args.prompts)
     results: dict[str, Any] = {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads},
-        "workload": {"name": "gaissa-164", "prompts": len(prompts), "batch_size": 1,
-                     "new_tokens": args.new_tokens},
+        "workload": {
+            "name": "gaissa-164",
+            "prompts": len(prompts),
+            "batch_size": 1,
+            "new_tokens": args.new_tokens,
+        },
         "models": {},
     }
     for spec in ("tiny", "tiny-20m"):
@@ -165,6 +169,17 @@ def main() -> None:
                 model, prompts, args.new_tokens, args.rounds, cache_dir
             ),
         }
+    from _common import aim  # type: ignore[import-not-found]
+
+    results["aims"] = [
+        aim(
+            f"{spec}: greenmon torch engine / bare transformers (paired)",
+            entry["harness_overhead_torch"]["paired_ratio_median"],
+            ">=",
+            0.97,
+        )
+        for spec, entry in results["models"].items()
+    ]
     print(json.dumps(results, indent=2))
 
 

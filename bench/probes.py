@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from _common import REPO, machine  # type: ignore[import-not-found]
+from _common import REPO, aim, machine  # type: ignore[import-not-found]
 
 from greenmon.config import parse_config
 from greenmon.daemon import Daemon
@@ -276,6 +276,15 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
+    figures["aims"] = [
+        aim(
+            "daemon at default rates (host 10, NVML 20, NETIO 2, RAPL 50 Hz): CPU",
+            figures["cpu_percent_of_one_core"]["steady_state"],
+            "<=",
+            0.5,
+            "% of a core",
+        )
+    ]
     print(json.dumps(figures, indent=2))
 
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import anyio
-from _common import CpuMeter, machine  # type: ignore[import-not-found]
+from _common import CpuMeter, aim, machine  # type: ignore[import-not-found]
 
 from greenmon.config import parse_config
 from greenmon.daemon import Daemon
@@ -81,7 +81,14 @@ def run_at(rate_hz: float, tmp: Path) -> dict[str, object]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = [run_at(rate, Path(tmp)) for rate in (100.0, 1000.0)]
-    print(json.dumps({"benchmark": "sampling", "machine": machine(), "results": results}, indent=2))
+    at_100, at_1k = results
+    aims = [
+        aim("RAPL at 1 kHz: achieved rate", at_1k["achieved_hz"], ">=", 995, "Hz"),  # type: ignore[arg-type]
+        aim("RAPL at 1 kHz: p99 tick jitter", at_1k["jitter_p99_us"], "<", 1000, "us"),  # type: ignore[arg-type]
+        aim("RAPL at 100 Hz: daemon CPU", at_100["cpu_core_percent"], "<", 1.0, "% of a core"),  # type: ignore[arg-type]
+    ]
+    print(json.dumps({"benchmark": "sampling", "machine": machine(), "results": results,
+                      "aims": aims}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

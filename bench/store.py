@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine  # type: ignore[import-not-found]
+from _common import aim, machine  # type: ignore[import-not-found]
 
 from greenmon.energy import Window, window_energy
 from greenmon.probes.base import Channel
@@ -88,6 +88,10 @@ def main() -> None:
                 "ingest_s": round(ingest_s, 3),
                 "energy_all_rows_s": round(energy_s, 3),
                 "energy_400_windows_s": round(windows_s, 3),
+                "aims": [
+                    aim("ingest", per_channel * CHANNELS / ingest_s, ">=", 1e6, "rows/s"),
+                    aim("energy over every sample", energy_s, "<", 1.0, "s"),
+                ],
                 "energy_correct": all(
                     abs(a - b) < 1e-6 * a
                     for a, b in zip(expected_j, got_j, strict=True)

@@ -30,7 +30,7 @@ from greenmon.clock import ClockAnchor, now_ns
 from greenmon.config import Config, probe_module
 from greenmon.hostinfo import host_info
 from greenmon.probes.base import Channel, Probe, ProbeUnavailable
-from greenmon.sampling import ProbeHealth, Sampler
+from greenmon.sampling import ProbeHealth, Sampler, run_samplers
 from greenmon.store import Event, FlushRequest, SampleBatch, Store, run_writer
 
 if TYPE_CHECKING:
@@ -232,7 +232,6 @@ class Daemon:
         start_events = await anyio.to_thread.run_sync(self._restore_settings)
         # open() may block (a wattmeter request, EnergiBridge writing its header): off the loop.
         start_events += await anyio.to_thread.run_sync(self._open_probes, send)
-        limiter = anyio.CapacityLimiter(max(1, len(self.samplers)))
         written = 0
 
         async def writer(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -251,8 +250,8 @@ class Daemon:
             await group.start(writer)
             for event in start_events:
                 send.send_nowait(event)
-            for sampler in self.samplers:
-                group.start_soon(sampler.run, limiter)
+            # one thread for every blocking probe, async probes on this loop (sampling.py)
+            group.start_soon(run_samplers, self.samplers)
             helpers = anyio.CancelScope()
 
             async def run_helpers() -> None:

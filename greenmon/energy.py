@@ -65,8 +65,12 @@ def _interval_after(row: str, channel: str) -> str:
            END AS e_next"""
 
 
-def window_energy_sql(windows: str) -> str:
+def window_energy_sql(windows: str, sample_filter: str = "") -> str:
     """SQL computing energy per (window_id, channel_id) for the relation ``windows``.
+
+    ``sample_filter`` (an SQL condition on ``s``, the samples) may narrow the samples read
+    beforehand with constants DuckDB can check against each row group's zone map; it must
+    keep every sample within the windows' edge margins (``EDGE_MARGIN_*``).
 
     ``windows`` must name a relation with columns window_id, channel_id, start_ns, end_ns.
     Output columns: window_id, channel_id, energy_native (in the channel's unit, times
@@ -102,7 +106,7 @@ pts AS (
     SELECT s.channel_id, s.t_ns, s.value
     FROM samples s JOIN bounds b
       ON s.channel_id = b.channel_id AND s.t_ns BETWEEN b.lo_ns AND b.hi_ns
-    WHERE s.value IS NOT NULL
+    WHERE s.value IS NOT NULL {("AND " + sample_filter) if sample_filter else ""}
 ),
 seq AS (
     SELECT channel_id, t_ns, value,
@@ -114,7 +118,7 @@ seq AS (
 iv AS (
     -- what lies between this sample and the next: energy (native units), covered time
     SELECT s.*, c.kind, c.period_ns, c.scale_si,
-           {_interval_after('s', 'c')},
+           {_interval_after("s", "c")},
            CASE
                WHEN s.next_t IS NULL THEN 0
                WHEN c.kind = 'counter' AND s.next_v < s.value AND c.counter_range IS NULL
@@ -159,7 +163,7 @@ edge_row AS (
     -- the interval after that sample is worked out again for these few rows
     SELECT e.window_id, e.channel_id, e.side, e.x, c.t_ns, c.value, c.next_t, c.next_v,
            c.rn, ch.kind, ch.period_ns,
-           {_interval_after('c', 'ch')}
+           {_interval_after("c", "ch")}
     FROM edges e
     JOIN ch ON ch.channel_id = e.channel_id
     ASOF LEFT JOIN (SELECT channel_id, t_ns, value, next_t, next_v, rn FROM seq) c

@@ -920,6 +920,7 @@ class ExperimentRunner:
         cell["done"] += 1
         if self._baseline_w is None and plan.spec.cooldown.adaptive:
             self._baseline_w = await db(self._recent_power_w, max(0.5, plan.spec.cooldown.before_s))
+        await db(self._materialise_results, experiment_id)
         self.state.results = await db(self.summary_rows, experiment_id)
 
     def _write_phases(self, experiment_id: str, unit_id: int, attempt: int) -> None:
@@ -978,6 +979,18 @@ class ExperimentRunner:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def _materialise_results(self, experiment_id: str) -> None:
+        """Store the results of finished units whose samples are all flushed (README: the
+        loss bound, doubled), so the live summary reads one row per unit, not samples."""
+        from greenmon.sampling import HANDOFF_INTERVAL_S
+
+        settle_s = 2 * (self.daemon.config.daemon.flush_interval_s + HANDOFF_INTERVAL_S)
+        self.store.materialise_unit_results(
+            experiment_id,
+            session_id=self.daemon.session_id,
+            settled_before_ns=now_ns() - int(settle_s * 1e9),
+        )
 
     def summary_rows(self, experiment_id: str) -> list[dict[str, Any]]:
         """Medians per configuration over finished units (the live results table)."""

@@ -9,18 +9,35 @@ Terms:
   ``max_backoff_s``), so a flapping source does not flood the store.
 - *health*: target and achieved rate, missed ticks, errors, last error, last values and
   tick jitter (how late a read started after its deadline), per probe.
+- *hand-off*: every ``handoff_interval_s`` a sampler's buffered rows go to the writer.
 
-Blocking probes run their loop in a dedicated worker thread (taken through a capacity
-limiter) and sleep to each deadline there: asyncio's timers resolve about 1 ms on these
-machines, too coarse for 1 kHz, while a thread waiting on an Event holds 1 kHz with p99
-jitter near 0.2 ms.  The thread hands samples to the event loop in batches (every
-``handoff_interval_s``), so the loop wakes four times a second, not at the sampling rate.
-Async probes (``async def read``) run as tasks on the loop: network probes are slow anyway.
+One thread drives every blocking probe (``run_samplers``): it sleeps to the earliest
+deadline of all of them, reads each probe that is due (fastest first), and sleeps again,
+so the daemon wakes once per deadline, not once per probe thread.  A thread sleeping to a
+deadline holds 1 kHz with p99 jitter near 0.2 ms, where asyncio's timers resolve about
+1 ms.  Each probe keeps its own rate, tick numbering and backoff (``Sampler``).
+
+A read that blocks would delay every probe sharing the thread, so two kinds of probe stay
+off it: a probe that declares ``blocking_reads = True`` (EnergiBridge, whose read may
+restart its child and wait seconds for a CSV header) gets a thread of its own, and async
+probes (``async def read``: NETIO's HTTP reads, with their own request timeout) run as
+tasks on the event loop.  A shared-thread read that overruns shows as missed ticks in the
+health of the probes it delayed.
+
+Readings go into a preallocated wide buffer per probe (``_Rows``: one row assignment per
+read, no per-sample objects); at each hand-off the buffer becomes long columns (numpy) in a
+``SampleBatch`` appended to the sampler's ``sink`` deque, which the writer drains when it
+flushes (greenmon/store.py).  A sample therefore reaches the file at most
+``handoff_interval_s + flush_interval_s`` after it was read (plus the flush itself): that
+is what a SIGKILL can lose.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
+import select
 import threading
 import time
 from collections import deque
@@ -29,8 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
+import numpy as np
 from anyio.streams.memory import MemoryObjectSendStream
 
 from greenmon.clock import now_ns
@@ -38,8 +55,11 @@ from greenmon.probes.base import Channel, Probe, ProbeLost, Stamped, Values
 from greenmon.store import Event, SampleBatch
 
 JITTER_WINDOW = 4096
-# The longest a sampler thread sleeps before it looks at its stop flag.
-STOP_SLICE_S = 0.05
+# The longest a sampler thread sleeps without looking at its stop flags (stop() also wakes
+# it at once through a pipe, so this only bounds a lost wake-up).
+STOP_SLICE_S = 5.0
+# How often buffered rows go to the writer (part of the loss bound after a SIGKILL).
+HANDOFF_INTERVAL_S = 0.25
 
 
 def next_tick(t0_ns: int, period_ns: int, done_tick: int, now_ns_: int) -> tuple[int, int]:
@@ -137,8 +157,44 @@ class _EventThrottle:
         return text
 
 
+class _Rows:
+    """One probe's readings in a preallocated wide buffer: ``t_ns[i]`` and
+    ``values[i, channel]`` (NaN where a channel had no value).  A read costs one row
+    assignment; the long (channel, t_ns, value) columns the store wants are cut out with
+    numpy at each hand-off, and the buffer is reused.  It grows (doubling) only if a
+    hand-off is late."""
+
+    def __init__(self, channel_ids: Sequence[int], capacity: int) -> None:
+        self.ids = np.asarray(channel_ids, dtype=np.int32)
+        self.t_ns = np.empty(max(1, capacity), dtype=np.int64)
+        self.values = np.empty((max(1, capacity), len(self.ids)), dtype=np.float64)
+        self.rows = 0
+
+    def append(self, t_ns: int, values: Values) -> None:
+        if self.rows == len(self.t_ns):
+            self.t_ns = np.resize(self.t_ns, 2 * self.rows)
+            self.values = np.resize(self.values, (2 * self.rows, len(self.ids)))
+        self.t_ns[self.rows] = t_ns
+        # numpy stores None as NaN in a float array: "no value this time"
+        self.values[self.rows] = values
+        self.rows += 1
+
+    def take(self) -> SampleBatch:
+        """The rows since the last take, in long form, finite values only."""
+        rows, self.rows = self.rows, 0
+        if rows == 0 or len(self.ids) == 0:
+            return SampleBatch()
+        wide = self.values[:rows]
+        keep = np.isfinite(wide).ravel()
+        return SampleBatch.from_columns(
+            np.tile(self.ids, rows)[keep],
+            np.repeat(self.t_ns[:rows], len(self.ids))[keep],
+            wide.ravel()[keep],
+        )
+
+
 class Sampler:
-    """Runs one opened probe at a fixed rate and sends its samples and events downstream."""
+    """One opened probe's schedule, health and buffer.  ``run_samplers`` drives it."""
 
     def __init__(
         self,
@@ -149,7 +205,7 @@ class Sampler:
         send: MemoryObjectSendStream[SampleBatch | Event],
         *,
         max_backoff_s: float = 30.0,
-        handoff_interval_s: float = 0.25,
+        handoff_interval_s: float = HANDOFF_INTERVAL_S,
         on_values: Callable[[str, int, dict[str, float | None]], None] | None = None,
     ) -> None:
         if rate_hz <= 0:
@@ -164,7 +220,11 @@ class Sampler:
         self.health = ProbeHealth(probe=probe.name, target_hz=rate_hz)
         self.on_values = on_values
         self._stop = threading.Event()
-        self._pending = SampleBatch()
+        # Set by the thread that drives this sampler: stop() wakes it through this.
+        self._wake: Callable[[], None] | None = None
+        # Room for two hand-offs' worth of rows: the buffer is reused, never reallocated
+        # while the writer keeps up.
+        self._rows = _Rows(self.channel_ids, int(2 * rate_hz * handoff_interval_s) + 8)
         self._pending_events: list[Event] = []
         # Thread samplers hand their batches over here; the writer drains it (store.py).
         self.sink: deque[tuple[SampleBatch, list[Event]]] = deque()
@@ -175,28 +235,40 @@ class Sampler:
         # samples handed to the writer reach.
         self._handoff_after_ns: int | None = None
         self.handed_off_t_ns: int | None = None
+        # Schedule state: tick k is due at t0 + k * period.
+        self._t0_ns = 0
+        self._tick = 0
+        self._consecutive = 0
+        self.deadline_ns = 0
 
     def stop(self) -> None:
         """Ask the loop to finish its current tick, hand off what it holds, and return."""
         self._stop.set()
+        if self._wake is not None:
+            self._wake()
 
-    def request_handoff(self, after_ns: int) -> None:
-        """Hand off as soon as a sample at or after ``after_ns`` has been read."""
-        self._handoff_after_ns = after_ns
-
-    def _handoff_due(self) -> bool:
-        after_ns, last_ns = self._handoff_after_ns, self.health.last_t_ns
-        return after_ns is not None and last_ns is not None and last_ns >= after_ns
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(getattr(self.probe, "read", None))
 
+    @property
+    def dedicated_thread(self) -> bool:
+        """A blocking probe whose read may take long gets a thread of its own."""
+        return bool(getattr(self.probe, "blocking_reads", False))
+
     # -- one tick ------------------------------------------------------------------
+    def _start(self, t0_ns: int) -> None:
+        self._t0_ns, self._tick, self._consecutive = t0_ns, 0, 0
+        self.deadline_ns = t0_ns
+        self.health.started_ns = t0_ns
+        self.health.state = "running"
+
     def _record(self, t_ns: int, values: Values) -> None:
-        before = len(self._pending)
-        self._pending.append_row(t_ns, self.channel_ids, values)
-        self.health.samples += len(self._pending) - before
+        self._rows.append(t_ns, values)
         self.health.last_t_ns = t_ns
         self.health.last_values = dict(zip(self._names, values, strict=False))
 
@@ -212,6 +284,48 @@ class Sampler:
                     f"{len(self.channel_ids)} channels"
                 )
             self._record((t_before_ns + t_after_ns) // 2, result)
+
+    def _begin_tick(self) -> int:
+        """The read starts now: record how late it is; returns the start time."""
+        t_before_ns = time.monotonic_ns()
+        self.health.jitter_ns.append(t_before_ns - self.deadline_ns)
+        return t_before_ns
+
+    def _end_tick(
+        self, result: Values | Stamped | None, error: Exception | None, t_before_ns: int
+    ) -> None:
+        """Account for one tick's outcome and move to the next deadline."""
+        if error is None:
+            try:
+                self._accept(result, t_before_ns, time.monotonic_ns())  # type: ignore[arg-type]
+            except Exception as bad:
+                error = bad
+        if error is None:
+            self._consecutive = 0
+            self._tick, missed = next_tick(
+                self._t0_ns, self.period_ns, self._tick, time.monotonic_ns()
+            )
+        else:
+            self._consecutive += 1
+            self._tick, missed = self._after_failure(
+                error, self._consecutive, self._t0_ns, self._tick
+            )
+        self.health.missed_ticks += missed
+        self.deadline_ns = self._t0_ns + self._tick * self.period_ns
+
+    def _step(self) -> bool:
+        """Read once (blocking probes); False when the probe is lost for good."""
+        t_before_ns = self._begin_tick()
+        try:
+            result = self.probe.read()
+        except ProbeLost as lost:
+            self._lose(lost)
+            return False
+        except Exception as error:
+            self._end_tick(None, error, t_before_ns)
+            return True
+        self._end_tick(result, None, t_before_ns)  # type: ignore[arg-type]
+        return True
 
     def _event(self, level: str, message: str, *, throttle: bool = False) -> None:
         t_ns = now_ns()
@@ -235,24 +349,21 @@ class Sampler:
 
     # -- hand-off to the writer -------------------------------------------------------
     def _take_pending(self) -> tuple[SampleBatch, list[Event]]:
-        batch, events = self._pending, self._pending_events
-        self._pending, self._pending_events = SampleBatch(), []
+        batch = self._rows.take()
+        self.health.samples += len(batch)
+        events, self._pending_events = self._pending_events, []
         return batch, events
 
-    def _send_nowait(self, batch: SampleBatch, events: list[Event]) -> bool:
-        """Queue a batch on the writer's stream; False (keep it) if the stream is full."""
-        try:
-            for event in events:
-                self.send.send_nowait(event)
-            if len(batch):
-                self.send.send_nowait(batch)
-        except anyio.WouldBlock:
-            return False
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            # The writer is gone (the daemon is failing or stopping): nothing can be
-            # stored any more, so this sampler stops instead of raising a second error.
-            self._stop.set()
-        return True
+    def request_handoff(self, after_ns: int) -> None:
+        """Hand off as soon as a sample at or after ``after_ns`` has been read (issue 15:
+        a window's figures are read the moment it closes)."""
+        self._handoff_after_ns = after_ns
+        if self._wake is not None:
+            self._wake()
+
+    def _handoff_due(self) -> bool:
+        after_ns, last_ns = self._handoff_after_ns, self.health.last_t_ns
+        return after_ns is not None and last_ns is not None and last_ns >= after_ns
 
     def _handoff_from_thread(self) -> None:
         # A deque append is atomic and wakes nobody: the writer drains ``sink`` when it
@@ -266,98 +377,40 @@ class Sampler:
         if self._handoff_due():
             self._handoff_after_ns = None
 
-    # -- the loops ------------------------------------------------------------------------
-    def _thread_loop(self) -> None:
-        period_ns = self.period_ns
-        t0_ns = now_ns()
-        self.health.started_ns = t0_ns
-        self.health.state = "running"
-        tick = 0
-        consecutive = 0
-        last_handoff_ns = t0_ns
-        read = self.probe.read
-        try:
-            while not self._stop.is_set():
-                deadline_ns = t0_ns + tick * period_ns
-                delay_ns = deadline_ns - time.monotonic_ns()
-                if delay_ns > 0:
-                    # time.sleep, not Event.wait: a Condition wait allocates and juggles
-                    # locks on every tick (measured ~100 us more per wake-up here).  Long
-                    # waits are cut into slices so stop() is seen within STOP_SLICE_S.
-                    time.sleep(min(delay_ns / 1e9, STOP_SLICE_S))
-                    if self._stop.is_set():
-                        break
-                    if time.monotonic_ns() < deadline_ns:
-                        continue
-                t_before_ns = time.monotonic_ns()
-                self.health.jitter_ns.append(t_before_ns - deadline_ns)
-                try:
-                    result = read()
-                    t_after_ns = time.monotonic_ns()
-                    self._accept(result, t_before_ns, t_after_ns)  # type: ignore[arg-type]
-                    consecutive = 0
-                    tick, missed = next_tick(t0_ns, period_ns, tick, time.monotonic_ns())
-                except ProbeLost as lost:
-                    self._lose(lost)
-                    break
-                except Exception as error:
-                    consecutive += 1
-                    tick, missed = self._after_failure(error, consecutive, t0_ns, tick)
-                self.health.missed_ticks += missed
-                if (
-                    time.monotonic_ns() - last_handoff_ns >= self.handoff_interval_ns
-                    or self._handoff_due()
-                ):
-                    self._handoff_from_thread()
-                    last_handoff_ns = time.monotonic_ns()
-        finally:
-            self._finish()
-            self._handoff_from_thread()
-
+    # -- the async loop (probes whose read is a coroutine) --------------------------------
     async def _async_loop(self) -> None:
-        period_ns = self.period_ns
-        t0_ns = now_ns()
-        self.health.started_ns = t0_ns
-        self.health.state = "running"
-        tick = 0
-        consecutive = 0
+        self._start(now_ns())
+        last_handoff_ns = self._t0_ns
         try:
             while not self._stop.is_set():
-                deadline_ns = t0_ns + tick * period_ns
-                delay_ns = deadline_ns - now_ns()
+                delay_ns = self.deadline_ns - now_ns()
                 if delay_ns > 0:
                     await anyio.sleep(delay_ns / 1e9)
                     if self._stop.is_set():
                         break
-                t_before_ns = now_ns()
-                self.health.jitter_ns.append(t_before_ns - deadline_ns)
+                t_before_ns = self._begin_tick()
                 try:
                     result = await self.probe.read()  # type: ignore[misc]
-                    self._accept(result, t_before_ns, now_ns())
-                    consecutive = 0
-                    tick, missed = next_tick(t0_ns, period_ns, tick, now_ns())
                 except ProbeLost as lost:
                     self._lose(lost)
                     break
                 except Exception as error:
-                    consecutive += 1
-                    tick, missed = self._after_failure(error, consecutive, t0_ns, tick)
-                self.health.missed_ticks += missed
-                batch, events = self._take_pending()
-                if not self._send_nowait(batch, events):
-                    batch.extend(self._pending)
-                    self._pending = batch
-                    self._pending_events = events + self._pending_events
+                    self._end_tick(None, error, t_before_ns)
                 else:
-                    self.handed_off_t_ns = self.health.last_t_ns
+                    self._end_tick(result, None, t_before_ns)
+                # Async probes are slow (a few Hz): the same sink as the threads, so the
+                # writer has one way in for samples.
+                if (
+                    now_ns() - last_handoff_ns >= self.handoff_interval_ns
+                    or self._pending_events
+                    or self._handoff_due()
+                ):
+                    self._handoff_from_thread()
+                    last_handoff_ns = now_ns()
         finally:
             self._finish()
+            self._handoff_from_thread()
             with anyio.CancelScope(shield=True):
-                batch, events = self._take_pending()
-                for event in events:
-                    await self.send.send(event)
-                if len(batch):
-                    await self.send.send(batch)
                 # An async probe's sessions belong to this loop: release them here, since
                 # the daemon's later close() is synchronous (probes/netio.py).
                 aclose = getattr(self.probe, "aclose", None)
@@ -384,15 +437,121 @@ class Sampler:
             self.health.state = "stopped"
 
     async def run(self, limiter: anyio.CapacityLimiter | None = None) -> None:
-        """Sample until ``stop()``; the send stream is closed when this returns."""
-        try:
-            if self.is_async:
-                await self._async_loop()
+        """Sample this probe alone until ``stop()`` (``run_samplers`` with one sampler)."""
+        await run_samplers([self])
+
+
+class _Waker:
+    """A sleep until a deadline that ``wake()`` can cut short: ``select`` on a pipe.  One
+    wake-up per deadline, where sleeping in short slices to notice a stop flag cost a
+    wake-up every slice (20 a second for a 1 Hz probe); ``select``'s timeout has
+    microsecond resolution, as ``time.sleep``'s."""
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    def sleep(self, seconds: float) -> None:
+        ready, _, _ = select.select([self._read_fd], [], [], seconds)
+        if ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._read_fd, 512)
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._write_fd, b"x")
+
+    def close(self) -> None:
+        for fd in (self._read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def drive(samplers: Sequence[Sampler]) -> None:
+    """One thread's loop over blocking samplers: sleep to the earliest deadline, read
+    whatever is due (fastest probe first), hand off every ``handoff_interval_s``.
+
+    Returns when every sampler has been stopped or lost; each one finishes and hands off
+    what it holds as it leaves.
+    """
+    waker = _Waker()
+    t0_ns = time.monotonic_ns()
+    for sampler in samplers:
+        sampler._wake = waker.wake
+        sampler._start(t0_ns)
+    # Fastest first: when deadlines coincide, the probe with the least slack reads first.
+    active = sorted(samplers, key=lambda s: s.period_ns)
+    handoff_ns = min(s.handoff_interval_ns for s in samplers)
+    next_handoff_ns = t0_ns + handoff_ns
+    try:
+        while active:
+            if any(s.stopping for s in active):
+                for sampler in [s for s in active if s.stopping]:
+                    _leave(sampler)
+                active = [s for s in active if not s.stopping]
+                continue
+            due_ns = min(s.deadline_ns for s in active)
+            delay_ns = due_ns - time.monotonic_ns()
+            if delay_ns > 0:
+                waker.sleep(min(delay_ns / 1e9, STOP_SLICE_S))
+                continue
+            for sampler in active:
+                if sampler.deadline_ns <= time.monotonic_ns() and not sampler._step():
+                    sampler.stop()  # lost: it leaves at the top of the loop
+            now = time.monotonic_ns()
+            if now >= next_handoff_ns:
+                for sampler in active:
+                    sampler._handoff_from_thread()
+                next_handoff_ns = now + handoff_ns
             else:
-                # abandon_on_cancel=False: on cancellation we wait for the thread, which
-                # sees the stop flag set by the daemon and hands off what it holds.
-                await anyio.to_thread.run_sync(
-                    self._thread_loop, limiter=limiter, abandon_on_cancel=False
-                )
-        finally:
-            self.send.close()
+                for sampler in active:
+                    if sampler._handoff_due():  # a closing window waits for it
+                        sampler._handoff_from_thread()
+    finally:
+        for sampler in active:
+            _leave(sampler)
+        for sampler in samplers:
+            sampler._wake = None
+        waker.close()
+
+
+def _leave(sampler: Sampler) -> None:
+    sampler._finish()
+    sampler._handoff_from_thread()
+
+
+async def _run_thread(samplers: Sequence[Sampler], limiter: anyio.CapacityLimiter) -> None:
+    try:
+        # abandon_on_cancel=False: on cancellation we wait for the thread, which sees the
+        # stop flags set by the daemon and hands off what it holds.
+        await anyio.to_thread.run_sync(drive, samplers, limiter=limiter, abandon_on_cancel=False)
+    finally:
+        for sampler in samplers:
+            sampler.send.close()
+
+
+async def _run_async(sampler: Sampler) -> None:
+    try:
+        await sampler._async_loop()
+    finally:
+        sampler.send.close()
+
+
+async def run_samplers(samplers: Sequence[Sampler]) -> None:
+    """Sample until every sampler is stopped: blocking probes on one shared thread (those
+    declaring ``blocking_reads`` on a thread each), async probes as tasks on this loop.
+    Each sampler's send stream is closed when it is done."""
+    shared = [s for s in samplers if not s.is_async and not s.dedicated_thread]
+    own = [s for s in samplers if not s.is_async and s.dedicated_thread]
+    threads = [shared] if shared else []
+    threads += [[s] for s in own]
+    # A limiter of our own: the threads live as long as the daemon and must not take
+    # tokens from anyio's default pool, which the writer and services use.
+    limiter = anyio.CapacityLimiter(max(1, len(threads)))
+    async with anyio.create_task_group() as group:
+        for members in threads:
+            group.start_soon(_run_thread, members, limiter)
+        for sampler in samplers:
+            if sampler.is_async:
+                group.start_soon(_run_async, sampler)

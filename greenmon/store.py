@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio
 import duckdb
+import numpy as np
 import pyarrow as pa
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -216,19 +217,38 @@ _DUCKDB_MAGIC = b"DUCK"
 
 @dataclass
 class SampleBatch:
-    """Samples in column form, as the writer ingests them (one Arrow batch per flush)."""
+    """Samples in column form, as the writer ingests them (one Arrow batch per flush).
+
+    Two ways in: ``append_row`` (Python lists; tests, synthetic data) and
+    ``from_columns`` (numpy columns, zero-copy; the samplers' hand-offs).  ``extend``
+    keeps numpy chunks as they are, so the writer joins hand-offs without touching rows.
+    """
 
     channel_ids: list[int] = field(default_factory=list)
     t_ns: list[int] = field(default_factory=list)
     values: list[float | None] = field(default_factory=list)
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    chunk_rows: int = 0
+
+    @classmethod
+    def from_columns(
+        cls, channel_ids: np.ndarray, t_ns: np.ndarray, values: np.ndarray
+    ) -> SampleBatch:
+        batch = cls()
+        if len(t_ns):
+            batch.chunks.append((channel_ids, t_ns, values))
+            batch.chunk_rows = len(t_ns)
+        return batch
 
     def __len__(self) -> int:
-        return len(self.t_ns)
+        return len(self.t_ns) + self.chunk_rows
 
     def extend(self, other: SampleBatch) -> None:
         self.channel_ids.extend(other.channel_ids)
         self.t_ns.extend(other.t_ns)
         self.values.extend(other.values)
+        self.chunks.extend(other.chunks)
+        self.chunk_rows += other.chunk_rows
 
     def append_row(
         self, t_ns: int, channel_ids: Sequence[int], values: Iterable[float | None]
@@ -243,11 +263,21 @@ class SampleBatch:
             self.values.append(float(value))
 
     def to_arrow(self) -> pa.Table:
+        columns = [
+            (
+                np.asarray(self.channel_ids, dtype=np.int32),
+                np.asarray(self.t_ns, dtype=np.int64),
+                np.asarray(self.values, dtype=np.float64),
+            ),
+            *self.chunks,
+        ]
+        if len(columns) == 2 and not self.t_ns:
+            columns = columns[1:]
         return pa.table(
             {
-                "channel_id": pa.array(self.channel_ids, pa.int32()),
-                "t_ns": pa.array(self.t_ns, pa.int64()),
-                "value": pa.array(self.values, pa.float64()),
+                "channel_id": pa.array(np.concatenate([c[0] for c in columns]), pa.int32()),
+                "t_ns": pa.array(np.concatenate([c[1] for c in columns]), pa.int64()),
+                "value": pa.array(np.concatenate([c[2] for c in columns]), pa.float64()),
             }
         )
 
@@ -659,6 +689,50 @@ class Store:
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+
+    def materialise_unit_results(
+        self,
+        experiment_id: str,
+        *,
+        session_id: str | None = None,
+        settled_before_ns: int | None = None,
+        except_unit: int | None = None,
+    ) -> int:
+        """Store the results of the experiment's finished units that have no valid
+        materialised row (greenmon/views.py), so reading them later costs no pass over
+        their samples.  Units of the running ``session_id`` count only once they ended
+        before ``settled_before_ns`` (their last samples flushed).  Returns the rows stored.
+        """
+        from greenmon.energy import EDGE_MARGIN_MIN_NS, EDGE_MARGIN_PERIODS
+        from greenmon.views import MATERIALISE_SPAN_SQL, MATERIALISE_SQL
+
+        params = {
+            "exp": experiment_id,
+            "session": session_id,
+            "settled_ns": settled_before_ns,
+            "except_unit": except_unit,
+        }
+        delete, insert = MATERIALISE_SQL
+        with self.lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                self.con.execute(delete, {"exp": experiment_id})
+                span = self.con.execute(MATERIALISE_SPAN_SQL, {"exp": experiment_id}).fetchone()
+                if span is None or span[0] is None:
+                    self.con.execute("COMMIT")
+                    return 0
+                # integers formatted into the SQL, not parameters: as constants they reach
+                # the samples scan's zone maps (views.py, _SAMPLE_RANGE)
+                margin_ns = max(EDGE_MARGIN_PERIODS * int(span[2] or 0), EDGE_MARGIN_MIN_NS)
+                sql = insert.format(
+                    lo_ns=int(span[0]) - 2 * margin_ns, hi_ns=int(span[1]) + 2 * margin_ns
+                )
+                row = self.con.execute(sql, params).fetchone()
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+        return int(row[0]) if row else 0
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement under the lock and return its rows (runner bookkeeping)."""

@@ -7,6 +7,8 @@ in greenmon/energy.py; views only decide which windows and channels to ask it ab
 
 from __future__ import annotations
 
+import hashlib
+
 import duckdb
 
 from greenmon.energy import ENERGY_UNITS, POWER_UNITS, SCALE_TO_SI_SQL, window_energy_sql
@@ -50,6 +52,9 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
             continue
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
     for name, sql in MACROS.items():
+        con.execute(f"CREATE OR REPLACE MACRO {name}({_SEL_PARAMS}) AS TABLE {sql}")
+    _create_cache(con)
+    for name, sql in FOR_MACROS.items():
         parameter = MACRO_PARAMETERS.get(name, "exp")
         con.execute(f"CREATE OR REPLACE MACRO {name}({parameter}) AS TABLE {sql}")
     for name in _MACRO_VIEWS:
@@ -93,6 +98,28 @@ SELECT c.session_id, c.domain, c.channel_id, c.probe, c.name, c.kind, c.unit, c.
 FROM cand c JOIN best_kind b USING (session_id, domain, probe, kind_rank)
 """
 
+# The samples a results macro may read: between ``lo_ns`` and ``hi_ns`` when given.  Passed
+# as literals (Store.materialise_unit_results), they fold into constants that DuckDB
+# checks against each row group's min/max t_ns (zone maps), so one unit's results read
+# that unit's row groups instead of scanning every sample; NULL folds to no filter.
+_SAMPLE_RANGE = "(lo_ns IS NULL OR s.t_ns >= lo_ns) AND (hi_ns IS NULL OR s.t_ns <= hi_ns)"
+
+
+def _selected(alias: str) -> str:
+    """Which units a results macro computes: those of experiment ``exp`` (NULL: all), only
+    unit ``only_unit`` when given (not ``unit``: a column of channels, which a macro
+    parameter of that name would shadow), and, with ``skip_cached``, only those without a
+    valid materialised row (``unit_results_valid``).  Every relation that feeds the
+    results (phases, requests, units) is filtered the same way, so the samples read are
+    only those of the selected units' time ranges."""
+    return (
+        f"(exp IS NULL OR {alias}.experiment_id = exp) "
+        f"AND (only_unit IS NULL OR {alias}.unit_id = only_unit) "
+        f"AND NOT (skip_cached AND EXISTS (SELECT 1 FROM unit_results_valid v "
+        f"WHERE v.experiment_id = {alias}.experiment_id AND v.unit_id = {alias}.unit_id))"
+    )
+
+
 # issue 16: the steady-state window of a unit's measure, as ML.ENERGY defines it for a
 # closed loop: from the moment every concurrent slot is busy (the start of the N-th
 # request, N = the unit's concurrency; 1 without one, and for an open loop, whose
@@ -103,7 +130,7 @@ FROM cand c JOIN best_kind b USING (session_id, domain, probe, kind_rank)
 # also right for a server that streams only after generating).  Its energy comes from
 # the same pass over the samples as the phases' (window -phase_id of the measure, shown
 # as phase 'steady' in unit_phase_energy), so it costs no second sort of the samples.
-_STEADY_REQUESTS = """
+_STEADY_REQUESTS = f"""
 SELECT q.experiment_id, q.unit_id, q.attempt, q.start_ns, q.end_ns, q.tokens_out,
        row_number() OVER g AS nth,
        max(q.start_ns) OVER (PARTITION BY q.experiment_id, q.unit_id, q.attempt)
@@ -112,7 +139,7 @@ SELECT q.experiment_id, q.unit_id, q.attempt, q.start_ns, q.end_ns, q.tokens_out
             ELSE coalesce(TRY_CAST(json_extract(u.factors, '$.concurrency') AS INTEGER), 1)
        END AS slots
 FROM requests q JOIN units u USING (experiment_id, unit_id)
-WHERE q.phase = 'measure' AND (exp IS NULL OR q.experiment_id = exp)
+WHERE q.phase = 'measure' AND {_selected("q")}
 WINDOW g AS (PARTITION BY q.experiment_id, q.unit_id, q.attempt ORDER BY q.start_ns, q.end_ns)
 """
 
@@ -141,7 +168,7 @@ FROM steady_edges e LEFT JOIN steady_tokens t USING (experiment_id, unit_id, att
 _SOURCE_WINDOWS = f"""(
     SELECT p.phase_id AS window_id, es.channel_id, p.start_ns, p.end_ns
     FROM phases p JOIN energy_sources es ON es.session_id = p.session_id
-    WHERE p.end_ns IS NOT NULL AND (exp IS NULL OR p.experiment_id = exp)
+    WHERE p.end_ns IS NOT NULL AND {_selected("p")}
     UNION ALL
     -- issue 16: each measure's steady-state window, as window -phase_id
     SELECT -p.phase_id AS window_id, es.channel_id, e.steady_start_ns, e.steady_end_ns
@@ -163,7 +190,7 @@ SELECT p.experiment_id, p.unit_id, p.attempt,
        sum(e.energy_j) AS energy_j, min(e.coverage) AS coverage, sum(e.wraps) AS wraps,
        sum(e.resets) AS resets, bool_or(es.estimated) AS estimated,
        max(es.period_ns) AS period_ns
-FROM ({window_energy_sql(_SOURCE_WINDOWS)}) e
+FROM ({window_energy_sql(_SOURCE_WINDOWS, _SAMPLE_RANGE)}) e
 JOIN phases p ON p.phase_id = abs(e.window_id)
 JOIN energy_sources es ON es.channel_id = e.channel_id
 GROUP BY ALL
@@ -194,7 +221,7 @@ WITH pc AS (
            es.channel_id, es.domain, es.kind, es.unit
     FROM phases p JOIN energy_sources es ON es.session_id = p.session_id
     WHERE p.phase = 'cooldown_before' AND p.end_ns IS NOT NULL
-      AND (exp IS NULL OR p.experiment_id = exp)
+      AND {_selected("p")}
 ),
 span AS (SELECT channel_id, min(start_ns) AS lo_ns, max(end_ns) AS hi_ns FROM pc GROUP BY ALL),
 ps AS (
@@ -233,7 +260,7 @@ _UTILISATION_WINDOWS = f"""(
     SELECT p.phase_id AS window_id, uc.channel_id, p.start_ns, p.end_ns
     FROM phases p JOIN ({_UTILISATION_CHANNELS}) uc ON uc.session_id = p.session_id
     WHERE p.phase = 'measure' AND p.end_ns IS NOT NULL AND uc.quantity IS NOT NULL
-      AND (exp IS NULL OR p.experiment_id = exp)
+      AND {_selected("p")}
 )"""
 
 UTILISATION_QUANTITIES = (
@@ -258,7 +285,7 @@ def _utilisation_means(window: str) -> str:
 _UNIT_UTILISATION = f"""
 SELECT p.experiment_id, p.unit_id, p.attempt,
        {_utilisation_means("p")}
-FROM ({window_energy_sql(_UTILISATION_WINDOWS)}) e
+FROM ({window_energy_sql(_UTILISATION_WINDOWS, _SAMPLE_RANGE)}) e
 JOIN phases p ON p.phase_id = e.window_id
 JOIN ({_UTILISATION_CHANNELS}) uc ON uc.channel_id = e.channel_id
 GROUP BY ALL
@@ -310,7 +337,7 @@ def _domain(kind: str, domain: str) -> str:
 
 
 _UNIT_RESULTS = f"""
-WITH pe AS (SELECT * FROM unit_phase_energy_for(exp)),
+WITH pe AS (SELECT * FROM unit_phase_energy_sel(exp, only_unit, skip_cached, lo_ns, hi_ns)),
 energy AS (
     SELECT experiment_id, unit_id, attempt,
            {_domain("measure", "cpu")} AS energy_cpu_j,
@@ -332,18 +359,19 @@ energy AS (
     FROM pe GROUP BY ALL
 ),
 stats AS (
-    SELECT * FROM unit_baseline_for(exp)
-    FULL JOIN unit_utilisation_for(exp) USING (experiment_id, unit_id, attempt)
+    SELECT * FROM unit_baseline_sel(exp, only_unit, skip_cached, lo_ns, hi_ns)
+    FULL JOIN unit_utilisation_sel(exp, only_unit, skip_cached, lo_ns, hi_ns)
+        USING (experiment_id, unit_id, attempt)
 ),
 measure AS (
     SELECT experiment_id, unit_id, attempt, (end_ns - start_ns) / 1e9 AS duration_s
     FROM phases WHERE phase = 'measure' AND end_ns IS NOT NULL
-      AND (exp IS NULL OR experiment_id = exp)
+      AND {_selected("phases")}
 ),
 load AS (
     SELECT experiment_id, unit_id, attempt, (end_ns - start_ns) / 1e9 AS load_s
     FROM phases WHERE phase = 'load' AND end_ns IS NOT NULL
-      AND (exp IS NULL OR experiment_id = exp)
+      AND {_selected("phases")}
 ),
 req AS (
     SELECT experiment_id, unit_id, attempt, count(*) AS requests,
@@ -364,7 +392,7 @@ req AS (
            any_value(quality_metric) AS quality_metric, avg(quality) AS quality,
            count(quality) AS quality_scored,
            count(*) FILTER (WHERE correct) AS correct_answers
-    FROM requests WHERE phase = 'measure' AND (exp IS NULL OR experiment_id = exp)
+    FROM requests WHERE phase = 'measure' AND {_selected("requests")}
     GROUP BY ALL
 ),
 base AS (
@@ -407,8 +435,9 @@ base AS (
     LEFT JOIN req r USING (experiment_id, unit_id, attempt)
     LEFT JOIN energy e USING (experiment_id, unit_id, attempt)
     LEFT JOIN stats b USING (experiment_id, unit_id, attempt)
-    LEFT JOIN unit_steady_for(exp) st USING (experiment_id, unit_id, attempt)
-    WHERE exp IS NULL OR u.experiment_id = exp
+    LEFT JOIN unit_steady_sel(exp, only_unit, skip_cached, lo_ns, hi_ns) st
+        USING (experiment_id, unit_id, attempt)
+    WHERE {_selected("u")}
 )
 SELECT *,
        CASE WHEN energy_cpu_j IS NULL AND energy_gpu_j IS NULL THEN NULL
@@ -515,17 +544,107 @@ WHERE ids IS NULL OR list_contains(ids, window_id)
 
 VIEWS["energy_sources"] = _ENERGY_SOURCES
 
-# The per-unit results as table macros taking an experiment id (NULL: every experiment),
-# so that asking about one experiment reads only the samples of its time range; the views
-# of the same names without "_for" are these macros over everything.
+# The per-unit results as table macros: ``*_sel(exp, only_unit, skip_cached, lo_ns,
+# hi_ns)`` compute from samples for the selected units (``_selected``) within a time range
+# (``_SAMPLE_RANGE``); ``*_for(exp)`` are those over one experiment (NULL: every
+# experiment), and the views of the same names without "_for" are these over everything.
 MACROS: dict[str, str] = {
-    "unit_phase_energy_for": _UNIT_PHASE_ENERGY,
-    "unit_baseline_for": _UNIT_BASELINE,
-    "unit_utilisation_for": _UNIT_UTILISATION,
-    "unit_steady_for": _UNIT_STEADY,
-    "unit_results_for": _UNIT_RESULTS,
+    "unit_phase_energy_sel": _UNIT_PHASE_ENERGY,
+    "unit_baseline_sel": _UNIT_BASELINE,
+    "unit_utilisation_sel": _UNIT_UTILISATION,
+    "unit_steady_sel": _UNIT_STEADY,
+    "unit_results_sel": _UNIT_RESULTS,
+}
+_SEL_PARAMS = "exp, only_unit, skip_cached, lo_ns, hi_ns"
+
+# Materialised results (DESIGN.md: "a unit's figures are also materialised once when it
+# ends, same SQL").  ``unit_results_done`` holds rows of ``unit_results_sel``, each with the
+# hash of the rules that computed it and the unit's ``ended_ns`` when it was computed.  A
+# row is *valid* while the rules are this greenmon's and the unit has not changed since
+# (same attempt, status and end): anything else is computed live from samples, so a newer
+# greenmon's energy rules, a rerun unit or a cleared cache never show stale figures.
+RULES_HASH = hashlib.sha256("\n".join([_ENERGY_SOURCES, *MACROS.values()]).encode()).hexdigest()[
+    :16
+]
+CACHE_TABLE = "unit_results_done"
+_VALID = f"""
+SELECT c.experiment_id, c.unit_id
+FROM {CACHE_TABLE} c JOIN units u USING (experiment_id, unit_id)
+WHERE c.rules_hash = '{RULES_HASH}' AND c.attempt = u.attempt AND c.status = u.status
+  AND c.unit_ended_ns IS NOT DISTINCT FROM u.ended_ns
+"""
+_UNIT_RESULTS_FOR = f"""
+SELECT c.* EXCLUDE (rules_hash, unit_ended_ns)
+FROM {CACHE_TABLE} c SEMI JOIN unit_results_valid v USING (experiment_id, unit_id)
+WHERE exp IS NULL OR c.experiment_id = exp
+UNION ALL BY NAME
+SELECT * FROM unit_results_sel(exp, NULL, true, NULL, NULL)
+"""
+FOR_MACROS: dict[str, str] = {
+    "unit_phase_energy_for": "SELECT * FROM unit_phase_energy_sel(exp, NULL, false, NULL, NULL)",
+    "unit_baseline_for": "SELECT * FROM unit_baseline_sel(exp, NULL, false, NULL, NULL)",
+    "unit_utilisation_for": "SELECT * FROM unit_utilisation_sel(exp, NULL, false, NULL, NULL)",
+    "unit_steady_for": "SELECT * FROM unit_steady_sel(exp, NULL, false, NULL, NULL)",
+    # what every reader asks: materialised rows where valid, the rest from samples
+    "unit_results_for": _UNIT_RESULTS_FOR,
+    # the same from samples only (tests compare the two)
+    "unit_results_live_for": "SELECT * FROM unit_results_sel(exp, NULL, false, NULL, NULL)",
+    # issue 15: a user's windows (a list of window ids; NULL: every window)
     "window_results_for": _WINDOW_RESULTS,
 }
 MACRO_PARAMETERS = {"window_results_for": "ids"}
-for _macro in MACROS:
+for _macro in ("unit_phase_energy_for", "unit_baseline_for", "unit_utilisation_for",
+               "unit_steady_for", "unit_results_for", "window_results_for"):  # fmt: skip
     VIEWS[_macro.removesuffix("_for")] = f"SELECT * FROM {_macro}(NULL)"
+
+
+
+def _create_cache(con: duckdb.DuckDBPyConnection) -> None:
+    """The materialised table, shaped like ``unit_results_sel``; rebuilt (emptied) when a
+    newer greenmon changed the results' columns: it is a cache, recomputed on demand."""
+    # An empty stand-in lets the macros bind before the table they consult exists.
+    con.execute(
+        "CREATE OR REPLACE VIEW unit_results_valid AS "
+        "SELECT NULL::VARCHAR AS experiment_id, NULL::INTEGER AS unit_id WHERE false"
+    )
+    wanted = con.execute(
+        "DESCRIBE SELECT *, NULL::VARCHAR AS rules_hash, NULL::BIGINT AS unit_ended_ns "
+        "FROM unit_results_sel(NULL, NULL, false, NULL, NULL)"
+    ).fetchall()
+    have = con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? "
+        "ORDER BY column_index",
+        [CACHE_TABLE],
+    ).fetchall()
+    if [(r[0], r[1]) for r in wanted] != [(r[0], r[1]) for r in have]:
+        con.execute(f"DROP TABLE IF EXISTS {CACHE_TABLE}")
+        columns = ", ".join(f'"{name}" {dtype}' for name, dtype, *_ in wanted)
+        con.execute(f"CREATE TABLE {CACHE_TABLE} ({columns})")
+    con.execute(f"CREATE OR REPLACE VIEW unit_results_valid AS {_VALID}")
+
+
+# (Re)materialising one experiment's finished units: stale rows go, then the units without
+# a valid row are computed in one pass (only their samples are read) and stored.  A unit
+# of the running session is stored only once it ended before $settled_ns, when the writer
+# has flushed its last samples (README: the loss bound); $except_unit is left out.
+# The time range the units still to materialise cover (their phases), before the edge
+# margins are added (Store.materialise_unit_results).
+MATERIALISE_SPAN_SQL = """
+SELECT min(p.start_ns), max(p.end_ns), (SELECT max(period_ns) FROM channels)
+FROM phases p JOIN units u USING (experiment_id, unit_id)
+WHERE p.experiment_id = $exp AND u.status IN ('done', 'failed', 'cancelled')
+  AND u.unit_id NOT IN (SELECT unit_id FROM unit_results_valid WHERE experiment_id = $exp)
+"""
+MATERIALISE_SQL = (
+    f"""DELETE FROM {CACHE_TABLE}
+        WHERE experiment_id = $exp AND unit_id NOT IN (
+            SELECT unit_id FROM unit_results_valid WHERE experiment_id = $exp)""",
+    f"""INSERT INTO {CACHE_TABLE}
+        SELECT r.*, '{RULES_HASH}', u.ended_ns
+        FROM unit_results_sel($exp, NULL, true, {{lo_ns}}, {{hi_ns}}) r
+        JOIN units u USING (experiment_id, unit_id)
+        WHERE u.status IN ('done', 'failed', 'cancelled')
+          AND ($session IS NULL OR u.session_id IS DISTINCT FROM $session
+               OR u.ended_ns <= $settled_ns)
+          AND u.unit_id IS DISTINCT FROM $except_unit""",
+)

@@ -225,6 +225,9 @@ class _Child:
 class EnergiBridgeProbe:
     name: ClassVar[str] = "energibridge"
     default_rate_hz: ClassVar[float] = 5.0
+    # A read may restart the child and wait up to start_timeout_s for its CSV header: it
+    # gets a sampling thread of its own so it never delays the other probes.
+    blocking_reads: ClassVar[bool] = True
 
     def __init__(
         self,
