@@ -10,10 +10,11 @@ Terms:
   This engine ``handles_load``: the runner gives it a whole phase's prompts in one call.
 - *streamed tokens*: every request is streamed (server-sent events).  A chunk carrying
   ``token_ids`` (vLLM's ``return_token_ids``, greenmon serve) counts that many tokens;
-  otherwise a chunk with non-empty text counts one, as vLLM and llama.cpp send one chunk
-  per token.  ``usage`` (asked for with ``stream_options.include_usage``) is the server's
-  claim, stored beside the count; the unit is flagged ``token_count_mismatch``
-  (greenmon/views.py) when the count differs from ``max_new_tokens`` or from the claim.
+  otherwise a token chunk counts one, even with empty text (``_piece``), as vLLM and
+  llama.cpp send one chunk per token.  ``usage`` (asked for with
+  ``stream_options.include_usage``) is the server's claim, stored beside the count; the
+  unit is flagged ``token_count_mismatch`` (greenmon/views.py) when the count differs
+  from ``max_new_tokens`` or from the claim.
 - *TTFT*: from sending the request to the first chunk that carries a token.
 
 The server is started in ``load`` (its start-up is the load phase) and stopped in
@@ -316,8 +317,7 @@ class HttpEngine:
                     if chunk.get("usage"):
                         usage = chunk["usage"]
                     for choice in chunk.get("choices") or []:
-                        piece, ids = _piece(choice, server.api)
-                        count = len(ids) if ids else (1 if piece else 0)
+                        piece, ids, count = _piece(choice, server.api)
                         if count and first_ns is None:
                             first_ns = time.monotonic_ns()
                         streamed += count
@@ -467,13 +467,27 @@ async def _events(content: Any) -> Any:
             yield event
 
 
-def _piece(choice: Mapping[str, Any], api: str) -> tuple[str, list[int]]:
+def _piece(choice: Mapping[str, Any], api: str) -> tuple[str, list[int], int]:
+    """A streamed choice's text, token ids and how many tokens it carries.
+
+    With ``token_ids`` the count is theirs.  Otherwise a chunk is one token when it is a
+    token chunk (no ``finish_reason`` yet; for chat, a delta with ``content``) even if its
+    text is empty: llama.cpp streams a token that ends inside a UTF-8 character as "" (the
+    bytes come with the next one).  The closing chunk (``finish_reason`` set) counts only
+    when it carries text, as vLLM's last token does; a chat's role-only first delta never.
+    """
+    finished = choice.get("finish_reason") is not None
     if api == "chat":
-        piece = (choice.get("delta") or {}).get("content") or ""
+        delta = choice.get("delta") or {}
+        piece = str(delta.get("content") or "")
+        is_token = "content" in delta and delta["content"] is not None
     else:
-        piece = choice.get("text") or ""
-    ids = choice.get("token_ids") or []
-    return str(piece), [int(t) for t in ids]
+        piece = str(choice.get("text") or "")
+        is_token = "text" in choice
+    ids = [int(t) for t in choice.get("token_ids") or []]
+    if ids:
+        return piece, ids, len(ids)
+    return piece, ids, 1 if is_token and (piece or not finished) else 0
 
 
 def _hint(detail: str) -> str:
