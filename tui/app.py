@@ -31,6 +31,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Static
 from textual_plotext import PlotextPlot
 
@@ -267,7 +268,7 @@ class GreenmonApp(App[str]):
     async def poll_events(self) -> None:
         while True:
             # Events are fetched only while the health view shows them (and once at start).
-            visible = self.query_one("#views", ContentSwitcher).current == "health"
+            visible = self._current_view() == "health"
             if self.connected and (visible or not self._shown.get("events")):
                 try:
                     events = await self.link.events(EVENT_LIMIT)
@@ -298,7 +299,7 @@ class GreenmonApp(App[str]):
     async def poll_windows(self) -> None:
         """Open and recent named windows (issue 15), while the live view shows them."""
         while True:
-            visible = self.query_one("#views", ContentSwitcher).current == "live"
+            visible = self._current_view() == "live"
             if self.connected and visible:
                 try:
                     listing = await self.link.windows(WINDOW_LIMIT)
@@ -347,6 +348,8 @@ class GreenmonApp(App[str]):
     def _set_connected(
         self, connected: bool, status: dict[str, Any] | None = None, error: str = ""
     ) -> None:
+        if self._current_view() is None:
+            return  # closing: the banner is gone
         banner = self.query_one("#banner", Static)
         if connected and status is not None:
             self.connected = True
@@ -372,9 +375,17 @@ class GreenmonApp(App[str]):
         self._draw_plan()
         self._draw_health()
 
+    def _current_view(self) -> str | None:
+        """The view on screen; None while the app is closing (a timer or worker that
+        fires then finds no widgets, and must draw nothing rather than fail)."""
+        try:
+            return self.query_one("#views", ContentSwitcher).current
+        except NoMatches:
+            return None
+
     def _draw_visible(self) -> None:
         """Only the view on screen is drawn; the others catch up when shown."""
-        view = self.query_one("#views", ContentSwitcher).current
+        view = self._current_view()
         if view == "live":
             self._draw_live()
         elif view == "plan":
@@ -417,6 +428,8 @@ class GreenmonApp(App[str]):
 
     def _update_static(self, name: str, content: str | Text) -> None:
         key = content.plain if isinstance(content, Text) else content
+        if self._current_view() is None:
+            return  # closing: nothing left to draw on
         if self._changed(name, key):
             # No layout pass: these panels have fixed sizes (CSS), so new text never
             # moves anything, and a layout pass costs more than the text itself.
