@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import anyio
 from rich.text import Text
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, ScreenStackError
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
@@ -380,7 +380,7 @@ class GreenmonApp(App[str]):
         fires then finds no widgets, and must draw nothing rather than fail)."""
         try:
             return self.query_one("#views", ContentSwitcher).current
-        except NoMatches:
+        except (NoMatches, ScreenStackError):
             return None
 
     def _draw_visible(self) -> None:

@@ -194,3 +194,15 @@ async def test_a_served_units_load_is_one_line_of_the_unit_panel() -> None:
     assert line == (
         "served: 4 in flight, 3 done, 12.5 tok/s, latency p50 0.80s p90 1.20s, TTFT p50 0.10s"
     )
+
+
+async def test_a_draw_that_fires_while_the_app_closes_draws_nothing(sock_path: Path) -> None:
+    """A draw timer or worker can fire once the screen is torn down (seen in CI): it must
+    draw nothing rather than fail on widgets that are gone."""
+    app = GreenmonApp(ApiClient(sock_path))
+    assert app._current_view() is None  # no screen: as while closing
+    app._stale = True
+    app._draw_visible()
+    app._draw_timer()
+    app._update_static("unit", "text")
+    app._set_connected(False, error="gone")
