@@ -322,8 +322,7 @@ def build_random_model(
     texts: Sequence[str] | None = None,
 ) -> Path:
     """Write a random-weight model and its tokenizer to ``dest``; same seed, same bytes."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     dest.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(
@@ -349,26 +348,12 @@ def build_random_model(
         pad_token_id=tokenizer.pad_token_id,
         dtype="float32",
     )
-    generator_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).eval()  # type: ignore[no-untyped-call]
-    finally:
-        torch.random.set_rng_state(generator_state)
-    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-    )
-    model.save_pretrained(dest, safe_serialization=True)
-    return dest
+    return _save_seeded(dest, LlamaForCausalLM, config, tokenizer, seed)
 
 
 def _build_random_t5(dest: Path, recipe: BuiltinRecipe, tokenizer: Any, seed: int) -> Path:
     """A random-weight T5-shaped seq2seq model beside its tokenizer in ``dest``."""
-    import torch
-    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
+    from transformers import T5Config, T5ForConditionalGeneration
 
     config = T5Config(  # type: ignore[no-untyped-call]
         vocab_size=len(tokenizer),
@@ -391,14 +376,29 @@ def _build_random_t5(dest: Path, recipe: BuiltinRecipe, tokenizer: Any, seed: in
         bos_token_id=tokenizer.bos_token_id,
         dtype="float32",
     )
+    # T5 starts decoding from the pad token.
+    return _save_seeded(
+        dest, T5ForConditionalGeneration, config, tokenizer, seed,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+
+
+def _save_seeded(
+    dest: Path, model_class: Any, config: Any, tokenizer: Any, seed: int, **generation: Any
+) -> Path:
+    """Random weights from ``seed`` (the caller's torch RNG left as it was), greedy
+    generation settings, saved as safetensors in ``dest``: the one way a built-in is made."""
+    import torch
+    from transformers import GenerationConfig
+
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = T5ForConditionalGeneration(config).eval()  # type: ignore[no-untyped-call]
+        model = model_class(config).eval()
     finally:
         torch.random.set_rng_state(generator_state)
     model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
-        decoder_start_token_id=tokenizer.pad_token_id,
+        **generation,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
