@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from greenmon.runner import ExperimentRunner
 
 Service = Callable[..., Coroutine[Any, Any, None]]
+# A stop hook waits for samples (a window's close waits up to HANDOFF_WAIT_MAX_S): a stop
+# never hangs longer than this on them.
+STOP_HOOKS_MAX_S = 15.0
 
 
 @dataclass
@@ -79,6 +82,10 @@ class Daemon:
         self.runner: ExperimentRunner | None = None
         # Set by the API service (greenmon/api.py) once its socket listens.
         self.socket_path: Path | None = None
+        # Run in order when the daemon stops, while the probes still sample and the writer
+        # still writes: a service finishes what needs fresh samples here (windows.py closes
+        # the windows still open, so their last seconds are measured, not lost).
+        self.on_stop: list[Callable[[], Awaitable[None]]] = []
 
     # -- for services --------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -272,6 +279,12 @@ class Daemon:
                     await self._stop.wait()
             finally:
                 self._stop.set()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_HOOKS_MAX_S):
+                    for hook in self.on_stop:
+                        try:
+                            await hook()
+                        except Exception as exc:  # one hook failing must not lose the rest
+                            self.event("error", f"while stopping: {exc!r}")
                 for sampler in self.samplers:
                     sampler.stop()
                 helpers.cancel()

@@ -305,8 +305,19 @@ class WindowRegistry:
                 await anyio.sleep(HANDOFF_POLL_S)
         await self.daemon.flush()
 
+    async def close_open(self) -> None:
+        """At daemon stop, while the probes still sample: close what is still open the way
+        a user's close does, so the window's last seconds are measured (issue 15)."""
+        for window_id in list(self.open):
+            window = self.open[window_id]
+            self.daemon.event(
+                "warning", f"window {window_id} ({window.name}) closed by the daemon stopping"
+            )
+            await self.close_window(window_id)
+
     async def close_all(self) -> None:
-        """At daemon stop: close what is still open, so no measured interval is lost."""
+        """Last resort once the probes have stopped (a stop hook that ran out of time): the
+        window ends now and keeps what was measured; its coverage says what is missing."""
         end_ns = now_ns()
         for window_id in list(self.open):
             window = self.open.pop(window_id)
@@ -361,6 +372,7 @@ def windows_service() -> Callable[..., Any]:
     ) -> None:
         registry = WindowRegistry(daemon)
         daemon.windows = registry
+        daemon.on_stop.append(registry.close_open)
         task_status.started()
         try:
             await anyio.sleep_forever()

@@ -121,8 +121,12 @@ def test_a_window_still_open_when_the_daemon_stops_is_kept(
     finally:
         stop_daemon(process)
     with Store.open(db, read_only=True) as store:
-        _, rows = store.query("SELECT duration_s, energy_cpu_j FROM window_results")
+        _, rows = store.query(
+            "SELECT duration_s, energy_cpu_j, min_coverage FROM window_results"
+        )
         _, events = store.query("SELECT message FROM events WHERE message LIKE 'window%'")
+    # Closed while the probes still sampled: measured to its end, like a user's close.
     assert len(rows) == 1 and rows[0][0] > 0.4
+    assert rows[0][2] is not None and rows[0][2] > 0.95, rows
     assert within(rows[0][1], IDLE_W * rows[0][0], rel=0.02)
-    assert events
+    assert [m for (m,) in events] == ["window 1 (left-open) closed by the daemon stopping"]
