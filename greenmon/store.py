@@ -18,6 +18,7 @@ Terms:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -25,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -476,6 +477,23 @@ class Store:
         self.lock = threading.RLock()
         self.flush_stats = FlushStats()
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The one way to write several statements atomically: under the lock, BEGIN, then
+        COMMIT, or ROLLBACK on any exception (which is re-raised).  The connection it yields
+        is for this block only; code outside store.py writes through Store methods that use
+        this, not through ``con``."""
+        with self.lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                yield self.con
+                self.con.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT leaves no open transaction: its ROLLBACK error hides nothing.
+                with contextlib.suppress(duckdb.Error):
+                    self.con.execute("ROLLBACK")
+                raise
+
     # -- opening ---------------------------------------------------------------------
     @classmethod
     def open(
@@ -540,24 +558,19 @@ class Store:
     def _migrate(self, from_version: int) -> None:
         with self.lock:
             for version in range(from_version, SCHEMA_VERSION):
-                self.con.execute("BEGIN TRANSACTION")
-                try:
-                    self.con.execute(MIGRATIONS[version])
+                with self.transaction() as con:
+                    con.execute(MIGRATIONS[version])
                     if version == 0:
-                        self.con.execute("INSERT INTO greenmon_meta VALUES ('app', ?)", [APP_ID])
-                        self.con.execute(
+                        con.execute("INSERT INTO greenmon_meta VALUES ('app', ?)", [APP_ID])
+                        con.execute(
                             "INSERT INTO greenmon_meta VALUES ('schema_version', ?)",
                             [str(version + 1)],
                         )
                     else:
-                        self.con.execute(
+                        con.execute(
                             "UPDATE greenmon_meta SET value = ? WHERE key = 'schema_version'",
                             [str(version + 1)],
                         )
-                    self.con.execute("COMMIT")
-                except BaseException:
-                    self.con.execute("ROLLBACK")
-                    raise
             from greenmon.views import create_views
 
             create_views(self.con)
@@ -677,18 +690,13 @@ class Store:
             # per flush) is off once the database is confined (see ``confine``).
             self.con.from_arrow(samples.to_arrow()).insert_into("samples")
             return
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self.transaction() as con:
             if len(samples):
-                self.con.from_arrow(samples.to_arrow()).insert_into("samples")
-            self.con.executemany(
+                con.from_arrow(samples.to_arrow()).insert_into("samples")
+            con.executemany(
                 "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
                 [[session_id, e.t_ns, e.level, e.probe, e.message] for e in events],
             )
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
 
     def materialise_unit_results(
         self,
@@ -713,25 +721,18 @@ class Store:
             "except_unit": except_unit,
         }
         delete, insert = MATERIALISE_SQL
-        with self.lock:
-            self.con.execute("BEGIN TRANSACTION")
-            try:
-                self.con.execute(delete, {"exp": experiment_id})
-                span = self.con.execute(MATERIALISE_SPAN_SQL, {"exp": experiment_id}).fetchone()
-                if span is None or span[0] is None:
-                    self.con.execute("COMMIT")
-                    return 0
-                # integers formatted into the SQL, not parameters: as constants they reach
-                # the samples scan's zone maps (views.py, _SAMPLE_RANGE)
-                margin_ns = max(EDGE_MARGIN_PERIODS * int(span[2] or 0), EDGE_MARGIN_MIN_NS)
-                sql = insert.format(
-                    lo_ns=int(span[0]) - 2 * margin_ns, hi_ns=int(span[1]) + 2 * margin_ns
-                )
-                row = self.con.execute(sql, params).fetchone()
-                self.con.execute("COMMIT")
-            except BaseException:
-                self.con.execute("ROLLBACK")
-                raise
+        with self.transaction() as con:
+            con.execute(delete, {"exp": experiment_id})
+            span = con.execute(MATERIALISE_SPAN_SQL, {"exp": experiment_id}).fetchone()
+            if span is None or span[0] is None:
+                return 0
+            # integers formatted into the SQL, not parameters: as constants they reach
+            # the samples scan's zone maps (views.py, _SAMPLE_RANGE)
+            margin_ns = max(EDGE_MARGIN_PERIODS * int(span[2] or 0), EDGE_MARGIN_MIN_NS)
+            sql = insert.format(
+                lo_ns=int(span[0]) - 2 * margin_ns, hi_ns=int(span[1]) + 2 * margin_ns
+            )
+            row = con.execute(sql, params).fetchone()
         return int(row[0]) if row else 0
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
