@@ -100,6 +100,40 @@ def _check_cpu(levels: Mapping[str, list[Any]], hardware: Hardware) -> list[str]
     return problems
 
 
+def _check_gpu_ranges(
+    levels: Mapping[str, list[Any]], module: Any, uuid: str, handle: Any
+) -> list[str]:
+    """The GPU levels outside what this GPU supports (power limit range, clocks)."""
+    problems: list[str] = []
+    if "gpu_power_limit_w" in levels:
+        low_mw, high_mw = power_limit_range_mw(module, handle)
+        for watts in levels["gpu_power_limit_w"]:
+            if not low_mw <= watts * 1000 <= high_mw:
+                problems.append(
+                    f"gpu_power_limit_w level {watts:g} is outside GPU {uuid}'s "
+                    f"range {low_mw / 1000:g}..{high_mw / 1000:g} W "
+                    "(nvmlDeviceGetPowerManagementLimitConstraints)"
+                )
+    if "gpu_locked_clocks_mhz" in levels:
+        memory, graphics = supported_clocks_mhz(module, handle)
+        sm = sorted({c for clocks in graphics.values() for c in clocks})
+        for level in levels["gpu_locked_clocks_mhz"]:
+            if level[0] < sm[0] or level[1] > sm[-1]:
+                problems.append(
+                    f"gpu_locked_clocks_mhz level {level}: SM clocks "
+                    f"{level[0]}..{level[1]} MHz are outside GPU {uuid}'s supported "
+                    f"{sm[0]}..{sm[-1]} MHz "
+                    "(nvmlDeviceGetSupportedGraphicsClocks)"
+                )
+            if len(level) == 3 and not memory[0] <= level[2] <= memory[-1]:
+                problems.append(
+                    f"gpu_locked_clocks_mhz level {level}: memory clock {level[2]} MHz "
+                    f"is outside GPU {uuid}'s supported {memory[0]}..{memory[-1]} MHz "
+                    "(nvmlDeviceGetSupportedMemoryClocks)"
+                )
+    return problems
+
+
 def _check_gpu(levels: Mapping[str, list[Any]], hardware: Hardware, nvml: Any) -> list[str]:
     problems: list[str] = []
     for level in levels.get("gpu_locked_clocks_mhz", []):
@@ -117,32 +151,7 @@ def _check_gpu(levels: Mapping[str, list[Any]], hardware: Hardware, nvml: Any) -
         if not gpus:
             return ["GPU factors are set but NVML finds no GPU"]
         for uuid, handle in gpus:
-            if "gpu_power_limit_w" in levels:
-                low_mw, high_mw = power_limit_range_mw(module, handle)
-                for watts in levels["gpu_power_limit_w"]:
-                    if not low_mw <= watts * 1000 <= high_mw:
-                        problems.append(
-                            f"gpu_power_limit_w level {watts:g} is outside GPU {uuid}'s "
-                            f"range {low_mw / 1000:g}..{high_mw / 1000:g} W "
-                            "(nvmlDeviceGetPowerManagementLimitConstraints)"
-                        )
-            if "gpu_locked_clocks_mhz" in levels:
-                memory, graphics = supported_clocks_mhz(module, handle)
-                sm = sorted({c for clocks in graphics.values() for c in clocks})
-                for level in levels["gpu_locked_clocks_mhz"]:
-                    if level[0] < sm[0] or level[1] > sm[-1]:
-                        problems.append(
-                            f"gpu_locked_clocks_mhz level {level}: SM clocks "
-                            f"{level[0]}..{level[1]} MHz are outside GPU {uuid}'s supported "
-                            f"{sm[0]}..{sm[-1]} MHz "
-                            "(nvmlDeviceGetSupportedGraphicsClocks)"
-                        )
-                    if len(level) == 3 and not memory[0] <= level[2] <= memory[-1]:
-                        problems.append(
-                            f"gpu_locked_clocks_mhz level {level}: memory clock {level[2]} MHz "
-                            f"is outside GPU {uuid}'s supported {memory[0]}..{memory[-1]} MHz "
-                            "(nvmlDeviceGetSupportedMemoryClocks)"
-                        )
+            problems += _check_gpu_ranges(levels, module, uuid, handle)
         privileged = getattr(module, "GREENMON_FAKE_PRIVILEGED", False) or has_cap_sys_admin()
         helper_problem = None if privileged else _helper_problem(hardware)
         if helper_problem is not None:

@@ -223,45 +223,46 @@ def restore_journal(
     own_helper = helper is None and bool(rows)
     if own_helper:
         helper = settings_helper()
-    results: list[Restored] = []
     try:
-        for journal_id, target, previous in rows:
-            try:
-                knob = knob_from_target(str(target), session)
-                writer(knob, helper).write(str(previous))
-            except Exception as error:
-                store.execute(
-                    "UPDATE restore_journal SET status = 'restore_failed' WHERE journal_id = ?",
-                    [journal_id],
-                )
-                results.append(
-                    Restored(
-                        int(journal_id),
-                        str(target),
-                        str(previous),
-                        False,
-                        f"could not restore {describe_target(str(target))} to {previous}: "
-                        f"{error} (it stays in the journal; `greenmon restore` retries)",
-                    )
-                )
-                continue
-            store.execute(
-                "UPDATE restore_journal SET status = 'restored', restored_ns = ? "
-                "WHERE journal_id = ?",
-                [now_ns(), journal_id],
-            )
-            results.append(
-                Restored(
-                    int(journal_id),
-                    str(target),
-                    str(previous),
-                    True,
-                    f"restored {describe_target(str(target))} to {previous}",
-                )
-            )
+        return [
+            _restore_row(store, int(journal_id), str(target), str(previous), session, helper)
+            for journal_id, target, previous in rows
+        ]
     finally:
         if own_session:
             session.close()
         if own_helper and helper is not None:
             helper.close()
-    return results
+
+
+def _restore_row(
+    store: Store,
+    journal_id: int,
+    target: str,
+    previous: str,
+    session: NvmlSession,
+    helper: HelperClient | None,
+) -> Restored:
+    """Write one row's previous value back and mark the row restored (or restore_failed)."""
+    try:
+        writer(knob_from_target(target, session), helper).write(previous)
+    except Exception as error:
+        store.execute(
+            "UPDATE restore_journal SET status = 'restore_failed' WHERE journal_id = ?",
+            [journal_id],
+        )
+        return Restored(
+            journal_id,
+            target,
+            previous,
+            False,
+            f"could not restore {describe_target(target)} to {previous}: "
+            f"{error} (it stays in the journal; `greenmon restore` retries)",
+        )
+    store.execute(
+        "UPDATE restore_journal SET status = 'restored', restored_ns = ? WHERE journal_id = ?",
+        [now_ns(), journal_id],
+    )
+    return Restored(
+        journal_id, target, previous, True, f"restored {describe_target(target)} to {previous}"
+    )
