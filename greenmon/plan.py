@@ -69,6 +69,20 @@ class Cooldown(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_s: float = 120.0
 
 
+class Precision(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``repetitions = "auto"``: run rounds until every configuration's median energy is
+    known to within ``ci_half_width`` (relative) at ``confidence``, between
+    ``min_repetitions`` and ``max_repetitions`` rounds (greenmon/rounds.py)."""
+
+    # The order-statistic interval of a median needs 6 values for 95% (5 give 94%): fewer
+    # rounds could never meet the default target, so 6 is the default minimum.
+    min_repetitions: int = 6
+    max_repetitions: int = 30
+    confidence: float = 0.95
+    # The interval must lie within median * (1 +- ci_half_width).
+    ci_half_width: float = 0.05
+
+
 class Factors(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     batch_size: list[int] | None = None
     max_new_tokens: list[int] | None = None
@@ -129,12 +143,14 @@ class PlanSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prompts: int | None = None  # use the first N prompts of the workload
     max_new_tokens: int = 32
     batch_size: int = 1
-    repetitions: int = 10
+    # A number, or "auto": rounds until the answer is stable ([precision]).
+    repetitions: int | str = 10
     seed: int = 0
     order: str = "random"
     warmup_requests: int = 2
     unit_timeout_s: float = 3600.0
     cooldown: Cooldown = msgspec.field(default_factory=Cooldown)
+    precision: Precision = msgspec.field(default_factory=Precision)
     factors: Factors = msgspec.field(default_factory=Factors)
     hardware: Hardware = msgspec.field(default_factory=Hardware)
     engine_options: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
@@ -253,6 +269,9 @@ class Plan:
         # existed, so experiments started earlier still resume.
         if self.spec.hardware == Hardware():
             del data["hardware"]
+        # issue 14: likewise for [precision] unless repetitions = "auto" uses it.
+        if self.spec.precision == Precision() and not self.auto_repetitions:
+            del data["precision"]
         # issue 16: likewise for servers and the load factors when a plan has none.
         if not self.spec.servers:
             del data["servers"]
@@ -266,6 +285,18 @@ class Plan:
     def plan_hash(self) -> str:
         payload = json.dumps(self.canonical(), sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()
+
+    @property
+    def auto_repetitions(self) -> bool:
+        """``repetitions = "auto"``: rounds until every configuration is precise enough."""
+        return self.spec.repetitions == "auto"
+
+    @property
+    def repetitions(self) -> int:
+        """Repetitions per cell: the fixed number, or at most this many with "auto"."""
+        if isinstance(self.spec.repetitions, str):
+            return self.spec.precision.max_repetitions
+        return self.spec.repetitions
 
     def factor_levels(self) -> list[dict[str, Any]]:
         """Every combination of factor levels (one empty combination when none vary)."""
@@ -313,15 +344,30 @@ class Plan:
 
     def all_units(self) -> list[Unit]:
         """Every unit of the plan in run order, whatever the shard."""
-        combos = [
-            (model, engine, provider, levels, repetition)
-            for model in self.spec.models
-            for engine, provider in self.configurations
-            for levels in self.factor_levels()
-            for repetition in range(1, self.spec.repetitions + 1)
-        ]
-        if self.spec.order == "random":
-            random.Random(self.spec.seed).shuffle(combos)
+        if self.auto_repetitions:
+            # issue 14: rounds, each one repetition of every cell in a fresh seeded order,
+            # so the runner can stop after any round (greenmon/rounds.py).
+            from greenmon.rounds import round_order
+
+            combos = []
+            for repetition in range(1, self.repetitions + 1):
+                cells = [
+                    (model, engine, provider, levels, repetition)
+                    for model in self.spec.models
+                    for engine, provider in self.configurations
+                    for levels in self.factor_levels()
+                ]
+                combos += round_order(cells, self.spec.seed, repetition)
+        else:
+            combos = [
+                (model, engine, provider, levels, repetition)
+                for model in self.spec.models
+                for engine, provider in self.configurations
+                for levels in self.factor_levels()
+                for repetition in range(1, self.repetitions + 1)
+            ]
+            if self.spec.order == "random":
+                random.Random(self.spec.seed).shuffle(combos)
         return [
             Unit(index, model, engine, provider, repetition, levels)
             for index, (model, engine, provider, levels, repetition) in enumerate(combos)
@@ -372,9 +418,10 @@ def parse_plan(text: str, path: Path | None = None) -> Plan:
         raise _error(
             f"order must be 'random' or 'blocked', not {spec.order!r}", path, text, "order"
         )
-    for key in ("repetitions", "max_new_tokens", "batch_size"):
+    for key in ("max_new_tokens", "batch_size"):
         if getattr(spec, key) < 1:
             raise _error(f"{key} must be at least 1", path, text, key)
+    _check_repetitions(spec, path, text)
     if not spec.models:
         raise _error("models is empty: name at least one model", path, text, "models")
     _check_load(spec, path, text)
@@ -427,6 +474,51 @@ def parse_plan(text: str, path: Path | None = None) -> Plan:
                 )
             configurations.append((engine, provider))
     return Plan(spec=spec, text=text, path=path, configurations=configurations)
+
+
+def _check_repetitions(spec: PlanSpec, path: Path | None, text: str) -> None:
+    """A number of at least 1, or "auto" with a sensible [precision] (issue 14)."""
+    if isinstance(spec.repetitions, str):
+        if spec.repetitions != "auto":
+            raise _error(
+                f'repetitions must be a number or "auto", not {spec.repetitions!r}',
+                path,
+                text,
+                "repetitions",
+            )
+        if spec.order != "random":
+            raise _error(
+                'repetitions = "auto" runs in rounds of a fresh random order; it cannot be '
+                "combined with order = 'blocked'",
+                path,
+                text,
+                "order",
+            )
+    elif spec.repetitions < 1:
+        raise _error("repetitions must be at least 1", path, text, "repetitions")
+    precision = spec.precision
+    if not 1 <= precision.min_repetitions <= precision.max_repetitions:
+        raise _error(
+            "precision.min_repetitions must be at least 1 and at most max_repetitions",
+            path,
+            text,
+            "precision.min_repetitions",
+        )
+    if not 0 < precision.confidence < 1:
+        raise _error(
+            "precision.confidence must lie between 0 and 1 (0.95 for a 95% interval)",
+            path,
+            text,
+            "precision.confidence",
+        )
+    if precision.ci_half_width <= 0:
+        raise _error(
+            "precision.ci_half_width must be positive (0.05: the interval within +-5% of "
+            "the median)",
+            path,
+            text,
+            "precision.ci_half_width",
+        )
 
 
 def _check_load(spec: PlanSpec, path: Path | None, text: str) -> None:
