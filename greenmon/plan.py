@@ -21,6 +21,7 @@ Terms:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -598,11 +599,21 @@ class PlanCheck:
     estimated_s: float
     problems: list[str]
     notes: list[str]
+    # issue 14: what will run but weakly (too few repetitions, windows too short).
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-def check_plan(plan: Plan, *, cache_dir: str | None = None, deep: bool = True) -> PlanCheck:
+def check_plan(
+    plan: Plan,
+    *,
+    cache_dir: str | None = None,
+    deep: bool = True,
+    update_periods_s: Mapping[str, float] | None = None,
+) -> PlanCheck:
     """Everything that can be known before anything runs: configurations usable here,
-    models resolvable, the workload readable.  ``deep=False`` skips building models."""
+    models resolvable, the workload readable.  ``deep=False`` skips building models.
+    ``update_periods_s`` (energy source -> seconds, e.g. from ``stored_update_periods``)
+    lets the check warn about measure windows too short for the slowest source."""
     from greenmon.engines import check_configuration
     from greenmon.models import resolve_model
     from greenmon.workload import load_workload
@@ -662,4 +673,95 @@ def check_plan(plan: Plan, *, cache_dir: str | None = None, deep: bool = True) -
             "order = 'blocked' runs each configuration's repetitions back to back, "
             "as the study did: drift and heat then confound configurations."
         )
-    return PlanCheck(plan, len(units), per_unit_s * len(units), problems, notes)
+    warnings = repetition_warnings(plan)
+    warnings += window_warnings(plan, prompts_count or 164, update_periods_s or {})
+    return PlanCheck(plan, len(units), per_unit_s * len(units), problems, notes, warnings)
+
+
+def repetition_warnings(plan: Plan) -> list[str]:
+    """issue 14: fixed repetitions too few for the tests the analysis runs, or an "auto"
+    minimum below what the confidence needs."""
+    from greenmon.analysis.stats import MIN_REPETITIONS
+    from greenmon.rounds import values_for_interval
+
+    precision = plan.spec.precision
+    needed = values_for_interval(precision.confidence)
+    if plan.auto_repetitions:
+        if precision.max_repetitions < needed:
+            return [
+                f"precision.max_repetitions = {precision.max_repetitions} can never meet the "
+                f"target: a {precision.confidence:.0%} interval of a median needs {needed} "
+                f"values; raise max_repetitions to at least {needed}"
+            ]
+        return []
+    repetitions = plan.repetitions
+    if repetitions < MIN_REPETITIONS:
+        return [
+            f"repetitions = {repetitions}: with fewer than {MIN_REPETITIONS} values per "
+            "configuration the analysis runs no statistical test at all (medians only); use "
+            f'at least {MIN_REPETITIONS}, or repetitions = "auto"'
+        ]
+    if repetitions < needed:
+        return [
+            f"repetitions = {repetitions}: the tests run, but a {precision.confidence:.0%} "
+            f"interval of each configuration's median needs {needed} values, so how precise "
+            'the medians are stays unknown; use at least that many, or repetitions = "auto"'
+        ]
+    return []
+
+
+def window_warnings(
+    plan: Plan, prompts_count: int, update_periods_s: Mapping[str, float]
+) -> list[str]:
+    """issue 14: the shortest planned measure against the slowest energy source's update
+    period (or sampling period): a shorter window is flagged short_window afterwards."""
+    from greenmon.update_periods import min_window_s
+    from greenmon.views import MIN_WINDOW_PERIODS
+
+    periods = dict(update_periods_s)
+    for name, table in plan.spec.probes.items():
+        rate_hz = table.get("rate_hz")
+        if name in ENERGY_PROBES and isinstance(rate_hz, int | float) and rate_hz > 0:
+            periods.setdefault(f"{name} (sampled at {rate_hz:g} Hz)", 1 / rate_hz)
+    if not periods:
+        return []
+    source, period_s = max(periods.items(), key=lambda item: item[1])
+    tokens = min(plan.spec.factors.max_new_tokens or [plan.spec.max_new_tokens])
+    batch = max(plan.spec.factors.batch_size or [plan.spec.batch_size])
+    measure_s = prompts_count * tokens * DEFAULT_TOKEN_S / batch
+    if measure_s >= min_window_s(period_s):
+        return []
+    return [
+        f"the shortest planned measure (about {measure_s:.2f} s: {prompts_count} prompts x "
+        f"{tokens} tokens at an assumed {DEFAULT_TOKEN_S * 1000:.0f} ms per token, batch "
+        f"{batch}) is shorter than {MIN_WINDOW_PERIODS} update periods of the slowest energy "
+        f"source ({source}: {period_s:.3f} s, so at least {min_window_s(period_s):.2f} s); "
+        "its units will be flagged short_window. Use more prompts or more max_new_tokens"
+    ]
+
+
+# Probes whose channels can answer for an energy domain (views.py energy_sources).
+ENERGY_PROBES = ("rapl", "nvml", "netio", "energibridge", "estimate")
+
+
+def stored_update_periods(db_path: Path) -> dict[str, float]:
+    """The update periods of the energy sources of the latest session in ``db_path`` that
+    detected any (issue 14), as 'probe channel' -> seconds; empty when there are none or
+    the file cannot be read (another process holds it)."""
+    from greenmon.store import Store
+
+    if not db_path.exists():
+        return {}
+    try:
+        with Store.open(db_path, read_only=True) as store:
+            _, rows = store.query(
+                """SELECT es.probe, es.name, es.period_ns
+                   FROM energy_sources es JOIN channels c USING (channel_id)
+                   WHERE es.session_id = (
+                       SELECT c2.session_id FROM channels c2 JOIN sessions s USING (session_id)
+                       WHERE json_extract(c2.metadata, '$.update_period_ns') IS NOT NULL
+                       ORDER BY s.started_ns DESC LIMIT 1)"""
+            )
+    except Exception:  # a locked or foreign file: the check goes on without it
+        return {}
+    return {f"{probe} {name} in {db_path}": period_ns / 1e9 for probe, name, period_ns in rows}

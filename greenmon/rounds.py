@@ -82,6 +82,12 @@ def median_interval(values: Sequence[float], confidence: float) -> tuple[float, 
     return median, float(interval.low), float(interval.high)
 
 
+def values_for_interval(confidence: float, limit: int = 1000) -> int:
+    """How many values an order-statistic interval of the median needs at ``confidence``
+    (6 at 95%: the range of n values covers the median with 1 - 2 / 2**n)."""
+    return next(n for n in range(2, limit) if 1 - 2 * 0.5**n >= confidence)
+
+
 def cell_precision(
     model: str, configuration: str, factors: str, values: Sequence[float], precision: Precision
 ) -> CellPrecision:
