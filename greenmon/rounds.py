@@ -248,3 +248,52 @@ async def _decide_round(
         return decision
 
     return await anyio.to_thread.run_sync(work)
+
+
+def precision_summary(store: Any, experiment_id: str) -> str | None:
+    """What ``repetitions = "auto"`` decided for an experiment, as one paragraph for the
+    analysis and the report: the last round, why it stopped, and which configurations met
+    the target.  None for an experiment with fixed repetitions (or a store without the
+    table, such as an older export)."""
+    try:
+        _, rows = store.query(
+            """SELECT r.round, r.decision, r.model, r.configuration, r.factors::VARCHAR,
+                      r.half_width, r.met, e.plan::VARCHAR
+               FROM precision_rounds r JOIN experiments e USING (experiment_id)
+               WHERE r.experiment_id = ? AND r.round = (
+                   SELECT max(round) FROM precision_rounds WHERE experiment_id = ?)
+               ORDER BY r.model, r.configuration, r.factors""",
+            [experiment_id, experiment_id],
+        )
+    except Exception:  # no precision_rounds table here
+        return None
+    if not rows:
+        return None
+    precision = Precision(**json.loads(rows[0][7]).get("precision", {}))
+    cells = [
+        CellPrecision(m, c, f or "{}", 0, None, None, None, w, bool(met))
+        for _, _, m, c, f, w, met, _ in rows
+    ]
+    round_, decision = rows[0][0], rows[0][1]
+    met = [c for c in cells if c.met]
+    missed = [c for c in cells if not c.met]
+    if decision == "target_met":
+        why = "every configuration met the target"
+    elif decision == "max_reached":
+        why = f"it reached max_repetitions = {precision.max_repetitions}"
+    else:  # the experiment stopped (cancelled, interrupted) before the rule did
+        why = "the run ended before the stop rule decided"
+    text = (
+        f'repetitions = "auto" ran {round_} rounds and stopped because {why} (target: the '
+        f"{precision.confidence:.0%} interval of each configuration's median energy within "
+        f"+-{precision.ci_half_width:.0%}). Met: "
+        + (", ".join(f"{c.label} ({c.precision_text})" for c in met) or "none")
+        + "."
+    )
+    if missed:
+        text += (
+            " Not met: "
+            + ", ".join(f"{c.label} ({c.precision_text})" for c in missed)
+            + "; differences involving these are less certain than their tests suggest."
+        )
+    return text

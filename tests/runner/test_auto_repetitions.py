@@ -105,6 +105,14 @@ def _outcome(db: Path, experiment_id: str) -> tuple[dict[str, int], list[tuple],
     return {s: n for s, n in statuses}, rounds, [e[0] for e in events]
 
 
+def _analysis_notes(db: Path, experiment_id: str) -> list[tuple[str, str]]:
+    from greenmon.analysis.tables import analyze
+
+    with Store.open(db, read_only=True) as store:
+        result = analyze(store, experiment_id, write=False)
+    return [(n.title, n.message) for n in result.notes]
+
+
 def test_low_spread_stops_at_the_minimum(tmp_path: Path, power: PoweredRapl) -> None:
     db = tmp_path / "low.duckdb"
     experiment_id = _run(PLAN.format(name="low", spread=0.0, root=power.tree.root), db, power)
@@ -118,6 +126,11 @@ def test_low_spread_stops_at_the_minimum(tmp_path: Path, power: PoweredRapl) -> 
     assert all(r[3] == 7 and r[5] and r[4] <= 0.1 for r in final)
     assert "stopping, every configuration is precise enough" in events[-2]
     assert events[-1] == "repetitions auto: 2 units of later rounds skipped"
+    notes = _analysis_notes(db, experiment_id)
+    # skipped units were not needed: no "did not finish" note
+    assert [title for title, _ in notes] == ["Repetitions until stable"]
+    assert "ran 7 rounds and stopped because every configuration met the target" in notes[0][1]
+    assert "Not met" not in notes[0][1]
 
 
 def test_high_spread_runs_to_the_maximum(tmp_path: Path, power: PoweredRapl) -> None:
@@ -138,6 +151,9 @@ def test_high_spread_runs_to_the_maximum(tmp_path: Path, power: PoweredRapl) -> 
         )
     # rounds: every configuration once per round, rounds in order
     assert [r for _, r in units] == [r for r in range(1, 9) for _ in range(2)]
+    (text,) = [m for title, m in _analysis_notes(db, experiment_id) if "Repetitions" in title]
+    assert "ran 8 rounds and stopped because it reached max_repetitions = 8" in text
+    assert "Met: tiny fake/cpu (+-" in text and "Not met: tiny fake2/cpu (+-" in text
 
 
 def test_rounds_are_seeded_and_fresh() -> None:
