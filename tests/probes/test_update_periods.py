@@ -16,7 +16,7 @@ from greenmon.probes.energibridge import Options as EnergiBridgeOptions
 from greenmon.probes.nvml import NvmlProbe
 from greenmon.probes.rapl import Options as RaplOptions
 from greenmon.probes.rapl import RaplProbe
-from greenmon.store import Store
+from greenmon.store import SampleBatch, Store
 from greenmon.update_periods import MIN_INTERVALS, UpdatePeriods
 from tests.fakes.energibridge import write_fake_energibridge
 from tests.fakes.engine import PoweredRapl
@@ -125,3 +125,42 @@ def test_short_window_uses_the_update_period(tmp_path: Path) -> None:
     finally:
         store.close()
 
+
+
+def _gpu_unit(store: Store, kind: str, unit_id: int) -> None:
+    """A done unit whose GPU energy comes from a power gauge or an energy counter."""
+    session = store.start_session({"host": "h"}, 0, 0, {})
+    name, unit = ("gpu0.power_mw", "mW") if kind == "gauge" else ("gpu0.energy_mj", "mJ")
+    (channel_id,) = store.register_channels(
+        session, "nvml", [Channel(name, unit, kind, "gpu")], 10_000_000  # type: ignore[arg-type]
+    )
+    start_ns, end_ns = 1_000_000_000, 3_000_000_000
+    store.execute(
+        "INSERT INTO units (experiment_id, unit_id, model, engine, provider, repetition, "
+        "status, attempt, session_id, started_ns, ended_ns) "
+        "VALUES ('e', ?, 'tiny', 'torch', 'cuda', 1, 'done', 1, ?, ?, ?)",
+        [unit_id, session, start_ns, end_ns],
+    )
+    store.execute(
+        "INSERT INTO phases (experiment_id, unit_id, attempt, phase, session_id, start_ns, "
+        "end_ns) VALUES ('e', ?, 1, 'measure', ?, ?, ?)",
+        [unit_id, session, start_ns, end_ns],
+    )
+    batch = SampleBatch()
+    for i in range(0, 401):  # 0 to 4 s every 10 ms: 100 W either way
+        t_ns = i * 10_000_000
+        batch.append_row(t_ns, [channel_id], [100_000.0 if kind == "gauge" else 1000.0 * i])
+    store.write(batch, [], session)
+
+
+def test_a_gpu_with_only_a_power_gauge_flags_its_units(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "db.duckdb") as store:
+        _gpu_unit(store, "gauge", 0)
+        _gpu_unit(store, "counter", 1)
+        _, rows = store.query(
+            "SELECT unit_id, energy_gpu_j, flags FROM unit_results_for('e') ORDER BY 1"
+        )
+    (_, gauge_j, gauge_flags), (_, counter_j, counter_flags) = rows
+    assert gauge_j == pytest.approx(200.0, rel=0.01) and counter_j == pytest.approx(200.0, rel=0.01)
+    assert "gpu_power_gauge" in gauge_flags
+    assert "gpu_power_gauge" not in counter_flags
