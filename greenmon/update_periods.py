@@ -64,26 +64,42 @@ class UpdatePeriods:
         """Rows of one hand-off: ``t_ns[i]`` and ``values[i, column]`` (NaN: no value)."""
         if not self._columns or not len(t_ns):
             return
+        columns = [column for column, _ in self._columns]
+        block = values[:, columns]
         with self._lock:
-            for column, channel_id in self._columns:
-                self._offer_column(self._tracks[channel_id], t_ns, values[:, column])
+            if np.isnan(block).any():  # a missing reading is skipped, not a change
+                for index, (_, channel_id) in enumerate(self._columns):
+                    present = ~np.isnan(block[:, index])
+                    self._offer_changes(
+                        self._tracks[channel_id], t_ns[present], block[present, index]
+                    )
+                return
+            # the common case, every channel read at every row: one comparison for all
+            changed = np.empty(block.shape, dtype=bool)
+            np.not_equal(block[1:], block[:-1], out=changed[1:])
+            for index, (_, channel_id) in enumerate(self._columns):
+                track = self._tracks[channel_id]
+                first = block[0, index]
+                changed[0, index] = track.last_value is not None and first != track.last_value
+                self._record(track, t_ns[changed[:, index]], float(block[-1, index]))
+
+    @classmethod
+    def _offer_changes(cls, track: _Track, t_ns: np.ndarray, column: np.ndarray) -> None:
+        if not len(column):
+            return
+        changed = np.empty(len(column), dtype=bool)
+        changed[0] = track.last_value is not None and column[0] != track.last_value
+        np.not_equal(column[1:], column[:-1], out=changed[1:])
+        cls._record(track, t_ns[changed], float(column[-1]))
 
     @staticmethod
-    def _offer_column(track: _Track, t_ns: np.ndarray, column: np.ndarray) -> None:
-        present = np.isfinite(column)
-        times, found = t_ns[present], column[present]
-        if not len(found):
-            return
-        previous = np.empty_like(found)
-        previous[1:] = found[:-1]
-        previous[0] = found[0] if track.last_value is None else track.last_value
-        change_ns = times[found != previous]
-        track.last_value = float(found[-1])
+    def _record(track: _Track, change_ns: np.ndarray, last_value: float) -> None:
+        track.last_value = last_value
         if not len(change_ns):
             return
         if track.last_change_ns is not None:
-            change_ns = np.concatenate(([track.last_change_ns], change_ns))
-        track.intervals_ns.extend(int(i) for i in np.diff(change_ns))
+            track.intervals_ns.append(int(change_ns[0]) - track.last_change_ns)
+        track.intervals_ns.extend(np.diff(change_ns[-WINDOW:]).tolist())
         track.last_change_ns = int(change_ns[-1])
 
     def estimates(self) -> dict[int, tuple[int, int]]:
