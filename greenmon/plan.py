@@ -673,6 +673,13 @@ def check_plan(
             "order = 'blocked' runs each configuration's repetitions back to back, "
             "as the study did: drift and heat then confound configurations."
         )
+    if plan.auto_repetitions and plan.shard is not None:
+        # issue 14: the stop rule needs every configuration's values; a shard has a part
+        problems.append(
+            'repetitions = "auto" decides after each round on all of a configuration\'s '
+            "units, and a shard runs only part of them: give a fixed number of repetitions "
+            "to run the plan in shards"
+        )
     warnings = repetition_warnings(plan)
     warnings += window_warnings(plan, prompts_count or 164, update_periods_s or {})
     return PlanCheck(plan, len(units), per_unit_s * len(units), problems, notes, warnings)

@@ -100,3 +100,15 @@ def test_stored_update_periods_reach_plan_check(tmp_path: Path) -> None:
     assert len(lines) == 2
     assert "runs no statistical test at all" in lines[0]
     assert "nvml gpu0.energy_mj in" in lines[1] and "0.400 s" in lines[1]
+
+
+def test_auto_repetitions_cannot_be_sharded() -> None:
+    import dataclasses
+
+    from greenmon.plan import Shard
+
+    plan = parse_plan(PLAN.format(repetitions='repetitions = "auto"', prompts=2, extra=""))
+    assert check_plan(plan, deep=False).problems == []
+    sharded = dataclasses.replace(plan, shard=Shard(0, 2))
+    (problem,) = check_plan(sharded, deep=False).problems
+    assert "a shard runs only part of them" in problem
