@@ -7,16 +7,15 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import numpy as np
 import pytest
 
-from greenmon.commands.run import run_experiment
 from greenmon.errors import PlanError
 from greenmon.plan import Precision, parse_plan
 from greenmon.rounds import cell_precision, decide, median_interval, round_order
 from greenmon.store import Store
 from tests.fakes.engine import PoweredRapl
+from tests.runner.test_runner import _run
 
 # A low idle power and a fixed energy per request: a unit's energy is 4 * REQUEST_J (times
 # the drawn spread) plus under 0.5 W over its measure, whatever the machine's load.
@@ -70,22 +69,6 @@ def power(tmp_path: Path) -> Iterator[PoweredRapl]:
     source = PoweredRapl(tmp_path / "powercap", IDLE_W).start()
     yield source
     source.stop()
-
-
-def _run(text: str, db: Path, power: PoweredRapl) -> str:
-    plan = parse_plan(text, Path("auto.toml"))
-    experiment_id, _ = anyio.run(
-        lambda: run_experiment(
-            plan,
-            db,
-            resume=False,
-            force=False,
-            quiet=True,
-            reference=None,
-            engine_kwargs={"power": power},
-        )
-    )
-    return experiment_id
 
 
 def _outcome(db: Path, experiment_id: str) -> tuple[dict[str, int], list[tuple], list[str]]:
