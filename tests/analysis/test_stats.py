@@ -14,7 +14,7 @@ from greenmon.analysis.data import (
     TooFewRepetitionsError,
 )
 from greenmon.analysis.stats import analyze_frame, compare_groups
-from greenmon.analysis.synthetic import synthetic_results
+from tests.support.synthetic import synthetic_results
 
 SEPARATED = {"torch/cpu": 300.0, "onnx/cpu": 100.0, "openvino/cpu": 200.0}
 
