@@ -32,6 +32,7 @@ from tests.faults.support import (
     greenmon_cmd,
     wait_for,
 )
+from tests.support.plans import write_fake_plan
 
 pytestmark = pytest.mark.slow
 
@@ -119,44 +120,20 @@ def test_daemon_signal_flushes_every_sample_and_reaps_energibridge(
     assert sessions == [(True,)]
 
 
-PLAN = """
-name = "signal"
-models = ["tiny"]
-configurations = ["fake/cpu"]
-workload = "gaissa-164"
-prompts = 2
-max_new_tokens = 8
-repetitions = 2
-warmup_requests = 1
-custom_engines = {{ fake = "tests.fakes.engine:FakeEngine" }}
-
-[cooldown]
-before_s = 20.0
-after_s = 0.1
-
-[probes.rapl]
-rate_hz = 200
-sysfs_root = "{root}"
-
-[probes.energibridge]
-rate_hz = 20
-path = "{eb}"
-msr_device = ""
-interval_ms = 20
-
-[probes.estimate]
-enabled = false
-"""
-
-
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
 def test_run_signal_mid_unit_flushes_closes_and_reaps(
     tmp_path: Path, signum: signal.Signals
 ) -> None:
     standard_tree(tmp_path / "powercap")
     fake = write_fake_energibridge(tmp_path / "bin")
-    plan = tmp_path / "plan.toml"
-    plan.write_text(PLAN.format(root=tmp_path / "powercap", eb=fake.path))
+    plan = write_fake_plan(
+        tmp_path / "plan.toml", "signal", configurations=["fake/cpu"], prompts=2, seed=None,
+        cooldown_s=(20.0, 0.1),
+        probes={"rapl": {"rate_hz": 200, "sysfs_root": tmp_path / "powercap"},
+                "energibridge": {"rate_hz": 20, "path": fake.path, "msr_device": "",
+                                 "interval_ms": 20},
+                "estimate": {"enabled": False}},
+    )  # fmt: skip
     db = tmp_path / "run.duckdb"
     events = tmp_path / "engine-events.log"
     process = subprocess.Popen(
