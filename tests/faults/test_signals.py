@@ -151,10 +151,8 @@ def test_run_signal_mid_unit_flushes_closes_and_reaps(
         assert children, "the fake EnergiBridge did not start"
         workdirs = csv_dirs(children)
         time.sleep(0.5)
-        signalled = time.monotonic()
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=30)
-        stop_s = time.monotonic() - signalled
     finally:
         if process.poll() is None:
             process.kill()
@@ -163,13 +161,15 @@ def test_run_signal_mid_unit_flushes_closes_and_reaps(
     # interrupted: exit 130 and say how to resume, not a finished-looking summary
     assert process.returncode == 130, stderr
     assert "Run the same command again to resume" in stderr
-    assert stop_s < 10, "the run waited for its cooldown instead of stopping"
     assert alive(children) == []
     assert not any(d.exists() for d in workdirs)
     with Store.open(db, read_only=True) as store:
         _, units = store.query("SELECT unit_id, status FROM units ORDER BY unit_id")
         _, experiments = store.query("SELECT status FROM experiments")
         _, open_phases = store.query("SELECT count(*) FROM phases WHERE end_ns IS NULL")
+        _, cooldowns = store.query(
+            "SELECT (end_ns - start_ns) / 1e9 FROM phases WHERE phase = 'cooldown_before'"
+        )
         _, received = store.query(
             "SELECT t_ns FROM events WHERE message = ?", [f"received {signum.name}, stopping"]
         )
@@ -181,6 +181,9 @@ def test_run_signal_mid_unit_flushes_closes_and_reaps(
     assert units == [(0, "cancelled"), (1, "pending")]
     assert experiments == [("interrupted",)]
     assert open_phases == [(0,)]
+    # The signal cut the 20 s cooldown short instead of waiting it out (how fast the run
+    # stops is a figure in bench/shutdown.py, not an assertion here).
+    assert len(cooldowns) == 1 and cooldowns[0][0] < 20.0, cooldowns
     assert len(received) == 1 and ended[0][0] is not None
     signal_ns = received[0][0]
     by_probe = {probe: (t_ns, n) for probe, t_ns, n in last}
