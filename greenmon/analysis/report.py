@@ -389,7 +389,7 @@ def render_html(data: ReportData) -> str:
         "<p>Per model and configuration group: Shapiro-Wilk per configuration, Levene across "
         "them; all normal &rarr; Welch ANOVA + Games-Howell (two groups: Welch's t) with "
         "omega squared and Hedges' g; otherwise Kruskal-Wallis + Dunn (Holm) (two groups: "
-        "Mann-Whitney U) with epsilon squared and Cliff's delta. &alpha; = 0.05.</p>"
+        f"Mann-Whitney U) with epsilon squared and Cliff's delta. &alpha; = {r.alpha:g}.</p>"
     )
     for name in ("tests", "savings_range"):
         columns, rows = result_table(r, name)
