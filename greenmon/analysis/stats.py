@@ -137,6 +137,8 @@ class AnalysisResult:
     host_medians: pd.DataFrame = field(default_factory=pd.DataFrame)
     host_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
     host_effects: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # issue 14: estimated domains and the figures containing them (analysis/estimated.py)
+    estimated: dict[str, Any] = field(default_factory=dict)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """Table name (without the ``analysis_`` prefix) -> its rows."""
@@ -166,6 +168,7 @@ class AnalysisResult:
             "variables": self.variables,
             "skipped_variables": self.skipped_variables,
             "notes": [{"title": n.title, "message": n.message} for n in self.notes],
+            "estimated": self.estimated,
             "tables": {name: records(frame) for name, frame in self.tables().items()},
         }
 

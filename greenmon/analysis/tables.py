@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from greenmon.analysis import hosts, stats
 from greenmon.analysis.data import load_results, resolve_experiment
+from greenmon.analysis.estimated import estimate_sources, label_result
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -132,6 +133,7 @@ def analyze(
     experiment = resolve_experiment(store, experiment_id)
     frame = load_results(store, experiment)
     result = stats.analyze_frame(frame, experiment, alpha=alpha, workers=workers)
+    label_result(result, frame, estimate_sources(store, experiment))  # issue 14
     if write and not store.read_only:
         write_tables(store, result)
     return result
