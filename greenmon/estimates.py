@@ -52,9 +52,9 @@ def domains_of(estimated_domains: Any) -> set[str]:
     """A unit's (or row's) ``estimated_domains`` as a set; NULL, NaN and [] give none."""
     if isinstance(estimated_domains, str):
         return {estimated_domains}
-    if estimated_domains is None or isinstance(estimated_domains, float):
+    if not isinstance(estimated_domains, Iterable):  # None, NaN, pandas' NA
         return set()
-    return {str(d) for d in estimated_domains if d is not None}
+    return {str(d) for d in estimated_domains if isinstance(d, str)}
 
 
 def estimated_parts(column: str, estimated_domains: Iterable[str]) -> list[str]:
