@@ -42,9 +42,8 @@ DOMAIN_NAMES = {"cpu": "CPU", "dram": "DRAM", "gpu": "GPU", "wall": "wall"}
 
 # What an estimate from utilisation can and cannot tell (issue 14, point 6).
 MEANING = (
-    "an estimate from utilisation ranks configurations by CPU time, not by energy: "
-    "differences between configurations here are differences in CPU time, not measured "
-    "energy"
+    "an estimate from utilisation ranks configurations by CPU time, not by energy, so a "
+    "difference between configurations here is one of CPU time"
 )
 
 

@@ -24,6 +24,7 @@ from greenmon.estimates import (
     DOMAIN_NAMES,
     MEANING,
     WORD,
+    domain_list,
     domains_of,
     estimated_parts,
     finding_note,
@@ -137,12 +138,15 @@ def label_result(
         "legend": legend(domains),
     }  # fmt: skip
     if domains:
-        names = " and ".join(DOMAIN_NAMES.get(d, d) for d in sorted(domains))
-        in_units = ", ".join(f"{DOMAIN_NAMES.get(d, d)} in {counts[d]} of {total}" for d in counts)
+        in_units = ", ".join(
+            f"{DOMAIN_NAMES.get(d, d)} in "
+            + (f"all {total} units" if counts[d] == total else f"{counts[d]} of {total} units")
+            for d in counts
+        )
         result.notes.append(
             EstimatedNote(
-                f"No measured source existed for {names} energy in some or all units "
-                f"({in_units} units), so it was modelled from CPU utilisation by "
+                f"No measured source existed for {domain_list(domains)} energy ({in_units}), "
+                "so it was modelled from CPU utilisation by "
                 f"{model_text(sources) or 'the estimate probe'}. Every figure containing "
                 f"it is marked {WORD}; {MEANING}. To measure it, run where RAPL "
                 "(/sys/class/powercap, or the greenmon helper) or EnergiBridge is available."
