@@ -96,7 +96,7 @@ def label_result(
     domains = set(counts)
 
     def units_text(column: str) -> str:
-        """"in 3 of 12 units" when only some units' figure was estimated."""
+        """'in 3 of 12 units' when only some units' figure was estimated."""
         parts = estimated_parts(column, domains)
         n = max((counts[d] for d in parts), default=0)
         return f"in {n} of {total} units" if 0 < n < total else ""
