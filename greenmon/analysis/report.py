@@ -249,6 +249,19 @@ def _marked_column(column: str) -> bool:
     return column in ("variable", "energy_variable") or column in FIGURE_DOMAINS
 
 
+def plot_caption(result: AnalysisResult, plot: Plot) -> str:
+    """A figure's title, marked when what it plots contains estimated energy (a box plot
+    of its variable; energy against time or quality: global energy; power traces: any)."""
+    variables = result.estimated.get("variables", {})
+    if plot.name.startswith("box_"):
+        estimated = plot.name.removeprefix("box_") in variables
+    elif plot.name in ("energy_time", "energy_quality"):
+        estimated = "energy_global_j" in variables
+    else:
+        estimated = bool(result.estimated.get("domains"))
+    return f"{plot.title} {MARK}" if estimated else plot.title
+
+
 def estimated_legend(result: AnalysisResult) -> str:
     """What ``MARK`` means, or "" when no figure is estimated."""
     text = str(result.estimated.get("legend") or "")
@@ -469,7 +482,8 @@ def render_html(data: ReportData) -> str:
     for plot in data.plots:
         svg = plot.svg[plot.svg.find("<svg") :]
         out.append(f"<figure data-plot='{html.escape(plot.name)}'>{svg}"
-                   f"<figcaption>{html.escape(plot.title)}</figcaption></figure>")  # fmt: skip
+                   f"<figcaption>{html.escape(plot_caption(r, plot))}</figcaption>"
+                   "</figure>")  # fmt: skip
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -595,7 +609,7 @@ def render_markdown(data: ReportData) -> str:
         out += [f"- {t}" for t in r.quality["sentence"] if isinstance(t, str)] + [""]
     out += ["## Figures", ""]
     for plot in data.plots:
-        out += [f"![{plot.title}](plots/{plot.png_path.name})", ""]
+        out += [f"![{plot_caption(r, plot)}](plots/{plot.png_path.name})", ""]
     return "\n".join(out)
 
 

@@ -206,6 +206,8 @@ def test_an_estimate_only_run_says_estimated_on_every_surface(
     assert "<td>energy_global_j \u2020</td>" in page and "<td>duration_s</td>" in page
     assert page.count("idle_w + (tdp_w - idle_w) * utilisation") == 1
     assert "This is estimated, not measured" in page
+    assert "<figcaption>Energy, CPU \u2020</figcaption>" in page
+    assert "<figcaption>Execution time</figcaption>" in page
 
 
 @pytest.fixture
