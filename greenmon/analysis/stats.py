@@ -112,6 +112,8 @@ class AnalysisResult:
     host_effects: pd.DataFrame = field(default_factory=pd.DataFrame)
     # The significance level every "significant" in these tables was decided at.
     alpha: float = ALPHA
+    # issue 14: estimated domains and the figures containing them (analysis/estimated.py)
+    estimated: dict[str, Any] = field(default_factory=dict)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """Table name (without the ``analysis_`` prefix) -> its rows."""
@@ -142,6 +144,7 @@ class AnalysisResult:
             "variables": self.variables,
             "skipped_variables": self.skipped_variables,
             "notes": [{"title": n.title, "message": n.message} for n in self.notes],
+            "estimated": self.estimated,
             "tables": {name: records(frame) for name, frame in self.tables().items()},
         }
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from greenmon.analysis import hosts, stats
 from greenmon.analysis.data import AnalysisError, load_results, resolve_experiment
+from greenmon.analysis.estimated import estimate_sources, label_result
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -142,6 +143,7 @@ def analyze(
     precision = precision_summary(store, experiment)
     if precision is not None:
         result.notes.append(RepetitionsNote(precision))
+    label_result(result, frame, estimate_sources(store, experiment))  # issue 14
     if write and not store.read_only:
         write_tables(store, result)
     return result
