@@ -87,7 +87,7 @@ class Daemon:
         self.started = anyio.Event()
         # Set by the runner service (greenmon/runner.py); every composed daemon has one.
         self.runner: ExperimentRunner | None = None
-        # Set by the API service (greenmon/api.py) once its socket listens.
+        # Set by the API service (greenmon/api/server.py) once its socket listens.
         self.socket_path: Path | None = None
         # Run in order when the daemon stops, while the probes still sample and the writer
         # still writes: a service finishes what needs fresh samples here (windows.py closes
