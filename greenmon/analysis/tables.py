@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from greenmon.analysis import hosts, stats
-from greenmon.analysis.data import load_results, resolve_experiment
+from greenmon.analysis.data import AnalysisError, load_results, resolve_experiment
+from greenmon.analysis.estimated import estimate_sources, label_result
 
 if TYPE_CHECKING:
     import duckdb
@@ -116,6 +117,10 @@ def _insert(
         con.unregister("greenmon_analysis_rows")
 
 
+class RepetitionsNote(AnalysisError):
+    title = "Repetitions until stable"
+
+
 def analyze(
     store: Store,
     experiment_id: str | None = None,
@@ -128,6 +133,13 @@ def analyze(
     experiment = resolve_experiment(store, experiment_id)
     frame = load_results(store, experiment)
     result = stats.analyze_frame(frame, experiment, alpha=alpha, workers=workers)
+    # issue 14: which configurations repetitions = "auto" left precise enough
+    from greenmon.rounds import precision_summary
+
+    precision = precision_summary(store, experiment)
+    if precision is not None:
+        result.notes.append(RepetitionsNote(precision))
+    label_result(result, frame, estimate_sources(store, experiment))  # issue 14
     if write and not store.read_only:
         write_tables(store, result)
     return result
