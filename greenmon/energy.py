@@ -11,8 +11,13 @@ Terms:
   interpolation, so a window's energy does not depend on where samples happened to fall.
 - *gauge* power channels (W, mW): the trapezoid integral of the piecewise-linear power,
   cut at the window's edges the same way.  Used only where no counter exists.
-- *coverage*: the share of the window that lies within two sample periods of a sample,
-  so a probe that stalled shows up as coverage below 1 rather than as silent zeros.
+- *coverage*: the share of the window whose energy the samples give: all of an interval up
+  to four periods long, the two periods at either end of a longer gap, none of a reset
+  interval, and nothing before the first sample or after the last (no energy is counted
+  there either).  A probe that stalled shows up as coverage below 1 rather than as
+  silent zeros.
+- *wraps*, *resets*: the wrapped or reset intervals a window takes energy from, including
+  one that a window edge cuts.
 
 Everything here is one SQL query: a window function for intervals and a range join of
 windows against intervals, so it runs over tens of millions of samples in DuckDB.
@@ -171,9 +176,15 @@ edge_row AS (
 ),
 at_edge AS (
     SELECT r.window_id, r.channel_id, r.side, r.rn,
-           coalesce(v.c_wraps, 0) + coalesce((r.wrap_next AND r.x > r.t_ns)::INTEGER, 0)
+           -- wraps and resets of the intervals wholly before the edge; the interval an
+           -- end edge cuts counts as inside the window, the one a start edge cuts too
+           -- (it is left out of the start's count): a window counts every interval it
+           -- takes energy from
+           coalesce(v.c_wraps, 0)
+               + coalesce((r.side = 1 AND r.wrap_next AND r.x > r.t_ns)::INTEGER, 0)
                AS wraps_at,
-           coalesce(v.c_resets, 0) + coalesce((r.reset_next AND r.x > r.t_ns)::INTEGER, 0)
+           coalesce(v.c_resets, 0)
+               + coalesce((r.side = 1 AND r.reset_next AND r.x > r.t_ns)::INTEGER, 0)
                AS resets_at,
            -- C(x): cumulative energy since the first sample
            CASE WHEN r.t_ns IS NULL THEN 0.0 ELSE
@@ -186,13 +197,13 @@ at_edge AS (
                                     / (r.next_t - r.t_ns))) / 2.0 * (r.x - r.t_ns) * 1e-9
                  END
            END AS energy_at,
-           -- Cov(x): covered time since the first sample; the two periods before the
-           -- first sample count from -2P, the two after the last are added on
+           -- Cov(x): covered time since the first sample; nothing before the first
+           -- sample or after the last is covered, as no energy is counted there
            CASE
-               WHEN r.t_ns IS NULL THEN -least(sp.first_t - r.x, 2 * ch.period_ns)::DOUBLE
+               WHEN r.t_ns IS NULL THEN 0.0
                ELSE (r.t_ns - sp.first_t) - coalesce(v.c_uncovered, 0)
                     + CASE
-                        WHEN r.next_t IS NULL THEN least(r.x - r.t_ns, 2 * r.period_ns)
+                        WHEN r.next_t IS NULL THEN 0
                         WHEN r.reset_next THEN 0
                         WHEN r.next_t - r.t_ns <= 4 * r.period_ns THEN r.x - r.t_ns
                         ELSE least(r.x - r.t_ns, 2 * r.period_ns)
