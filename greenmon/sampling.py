@@ -53,6 +53,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from greenmon.clock import now_ns
 from greenmon.probes.base import Channel, Probe, ProbeLost, Stamped, Values
 from greenmon.store import Event, SampleBatch
+from greenmon.update_periods import UpdatePeriods
 
 JITTER_WINDOW = 4096
 # The longest a sampler thread sleeps without looking at its stop flags (stop() also wakes
@@ -118,23 +119,30 @@ class ProbeHealth:
         index = min(len(ordered) - 1, int(q / 100.0 * len(ordered)))
         return ordered[index] / 1e3
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
+    def as_dict(self, *, detail: bool = True) -> dict[str, Any]:
+        """The probe's health as the API shows it; without ``detail`` (no counts of reads
+        and samples, no jitter percentiles, no last values) it is cheap enough for every
+        stream snapshot."""
+        row: dict[str, Any] = {
             "probe": self.probe,
             "state": self.state,
             "reason": self.reason,
             "target_hz": self.target_hz,
             "achieved_hz": round(self.achieved_hz, 3),
-            "reads": self.reads,
-            "samples": self.samples,
-            "missed_ticks": self.missed_ticks,
             "errors": self.errors,
+            "missed_ticks": self.missed_ticks,
             "last_error": self.last_error,
-            "jitter_p50_us": self.jitter_percentile_us(50),
-            "jitter_p99_us": self.jitter_percentile_us(99),
-            "last_t_ns": self.last_t_ns,
-            "last_values": dict(self.last_values),
         }
+        if detail:
+            row |= {
+                "reads": self.reads,
+                "samples": self.samples,
+                "jitter_p50_us": self.jitter_percentile_us(50),
+                "jitter_p99_us": self.jitter_percentile_us(99),
+                "last_t_ns": self.last_t_ns,
+                "last_values": dict(self.last_values),
+            }
+        return row
 
 
 class _EventThrottle:
@@ -229,6 +237,7 @@ class Sampler:
         # Thread samplers hand their batches over here; the writer drains it (store.py).
         self.sink: deque[tuple[SampleBatch, list[Event]]] = deque()
         self._throttle = _EventThrottle()
+        self.update_periods = UpdatePeriods(self.channels, self.channel_ids)
         self._names = [c.name for c in self.channels]
         # issue 15: a closing window asks for the samples up to its end now
         # (request_handoff), not at the next hand-off; handed_off_t_ns says how far the
@@ -349,6 +358,8 @@ class Sampler:
 
     # -- hand-off to the writer -------------------------------------------------------
     def _take_pending(self) -> tuple[SampleBatch, list[Event]]:
+        rows = self._rows.rows  # issue 14: update periods from the rows handed off
+        self.update_periods.offer(self._rows.t_ns[:rows], self._rows.values[:rows])
         batch = self._rows.take()
         self.health.samples += len(batch)
         events, self._pending_events = self._pending_events, []

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import duckdb
@@ -41,8 +41,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from greenmon.errors import DatabaseLockedError, DatabaseNotFoundError, StoreError
 from greenmon.probes.base import Channel
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 APP_ID = "greenmon"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Each entry migrates from version i to i + 1.  Never edit a landed entry: append one.
 MIGRATIONS: list[str] = [
@@ -205,6 +208,25 @@ MIGRATIONS: list[str] = [
     ALTER TABLE requests ADD COLUMN quality DOUBLE;
     ALTER TABLE requests ADD COLUMN correct BOOLEAN;
     ALTER TABLE requests ADD COLUMN quality_detail VARCHAR;
+    """,
+    # issue 14: repetitions = "auto": each round's precision per cell and the stop decision
+    # (greenmon/rounds.py).
+    """
+    CREATE TABLE precision_rounds (
+        experiment_id   VARCHAR NOT NULL,
+        round           INTEGER NOT NULL,
+        decision        VARCHAR NOT NULL,
+        model           VARCHAR NOT NULL,
+        configuration   VARCHAR NOT NULL,
+        factors         JSON,
+        n               INTEGER NOT NULL,
+        median_energy_j DOUBLE,
+        ci_low_j        DOUBLE,
+        ci_high_j       DOUBLE,
+        half_width      DOUBLE,
+        met             BOOLEAN NOT NULL,
+        decided_ns      BIGINT
+    );
     """,
 ]
 
@@ -673,6 +695,43 @@ class Store:
                 [json.dumps(dict(metadata), default=str), channel_id],
             )
 
+    def set_update_periods(self, periods_ns: Mapping[int, tuple[int, int]]) -> None:
+        """issue 14: record each channel's detected update period (channel_id ->
+        (update_period_ns, intervals seen)) in its metadata, keeping the rest."""
+        with self.transaction() as con:
+            con.executemany(
+                "UPDATE channels SET metadata = json_merge_patch(coalesce(metadata, '{}'), ?) "
+                "WHERE channel_id = ?",
+                [
+                    [json.dumps({"update_period_ns": p, "update_intervals": n}), channel_id]
+                    for channel_id, (p, n) in periods_ns.items()
+                ],
+            )
+
+    def record_precision(
+        self, experiment_id: str, round_: int, decision: str, cells: Sequence[Any], t_ns: int
+    ) -> None:
+        """issue 14: one round's precision per cell (greenmon/rounds.py CellPrecision)."""
+        with self.transaction() as con:
+            con.executemany(
+                "INSERT INTO precision_rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [experiment_id, round_, decision, c.model, c.configuration, c.factors, c.n,
+                     c.median_energy_j, c.ci_low_j, c.ci_high_j, c.half_width, c.met, t_ns]
+                    for c in cells
+                ],
+            )  # fmt: skip
+
+    def skip_pending_units(self, experiment_id: str, reason: str) -> int:
+        """issue 14: mark the units still pending as ``skipped`` (rounds not needed)."""
+        with self.transaction() as con:
+            row = con.execute(
+                "UPDATE units SET status = 'skipped', reason = ? "
+                "WHERE experiment_id = ? AND status = 'pending' RETURNING unit_id",
+                [reason, experiment_id],
+            ).fetchall()
+        return len(row)
+
     def write(self, samples: SampleBatch, events: Sequence[Event], session_id: str) -> None:
         """Write one batch of samples and events in one transaction."""
         if not len(samples) and not events:
@@ -773,6 +832,13 @@ class Store:
             finally:
                 self.con.unregister("greenmon_quality")
 
+    def copy_query_to(self, sql: str, path: Path, options: str) -> None:
+        """``COPY (sql) TO path (options)``: a query's rows into a file (``greenmon
+        export``; refused on a confined database, see ``confine``)."""
+        quoted = str(path).replace("'", "''")
+        with self.lock:
+            self.con.execute(f"COPY ({sql}) TO '{quoted}' ({options})")
+
     # -- reading -----------------------------------------------------------------------
     def query(
         self, sql: str, params: Sequence[Any] | None = None
@@ -785,6 +851,47 @@ class Store:
             return columns, result.fetchall()
         finally:
             cursor.close()
+
+    def query_frame(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        """A query's rows as a pandas DataFrame (the analysis), on a cursor of its own."""
+        with self.lock:
+            cursor = self.con.cursor()
+        try:
+            return cursor.execute(sql, params or []).df()
+        finally:
+            cursor.close()
+
+    def read_only_query(
+        self, sql: str, row_limit: int, timeout_s: float
+    ) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        """The one path for SQL a client sends (the API's ``POST /sql``): ``sql`` runs on a
+        cursor of its own in a READ ONLY transaction on a confined database, interrupted
+        after ``timeout_s``.  Returns the columns, at most ``row_limit`` rows, and whether
+        more were left out.  DuckDB's errors (``duckdb.InterruptException`` on timeout) are
+        raised as they come: the caller says what they mean to its client.
+        """
+        with self.lock:
+            cursor = self.con.cursor()
+        # Whoever opened the store, a client's SQL never reaches a file.  The settings are
+        # the database's, so the cursor answers for them without holding the lock.
+        if not is_confined(cursor):
+            self.confine()
+        timer = threading.Timer(timeout_s, cursor.interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            cursor.execute("BEGIN TRANSACTION READ ONLY")
+            try:
+                result = cursor.execute(sql)
+                columns = [d[0] for d in result.description or []]
+                rows = result.fetchmany(row_limit + 1)
+            finally:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.execute("ROLLBACK")
+        finally:
+            timer.cancel()
+            cursor.close()
+        return columns, rows[:row_limit], len(rows) > row_limit
 
 
 async def run_writer(
