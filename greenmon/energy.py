@@ -5,17 +5,23 @@ Terms:
   unit, a user's question).
 - *interval*: two consecutive samples of a channel ``(t0, v0) -> (t1, v1)``.
 - *counter* channels (RAPL ``energy_uj``, NVML mJ, EnergiBridge J, NETIO Wh): energy is the
-  sum of wrap-corrected deltas.  A negative delta is a wrap when the channel's metadata gives
-  ``counter_range`` (added back once), else a reset (that interval's energy is unknown and
-  it does not count as covered).  Windows cut intervals at their edges by linear
+  sum of counter deltas (greenmon/sources.py: a negative step is a wrap when the channel's
+  metadata gives ``counter_range``, else a reset, whose interval's energy is unknown and
+  does not count as covered).  Windows cut intervals at their edges by linear
   interpolation, so a window's energy does not depend on where samples happened to fall.
 - *gauge* power channels (W, mW): the trapezoid integral of the piecewise-linear power,
   cut at the window's edges the same way.  Used only where no counter exists.
-- *coverage*: the share of the window that lies within two sample periods of a sample,
-  so a probe that stalled shows up as coverage below 1 rather than as silent zeros.
+- *coverage*: the share of the window whose energy the samples give: all of an interval up
+  to four periods long, the two periods at either end of a longer gap, none of a reset
+  interval, and nothing before the first sample or after the last (no energy is counted
+  there either).  A probe that stalled shows up as coverage below 1 rather than as
+  silent zeros.
+- *wraps*, *resets*: the wrapped or reset intervals a window takes energy from, including
+  one that a window edge cuts.
 
-Everything here is one SQL query: a window function for intervals and a range join of
-windows against intervals, so it runs over tens of millions of samples in DuckDB.
+Everything here is one SQL query: a window function for intervals and ASOF joins of the
+windows' edges to them, so it runs over tens of millions of samples in DuckDB.  Which
+channels a result asks about is greenmon/sources.py's rule, applied by greenmon/views.py.
 """
 
 from __future__ import annotations
@@ -26,20 +32,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-# Multiplier from a channel's unit to joules (counters) or watts (power gauges); the SQL
-# below and the live metrics (greenmon/metrics.py) both read it from here.
-SCALE_TO_SI: dict[str, float] = {
-    "uJ": 1e-6, "mJ": 1e-3, "J": 1.0, "Wh": 3600.0, "kWh": 3600000.0,
-    "uW": 1e-6, "mW": 1e-3, "W": 1.0,
-}  # fmt: skip
-SCALE_TO_SI_SQL = (
-    "CASE unit "
-    + " ".join(f"WHEN '{unit}' THEN {scale!r}" for unit, scale in SCALE_TO_SI.items())
-    + " ELSE NULL END"
-)
-
-ENERGY_UNITS = ("uJ", "mJ", "J", "Wh", "kWh")
-POWER_UNITS = ("uW", "mW", "W")
+from greenmon.sources import counter_delta_sql, counter_range_sql, scale_to_si_sql
 
 # Samples this far outside a window are read so that its edges can be interpolated.
 EDGE_MARGIN_PERIODS = 10
@@ -56,25 +49,38 @@ def _interval_after(row: str, channel: str) -> str:
                     AND {c}.counter_range IS NULL, false) AS reset_next,
            CASE
                WHEN {r}.next_t IS NULL THEN 0.0
-               WHEN {c}.kind = 'counter' AND {r}.next_v >= {r}.value
-                   THEN {r}.next_v - {r}.value
-               WHEN {c}.kind = 'counter' AND {c}.counter_range IS NOT NULL
-                   THEN {r}.next_v - {r}.value + {c}.counter_range
-               WHEN {c}.kind = 'counter' THEN 0.0
+               -- a reset interval's energy is unknown: none is counted (nor covered)
+               WHEN {c}.kind = 'counter'
+                   THEN coalesce({counter_delta_sql(f"{r}.value", f"{r}.next_v",
+                                                    f"{c}.counter_range")}, 0.0)
                ELSE ({r}.value + {r}.next_v) / 2.0 * ({r}.next_t - {r}.t_ns) * 1e-9
            END AS e_next"""
 
 
 def window_energy_sql(windows: str, sample_filter: str = "") -> str:
-    """SQL computing energy per (window_id, channel_id) for the relation ``windows``.
+    """SQL computing energy per (window_id, channel_id) for the relation ``windows``
+    (``window_integral_sql``, whose integral of an energy channel is its energy in the
+    channel's own unit: column ``energy_native``)."""
+    return window_integral_sql(windows, sample_filter, native_column="energy_native")
+
+
+def window_integral_sql(
+    windows: str, sample_filter: str = "", *, native_column: str = "integral_native"
+) -> str:
+    """SQL computing, per (window_id, channel_id) of the relation ``windows``, the
+    integral of each channel over its window: a counter's increase, a gauge's trapezoid
+    integral over time.  For an energy channel that is its energy; for a utilisation
+    gauge (%) it is percent-seconds, whose mean over the window is the integral divided
+    by the window's length (greenmon/views.py).
 
     ``sample_filter`` (an SQL condition on ``s``, the samples) may narrow the samples read
     beforehand with constants DuckDB can check against each row group's zone map; it must
     keep every sample within the windows' edge margins (``EDGE_MARGIN_*``).
 
     ``windows`` must name a relation with columns window_id, channel_id, start_ns, end_ns.
-    Output columns: window_id, channel_id, energy_native (in the channel's unit, times
-    seconds for gauges), energy_j, coverage, wraps, resets, intervals.
+    Output columns: window_id, channel_id, ``native_column`` (the integral in the
+    channel's unit, times seconds for gauges), energy_j (that integral in joules for an
+    energy channel, NULL for any other unit), coverage, wraps, resets, intervals.
 
     How: one ordered pass over the samples gives, at every sample, the cumulative energy
     C(t) and the cumulative covered time Cov(t) since the first sample.  Both are
@@ -88,8 +94,8 @@ def window_energy_sql(windows: str, sample_filter: str = "") -> str:
 WITH win AS (SELECT window_id, channel_id, start_ns, end_ns FROM {windows}),
 ch AS (
     SELECT channel_id, kind, period_ns,
-           {SCALE_TO_SI_SQL} AS scale_si,
-           TRY_CAST(json_extract_string(metadata, '$.counter_range') AS DOUBLE) AS counter_range
+           {scale_to_si_sql()} AS scale_si,
+           {counter_range_sql("channels")} AS counter_range
     FROM channels
     WHERE channel_id IN (SELECT channel_id FROM win)
 ),
@@ -171,9 +177,15 @@ edge_row AS (
 ),
 at_edge AS (
     SELECT r.window_id, r.channel_id, r.side, r.rn,
-           coalesce(v.c_wraps, 0) + coalesce((r.wrap_next AND r.x > r.t_ns)::INTEGER, 0)
+           -- wraps and resets of the intervals wholly before the edge; the interval an
+           -- end edge cuts counts as inside the window, the one a start edge cuts too
+           -- (it is left out of the start's count): a window counts every interval it
+           -- takes energy from
+           coalesce(v.c_wraps, 0)
+               + coalesce((r.side = 1 AND r.wrap_next AND r.x > r.t_ns)::INTEGER, 0)
                AS wraps_at,
-           coalesce(v.c_resets, 0) + coalesce((r.reset_next AND r.x > r.t_ns)::INTEGER, 0)
+           coalesce(v.c_resets, 0)
+               + coalesce((r.side = 1 AND r.reset_next AND r.x > r.t_ns)::INTEGER, 0)
                AS resets_at,
            -- C(x): cumulative energy since the first sample
            CASE WHEN r.t_ns IS NULL THEN 0.0 ELSE
@@ -186,13 +198,13 @@ at_edge AS (
                                     / (r.next_t - r.t_ns))) / 2.0 * (r.x - r.t_ns) * 1e-9
                  END
            END AS energy_at,
-           -- Cov(x): covered time since the first sample; the two periods before the
-           -- first sample count from -2P, the two after the last are added on
+           -- Cov(x): covered time since the first sample; nothing before the first
+           -- sample or after the last is covered, as no energy is counted there
            CASE
-               WHEN r.t_ns IS NULL THEN -least(sp.first_t - r.x, 2 * ch.period_ns)::DOUBLE
+               WHEN r.t_ns IS NULL THEN 0.0
                ELSE (r.t_ns - sp.first_t) - coalesce(v.c_uncovered, 0)
                     + CASE
-                        WHEN r.next_t IS NULL THEN least(r.x - r.t_ns, 2 * r.period_ns)
+                        WHEN r.next_t IS NULL THEN 0
                         WHEN r.reset_next THEN 0
                         WHEN r.next_t - r.t_ns <= 4 * r.period_ns THEN r.x - r.t_ns
                         ELSE least(r.x - r.t_ns, 2 * r.period_ns)
@@ -207,7 +219,7 @@ at_edge AS (
 )
 SELECT w.window_id, w.channel_id,
        CASE WHEN sp.first_t IS NULL OR w.end_ns <= sp.first_t OR w.start_ns >= sp.last_t
-            THEN NULL ELSE b.energy_at - a.energy_at END AS energy_native,
+            THEN NULL ELSE b.energy_at - a.energy_at END AS {native_column},
        CASE WHEN sp.first_t IS NULL OR w.end_ns <= sp.first_t OR w.start_ns >= sp.last_t
             THEN NULL ELSE (b.energy_at - a.energy_at) * b.scale_si END AS energy_j,
        CASE WHEN sp.first_t IS NULL OR w.end_ns <= w.start_ns THEN 0.0

@@ -1,15 +1,11 @@
 """Live power from the API's channel table and stream values (no database, no textual).
 
 Which channel answers for a domain is decided once, by the store's ``energy_sources`` view
-(greenmon/views.py): the daemon marks those channels ``energy_source`` in its channel table,
-so the TUI, the ``greenmon run`` progress line and the results all count the same channels.
-What is computed here is only how a reading becomes power:
-
-- for a counter (``energy_uj``, ``energy_mj``, J, Wh): the delta between two consecutive
-  readings over their time difference, wrap-corrected with the channel's
-  ``counter_range`` metadata; a negative delta without a range is a reset and gives no
-  power;
-- for a power gauge (uW, mW, W): the reading itself.
+(the rule in greenmon/sources.py): the daemon marks those channels ``energy_source`` in its
+channel table, so the TUI, the ``greenmon run`` progress line and the results all count the
+same channels.  A reading becomes power by greenmon/sources.py's ``interval_power_w`` too:
+a counter's wrap-corrected rate since its previous reading (none after a reset), a power
+gauge's value.
 """
 
 from __future__ import annotations
@@ -18,9 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from greenmon.sources import interval_power_w, is_energy_channel
+
 SOURCE_LABELS = {"cpu": "CPU package", "dram": "DRAM", "gpu": "GPU", "wall": "wall"}
-POWER_SCALE_W = {"uW": 1e-6, "mW": 1e-3, "W": 1.0}
-ENERGY_SCALE_J = {"uJ": 1e-6, "mJ": 1e-3, "J": 1.0, "Wh": 3600.0, "kWh": 3_600_000.0}
 
 
 @dataclass(frozen=True)
@@ -54,9 +50,7 @@ class ChannelInfo:
     @property
     def is_source(self) -> bool:
         """The channel that answers for its domain (the ``energy_sources`` view's choice)."""
-        return self.energy_source and (
-            self.unit in ENERGY_SCALE_J if self.kind == "counter" else self.unit in POWER_SCALE_W
-        )
+        return self.energy_source and is_energy_channel(self.kind, self.unit)
 
     @property
     def label(self) -> str:
@@ -64,28 +58,11 @@ class ChannelInfo:
         return f"{base} ~estimated" if self.estimated else base
 
 
-def counter_power_w(
-    previous: tuple[int, float], current: tuple[int, float], info: ChannelInfo
-) -> float | None:
-    """Power between two counter readings, or None (no time passed, or a reset)."""
-    (t0_ns, v0), (t1_ns, v1) = previous, current
-    if t1_ns <= t0_ns:
-        return None
-    delta = v1 - v0
-    if delta < 0:
-        if not info.counter_range:
-            return None
-        delta += info.counter_range
-    return delta * ENERGY_SCALE_J[info.unit] / ((t1_ns - t0_ns) / 1e9)
-
-
 def reading_power_w(
     info: ChannelInfo, previous: tuple[int, float] | None, current: tuple[int, float]
 ) -> float | None:
     """Power at a reading: a counter's rate since the previous one, or a gauge's value."""
-    if info.kind == "counter":
-        return counter_power_w(previous, current, info) if previous else None
-    return current[1] * POWER_SCALE_W[info.unit]
+    return interval_power_w(info.kind, info.unit, info.counter_range, previous, current)
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskStatus
 
-from greenmon.energy import ENERGY_UNITS, POWER_UNITS, SCALE_TO_SI
 from greenmon.errors import ConfigError
+from greenmon.sources import ENERGY_UNITS, POWER_UNITS, SCALE_TO_SI, counter_delta
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -103,11 +103,12 @@ class DaemonCollector:
                 self._last[channel_id] = _Last(t_ns, watts)
             elif channel.kind == "counter" and channel.unit in ENERGY_UNITS:
                 if last is not None and t_ns > last.t_ns:
-                    delta = float(value) - last.value
                     counter_range = channel.metadata.get("counter_range")
-                    if delta < 0 and counter_range is not None:
-                        delta += float(counter_range)
-                    if delta >= 0:  # a reset (no known range) leaves this interval out
+                    delta = counter_delta(
+                        last.value, float(value),
+                        None if counter_range is None else float(counter_range),
+                    )  # fmt: skip
+                    if delta is not None:  # a reset (no known range) leaves this interval out
                         energy_j = delta * scale
                         watts = energy_j / ((t_ns - last.t_ns) / 1e9)
                 self._last[channel_id] = _Last(t_ns, float(value))

@@ -1,106 +1,61 @@
 """Result views: what users query.  Views, not tables, so old runs answer new questions.
 
-Views are (re)created every time a database is opened read-write, so a newer greenmon
-improves the results of old files without a migration.  The energy arithmetic itself lives
-in greenmon/energy.py; views only decide which windows and channels to ask it about.
+Terms:
+- *relation*: a view or a table macro, created by ``create_views`` every time a database
+  is opened read-write, so a newer greenmon improves the results of old files without a
+  migration.  ``REGISTRY`` lists them in the order they are created: a view binds what it
+  reads when it is created, so it comes after the relations it reads.
+- *energy source*: the channel that answers for a domain (``energy_sources``, the rule in
+  greenmon/sources.py); every result's energy comes from those channels only.
+- *selection*: which units a results macro (``*_sel``) computes, and which samples it may
+  read (``_selected``, ``_SAMPLE_RANGE``); ``*_for(exp)`` macros compute one experiment,
+  and the views of the same names without ``_for`` compute every experiment.
+- *materialised results*: rows of ``unit_results_sel`` stored when a unit ends
+  (``unit_results_done``), valid while the rules that computed them are these
+  (``RULES_HASH``).
+
+The energy arithmetic itself lives in greenmon/energy.py; views only decide which windows
+and channels to ask it about.  Long bodies with no Python in them live in greenmon/sql/.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
 
 import duckdb
 
-from greenmon.energy import ENERGY_UNITS, POWER_UNITS, SCALE_TO_SI_SQL, window_energy_sql
-
-_ENERGY_CHANNEL = (
-    f"(c.kind = 'counter' AND c.unit IN {ENERGY_UNITS!r}) "
-    f"OR (c.kind = 'gauge' AND c.unit IN {POWER_UNITS!r})"
-)
-
-VIEWS: dict[str, str] = {
-    # Every energy-bearing channel of a phase's session, as an energy window.
-    "phase_windows": f"""
-        SELECT p.phase_id AS window_id, c.channel_id, p.start_ns, p.end_ns
-        FROM phases p JOIN channels c ON c.session_id = p.session_id
-        WHERE p.end_ns IS NOT NULL AND c.domain IS NOT NULL AND ({_ENERGY_CHANNEL})
-    """,
-    "phase_channel_energy": f"""
-        SELECT p.experiment_id, p.unit_id, p.attempt, p.phase, p.phase_id,
-               (p.end_ns - p.start_ns) / 1e9 AS duration_s,
-               c.channel_id, c.probe, c.name AS channel, c.domain, c.kind, c.estimated,
-               e.energy_j, e.coverage, e.wraps, e.resets, e.intervals
-        FROM ({window_energy_sql("phase_windows")}) e
-        JOIN phases p ON p.phase_id = e.window_id
-        JOIN channels c ON c.channel_id = e.channel_id
-    """,
-}
+from greenmon.energy import window_energy_sql, window_integral_sql
+from greenmon.sources import ENERGY_SOURCES_SQL, energy_channel_sql, interval_power_sql
 
 
-# Views and macros of earlier versions, dropped so an old file does not keep stale ones.
-RETIRED_VIEWS: tuple[str, ...] = ()
-RETIRED_MACROS: tuple[str, ...] = ()
+def _sql_file(name: str) -> str:
+    """The SQL of greenmon/sql/``name``.sql (shipped in the wheel as package data)."""
+    return files("greenmon").joinpath("sql", f"{name}.sql").read_text(encoding="utf-8")
 
 
-def create_views(con: duckdb.DuckDBPyConnection) -> None:
-    for name in RETIRED_VIEWS:
-        con.execute(f"DROP VIEW IF EXISTS {name}")
-    for name in RETIRED_MACROS:
-        con.execute(f"DROP MACRO TABLE IF EXISTS {name}")
-    for name, sql in VIEWS.items():
-        if name in _MACRO_VIEWS:
-            continue
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
-    for name, sql in MACROS.items():
-        con.execute(f"CREATE OR REPLACE MACRO {name}({_SEL_PARAMS}) AS TABLE {sql}")
-    _create_cache(con)
-    for name, sql in FOR_MACROS.items():
-        parameter = MACRO_PARAMETERS.get(name, "exp")
-        con.execute(f"CREATE OR REPLACE MACRO {name}({parameter}) AS TABLE {sql}")
-    for name in _MACRO_VIEWS:
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS {VIEWS[name]}")
-
-
-_MACRO_VIEWS = (
-    "unit_phase_energy",
-    "unit_baseline",
-    "unit_utilisation",
-    "unit_steady",
-    "unit_results",
-    "window_results",
-)
-
-
-# Which probe answers for a domain when several could: measured before estimated, then the
-# direct sources (RAPL, NVML, the wattmeter) before EnergiBridge; within the chosen probe,
-# fine counters before power gauges before coarse counters (NETIO's Wh steps of 3600 J).
-_ENERGY_SOURCES = f"""
-WITH cand AS (
-    SELECT c.*,
-           CASE WHEN c.kind = 'counter' AND c.unit IN ('uJ', 'mJ', 'J') THEN 0
-                WHEN c.kind = 'gauge' THEN 1 ELSE 2 END AS kind_rank,
-           CASE c.probe WHEN 'rapl' THEN 0 WHEN 'nvml' THEN 0 WHEN 'netio' THEN 0
-                        WHEN 'energibridge' THEN 1 ELSE 2 END AS probe_rank
-    FROM channels c
-    WHERE c.domain IN ('cpu', 'dram', 'gpu', 'wall') AND ({_ENERGY_CHANNEL})
-),
-best_probe AS (
-    SELECT session_id, domain, arg_min(probe, estimated::INTEGER * 10 + probe_rank) AS probe
-    FROM cand GROUP BY session_id, domain
-),
-best_kind AS (
-    SELECT c.session_id, c.domain, c.probe, min(c.kind_rank) AS kind_rank
-    FROM cand c JOIN best_probe b USING (session_id, domain, probe)
-    GROUP BY c.session_id, c.domain, c.probe
-)
-SELECT c.session_id, c.domain, c.channel_id, c.probe, c.name, c.kind, c.unit, c.estimated,
-       -- issue 14: the sensor's detected update period where it is slower than sampling
-       -- (greenmon/update_periods.py): the time resolution the samples really have
-       greatest(c.period_ns,
-                TRY_CAST(json_extract_string(c.metadata, '$.update_period_ns') AS BIGINT))
-           AS period_ns
-FROM cand c JOIN best_kind b USING (session_id, domain, probe, kind_rank)
+# Every energy channel of a phase's session, as an energy window.
+_PHASE_WINDOWS = f"""
+SELECT p.phase_id AS window_id, c.channel_id, p.start_ns, p.end_ns
+FROM phases p JOIN channels c ON c.session_id = p.session_id
+WHERE p.end_ns IS NOT NULL AND c.domain IS NOT NULL AND {energy_channel_sql("c")}
 """
+
+# Energy of every such channel over every phase (all channels, not only the sources).
+_PHASE_CHANNEL_ENERGY = f"""
+SELECT p.experiment_id, p.unit_id, p.attempt, p.phase, p.phase_id,
+       (p.end_ns - p.start_ns) / 1e9 AS duration_s,
+       c.channel_id, c.probe, c.name AS channel, c.domain, c.kind, c.estimated,
+       e.energy_j, e.coverage, e.wraps, e.resets, e.intervals
+FROM ({window_energy_sql("phase_windows")}) e
+JOIN phases p ON p.phase_id = e.window_id
+JOIN channels c ON c.channel_id = e.channel_id
+"""
+
+# The utilisation gauges the results average (one quantity per channel; NULL: none).
+_UTILISATION_CHANNELS = _sql_file("utilisation_channels")
 
 # The samples a results macro may read: between ``lo_ns`` and ``hi_ns`` when given.  Passed
 # as literals (Store.materialise_unit_results), they fold into constants that DuckDB
@@ -200,29 +155,20 @@ JOIN energy_sources es ON es.channel_id = e.channel_id
 GROUP BY ALL
 """
 
-# Idle baseline: per channel, the median power over the unit's cooldown before the measure
-# (counters: wrap-free interval deltas over time; gauges: values), summed per domain.
-_UTILISATION_CHANNELS = """
-SELECT channel_id, session_id,
-       CASE WHEN probe = 'host' AND name = 'cpu.percent' THEN 'cpu_percent'
-            WHEN probe = 'host' AND name = 'ram.percent' THEN 'ram_percent'
-            WHEN probe = 'nvml' AND name LIKE '%.util_gpu_percent' THEN 'gpu_percent'
-            WHEN probe = 'nvml' AND name LIKE '%.util_memory_percent'
-                THEN 'gpu_mem_util_percent'
-            WHEN probe = 'nvml' AND name LIKE '%.memory_percent' THEN 'gpu_mem_used_percent'
-       END AS quantity
-FROM channels WHERE probe IN ('host', 'nvml')
-"""
-
 # Idle baseline: per channel, the median power over the cooldown before the measure
-# (counters: wrap-free interval deltas over time; gauges: values), summed per domain.
+# (greenmon/sources.py's interval power: a counter's wrap-corrected rate, a gauge's
+# value; none across a reset), summed per domain.
 # Samples are matched to their cooldown with an ASOF join keyed by channel (each phase is
 # paired with each source channel of its session first), so DuckDB sorts per channel, in
 # parallel, rather than one session-wide sort or a range join of samples x phases.
+_BASELINE_POWER_W = interval_power_sql(
+    kind="kind", unit="unit", counter_range="counter_range", value="value", t_ns="t_ns",
+    order="w",
+)  # fmt: skip
 _UNIT_BASELINE = f"""
 WITH pc AS (
     SELECT p.phase_id, p.experiment_id, p.unit_id, p.attempt, p.start_ns, p.end_ns,
-           es.channel_id, es.domain, es.kind, es.unit
+           es.channel_id, es.domain, es.kind, es.unit, es.counter_range
     FROM phases p JOIN energy_sources es ON es.session_id = p.session_id
     WHERE p.phase = 'cooldown_before' AND p.end_ns IS NOT NULL
       AND {_selected("p")}
@@ -239,10 +185,7 @@ ps AS (
 ),
 pw AS (
     SELECT experiment_id, unit_id, attempt, domain, channel_id,
-           CASE WHEN kind = 'counter'
-                THEN (value - lag(value) OVER w) / ((t_ns - lag(t_ns) OVER w) / 1e9)
-                ELSE value END
-           * (CASE unit {SCALE_TO_SI_SQL.removeprefix("CASE unit")}) AS power_w
+           {_BASELINE_POWER_W} AS power_w
     FROM ps
     WINDOW w AS (PARTITION BY phase_id, channel_id ORDER BY t_ns)
 ),
@@ -262,7 +205,7 @@ FROM per_channel GROUP BY ALL
 # gauge over the window (greenmon/energy.py, one sort per channel) divided by its length.
 _UTILISATION_WINDOWS = f"""(
     SELECT p.phase_id AS window_id, uc.channel_id, p.start_ns, p.end_ns
-    FROM phases p JOIN ({_UTILISATION_CHANNELS}) uc ON uc.session_id = p.session_id
+    FROM phases p JOIN utilisation_channels uc ON uc.session_id = p.session_id
     WHERE p.phase = 'measure' AND p.end_ns IS NOT NULL AND uc.quantity IS NOT NULL
       AND {_selected("p")}
 )"""
@@ -278,9 +221,10 @@ UTILISATION_QUANTITIES = (
 
 def _utilisation_means(window: str) -> str:
     """Time-weighted mean of each utilisation quantity over ``window`` (start_ns, end_ns):
-    the trapezoid integral ``e.energy_native`` divided by the window's length."""
+    the trapezoid integral ``e.integral_native`` (percent-seconds) divided by the window's
+    length."""
     return ",\n       ".join(
-        f"avg(e.energy_native / (({window}.end_ns - {window}.start_ns) / 1e9)) "
+        f"avg(e.integral_native / (({window}.end_ns - {window}.start_ns) / 1e9)) "
         f"FILTER (WHERE uc.quantity = '{q}') AS {q}"
         for q in UTILISATION_QUANTITIES
     )
@@ -289,9 +233,9 @@ def _utilisation_means(window: str) -> str:
 _UNIT_UTILISATION = f"""
 SELECT p.experiment_id, p.unit_id, p.attempt,
        {_utilisation_means("p")}
-FROM ({window_energy_sql(_UTILISATION_WINDOWS, _SAMPLE_RANGE)}) e
+FROM ({window_integral_sql(_UTILISATION_WINDOWS, _SAMPLE_RANGE)}) e
 JOIN phases p ON p.phase_id = e.window_id
-JOIN ({_UTILISATION_CHANNELS}) uc ON uc.channel_id = e.channel_id
+JOIN utilisation_channels uc ON uc.channel_id = e.channel_id
 GROUP BY ALL
 """
 
@@ -479,7 +423,7 @@ _WINDOW_CHANNELS = f"""(
     WHERE w.end_ns IS NOT NULL AND {_WINDOW_SELECTED}
     UNION ALL
     SELECT w.window_id, uc.channel_id, w.start_ns, w.end_ns
-    FROM windows w JOIN ({_UTILISATION_CHANNELS}) uc ON uc.session_id = w.session_id
+    FROM windows w JOIN utilisation_channels uc ON uc.session_id = w.session_id
     WHERE w.end_ns IS NOT NULL AND uc.quantity IS NOT NULL AND {_WINDOW_SELECTED}
 )"""
 
@@ -489,7 +433,7 @@ def _window_domain(domain: str) -> str:
 
 
 _WINDOW_RESULTS = f"""
-WITH e AS MATERIALIZED ({window_energy_sql(_WINDOW_CHANNELS)}),
+WITH e AS MATERIALIZED ({window_integral_sql(_WINDOW_CHANNELS)}),
 de AS (
     SELECT e.window_id, es.domain, e.energy_j, e.coverage, e.wraps, e.resets, es.estimated,
            es.period_ns
@@ -506,7 +450,7 @@ energy AS (
 util AS (
     SELECT e.window_id, {_utilisation_means("w")}
     FROM e JOIN windows w ON w.window_id = e.window_id
-    JOIN ({_UTILISATION_CHANNELS}) uc ON uc.channel_id = e.channel_id
+    JOIN utilisation_channels uc ON uc.channel_id = e.channel_id
     GROUP BY e.window_id
 ),
 figures AS MATERIALIZED (
@@ -553,20 +497,55 @@ FROM base
 WHERE ids IS NULL OR list_contains(ids, window_id)
 """
 
-VIEWS["energy_sources"] = _ENERGY_SOURCES
+
+# -- the registry ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class View:
+    name: str
+    sql: str
+
+    def create(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(f"CREATE OR REPLACE VIEW {self.name} AS {self.sql}")
+
+
+@dataclass(frozen=True)
+class Macro:
+    """A table macro; DuckDB binds its body when it is called, not when it is created."""
+
+    name: str
+    parameters: str
+    sql: str
+
+    def create(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(f"CREATE OR REPLACE MACRO {self.name}({self.parameters}) AS TABLE {self.sql}")
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step that is neither: the materialised results table (``_create_cache``)."""
+
+    name: str
+    run: Callable[[duckdb.DuckDBPyConnection], None]
+
+    def create(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.run(con)
+
 
 # The per-unit results as table macros: ``*_sel(exp, only_unit, skip_cached, lo_ns,
 # hi_ns)`` compute from samples for the selected units (``_selected``) within a time range
-# (``_SAMPLE_RANGE``); ``*_for(exp)`` are those over one experiment (NULL: every
-# experiment), and the views of the same names without "_for" are these over everything.
-MACROS: dict[str, str] = {
-    "unit_phase_energy_sel": _UNIT_PHASE_ENERGY,
-    "unit_baseline_sel": _UNIT_BASELINE,
-    "unit_utilisation_sel": _UNIT_UTILISATION,
-    "unit_steady_sel": _UNIT_STEADY,
-    "unit_results_sel": _UNIT_RESULTS,
-}
+# (``_SAMPLE_RANGE``).
 _SEL_PARAMS = "exp, only_unit, skip_cached, lo_ns, hi_ns"
+_SEL_MACROS = (
+    Macro("unit_phase_energy_sel", _SEL_PARAMS, _UNIT_PHASE_ENERGY),
+    Macro("unit_baseline_sel", _SEL_PARAMS, _UNIT_BASELINE),
+    Macro("unit_utilisation_sel", _SEL_PARAMS, _UNIT_UTILISATION),
+    Macro("unit_steady_sel", _SEL_PARAMS, _UNIT_STEADY),
+    Macro("unit_results_sel", _SEL_PARAMS, _UNIT_RESULTS),
+)
+_RULE_VIEWS = (
+    View("energy_sources", ENERGY_SOURCES_SQL),
+    View("utilisation_channels", _UTILISATION_CHANNELS),
+)
 
 # Materialised results (DESIGN.md: "a unit's figures are also materialised once when it
 # ends, same SQL").  ``unit_results_done`` holds rows of ``unit_results_sel``, each with the
@@ -574,9 +553,9 @@ _SEL_PARAMS = "exp, only_unit, skip_cached, lo_ns, hi_ns"
 # row is *valid* while the rules are this greenmon's and the unit has not changed since
 # (same attempt, status and end): anything else is computed live from samples, so a newer
 # greenmon's energy rules, a rerun unit or a cleared cache never show stale figures.
-RULES_HASH = hashlib.sha256("\n".join([_ENERGY_SOURCES, *MACROS.values()]).encode()).hexdigest()[
-    :16
-]
+RULES_HASH = hashlib.sha256(
+    "\n".join(relation.sql for relation in (*_RULE_VIEWS, *_SEL_MACROS)).encode()
+).hexdigest()[:16]
 CACHE_TABLE = "unit_results_done"
 _VALID = f"""
 SELECT c.experiment_id, c.unit_id
@@ -584,30 +563,6 @@ FROM {CACHE_TABLE} c JOIN units u USING (experiment_id, unit_id)
 WHERE c.rules_hash = '{RULES_HASH}' AND c.attempt = u.attempt AND c.status = u.status
   AND c.unit_ended_ns IS NOT DISTINCT FROM u.ended_ns
 """
-_UNIT_RESULTS_FOR = f"""
-SELECT c.* EXCLUDE (rules_hash, unit_ended_ns)
-FROM {CACHE_TABLE} c SEMI JOIN unit_results_valid v USING (experiment_id, unit_id)
-WHERE exp IS NULL OR c.experiment_id = exp
-UNION ALL BY NAME
-SELECT * FROM unit_results_sel(exp, NULL, true, NULL, NULL)
-"""
-FOR_MACROS: dict[str, str] = {
-    "unit_phase_energy_for": "SELECT * FROM unit_phase_energy_sel(exp, NULL, false, NULL, NULL)",
-    "unit_baseline_for": "SELECT * FROM unit_baseline_sel(exp, NULL, false, NULL, NULL)",
-    "unit_utilisation_for": "SELECT * FROM unit_utilisation_sel(exp, NULL, false, NULL, NULL)",
-    "unit_steady_for": "SELECT * FROM unit_steady_sel(exp, NULL, false, NULL, NULL)",
-    # what every reader asks: materialised rows where valid, the rest from samples
-    "unit_results_for": _UNIT_RESULTS_FOR,
-    # the same from samples only (tests compare the two)
-    "unit_results_live_for": "SELECT * FROM unit_results_sel(exp, NULL, false, NULL, NULL)",
-    # issue 15: a user's windows (a list of window ids; NULL: every window)
-    "window_results_for": _WINDOW_RESULTS,
-}
-MACRO_PARAMETERS = {"window_results_for": "ids"}
-for _macro in ("unit_phase_energy_for", "unit_baseline_for", "unit_utilisation_for",
-               "unit_steady_for", "unit_results_for", "window_results_for"):  # fmt: skip
-    VIEWS[_macro.removesuffix("_for")] = f"SELECT * FROM {_macro}(NULL)"
-
 
 
 def _create_cache(con: duckdb.DuckDBPyConnection) -> None:
@@ -632,6 +587,66 @@ def _create_cache(con: duckdb.DuckDBPyConnection) -> None:
         columns = ", ".join(f'"{name}" {dtype}' for name, dtype, *_ in wanted)
         con.execute(f"CREATE TABLE {CACHE_TABLE} ({columns})")
     con.execute(f"CREATE OR REPLACE VIEW unit_results_valid AS {_VALID}")
+
+
+# What every reader asks: materialised rows where valid, the rest from samples.
+_UNIT_RESULTS_FOR = f"""
+SELECT c.* EXCLUDE (rules_hash, unit_ended_ns)
+FROM {CACHE_TABLE} c SEMI JOIN unit_results_valid v USING (experiment_id, unit_id)
+WHERE exp IS NULL OR c.experiment_id = exp
+UNION ALL BY NAME
+SELECT * FROM unit_results_sel(exp, NULL, true, NULL, NULL)
+"""
+
+
+def _over_experiment(name: str, sel: str | None = None) -> Macro:
+    """``name``_for(exp): ``sel`` (default ``name``_sel) over one experiment (NULL: every
+    experiment), every unit computed from samples."""
+    sel = sel or f"{name}_sel"
+    return Macro(f"{name}_for", "exp", f"SELECT * FROM {sel}(exp, NULL, false, NULL, NULL)")
+
+
+def _over_everything(macro: Macro) -> View:
+    """The view ``macro``'s name without ``_for``: the macro over every experiment."""
+    return View(macro.name.removesuffix("_for"), f"SELECT * FROM {macro.name}(NULL)")
+
+
+_FOR_MACROS = (
+    _over_experiment("unit_phase_energy"),
+    _over_experiment("unit_baseline"),
+    _over_experiment("unit_utilisation"),
+    _over_experiment("unit_steady"),
+    Macro("unit_results_for", "exp", _UNIT_RESULTS_FOR),
+    # the same from samples only (tests compare the two)
+    _over_experiment("unit_results_live", "unit_results_sel"),
+    # issue 15: a user's windows (a list of window ids; NULL: every window)
+    Macro("window_results_for", "ids", _WINDOW_RESULTS),
+)
+
+# Every relation, in the order it is created.
+REGISTRY: tuple[View | Macro | Step, ...] = (
+    *_RULE_VIEWS,
+    View("phase_windows", _PHASE_WINDOWS),
+    View("phase_channel_energy", _PHASE_CHANNEL_ENERGY),
+    *_SEL_MACROS,
+    Step(CACHE_TABLE, _create_cache),
+    *_FOR_MACROS,
+    *(_over_everything(m) for m in _FOR_MACROS if m.name != "unit_results_live_for"),
+)
+
+# Views and macros of earlier versions, dropped so an old file does not keep stale ones.
+RETIRED_VIEWS: tuple[str, ...] = ()
+RETIRED_MACROS: tuple[str, ...] = ()
+
+
+def create_views(con: duckdb.DuckDBPyConnection) -> None:
+    """(Re)create every relation of ``REGISTRY``, in order, after dropping retired ones."""
+    for name in RETIRED_VIEWS:
+        con.execute(f"DROP VIEW IF EXISTS {name}")
+    for name in RETIRED_MACROS:
+        con.execute(f"DROP MACRO TABLE IF EXISTS {name}")
+    for relation in REGISTRY:
+        relation.create(con)
 
 
 # (Re)materialising one experiment's finished units: stale rows go, then the units without

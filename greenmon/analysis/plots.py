@@ -8,9 +8,12 @@
 - one unit's power traces with its phases shaded;
 - wall power against the sum of its components (CPU + DRAM + GPU) over the same unit.
 
-*Power* of a channel is derived from raw samples: a counter's wrap-free delta over the
-time between samples (converted to W), a power gauge as read.  Traces are averaged into
-time bins so a long unit sampled at 100 Hz stays a readable, small figure.
+*Power* of a channel is derived from raw samples by greenmon/sources.py's rule: a
+counter's wrap-corrected delta over the time between samples (none after a reset), a
+power gauge as read.  Traces are averaged into time bins so a long unit sampled at 100 Hz
+stays a readable, small figure.  The traces show every energy channel; the wall figure
+adds, per domain, only the *source* channels, those the results count (the
+``energy_sources`` view), so a modelled estimate beside RAPL is not counted twice.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from greenmon.analysis.data import VARIABLES_BY_COLUMN, configuration_label
-from greenmon.energy import ENERGY_UNITS, POWER_UNITS, SCALE_TO_SI_SQL
+from greenmon.sources import counter_range_sql, energy_channel_sql, interval_power_sql
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -197,7 +200,8 @@ def unit_power(store: Store, experiment_id: str, unit_id: int, bins: int = TRACE
     tuple[pd.DataFrame, pd.DataFrame]
 ):
     """(power, phases) of one unit: power has t_s (from the unit's first phase), channel,
-    domain, power_w averaged per time bin; phases has phase, start_s, end_s."""
+    domain, source (the results count this channel for its domain) and power_w averaged
+    per time bin; phases has phase, start_s, end_s."""
     _, phase_rows = store.query(
         """SELECT phase, start_ns, end_ns, session_id FROM phases
            WHERE experiment_id = ? AND unit_id = ? AND end_ns IS NOT NULL
@@ -208,28 +212,27 @@ def unit_power(store: Store, experiment_id: str, unit_id: int, bins: int = TRACE
     )
     phases = pd.DataFrame(phase_rows, columns=["phase", "start_ns", "end_ns", "session_id"])
     if phases.empty:
-        return pd.DataFrame(columns=["t_s", "channel", "domain", "power_w"]), phases
+        return pd.DataFrame(columns=["t_s", "channel", "domain", "source", "power_w"]), phases
     lo, hi = int(phases["start_ns"].min()), int(phases["end_ns"].max())
     bin_ns = max((hi - lo) // bins, 1)
+    power_w = interval_power_sql(
+        kind="ch.kind", unit="ch.unit", counter_range="ch.counter_range", value="s.value",
+        t_ns="s.t_ns", order="w",
+    )  # fmt: skip
     columns, rows = store.query(
         f"""WITH ch AS (
-                SELECT channel_id, probe || ':' || name AS channel, domain, kind,
-                       {SCALE_TO_SI_SQL} AS scale
-                FROM channels
-                WHERE session_id = ? AND domain IS NOT NULL
-                  AND ((kind = 'counter' AND unit IN {ENERGY_UNITS!r})
-                       OR (kind = 'gauge' AND unit IN {POWER_UNITS!r}))),
+                SELECT c.channel_id, c.probe || ':' || c.name AS channel, c.domain, c.kind,
+                       c.unit, {counter_range_sql("c")} AS counter_range,
+                       c.channel_id IN (SELECT channel_id FROM energy_sources) AS source
+                FROM channels c
+                WHERE c.session_id = ? AND c.domain IS NOT NULL AND {energy_channel_sql("c")}),
             pw AS (
-                SELECT ch.channel, ch.domain, s.t_ns,
-                       CASE WHEN ch.kind = 'counter'
-                            THEN (s.value - lag(s.value) OVER w)
-                                 / ((s.t_ns - lag(s.t_ns) OVER w) / 1e9)
-                            ELSE s.value END * ch.scale AS power_w
+                SELECT ch.channel, ch.domain, ch.source, s.t_ns, {power_w} AS power_w
                 FROM samples s JOIN ch USING (channel_id)
                 WHERE s.t_ns BETWEEN ? AND ?
                 WINDOW w AS (PARTITION BY s.channel_id ORDER BY s.t_ns))
-            SELECT channel, domain, (floor((t_ns - ?) / ?) * ? + ? / 2) / 1e9 AS t_s,
-                   avg(power_w) AS power_w
+            SELECT channel, domain, source,
+                   (floor((t_ns - ?) / ?) * ? + ? / 2) / 1e9 AS t_s, avg(power_w) AS power_w
             FROM pw WHERE power_w >= 0 AND power_w IS NOT NULL
             GROUP BY ALL ORDER BY channel, t_s""",
         [str(phases["session_id"].iloc[0]), lo, hi, lo, bin_ns, bin_ns, bin_ns],
@@ -268,10 +271,12 @@ def power_trace_plot(power: pd.DataFrame, phases: pd.DataFrame, title: str) -> F
 
 
 def wall_components_frame(power: pd.DataFrame) -> pd.DataFrame:
-    """Per time bin: wall power and the sum of CPU + DRAM + GPU power."""
-    if power.empty:
+    """Per time bin: wall power and the sum of CPU + DRAM + GPU power, each domain from
+    its source channels only (as the results count it)."""
+    sources = power[power["source"].astype(bool)] if "source" in power else power.iloc[:0]
+    if sources.empty:
         return pd.DataFrame(columns=["t_s", "wall_w", "components_w"])
-    by_domain = power.pivot_table(index="t_s", columns="domain", values="power_w", aggfunc="sum")
+    by_domain = sources.pivot_table(index="t_s", columns="domain", values="power_w", aggfunc="sum")
     parts = [d for d in ("cpu", "dram", "gpu") if d in by_domain.columns]
     if "wall" not in by_domain.columns or not parts:
         return pd.DataFrame(columns=["t_s", "wall_w", "components_w"])

@@ -74,3 +74,94 @@ def test_window_with_no_samples_has_zero_coverage(tmp_path: Path) -> None:
         energy = window_energy(store.con, [Window(1, channel_id, 100 * S, 101 * S)])
     assert energy[(1, channel_id)].coverage == 0.0
     assert energy[(1, channel_id)].energy_j is None
+
+
+def _store_counter(
+    path: Path, values: list[tuple[int, float]], period_ns: int, counter_range: float | None
+) -> tuple[Store, int]:
+    """One counter channel in J (``counter_range``: where it wraps; None: it resets)."""
+    store = Store.open(path)
+    session = store.start_session({"host": "test"}, 0, 0)
+    metadata = {} if counter_range is None else {"counter_range": counter_range}
+    [channel_id] = store.register_channels(
+        session, "fake", [Channel("pkg.energy_j", "J", "counter", domain="cpu",
+                                  metadata=metadata)], period_ns,
+    )  # fmt: skip
+    batch = SampleBatch()
+    for t_ns, value in values:
+        batch.append_row(t_ns, [channel_id], [value])
+    store.write(batch, [], session)
+    return store, channel_id
+
+
+def test_a_window_that_starts_inside_a_wrapped_interval_counts_the_wrap(tmp_path: Path) -> None:
+    # 10 W into a counter that wraps at 100 J: 90 J at 9 s, 0 J at 10 s (the wrap)
+    values = [(k * S, (10.0 * k) % 100.0) for k in range(16)]
+    store, channel_id = _store_counter(tmp_path / "db.duckdb", values, S, 100.0)
+    with store:
+        energy = window_energy(
+            store.con,
+            [
+                Window(1, channel_id, 9 * S + S // 2, 12 * S),  # starts inside the wrap
+                Window(2, channel_id, 9 * S + S // 4, 9 * S + S // 2),  # wholly inside it
+                Window(3, channel_id, 0, 12 * S),  # spans it
+                Window(4, channel_id, 10 * S, 12 * S),  # starts at the sample after it
+                Window(5, channel_id, 2 * S, 9 * S + S // 2),  # ends inside it
+            ],
+        )
+    assert energy[(1, channel_id)].energy_j == pytest.approx(25.0)
+    assert energy[(1, channel_id)].wraps == 1
+    assert energy[(2, channel_id)].energy_j == pytest.approx(2.5)
+    assert energy[(2, channel_id)].wraps == 1
+    assert energy[(3, channel_id)].energy_j == pytest.approx(120.0)
+    assert energy[(3, channel_id)].wraps == 1
+    assert energy[(4, channel_id)].energy_j == pytest.approx(20.0)
+    assert energy[(4, channel_id)].wraps == 0
+    assert energy[(5, channel_id)].energy_j == pytest.approx(75.0)
+    assert energy[(5, channel_id)].wraps == 1
+
+
+def test_a_window_that_starts_inside_a_reset_interval_counts_the_reset(tmp_path: Path) -> None:
+    # no known range: 90 J -> 0 J is a reset, that interval's energy unknown (not covered)
+    values = [(k * S, (10.0 * k) % 100.0) for k in range(16)]
+    store, channel_id = _store_counter(tmp_path / "db.duckdb", values, S, None)
+    with store:
+        energy = window_energy(
+            store.con,
+            [Window(1, channel_id, 9 * S + S // 2, 12 * S), Window(2, channel_id, 10 * S, 12 * S)],
+        )
+    assert energy[(1, channel_id)].energy_j == pytest.approx(20.0)
+    assert energy[(1, channel_id)].resets == 1
+    assert energy[(1, channel_id)].coverage == pytest.approx(2.0 / 2.5)
+    assert energy[(2, channel_id)].resets == 0
+    assert energy[(2, channel_id)].coverage == 1.0
+
+
+def test_coverage_ends_at_the_last_sample_where_energy_ends(tmp_path: Path) -> None:
+    # 10 W, sampled at 0 and 1 s only: a 3 s window knows 10 J of it, a third
+    store, channel_id = _store_trace(tmp_path / "db.duckdb", [(0, 10.0), (S, 10.0)], S)
+    with store:
+        energy = window_energy(store.con, [Window(1, channel_id, 0, 3 * S)])[(1, channel_id)]
+    assert energy.energy_j == pytest.approx(10.0)
+    assert energy.coverage == pytest.approx(1.0 / 3.0)
+
+
+def test_coverage_starts_at_the_first_sample_where_energy_starts(tmp_path: Path) -> None:
+    store, channel_id = _store_trace(tmp_path / "db.duckdb", [(2 * S, 10.0), (3 * S, 10.0)], S)
+    with store:
+        energy = window_energy(store.con, [Window(1, channel_id, 0, 3 * S)])[(1, channel_id)]
+    assert energy.energy_j == pytest.approx(10.0)
+    assert energy.coverage == pytest.approx(1.0 / 3.0)
+
+
+def test_a_counter_cut_mid_interval_gives_its_share_and_full_coverage(tmp_path: Path) -> None:
+    # samples every second, 7 W; the window's edges fall a quarter and a half into intervals
+    values = [(k * S, 7.0 * k) for k in range(10)]
+    store, channel_id = _store_counter(tmp_path / "db.duckdb", values, S, 1e9)
+    with store:
+        energy = window_energy(
+            store.con, [Window(1, channel_id, S + S // 4, 5 * S + S // 2)]
+        )[(1, channel_id)]
+    assert energy.energy_j == pytest.approx(7.0 * 4.25)
+    assert energy.coverage == 1.0
+    assert (energy.wraps, energy.resets) == (0, 0)
