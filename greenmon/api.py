@@ -57,7 +57,7 @@ from greenmon.windows_api import add_window_routes
 
 if TYPE_CHECKING:
     from greenmon.daemon import Daemon
-    from greenmon.runner import ExperimentRunner
+    from greenmon.protocols import RunnerControl
     from greenmon.store import Store
 
 STREAM_HZ = 4.0
@@ -349,7 +349,7 @@ def bind_unix_socket(path: Path) -> socket.socket:
     return sock
 
 
-def runner_of(daemon: Daemon) -> ExperimentRunner | None:
+def runner_of(daemon: Daemon) -> RunnerControl | None:
     return daemon.runner
 
 
@@ -600,7 +600,7 @@ class ApiServer:
         ]
         return web.json_response({"events": events}, dumps=dumps)
 
-    def _experiment_runner(self) -> ExperimentRunner:
+    def _experiment_runner(self) -> RunnerControl:
         runner = runner_of(self.daemon)
         if runner is None:
             raise ApiError("This daemon is starting or stopping: it runs no experiment runner.")
