@@ -45,7 +45,7 @@ from greenmon.protocols import RunnerHost
 from greenmon.store import NewExperiment, NewUnit
 
 if TYPE_CHECKING:
-    from greenmon.settings import UnitSettings
+    from greenmon.hardware.journal import UnitSettings
 
 PHASES = ("load", "warmup", "cooldown_before", "measure", "cooldown_after")
 # Memory still held after close beyond this is reported: engines must not leak into the
@@ -546,7 +546,7 @@ class ExperimentRunner:
         await anyio.sleep(0.2)
         # issue 8: missing privileges or out-of-range hardware levels stop the plan here,
         # before the first unit, not in the middle of the run.
-        from greenmon.settings import require_hardware
+        from greenmon.hardware.checks import require_hardware
 
         try:
             await anyio.to_thread.run_sync(partial(require_hardware, plan, nvml=self.nvml))
@@ -623,7 +623,7 @@ class UnitInputs:
                 )
             )
         prompts = self.workloads[prompts_key]
-        max_new = int(unit.setting("max_new_tokens", plan.spec.max_new_tokens))
+        max_new = int(unit.level("max_new_tokens", plan.spec.max_new_tokens))
         key = (unit.model, input_tokens, max_new)
         if key not in self.references:
             self.references[key] = await self.runner.reference_for(model, prompts, max_new)
@@ -693,7 +693,7 @@ class UnitRun:
         self.phases = PhaseLog()
         self.attempt = 0
         self.cell: dict[str, int] = {}
-        self.max_new = int(unit.setting("max_new_tokens", plan.spec.max_new_tokens))
+        self.max_new = int(unit.level("max_new_tokens", plan.spec.max_new_tokens))
         # issue 16: options include an http unit's server and load level (plan.py).
         self.batch_size = plan.batch_size_for(unit)
         self.options = plan.engine_options_for(unit)
@@ -809,7 +809,8 @@ class UnitRun:
         only slow down) and before warm-up, so warm-up, the idle baseline of cooldown_before,
         the measure and the tail all run at the unit's setting.  Restored in teardown.
         """
-        from greenmon.settings import HARDWARE_FACTORS, UnitSettings
+        from greenmon.hardware.journal import UnitSettings
+        from greenmon.hardware.spec import HARDWARE_FACTORS
 
         levels = {k: v for k, v in self.unit.factors.items() if k in HARDWARE_FACTORS}
         if not levels:
