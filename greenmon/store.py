@@ -847,7 +847,7 @@ class Store:
     def set_unit_settings(
         self, experiment_id: str, unit_id: int, in_force: Mapping[str, Any]
     ) -> None:
-        """The hardware levels in force while the unit ran (greenmon/settings.py)."""
+        """The hardware levels in force while the unit ran (greenmon/hardware/)."""
         self.execute(
             "UPDATE units SET settings = ? WHERE experiment_id = ? AND unit_id = ?",
             [json.dumps(in_force), experiment_id, unit_id],
