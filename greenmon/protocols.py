@@ -4,7 +4,8 @@ Each side names only what it uses of the other, so none needs the other's whole 
 ``Any``) and a change on one side that breaks the other is a type error, not a runtime one:
 
 - ``RunnerHost``: what the runner needs from its daemon (greenmon/daemon.py ``Daemon``):
-  the store, the configuration, the session, events, and a place to attach itself.
+  the store, the configuration, the session, events, a flush of what the writer holds
+  (greenmon/rounds.py reads a round's samples), and a place to attach itself.
 - ``RunnerControl``: what the API (greenmon/api.py) and ``greenmon run``
   (greenmon/commands/run.py) need from a runner (greenmon/runner.py ``ExperimentRunner``):
   submit, follow, pause, resume, cancel, and the live results.
@@ -73,6 +74,8 @@ class RunnerHost(Protocol):
     def session_id(self) -> str: ...
 
     def event(self, level: str, message: str, probe: str | None = None) -> None: ...
+
+    async def flush(self) -> None: ...
 
 
 if TYPE_CHECKING:

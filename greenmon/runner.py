@@ -42,6 +42,7 @@ from greenmon.engines.base import Engine, Prompt, RequestRecord, handles_load
 from greenmon.errors import GreenmonError, PlanError
 from greenmon.plan import Plan, Unit, diff_plans, parse_plan, parse_shard
 from greenmon.protocols import RunnerHost
+from greenmon.rounds import scheduled_units
 from greenmon.store import NewExperiment, NewUnit
 
 if TYPE_CHECKING:
@@ -368,7 +369,9 @@ class ExperimentRunner:
             cell["total"] += 1
             if status in ("done", "failed"):
                 cell[status] += 1
-        todo = [all_units[int(uid)] for uid, status in statuses if status not in ("done", "failed")]
+        # issue 14: skipped units (rounds repetitions = "auto" did not need) never run
+        finished = ("done", "failed", "skipped")
+        todo = [all_units[int(uid)] for uid, status in statuses if status not in finished]
         return Submission(
             plan=plan,
             experiment_id=experiment_id,
@@ -555,7 +558,8 @@ class ExperimentRunner:
             self.daemon.event("error", str(error))
             return "failed"
         inputs = UnitInputs(self, plan)
-        for unit in submission.units:
+        # issue 14: with repetitions = "auto" the rounds may stop early (rounds.py)
+        async for unit in scheduled_units(plan, experiment_id, submission.units, self.daemon):
             await self._resumed.wait()
             if scope.cancel_called:
                 break
