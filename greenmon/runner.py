@@ -434,7 +434,9 @@ class ExperimentRunner:
                       median(energy_global_j) AS median_energy_j,
                       median(duration_s) AS median_duration_s,
                       median(j_per_token) AS median_j_per_token,
-                      list_distinct(flatten(list(flags))) AS flags
+                      list_distinct(flatten(list(flags))) AS flags,
+                      list_sort(list_distinct(flatten(list(estimated_domains))))
+                          AS estimated_domains
                FROM unit_results_for(?) WHERE status = 'done'
                GROUP BY configuration ORDER BY configuration""",
             [experiment_id],
