@@ -37,7 +37,7 @@ from greenmon.update_periods import changed_enough
 
 if TYPE_CHECKING:
     from greenmon.api import ApiOptions
-    from greenmon.runner import ExperimentRunner
+    from greenmon.protocols import RunnerControl
 
 Service = Callable[..., Coroutine[Any, Any, None]]
 # A stop hook waits for samples (a window's close waits up to HANDOFF_WAIT_MAX_S): a stop
@@ -89,7 +89,7 @@ class Daemon:
         self._writer_done = False
         self.started = anyio.Event()
         # Set by the runner service (greenmon/runner.py); every composed daemon has one.
-        self.runner: ExperimentRunner | None = None
+        self.runner: RunnerControl | None = None
         # Set by the API service (greenmon/api/server.py) once its socket listens.
         self.socket_path: Path | None = None
         # Run in order when the daemon stops, while the probes still sample and the writer

@@ -24,12 +24,15 @@ import math
 import random
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 
 from greenmon.clock import now_ns
 from greenmon.plan import Plan, Precision, Unit
+
+if TYPE_CHECKING:
+    from greenmon.protocols import RunnerHost
 
 T = TypeVar("T")
 
@@ -164,14 +167,6 @@ def decide(round_: int, cells: list[CellPrecision], precision: Precision) -> Sto
     return StopDecision(round_, False, "continue", cells)
 
 
-class _Daemon(Protocol):
-    store: Any
-
-    def event(self, level: str, message: str, probe: str | None = None) -> None: ...
-
-    async def flush(self) -> None: ...
-
-
 def _cells(plan: Plan) -> list[tuple[str, str, str]]:
     return [
         (model, f"{engine}/{provider}", json.dumps(levels, sort_keys=True))
@@ -200,7 +195,7 @@ def evaluate_experiment(plan: Plan, experiment_id: str, store: Any) -> list[Cell
 
 
 async def scheduled_units(
-    plan: Plan, experiment_id: str, units: Sequence[Unit], daemon: _Daemon
+    plan: Plan, experiment_id: str, units: Sequence[Unit], daemon: RunnerHost
 ) -> AsyncIterator[Unit]:
     """The units to run, in order.  With ``repetitions = "auto"``, after the last unit of
     each round (when the runner asks for the next one) the round is evaluated and, when
@@ -230,7 +225,7 @@ async def scheduled_units(
 
 
 async def _decide_round(
-    plan: Plan, experiment_id: str, round_: int, daemon: _Daemon
+    plan: Plan, experiment_id: str, round_: int, daemon: RunnerHost
 ) -> StopDecision:
     # Every sample up to the round's end is handed off after one hand-off interval; the
     # flush then puts them in the file before the round's units are materialised.

@@ -9,26 +9,31 @@ Terms:
   workload), ``cooldown_after`` (tail energy).  Each is a row in ``phases`` with start and
   end on the samples' monotonic clock; phase energy is a query (greenmon/views.py).
 
+Shape: ``ExperimentRunner`` queues plans and walks a plan's units; each unit is a
+``UnitRun`` with one step per phase (load, hardware levels, warm-up, cooldown before,
+measure, cooldown after, teardown, record) and its own ``PhaseLog``.  Every write goes
+through a Store method; the daemon is seen through ``RunnerHost`` (greenmon/protocols.py).
+
 Engines run in one worker thread so the probes keep sampling on theirs; between units the
 engine is closed, garbage is collected and the release of its memory is checked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
 import math
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 import psutil
-import pyarrow as pa
 from anyio.abc import TaskStatus
 
 from greenmon.clock import now_ns
@@ -36,7 +41,12 @@ from greenmon.energy import window_energy_sql
 from greenmon.engines.base import Engine, Prompt, RequestRecord, handles_load
 from greenmon.errors import GreenmonError, PlanError
 from greenmon.plan import Plan, Unit, diff_plans, parse_plan, parse_shard
+from greenmon.protocols import RunnerHost
 from greenmon.rounds import scheduled_units
+from greenmon.store import NewExperiment, NewUnit
+
+if TYPE_CHECKING:
+    from greenmon.hardware.journal import UnitSettings
 
 PHASES = ("load", "warmup", "cooldown_before", "measure", "cooldown_after")
 # Memory still held after close beyond this is reported: engines must not leak into the
@@ -111,7 +121,7 @@ class ExperimentRunner:
 
     def __init__(
         self,
-        daemon: Any,
+        daemon: RunnerHost,
         *,
         cache_dir: str | None = None,
         reference: ReferenceFn | None = _default_reference,
@@ -131,7 +141,10 @@ class ExperimentRunner:
         self._resumed.set()
         self._cancel_scope: anyio.CancelScope | None = None
         self._engine_limiter = anyio.CapacityLimiter(1)
-        self._phases: list[list[Any]] = []
+        # issue 16: the engine of the unit running now (its live serving figures).
+        self.live_engine: Engine | None = None
+        # The first unit's power after its cooldown: adaptive cooldowns wait to get near it.
+        self.baseline_w: float | None = None
         self.queue: list[Submission] = []
         self.current: Submission | None = None
         self.finished: list[Submission] = []
@@ -157,11 +170,7 @@ class ExperimentRunner:
         for queued in self.queue:
             if queued.experiment_id == experiment_id:
                 self.queue.remove(queued)
-                self.store.execute(
-                    "UPDATE experiments SET status = 'cancelled', finished_ns = ? "
-                    "WHERE experiment_id = ?",
-                    [now_ns(), queued.experiment_id],
-                )
+                self.store.end_experiment(queued.experiment_id, "cancelled", now_ns())
                 self._finish(queued, "cancelled")
                 self.daemon.event("warning", f"queued plan {experiment_id} cancelled")
                 return
@@ -277,10 +286,8 @@ class ExperimentRunner:
     def _serving_progress(self) -> dict[str, Any] | None:
         """issue 16: requests in flight, tokens/s and latency of a served unit (an engine
         that handles load and offers ``live()``); None for in-process engines."""
-        live = getattr(self._live_engine, "live", None)
+        live = getattr(self.live_engine, "live", None)
         return dict(live()) if callable(live) else None
-
-    _live_engine: Engine | None = None
 
     # -- the store -----------------------------------------------------------------------
     def prepare(self, plan: Plan, resume: bool, force: bool) -> Submission:
@@ -291,6 +298,27 @@ class ExperimentRunner:
         experiment finished is refused with how to run it again.  ``force`` always starts a
         new experiment.
         """
+        latest = None if force else self._latest_experiment(plan)
+        if latest is not None and latest[3] == "done" and latest[1] == plan.plan_hash:
+            raise PlanFinished(
+                f"plan '{plan.name}' already finished as experiment {latest[0]} "
+                f"({latest[5]} units) in {self.store.path}. Its results are there "
+                f"(`greenmon analyze --db {self.store.path}`); to run it again as a new "
+                "experiment, pass --force."
+            )
+        if latest is not None and latest[3] != "done":
+            return self._submission(plan, self._reopen(plan, latest), resumed=True)
+        if resume:
+            raise PlanError(
+                f"there is no unfinished experiment of plan '{plan.name}' to resume in "
+                f"{self.store.path}; run it without --resume to start one."
+            )
+        experiment_id = uuid.uuid4().hex[:12]
+        self._create_experiment(plan, experiment_id)
+        return self._submission(plan, experiment_id, resumed=False)
+
+    def _latest_experiment(self, plan: Plan) -> tuple[Any, ...] | None:
+        """The plan's latest experiment: (id, plan_hash, plan, status, units_done, units_total)."""
         # issue 18: a shard resumes its own experiment (same plan, same shard).
         shard = plan.shard
         shard_index, shard_count = (shard.index, shard.count) if shard else (None, None)
@@ -306,40 +334,27 @@ class ExperimentRunner:
                ORDER BY created_ns DESC LIMIT 1""",
             [plan.name, shard_index, shard_count],
         )
-        latest = rows[0] if rows and not force else None
-        resumed = False
-        if latest is not None and latest[3] == "done" and latest[1] == plan.plan_hash:
-            raise PlanFinished(
-                f"plan '{plan.name}' already finished as experiment {latest[0]} "
-                f"({latest[5]} units) in {self.store.path}. Its results are there "
-                f"(`greenmon analyze --db {self.store.path}`); to run it again as a new "
-                "experiment, pass --force."
-            )
-        if latest is not None and latest[3] != "done":
-            if latest[1] != plan.plan_hash:
-                changes = diff_plans(json.loads(latest[2]), plan.canonical())
-                raise PlanError(
-                    f"experiment {latest[0]} of plan '{plan.name}' is unfinished and the plan "
-                    f"changed since it started: {'; '.join(changes[:8])}. Restore the plan to "
-                    "resume it, or pass --force to start a new experiment."
-                )
-            experiment_id = str(latest[0])
-            resumed = True
-            self.store.execute(
-                "UPDATE experiments SET status = 'queued' WHERE experiment_id = ?",
-                [experiment_id],
-            )
-            self.daemon.event(
-                "info", f"resuming experiment {experiment_id}: {latest[4]} of {latest[5]} done"
-            )
-        elif resume:
+        return rows[0] if rows else None
+
+    def _reopen(self, plan: Plan, latest: tuple[Any, ...]) -> str:
+        """Queue an unfinished experiment again; refused with the differences if the plan
+        changed since it started."""
+        if latest[1] != plan.plan_hash:
+            changes = diff_plans(json.loads(latest[2]), plan.canonical())
             raise PlanError(
-                f"there is no unfinished experiment of plan '{plan.name}' to resume in "
-                f"{self.store.path}; run it without --resume to start one."
+                f"experiment {latest[0]} of plan '{plan.name}' is unfinished and the plan "
+                f"changed since it started: {'; '.join(changes[:8])}. Restore the plan to "
+                "resume it, or pass --force to start a new experiment."
             )
-        else:
-            experiment_id = uuid.uuid4().hex[:12]
-            self._create_experiment(plan, experiment_id)
+        experiment_id = str(latest[0])
+        self.store.set_experiment_status(experiment_id, "queued")
+        self.daemon.event(
+            "info", f"resuming experiment {experiment_id}: {latest[4]} of {latest[5]} done"
+        )
+        return experiment_id
+
+    def _submission(self, plan: Plan, experiment_id: str, *, resumed: bool) -> Submission:
+        """The experiment's units still to run, and its grid of counts so far."""
         all_units = {u.unit_id: u for u in plan.units()}
         statuses = self.store.execute(
             "SELECT unit_id, status FROM units WHERE experiment_id = ? ORDER BY unit_id",
@@ -368,624 +383,39 @@ class ExperimentRunner:
         )
 
     def _create_experiment(self, plan: Plan, experiment_id: str) -> None:
-        units = plan.units()
-        with self.store.lock:
-            con = self.store.con
-            con.execute("BEGIN TRANSACTION")
-            try:
-                shard = plan.shard  # issue 18: the shard and host are recorded with it
-                con.execute(
-                    """INSERT INTO experiments (experiment_id, session_id, name, plan_path,
-                           plan_hash, plan_toml, plan, seed, order_kind, status, created_ns,
-                           shard_index, shard_count, host)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?,
-                               (SELECT host FROM sessions WHERE session_id = ?))""",
-                    [
-                        experiment_id,
-                        self.daemon.session_id,
-                        plan.name,
-                        str(plan.path) if plan.path else None,
-                        plan.plan_hash,
-                        plan.text,
-                        json.dumps(plan.canonical()),
-                        plan.spec.seed,
-                        plan.spec.order,
-                        now_ns(),
-                        shard.index if shard else None,
-                        shard.count if shard else None,
-                        self.daemon.session_id,
-                    ],
-                )
-                con.executemany(
-                    """INSERT INTO units (experiment_id, unit_id, model, engine, provider,
-                           repetition, factors, status)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')""",
-                    [
-                        [
-                            experiment_id,
-                            u.unit_id,
-                            u.model,
-                            u.engine,
-                            u.provider,
-                            u.repetition,
-                            json.dumps(u.factors),
-                        ]
-                        for u in units
-                    ],
-                )
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-
-    def _phase_start(self, experiment_id: str, unit: Unit, attempt: int, phase: str) -> int:
-        # Markers are kept in memory and written once the unit ends (_write_phases): a
-        # database write between phases would be greenmon's own work inside the unit's
-        # timeline (10-40 ms each, measured).  An interrupted unit is rerun whole, so the
-        # markers lost with it are never needed.
-        self._phases.append([phase, now_ns(), None])
-        self.state.phase = phase
-        return len(self._phases) - 1
-
-    def _phase_end(self, index: int) -> None:
-        self._phases[index][2] = now_ns()
-
-    def _store_requests(
-        self,
-        experiment_id: str,
-        unit: Unit,
-        attempt: int,
-        phase: str,
-        records: Sequence[RequestRecord],
-    ) -> None:
-        if not records:
-            return
-        # One Arrow batch, one statement: executemany costs milliseconds per row in DuckDB.
-        table = pa.table(
-            {
-                "experiment_id": [experiment_id] * len(records),
-                "unit_id": pa.array([unit.unit_id] * len(records), pa.int32()),
-                "attempt": pa.array([attempt] * len(records), pa.int32()),
-                "phase": [phase] * len(records),
-                "prompt_id": [r.prompt_id for r in records],
-                "tokens_in": pa.array([r.tokens_in for r in records], pa.int32()),
-                "tokens_out": pa.array([r.tokens_out for r in records], pa.int32()),
-                "start_ns": pa.array([r.start_ns for r in records], pa.int64()),
-                "end_ns": pa.array([r.end_ns for r in records], pa.int64()),
-                "ttft_ns": pa.array([r.ttft_ns for r in records], pa.int64()),
-                "output_hash": [r.output_hash for r in records],
-                "text": [r.text for r in records],
-                # issue 16
-                "tokens_requested": pa.array([r.tokens_requested for r in records], pa.int32()),
-                "usage_tokens_out": pa.array([r.usage_tokens_out for r in records], pa.int32()),
-            }
-        )
-        with self.store.lock:
-            self.store.con.register("greenmon_requests", table)
-            try:
-                self.store.con.execute(
-                    """INSERT INTO requests (experiment_id, unit_id, attempt, phase, prompt_id,
-                           tokens_in, tokens_out, start_ns, end_ns, ttft_ns, output_hash, text,
-                           tokens_requested, usage_tokens_out)
-                       SELECT * FROM greenmon_requests"""
-                )
-            finally:
-                self.store.con.unregister("greenmon_requests")
-
-    def _store_quality(
-        self,
-        experiment_id: str,
-        unit: Unit,
-        attempt: int,
-        records: Sequence[RequestRecord],
-        prompts: Sequence[Prompt],
-    ) -> None:
-        """issue 19: score the unit's measured answers (greenmon/quality.py) and store them.
-
-        Runs after the unit's timeline, outside every measured window.  A scoring failure
-        is an event, never a failed unit: the energy already measured is kept.
-        """
-        from greenmon.quality import store_quality
-
-        try:
-            store_quality(self.store, experiment_id, unit.unit_id, attempt, records, prompts)
-        except (GreenmonError, ImportError) as error:
-            self.daemon.event("warning", f"unit {unit.unit_id}: quality not scored: {error}")
-
-    # -- engines -------------------------------------------------------------------------
-    def make_engine(self, plan: Plan, name: str) -> Engine:
-        if name in plan.spec.custom_engines:
-            module_name, _, class_name = plan.spec.custom_engines[name].partition(":")
-            try:
-                engine_class = getattr(importlib.import_module(module_name), class_name)
-            except (ImportError, AttributeError) as error:
-                raise PlanError(
-                    f"custom engine {name!r} = {plan.spec.custom_engines[name]!r} cannot be "
-                    f"loaded: {error}. Give it as 'package.module:Class' importable here."
-                ) from None
-            engine: Engine = engine_class(**self.engine_kwargs)
-            return engine
-        from greenmon.engines import get_engine
-
-        return get_engine(name, cache_dir=self.cache_dir, **self.engine_kwargs)
-
-    async def _in_engine_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        # abandon_on_cancel: a hung engine call cannot be interrupted, but the unit can be
-        # failed on time and the plan go on; the abandoned thread is reported.
-        return await anyio.to_thread.run_sync(
-            fn, *args, limiter=self._engine_limiter, abandon_on_cancel=True
-        )
-
-    async def _sleep_phase(self, seconds: float) -> None:
-        self.state.phase_ends_ns = now_ns() + int(seconds * 1e9)
-        await anyio.sleep(seconds)
-        self.state.phase_ends_ns = None
-
-    async def _cooldown_before(self, plan: Plan) -> None:
-        cooldown = plan.spec.cooldown
-        if not cooldown.adaptive:
-            await self._sleep_phase(cooldown.before_s)
-            return
-        # Adaptive: at least before_s, then until power settles near the first baseline.
-        await self._sleep_phase(cooldown.before_s)
-        deadline_ns = now_ns() + int(max(0.0, cooldown.max_s - cooldown.before_s) * 1e9)
-        target_w = self._baseline_w
-        while now_ns() < deadline_ns:
-            current_w = await anyio.to_thread.run_sync(self._recent_power_w, 2.0)
-            if target_w is None or current_w is None:
-                break
-            if abs(current_w - target_w) <= cooldown.tolerance * target_w:
-                break
-            await anyio.sleep(0.5)
-
-    _baseline_w: float | None = None
-
-    def _recent_power_w(self, window_s: float) -> float | None:
-        """Mean power of the energy sources over the last window_s, from stored samples."""
-        end_ns = now_ns()
-        rows = self.store.execute(
-            "SELECT sum(e.energy_j) FROM ("
-            + window_energy_sql(
-                "(SELECT 0::BIGINT AS window_id, channel_id, "
-                f"{end_ns - int(window_s * 1e9)}::BIGINT AS start_ns, {end_ns}::BIGINT AS end_ns "
-                "FROM energy_sources WHERE session_id = ?)"
-            )
-            + ") e",
-            [self.daemon.session_id],
-        )
-        energy_j = rows[0][0] if rows else None
-        return None if energy_j is None else float(energy_j) / window_s
-
-    # -- running ---------------------------------------------------------------------
-    async def run_units(self, submission: Submission) -> None:
-        from greenmon.models import resolve_model
-        from greenmon.workload import load_workload
-
-        plan, experiment_id, units = submission.plan, submission.experiment_id, submission.units
-        self.state = Progress(
-            status="running",
+        shard = plan.shard  # issue 18: the shard and host are recorded with it
+        experiment = NewExperiment(
             experiment_id=experiment_id,
-            plan_name=plan.name,
-            units_total=submission.units_total,
-            unit_index=submission.units_done,
-            grid=submission.grid,
-            started_ns=now_ns(),
+            session_id=self.daemon.session_id,
+            name=plan.name,
+            plan_path=str(plan.path) if plan.path else None,
+            plan_hash=plan.plan_hash,
+            plan_toml=plan.text,
+            plan_json=json.dumps(plan.canonical()),
+            seed=plan.spec.seed,
+            order_kind=plan.spec.order,
+            created_ns=now_ns(),
+            shard_index=shard.index if shard else None,
+            shard_count=shard.count if shard else None,
         )
-        self._resumed = anyio.Event()
-        self._resumed.set()
-        final = "done"
-        try:
-            # The scope exists before the first await: a cancel that arrives at any point
-            # after the status says "running" reaches this plan.
-            with anyio.CancelScope() as scope:
-                self._cancel_scope = scope
-                await anyio.to_thread.run_sync(
-                    lambda: self.store.execute(
-                        "UPDATE experiments SET status = 'running' WHERE experiment_id = ?",
-                        [experiment_id],
-                    )
-                )
-                self.daemon.event("info", f"experiment {experiment_id} ({plan.name}) started")
-                # Let the probes collect a little before the first phase.
-                await anyio.sleep(0.2)
-                # issue 8: missing privileges or out-of-range hardware levels stop the plan
-                # here, before the first unit, not in the middle of the run.
-                from greenmon.hardware.checks import require_hardware
+        units = [
+            NewUnit(u.unit_id, u.model, u.engine, u.provider, u.repetition, u.factors)
+            for u in plan.units()
+        ]
+        self.store.create_experiment(experiment, units)
 
-                try:
-                    await anyio.to_thread.run_sync(partial(require_hardware, plan, nvml=self.nvml))
-                except PlanError as error:
-                    self.state.last_error = str(error)
-                    self.daemon.event("error", str(error))
-                    final = "failed"
-                    return
-                models: dict[str, Any] = {}
-                # issue 8: keyed by (model, input_tokens): an input_tokens level gets its
-                # own windows of exactly that many tokens (greenmon/workload.py).
-                workloads: dict[tuple[str, int | None], list[Prompt]] = {}
-                references: dict[
-                    tuple[str, int | None, int], Mapping[str, Sequence[int]] | None
-                ] = {}
-                # issue 14: with repetitions = "auto" the rounds may stop early (rounds.py)
-                async for unit in scheduled_units(plan, experiment_id, units, self.daemon):
-                    await self._resumed.wait()
-                    if scope.cancel_called:
-                        break
-                    self.state.unit_index += 1
-                    try:
-                        if unit.model not in models:
-                            models[unit.model] = await anyio.to_thread.run_sync(
-                                partial(resolve_model, unit.model, cache_dir=self.cache_dir)
-                            )
-                        input_tokens = unit.factors.get("input_tokens")
-                        prompts_key = (unit.model, input_tokens)
-                        if prompts_key not in workloads:
-                            workloads[prompts_key] = await anyio.to_thread.run_sync(
-                                partial(
-                                    load_workload,
-                                    plan.spec.workload,
-                                    model=models[unit.model],
-                                    seed=plan.spec.seed,
-                                    limit=plan.spec.prompts,
-                                    cache_dir=self.cache_dir,
-                                    input_tokens=input_tokens,
-                                )
-                            )
-                        max_new = int(unit.level("max_new_tokens", plan.spec.max_new_tokens))
-                        key = (unit.model, input_tokens, max_new)
-                        if key not in references:
-                            references[key] = await self._reference(
-                                models[unit.model], workloads[prompts_key], max_new
-                            )
-                    except GreenmonError as error:
-                        await self._fail_unit(experiment_id, unit, str(error))
-                        continue
-                    await self.run_unit(
-                        plan,
-                        experiment_id,
-                        unit,
-                        models[unit.model],
-                        workloads[prompts_key],
-                        references[key],
-                    )
-                    self.state.units_run += 1
-            if scope.cancel_called:
-                final = "cancelled"
-        except BaseException:
-            final = "interrupted"
-            raise
-        finally:
-            self._cancel_scope = None
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(
-                    lambda: self.store.execute(
-                        "UPDATE experiments SET status = ?, finished_ns = ? "
-                        "WHERE experiment_id = ?",
-                        [final, now_ns(), experiment_id],
-                    )
-                )
-                if final == "done":
-                    self.state.results = await anyio.to_thread.run_sync(
-                        self.summary_rows, experiment_id
-                    )
-                # The state says the plan ended only once the file says so too.
-                self.state.status = final
-                self.state.phase = None
-                self.state.unit = None
-                self._finish(submission, final)
-
-    async def _reference(
-        self, model: Any, prompts: list[Prompt], max_new_tokens: int
-    ) -> Mapping[str, Sequence[int]] | None:
-        if self.reference is None:
-            return None
-        reference = self.reference
-        try:
-            return await anyio.to_thread.run_sync(lambda: reference(model, prompts, max_new_tokens))
-        except Exception as error:
-            self.daemon.event("warning", f"no fidelity reference: {error}")
-            return None
-
-    async def _fail_unit(self, experiment_id: str, unit: Unit, reason: str) -> None:
+    async def fail_unit(self, experiment_id: str, unit: Unit, reason: str) -> None:
+        """A unit that could not run or did not finish its timeline: failed, with why."""
         self.state.last_error = reason
         cell = self.state.grid.get((unit.model, unit.configuration))
         if cell is not None:
             cell["failed"] += 1
         await anyio.to_thread.run_sync(
-            lambda: self.store.execute(
-                "UPDATE units SET status = 'failed', reason = ?, ended_ns = ? "
-                "WHERE experiment_id = ? AND unit_id = ?",
-                [reason, now_ns(), experiment_id, unit.unit_id],
-            )
+            lambda: self.store.fail_unit(experiment_id, unit.unit_id, reason, now_ns())
         )
         self.daemon.event("error", f"unit {unit.unit_id} ({unit.configuration}) failed: {reason}")
 
-    async def run_unit(
-        self,
-        plan: Plan,
-        experiment_id: str,
-        unit: Unit,
-        model: Any,
-        prompts: list[Prompt],
-        reference: Mapping[str, Sequence[int]] | None,
-    ) -> None:
-        db = anyio.to_thread.run_sync
-        cell = self.state.grid.setdefault(
-            (unit.model, unit.configuration), {"done": 0, "failed": 0, "running": 0, "total": 1}
-        )
-        cell["running"] = 1
-        self.state.unit = {
-            "unit_id": unit.unit_id,
-            "model": unit.model,
-            "engine": unit.engine,
-            "provider": unit.provider,
-            "configuration": unit.configuration,
-            "repetition": unit.repetition,
-            "factors": unit.factors,
-        }
-        rows = await db(
-            lambda: self.store.execute(
-                """UPDATE units SET status = 'running', attempt = attempt + 1, started_ns = ?,
-                   session_id = ?, reason = NULL, params = ?, size_category = ?
-               WHERE experiment_id = ? AND unit_id = ? RETURNING attempt""",
-                [
-                    now_ns(),
-                    self.daemon.session_id,
-                    getattr(model, "param_count", None),
-                    getattr(model, "size_category", None),
-                    experiment_id,
-                    unit.unit_id,
-                ],
-            )
-        )
-        attempt = int(rows[0][0])
-        self._phases = []
-        warm_records: list[RequestRecord] = []
-        max_new = int(unit.level("max_new_tokens", plan.spec.max_new_tokens))
-        # issue 16: options include an http unit's server and load level (plan.py).
-        batch_size = plan.batch_size_for(unit)
-        options = plan.engine_options_for(unit)
-        rss_before = psutil.Process().memory_info().rss
-        # issue 8: the unit's hardware levels (DVFS), journaled so they are always restored.
-        from greenmon.hardware.journal import UnitSettings
-        from greenmon.hardware.spec import HARDWARE_FACTORS
-
-        hardware_levels = {k: v for k, v in unit.factors.items() if k in HARDWARE_FACTORS}
-        unit_settings: UnitSettings | None = None
-        engine: Engine | None = None
-        abandoned = False
-        measured: list[RequestRecord] = []
-        load_info: dict[str, Any] = {}
-        failure: str | None = None
-        try:
-            with anyio.fail_after(plan.spec.unit_timeout_s):
-                engine = self.make_engine(plan, unit.engine)
-                # issue 16: an engine that handles load gets each phase's prompts in one
-                # call and runs the unit's closed or open loop itself.
-                if handles_load(engine):
-                    batch_size = max(len(prompts), 1)
-                self._live_engine = engine
-                phase_id = self._phase_start(experiment_id, unit, attempt, "load")
-                info = await self._in_engine_thread(engine.load, model, unit.provider, options)
-                self._phase_end(phase_id)
-                load_info = {
-                    "export_s": info.export_s,
-                    "load_s": info.load_s,
-                    "export_cache_hit": info.export_cache_hit,
-                    **dict(info.details),
-                }
-
-                # issue 8: hardware levels go in force after the load (whose energy is kept
-                # apart, and which a low clock would only slow down) and before warm-up, so
-                # warm-up, the idle baseline of cooldown_before, the measure and the tail
-                # all run at the unit's setting.  Restored in the finally below.
-                if hardware_levels:
-                    unit_settings = UnitSettings(
-                        self.store,
-                        plan.spec.hardware,
-                        self.daemon.session_id,
-                        experiment_id,
-                        unit.unit_id,
-                        nvml=self.nvml,
-                    )
-                    in_force = await db(unit_settings.apply, hardware_levels)
-                    await db(
-                        lambda: self.store.execute(
-                            "UPDATE units SET settings = ? WHERE experiment_id = ? AND unit_id = ?",
-                            [json.dumps(in_force), experiment_id, unit.unit_id],
-                        )
-                    )
-
-                warm = prompts[: plan.spec.warmup_requests]
-                if warm:
-                    phase_id = self._phase_start(experiment_id, unit, attempt, "warmup")
-                    for start in range(0, len(warm), batch_size):
-                        warm_records += await self._in_engine_thread(
-                            engine.generate, warm[start : start + batch_size], max_new
-                        )
-                    self._phase_end(phase_id)
-
-                phase_id = self._phase_start(experiment_id, unit, attempt, "cooldown_before")
-                await self._cooldown_before(plan)
-                self._phase_end(phase_id)
-
-                phase_id = self._phase_start(experiment_id, unit, attempt, "measure")
-                self.state.requests_total = len(prompts)
-                self.state.request_index = 0
-                for start in range(0, len(prompts), batch_size):
-                    records = await self._in_engine_thread(
-                        engine.generate, prompts[start : start + batch_size], max_new
-                    )
-                    measured.extend(records)
-                    self.state.request_index = len(measured)
-                self._phase_end(phase_id)
-
-                phase_id = self._phase_start(experiment_id, unit, attempt, "cooldown_after")
-                await self._sleep_phase(plan.spec.cooldown.after_s)
-                self._phase_end(phase_id)
-            bad = [r for r in measured if r.tokens_out != max_new * 1]
-            # issue 16: a server's counts are flagged (token_count_mismatch), not failed.
-            if bad and not handles_load(engine):
-                failure = (
-                    f"{len(bad)} requests generated other than {max_new} tokens "
-                    f"(e.g. {bad[0].prompt_id}: {bad[0].tokens_out}): engines must do "
-                    "the same work"
-                )
-        except TimeoutError:
-            abandoned = True
-            failure = f"timed out after {plan.spec.unit_timeout_s:g} s (unit_timeout_s)"
-        except anyio.get_cancelled_exc_class():
-            abandoned = True
-            with anyio.CancelScope(shield=True):
-                await db(
-                    lambda: self.store.execute(
-                        "UPDATE units SET status = 'cancelled', reason = 'cancelled', ended_ns = ? "
-                        "WHERE experiment_id = ? AND unit_id = ?",
-                        [now_ns(), experiment_id, unit.unit_id],
-                    )
-                )
-                await db(self._write_phases, experiment_id, unit.unit_id, attempt)
-                cell["running"] = 0
-            raise
-        except MemoryError:
-            failure = "out of memory while loading or generating; try a smaller batch_size"
-        except Exception as error:
-            failure = f"{type(error).__name__}: {error}"
-        finally:
-            with anyio.CancelScope(shield=True):
-                # issue 8: restore first, shielded: cancellation (SIGINT/SIGTERM stops the
-                # daemon, which cancels the runner) must not leave the machine changed.
-                if unit_settings is not None:
-                    for problem in await db(unit_settings.restore):
-                        self.daemon.event("error", f"unit {unit.unit_id}: {problem}")
-                if engine is not None and not abandoned:
-                    try:
-                        await self._in_engine_thread(engine.close)
-                    except Exception as error:
-                        self.daemon.event("warning", f"engine close failed: {error}")
-                elif engine is not None:
-                    self.daemon.event(
-                        "warning",
-                        f"unit {unit.unit_id}: engine thread abandoned "
-                        "while busy; its memory may stay held",
-                    )
-                engine = None
-                self._live_engine = None
-                gc.collect()
-                rss_after = psutil.Process().memory_info().rss
-                load_info["rss_before_bytes"] = rss_before
-                load_info["rss_after_close_bytes"] = rss_after
-                if rss_after - rss_before > max(RELEASE_TOLERANCE_BYTES, 0.1 * rss_before):
-                    self.daemon.event(
-                        "warning",
-                        f"unit {unit.unit_id}: {(rss_after - rss_before) / 2**20:.0f} MiB still "
-                        "held after the engine closed; the next unit's baseline may be raised",
-                    )
-                self._release_accelerators()
-        cell["running"] = 0
-        self.state.unit = None
-        self.state.phase = None
-        if failure is not None:
-            await db(self._write_phases, experiment_id, unit.unit_id, attempt)
-            await db(
-                lambda: self.store.execute(
-                    "UPDATE units SET load_info = ? WHERE experiment_id = ? AND unit_id = ?",
-                    [json.dumps(load_info, default=str), experiment_id, unit.unit_id],
-                )
-            )
-            await self._fail_unit(experiment_id, unit, failure)
-            return
-        # Requests and phase markers are stored once the unit's timeline is over, so no
-        # database write falls between its phases; an interrupted unit is rerun whole.
-        await db(self._store_requests, experiment_id, unit, attempt, "warmup", warm_records)
-        await db(self._store_requests, experiment_id, unit, attempt, "measure", measured)
-        await db(self._store_quality, experiment_id, unit, attempt, measured, prompts)
-        await db(self._write_phases, experiment_id, unit.unit_id, attempt)
-        fidelity_share: float | None = None
-        first_divergence: int | None = None
-        if reference is not None:
-            fidelity_share, first_divergence = await db(
-                self._store_fidelity, experiment_id, unit, attempt, measured, reference
-            )
-        await db(
-            lambda: self.store.execute(
-                """UPDATE units SET status = 'done', ended_ns = ?, load_info = ?,
-                   fidelity_share = ?, fidelity_first_divergence = ?
-               WHERE experiment_id = ? AND unit_id = ?""",
-                [
-                    now_ns(),
-                    json.dumps(load_info, default=str),
-                    fidelity_share,
-                    first_divergence,
-                    experiment_id,
-                    unit.unit_id,
-                ],
-            )
-        )
-        cell["done"] += 1
-        if self._baseline_w is None and plan.spec.cooldown.adaptive:
-            self._baseline_w = await db(self._recent_power_w, max(0.5, plan.spec.cooldown.before_s))
-        await db(self._materialise_results, experiment_id)
-        self.state.results = await db(self.summary_rows, experiment_id)
-
-    def _write_phases(self, experiment_id: str, unit_id: int, attempt: int) -> None:
-        """Store the unit's phase markers; a phase still open ends now."""
-        end_ns = now_ns()
-        rows = [
-            [experiment_id, unit_id, attempt, phase, self.daemon.session_id, start, end or end_ns]
-            for phase, start, end in self._phases
-        ]
-        self._phases = []
-        if rows:
-            with self.store.lock:
-                self.store.con.executemany(
-                    """INSERT INTO phases (experiment_id, unit_id, attempt, phase, session_id,
-                           start_ns, end_ns) VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                    rows,
-                )
-
-    def _store_fidelity(
-        self,
-        experiment_id: str,
-        unit: Unit,
-        attempt: int,
-        records: Sequence[RequestRecord],
-        reference: Mapping[str, Sequence[int]],
-    ) -> tuple[float | None, int | None]:
-        from greenmon.fidelity import compare_unit
-
-        known = [r for r in records if r.prompt_id in reference]
-        if not known:
-            return None, None
-        result = compare_unit(known, reference)
-        with self.store.lock:
-            self.store.con.executemany(
-                """UPDATE requests SET identical_share = ?, first_divergence = ?
-                   WHERE experiment_id = ? AND unit_id = ? AND attempt = ? AND phase = 'measure'
-                     AND prompt_id = ?""",
-                [
-                    [
-                        r.identical_share,
-                        r.first_divergence,
-                        experiment_id,
-                        unit.unit_id,
-                        attempt,
-                        r.prompt_id,
-                    ]
-                    for r in result.requests
-                ],
-            )
-        return result.identical_share, result.first_divergence
-
-    @staticmethod
-    def _release_accelerators() -> None:
-        import sys
-
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    def _materialise_results(self, experiment_id: str) -> None:
+    def materialise_results(self, experiment_id: str) -> None:
         """Store the results of finished units whose samples are all flushed (README: the
         loss bound, doubled), so the live summary reads one row per unit, not samples."""
         from greenmon.sampling import HANDOFF_INTERVAL_S
@@ -1019,6 +449,591 @@ class ExperimentRunner:
             for row in rows
         ]
 
+    def recent_power_w(self, window_s: float) -> float | None:
+        """Mean power of the energy sources over the last window_s, from stored samples."""
+        end_ns = now_ns()
+        rows = self.store.execute(
+            "SELECT sum(e.energy_j) FROM ("
+            + window_energy_sql(
+                "(SELECT 0::BIGINT AS window_id, channel_id, "
+                f"{end_ns - int(window_s * 1e9)}::BIGINT AS start_ns, {end_ns}::BIGINT AS end_ns "
+                "FROM energy_sources WHERE session_id = ?)"
+            )
+            + ") e",
+            [self.daemon.session_id],
+        )
+        energy_j = rows[0][0] if rows else None
+        return None if energy_j is None else float(energy_j) / window_s
+
+    # -- engines -------------------------------------------------------------------------
+    def make_engine(self, plan: Plan, name: str) -> Engine:
+        if name in plan.spec.custom_engines:
+            module_name, _, class_name = plan.spec.custom_engines[name].partition(":")
+            try:
+                engine_class = getattr(importlib.import_module(module_name), class_name)
+            except (ImportError, AttributeError) as error:
+                raise PlanError(
+                    f"custom engine {name!r} = {plan.spec.custom_engines[name]!r} cannot be "
+                    f"loaded: {error}. Give it as 'package.module:Class' importable here."
+                ) from None
+            engine: Engine = engine_class(**self.engine_kwargs)
+            return engine
+        from greenmon.engines import get_engine
+
+        return get_engine(name, cache_dir=self.cache_dir, **self.engine_kwargs)
+
+    async def in_engine_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        # abandon_on_cancel: a hung engine call cannot be interrupted, but the unit can be
+        # failed on time and the plan go on; the abandoned thread is reported.
+        return await anyio.to_thread.run_sync(
+            fn, *args, limiter=self._engine_limiter, abandon_on_cancel=True
+        )
+
+    async def reference_for(
+        self, model: Any, prompts: list[Prompt], max_new_tokens: int
+    ) -> Mapping[str, Sequence[int]] | None:
+        """The fidelity reference of a workload, or None (no reference, or it failed)."""
+        if self.reference is None:
+            return None
+        reference = self.reference
+        try:
+            return await anyio.to_thread.run_sync(lambda: reference(model, prompts, max_new_tokens))
+        except Exception as error:
+            self.daemon.event("warning", f"no fidelity reference: {error}")
+            return None
+
+    @staticmethod
+    def release_accelerators() -> None:
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- running ---------------------------------------------------------------------
+    async def run_units(self, submission: Submission) -> None:
+        """Run a submission's units in order; the experiment's outcome is stored at the end,
+        whatever ends it (done, failed checks, cancelled, or interrupted)."""
+        self.state = Progress(
+            status="running",
+            experiment_id=submission.experiment_id,
+            plan_name=submission.plan.name,
+            units_total=submission.units_total,
+            unit_index=submission.units_done,
+            grid=submission.grid,
+            started_ns=now_ns(),
+        )
+        self._resumed = anyio.Event()
+        self._resumed.set()
+        final = "done"
+        try:
+            # The scope exists before the first await: a cancel that arrives at any point
+            # after the status says "running" reaches this plan.
+            with anyio.CancelScope() as scope:
+                self._cancel_scope = scope
+                final = await self._run_plan(submission, scope)
+            if final == "done" and scope.cancel_called:
+                final = "cancelled"
+        except BaseException:
+            final = "interrupted"
+            raise
+        finally:
+            self._cancel_scope = None
+            with anyio.CancelScope(shield=True):
+                await self._end_plan(submission, final)
+
+    async def _run_plan(self, submission: Submission, scope: anyio.CancelScope) -> str:
+        """Start the experiment, check the hardware, then each unit; "done" or "failed"."""
+        plan, experiment_id = submission.plan, submission.experiment_id
+        await anyio.to_thread.run_sync(self.store.set_experiment_status, experiment_id, "running")
+        self.daemon.event("info", f"experiment {experiment_id} ({plan.name}) started")
+        # Let the probes collect a little before the first phase.
+        await anyio.sleep(0.2)
+        # issue 8: missing privileges or out-of-range hardware levels stop the plan here,
+        # before the first unit, not in the middle of the run.
+        from greenmon.hardware.checks import require_hardware
+
+        try:
+            await anyio.to_thread.run_sync(partial(require_hardware, plan, nvml=self.nvml))
+        except PlanError as error:
+            self.state.last_error = str(error)
+            self.daemon.event("error", str(error))
+            return "failed"
+        inputs = UnitInputs(self, plan)
+        # issue 14: with repetitions = "auto" the rounds may stop early (rounds.py)
+        async for unit in scheduled_units(plan, experiment_id, submission.units, self.daemon):
+            await self._resumed.wait()
+            if scope.cancel_called:
+                break
+            self.state.unit_index += 1
+            try:
+                model, prompts, reference = await inputs.for_unit(unit)
+            except GreenmonError as error:
+                await self.fail_unit(experiment_id, unit, str(error))
+                continue
+            await UnitRun(self, plan, experiment_id, unit, model, prompts, reference).run()
+            self.state.units_run += 1
+        return "done"
+
+    async def _end_plan(self, submission: Submission, final: str) -> None:
+        experiment_id = submission.experiment_id
+        await anyio.to_thread.run_sync(
+            lambda: self.store.end_experiment(experiment_id, final, now_ns())
+        )
+        if final == "done":
+            self.state.results = await anyio.to_thread.run_sync(self.summary_rows, experiment_id)
+        # The state says the plan ended only once the file says so too.
+        self.state.status = final
+        self.state.phase = None
+        self.state.unit = None
+        self._finish(submission, final)
+
+
+class UnitInputs:
+    """What a plan's units share, loaded once each: models, workloads, fidelity references."""
+
+    def __init__(self, runner: ExperimentRunner, plan: Plan) -> None:
+        self.runner = runner
+        self.plan = plan
+        self.models: dict[str, Any] = {}
+        # issue 8: keyed by (model, input_tokens): an input_tokens level gets its own
+        # windows of exactly that many tokens (greenmon/workload.py).
+        self.workloads: dict[tuple[str, int | None], list[Prompt]] = {}
+        self.references: dict[tuple[str, int | None, int], Mapping[str, Sequence[int]] | None] = {}
+
+    async def for_unit(
+        self, unit: Unit
+    ) -> tuple[Any, list[Prompt], Mapping[str, Sequence[int]] | None]:
+        """The unit's model, prompts and reference (a GreenmonError fails the unit)."""
+        from greenmon.models import resolve_model
+        from greenmon.workload import load_workload
+
+        plan, cache_dir = self.plan, self.runner.cache_dir
+        if unit.model not in self.models:
+            self.models[unit.model] = await anyio.to_thread.run_sync(
+                partial(resolve_model, unit.model, cache_dir=cache_dir)
+            )
+        model = self.models[unit.model]
+        input_tokens = unit.factors.get("input_tokens")
+        prompts_key = (unit.model, input_tokens)
+        if prompts_key not in self.workloads:
+            self.workloads[prompts_key] = await anyio.to_thread.run_sync(
+                partial(
+                    load_workload,
+                    plan.spec.workload,
+                    model=model,
+                    seed=plan.spec.seed,
+                    limit=plan.spec.prompts,
+                    cache_dir=cache_dir,
+                    input_tokens=input_tokens,
+                )
+            )
+        prompts = self.workloads[prompts_key]
+        max_new = int(unit.level("max_new_tokens", plan.spec.max_new_tokens))
+        key = (unit.model, input_tokens, max_new)
+        if key not in self.references:
+            self.references[key] = await self.runner.reference_for(model, prompts, max_new)
+        return model, prompts, self.references[key]
+
+
+@dataclass
+class PhaseMark:
+    phase: str
+    start_ns: int
+    end_ns: int | None = None  # None: still open (or cut short by a failure)
+
+
+@dataclass
+class PhaseLog:
+    """A unit's phase markers, kept in memory and stored once the unit ends.
+
+    A database write between phases would be greenmon's own work inside the unit's timeline
+    (10-40 ms each, measured).  An interrupted unit is rerun whole, so the markers lost with
+    it are never needed.
+    """
+
+    marks: list[PhaseMark] = field(default_factory=list)
+
+    def start(self, phase: str) -> PhaseMark:
+        mark = PhaseMark(phase, now_ns())
+        self.marks.append(mark)
+        return mark
+
+    def take(self, end_ns: int) -> list[tuple[str, int, int]]:
+        """The markers as (phase, start_ns, end_ns), a phase still open ending at
+        ``end_ns``; the log is empty afterwards, so no marker is stored twice."""
+        rows = [(m.phase, m.start_ns, m.end_ns or end_ns) for m in self.marks]
+        self.marks = []
+        return rows
+
+
+class UnitRun:
+    """One attempt at one unit: a step per phase, and the unit's own phase log.
+
+    The timeline, under the plan's ``unit_timeout_s``: load, hardware levels, warm-up,
+    cooldown before, measure, cooldown after.  Then, whatever happened, teardown (shielded:
+    hardware levels restored, engine closed, memory checked), and the record: requests,
+    quality, phase markers and fidelity are stored once the timeline is over, so no database
+    write falls between its phases; an interrupted unit is rerun whole.
+    """
+
+    def __init__(
+        self,
+        runner: ExperimentRunner,
+        plan: Plan,
+        experiment_id: str,
+        unit: Unit,
+        model: Any,
+        prompts: list[Prompt],
+        reference: Mapping[str, Sequence[int]] | None,
+    ) -> None:
+        self.runner = runner
+        self.store = runner.store
+        self.state = runner.state
+        self.plan = plan
+        self.experiment_id = experiment_id
+        self.unit = unit
+        self.model = model
+        self.prompts = prompts
+        self.reference = reference
+        self.phases = PhaseLog()
+        self.attempt = 0
+        self.cell: dict[str, int] = {}
+        self.max_new = int(unit.level("max_new_tokens", plan.spec.max_new_tokens))
+        # issue 16: options include an http unit's server and load level (plan.py).
+        self.batch_size = plan.batch_size_for(unit)
+        self.options = plan.engine_options_for(unit)
+        self.rss_before = 0
+        self.engine: Engine | None = None
+        self.unit_settings: UnitSettings | None = None
+        self.abandoned = False
+        self.warm_records: list[RequestRecord] = []
+        self.measured: list[RequestRecord] = []
+        self.load_info: dict[str, Any] = {}
+        self.failure: str | None = None
+
+    def event(self, level: str, message: str) -> None:
+        self.runner.daemon.event(level, message)
+
+    async def run(self) -> None:
+        await self.begin()
+        try:
+            with anyio.fail_after(self.plan.spec.unit_timeout_s):
+                await self.load()
+                await self.hardware_levels()
+                await self.warmup()
+                await self.cooldown_before()
+                await self.measure()
+                await self.cooldown_after()
+            self.check_work()
+        except TimeoutError:
+            self.abandoned = True
+            self.failure = f"timed out after {self.plan.spec.unit_timeout_s:g} s (unit_timeout_s)"
+        except anyio.get_cancelled_exc_class():
+            self.abandoned = True
+            with anyio.CancelScope(shield=True):
+                await self.record_cancelled()
+            raise
+        except MemoryError:
+            self.failure = "out of memory while loading or generating; try a smaller batch_size"
+        except Exception as error:
+            self.failure = f"{type(error).__name__}: {error}"
+        finally:
+            # issue 8: shielded: cancellation (SIGINT/SIGTERM stops the daemon, which
+            # cancels the runner) must not leave the machine changed.
+            with anyio.CancelScope(shield=True):
+                await self.teardown()
+        await self.record()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Mark a phase of the timeline; a phase cut short by an error stays open here and
+        ends when the markers are stored."""
+        mark = self.phases.start(name)
+        self.state.phase = name
+        yield
+        mark.end_ns = now_ns()
+
+    @property
+    def loaded(self) -> Engine:
+        if self.engine is None:  # a step out of order: the timeline is fixed in run()
+            raise RuntimeError(f"unit {self.unit.unit_id}: no engine loaded")
+        return self.engine
+
+    # -- the steps, in order ---------------------------------------------------------------
+    async def begin(self) -> None:
+        """The unit shows as running (progress grid, unit row: a new attempt)."""
+        unit = self.unit
+        self.cell = self.state.grid.setdefault(
+            (unit.model, unit.configuration), {"done": 0, "failed": 0, "running": 0, "total": 1}
+        )
+        self.cell["running"] = 1
+        self.state.unit = {
+            "unit_id": unit.unit_id,
+            "model": unit.model,
+            "engine": unit.engine,
+            "provider": unit.provider,
+            "configuration": unit.configuration,
+            "repetition": unit.repetition,
+            "factors": unit.factors,
+        }
+        self.attempt = await anyio.to_thread.run_sync(
+            lambda: self.store.start_unit(
+                self.experiment_id,
+                unit.unit_id,
+                started_ns=now_ns(),
+                session_id=self.runner.daemon.session_id,
+                params=getattr(self.model, "param_count", None),
+                size_category=getattr(self.model, "size_category", None),
+            )
+        )
+        self.rss_before = psutil.Process().memory_info().rss
+
+    async def load(self) -> None:
+        """Export and load (the load phase: its energy is kept apart from inference)."""
+        self.engine = engine = self.runner.make_engine(self.plan, self.unit.engine)
+        # issue 16: an engine that handles load gets each phase's prompts in one call and
+        # runs the unit's closed or open loop itself.
+        if handles_load(engine):
+            self.batch_size = max(len(self.prompts), 1)
+        self.runner.live_engine = engine
+        with self.phase("load"):
+            info = await self.runner.in_engine_thread(
+                engine.load, self.model, self.unit.provider, self.options
+            )
+        self.load_info = {
+            "export_s": info.export_s,
+            "load_s": info.load_s,
+            "export_cache_hit": info.export_cache_hit,
+            **dict(info.details),
+        }
+
+    async def hardware_levels(self) -> None:
+        """issue 8: the unit's hardware levels (DVFS), journaled so they are always restored.
+
+        In force after the load (whose energy is kept apart, and which a low clock would
+        only slow down) and before warm-up, so warm-up, the idle baseline of cooldown_before,
+        the measure and the tail all run at the unit's setting.  Restored in teardown.
+        """
+        from greenmon.hardware.journal import UnitSettings
+        from greenmon.hardware.spec import HARDWARE_FACTORS
+
+        levels = {k: v for k, v in self.unit.factors.items() if k in HARDWARE_FACTORS}
+        if not levels:
+            return
+        self.unit_settings = UnitSettings(
+            self.store,
+            self.plan.spec.hardware,
+            self.runner.daemon.session_id,
+            self.experiment_id,
+            self.unit.unit_id,
+            nvml=self.runner.nvml,
+        )
+        in_force = await anyio.to_thread.run_sync(self.unit_settings.apply, levels)
+        await anyio.to_thread.run_sync(
+            self.store.set_unit_settings, self.experiment_id, self.unit.unit_id, in_force
+        )
+
+    async def warmup(self) -> None:
+        warm = self.prompts[: self.plan.spec.warmup_requests]
+        if not warm:
+            return
+        engine = self.loaded
+        with self.phase("warmup"):
+            for start in range(0, len(warm), self.batch_size):
+                self.warm_records += await self.runner.in_engine_thread(
+                    engine.generate, warm[start : start + self.batch_size], self.max_new
+                )
+
+    async def cooldown_before(self) -> None:
+        """Idle with the model loaded: the unit's idle baseline."""
+        with self.phase("cooldown_before"):
+            cooldown = self.plan.spec.cooldown
+            await self._sleep(cooldown.before_s)
+            if cooldown.adaptive:
+                await self._settle()
+
+    async def _settle(self) -> None:
+        """Adaptive cooldown: after before_s, wait until power settles near the first
+        unit's baseline (at most max_s in all)."""
+        cooldown = self.plan.spec.cooldown
+        deadline_ns = now_ns() + int(max(0.0, cooldown.max_s - cooldown.before_s) * 1e9)
+        target_w = self.runner.baseline_w
+        while now_ns() < deadline_ns:
+            current_w = await anyio.to_thread.run_sync(self.runner.recent_power_w, 2.0)
+            if target_w is None or current_w is None:
+                break
+            if abs(current_w - target_w) <= cooldown.tolerance * target_w:
+                break
+            await anyio.sleep(0.5)
+
+    async def measure(self) -> None:
+        """The workload, in batches; progress counts its requests."""
+        engine = self.loaded
+        with self.phase("measure"):
+            self.state.requests_total = len(self.prompts)
+            self.state.request_index = 0
+            for start in range(0, len(self.prompts), self.batch_size):
+                records = await self.runner.in_engine_thread(
+                    engine.generate, self.prompts[start : start + self.batch_size], self.max_new
+                )
+                self.measured.extend(records)
+                self.state.request_index = len(self.measured)
+
+    async def cooldown_after(self) -> None:
+        """Idle after the workload: the tail energy."""
+        with self.phase("cooldown_after"):
+            await self._sleep(self.plan.spec.cooldown.after_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        self.state.phase_ends_ns = now_ns() + int(seconds * 1e9)
+        await anyio.sleep(seconds)
+        self.state.phase_ends_ns = None
+
+    def check_work(self) -> None:
+        """Engines must do the same work: every request generates max_new_tokens."""
+        bad = [r for r in self.measured if r.tokens_out != self.max_new * 1]
+        # issue 16: a server's counts are flagged (token_count_mismatch), not failed.
+        if bad and not handles_load(self.loaded):
+            self.failure = (
+                f"{len(bad)} requests generated other than {self.max_new} tokens "
+                f"(e.g. {bad[0].prompt_id}: {bad[0].tokens_out}): engines must do "
+                "the same work"
+            )
+
+    async def teardown(self) -> None:
+        """Restore the hardware levels first, then close the engine and check that its
+        memory was released (run shielded, whatever ended the timeline)."""
+        if self.unit_settings is not None:
+            for problem in await anyio.to_thread.run_sync(self.unit_settings.restore):
+                self.event("error", f"unit {self.unit.unit_id}: {problem}")
+        await self._close_engine()
+        gc.collect()
+        rss_after = psutil.Process().memory_info().rss
+        self.load_info["rss_before_bytes"] = self.rss_before
+        self.load_info["rss_after_close_bytes"] = rss_after
+        if rss_after - self.rss_before > max(RELEASE_TOLERANCE_BYTES, 0.1 * self.rss_before):
+            self.event(
+                "warning",
+                f"unit {self.unit.unit_id}: {(rss_after - self.rss_before) / 2**20:.0f} MiB "
+                "still held after the engine closed; the next unit's baseline may be raised",
+            )
+        self.runner.release_accelerators()
+
+    async def _close_engine(self) -> None:
+        engine = self.engine
+        if engine is not None and not self.abandoned:
+            try:
+                await self.runner.in_engine_thread(engine.close)
+            except Exception as error:
+                self.event("warning", f"engine close failed: {error}")
+        elif engine is not None:
+            self.event(
+                "warning",
+                f"unit {self.unit.unit_id}: engine thread abandoned "
+                "while busy; its memory may stay held",
+            )
+        self.engine = None
+        self.runner.live_engine = None
+
+    async def record(self) -> None:
+        """Store the unit's outcome: failed with its phases and load info, or done with its
+        requests, quality, phases and fidelity; then the live summary."""
+        self.cell["running"] = 0
+        self.state.unit = None
+        self.state.phase = None
+        db = anyio.to_thread.run_sync
+        if self.failure is not None:
+            await db(self.write_phases)
+            await db(
+                self.store.set_unit_load_info, self.experiment_id, self.unit.unit_id, self.load_info
+            )
+            await self.runner.fail_unit(self.experiment_id, self.unit, self.failure)
+            return
+        await db(self.store_done)
+        self.cell["done"] += 1
+        runner = self.runner
+        if runner.baseline_w is None and self.plan.spec.cooldown.adaptive:
+            runner.baseline_w = await db(
+                runner.recent_power_w, max(0.5, self.plan.spec.cooldown.before_s)
+            )
+        await db(runner.materialise_results, self.experiment_id)
+        self.state.results = await db(runner.summary_rows, self.experiment_id)
+
+    async def record_cancelled(self) -> None:
+        """A cancelled unit (its plan cancelled, or the daemon stopping): marked with its
+        phases so far; it runs again when the experiment resumes."""
+        await anyio.to_thread.run_sync(
+            lambda: self.store.cancel_unit(self.experiment_id, self.unit.unit_id, now_ns())
+        )
+        await anyio.to_thread.run_sync(self.write_phases)
+        self.cell["running"] = 0
+
+    # -- the record's writes (blocking: a worker thread) ---------------------------------
+    def write_phases(self) -> None:
+        """Store the unit's phase markers; a phase still open ends now."""
+        self.store.insert_phases(
+            self.experiment_id,
+            self.unit.unit_id,
+            self.attempt,
+            self.runner.daemon.session_id,
+            self.phases.take(now_ns()),
+        )
+
+    def store_done(self) -> None:
+        experiment_id, unit_id, attempt = self.experiment_id, self.unit.unit_id, self.attempt
+        self.store.insert_requests(experiment_id, unit_id, attempt, "warmup", self.warm_records)
+        self.store.insert_requests(experiment_id, unit_id, attempt, "measure", self.measured)
+        self.store_quality()
+        self.write_phases()
+        fidelity_share, first_divergence = self.store_fidelity()
+        self.store.finish_unit(
+            experiment_id,
+            unit_id,
+            ended_ns=now_ns(),
+            load_info=self.load_info,
+            fidelity_share=fidelity_share,
+            first_divergence=first_divergence,
+        )
+
+    def store_quality(self) -> None:
+        """issue 19: score the unit's measured answers (greenmon/quality.py) and store them.
+
+        Runs after the unit's timeline, outside every measured window.  A scoring failure
+        is an event, never a failed unit: the energy already measured is kept.
+        """
+        from greenmon.quality import store_quality
+
+        try:
+            store_quality(
+                self.store,
+                self.experiment_id,
+                self.unit.unit_id,
+                self.attempt,
+                self.measured,
+                self.prompts,
+            )
+        except (GreenmonError, ImportError) as error:
+            self.event("warning", f"unit {self.unit.unit_id}: quality not scored: {error}")
+
+    def store_fidelity(self) -> tuple[float | None, int | None]:
+        """Each measured request against the reference; the unit's share and divergence."""
+        if self.reference is None:
+            return None, None
+        from greenmon.fidelity import compare_unit
+
+        known = [r for r in self.measured if r.prompt_id in self.reference]
+        if not known:
+            return None, None
+        result = compare_unit(known, self.reference)
+        self.store.set_request_fidelity(
+            self.experiment_id,
+            self.unit.unit_id,
+            self.attempt,
+            [(r.prompt_id, r.identical_share, r.first_divergence) for r in result.requests],
+        )
+        return result.identical_share, result.first_divergence
+
 
 def runner_service(**runner_kwargs: Any) -> Callable[..., Any]:
     """A daemon service: attach a runner as ``daemon.runner``; it idles until a plan arrives.
@@ -1028,7 +1043,7 @@ def runner_service(**runner_kwargs: Any) -> Callable[..., Any]:
     """
 
     async def service(
-        daemon: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        daemon: RunnerHost, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         runner = ExperimentRunner(daemon, **runner_kwargs)
         daemon.runner = runner

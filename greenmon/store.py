@@ -44,6 +44,8 @@ from greenmon.probes.base import Channel
 if TYPE_CHECKING:
     import pandas as pd
 
+    from greenmon.engines.base import RequestRecord
+
 APP_ID = "greenmon"
 SCHEMA_VERSION = 6
 
@@ -363,6 +365,36 @@ class Event:
     level: str  # "info" | "warning" | "error"
     probe: str | None
     message: str
+
+
+@dataclass(frozen=True)
+class NewExperiment:
+    """An experiment's row as the runner creates it (Store.create_experiment)."""
+
+    experiment_id: str
+    session_id: str
+    name: str
+    plan_path: str | None
+    plan_hash: str
+    plan_toml: str
+    plan_json: str  # the canonical plan (greenmon/plan.py), as JSON
+    seed: int
+    order_kind: str
+    created_ns: int
+    shard_index: int | None = None
+    shard_count: int | None = None
+
+
+@dataclass(frozen=True)
+class NewUnit:
+    """One unit's row as its experiment is created: pending, no attempt yet."""
+
+    unit_id: int
+    model: str
+    engine: str
+    provider: str
+    repetition: int
+    factors: Mapping[str, Any]
 
 
 def _explain_open_error(path: Path, error: duckdb.Error) -> StoreError:
@@ -793,6 +825,222 @@ class Store:
             )
             row = con.execute(sql, params).fetchone()
         return int(row[0]) if row else 0
+
+    # -- the runner's writes (greenmon/runner.py) ----------------------------------------
+    def create_experiment(self, experiment: NewExperiment, units: Sequence[NewUnit]) -> None:
+        """An experiment and all its units, pending, in one transaction (resumable)."""
+        with self.transaction() as con:
+            con.execute(
+                """INSERT INTO experiments (experiment_id, session_id, name, plan_path,
+                       plan_hash, plan_toml, plan, seed, order_kind, status, created_ns,
+                       shard_index, shard_count, host)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?,
+                           (SELECT host FROM sessions WHERE session_id = ?))""",
+                [
+                    experiment.experiment_id,
+                    experiment.session_id,
+                    experiment.name,
+                    experiment.plan_path,
+                    experiment.plan_hash,
+                    experiment.plan_toml,
+                    experiment.plan_json,
+                    experiment.seed,
+                    experiment.order_kind,
+                    experiment.created_ns,
+                    experiment.shard_index,
+                    experiment.shard_count,
+                    experiment.session_id,
+                ],
+            )
+            con.executemany(
+                """INSERT INTO units (experiment_id, unit_id, model, engine, provider,
+                       repetition, factors, status)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')""",
+                [
+                    [
+                        experiment.experiment_id,
+                        u.unit_id,
+                        u.model,
+                        u.engine,
+                        u.provider,
+                        u.repetition,
+                        json.dumps(u.factors),
+                    ]
+                    for u in units
+                ],
+            )
+
+    def set_experiment_status(self, experiment_id: str, status: str) -> None:
+        """A queued (or resumed) experiment starts running, or is queued again."""
+        self.execute(
+            "UPDATE experiments SET status = ? WHERE experiment_id = ?", [status, experiment_id]
+        )
+
+    def end_experiment(self, experiment_id: str, status: str, finished_ns: int) -> None:
+        """An experiment's outcome: done, failed, cancelled or interrupted."""
+        self.execute(
+            "UPDATE experiments SET status = ?, finished_ns = ? WHERE experiment_id = ?",
+            [status, finished_ns, experiment_id],
+        )
+
+    def start_unit(
+        self,
+        experiment_id: str,
+        unit_id: int,
+        *,
+        started_ns: int,
+        session_id: str,
+        params: int | None,
+        size_category: str | None,
+    ) -> int:
+        """A unit's new attempt starts; returns the attempt's number (from 1)."""
+        rows = self.execute(
+            """UPDATE units SET status = 'running', attempt = attempt + 1, started_ns = ?,
+                   session_id = ?, reason = NULL, params = ?, size_category = ?
+               WHERE experiment_id = ? AND unit_id = ? RETURNING attempt""",
+            [started_ns, session_id, params, size_category, experiment_id, unit_id],
+        )
+        return int(rows[0][0])
+
+    def set_unit_settings(
+        self, experiment_id: str, unit_id: int, in_force: Mapping[str, Any]
+    ) -> None:
+        """The hardware levels in force while the unit ran (greenmon/hardware/)."""
+        self.execute(
+            "UPDATE units SET settings = ? WHERE experiment_id = ? AND unit_id = ?",
+            [json.dumps(in_force), experiment_id, unit_id],
+        )
+
+    def set_unit_load_info(
+        self, experiment_id: str, unit_id: int, load_info: Mapping[str, Any]
+    ) -> None:
+        self.execute(
+            "UPDATE units SET load_info = ? WHERE experiment_id = ? AND unit_id = ?",
+            [json.dumps(load_info, default=str), experiment_id, unit_id],
+        )
+
+    def cancel_unit(self, experiment_id: str, unit_id: int, ended_ns: int) -> None:
+        self.execute(
+            "UPDATE units SET status = 'cancelled', reason = 'cancelled', ended_ns = ? "
+            "WHERE experiment_id = ? AND unit_id = ?",
+            [ended_ns, experiment_id, unit_id],
+        )
+
+    def fail_unit(self, experiment_id: str, unit_id: int, reason: str, ended_ns: int) -> None:
+        self.execute(
+            "UPDATE units SET status = 'failed', reason = ?, ended_ns = ? "
+            "WHERE experiment_id = ? AND unit_id = ?",
+            [reason, ended_ns, experiment_id, unit_id],
+        )
+
+    def finish_unit(
+        self,
+        experiment_id: str,
+        unit_id: int,
+        *,
+        ended_ns: int,
+        load_info: Mapping[str, Any],
+        fidelity_share: float | None,
+        first_divergence: int | None,
+    ) -> None:
+        self.execute(
+            """UPDATE units SET status = 'done', ended_ns = ?, load_info = ?,
+                   fidelity_share = ?, fidelity_first_divergence = ?
+               WHERE experiment_id = ? AND unit_id = ?""",
+            [
+                ended_ns,
+                json.dumps(load_info, default=str),
+                fidelity_share,
+                first_divergence,
+                experiment_id,
+                unit_id,
+            ],
+        )
+
+    def insert_phases(
+        self,
+        experiment_id: str,
+        unit_id: int,
+        attempt: int,
+        session_id: str,
+        phases: Sequence[tuple[str, int, int]],
+    ) -> None:
+        """A unit attempt's phase markers: (phase, start_ns, end_ns) each."""
+        if not phases:
+            return
+        with self.transaction() as con:
+            con.executemany(
+                """INSERT INTO phases (experiment_id, unit_id, attempt, phase, session_id,
+                       start_ns, end_ns) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    [experiment_id, unit_id, attempt, phase, session_id, start_ns, end_ns]
+                    for phase, start_ns, end_ns in phases
+                ],
+            )
+
+    def insert_requests(
+        self,
+        experiment_id: str,
+        unit_id: int,
+        attempt: int,
+        phase: str,
+        records: Sequence[RequestRecord],
+    ) -> None:
+        """A unit phase's requests (greenmon/engines/base.py RequestRecord)."""
+        if not records:
+            return
+        # One Arrow batch, one statement: executemany costs milliseconds per row in DuckDB.
+        table = pa.table(
+            {
+                "experiment_id": [experiment_id] * len(records),
+                "unit_id": pa.array([unit_id] * len(records), pa.int32()),
+                "attempt": pa.array([attempt] * len(records), pa.int32()),
+                "phase": [phase] * len(records),
+                "prompt_id": [r.prompt_id for r in records],
+                "tokens_in": pa.array([r.tokens_in for r in records], pa.int32()),
+                "tokens_out": pa.array([r.tokens_out for r in records], pa.int32()),
+                "start_ns": pa.array([r.start_ns for r in records], pa.int64()),
+                "end_ns": pa.array([r.end_ns for r in records], pa.int64()),
+                "ttft_ns": pa.array([r.ttft_ns for r in records], pa.int64()),
+                "output_hash": [r.output_hash for r in records],
+                "text": [r.text for r in records],
+                # issue 16
+                "tokens_requested": pa.array([r.tokens_requested for r in records], pa.int32()),
+                "usage_tokens_out": pa.array([r.usage_tokens_out for r in records], pa.int32()),
+            }
+        )
+        with self.lock:
+            self.con.register("greenmon_requests", table)
+            try:
+                self.con.execute(
+                    """INSERT INTO requests (experiment_id, unit_id, attempt, phase, prompt_id,
+                           tokens_in, tokens_out, start_ns, end_ns, ttft_ns, output_hash, text,
+                           tokens_requested, usage_tokens_out)
+                       SELECT * FROM greenmon_requests"""
+                )
+            finally:
+                self.con.unregister("greenmon_requests")
+
+    def set_request_fidelity(
+        self,
+        experiment_id: str,
+        unit_id: int,
+        attempt: int,
+        rows: Sequence[tuple[str, float | None, int | None]],
+    ) -> None:
+        """The measured requests' fidelity: (prompt_id, identical_share, first_divergence)."""
+        if not rows:
+            return
+        with self.transaction() as con:
+            con.executemany(
+                """UPDATE requests SET identical_share = ?, first_divergence = ?
+                   WHERE experiment_id = ? AND unit_id = ? AND attempt = ? AND phase = 'measure'
+                     AND prompt_id = ?""",
+                [
+                    [share, divergence, experiment_id, unit_id, attempt, prompt_id]
+                    for prompt_id, share, divergence in rows
+                ],
+            )
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement under the lock and return its rows (runner bookkeeping)."""

@@ -32,7 +32,7 @@ from greenmon.windows_api import add_window_routes
 
 if TYPE_CHECKING:
     from greenmon.daemon import Daemon
-    from greenmon.runner import ExperimentRunner
+    from greenmon.protocols import RunnerControl
     from greenmon.store import Store
 
 
@@ -187,7 +187,7 @@ class ApiServer:
         ]
         return web.json_response({"events": events}, dumps=dumps)
 
-    def _experiment_runner(self) -> ExperimentRunner:
+    def _experiment_runner(self) -> RunnerControl:
         runner = self.daemon.runner
         if runner is None:
             raise ApiError("This daemon is starting or stopping: it runs no experiment runner.")

@@ -33,6 +33,7 @@ from greenmon.errors import GreenmonError, PlanError
 from greenmon.estimates import domains_of, legend, mark
 from greenmon.livepower import PowerMeter
 from greenmon.plan import Plan, check_plan, load_plan, parse_shard
+from greenmon.protocols import RunnerControl
 from greenmon.runner import Submission
 
 # How often the progress line is redrawn on a terminal, and written when not on one.
@@ -231,7 +232,7 @@ async def run_experiment(
         store.close()
 
 
-def _runner(daemon: Daemon) -> Any:
+def _runner(daemon: Daemon) -> RunnerControl:
     if daemon.runner is None:
         raise GreenmonError("the daemon stopped before its runner started")
     return daemon.runner

@@ -1,0 +1,87 @@
+"""Where the daemon, the experiment runner and the API meet: small typed protocols.
+
+Each side names only what it uses of the other, so none needs the other's whole class (or
+``Any``) and a change on one side that breaks the other is a type error, not a runtime one:
+
+- ``RunnerHost``: what the runner needs from its daemon (greenmon/daemon.py ``Daemon``):
+  the store, the configuration, the session, events, a flush of what the writer holds
+  (greenmon/rounds.py reads a round's samples), and a place to attach itself.
+- ``RunnerControl``: what the API (greenmon/api.py) and ``greenmon run``
+  (greenmon/commands/run.py) need from a runner (greenmon/runner.py ``ExperimentRunner``):
+  submit, follow, pause, resume, cancel, and the live results.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from greenmon.config import Config
+    from greenmon.daemon import Daemon
+    from greenmon.plan import Plan
+    from greenmon.runner import ExperimentRunner, Submission
+    from greenmon.store import Store
+
+
+class RunnerControl(Protocol):
+    """What the API and ``greenmon run`` use of the daemon's runner."""
+
+    @property
+    def current(self) -> Submission | None: ...
+
+    @property
+    def queue(self) -> list[Submission]: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+    async def submit(
+        self,
+        plan_toml: str,
+        plan_path: str | None,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        shard: str | None = None,
+    ) -> dict[str, Any]: ...
+
+    async def submit_plan(self, plan: Plan, *, force: bool, resume: bool) -> Submission: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def cancel(self, experiment_id: str | None = None) -> None: ...
+
+    def progress(self) -> dict[str, Any]: ...
+
+    def summary_rows(self, experiment_id: str) -> list[dict[str, Any]]: ...
+
+
+class RunnerHost(Protocol):
+    """What the runner uses of its daemon (read-only but for ``runner``, which the runner
+    service sets so the API can find it)."""
+
+    runner: RunnerControl | None
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def session_id(self) -> str: ...
+
+    def event(self, level: str, message: str, probe: str | None = None) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+if TYPE_CHECKING:
+    # mypy proves here that each side is what the other needs (never run).
+    def _daemon_is_a_runner_host(daemon: Daemon) -> RunnerHost:
+        return daemon
+
+    def _runner_is_runner_control(runner: ExperimentRunner) -> RunnerControl:
+        return runner
