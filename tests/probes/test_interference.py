@@ -1,0 +1,80 @@
+"""issue 14: the host probe splits busy CPU into greenmon's own process tree and the
+background; the NVML probe counts the background's processes on each GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from greenmon.probes.host import HostProbe, Options
+from greenmon.probes.nvml import NvmlProbe
+from greenmon.probes.nvml import Options as NvmlOptions
+from greenmon.probes.proctree import ProcessTree, split_percent, tree_pids
+from tests.fakes.nvml import FakeGpu, FakeNvml
+from tests.fakes.proc import FakeProc
+
+
+def test_background_is_busy_time_minus_the_own_tree(tmp_path: Path) -> None:
+    fake = FakeProc(tmp_path / "proc", cores=2)
+    # the watched process (the daemon) with one child (a served engine) and a grandchild
+    fake.set_process(utime=0, stime=0, rss_pages=10, children=(5000,))
+    fake.set_process(utime=0, stime=0, rss_pages=10, pid=5000, ppid=fake.pid, children=(5001,))
+    fake.set_process(utime=0, stime=0, rss_pages=10, pid=5001, ppid=5000)
+    fake.set_process(utime=0, stime=0, rss_pages=10, pid=7000)  # not ours
+    probe = HostProbe(
+        Options(
+            proc_root=str(tmp_path / "proc"), sys_root=str(tmp_path / "sys"), pid=fake.pid
+        )
+    )
+    names = [c.name for c in probe.open()]
+    assert names[-2:] == ["tree.cpu_percent", "background.cpu_percent"]
+    # 100 ticks per core have passed; 150 of the 200 were busy
+    fake.set_cpu(
+        [
+            (150, 0, 0, 50, 0, 0, 0, 0, 0, 0),
+            (100, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+            (50, 0, 0, 50, 0, 0, 0, 0, 0, 0),
+        ]
+    )
+    # own tree: 30 + 10 ticks, and 20 from the grandchild; pid 7000's 90 are background
+    fake.set_process(utime=30, stime=10, rss_pages=10, children=(5000,))
+    fake.set_process(utime=0, stime=0, rss_pages=10, pid=5000, ppid=fake.pid, children=(5001,))
+    fake.set_process(utime=20, stime=0, rss_pages=10, pid=5001, ppid=5000)
+    fake.set_process(utime=90, stime=0, rss_pages=10, pid=7000)
+    values = dict(zip(names, probe.read(), strict=True))
+    probe.close()
+    assert values["tree.cpu_percent"] == pytest.approx(60.0)  # of one core
+    assert values["background.cpu_percent"] == pytest.approx(90.0)
+
+
+def test_tree_membership_without_children_files_scans_parents(tmp_path: Path) -> None:
+    fake = FakeProc(tmp_path / "proc", cores=1)
+    fake.set_process(utime=1, stime=1, rss_pages=1, children=(5000,))
+    fake.set_process(utime=1, stime=1, rss_pages=1, pid=5000, ppid=fake.pid)
+    fake.set_process(utime=1, stime=1, rss_pages=1, pid=7000, ppid=1)
+    for children in (tmp_path / "proc").glob("*/task/*/children"):
+        children.unlink()  # a kernel without CONFIG_PROC_CHILDREN
+    assert tree_pids(tmp_path / "proc", [fake.pid, 999]) == {fake.pid, 5000}
+    assert ProcessTree(tmp_path / "proc", [fake.pid]).cpu_ticks() == 4
+
+
+def test_split_never_gives_the_tree_more_than_was_busy() -> None:
+    assert split_percent(busy_ticks=10, total_ticks=200, own_ticks=30, cores=2) == (10.0, 0.0)
+    assert split_percent(busy_ticks=10, total_ticks=0, own_ticks=0, cores=2) == (0.0, 0.0)
+
+
+def test_nvml_counts_gpu_processes_outside_the_own_tree(tmp_path: Path) -> None:
+    fake = FakeProc(tmp_path / "proc", cores=1)
+    fake.set_process(utime=0, stime=0, rss_pages=1, children=(5000,))
+    fake.set_process(utime=0, stime=0, rss_pages=1, pid=5000, ppid=fake.pid)
+    gpu = FakeGpu("GPU-a", compute_pids=[5000])  # greenmon's served engine: not background
+    probe = NvmlProbe(
+        NvmlOptions(proc_root=str(tmp_path / "proc"), tree_pids=[fake.pid]),
+        nvml=FakeNvml([gpu]),
+    )
+    names = [c.name for c in probe.open()]
+    assert dict(zip(names, probe.read(), strict=True))["gpu0.background_processes"] == 0.0
+    gpu.compute_pids = [5000, 8001, 8002]
+    assert dict(zip(names, probe.read(), strict=True))["gpu0.background_processes"] == 2.0
+    probe.close()
