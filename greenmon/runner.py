@@ -35,6 +35,7 @@ from greenmon.clock import now_ns
 from greenmon.energy import window_energy_sql
 from greenmon.engines.base import Engine, Prompt, RequestRecord, handles_load
 from greenmon.errors import GreenmonError, PlanError
+from greenmon.interference import quiet_before_baseline
 from greenmon.plan import Plan, Unit, diff_plans, parse_plan, parse_shard
 
 PHASES = ("load", "warmup", "cooldown_before", "measure", "cooldown_after")
@@ -800,6 +801,10 @@ class ExperimentRunner:
                         )
                     self._phase_end(phase_id)
 
+                # issue 14: wait for other processes' load to end before the baseline
+                load_info["quiet_wait_s"] = await quiet_before_baseline(
+                    plan.spec.cooldown, self.daemon, self.state, unit.unit_id
+                )
                 phase_id = self._phase_start(experiment_id, unit, attempt, "cooldown_before")
                 await self._cooldown_before(plan)
                 self._phase_end(phase_id)
@@ -999,7 +1004,9 @@ class ExperimentRunner:
                       median(energy_global_j) AS median_energy_j,
                       median(duration_s) AS median_duration_s,
                       median(j_per_token) AS median_j_per_token,
-                      list_distinct(flatten(list(flags))) AS flags
+                      list_distinct(flatten(list(flags))) AS flags,
+                      count(*) FILTER (list_contains(flags, 'background_load'))
+                          AS background_load_units
                FROM unit_results_for(?) WHERE status = 'done'
                GROUP BY configuration ORDER BY configuration""",
             [experiment_id],

@@ -34,6 +34,7 @@ from typing import ClassVar
 from greenmon.probes.base import Channel, ProbeUnavailable, Values
 from greenmon.probes.options import ProbeOptions
 from greenmon.probes.proctree import ProcessTree, split_percent
+from greenmon.probes.proctree import busy_total as _busy_total
 
 # /proc/cpuinfo is parsed at most this often when cpufreq is absent (virtual machines).
 CPUINFO_PERIOD_NS = 1_000_000_000
@@ -49,16 +50,6 @@ class Options(ProbeOptions, kw_only=True, forbid_unknown_fields=True):
     tree_pids: list[int] | None = None
     proc_root: str = "/proc"
     sys_root: str = "/sys"
-
-
-def _busy_total(fields: Sequence[bytes]) -> tuple[int, int]:
-    """(busy, total) jiffies of one /proc/stat cpu line, as psutil counts them."""
-    times = [int(f) for f in fields[1:]]
-    # user nice system idle iowait irq softirq steal guest guest_nice: guest and
-    # guest_nice are already inside user and nice.
-    total = sum(times[:8])
-    idle = times[3] + (times[4] if len(times) > 4 else 0)
-    return total - idle, total
 
 
 def _percent(now: tuple[int, int], before: tuple[int, int]) -> float:

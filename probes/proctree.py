@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 REFRESH_NS = 1_000_000_000
@@ -116,6 +116,24 @@ class ProcessTree:
             # utime stime cutime cstime are fields 14-17 (1-based), 11-14 here
             total += sum(int(f) for f in fields[11:15])
         return total
+
+
+def busy_total(fields: Sequence[bytes]) -> tuple[int, int]:
+    """(busy, total) jiffies of one /proc/stat cpu line, as psutil counts them."""
+    times = [int(f) for f in fields[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice: guest and
+    # guest_nice are already inside user and nice.
+    total = sum(times[:8])
+    idle = times[3] + (times[4] if len(times) > 4 else 0)
+    return total - idle, total
+
+
+def system_cpu_ticks(proc_root: str | Path = "/proc") -> tuple[int, int, int]:
+    """(busy, total, cores) ticks of the whole machine since boot, from /proc/stat."""
+    lines = (Path(proc_root) / "stat").read_bytes().split(b"\n")
+    cores = sum(1 for line in lines if line[:3] == b"cpu" and line[3:4].isdigit())
+    busy, total = busy_total(lines[0].split())
+    return busy, total, cores
 
 
 def split_percent(

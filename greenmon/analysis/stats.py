@@ -471,6 +471,9 @@ def _analyze_frame(
             )
         )
 
+    from greenmon.analysis.background import background_note  # issue 14
+
+    notes += filter(None, [background_note(done)])
     medians = _medians(done, measured)
     # issue 18: units from several hosts are also compared within hosts (the host a block)
     from greenmon.analysis.hosts import host_analysis

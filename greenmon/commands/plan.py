@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from greenmon.errors import PlanError
+from greenmon.interference import busy_note
 from greenmon.plan import check_plan, load_plan
 
 
@@ -29,6 +30,13 @@ def run(args: argparse.Namespace) -> int:
     )
     for note in result.notes:
         print(f"note: {note}")
+    busy = busy_note(  # issue 14
+        plan.spec.cooldown.background_cpu_percent_max,
+        plan.spec.cooldown.wait_for_quiet_s,
+        host_options=plan.spec.probes.get("host"),
+    )
+    if busy:
+        print(f"warning: {busy}")
     if result.problems:
         raise PlanError(
             "The plan cannot run here: "

@@ -30,6 +30,7 @@ from greenmon.commands.common import (
 from greenmon.config import Config, parse_config
 from greenmon.daemon import Daemon, build_daemon, open_daemon_store
 from greenmon.errors import GreenmonError, PlanError
+from greenmon.interference import busy_note
 from greenmon.livepower import PowerMeter
 from greenmon.plan import Plan, check_plan, load_plan, parse_shard
 from greenmon.runner import Submission
@@ -360,6 +361,13 @@ def run(args: argparse.Namespace) -> int:
     if check.problems:
         raise GreenmonError(" ".join(check.problems), title="Plan cannot run here")
     db = resolve_db(args.db)
+    busy = busy_note(  # issue 14: said before the first unit, not found afterwards
+        plan.spec.cooldown.background_cpu_percent_max,
+        plan.spec.cooldown.wait_for_quiet_s,
+        host_options=plan.spec.probes.get("host"),
+    )
+    if busy:
+        print(f"greenmon: warning: {busy}", file=sys.stderr)
     started = time.monotonic()
     if find_daemon(db, args.socket) is not None:
         socket_path = resolve_socket_path(args.socket, db)
