@@ -23,9 +23,7 @@ def test_background_is_busy_time_minus_the_own_tree(tmp_path: Path) -> None:
     fake.set_process(utime=0, stime=0, rss_pages=10, pid=5001, ppid=5000)
     fake.set_process(utime=0, stime=0, rss_pages=10, pid=7000)  # not ours
     probe = HostProbe(
-        Options(
-            proc_root=str(tmp_path / "proc"), sys_root=str(tmp_path / "sys"), pid=fake.pid
-        )
+        Options(proc_root=str(tmp_path / "proc"), sys_root=str(tmp_path / "sys"), pid=fake.pid)
     )
     names = [c.name for c in probe.open()]
     assert names[-2:] == ["tree.cpu_percent", "background.cpu_percent"]
@@ -78,3 +76,37 @@ def test_nvml_counts_gpu_processes_outside_the_own_tree(tmp_path: Path) -> None:
     gpu.compute_pids = [5000, 8001, 8002]
     assert dict(zip(names, probe.read(), strict=True))["gpu0.background_processes"] == 2.0
     probe.close()
+
+
+def test_interference_keys_at_their_defaults_keep_the_plan_hash() -> None:
+    from greenmon.errors import PlanError
+    from greenmon.plan import parse_plan
+
+    base = 'models = ["tiny"]\nconfigurations = ["torch/cpu"]\n'
+    plain = parse_plan(base)
+    assert "background_cpu_percent_max" not in plain.canonical()["cooldown"]
+    defaults = parse_plan(base + "[cooldown]\nbackground_cpu_percent_max = 25.0\n")
+    assert defaults.plan_hash == plain.plan_hash  # experiments started earlier still resume
+    waiting = parse_plan(base + "[cooldown]\nwait_for_quiet_s = 60\n")
+    assert waiting.plan_hash != plain.plan_hash
+    with pytest.raises(PlanError, match=r"cooldown\.wait_for_quiet_s must not be negative"):
+        parse_plan(base + "[cooldown]\nwait_for_quiet_s = -1\n")
+
+
+def _stat(fake: FakeProc, busy: int, total_per_core: int) -> None:
+    per_core = [(busy // 2, 0, 0, total_per_core - busy // 2, 0, 0, 0, 0, 0, 0)] * 2
+    fake.set_cpu([(busy, 0, 0, 2 * total_per_core - busy, 0, 0, 0, 0, 0, 0), *per_core])  # type: ignore[list-item]
+
+
+def test_the_meter_reads_what_the_host_probe_reads(tmp_path: Path) -> None:
+    from greenmon.interference import busy_note, meter_for
+
+    fake = FakeProc(tmp_path / "proc", cores=2)
+    host = {"proc_root": str(tmp_path / "proc"), "pid": fake.pid}
+    meter = meter_for(host)
+    _stat(fake, busy=100, total_per_core=100)
+    fake.set_process(utime=20, stime=0, rss_pages=1)  # the watched process: own tree
+    assert meter.percent() == pytest.approx(80.0)
+    assert meter.percent() == 0.0  # nothing since the last look
+    # nothing changes while it looks: no note
+    assert busy_note(25.0, host_options=host, duration_s=0.01) is None
