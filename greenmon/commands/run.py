@@ -349,6 +349,18 @@ def _stopped_early(db: Path, stopped: RunInterrupted) -> int:
     return 130 if stopped.status == "interrupted" else 1
 
 
+def say_if_busy(plan: Plan) -> None:
+    """issue 14: a machine busy with other work is said before the first unit, not found
+    in the results afterwards."""
+    busy = busy_note(
+        plan.spec.cooldown.background_cpu_percent_max,
+        plan.spec.cooldown.wait_for_quiet_s,
+        host_options=plan.spec.probes.get("host"),
+    )
+    if busy:
+        print(f"greenmon: warning: {busy}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from greenmon.api import find_daemon, resolve_socket_path
 
@@ -361,13 +373,7 @@ def run(args: argparse.Namespace) -> int:
     if check.problems:
         raise GreenmonError(" ".join(check.problems), title="Plan cannot run here")
     db = resolve_db(args.db)
-    busy = busy_note(  # issue 14: said before the first unit, not found afterwards
-        plan.spec.cooldown.background_cpu_percent_max,
-        plan.spec.cooldown.wait_for_quiet_s,
-        host_options=plan.spec.probes.get("host"),
-    )
-    if busy:
-        print(f"greenmon: warning: {busy}", file=sys.stderr)
+    say_if_busy(plan)
     started = time.monotonic()
     if find_daemon(db, args.socket) is not None:
         socket_path = resolve_socket_path(args.socket, db)

@@ -110,3 +110,25 @@ def test_the_meter_reads_what_the_host_probe_reads(tmp_path: Path) -> None:
     assert meter.percent() == 0.0  # nothing since the last look
     # nothing changes while it looks: no note
     assert busy_note(25.0, host_options=host, duration_s=0.01) is None
+
+
+def test_status_and_the_tui_count_the_units_beside_other_load() -> None:
+    from greenmon.commands.status import progress_lines
+    from greenmon.tui.model import result_rows
+
+    results = [
+        {"configuration": "onnx/cpu", "units": 3, "flags": [], "background_load_units": 0},
+        {
+            "configuration": "torch/cpu",
+            "units": 3,
+            "flags": ["estimated", "background_load"],
+            "background_load_units": 2,
+        },
+    ]
+    progress = {"experiment_id": "e1", "plan_name": "p", "status": "running", "results": results}
+    assert (
+        "  background_load: 2 finished units ran beside other load (torch/cpu 2)"
+        in progress_lines(progress)
+    )
+    flags = [row[-1] for row in result_rows(progress)]
+    assert flags == ["ok", "estimated, background_load (2 units)"]
