@@ -71,6 +71,9 @@ class BackgroundMeter:
             now.busy - last.busy, now.total - last.total, now.own - last.own, self._cores
         )[1]
 
+    def close(self) -> None:
+        self.tree.close()
+
 
 def meter_for(host_options: Any) -> BackgroundMeter:
     """A meter that reads what the host probe reads: its ``proc_root`` and its tree's roots
@@ -98,10 +101,13 @@ def busy_note(
     """A sentence when other processes use more CPU than ``threshold_percent`` now."""
     try:
         meter = meter_for(host_options)
-        time.sleep(duration_s)
-        background = meter.percent()
     except OSError:
         return None  # no Linux /proc: nothing to say
+    try:
+        time.sleep(duration_s)
+        background = meter.percent()
+    finally:
+        meter.close()
     if background <= threshold_percent:
         return None
     return (
@@ -126,18 +132,16 @@ class QuietWait:
 
 
 async def wait_for_quiet(
+    meter: BackgroundMeter,
     threshold_percent: float,
     max_wait_s: float,
     *,
-    meter: BackgroundMeter | None = None,
     window_s: float = QUIET_WINDOW_S,
     on_wait: Callable[[float], None] | None = None,
 ) -> QuietWait:
     """Wait, at most ``max_wait_s``, until the background over one ``window_s`` is at or
     under ``threshold_percent``.  The first window is always measured (that is the check);
     ``on_wait(deadline_s)`` is called once if the machine was busy and waiting begins."""
-    if meter is None:
-        meter = await anyio.to_thread.run_sync(BackgroundMeter)
     started = time.monotonic()
     deadline = started + max_wait_s
     waiting = False
@@ -183,9 +187,10 @@ async def quiet_before_baseline(
 
     host = daemon.config.probes.get("host")
     meter = await anyio.to_thread.run_sync(meter_for, host)
-    result = await wait_for_quiet(
-        threshold, cooldown.wait_for_quiet_s, meter=meter, on_wait=waiting
-    )
+    try:
+        result = await wait_for_quiet(meter, threshold, cooldown.wait_for_quiet_s, on_wait=waiting)
+    finally:
+        meter.close()
     progress.phase_ends_ns = None
     if result.waited_s > 0:
         outcome = (

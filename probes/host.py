@@ -227,6 +227,8 @@ class HostProbe:
         return values
 
     def close(self) -> None:
+        if self._tree is not None:
+            self._tree.close()
         for fd in [*self._fds.values(), *self._freq_fds]:
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -365,6 +365,7 @@ class NvmlProbe:
         return values
 
     def close(self) -> None:
+        self._tree.close()
         self._queries, self._widths = [], []
         if self._initialised:
             self._initialised = False
