@@ -45,10 +45,10 @@ from _common import REPO, aim, machine  # type: ignore[import-not-found]
 
 from greenmon.config import parse_config
 from greenmon.daemon import Daemon
+from greenmon.hardware.cpufreq import CpufreqKnob
 from greenmon.privhelper import HelperClient
 from greenmon.probes import host, netio, nvml, rapl
 from greenmon.probes.base import Probe
-from greenmon.settings import CpufreqKnob
 from greenmon.store import Store
 from tests.fakes.cpufreq import FakeCpufreqTree
 from tests.fakes.nvml import two_gpus

@@ -183,6 +183,13 @@ def parse_config(text: str, source: Path | None = None) -> Config:
             f"{source or 'The configuration'} is not valid TOML: {error}. "
             "Fix the syntax at that position (see https://toml.io)."
         ) from None
+    return config_from_tables(data, source, text)
+
+
+def config_from_tables(data: Mapping[str, Any], source: Path | None, text: str) -> Config:
+    """A Config from parsed TOML tables (``[daemon]``, ``[probes.<name>]``).  ``text`` is
+    the file they were read from, for the line numbers in errors: a plan's ``[probes.*]``
+    tables are checked against the plan's own text (commands/run.py)."""
     unknown_top = set(data) - {"daemon", "probes"}
     if unknown_top:
         key = sorted(unknown_top)[0]

@@ -192,7 +192,7 @@ class Daemon:
         return events
 
     def _restore_settings(self) -> list[Event]:
-        from greenmon.settings import restore_journal
+        from greenmon.hardware.journal import restore_journal
 
         return [
             Event(now_ns(), "info" if r.ok else "error", None, f"restore journal: {r.message}")
@@ -235,7 +235,7 @@ class Daemon:
         )
         self._send = send
         # issue 8: hardware settings a crashed or killed run left changed are put back
-        # before anything is measured (greenmon/settings.py; one cheap query when none).
+        # before anything is measured (greenmon/hardware/journal.py; one cheap query when none).
         start_events = await anyio.to_thread.run_sync(self._restore_settings)
         # open() may block (a wattmeter request, EnergiBridge writing its header): off the loop.
         start_events += await anyio.to_thread.run_sync(self._open_probes, send)

@@ -36,6 +36,8 @@ import msgspec
 
 from greenmon.config import convert_table, find_key_line
 from greenmon.errors import PlanError
+from greenmon.hardware.checks import check_hardware, hardware_access
+from greenmon.hardware.spec import Hardware, HardwareFactors, HardwareSpec
 
 # Keys of [factors] and what each becomes in a unit.
 FACTOR_KEYS = (
@@ -88,15 +90,13 @@ _COOLDOWN_DEFAULTS_OUT_OF_HASH = {
 }
 
 
-class Factors(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class Factors(HardwareFactors, kw_only=True, forbid_unknown_fields=True):
+    # The hardware factors (gpu_power_limit_w, gpu_locked_clocks_mhz, cpu_governor,
+    # cpu_max_freq_khz) are greenmon/hardware/spec.py's.
     batch_size: list[int] | None = None
     max_new_tokens: list[int] | None = None
     input_tokens: list[int] | None = None
     dtype: list[str] | None = None
-    gpu_power_limit_w: list[float] | None = None
-    gpu_locked_clocks_mhz: list[list[int]] | None = None
-    cpu_governor: list[str] | None = None
-    cpu_max_freq_khz: list[int] | None = None
     # issue 16: a closed loop with N requests in flight; an open loop of seeded Poisson
     # arrivals at this many requests per second.  One of the two per plan.
     concurrency: list[int] | None = None
@@ -124,20 +124,6 @@ class ServerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Extra JSON fields for every request body (e.g. {return_token_ids = true}).
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
     request_timeout_s: float = 600.0
-
-
-class Hardware(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Where hardware factors are applied (greenmon/settings.py); tests point these at fakes."""
-
-    # The cpufreq sysfs directory holding cpuN/cpufreq/.
-    cpufreq_root: str = "/sys/devices/system/cpu"
-    # "pynvml", or "package.module:factory" returning an object shaped like pynvml.
-    nvml_module: str = "pynvml"
-    # NVML indices or UUIDs of the GPUs the GPU factors apply to; None: every GPU.
-    gpu_devices: list[int | str] | None = None
-    # The greenmon helper's socket, used when greenmon is not root (greenmon/privhelper.py);
-    # None: $GREENMON_HELPER_SOCKET, else /run/greenmon-helper.sock.
-    helper_socket: str | None = None
 
 
 class PlanSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -178,8 +164,9 @@ class Unit:
     def configuration(self) -> str:
         return f"{self.engine}/{self.provider}"
 
-    def setting(self, key: str, default: Any) -> Any:
-        return self.factors.get(key, default)
+    def level(self, factor: str, default: Any) -> Any:
+        """The unit's level of ``factor``, or ``default`` when the plan does not vary it."""
+        return self.factors.get(factor, default)
 
 
 @dataclass(frozen=True)
@@ -286,6 +273,11 @@ class Plan:
         return data
 
     @property
+    def hardware_spec(self) -> HardwareSpec:
+        """The plan's hardware factors and where they apply (greenmon/hardware/)."""
+        return HardwareSpec(self.spec.factors.hardware_levels(), self.spec.hardware)
+
+    @property
     def plan_hash(self) -> str:
         payload = json.dumps(self.canonical(), sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()
@@ -323,7 +315,7 @@ class Plan:
         ``concurrency`` level N runs N requests at a time (one batch of N): the in-process
         counterpart of N requests in flight at a server, unless batch_size is a factor."""
         default = unit.factors.get("concurrency", self.spec.batch_size)
-        return int(unit.setting("batch_size", default))
+        return int(unit.level("batch_size", default))
 
     def units(self) -> list[Unit]:
         """The units in run order (seeded shuffle, or the study's blocked order); with a
@@ -571,11 +563,7 @@ def check_plan(plan: Plan, *, cache_dir: str | None = None, deep: bool = True) -
     per_unit_s = cooldown_s + DEFAULT_LOAD_S + tokens * DEFAULT_TOKEN_S / plan.spec.batch_size
     # issue 8: hardware factors (DVFS) are checked against this machine's ranges and the
     # privileges they need; a plan without them costs nothing here.
-    from greenmon.settings import check_hardware
-
     problems += check_hardware(plan)
-    from greenmon.settings import hardware_access
-
     access = hardware_access(plan)
     if access is not None:
         notes.append(access)

@@ -8,7 +8,7 @@ only this, for the members of one group:
 - read every RAPL zone's counter at once (``rapl_channels``, ``rapl_read``), through the
   RAPL probe's own code (probes/rapl.py) over the helper's own powercap root;
 - read, and write then read back, one hardware setting (``setting_read``,
-  ``setting_write``) named by its restore-journal *target* (greenmon/settings.py).  The
+  ``setting_write``) named by its restore-journal *target* (greenmon/hardware/).  The
   daemon keeps the journal in its database as it does when root: the previous value is
   committed before it asks the helper for a change.
 
@@ -214,9 +214,9 @@ class Helper:
     """What the helper does for one request; no socket code here, so tests can call it."""
 
     def __init__(self, config: HelperConfig, log: TextIO | None = None) -> None:
+        from greenmon.hardware.nvml import NvmlSession
         from greenmon.probes.base import ProbeUnavailable
         from greenmon.probes.rapl import Options, RaplProbe
-        from greenmon.settings import NvmlSession
 
         self.config = config
         self.log = log or sys.stderr
@@ -302,7 +302,8 @@ class Helper:
 
     # -- the allowlist -------------------------------------------------------------------
     def knob(self, target: str) -> Any:
-        from greenmon.settings import CpufreqKnob, NvmlKnob
+        from greenmon.hardware.cpufreq import CpufreqKnob
+        from greenmon.hardware.nvml import NvmlKnob
 
         try:
             data = json.loads(target)
@@ -362,7 +363,7 @@ class Helper:
         return path
 
     def check_value(self, knob: Any, value: str) -> None:
-        from greenmon.settings import CpufreqKnob
+        from greenmon.hardware.cpufreq import CpufreqKnob
 
         if isinstance(knob, CpufreqKnob):
             self._check_cpufreq(knob.path, value)
@@ -370,7 +371,7 @@ class Helper:
             self._check_nvml(knob, value)
 
     def _check_cpufreq(self, path: Path, value: str) -> None:
-        from greenmon.settings import cpufreq_range
+        from greenmon.hardware.cpufreq import cpufreq_range
 
         limits = cpufreq_range(path.parent)
         if path.name == "scaling_governor":
@@ -387,7 +388,7 @@ class Helper:
             )
 
     def _check_nvml(self, knob: Any, value: str) -> None:
-        from greenmon.settings import check_nvml_value
+        from greenmon.hardware.nvml import check_nvml_value
 
         nvml = self._nvml.module(knob.module_spec)
         problem = check_nvml_value(nvml, knob.session.handle(knob.module_spec, knob.uuid),
@@ -397,7 +398,7 @@ class Helper:
 
 
 def _describe(knob: Any) -> str:
-    from greenmon.settings import describe_target
+    from greenmon.hardware.knob import describe_target
 
     return describe_target(knob.target)
 

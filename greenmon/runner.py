@@ -588,7 +588,7 @@ class ExperimentRunner:
                 await anyio.sleep(0.2)
                 # issue 8: missing privileges or out-of-range hardware levels stop the plan
                 # here, before the first unit, not in the middle of the run.
-                from greenmon.settings import require_hardware
+                from greenmon.hardware.checks import require_hardware
 
                 try:
                     await anyio.to_thread.run_sync(partial(require_hardware, plan, nvml=self.nvml))
@@ -628,7 +628,7 @@ class ExperimentRunner:
                                     input_tokens=input_tokens,
                                 )
                             )
-                        max_new = int(unit.setting("max_new_tokens", plan.spec.max_new_tokens))
+                        max_new = int(unit.level("max_new_tokens", plan.spec.max_new_tokens))
                         key = (unit.model, input_tokens, max_new)
                         if key not in references:
                             references[key] = await self._reference(
@@ -738,13 +738,14 @@ class ExperimentRunner:
         attempt = int(rows[0][0])
         self._phases = []
         warm_records: list[RequestRecord] = []
-        max_new = int(unit.setting("max_new_tokens", plan.spec.max_new_tokens))
+        max_new = int(unit.level("max_new_tokens", plan.spec.max_new_tokens))
         # issue 16: options include an http unit's server and load level (plan.py).
         batch_size = plan.batch_size_for(unit)
         options = plan.engine_options_for(unit)
         rss_before = psutil.Process().memory_info().rss
         # issue 8: the unit's hardware levels (DVFS), journaled so they are always restored.
-        from greenmon.settings import HARDWARE_FACTORS, UnitSettings
+        from greenmon.hardware.journal import UnitSettings
+        from greenmon.hardware.spec import HARDWARE_FACTORS
 
         hardware_levels = {k: v for k, v in unit.factors.items() if k in HARDWARE_FACTORS}
         unit_settings: UnitSettings | None = None

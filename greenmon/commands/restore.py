@@ -11,7 +11,7 @@ import argparse
 
 from greenmon.commands.common import add_db_argument, existing_db
 from greenmon.errors import GreenmonError
-from greenmon.settings import restore_journal
+from greenmon.hardware.journal import restore_journal
 from greenmon.store import Store
 
 

@@ -27,7 +27,7 @@ from greenmon.commands.common import (
     greenmon_error_in,
     resolve_db,
 )
-from greenmon.config import Config, parse_config
+from greenmon.config import Config, config_from_tables
 from greenmon.daemon import Daemon, build_daemon, open_daemon_store
 from greenmon.errors import GreenmonError, PlanError
 from greenmon.interference import busy_note
@@ -62,23 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def probes_config(plan: Plan) -> Config:
-    """The daemon config for a plan: its [probes.*] tables, as in a config file."""
-    lines: list[str] = []
-    for name, table in plan.spec.probes.items():
-        lines.append(f"[probes.{name}]")
-        for key, value in table.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-    return parse_config("\n".join(lines), plan.path)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return str(value)
+    """The daemon config for a plan: its [probes.*] tables, as in a config file; errors
+    name the plan's own lines."""
+    return config_from_tables({"probes": plan.spec.probes}, plan.path, plan.text)
 
 
 def progress_line(progress: Mapping[str, Any], meter: PowerMeter | None = None) -> str:

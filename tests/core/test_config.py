@@ -90,3 +90,41 @@ def test_duckdb_bounds_are_checked(tmp_path: Path, line: str, key: str, says: st
         load_config(path)
     message = str(caught.value)
     assert f"'{key}'" in message and f"{path}, line 3" in message and says in message
+
+
+PLAN_WITH_PROBES = """
+models = ["tiny"]
+configurations = ["fake/cpu"]
+custom_engines = { fake = "tests.fakes.engine:FakeEngine" }
+
+[cooldown]
+before_s = 1
+
+[probes.host]
+enabled = false
+
+[probes.rapl]
+sysfs_root = "/tmp/x"
+rate_hz = "fast"
+"""
+
+
+def test_errors_in_a_plans_probe_tables_give_the_plans_line_numbers(tmp_path: Path) -> None:
+    """Defect 6 (issue 13): the line was that of a TOML rewritten from the tables."""
+    from greenmon.commands.run import probes_config
+    from greenmon.plan import parse_plan
+
+    path = tmp_path / "plan.toml"
+    lines = PLAN_WITH_PROBES.splitlines()
+    with pytest.raises(ConfigError) as wrong_type:
+        probes_config(parse_plan(PLAN_WITH_PROBES, path))
+    rate_line = lines.index('rate_hz = "fast"') + 1
+    assert f"'probes.rapl.rate_hz' in {path}, line {rate_line}:" in str(wrong_type.value)
+    unknown = PLAN_WITH_PROBES.replace("[probes.host]\nenabled", "[probes.host]\nenabld")
+    with pytest.raises(ConfigError) as unknown_key:
+        probes_config(parse_plan(unknown, path))
+    assert str(unknown_key.value).startswith(
+        f"Unknown key 'probes.host.enabld' in {path}, line {lines.index('[probes.host]') + 2}."
+    )
+    good = parse_plan(PLAN_WITH_PROBES.replace('"fast"', "50"), path)
+    assert probes_config(good).probes["rapl"].rate_hz == 50

@@ -5,7 +5,7 @@ attributes, ``NVMLError`` with ``.value`` codes as in pynvml).  Each ``FakeGpu``
 its energy counter on every read, can be told that a function is not supported, and can
 fall off the bus (``lost = True``) so the probe sees ``NVML_ERROR_GPU_IS_LOST``.
 
-The setters greenmon/settings.py uses (power limit, locked and application clocks) keep
+The setters greenmon/hardware/nvml.py uses (power limit, locked and application clocks) keep
 their state on the ``FakeGpu``: a power limit outside the constraints is refused with
 ``NVML_ERROR_INVALID_ARGUMENT``; locked clocks snap to the nearest supported clock, as the
 driver does, and the running clock follows; ``no_permission = True`` refuses every setter.
@@ -73,7 +73,7 @@ class FakeGpu:
     has_instant_power_field: bool = True
     lost: bool = False
     energy_reads: int = 0
-    # -- settable state (greenmon/settings.py) --
+    # -- settable state (greenmon/hardware/nvml.py) --
     power_limit_min_mw: int = 100_000
     power_limit_max_mw: int = 350_000
     supported_memory_clocks_mhz: list[int] = field(default_factory=lambda: [9501, 5001, 810])
@@ -100,7 +100,7 @@ class FakeNvml:
     """Pass an instance where the probe takes the NVML module."""
 
     NVMLError = NVMLError
-    # greenmon/settings.py skips its root / CAP_SYS_ADMIN check for this module.
+    # greenmon/hardware/nvml.py skips its root / CAP_SYS_ADMIN check for this module.
     GREENMON_FAKE_PRIVILEGED = True
 
     def __init__(

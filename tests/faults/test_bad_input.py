@@ -79,6 +79,34 @@ def test_a_bad_plan_is_refused_before_anything_runs(tmp_path: Path, case: str) -
     assert not db.exists()  # refused before a database was even created
 
 
+# Defect 6 (issue 13): errors in a plan's [probes.*] tables named the line of a TOML
+# rewritten from them ("line 2"), not the plan's own line.
+PROBE_TABLE_PLAN = GOOD_PLAN + """
+[factors]
+batch_size = [1]
+
+[probes.host]
+enabled = false
+
+[probes.rapl]
+rate_hz = 10
+rate = 10
+"""
+
+
+def test_a_bad_key_in_a_plans_probe_table_names_the_plans_line(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.toml"
+    plan.write_text(PROBE_TABLE_PLAN)
+    line = PROBE_TABLE_PLAN.splitlines().index("rate = 10") + 1
+    db = tmp_path / "run.duckdb"
+    result = cli("run", str(plan), "--db", str(db), "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert_one_paragraph_error(
+        result.stderr, f"Unknown key 'probes.rapl.rate' in {plan}, line {line}."
+    )
+    assert not db.exists()
+
+
 CONFIGS = {
     "malformed TOML": ("[probes.rapl\n", "not valid TOML"),
     "unknown key": ("[probes.rapl]\nrate = 10\n", "Unknown key 'probes.rapl.rate'"),

@@ -9,15 +9,10 @@ from pathlib import Path
 import pytest
 
 from greenmon.errors import PlanError
+from greenmon.hardware.checks import check_hardware, has_cap_sys_admin, require_hardware
+from greenmon.hardware.cpufreq import online_cpufreq_dirs
+from greenmon.hardware.journal import UnitSettings, restore_journal
 from greenmon.plan import Plan, check_plan, parse_plan
-from greenmon.settings import (
-    UnitSettings,
-    check_hardware,
-    has_cap_sys_admin,
-    online_cpufreq_dirs,
-    require_hardware,
-    restore_journal,
-)
 from greenmon.store import Store
 from tests.fakes.cpufreq import FakeCpufreqTree
 from tests.fakes.nvml import FakeGpu, FakeNvml
