@@ -184,6 +184,17 @@ def sql(env: dict[str, str], db: Path, query: str) -> list[dict[str, Any]]:
     return rows
 
 
+def start_run(env: dict[str, str], plan: Path, db: Path) -> subprocess.Popen[str]:
+    """`greenmon run PLAN` as a person starts it (it serves the API itself)."""
+    return subprocess.Popen(
+        greenmon_cmd("run", str(plan), "--db", str(db), "--quiet"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 UNITS_SQL = """
 SELECT r.unit_id, r.configuration, r.flags, r.background_cpu_percent,
        r.baseline_background_cpu_percent, r.quiet_wait_s, u.started_ns,
@@ -199,18 +210,16 @@ def test_exactly_the_units_beside_a_hog_are_flagged_and_the_findings_say_so(
 ) -> None:
     db = tmp_path / "busy.duckdb"
     plan = write_plan(tmp_path, "busy", repetitions=2, wait_s=0)
-    run = subprocess.Popen(
-        greenmon_cmd("run", str(plan), "--db", str(db), "--quiet"),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    run = start_run(env, plan, db)
     try:
         # the hog runs from the second unit's load until that unit's engine closes
-        wait_for(lambda: events(tmp_path, "load-start") >= 2, process=run, what="unit 2")
+        wait_for(
+            lambda: events(tmp_path, "load-start") >= 2, process=run, what="unit 2", timeout_s=300
+        )
         mirror.start_hog()
-        wait_for(lambda: events(tmp_path, "close") >= 2, process=run, what="unit 2 closed")
+        wait_for(
+            lambda: events(tmp_path, "close") >= 2, process=run, what="unit 2 closed", timeout_s=300
+        )
         mirror.end_hogs()
         _out, err = run.communicate(timeout=300)
     finally:
@@ -249,16 +258,15 @@ def test_with_wait_for_quiet_the_units_wait_until_the_hog_ends(
     mirror.start_hog()
     checked = greenmon(env, "plan", "check", str(plan)).stdout
     assert "warning: the machine is busy: other processes used" in checked
-    run = subprocess.Popen(
-        greenmon_cmd("run", str(plan), "--db", str(db), "--quiet"),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    run = start_run(env, plan, db)
     try:
         # the first unit has warmed up and now waits; the hog goes on for 2 s more
-        wait_for(lambda: events(tmp_path, "generate-end") >= 1, process=run, what="warm-up")
+        wait_for(
+            lambda: events(tmp_path, "generate-end") >= 1,
+            process=run,
+            what="warm-up",
+            timeout_s=300,
+        )
         time.sleep(2.0)
         assert events(tmp_path, "generate-end") == 1  # no measure while the hog runs
         hog_ended_ns = mirror.end_hogs()
