@@ -32,6 +32,7 @@ from greenmon.hostinfo import host_info
 from greenmon.probes.base import Channel, Probe, ProbeUnavailable
 from greenmon.sampling import ProbeHealth, Sampler, run_samplers
 from greenmon.store import Event, FlushRequest, SampleBatch, Store, run_writer
+from greenmon.update_periods import changed_enough
 
 if TYPE_CHECKING:
     from greenmon.api import ApiOptions
@@ -41,6 +42,8 @@ Service = Callable[..., Coroutine[Any, Any, None]]
 # A stop hook waits for samples (a window's close waits up to HANDOFF_WAIT_MAX_S): a stop
 # never hangs longer than this on them.
 STOP_HOOKS_MAX_S = 15.0
+# issue 14: how often detected sensor update periods are checked and stored.
+UPDATE_PERIOD_STORE_S = 2.0
 
 
 @dataclass
@@ -86,6 +89,8 @@ class Daemon:
         # still writes: a service finishes what needs fresh samples here (windows.py closes
         # the windows still open, so their last seconds are measured, not lost).
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
+        # issue 14: the update periods stored so far, per channel (update_periods.py).
+        self._stored_periods_ns: dict[int, int] = {}
 
     # -- for services --------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -208,6 +213,35 @@ class Daemon:
                 self.store.record_anchor, self.session_id, anchor.t_ns, anchor.anchor_ns
             )
 
+    def store_update_periods(self) -> None:
+        """issue 14: store each channel's detected update period where it is new or moved
+        by more than 10% (blocking: a worker thread), with an event for a new one."""
+        changed: dict[int, tuple[int, int]] = {}
+        for sampler in self.samplers:
+            for channel_id, (period_ns, seen) in sampler.update_periods.estimates().items():
+                if changed_enough(self._stored_periods_ns.get(channel_id), period_ns):
+                    changed[channel_id] = (period_ns, seen)
+        if not changed:
+            return
+        self.store.set_update_periods(changed)
+        events: list[Event] = []
+        for channel_id, (period_ns, _) in changed.items():
+            if channel_id not in self._stored_periods_ns:
+                probe, channel = self.channels[channel_id]
+                message = (
+                    f"{channel.name} updates every {period_ns / 1e6:.1f} ms "
+                    "(detected from value changes)"
+                )
+                events.append(Event(now_ns(), "info", probe, message))
+            self._stored_periods_ns[channel_id] = period_ns
+        # written here, in this worker thread: the writer's stream belongs to the loop
+        self.store.write(SampleBatch(), events, self.session_id)
+
+    async def _update_period_loop(self) -> None:
+        while True:
+            await anyio.sleep(UPDATE_PERIOD_STORE_S)
+            await anyio.to_thread.run_sync(self.store_update_periods)
+
     async def _watch_signals(self) -> None:
         # SIGHUP (a closed SSH terminal) stops like SIGTERM: orderly, resumable.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
@@ -265,6 +299,7 @@ class Daemon:
                 with helpers:
                     async with anyio.create_task_group() as inner:
                         inner.start_soon(self._anchor_loop)
+                        inner.start_soon(self._update_period_loop)  # issue 14
                         if self.handle_signals:
                             inner.start_soon(self._watch_signals)
                         for service in self.services:
@@ -294,6 +329,8 @@ class Daemon:
         for sampler in self.samplers:
             with contextlib.suppress(Exception):
                 sampler.probe.close()
+        with contextlib.suppress(Exception):  # issue 14: the periods of the last seconds
+            await anyio.to_thread.run_sync(self.store_update_periods)
         await anyio.to_thread.run_sync(self.store.end_session, self.session_id, ended_ns)
         return DaemonSummary(
             session_id=self.session_id,

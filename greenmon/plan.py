@@ -21,6 +21,7 @@ Terms:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -90,6 +91,20 @@ _COOLDOWN_DEFAULTS_OUT_OF_HASH = {
 }
 
 
+class Precision(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``repetitions = "auto"``: run rounds until every configuration's median energy is
+    known to within ``ci_half_width`` (relative) at ``confidence``, between
+    ``min_repetitions`` and ``max_repetitions`` rounds (greenmon/rounds.py)."""
+
+    # The order-statistic interval of a median needs 6 values for 95% (5 give 94%): fewer
+    # rounds could never meet the default target, so 6 is the default minimum.
+    min_repetitions: int = 6
+    max_repetitions: int = 30
+    confidence: float = 0.95
+    # The interval must lie within median * (1 +- ci_half_width).
+    ci_half_width: float = 0.05
+
+
 class Factors(HardwareFactors, kw_only=True, forbid_unknown_fields=True):
     # The hardware factors (gpu_power_limit_w, gpu_locked_clocks_mhz, cpu_governor,
     # cpu_max_freq_khz) are greenmon/hardware/spec.py's.
@@ -134,12 +149,14 @@ class PlanSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prompts: int | None = None  # use the first N prompts of the workload
     max_new_tokens: int = 32
     batch_size: int = 1
-    repetitions: int = 10
+    # A number, or "auto": rounds until the answer is stable ([precision]).
+    repetitions: int | str = 10
     seed: int = 0
     order: str = "random"
     warmup_requests: int = 2
     unit_timeout_s: float = 3600.0
     cooldown: Cooldown = msgspec.field(default_factory=Cooldown)
+    precision: Precision = msgspec.field(default_factory=Precision)
     factors: Factors = msgspec.field(default_factory=Factors)
     hardware: Hardware = msgspec.field(default_factory=Hardware)
     engine_options: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
@@ -259,6 +276,9 @@ class Plan:
         # existed, so experiments started earlier still resume.
         if self.spec.hardware == Hardware():
             del data["hardware"]
+        # issue 14: likewise for [precision] unless repetitions = "auto" uses it.
+        if self.spec.precision == Precision() and not self.auto_repetitions:
+            del data["precision"]
         # issue 16: likewise for servers and the load factors when a plan has none.
         if not self.spec.servers:
             del data["servers"]
@@ -281,6 +301,18 @@ class Plan:
     def plan_hash(self) -> str:
         payload = json.dumps(self.canonical(), sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()
+
+    @property
+    def auto_repetitions(self) -> bool:
+        """``repetitions = "auto"``: rounds until every configuration is precise enough."""
+        return self.spec.repetitions == "auto"
+
+    @property
+    def repetitions(self) -> int:
+        """Repetitions per cell: the fixed number, or at most this many with "auto"."""
+        if isinstance(self.spec.repetitions, str):
+            return self.spec.precision.max_repetitions
+        return self.spec.repetitions
 
     def factor_levels(self) -> list[dict[str, Any]]:
         """Every combination of factor levels (one empty combination when none vary)."""
@@ -328,15 +360,30 @@ class Plan:
 
     def all_units(self) -> list[Unit]:
         """Every unit of the plan in run order, whatever the shard."""
-        combos = [
-            (model, engine, provider, levels, repetition)
-            for model in self.spec.models
-            for engine, provider in self.configurations
-            for levels in self.factor_levels()
-            for repetition in range(1, self.spec.repetitions + 1)
-        ]
-        if self.spec.order == "random":
-            random.Random(self.spec.seed).shuffle(combos)
+        if self.auto_repetitions:
+            # issue 14: rounds, each one repetition of every cell in a fresh seeded order,
+            # so the runner can stop after any round (greenmon/rounds.py).
+            from greenmon.rounds import round_order
+
+            combos = []
+            for repetition in range(1, self.repetitions + 1):
+                cells = [
+                    (model, engine, provider, levels, repetition)
+                    for model in self.spec.models
+                    for engine, provider in self.configurations
+                    for levels in self.factor_levels()
+                ]
+                combos += round_order(cells, self.spec.seed, repetition)
+        else:
+            combos = [
+                (model, engine, provider, levels, repetition)
+                for model in self.spec.models
+                for engine, provider in self.configurations
+                for levels in self.factor_levels()
+                for repetition in range(1, self.repetitions + 1)
+            ]
+            if self.spec.order == "random":
+                random.Random(self.spec.seed).shuffle(combos)
         return [
             Unit(index, model, engine, provider, repetition, levels)
             for index, (model, engine, provider, levels, repetition) in enumerate(combos)
@@ -387,9 +434,10 @@ def parse_plan(text: str, path: Path | None = None) -> Plan:
         raise _error(
             f"order must be 'random' or 'blocked', not {spec.order!r}", path, text, "order"
         )
-    for key in ("repetitions", "max_new_tokens", "batch_size"):
+    for key in ("max_new_tokens", "batch_size"):
         if getattr(spec, key) < 1:
             raise _error(f"{key} must be at least 1", path, text, key)
+    _check_repetitions(spec, path, text)
     if not spec.models:
         raise _error("models is empty: name at least one model", path, text, "models")
     for key in ("background_cpu_percent_max", "wait_for_quiet_s"):  # issue 14
@@ -445,6 +493,51 @@ def parse_plan(text: str, path: Path | None = None) -> Plan:
                 )
             configurations.append((engine, provider))
     return Plan(spec=spec, text=text, path=path, configurations=configurations)
+
+
+def _check_repetitions(spec: PlanSpec, path: Path | None, text: str) -> None:
+    """A number of at least 1, or "auto" with a sensible [precision] (issue 14)."""
+    if isinstance(spec.repetitions, str):
+        if spec.repetitions != "auto":
+            raise _error(
+                f'repetitions must be a number or "auto", not {spec.repetitions!r}',
+                path,
+                text,
+                "repetitions",
+            )
+        if spec.order != "random":
+            raise _error(
+                'repetitions = "auto" runs in rounds of a fresh random order; it cannot be '
+                "combined with order = 'blocked'",
+                path,
+                text,
+                "order",
+            )
+    elif spec.repetitions < 1:
+        raise _error("repetitions must be at least 1", path, text, "repetitions")
+    precision = spec.precision
+    if not 1 <= precision.min_repetitions <= precision.max_repetitions:
+        raise _error(
+            "precision.min_repetitions must be at least 1 and at most max_repetitions",
+            path,
+            text,
+            "precision.min_repetitions",
+        )
+    if not 0 < precision.confidence < 1:
+        raise _error(
+            "precision.confidence must lie between 0 and 1 (0.95 for a 95% interval)",
+            path,
+            text,
+            "precision.confidence",
+        )
+    if precision.ci_half_width <= 0:
+        raise _error(
+            "precision.ci_half_width must be positive (0.05: the interval within +-5% of "
+            "the median)",
+            path,
+            text,
+            "precision.ci_half_width",
+        )
 
 
 def _check_load(spec: PlanSpec, path: Path | None, text: str) -> None:
@@ -524,11 +617,21 @@ class PlanCheck:
     estimated_s: float
     problems: list[str]
     notes: list[str]
+    # issue 14: what will run but weakly (too few repetitions, windows too short).
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-def check_plan(plan: Plan, *, cache_dir: str | None = None, deep: bool = True) -> PlanCheck:
+def check_plan(
+    plan: Plan,
+    *,
+    cache_dir: str | None = None,
+    deep: bool = True,
+    update_periods_s: Mapping[str, float] | None = None,
+) -> PlanCheck:
     """Everything that can be known before anything runs: configurations usable here,
-    models resolvable, the workload readable.  ``deep=False`` skips building models."""
+    models resolvable, the workload readable.  ``deep=False`` skips building models.
+    ``update_periods_s`` (energy source -> seconds, e.g. from ``stored_update_periods``)
+    lets the check warn about measure windows too short for the slowest source."""
     from greenmon.engines import check_configuration
     from greenmon.models import resolve_model
     from greenmon.workload import load_workload
@@ -584,4 +687,102 @@ def check_plan(plan: Plan, *, cache_dir: str | None = None, deep: bool = True) -
             "order = 'blocked' runs each configuration's repetitions back to back, "
             "as the study did: drift and heat then confound configurations."
         )
-    return PlanCheck(plan, len(units), per_unit_s * len(units), problems, notes)
+    if plan.auto_repetitions and plan.shard is not None:
+        # issue 14: the stop rule needs every configuration's values; a shard has a part
+        problems.append(
+            'repetitions = "auto" decides after each round on all of a configuration\'s '
+            "units, and a shard runs only part of them: give a fixed number of repetitions "
+            "to run the plan in shards"
+        )
+    warnings = repetition_warnings(plan)
+    warnings += window_warnings(plan, prompts_count or 164, update_periods_s or {})
+    return PlanCheck(plan, len(units), per_unit_s * len(units), problems, notes, warnings)
+
+
+def repetition_warnings(plan: Plan) -> list[str]:
+    """issue 14: fixed repetitions too few for the tests the analysis runs, or an "auto"
+    minimum below what the confidence needs."""
+    from greenmon.analysis.stats import MIN_REPETITIONS
+    from greenmon.rounds import values_for_interval
+
+    precision = plan.spec.precision
+    needed = values_for_interval(precision.confidence)
+    if plan.auto_repetitions:
+        if precision.max_repetitions < needed:
+            return [
+                f"precision.max_repetitions = {precision.max_repetitions} can never meet the "
+                f"target: a {precision.confidence:.0%} interval of a median needs {needed} "
+                f"values; raise max_repetitions to at least {needed}"
+            ]
+        return []
+    repetitions = plan.repetitions
+    if repetitions < MIN_REPETITIONS:
+        return [
+            f"repetitions = {repetitions}: with fewer than {MIN_REPETITIONS} values per "
+            "configuration the analysis runs no statistical test at all (medians only); use "
+            f'at least {MIN_REPETITIONS}, or repetitions = "auto"'
+        ]
+    if repetitions < needed:
+        return [
+            f"repetitions = {repetitions}: the tests run, but a {precision.confidence:.0%} "
+            f"interval of each configuration's median needs {needed} values, so how precise "
+            'the medians are stays unknown; use at least that many, or repetitions = "auto"'
+        ]
+    return []
+
+
+def window_warnings(
+    plan: Plan, prompts_count: int, update_periods_s: Mapping[str, float]
+) -> list[str]:
+    """issue 14: the shortest planned measure against the slowest energy source's update
+    period (or sampling period): a shorter window is flagged short_window afterwards."""
+    from greenmon.update_periods import min_window_s
+    from greenmon.views import MIN_WINDOW_PERIODS
+
+    periods = dict(update_periods_s)
+    for name, table in plan.spec.probes.items():
+        rate_hz = table.get("rate_hz")
+        if name in ENERGY_PROBES and isinstance(rate_hz, int | float) and rate_hz > 0:
+            periods.setdefault(f"{name} (sampled at {rate_hz:g} Hz)", 1 / rate_hz)
+    if not periods:
+        return []
+    source, period_s = max(periods.items(), key=lambda item: item[1])
+    tokens = min(plan.spec.factors.max_new_tokens or [plan.spec.max_new_tokens])
+    batch = max(plan.spec.factors.batch_size or [plan.spec.batch_size])
+    measure_s = prompts_count * tokens * DEFAULT_TOKEN_S / batch
+    if measure_s >= min_window_s(period_s):
+        return []
+    return [
+        f"the shortest planned measure (about {measure_s:.2f} s: {prompts_count} prompts x "
+        f"{tokens} tokens at an assumed {DEFAULT_TOKEN_S * 1000:.0f} ms per token, batch "
+        f"{batch}) is shorter than {MIN_WINDOW_PERIODS} update periods of the slowest energy "
+        f"source ({source}: {period_s:.3f} s, so at least {min_window_s(period_s):.2f} s); "
+        "its units will be flagged short_window. Use more prompts or more max_new_tokens"
+    ]
+
+
+# Probes whose channels can answer for an energy domain (views.py energy_sources).
+ENERGY_PROBES = ("rapl", "nvml", "netio", "energibridge", "estimate")
+
+
+def stored_update_periods(db_path: Path) -> dict[str, float]:
+    """The update periods of the energy sources of the latest session in ``db_path`` that
+    detected any (issue 14), as 'probe channel' -> seconds; empty when there are none or
+    the file cannot be read (another process holds it)."""
+    from greenmon.store import Store
+
+    if not db_path.exists():
+        return {}
+    try:
+        with Store.open(db_path, read_only=True) as store:
+            _, rows = store.query(
+                """SELECT es.probe, es.name, es.period_ns
+                   FROM energy_sources es JOIN channels c USING (channel_id)
+                   WHERE es.session_id = (
+                       SELECT c2.session_id FROM channels c2 JOIN sessions s USING (session_id)
+                       WHERE json_extract(c2.metadata, '$.update_period_ns') IS NOT NULL
+                       ORDER BY s.started_ns DESC LIMIT 1)"""
+            )
+    except Exception:  # a locked or foreign file: the check goes on without it
+        return {}
+    return {f"{probe} {name} in {db_path}": period_ns / 1e9 for probe, name, period_ns in rows}

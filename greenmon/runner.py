@@ -37,6 +37,7 @@ from greenmon.engines.base import Engine, Prompt, RequestRecord, handles_load
 from greenmon.errors import GreenmonError, PlanError
 from greenmon.interference import quiet_before_baseline
 from greenmon.plan import Plan, Unit, diff_plans, parse_plan, parse_shard
+from greenmon.rounds import scheduled_units
 
 PHASES = ("load", "warmup", "cooldown_before", "measure", "cooldown_after")
 # Memory still held after close beyond this is reported: engines must not leak into the
@@ -354,7 +355,9 @@ class ExperimentRunner:
             cell["total"] += 1
             if status in ("done", "failed"):
                 cell[status] += 1
-        todo = [all_units[int(uid)] for uid, status in statuses if status not in ("done", "failed")]
+        # issue 14: skipped units (rounds repetitions = "auto" did not need) never run
+        finished = ("done", "failed", "skipped")
+        todo = [all_units[int(uid)] for uid, status in statuses if status not in finished]
         return Submission(
             plan=plan,
             experiment_id=experiment_id,
@@ -604,7 +607,8 @@ class ExperimentRunner:
                 references: dict[
                     tuple[str, int | None, int], Mapping[str, Sequence[int]] | None
                 ] = {}
-                for unit in units:
+                # issue 14: with repetitions = "auto" the rounds may stop early (rounds.py)
+                async for unit in scheduled_units(plan, experiment_id, units, self.daemon):
                     await self._resumed.wait()
                     if scope.cancel_called:
                         break

@@ -53,6 +53,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from greenmon.clock import now_ns
 from greenmon.probes.base import Channel, Probe, ProbeLost, Stamped, Values
 from greenmon.store import Event, SampleBatch
+from greenmon.update_periods import UpdatePeriods
 
 JITTER_WINDOW = 4096
 # The longest a sampler thread sleeps without looking at its stop flags (stop() also wakes
@@ -229,6 +230,7 @@ class Sampler:
         # Thread samplers hand their batches over here; the writer drains it (store.py).
         self.sink: deque[tuple[SampleBatch, list[Event]]] = deque()
         self._throttle = _EventThrottle()
+        self.update_periods = UpdatePeriods(self.channels, self.channel_ids)
         self._names = [c.name for c in self.channels]
         # issue 15: a closing window asks for the samples up to its end now
         # (request_handoff), not at the next hand-off; handed_off_t_ns says how far the
@@ -349,6 +351,8 @@ class Sampler:
 
     # -- hand-off to the writer -------------------------------------------------------
     def _take_pending(self) -> tuple[SampleBatch, list[Event]]:
+        rows = self._rows.rows  # issue 14: update periods from the rows handed off
+        self.update_periods.offer(self._rows.t_ns[:rows], self._rows.values[:rows])
         batch = self._rows.take()
         self.health.samples += len(batch)
         events, self._pending_events = self._pending_events, []

@@ -42,7 +42,7 @@ from greenmon.errors import DatabaseLockedError, DatabaseNotFoundError, StoreErr
 from greenmon.probes.base import Channel
 
 APP_ID = "greenmon"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Each entry migrates from version i to i + 1.  Never edit a landed entry: append one.
 MIGRATIONS: list[str] = [
@@ -205,6 +205,25 @@ MIGRATIONS: list[str] = [
     ALTER TABLE requests ADD COLUMN quality DOUBLE;
     ALTER TABLE requests ADD COLUMN correct BOOLEAN;
     ALTER TABLE requests ADD COLUMN quality_detail VARCHAR;
+    """,
+    # issue 14: repetitions = "auto": each round's precision per cell and the stop decision
+    # (greenmon/rounds.py).
+    """
+    CREATE TABLE precision_rounds (
+        experiment_id   VARCHAR NOT NULL,
+        round           INTEGER NOT NULL,
+        decision        VARCHAR NOT NULL,
+        model           VARCHAR NOT NULL,
+        configuration   VARCHAR NOT NULL,
+        factors         JSON,
+        n               INTEGER NOT NULL,
+        median_energy_j DOUBLE,
+        ci_low_j        DOUBLE,
+        ci_high_j       DOUBLE,
+        half_width      DOUBLE,
+        met             BOOLEAN NOT NULL,
+        decided_ns      BIGINT
+    );
     """,
 ]
 
@@ -672,6 +691,43 @@ class Store:
                 "UPDATE channels SET metadata = ? WHERE channel_id = ?",
                 [json.dumps(dict(metadata), default=str), channel_id],
             )
+
+    def set_update_periods(self, periods_ns: Mapping[int, tuple[int, int]]) -> None:
+        """issue 14: record each channel's detected update period (channel_id ->
+        (update_period_ns, intervals seen)) in its metadata, keeping the rest."""
+        with self.transaction() as con:
+            con.executemany(
+                "UPDATE channels SET metadata = json_merge_patch(coalesce(metadata, '{}'), ?) "
+                "WHERE channel_id = ?",
+                [
+                    [json.dumps({"update_period_ns": p, "update_intervals": n}), channel_id]
+                    for channel_id, (p, n) in periods_ns.items()
+                ],
+            )
+
+    def record_precision(
+        self, experiment_id: str, round_: int, decision: str, cells: Sequence[Any], t_ns: int
+    ) -> None:
+        """issue 14: one round's precision per cell (greenmon/rounds.py CellPrecision)."""
+        with self.transaction() as con:
+            con.executemany(
+                "INSERT INTO precision_rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [experiment_id, round_, decision, c.model, c.configuration, c.factors, c.n,
+                     c.median_energy_j, c.ci_low_j, c.ci_high_j, c.half_width, c.met, t_ns]
+                    for c in cells
+                ],
+            )  # fmt: skip
+
+    def skip_pending_units(self, experiment_id: str, reason: str) -> int:
+        """issue 14: mark the units still pending as ``skipped`` (rounds not needed)."""
+        with self.transaction() as con:
+            row = con.execute(
+                "UPDATE units SET status = 'skipped', reason = ? "
+                "WHERE experiment_id = ? AND status = 'pending' RETURNING unit_id",
+                [reason, experiment_id],
+            ).fetchall()
+        return len(row)
 
     def write(self, samples: SampleBatch, events: Sequence[Event], session_id: str) -> None:
         """Write one batch of samples and events in one transaction."""

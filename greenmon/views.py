@@ -95,7 +95,11 @@ best_kind AS (
     GROUP BY c.session_id, c.domain, c.probe
 )
 SELECT c.session_id, c.domain, c.channel_id, c.probe, c.name, c.kind, c.unit, c.estimated,
-       c.period_ns
+       -- issue 14: the sensor's detected update period where it is slower than sampling
+       -- (greenmon/update_periods.py): the time resolution the samples really have
+       greatest(c.period_ns,
+                TRY_CAST(json_extract_string(c.metadata, '$.update_period_ns') AS BIGINT))
+           AS period_ns
 FROM cand c JOIN best_kind b USING (session_id, domain, probe, kind_rank)
 """
 
@@ -361,12 +365,19 @@ def _validity_flags(
 
 
 # issue 16: served units: a token count that differs from what was asked, and a steady
-# state (every slot busy) shorter than the sensors allow.
+# state (every slot busy) shorter than the sensors allow.  issue 14: a GPU measured by a
+# power gauge only (no energy counter): NVML's power on recent data-centre GPUs averages
+# or samples only part of each second, so its integral can miss energy.
 _UNIT_ONLY_FLAGS = f""",
            CASE WHEN token_count_mismatches > 0 THEN 'token_count_mismatch' END,
            CASE WHEN status = 'done' AND requests > 0 AND max_period_ns IS NOT NULL
                  AND coalesce(steady_s, 0) * 1e9 < {MIN_WINDOW_PERIODS} * max_period_ns
                 THEN 'short_steady_state' END,
+           CASE WHEN energy_gpu_j IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM units gu JOIN energy_sources ges USING (session_id)
+                    WHERE gu.experiment_id = base.experiment_id AND gu.unit_id = base.unit_id
+                      AND ges.domain = 'gpu' AND ges.kind = 'gauge')
+                THEN 'gpu_power_gauge' END,
            CASE WHEN greatest(background_cpu_percent, baseline_background_cpu_percent)
                      > background_cpu_percent_max OR background_gpu_processes > 0
                 THEN 'background_load' END"""

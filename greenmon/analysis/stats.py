@@ -427,7 +427,8 @@ def _analyze_frame(
         experiment_id = str(ids[0]) if len(ids) else ""
     notes: list[AnalysisError] = []
     done = results[results["status"] == "done"]
-    not_done = results[results["status"] != "done"]
+    # issue 14: units that repetitions = "auto" skipped were not needed, not lost
+    not_done = results[~results["status"].isin(["done", "skipped"])]
     if done.empty:
         raise NoResultsError(
             f"Experiment {experiment_id} has {len(results)} units and none finished "

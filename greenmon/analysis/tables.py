@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from greenmon.analysis import hosts, stats
-from greenmon.analysis.data import load_results, resolve_experiment
+from greenmon.analysis.data import AnalysisError, load_results, resolve_experiment
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,6 +120,10 @@ def _insert(store: Store, table: str, name: str, frame: pd.DataFrame, experiment
         store.con.unregister("greenmon_analysis_rows")
 
 
+class RepetitionsNote(AnalysisError):
+    title = "Repetitions until stable"
+
+
 def analyze(
     store: Store,
     experiment_id: str | None = None,
@@ -132,6 +136,12 @@ def analyze(
     experiment = resolve_experiment(store, experiment_id)
     frame = load_results(store, experiment)
     result = stats.analyze_frame(frame, experiment, alpha=alpha, workers=workers)
+    # issue 14: which configurations repetitions = "auto" left precise enough
+    from greenmon.rounds import precision_summary
+
+    precision = precision_summary(store, experiment)
+    if precision is not None:
+        result.notes.append(RepetitionsNote(precision))
     if write and not store.read_only:
         write_tables(store, result)
     return result

@@ -7,7 +7,11 @@ from the stored samples can then be checked against the power the test put in.
 Fault tests steer ``FakeEngine`` through the plan's ``[engine_options.<name>]``:
 ``load_s`` (how long a load takes), ``generate_s`` (extra seconds per generate call),
 ``fail_load``, ``fail_generate`` (raise), ``oom`` (raise MemoryError in generate) and
-``hang_s`` (block in generate until ``HANG_RELEASE`` is set or the time passes).  With
+``hang_s`` (block in generate until ``HANG_RELEASE`` is set or the time passes) and
+``busy_w`` (watts added while a request runs), and ``request_j`` with ``request_j_spread``
+(issue 14: every request adds ``request_j`` joules at once halfway through, times a factor drawn per
+generate call uniformly from ``1 +- spread`` by a seeded generator, so a unit's energy is
+known and its spread does not depend on how late a busy machine wakes the engine).  With
 ``GREENMON_FAKE_ENGINE_EVENTS`` set, every call appends ``<event> <pid>`` lines
 (load-start, load-end, generate-start, generate-end, close) so a test in another process
 can tell which phase a unit is in.
@@ -16,6 +20,7 @@ can tell which phase a unit is in.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +41,8 @@ class PoweredRapl:
         self.extra_w = 0.0
         self.tick_s = tick_s
         self._energy_uj = 0.0
+        # Energy added at once (FakeEngine's request_j); written by the engine thread only.
+        self.added_uj = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -53,10 +60,13 @@ class PoweredRapl:
             now = time.monotonic_ns()
             self._energy_uj += (self.idle_w + self.extra_w) * (now - last) / 1e3
             last = now
-            delta = int(self._energy_uj) - self.zone.total_uj
+            delta = int(self._energy_uj + self.added_uj) - self.zone.total_uj
             if delta > 0:
                 self.zone.advance(delta)
 
+
+# issue 14: the draws of request_j_spread; seeded, so a test's spread is the same every run.
+SPREAD_RANDOM = random.Random(14)
 
 # Set by a test to let every hung generate() return (an abandoned engine thread ends).
 HANG_RELEASE = threading.Event()
@@ -114,11 +124,22 @@ class FakeEngine:
         if self.options.get("hang_s"):
             HANG_RELEASE.wait(float(self.options["hang_s"]))
         time.sleep(float(self.options.get("generate_s", 0.0)))
+        busy_w = float(self.options.get("busy_w", self.busy_w))
+        spread = float(self.options.get("request_j_spread", 0.0))
+        request_j = float(self.options.get("request_j", 0.0))
+        if spread:
+            request_j *= 1 + spread * SPREAD_RANDOM.uniform(-1, 1)
         records = []
         for prompt in prompts:
             start = time.monotonic_ns()
-            self._busy(self.busy_w)
-            time.sleep(self.token_s * max_new_tokens)
+            self._busy(busy_w)
+            if self.power is not None and request_j:
+                # halfway through the request, so no phase edge interpolates across it
+                time.sleep(self.token_s * max_new_tokens / 2)
+                self.power.added_uj += request_j * 1e6
+                time.sleep(self.token_s * max_new_tokens / 2)
+            else:
+                time.sleep(self.token_s * max_new_tokens)
             self._busy(0.0)
             end = time.monotonic_ns()
             if self.log is not None:

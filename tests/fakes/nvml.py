@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -73,6 +74,10 @@ class FakeGpu:
     has_instant_power_field: bool = True
     lost: bool = False
     energy_reads: int = 0
+    # issue 14: when set, the energy counter / the power readings change only once per
+    # this many seconds (of time.monotonic), like a driver that refreshes them slowly.
+    energy_update_period_s: float | None = None
+    power_update_period_s: float | None = None
     # -- settable state (greenmon/hardware/nvml.py) --
     power_limit_min_mw: int = 100_000
     power_limit_max_mw: int = 350_000
@@ -94,6 +99,17 @@ class FakeGpu:
 
 def _nearest(value: int, supported: list[int]) -> int:
     return min(supported, key=lambda c: (abs(c - value), c))
+
+
+def _refreshes(period_s: float) -> int:
+    return int(time.monotonic() / period_s)
+
+
+def _power_mw(gpu: FakeGpu) -> int:
+    """The power reading: constant, or stepping through 7 levels once per update period."""
+    if gpu.power_update_period_s is None:
+        return gpu.power_mw
+    return gpu.power_mw + 100 * (_refreshes(gpu.power_update_period_s) % 7)
 
 
 class FakeNvml:
@@ -169,6 +185,8 @@ class FakeNvml:
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeGpu) -> int:
         gpu = self._gpu(handle, "nvmlDeviceGetTotalEnergyConsumption")
         gpu.energy_reads += 1
+        if gpu.energy_update_period_s is not None:
+            return gpu.energy_mj + gpu.energy_step_mj * _refreshes(gpu.energy_update_period_s)
         gpu.energy_mj += gpu.energy_step_mj
         return gpu.energy_mj
 
@@ -182,13 +200,13 @@ class FakeNvml:
                     fieldId=field_id,
                     nvmlReturn=NVML_SUCCESS if ok else NVML_ERROR_NOT_SUPPORTED,
                     valueType=NVML_VALUE_TYPE_UNSIGNED_INT,
-                    value=SimpleNamespace(uiVal=gpu.power_mw + 1 if ok else 0),
+                    value=SimpleNamespace(uiVal=_power_mw(gpu) + 1 if ok else 0),
                 )
             )
         return out
 
     def nvmlDeviceGetPowerUsage(self, handle: FakeGpu) -> int:
-        return self._gpu(handle, "nvmlDeviceGetPowerUsage").power_mw
+        return _power_mw(self._gpu(handle, "nvmlDeviceGetPowerUsage"))
 
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: FakeGpu) -> int:
         return self._gpu(handle, "nvmlDeviceGetEnforcedPowerLimit").power_limit_mw
