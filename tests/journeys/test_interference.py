@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -115,14 +116,29 @@ class ProcMirror:
         while not self._stop.wait(0.02):
             self._write()
 
-    def start_hog(self) -> None:
-        self.hogs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+    def start_hog(self, *, paused: bool = False) -> None:
+        """A CPU hog; ``paused``: started and stopped (SIGSTOP), so that ``resume_hogs``
+        sets it burning at once, however long a Python takes to start on a loaded machine."""
+        hog = subprocess.Popen(
+            [sys.executable, "-c", "print('ready', flush=True)\nwhile True: pass"],
+            stdout=subprocess.PIPE,
+        )
+        assert hog.stdout is not None and hog.stdout.readline() == b"ready\n"
+        if paused:
+            hog.send_signal(signal.SIGSTOP)
+        self.hogs.append(hog)
+
+    def resume_hogs(self) -> None:
+        for hog in self.hogs:
+            hog.send_signal(signal.SIGCONT)
 
     def end_hogs(self) -> int:
         """Kill the hogs; the monotonic time they were all gone."""
         for hog in self.hogs:
             hog.kill()
             hog.wait()
+            if hog.stdout is not None:
+                hog.stdout.close()
         self._write()
         return time.monotonic_ns()
 
@@ -210,13 +226,14 @@ def test_exactly_the_units_beside_a_hog_are_flagged_and_the_findings_say_so(
 ) -> None:
     db = tmp_path / "busy.duckdb"
     plan = write_plan(tmp_path, "busy", repetitions=2, wait_s=0)
+    mirror.start_hog(paused=True)
     run = start_run(env, plan, db)
     try:
         # the hog runs from the second unit's load until that unit's engine closes
         wait_for(
             lambda: events(tmp_path, "load-start") >= 2, process=run, what="unit 2", timeout_s=300
         )
-        mirror.start_hog()
+        mirror.resume_hogs()
         wait_for(
             lambda: events(tmp_path, "close") >= 2, process=run, what="unit 2 closed", timeout_s=300
         )
