@@ -22,12 +22,12 @@ from pathlib import Path
 
 from _common import REPO, aim, machine  # type: ignore[import-not-found]
 
-from greenmon.analysis.synthetic import (
+from greenmon.store import Store
+from tests.support.synthetic import (
     STUDY_CONFIGURATIONS,
     synthetic_results,
     write_synthetic_experiment,
 )
-from greenmon.store import Store
 
 MODELS, REPETITIONS, CHANNELS = 12, 10, 9
 

@@ -24,6 +24,7 @@ from greenmon.plan import parse_plan
 from greenmon.store import Store
 from tests.fakes.engine import FakeEngine
 from tests.fakes.rapl import standard_tree
+from tests.support.plans import fake_plan
 
 ENGINE_S: list[float] = []
 
@@ -51,30 +52,16 @@ class TimedEngine(FakeEngine):
         ENGINE_S.append(time.perf_counter() - start)
 
 
-PLAN = """
-name = "bench-runner"
-models = ["tiny"]
-configurations = ["timed/cpu"]
-workload = "gaissa-164"
-prompts = 40
-max_new_tokens = 16
-repetitions = 3
-warmup_requests = 2
-custom_engines = {{ timed = "runner:TimedEngine" }}
-
-[cooldown]
-before_s = 1.0
-after_s = 1.0
-
-[probes.rapl]
-sysfs_root = "{root}"
-"""
-
-
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         standard_tree(Path(tmp) / "powercap")
-        plan = parse_plan(PLAN.format(root=Path(tmp) / "powercap"), Path("bench.toml"))
+        text = fake_plan(
+            "bench-runner", configurations=["timed/cpu"], prompts=40, max_new_tokens=16,
+            repetitions=3, seed=None, warmup_requests=2, cooldown_s=(1.0, 1.0),
+            engines={"timed": "runner:TimedEngine"},
+            probes={"rapl": {"sysfs_root": Path(tmp) / "powercap"}},
+        )  # fmt: skip
+        plan = parse_plan(text, Path("bench.toml"))
         db = Path(tmp) / "bench.duckdb"
         experiment_id, _ = anyio.run(
             lambda: run_experiment(plan, db, resume=False, force=True, quiet=True, reference=None)

@@ -1,7 +1,7 @@
 """The study at full scale: one file holding 12 models x 7 configurations x 10 repetitions
 (840 units) over about 100 million samples, and what greenmon costs on it.
 
-Builds the campaign synthetically through greenmon/analysis/synthetic.py (the same writer
+Builds the campaign synthetically through tests/support/synthetic.py (the same writer
 the tests use: session, experiment, units in a seeded shuffled order, phases, requests,
 channels, and raw samples generated inside DuckDB in time order, as the daemon appends
 them), then times, each in a fresh process where a user would run a command:
@@ -36,13 +36,13 @@ from typing import Any
 
 from _common import REPO, aim, machine  # type: ignore[import-not-found]
 
-from greenmon.analysis.synthetic import (
+from greenmon.runner import ExperimentRunner
+from greenmon.store import Store
+from tests.support.synthetic import (
     STUDY_CONFIGURATIONS,
     synthetic_results,
     write_synthetic_experiment,
 )
-from greenmon.runner import ExperimentRunner
-from greenmon.store import Store
 
 MODELS, REPETITIONS, CHANNELS = 12, 10, 9
 STUDY_SAMPLES = 100_000_000

@@ -31,28 +31,15 @@ from typing import Any
 import psutil
 from _common import REPO, machine  # type: ignore[import-not-found]
 
+from tests.support.plans import fake_plan
+
 RAPL_HZ = 250.0
 WARMUP_S = 3.0
 VIEWER_START_S = 8.0
 VIEWERS = ("none", "stream", "tui")
 TUI_AIM_PERCENT_OF_CORE = 2.0
 # A plan on the fake engine long enough to outlast every measured condition.
-PLAN = """
-name = "bench-tui"
-models = ["tiny"]
-configurations = ["fake/cpu", "fake2/cpu"]
-workload = "gaissa-164"
-prompts = 4
-max_new_tokens = 8
-repetitions = 200
-seed = 1
-warmup_requests = 0
-custom_engines = { fake = "tests.fakes.engine:FakeEngine", fake2 = "tests.fakes.engine:FakeEngine" }
-
-[cooldown]
-before_s = 1.0
-after_s = 0.5
-"""
+PLAN = fake_plan("bench-tui", repetitions=200, seed=1, warmup_requests=0, cooldown_s=(1.0, 0.5))
 
 
 def serve(socket_path: str, db_path: str, root: str) -> None:

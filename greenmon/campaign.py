@@ -233,8 +233,7 @@ def merge(inputs: Sequence[str | Path], out: str | Path) -> MergeSummary:
         raise MergeError(f"{out_path} is both an input and the output; choose another -o.")
     store = Store.open(out_path)
     try:
-        with store.lock:
-            return _merge_into(store.con, paths)
+        return _merge_into(store, paths)
     except BaseException:
         store.close()
         out_path.unlink(missing_ok=True)
@@ -244,15 +243,16 @@ def merge(inputs: Sequence[str | Path], out: str | Path) -> MergeSummary:
         store.close()
 
 
-def _merge_into(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> MergeSummary:
-    sources = [_attach(con, path, index) for index, path in enumerate(paths)]
-    parts = [(s, e) for s in sources for e in _source_experiments(con, s)]
-    _check_one_plan(parts)
-    _check_no_duplicates(con, parts)
-    first = parts[0][1]
-    experiment_id = uuid.uuid4().hex[:12]
-    con.execute("BEGIN TRANSACTION")
-    try:
+def _merge_into(store: Store, paths: list[Path]) -> MergeSummary:
+    # One transaction from the first ATTACH to the merged experiment: a merge refused
+    # half-way (another plan, a unit twice) leaves nothing behind.
+    with store.transaction() as con:
+        sources = [_attach(con, path, index) for index, path in enumerate(paths)]
+        parts = [(s, e) for s in sources for e in _source_experiments(con, s)]
+        _check_one_plan(parts)
+        _check_no_duplicates(con, parts)
+        first = parts[0][1]
+        experiment_id = uuid.uuid4().hex[:12]
         for source in sources:
             _copy_sessions(con, source)
             _copy_channels_and_samples(con, source)
@@ -292,14 +292,11 @@ def _merge_into(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> MergeSumma
             ],
         )  # fmt: skip
         _advance_channel_sequence(con)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    for source in sources:
-        if not source.parquet:
-            con.execute(f"DETACH {source.alias}")
-    return _summary(con, experiment_id, first, merged_from)
+    with store.transaction() as con:
+        for source in sources:
+            if not source.parquet:
+                con.execute(f"DETACH {source.alias}")
+    return _summary(store, experiment_id, first, merged_from)
 
 
 def _copy_sessions(con: duckdb.DuckDBPyConnection, source: Source) -> None:
@@ -355,25 +352,22 @@ def _advance_channel_sequence(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _summary(
-    con: duckdb.DuckDBPyConnection,
+    store: Store,
     experiment_id: str,
     first: dict[str, Any],
     parts: list[dict[str, Any]],
 ) -> MergeSummary:
-    by_status = dict(
-        con.execute(
-            "SELECT status, count(*) FROM units WHERE experiment_id = ? GROUP BY 1 ORDER BY 1",
-            [experiment_id],
-        ).fetchall()
+    _, status_rows = store.query(
+        "SELECT status, count(*) FROM units WHERE experiment_id = ? GROUP BY 1 ORDER BY 1",
+        [experiment_id],
     )
-    hosts = [
-        str(r[0])
-        for r in con.execute(
-            """SELECT DISTINCT s.host FROM units u JOIN sessions s USING (session_id)
-               WHERE u.experiment_id = ? ORDER BY 1""",
-            [experiment_id],
-        ).fetchall()
-    ]
+    by_status = dict(status_rows)
+    _, host_rows = store.query(
+        """SELECT DISTINCT s.host FROM units u JOIN sessions s USING (session_id)
+           WHERE u.experiment_id = ? ORDER BY 1""",
+        [experiment_id],
+    )
+    hosts = [str(r[0]) for r in host_rows]
     from greenmon.plan import parse_plan
 
     expected = None
@@ -383,8 +377,10 @@ def _summary(
         except GreenmonError:
             expected = None  # an engine this greenmon does not know: count what is there
     units = sum(by_status.values())
-    sessions_row = con.execute("SELECT count(*) FROM sessions").fetchone()
-    samples_row = con.execute("SELECT count(*) FROM samples").fetchone()
+    _, sessions_rows = store.query("SELECT count(*) FROM sessions")
+    _, samples_rows = store.query("SELECT count(*) FROM samples")
+    sessions_row = sessions_rows[0] if sessions_rows else None
+    samples_row = samples_rows[0] if samples_rows else None
     return MergeSummary(
         experiment_id=experiment_id,
         plan_name=str(first["name"]),

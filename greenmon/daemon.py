@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,10 +81,16 @@ class Daemon:
         self.energy_source_ids: frozenset[int] = frozenset()
         self._stop = anyio.Event()
         self._send: MemoryObjectSendStream[SampleBatch | Event | FlushRequest] | None = None
+        # Events the stream cannot take (full, or closed once the daemon stops: a service's
+        # shielded cleanup, such as the runner restoring hardware levels, raises events
+        # after that).  The writer drains this beside the samplers' sinks; what arrives
+        # after the writer ended is written once every service has finished (``run``).
+        self._event_sink: deque[tuple[SampleBatch, list[Event]]] = deque()
+        self._writer_done = False
         self.started = anyio.Event()
         # Set by the runner service (greenmon/runner.py); every composed daemon has one.
         self.runner: ExperimentRunner | None = None
-        # Set by the API service (greenmon/api.py) once its socket listens.
+        # Set by the API service (greenmon/api/server.py) once its socket listens.
         self.socket_path: Path | None = None
         # Run in order when the daemon stops, while the probes still sample and the writer
         # still writes: a service finishes what needs fresh samples here (windows.py closes
@@ -101,14 +108,27 @@ class Daemon:
         return self._stop.is_set()
 
     def event(self, level: str, message: str, probe: str | None = None) -> None:
-        """Queue an event for the store (from the event loop's thread)."""
+        """Queue an event for the store (from the event loop's thread); never dropped, and
+        never written from the loop while the writer runs."""
+        event = Event(now_ns(), level, probe, message)
+        if self._writer_done:
+            self.store.write(SampleBatch(), [event], self.session_id)
+            return
         if self._send is not None:
             try:
-                self._send.send_nowait(Event(now_ns(), level, probe, message))
-            except (anyio.WouldBlock, anyio.ClosedResourceError):
-                self.store.write(
-                    SampleBatch(), [Event(now_ns(), level, probe, message)], self.session_id
-                )
+                self._send.send_nowait(event)
+                return
+            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass
+        self._event_sink.append((SampleBatch(), [event]))
+
+    async def _write_late_events(self) -> None:
+        """Store the events raised after the writer ended (services' shielded cleanup)."""
+        self._writer_done = True
+        events = [event for _, batch in self._event_sink for event in batch]
+        self._event_sink.clear()
+        if events:
+            await anyio.to_thread.run_sync(self.store.write, SampleBatch(), events, self.session_id)
 
     def library_event(self, level: str, message: str) -> None:
         """A library's log record or warning (greenmon/liblog.py), from any thread: written
@@ -132,13 +152,73 @@ class Daemon:
             return
         await request.done.wait()
 
-    def health(self) -> list[dict[str, Any]]:
-        rows = [s.health.as_dict() for s in self.samplers]
+    # -- what the daemon shows (GET /status, GET /stream, the TUI, metrics) -------------
+    def health(self, *, detail: bool = True) -> list[dict[str, Any]]:
+        """Every probe's health, the unavailable ones included (``ProbeHealth.as_dict``)."""
+        rows = [s.health.as_dict(detail=detail) for s in self.samplers]
         rows += [
-            ProbeHealth(probe=name, target_hz=0.0, state="unavailable", reason=reason).as_dict()
+            ProbeHealth(probe=name, target_hz=0.0, state="unavailable", reason=reason).as_dict(
+                detail=detail
+            )
             for name, reason in self.unavailable.items()
         ]
         return rows
+
+    def channel_table(self) -> list[dict[str, Any]]:
+        """Every registered channel, with whether it answers for its domain."""
+        return [
+            {
+                "channel_id": channel_id,
+                "probe": probe,
+                "name": channel.name,
+                "unit": channel.unit,
+                "kind": channel.kind,
+                "domain": channel.domain,
+                "estimated": channel.estimated,
+                "energy_source": channel_id in self.energy_source_ids,
+                "metadata": dict(channel.metadata),
+            }
+            for channel_id, (probe, channel) in sorted(self.channels.items())
+        ]
+
+    def channel_values(self) -> list[list[Any]]:
+        """``[channel_id, t_ns, value]`` for the latest reading of every channel."""
+        values: list[list[Any]] = []
+        for sampler in self.samplers:
+            health = sampler.health
+            # The sampler thread replaces last_values with a new dict: read it once.
+            last, t_ns = health.last_values, health.last_t_ns
+            if t_ns is None:
+                continue
+            for channel_id, channel in zip(sampler.channel_ids, sampler.channels, strict=True):
+                value = last.get(channel.name)
+                if value is not None:
+                    values.append([channel_id, t_ns, value])
+        return values
+
+    def progress(self) -> dict[str, Any] | None:
+        """The runner's progress; None while it has not started."""
+        return None if self.runner is None else self.runner.progress()
+
+    def snapshot(self, *, detail: bool = False) -> dict[str, Any]:
+        """What the daemon is doing now: the one source of ``GET /stream`` (about four
+        times a second, so cheap: latest values, health without jitter, progress) and,
+        with ``detail`` (full health, the channel table, the writer's flush timings), of
+        ``GET /status``."""
+        body: dict[str, Any] = {
+            "t_ns": now_ns(),
+            "session_id": self.session_id,
+            "values": self.channel_values(),
+            "probes": self.health(detail=detail),
+            "progress": self.progress(),
+        }
+        if detail:
+            body |= {
+                "writer": self.store.flush_stats.as_dict(),
+                "channels": self.channel_table(),
+                "runner": self.runner is not None,
+            }
+        return body
 
     # -- start-up ----------------------------------------------------------------------
     def _create_probes(self) -> dict[str, tuple[Probe, float]]:
@@ -281,7 +361,7 @@ class Daemon:
                 self.store,
                 self.session_id,
                 receive,
-                sinks=[sampler.sink for sampler in self.samplers],
+                sinks=[*(sampler.sink for sampler in self.samplers), self._event_sink],
                 flush_interval_s=self.config.daemon.flush_interval_s,
                 task_status=task_status,
             )
@@ -325,6 +405,8 @@ class Daemon:
                 helpers.cancel()
                 self._send = None
                 send.close()
+        # The task group ended: every service finished its cleanup, the writer too.
+        await self._write_late_events()
         ended_ns = now_ns()
         for sampler in self.samplers:
             with contextlib.suppress(Exception):

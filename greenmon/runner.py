@@ -1011,7 +1011,9 @@ class ExperimentRunner:
                       median(j_per_token) AS median_j_per_token,
                       list_distinct(flatten(list(flags))) AS flags,
                       count(*) FILTER (list_contains(flags, 'background_load'))
-                          AS background_load_units
+                          AS background_load_units,
+                      list_sort(list_distinct(flatten(list(estimated_domains))))
+                          AS estimated_domains
                FROM unit_results_for(?) WHERE status = 'done'
                GROUP BY configuration ORDER BY configuration""",
             [experiment_id],

@@ -119,23 +119,30 @@ class ProbeHealth:
         index = min(len(ordered) - 1, int(q / 100.0 * len(ordered)))
         return ordered[index] / 1e3
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
+    def as_dict(self, *, detail: bool = True) -> dict[str, Any]:
+        """The probe's health as the API shows it; without ``detail`` (no counts of reads
+        and samples, no jitter percentiles, no last values) it is cheap enough for every
+        stream snapshot."""
+        row: dict[str, Any] = {
             "probe": self.probe,
             "state": self.state,
             "reason": self.reason,
             "target_hz": self.target_hz,
             "achieved_hz": round(self.achieved_hz, 3),
-            "reads": self.reads,
-            "samples": self.samples,
-            "missed_ticks": self.missed_ticks,
             "errors": self.errors,
+            "missed_ticks": self.missed_ticks,
             "last_error": self.last_error,
-            "jitter_p50_us": self.jitter_percentile_us(50),
-            "jitter_p99_us": self.jitter_percentile_us(99),
-            "last_t_ns": self.last_t_ns,
-            "last_values": dict(self.last_values),
         }
+        if detail:
+            row |= {
+                "reads": self.reads,
+                "samples": self.samples,
+                "jitter_p50_us": self.jitter_percentile_us(50),
+                "jitter_p99_us": self.jitter_percentile_us(99),
+                "last_t_ns": self.last_t_ns,
+                "last_values": dict(self.last_values),
+            }
+        return row
 
 
 class _EventThrottle:

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import duckdb
@@ -40,6 +40,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from greenmon.errors import DatabaseLockedError, DatabaseNotFoundError, StoreError
 from greenmon.probes.base import Channel
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 APP_ID = "greenmon"
 SCHEMA_VERSION = 6
@@ -829,6 +832,13 @@ class Store:
             finally:
                 self.con.unregister("greenmon_quality")
 
+    def copy_query_to(self, sql: str, path: Path, options: str) -> None:
+        """``COPY (sql) TO path (options)``: a query's rows into a file (``greenmon
+        export``; refused on a confined database, see ``confine``)."""
+        quoted = str(path).replace("'", "''")
+        with self.lock:
+            self.con.execute(f"COPY ({sql}) TO '{quoted}' ({options})")
+
     # -- reading -----------------------------------------------------------------------
     def query(
         self, sql: str, params: Sequence[Any] | None = None
@@ -841,6 +851,47 @@ class Store:
             return columns, result.fetchall()
         finally:
             cursor.close()
+
+    def query_frame(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        """A query's rows as a pandas DataFrame (the analysis), on a cursor of its own."""
+        with self.lock:
+            cursor = self.con.cursor()
+        try:
+            return cursor.execute(sql, params or []).df()
+        finally:
+            cursor.close()
+
+    def read_only_query(
+        self, sql: str, row_limit: int, timeout_s: float
+    ) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        """The one path for SQL a client sends (the API's ``POST /sql``): ``sql`` runs on a
+        cursor of its own in a READ ONLY transaction on a confined database, interrupted
+        after ``timeout_s``.  Returns the columns, at most ``row_limit`` rows, and whether
+        more were left out.  DuckDB's errors (``duckdb.InterruptException`` on timeout) are
+        raised as they come: the caller says what they mean to its client.
+        """
+        with self.lock:
+            cursor = self.con.cursor()
+        # Whoever opened the store, a client's SQL never reaches a file.  The settings are
+        # the database's, so the cursor answers for them without holding the lock.
+        if not is_confined(cursor):
+            self.confine()
+        timer = threading.Timer(timeout_s, cursor.interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            cursor.execute("BEGIN TRANSACTION READ ONLY")
+            try:
+                result = cursor.execute(sql)
+                columns = [d[0] for d in result.description or []]
+                rows = result.fetchmany(row_limit + 1)
+            finally:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.execute("ROLLBACK")
+        finally:
+            timer.cancel()
+            cursor.close()
+        return columns, rows[:row_limit], len(rows) > row_limit
 
 
 async def run_writer(

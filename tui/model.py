@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from greenmon.estimates import domains_of, mark
 from greenmon.livepower import ChannelInfo, reading_power_w
 
 WINDOW_S = 300.0
@@ -324,16 +325,19 @@ RESULT_COLUMNS = ("configuration", "units", "median J", "median s", "J/token", "
 
 
 def result_rows(progress: Mapping[str, Any] | None) -> list[tuple[str, ...]]:
-    def number(value: Any, digits: int) -> str:
-        return "-" if value is None else f"{float(value):.{digits}f}"
+    def number(row: Mapping[str, Any], column: str, digits: int) -> str:
+        value = row.get(column)
+        if value is None:
+            return "-"
+        return mark(f"{float(value):.{digits}f}", column, domains_of(row.get("estimated_domains")))
 
     return [
         (
             str(row.get("configuration")),
             str(row.get("units", "")),
-            number(row.get("median_energy_j"), 1),
-            number(row.get("median_duration_s"), 2),
-            number(row.get("median_j_per_token"), 4),
+            number(row, "median_energy_j", 1),
+            number(row, "median_duration_s", 2),
+            number(row, "median_j_per_token", 4),
             ", ".join(_flag_text(f, row) for f in row.get("flags") or []) or "ok",
         )
         for row in (progress or {}).get("results", [])

@@ -207,22 +207,17 @@ def load_results(store: Store, experiment_id: str) -> pd.DataFrame:
     """The ``unit_results`` rows of one experiment as a normalised DataFrame."""
     import pandas as pd
 
-    with store.lock:
-        cursor = store.con.cursor()
-    try:
-        frame = cursor.execute(
-            # unit_results_for reads only this experiment's samples
-            # issue 18: each unit's host and its hardware, for the host as a block
-            """SELECT r.*, s.host, s.cpu_model AS host_cpu_model,
-                      s.gpu_model AS host_gpu_model, s.gpu_driver AS host_gpu_driver
-               FROM unit_results_for(?) r
-               LEFT JOIN units u USING (experiment_id, unit_id)
-               LEFT JOIN sessions s ON s.session_id = u.session_id
-               ORDER BY r.unit_id""",
-            [experiment_id],
-        ).df()
-    finally:
-        cursor.close()
+    frame = store.query_frame(
+        # unit_results_for reads only this experiment's samples
+        # issue 18: each unit's host and its hardware, for the host as a block
+        """SELECT r.*, s.host, s.cpu_model AS host_cpu_model,
+                  s.gpu_model AS host_gpu_model, s.gpu_driver AS host_gpu_driver
+           FROM unit_results_for(?) r
+           LEFT JOIN units u USING (experiment_id, unit_id)
+           LEFT JOIN sessions s ON s.session_id = u.session_id
+           ORDER BY r.unit_id""",
+        [experiment_id],
+    )
     if frame.empty:
         raise NoResultsError(
             f"Experiment {experiment_id} has no units in unit_results; it may not have "

@@ -61,7 +61,5 @@ def export(store: Store, out_dir: str | Path, fmt: str = "parquet") -> dict[str,
                 options = "FORMAT parquet, PARTITION_BY (session_id), OVERWRITE_OR_IGNORE"
         else:
             options = "FORMAT csv, HEADER"
-        path = str(target).replace("'", "''")
-        with store.lock:
-            store.con.execute(f"COPY ({sql}) TO '{path}' ({options})")
+        store.copy_query_to(sql, target, options)
     return counts

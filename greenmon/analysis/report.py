@@ -27,9 +27,11 @@ from greenmon.analysis.data import (
     configuration_label,
     factor_label,
 )
+from greenmon.analysis.estimated import EstimatedNote
 from greenmon.analysis.plots import Plot, configuration_order, make_plots
 from greenmon.analysis.stats import AnalysisResult
 from greenmon.analysis.tables import analyze
+from greenmon.estimates import FIGURE_DOMAINS, WORD
 from greenmon.store import Store
 
 # Columns of the result tables the report shows, as stored (so they match --json).
@@ -86,8 +88,22 @@ def quality_intro(r: AnalysisResult) -> str:
     )
 
 
+# issue 14: a figure containing estimated energy carries this mark; the legend says what
+# it means (``estimated_legend``), and the estimate's model appears once, in its note.
+MARK = "\u2020"
+
+
+@dataclass(frozen=True)
+class Marked:
+    """A table value that rests on an estimated source: written with ``MARK`` after it."""
+
+    value: Any
+
+
 def cell(value: Any) -> str:
     """How every table value is written, in HTML and Markdown alike."""
+    if isinstance(value, Marked):
+        return f"{cell(value.value)} {MARK}"
     if value is None:
         return ""
     if isinstance(value, float):
@@ -154,9 +170,11 @@ def gather(store: Store, experiment_id: str | None, out_dir: Path) -> ReportData
     )
     estimated = _rows(
         store,
-        """SELECT DISTINCT c.probe, c.name AS channel, c.domain, c.unit
-           FROM channels c JOIN units u ON u.session_id = c.session_id
-           WHERE u.experiment_id = ? AND c.estimated ORDER BY 1, 2""",
+        # the estimated channels that answered for a domain (a fallback left unused
+        # because a measured source existed is not one)
+        """SELECT DISTINCT es.probe, es.name AS channel, es.domain, es.unit
+           FROM energy_sources es JOIN units u ON u.session_id = es.session_id
+           WHERE u.experiment_id = ? AND es.estimated ORDER BY 1, 2""",
         [experiment],
     )
     from greenmon.analysis.data import load_results
@@ -195,10 +213,16 @@ def median_table(
     configs = configuration_order(part["configuration"])
     table = part.pivot_table(index=key, columns="configuration", values="median", aggfunc="first")
     columns = [key, *[configuration_label(c) for c in configs]]
+    estimated = variable in result.estimated.get("variables", {})
     rows = [
-        [index, *[_value(table.loc[index].get(c)) for c in configs]] for index in table.index
+        [index, *[_marked(_value(table.loc[index].get(c)), estimated) for c in configs]]
+        for index in table.index
     ]
     return columns, rows
+
+
+def _marked(value: Any, estimated: bool) -> Any:
+    return Marked(value) if estimated and value is not None else value
 
 
 def _value(value: Any) -> Any:
@@ -211,9 +235,42 @@ def _value(value: Any) -> Any:
 
 
 def result_table(result: AnalysisResult, name: str) -> tuple[list[str], list[list[Any]]]:
+    """A result table's rows as --json gives them; in a row whose figure is estimated, the
+    variable and energy cells are ``Marked``."""
     columns = REPORT_COLUMNS[name]
     records = result.to_json()["tables"][name]
-    return columns, [[r.get(c) for c in columns] for r in records]
+    return columns, [
+        [Marked(r.get(c)) if r.get(WORD) and _marked_column(c) else r.get(c) for c in columns]
+        for r in records
+    ]
+
+
+def _marked_column(column: str) -> bool:
+    return column in ("variable", "energy_variable") or column in FIGURE_DOMAINS
+
+
+def plot_caption(result: AnalysisResult, plot: Plot) -> str:
+    """A figure's title, marked when what it plots contains estimated energy (a box plot
+    of its variable; energy against time or quality: global energy; power traces: any)."""
+    variables = result.estimated.get("variables", {})
+    if plot.name.startswith("box_"):
+        estimated = plot.name.removeprefix("box_") in variables
+    elif plot.name in ("energy_time", "energy_quality"):
+        estimated = "energy_global_j" in variables
+    else:
+        estimated = bool(result.estimated.get("domains"))
+    return f"{plot.title} {MARK}" if estimated else plot.title
+
+
+def estimated_legend(result: AnalysisResult) -> str:
+    """What ``MARK`` means, or "" when no figure is estimated."""
+    text = str(result.estimated.get("legend") or "")
+    if not text:
+        return ""
+    return (
+        f"{MARK} {text} The estimate's model and parameters are in the note "
+        f"'{EstimatedNote.title}'."
+    )
 
 
 def host_median_table(result: AnalysisResult) -> tuple[list[str], list[list[Any]]]:
@@ -372,6 +429,8 @@ def render_html(data: ReportData) -> str:
         out.append(
             html_table(list(data.estimated.columns), data.estimated.values.tolist(), "estimated")
         )
+    if estimated_legend(r):
+        out.append(f"<p class='note' id='estimated'>{html.escape(estimated_legend(r))}</p>")
     out += _serving_html(data)
     out.append("<h2 id='medians'>Medians</h2>")
     for variable in r.variables:
@@ -381,15 +440,16 @@ def render_html(data: ReportData) -> str:
             for scope, label in (("model", "per model"), ("size_category", "per size category")):
                 columns, rows = median_table(r, variable, scope, factors)
                 if rows:
+                    marked = f" {MARK}" if variable in r.estimated.get("variables", {}) else ""
                     out.append(f"<h3>{html.escape(info.label)} ({html.escape(info.unit)}), "
-                               f"{label}{html.escape(where)}</h3>")  # fmt: skip
+                               f"{label}{html.escape(where)}{marked}</h3>")  # fmt: skip
                     out.append(html_table(columns, rows, f"medians:{variable}:{scope}:{factors}"))
     out.append("<h2 id='tests'>Tests and effect sizes</h2>")
     out.append(
         "<p>Per model and configuration group: Shapiro-Wilk per configuration, Levene across "
         "them; all normal &rarr; Welch ANOVA + Games-Howell (two groups: Welch's t) with "
         "omega squared and Hedges' g; otherwise Kruskal-Wallis + Dunn (Holm) (two groups: "
-        "Mann-Whitney U) with epsilon squared and Cliff's delta. &alpha; = 0.05.</p>"
+        f"Mann-Whitney U) with epsilon squared and Cliff's delta. &alpha; = {r.alpha:g}.</p>"
     )
     for name in ("tests", "savings_range"):
         columns, rows = result_table(r, name)
@@ -422,7 +482,8 @@ def render_html(data: ReportData) -> str:
     for plot in data.plots:
         svg = plot.svg[plot.svg.find("<svg") :]
         out.append(f"<figure data-plot='{html.escape(plot.name)}'>{svg}"
-                   f"<figcaption>{html.escape(plot.title)}</figcaption></figure>")  # fmt: skip
+                   f"<figcaption>{html.escape(plot_caption(r, plot))}</figcaption>"
+                   "</figure>")  # fmt: skip
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -519,6 +580,8 @@ def render_markdown(data: ReportData) -> str:
         if len(data.estimated) else "Every energy source was measured; none was estimated."
     )  # fmt: skip
     out.append("")
+    if estimated_legend(r):
+        out += [estimated_legend(r), ""]
     out += _serving_markdown(data)
     out += ["## Medians", ""]
     for variable in r.variables:
@@ -528,7 +591,8 @@ def render_markdown(data: ReportData) -> str:
             for scope, label in (("model", "per model"), ("size_category", "per size category")):
                 columns, rows = median_table(r, variable, scope, factors)
                 if rows:
-                    out += [f"### {info.label} ({info.unit}), {label}{where}", "",
+                    marked = f" {MARK}" if variable in r.estimated.get("variables", {}) else ""
+                    out += [f"### {info.label} ({info.unit}), {label}{where}{marked}", "",
                             md_table(columns, rows), ""]  # fmt: skip
     out += ["## Tests and effect sizes", ""]
     for name, title in (("tests", "Omnibus tests"), ("savings_range", "Savings over models"),
@@ -545,7 +609,7 @@ def render_markdown(data: ReportData) -> str:
         out += [f"- {t}" for t in r.quality["sentence"] if isinstance(t, str)] + [""]
     out += ["## Figures", ""]
     for plot in data.plots:
-        out += [f"![{plot.title}](plots/{plot.png_path.name})", ""]
+        out += [f"![{plot_caption(r, plot)}](plots/{plot.png_path.name})", ""]
     return "\n".join(out)
 
 

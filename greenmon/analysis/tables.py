@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 
 from greenmon.analysis import hosts, stats
 from greenmon.analysis.data import AnalysisError, load_results, resolve_experiment
+from greenmon.analysis.estimated import estimate_sources, label_result
 
 if TYPE_CHECKING:
+    import duckdb
     import pandas as pd
 
     from greenmon.store import Store
@@ -72,27 +74,20 @@ def table_ddl(name: str) -> str:
 def write_tables(store: Store, result: stats.AnalysisResult) -> list[str]:
     """Replace ``result.experiment_id``'s rows in every analysis table; returns the names."""
     names: list[str] = []
-    with store.lock:
-        con = store.con
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for name, frame in result.tables().items():
-                table = f"{TABLE_PREFIX}{name}"
-                _ensure_table(store, name)
-                con.execute(f"DELETE FROM {table} WHERE experiment_id = ?", [result.experiment_id])
-                if len(frame):
-                    _insert(store, table, name, frame, result.experiment_id)
-                names.append(table)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with store.transaction() as con:
+        for name, frame in result.tables().items():
+            table = f"{TABLE_PREFIX}{name}"
+            _ensure_table(con, name)
+            con.execute(f"DELETE FROM {table} WHERE experiment_id = ?", [result.experiment_id])
+            if len(frame):
+                _insert(con, table, name, frame, result.experiment_id)
+            names.append(table)
     return names
 
 
-def _ensure_table(store: Store, name: str) -> None:
+def _ensure_table(con: duckdb.DuckDBPyConnection, name: str) -> None:
     table = f"{TABLE_PREFIX}{name}"
-    rows = store.con.execute(
+    rows = con.execute(
         "SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index",
         [table],
     ).fetchall()
@@ -100,11 +95,13 @@ def _ensure_table(store: Store, name: str) -> None:
     if rows and [r[0] for r in rows] == wanted:
         return
     if rows:
-        store.con.execute(f"DROP TABLE {table}")
-    store.con.execute(table_ddl(name))
+        con.execute(f"DROP TABLE {table}")
+    con.execute(table_ddl(name))
 
 
-def _insert(store: Store, table: str, name: str, frame: pd.DataFrame, experiment_id: str) -> None:
+def _insert(
+    con: duckdb.DuckDBPyConnection, table: str, name: str, frame: pd.DataFrame, experiment_id: str
+) -> None:
     columns = TABLE_COLUMNS[name]
     data = frame[columns].copy()
     # Object columns mixing None and numbers confuse DuckDB's type sniffing; cast in SQL.
@@ -113,11 +110,11 @@ def _insert(store: Store, table: str, name: str, frame: pd.DataFrame, experiment
     select = ", ".join(
         ["experiment_id"] + [f'CAST("{c}" AS {sql_type(c)}) AS "{c}"' for c in columns]
     )
-    store.con.register("greenmon_analysis_rows", data)
+    con.register("greenmon_analysis_rows", data)
     try:
-        store.con.execute(f"INSERT INTO {table} SELECT {select} FROM greenmon_analysis_rows")
+        con.execute(f"INSERT INTO {table} SELECT {select} FROM greenmon_analysis_rows")
     finally:
-        store.con.unregister("greenmon_analysis_rows")
+        con.unregister("greenmon_analysis_rows")
 
 
 class RepetitionsNote(AnalysisError):
@@ -142,6 +139,7 @@ def analyze(
     precision = precision_summary(store, experiment)
     if precision is not None:
         result.notes.append(RepetitionsNote(precision))
+    label_result(result, frame, estimate_sources(store, experiment))  # issue 14
     if write and not store.read_only:
         write_tables(store, result)
     return result

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING, Any
 
 from greenmon.campaign import open_for_analysis
 from greenmon.commands.common import add_db_argument, analysis_source, format_table
+from greenmon.estimates import WORD
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # What the text output shows of each table; --json prints every column.
 _TEXT_COLUMNS = {
@@ -51,5 +56,19 @@ def run(args: argparse.Namespace) -> int:
         frame = getattr(result, name)
         if len(frame):
             print(f"\n{name}:")
-            print(format_table(columns, frame[columns].values.tolist()))
+            print(format_table(columns, _marked_rows(frame, columns)))
+    legend = result.estimated.get("legend")
+    if legend:
+        print(f"\n{legend}")
     return 0
+
+
+def _marked_rows(frame: pd.DataFrame, columns: list[str]) -> list[list[Any]]:
+    """Rows of a table, the variable of a row whose figure is estimated marked so."""
+    estimated = frame[WORD] if WORD in frame.columns else [False] * len(frame)
+    rows: list[list[Any]] = frame[columns].values.tolist()
+    at = columns.index("variable")
+    for row, flag in zip(rows, estimated, strict=True):
+        if flag:
+            row[at] = f"{row[at]} ({WORD})"
+    return rows

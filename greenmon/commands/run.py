@@ -30,6 +30,7 @@ from greenmon.commands.common import (
 from greenmon.config import Config, config_from_tables
 from greenmon.daemon import Daemon, build_daemon, open_daemon_store
 from greenmon.errors import GreenmonError, PlanError
+from greenmon.estimates import domains_of, legend, mark
 from greenmon.interference import busy_note
 from greenmon.livepower import PowerMeter
 from greenmon.plan import Plan, check_plan, load_plan, parse_shard
@@ -307,6 +308,13 @@ async def follow_remote(
 # -- the command ---------------------------------------------------------------------------
 
 
+def _figure(value: Any) -> str:
+    """A summary cell as format_table writes it, so a mark can follow."""
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
 def print_summary(db: Path, experiment_id: str, summary: list[dict[str, Any]]) -> None:
     columns = [
         "configuration",
@@ -317,11 +325,18 @@ def print_summary(db: Path, experiment_id: str, summary: list[dict[str, Any]]) -
         "flags",
     ]
     rows = [
-        [row.get(c) if c != "flags" else ",".join(row.get("flags") or []) for c in columns]
+        [
+            ",".join(row.get("flags") or []) if c == "flags"
+            else mark(_figure(row.get(c)), c, domains_of(row.get("estimated_domains")))
+            for c in columns
+        ]
         for row in summary
-    ]
+    ]  # fmt: skip
     print(f"experiment {experiment_id}: medians per configuration over finished units")
     print(format_table(columns, rows))
+    note = legend(set().union(*(domains_of(r.get("estimated_domains")) for r in summary)))
+    if note:
+        print(note)
     print(f'database: {db}  (greenmon sql --db {db} "SELECT * FROM unit_results")')
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from greenmon.api import ApiClient, call_daemon, find_daemon
 from greenmon.commands.common import add_db_argument, existing_db, format_table, resolve_db
+from greenmon.estimates import domains_of, mark, source_lines
 from greenmon.store import Store
 
 
@@ -59,7 +60,25 @@ def progress_lines(progress: dict[str, Any] | None) -> list[str]:
                 else ""
             )
         )
-    return lines + background_lines(progress.get("results") or []) + queue_lines(progress)
+    results = progress.get("results") or []
+    return lines + result_lines(progress) + background_lines(results) + queue_lines(progress)
+
+
+def result_lines(progress: dict[str, Any]) -> list[str]:
+    """The running plan's medians so far, per configuration, estimated figures marked."""
+    lines = []
+    for row in progress.get("results") or []:
+        domains = domains_of(row.get("estimated_domains"))
+        figures = [
+            mark(f"{float(row[column]):.4g} {unit}", column, domains)
+            for column, unit in (("median_energy_j", "J"), ("median_j_per_token", "J/token"))
+            if row.get(column) is not None
+        ]
+        lines.append(
+            f"  {row.get('configuration')}: {row.get('units')} units done, median "
+            + (", ".join(figures) or "energy not measured")
+        )
+    return lines
 
 
 def background_lines(results: list[dict[str, Any]]) -> list[str]:
@@ -105,6 +124,7 @@ def daemon_report(status: dict[str, Any]) -> str:
     ]
     columns = ["probe", "state", "Hz", "errors", "missed", "p99 jitter us", "last error"]
     lines.append(format_table(columns, rows, max_width=60))
+    lines += source_lines(c for c in status.get("channels", []) if c.get("energy_source"))
     lines += progress_lines(status.get("progress"))
     return "\n".join(lines)
 
@@ -130,6 +150,13 @@ def file_status(path: Path) -> dict[str, Any]:
                 if session["ended_ns"] is not None
                 else None
             )
+            # which channel answered for each domain, and whether it was estimated
+            columns, rows = store.query(
+                "SELECT domain, probe, name, estimated FROM energy_sources "
+                "WHERE session_id = ? ORDER BY domain, name",
+                [session["session_id"]],
+            )
+            session["energy_sources"] = [dict(zip(columns, r, strict=True)) for r in rows]
         columns, rows = store.query(
             "SELECT experiment_id, name, plan_path, status, created_ns FROM experiments "
             "ORDER BY created_ns DESC NULLS LAST LIMIT 1"
@@ -167,6 +194,7 @@ def file_report(report: dict[str, Any]) -> str:
             f"{session['started_at']}, {state}, {_duration(session['duration_s'])}, "
             f"{session['channels']} channels, {session['samples']} samples"
         )
+        lines += [f"  {line}" for line in source_lines(session.get("energy_sources") or [])]
     experiment = report["experiment"]
     if experiment is None:
         lines.append("no experiment recorded yet")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from greenmon.analysis.stats import QUALITY_TOLERANCE, analyze_frame, verdict
-from greenmon.analysis.synthetic import synthetic_results
+from tests.support.synthetic import synthetic_results
 
 ENERGY = {"torch/cpu": 300.0, "onnx/cpu": 100.0, "openvino/cpu": 200.0}
 # onnx saves the most energy but answers worse; openvino saves some at equal quality.

@@ -14,10 +14,10 @@ import pytest
 
 from greenmon.analysis.data import load_results
 from greenmon.analysis.report import REPORT_COLUMNS, cell, write_report
-from greenmon.analysis.synthetic import synthetic_results, write_synthetic_experiment
 from greenmon.analysis.tables import analyze
 from greenmon.cli import main
 from greenmon.store import Store
+from tests.support.synthetic import synthetic_results, write_synthetic_experiment
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

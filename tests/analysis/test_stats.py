@@ -14,7 +14,7 @@ from greenmon.analysis.data import (
     TooFewRepetitionsError,
 )
 from greenmon.analysis.stats import analyze_frame, compare_groups
-from greenmon.analysis.synthetic import synthetic_results
+from tests.support.synthetic import synthetic_results
 
 SEPARATED = {"torch/cpu": 300.0, "onnx/cpu": 100.0, "openvino/cpu": 200.0}
 
@@ -180,3 +180,37 @@ def test_energy_against_time_per_factor_level() -> None:
     assert row["energy_change_pct"] == pytest.approx(100.0)
     assert row["duration_change_pct"] == pytest.approx(-20.0)
     assert "100.0% more energy" in row["sentence"] and "20.0% less time" in row["sentence"]
+
+
+def _close_pair(models: int, seed: int) -> pd.DataFrame:
+    """Two configurations 6% apart: with these seeds the pairs' p-values fall between
+    0.01 and 0.05 (one model: p = 0.035; three models: 0.001, 0.033 and 0.005)."""
+    return synthetic_results(models=models, configurations=("torch/cpu", "onnx/cpu"),
+                             energy_j={"torch/cpu": 106.0, "onnx/cpu": 100.0},
+                             relative_sd=0.05, repetitions=10, seed=seed)
+
+
+def test_alpha_decides_significance_in_every_table_and_sentence() -> None:
+    frame = _close_pair(models=1, seed=6)
+    loose = analyze_frame(frame, variables=["energy_global_j"], workers=1)
+    strict = analyze_frame(frame, alpha=0.01, variables=["energy_global_j"], workers=1)
+    p = float(strict.posthoc["p_adjusted"].iloc[0])
+    assert 0.01 < p < 0.05
+    assert loose.tests["significant"].all() and loose.savings["significant"].all()
+    assert "not significant" not in loose.summary["sentence"].iloc[0]
+    assert not strict.tests["significant"].any()
+    assert not strict.posthoc["significant"].any()
+    assert not strict.savings["significant"].any()
+    assert strict.savings_range["models_significant_lower"].sum() == 0
+    sentence = strict.summary["sentence"].iloc[0]
+    assert "not significant at the 1% level" in sentence and "5% level" not in sentence
+
+
+def test_alpha_decides_how_many_models_differ_significantly() -> None:
+    frame = _close_pair(models=3, seed=3)
+    loose = analyze_frame(frame, variables=["energy_global_j"], workers=1)
+    strict = analyze_frame(frame, alpha=0.01, variables=["energy_global_j"], workers=1)
+    assert "significant in 3 of 3 models" in loose.summary["sentence"].iloc[0]
+    assert "significant in 2 of 3 models" in strict.summary["sentence"].iloc[0]
+    assert strict.savings_range.set_index("configuration").loc[
+        "onnx/cpu", "models_significant_lower"] == 2

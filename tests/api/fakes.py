@@ -20,29 +20,16 @@ from greenmon.config import parse_config
 from greenmon.daemon import Daemon, build_daemon
 from greenmon.probes.base import Channel, Probe, Values
 from greenmon.store import Store
-
-# A plan the real runner runs on the fake engine (tests/fakes/engine.py): it generates
-# without a model, so a plan's units pass in well under a second each.
-FAKE_PLAN = """
-name = "{name}"
-models = ["tiny"]
-configurations = ["fake/cpu", "fake2/cpu"]
-workload = "gaissa-164"
-prompts = 2
-max_new_tokens = 4
-repetitions = {repetitions}
-seed = 5
-warmup_requests = 0
-custom_engines = {{ fake = "tests.fakes.engine:FakeEngine", fake2 = "tests.fakes.engine:FakeEngine" }}
-
-[cooldown]
-before_s = {cooldown_s}
-after_s = 0.0
-"""
+from tests.support import plans
 
 
 def fake_plan(name: str = "p", repetitions: int = 2, cooldown_s: float = 0.2) -> str:
-    return FAKE_PLAN.format(name=name, repetitions=repetitions, cooldown_s=cooldown_s)
+    """A plan the real runner runs on the fake engine (tests/fakes/engine.py): it generates
+    without a model, so a plan's units pass in well under a second each."""
+    return plans.fake_plan(
+        name, prompts=2, max_new_tokens=4, repetitions=repetitions, seed=5, warmup_requests=0,
+        cooldown_s=(cooldown_s, 0.0),
+    )
 
 
 class FakePowerProbe:

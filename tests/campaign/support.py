@@ -7,37 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.plans import write_fake_plan
+
 REPO = Path(__file__).resolve().parents[2]
-
-PLAN = """
-name = "{name}"
-models = ["tiny"]
-configurations = ["fake/cpu", "fake2/cpu"]
-workload = "gaissa-164"
-prompts = 3
-max_new_tokens = 8
-repetitions = {repetitions}
-seed = {seed}
-warmup_requests = 1
-custom_engines = {{ fake = "tests.fakes.engine:FakeEngine", fake2 = "tests.fakes.engine:FakeEngine" }}
-
-[cooldown]
-before_s = 0.2
-after_s = 0.1
-
-[probes.rapl]
-rate_hz = 50
-sysfs_root = "{root}"
-
-[probes.host]
-enabled = false
-"""
 
 
 def write_plan(path: Path, root: Path, *, name: str = "campaign", repetitions: int = 3,
                seed: int = 11) -> Path:  # fmt: skip
-    path.write_text(PLAN.format(name=name, repetitions=repetitions, seed=seed, root=root))
-    return path
+    return write_fake_plan(
+        path, name, prompts=3, repetitions=repetitions, seed=seed, cooldown_s=(0.2, 0.1),
+        probes={"rapl": {"rate_hz": 50, "sysfs_root": root}, "host": {"enabled": False}},
+    )
 
 
 def cli_env(sock_dir: Path) -> dict[str, str]:

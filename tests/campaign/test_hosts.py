@@ -12,10 +12,10 @@ from greenmon.analysis.hosts import (
     SingleHostConfigurationNote,
 )
 from greenmon.analysis.stats import analyze_frame
-from greenmon.analysis.synthetic import synthetic_campaign, write_synthetic_experiment
 from greenmon.analysis.tables import analyze
 from greenmon.campaign import merge
 from greenmon.store import Store
+from tests.support.synthetic import synthetic_campaign, write_synthetic_experiment
 
 TRUTH_J = {"onnx/cpu": 80.0, "torch/cpu": 100.0, "openvino/cpu": 130.0}
 TRUTH_ORDER = "onnx/cpu < torch/cpu < openvino/cpu"

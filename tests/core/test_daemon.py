@@ -97,3 +97,22 @@ async def test_stop_request_flushes_everything_read(db_path: Path) -> None:
     with Store.open(db_path, read_only=True) as reader:
         _, [(count,)] = reader.query("SELECT count(*) FROM samples")
     assert count == probe.reads
+
+
+async def test_each_event_is_stored_once_when_the_writer_falls_behind(db_path: Path) -> None:
+    """issue 13, defect 5: a sampler whose batch could not be queued put back every event
+    of its hand-off, including those already queued, so they were stored twice.  Samplers
+    now hand a batch and its events over as one item (``Sampler.sink``), whatever the
+    writer's stream holds; a stream of one item must not change what is stored."""
+    flaky = CountingProbe("flaky", fail_every=2)
+    store = Store.open(db_path)
+    daemon = Daemon(store, parse_config(""), probes={"flaky": flaky}, handle_signals=False,
+                    stream_buffer=1)  # fmt: skip
+    await daemon.run(2.5)
+    store.close()
+    with Store.open(db_path, read_only=True) as reader:
+        _, events = reader.query(
+            "SELECT t_ns, message FROM events WHERE probe = 'flaky' AND level = 'warning'"
+        )
+    assert len(events) >= 2  # one failure event a second gets through the throttle
+    assert len(set(events)) == len(events), sorted(events)

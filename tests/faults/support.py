@@ -7,6 +7,7 @@ log, the daemon's first stderr line), polled with a deadline, never through slee
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -76,3 +77,12 @@ def assert_one_paragraph_error(stderr: str, *needles: str) -> None:
     assert "\n\n" not in text, text
     for needle in needles:
         assert needle.lower() in text.lower(), (needle, text)
+
+
+def stalled_stream_client(path: Path) -> socket.socket:
+    """Asks for /stream with a tiny receive buffer, then never reads."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    client.connect(str(path))
+    client.sendall(b"GET /stream HTTP/1.1\r\nHost: greenmon\r\n\r\n")
+    return client

@@ -23,35 +23,16 @@ import pytest
 
 from greenmon.commands import tui as tui_command
 from tests.faults.support import cli_env, greenmon_cmd, wait_for
+from tests.support.plans import write_fake_plan
 
 # Each journey starts several Python processes; on a busy 2-core machine that takes minutes.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-PLAN = """
-name = "{name}"
-models = ["tiny"]
-configurations = ["fake/cpu", "fake2/cpu"]
-workload = "gaissa-164"
-prompts = 4
-max_new_tokens = 8
-repetitions = {repetitions}
-seed = 3
-warmup_requests = 1
-custom_engines = {{ fake = "tests.fakes.engine:FakeEngine", fake2 = "tests.fakes.engine:FakeEngine" }}
-
-[cooldown]
-before_s = {cooldown_s}
-after_s = 0.2
-
-[probes.host]
-rate_hz = 10
-"""
-
-
 def write_plan(directory: Path, name: str, repetitions: int = 2, cooldown_s: float = 0.3) -> Path:
-    path = directory / f"{name}.toml"
-    path.write_text(PLAN.format(name=name, repetitions=repetitions, cooldown_s=cooldown_s))
-    return path
+    return write_fake_plan(
+        directory / f"{name}.toml", name, repetitions=repetitions, cooldown_s=(cooldown_s, 0.2),
+        probes={"host": {"rate_hz": 10}},
+    )
 
 
 def greenmon(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:

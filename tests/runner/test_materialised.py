@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from greenmon.analysis.synthetic import synthetic_results, write_synthetic_experiment
 from greenmon.store import Store
+from tests.support.synthetic import synthetic_results, write_synthetic_experiment
 
 
 def _rows(store: Store, relation: str) -> list[dict[str, Any]]:

@@ -11,30 +11,9 @@ from pathlib import Path
 
 from greenmon.store import Store
 from tests.fakes.rapl import standard_tree
+from tests.support.plans import write_fake_plan
 
 REPO = Path(__file__).resolve().parents[2]
-
-PLAN = """
-name = "resume"
-models = ["tiny"]
-configurations = ["fake/cpu", "fake2/cpu"]
-workload = "gaissa-164"
-prompts = 6
-max_new_tokens = 16
-repetitions = 3
-seed = 5
-warmup_requests = 1
-custom_engines = {{ fake = "tests.fakes.engine:FakeEngine", fake2 = "tests.fakes.engine:FakeEngine" }}
-
-[cooldown]
-before_s = 0.3
-after_s = 0.1
-
-[probes.rapl]
-rate_hz = 100
-sysfs_root = "{root}"
-"""
-
 
 def _finished_unit_samples(db: Path) -> dict[int, int]:
     with Store.open(db, read_only=True) as store:
@@ -52,8 +31,10 @@ def _finished_unit_samples(db: Path) -> dict[int, int]:
 
 def test_sigkill_mid_unit_then_resume_runs_every_unit_once(tmp_path: Path) -> None:
     standard_tree(tmp_path / "powercap")
-    plan = tmp_path / "plan.toml"
-    plan.write_text(PLAN.format(root=tmp_path / "powercap"))
+    plan = write_fake_plan(
+        tmp_path / "plan.toml", "resume", prompts=6, max_new_tokens=16, repetitions=3, seed=5,
+        probes={"rapl": {"rate_hz": 100, "sysfs_root": tmp_path / "powercap"}},
+    )
     db = tmp_path / "run.duckdb"
     log = tmp_path / "requests.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "GREENMON_FAKE_ENGINE_LOG": str(log)}

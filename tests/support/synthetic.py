@@ -23,6 +23,8 @@ import pandas as pd
 from greenmon.analysis.data import RESULT_COLUMNS
 
 if TYPE_CHECKING:
+    import duckdb
+
     from greenmon.store import Store
 
 STUDY_CONFIGURATIONS = (
@@ -229,8 +231,8 @@ def write_synthetic_experiment(
                  int((measure_start + r * per_request_s) * 1e9),
                  int((measure_start + (r + 1) * per_request_s) * 1e9))
             )  # fmt: skip
-    with store.lock:
-        con = store.con
+    # One transaction, as the runner's writes are one per step (Store.transaction).
+    with store.transaction() as con:
         con.executemany(
             """INSERT INTO units (experiment_id, unit_id, model, engine, provider, repetition,
                    factors, status, reason, session_id, started_ns, ended_ns, params,
@@ -249,12 +251,12 @@ def write_synthetic_experiment(
                        tokens_in, tokens_out, start_ns, end_ns) VALUES (?,?,?,?,?,?,?,?,?)""",
                 request_rows,
             )
-        _write_samples(store, units, timeline, ids, keys, samples_per_channel_unit)
+        _write_samples(con, units, timeline, ids, keys, samples_per_channel_unit)
     return experiment_id
 
 
 def _write_samples(
-    store: Store,
+    con: duckdb.DuckDBPyConnection,
     units: pd.DataFrame,
     timeline: list[tuple[int, float, float, float, float]],
     channel_ids: list[int],
@@ -290,7 +292,6 @@ def _write_samples(
                     energy0 + idle * (span + 1.0) + (measure_w[domain] - idle) * (m1 - m0)
                 )
     plan = pd.DataFrame(rows)
-    con = store.con
     con.register("greenmon_sample_plan", plan)
     try:
         # t runs over [start, start + span + 1): the gap before the next unit is idle too.

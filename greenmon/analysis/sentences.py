@@ -1,0 +1,186 @@
+"""The words of an analysis: each sentence a pure function of the figures it states.
+
+greenmon/analysis/summaries.py computes the figures (medians, savings, p-values, effect
+sizes) and hands them here; nothing in this module reads a table or changes its inputs, so
+a sentence can be tested from its figures alone.
+
+Terms:
+- *finding*: one variable at one set of factor levels: the configuration with the best
+  median against its *reference* (the baseline engine), over one or several models.
+- *alpha*: the significance level the tests used; a sentence names it as a percentage
+  ("not significant at the 1% level") and counts a pair as significant when ``p < alpha``.
+- effects are oriented reference-versus-best: positive means the reference used more.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from greenmon.analysis.data import configuration_label
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The figures one finding states (a row of analysis_summary for a lower-is-better
+    variable such as energy or time)."""
+
+    noun: str  # the variable in words: "energy", "time"
+    where: str  # " at <factor levels>", or "" without factors
+    best: str  # configuration with the lowest median over per-model medians
+    reference: str  # what the best is compared with
+    models: int  # models that measured the variable at these levels
+    alpha: float
+    # One model: its saving; several: the median saving over models (None: not computable).
+    saving_pct: float | None = None
+    # Several models: "from x% up to y%" over ``range_models`` models; None: no range.
+    range_text: str | None = None
+    range_models: int = 0
+    # Best against reference, Holm-adjusted where the route adjusts; one per tested model.
+    p_values: tuple[float, ...] = ()
+    effect_kind: str = "Cliff's delta"
+    effects: tuple[float, ...] = ()  # one per p-value, oriented reference-versus-best
+
+    @property
+    def significant_models(self) -> int:
+        """Tested models where the best and the reference differ at ``alpha``."""
+        return sum(1 for p in self.p_values if p < self.alpha)
+
+    @property
+    def p_value(self) -> float | None:
+        """The p-value the finding reports: one model's, or the largest over models."""
+        if not self.p_values:
+            return None
+        return self.p_values[0] if self.models == 1 else max(self.p_values)
+
+    @property
+    def effect_size(self) -> float | None:
+        """The effect the finding reports: one model's, or the median over models."""
+        if not self.effects:
+            return None
+        return self.effects[0] if self.models == 1 else float(np.median(self.effects))
+
+
+def level_text(alpha: float) -> str:
+    """A significance level as a person reads it: 0.05 -> "5%", 0.001 -> "0.1%"."""
+    return f"{alpha * 100:g}%"
+
+
+def format_p(p: float) -> str:
+    if p < 0.001:
+        return "p < 0.001"
+    return f"p = {p:.3f}"
+
+
+def finding_sentence(finding: Finding) -> str:
+    """The finding in one sentence: the saving, its test and effect, and whether to act."""
+    f = finding
+    best_label, ref_label = configuration_label(f.best), configuration_label(f.reference)
+    if f.models == 1:
+        text = f"Here{f.where}, {best_label} used "
+        text += (
+            f"{f.saving_pct:.0f}% less {f.noun} than {ref_label}"
+            if f.saving_pct is not None
+            else f"the least {f.noun}; {ref_label} is the reference"
+        )
+        if not f.p_values:
+            return text + " (not tested: see the notes)."
+        p = f.p_values[0]
+        text += f"; {format_p(p)}, {f.effect_kind} {f.effects[0]:.2f}."
+        if not p < f.alpha:
+            # a practitioner must not act on a difference the test could not confirm
+            text += (
+                f" The difference is not significant at the {level_text(f.alpha)} level: do "
+                "not act on it yet; more repetitions would tell."
+            )
+        return text
+    if f.range_text is None:
+        return f"{best_label} had the lowest median {f.noun}{f.where} across {f.models} models."
+    text = (
+        f"Across {f.range_models} models{f.where}, {best_label} used the least {f.noun}: "
+        f"{f.range_text} less than {ref_label} (median {f.saving_pct:.0f}%)"
+    )
+    if not f.p_values:
+        return text + "; not tested (see the notes)."
+    return text + (
+        f"; the difference was significant in {f.significant_models} of {len(f.p_values)} "
+        f"models (median {f.effect_kind} {f.effect_size:.2f})."
+    )
+
+
+def only_one_sentence(configuration: str, noun: str, median: float, unit: str, where: str) -> str:
+    """When a single configuration measured the variable: its median, nothing to compare."""
+    return (
+        f"Only {configuration_label(configuration)} was measured{where}; "
+        f"its median {noun} was {median:.4g} {unit}."
+    )
+
+
+def better_sentence(
+    noun: str, best: str, reference: str, best_median: float, reference_median: float,
+    where: str,
+) -> str:  # fmt: skip
+    """For a variable that is better higher (quality): the best and its reference's medians."""
+    return (
+        f"{configuration_label(best)} had the highest median {noun}{where} "
+        f"({best_median:.3g}); {configuration_label(reference)} had "
+        f"{reference_median:.3g}. See the quality table for the tests."
+    )
+
+
+def models_sentence(differ: int, tested: int, models: int) -> str:
+    """How many of the ``tested`` models (of ``models``) had every pair of configurations
+    differ significantly (``differ``)."""
+    untested = models - tested
+    suffix = f" ({untested} models not tested)" if untested else ""
+    if differ == tested:
+        return f"All configurations differ significantly in all {tested} models{suffix}."
+    if differ == 0:
+        return f"No model shows all configurations differing significantly{suffix}."
+    return (
+        f"All configurations differ significantly, except for {tested - differ} of "
+        f"{tested} models{suffix}."
+    )
+
+
+def tradeoff_sentence(
+    factor: str, level: str, reference_level: str, configuration: str, energy_pct: float,
+    time_pct: float,
+) -> str:  # fmt: skip
+    """Energy against time at one factor level (levels as JSON text) versus the first."""
+    return (
+        f"At {factor} = {json.loads(level)}, {configuration} used "
+        f"{abs(energy_pct):.1f}% {'less' if energy_pct < 0 else 'more'} energy "
+        f"and took {abs(time_pct):.1f}% {'less' if time_pct < 0 else 'more'} "
+        f"time than at {factor} = {json.loads(reference_level)}."
+    )
+
+
+def quality_sentence(
+    what: str, versus: str, energy_pct: float, q_change: float | None, kind: str,
+    tolerance: float,
+) -> str:  # fmt: skip
+    """Energy and quality of ``what`` against ``versus``, with its verdict ``kind``."""
+    change = "less" if energy_pct < 0 else "more"
+    text = f"{what} used {abs(energy_pct):.1f}% {change} energy than {versus}"
+    if q_change is None:
+        return text + "; its quality was not scored."
+    text += f", with quality {q_change:+.3f} (0-1 scale)"
+    if kind == "trade-off":
+        return text + f": a trade-off, not a win (it lost more than {tolerance} quality)."
+    if kind == "win":
+        return text + f": a win (quality within {tolerance} or better)."
+    return text + "."
+
+
+def trade_off_note(
+    sentence: str, best: str, reference: str, quality_change: float, tolerance: float
+) -> str:
+    """An energy finding whose winner lost quality beyond ``tolerance``, saying so."""
+    return (
+        f"{sentence} But this is a trade-off, not a win: "
+        f"{configuration_label(best)}'s median quality was {quality_change:+.3f} "
+        f"against {configuration_label(reference)} (tolerance {tolerance})."
+    )

@@ -1,0 +1,223 @@
+"""The API's client: ``ApiClient`` over the daemon's Unix socket (or TCP with a token),
+and the sync helpers the CLI uses to find a file's daemon and call it once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+
+from greenmon.api.errors import ApiError, DaemonUnreachable
+from greenmon.api.sockets import resolve_socket_path, socket_is_live
+from greenmon.api.sql import SqlResult
+from greenmon.api.wire import error_from
+
+# Snapshots carry the plan grid, which can reach tens of kilobytes for a large plan.
+CLIENT_READ_BUFSIZE = 1 << 22
+
+
+class ApiClient:
+    """Talks to a daemon's API over its Unix socket (or TCP with a token).
+
+    Use as ``async with ApiClient(path) as client:``; every method raises
+    DaemonUnreachable when no daemon answers, and the server's own errors as ApiError
+    (PlanError for a bad plan, QueryRefused / QueryFailed for SQL).
+    """
+
+    def __init__(
+        self,
+        socket_path: str | Path | None = None,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.socket_path = resolve_socket_path(socket_path) if url is None else None
+        self.base_url = url.rstrip("/") if url else "http://greenmon"
+        self.token = token
+        self.timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector: aiohttp.BaseConnector | None = (
+                aiohttp.UnixConnector(path=str(self.socket_path)) if self.socket_path else None
+            )
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=headers, read_bufsize=CLIENT_READ_BUFSIZE
+            )
+        return self._session
+
+    def _where(self) -> str:
+        return str(self.socket_path) if self.socket_path else self.base_url
+
+    async def _request(self, method: str, path: str, body: Any = None) -> Any:
+        session = self._get_session()
+        try:
+            async with session.request(
+                method,
+                self.base_url + path,
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            ) as response:
+                payload = await response.json(content_type=None)
+                if response.status >= 400:
+                    raise error_from(payload, response.status)
+                return payload
+        except (aiohttp.ClientConnectionError, OSError, TimeoutError) as error:
+            raise DaemonUnreachable(
+                f"No greenmon daemon answers at {self._where()} ({type(error).__name__})."
+            ) from None
+
+    async def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", "/status")
+        return result
+
+    async def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        result = await self._request("GET", f"/events?limit={int(limit)}")
+        events: list[dict[str, Any]] = result["events"]
+        return events
+
+    async def submit(
+        self,
+        plan_toml: str,
+        plan_path: str | None,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        shard: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue a plan (or one shard of it, "K/N"): its experiment id, whether it resumed,
+        units done and total, and the experiments queued before it."""
+        body = {
+            "plan_toml": plan_toml,
+            "plan_path": plan_path,
+            "force": force,
+            "resume": resume,
+            "shard": shard,
+        }
+        result: dict[str, Any] = await self._request("POST", "/plans", body)
+        return result
+
+    async def experiments(self) -> list[dict[str, Any]]:
+        result = await self._request("GET", "/experiments")
+        rows: list[dict[str, Any]] = result["experiments"]
+        return rows
+
+    async def experiment_results(self, experiment_id: str) -> list[dict[str, Any]]:
+        result = await self._request("GET", f"/experiments/{experiment_id}")
+        rows: list[dict[str, Any]] = result["results"]
+        return rows
+
+    async def pause(self) -> dict[str, Any]:
+        return await self._control("pause")
+
+    async def resume(self) -> dict[str, Any]:
+        return await self._control("resume")
+
+    async def cancel(self, experiment_id: str | None = None) -> dict[str, Any]:
+        return await self._control("cancel", {"experiment_id": experiment_id})
+
+    async def _control(self, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("POST", f"/{action}", body or {})
+        return result
+
+    async def sql(self, query: str, limit: int | None = None) -> SqlResult:
+        result = await self._request("POST", "/sql", {"sql": query, "limit": limit})
+        return SqlResult(result["columns"], result["rows"], bool(result["truncated"]))
+
+    async def stream(self) -> AsyncIterator[dict[str, Any]]:
+        """Snapshots as the daemon sends them, until the connection ends."""
+        session = self._get_session()
+        try:
+            async with session.get(
+                self.base_url + "/stream",
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s),
+            ) as response:
+                if response.status >= 400:
+                    raise error_from(await response.json(content_type=None), response.status)
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as error:
+            raise DaemonUnreachable(
+                f"The stream from {self._where()} ended ({type(error).__name__})."
+            ) from None
+
+    # -- windows (issue 15; greenmon/windows_api.py) -----------------------------------------
+    async def open_window(
+        self,
+        name: str,
+        tags: Mapping[str, Any] | None = None,
+        *,
+        kind: str = "window",
+        baseline_window_id: int | None = None,
+        baseline_s: float | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "name": name,
+            "tags": dict(tags or {}),
+            "kind": kind,
+            "baseline_window_id": baseline_window_id,
+            "baseline_s": baseline_s,
+        }
+        result: dict[str, Any] = await self._request("POST", "/windows", body)
+        return result
+
+    async def close_window(self, window_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("POST", f"/windows/{int(window_id)}/close", {})
+        return result
+
+    async def windows(self, limit: int = 20) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", f"/windows?limit={int(limit)}")
+        return result
+
+
+# -- sync helpers for the CLI --------------------------------------------------------------
+
+
+def find_daemon(db_path: str | Path, socket_path: str | Path | None = None) -> ApiClient | None:
+    """A client for the daemon holding ``db_path``, or None when none runs.
+
+    The daemon is found at the file's socket (or the override); one that answers there
+    but holds another file (two databases given one socket) is an error, never silently
+    the answer for this file.
+    """
+    path = resolve_socket_path(socket_path, db_path)
+    if not path.exists() or not socket_is_live(path):
+        return None
+    client = ApiClient(path)
+    held = Path(call_daemon(ApiClient(path), ApiClient.status)["db_path"])
+    if held != Path(db_path).resolve():
+        raise ApiError(
+            f"The daemon at {path} holds {held}, not {Path(db_path).resolve()}. Unset "
+            "GREENMON_SOCKET / --socket to reach the daemon of this file (each file has its "
+            "own socket), or pass --db for the file that daemon holds."
+        )
+    return client
+
+
+def call_daemon(client: ApiClient, method: Callable[[ApiClient], Any]) -> Any:
+    """Run one client coroutine from sync code and close the client afterwards."""
+
+    async def once() -> Any:
+        async with client:
+            return await method(client)
+
+    return anyio.run(once)

@@ -1,0 +1,57 @@
+"""What travels between server and client: JSON, and the shape of an error.
+
+An error crosses as ``{"error": message, "title": title, "kind": error class}``: the
+server writes it here (``error_response``) and the client turns it back into the same
+GreenmonError subclass (``error_from``), so a refused query or a bad plan reads the same on
+both sides.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from greenmon.api.errors import ApiError, QueryFailed, QueryRefused
+from greenmon.errors import GreenmonError, PlanError
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+def error_response(status: int, error: GreenmonError) -> web.Response:
+    body = {"error": error.message, "title": error.title, "kind": type(error).__name__}
+    return web.json_response(body, status=status, dumps=dumps)
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except json.JSONDecodeError:
+        raise ApiError("The request body must be JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError("The request body must be a JSON object.")
+    return body
+
+
+def error_from(payload: Any, status: int) -> GreenmonError:
+    if not isinstance(payload, Mapping):
+        return ApiError(f"The daemon answered HTTP {status} without a message.")
+    message = str(payload.get("error", f"HTTP {status}"))
+    kinds: dict[str, type[GreenmonError]] = {
+        "PlanError": PlanError,
+        "QueryRefused": QueryRefused,
+        "QueryFailed": QueryFailed,
+    }
+    kind = kinds.get(str(payload.get("kind")), ApiError)
+    title = payload.get("title")
+    return kind(message, title=str(title) if title else None)
