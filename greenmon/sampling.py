@@ -101,8 +101,19 @@ class ProbeHealth:
     errors: int = 0
     last_error: str | None = None
     last_t_ns: int | None = None
-    last_values: dict[str, float | None] = field(default_factory=dict)
+    # The newest read as the probe returned it, beside its channel names: the sampler
+    # thread stores one reference per read, and the dict ``last_values`` is built only when
+    # someone asks (status, the stream), a few times a second, not at every read.
+    last_raw: tuple[Sequence[str], Values] | None = None
     jitter_ns: deque[int] = field(default_factory=lambda: deque(maxlen=JITTER_WINDOW))
+
+    @property
+    def last_values(self) -> dict[str, float | None]:
+        last = self.last_raw  # read once: the sampler thread replaces it
+        if last is None:
+            return {}
+        names, values = last
+        return dict(zip(names, values, strict=False))
 
     @property
     def achieved_hz(self) -> float:
@@ -279,7 +290,7 @@ class Sampler:
     def _record(self, t_ns: int, values: Values) -> None:
         self._rows.append(t_ns, values)
         self.health.last_t_ns = t_ns
-        self.health.last_values = dict(zip(self._names, values, strict=False))
+        self.health.last_raw = (self._names, values)
 
     def _accept(self, result: Values | Stamped, t_before_ns: int, t_after_ns: int) -> None:
         self.health.reads += 1
@@ -463,11 +474,14 @@ class _Waker:
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
 
-    def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when ``wake()`` cut it short."""
         ready, _, _ = select.select([self._read_fd], [], [], seconds)
         if ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._read_fd, 512)
+            return True
+        return False
 
     def wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
@@ -495,30 +509,42 @@ def drive(samplers: Sequence[Sampler]) -> None:
     active = sorted(samplers, key=lambda s: s.period_ns)
     handoff_ns = min(s.handoff_interval_ns for s in samplers)
     next_handoff_ns = t0_ns + handoff_ns
+    # Stop flags and hand-off requests are looked at only when something may have set
+    # them: stop() and request_handoff() wake the thread through the pipe, and a read that
+    # loses its probe stops it from this thread.  The rest of the loop is per deadline.
+    flags_may_have_changed = True
     try:
         while active:
-            if any(s.stopping for s in active):
-                for sampler in [s for s in active if s.stopping]:
-                    _leave(sampler)
-                active = [s for s in active if not s.stopping]
-                continue
+            if flags_may_have_changed:
+                flags_may_have_changed = False
+                if any(s.stopping for s in active):
+                    for sampler in [s for s in active if s.stopping]:
+                        _leave(sampler)
+                    active = [s for s in active if not s.stopping]
+                    continue
+                for sampler in active:
+                    if sampler._handoff_due():  # a closing window waits for it
+                        sampler._handoff_from_thread()
             due_ns = min(s.deadline_ns for s in active)
             delay_ns = due_ns - time.monotonic_ns()
             if delay_ns > 0:
-                waker.sleep(min(delay_ns / 1e9, STOP_SLICE_S))
+                slice_s = delay_ns / 1e9
+                flags_may_have_changed = waker.sleep(min(slice_s, STOP_SLICE_S))
+                flags_may_have_changed |= slice_s > STOP_SLICE_S  # a lost wake-up
                 continue
             for sampler in active:
                 if sampler.deadline_ns <= time.monotonic_ns() and not sampler._step():
                     sampler.stop()  # lost: it leaves at the top of the loop
+                    flags_may_have_changed = True
             now = time.monotonic_ns()
             if now >= next_handoff_ns:
                 for sampler in active:
                     sampler._handoff_from_thread()
                 next_handoff_ns = now + handoff_ns
-            else:
-                for sampler in active:
-                    if sampler._handoff_due():  # a closing window waits for it
-                        sampler._handoff_from_thread()
+            elif any(s._handoff_after_ns is not None for s in active):
+                # A closing window asked for the samples up to its end: the read just
+                # made may be the one it waits for.
+                flags_may_have_changed = True
     finally:
         for sampler in active:
             _leave(sampler)

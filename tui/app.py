@@ -397,7 +397,11 @@ class GreenmonApp(App[str]):
         model = self.model
         now_s = time.monotonic()
         if now_s - self._chart_drawn_s >= CHART_PERIOD_S or not self._chart_drawn_s:
-            self.query_one("#live-chart", PowerChart).draw(model)
+            # The chart is most of a draw's cost: none while no sample or phase is new (a
+            # paused daemon, a stalled stream).
+            chart_key = (model.status.get("session_id"), model.latest_ns, len(model.phases))
+            if self._changed("live-chart", chart_key):
+                self.query_one("#live-chart", PowerChart).draw(model)
             self._chart_drawn_s = now_s
         self._update_static("unit", "\n".join(unit_lines(model.progress)))
         self._update_static("gauges", gauge_text(model.gauges()))

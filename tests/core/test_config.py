@@ -14,7 +14,7 @@ from greenmon.probes.rapl import Options as RaplOptions
 def test_defaults_configure_every_known_probe() -> None:
     config = parse_config("")
     assert {"host", "rapl"} <= set(config.probes)
-    assert config.daemon.flush_interval_s == 1.0
+    assert config.daemon.flush_interval_s == 2.0
 
 
 def test_probe_options_are_typed(tmp_path: Path) -> None:

@@ -206,3 +206,32 @@ async def test_a_draw_that_fires_while_the_app_closes_draws_nothing(sock_path: P
     app._draw_timer()
     app._update_static("unit", "text")
     app._set_connected(False, error="gone")
+
+
+async def test_the_chart_is_redrawn_only_when_a_sample_or_phase_is_new(
+    sock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart is most of a draw's cost (issue 17): past its period it is drawn again
+    only if the newest sample or the phases changed (no daemon answers here)."""
+    from greenmon.tui.app import PowerChart
+
+    app = GreenmonApp(ApiClient(sock_path))
+    async with app.run_test(size=SIZE):
+        chart = app.query_one("#live-chart", PowerChart)
+        drawn: list[int | None] = []
+        draw = chart.draw
+        monkeypatch.setattr(
+            chart, "draw", lambda model: (drawn.append(model.latest_ns), draw(model))
+        )
+
+        def period_passed_and_draw() -> None:
+            app._chart_drawn_s = 1.0  # long ago: the chart's period has passed
+            app._draw_live()
+
+        for _ in range(3):
+            period_passed_and_draw()
+        assert drawn == []  # drawn once at mount; nothing new since
+        app.model.latest_ns = 123  # a newer sample
+        period_passed_and_draw()
+        period_passed_and_draw()
+        assert drawn == [123]
