@@ -60,6 +60,15 @@ LOAD_FACTORS = ("concurrency", "request_rate_hz")
 SERVER_APIS = ("completions", "chat")
 
 
+# issue 14: the background load (CPU of processes outside greenmon's own process tree, in
+# percent of one core: 100 = one core busy elsewhere) above which a unit is flagged
+# ``background_load``.  Why 25: an idle Linux host's own daemons use about 1-5% of a core,
+# well under it; a busy core adds roughly 5-15 W to a CPU package, so a quarter of a core
+# stays within a few watts, the order of the spread between repetitions of a CPU unit,
+# while one CPU-bound job (100) is far above it on a machine of any size.
+DEFAULT_BACKGROUND_CPU_PERCENT_MAX = 25.0
+
+
 class Cooldown(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Idle time before the measured phase; its last baseline_s give the idle baseline.
     before_s: float = 10.0
@@ -70,6 +79,16 @@ class Cooldown(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     adaptive: bool = False
     tolerance: float = 0.05
     max_s: float = 120.0
+    # issue 14: the threshold of the background_load flag (above), and how long a unit may
+    # wait, before its cooldown_before, for the background to fall under it (0: never).
+    background_cpu_percent_max: float = DEFAULT_BACKGROUND_CPU_PERCENT_MAX
+    wait_for_quiet_s: float = 0.0
+
+
+_COOLDOWN_DEFAULTS_OUT_OF_HASH = {
+    "background_cpu_percent_max": DEFAULT_BACKGROUND_CPU_PERCENT_MAX,
+    "wait_for_quiet_s": 0.0,
+}
 
 
 class Precision(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -266,6 +285,10 @@ class Plan:
         for key in LOAD_FACTORS:
             if data["factors"].get(key) is None:
                 data["factors"].pop(key, None)
+        # issue 14: likewise for the interference keys left at their defaults.
+        for key, default in _COOLDOWN_DEFAULTS_OUT_OF_HASH.items():
+            if data["cooldown"].get(key) == default:
+                data["cooldown"].pop(key, None)
         data["configurations"] = [f"{e}/{p}" for e, p in self.configurations]
         return data
 
@@ -417,6 +440,9 @@ def parse_plan(text: str, path: Path | None = None) -> Plan:
     _check_repetitions(spec, path, text)
     if not spec.models:
         raise _error("models is empty: name at least one model", path, text, "models")
+    for key in ("background_cpu_percent_max", "wait_for_quiet_s"):  # issue 14
+        if getattr(spec.cooldown, key) < 0:
+            raise _error(f"cooldown.{key} must not be negative", path, text, key)
     _check_load(spec, path, text)
     from greenmon.engines import ENGINES, IMPOSSIBLE, PROVIDERS, describe_engines
 

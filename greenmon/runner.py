@@ -40,6 +40,7 @@ from greenmon.clock import now_ns
 from greenmon.energy import window_energy_sql
 from greenmon.engines.base import Engine, Prompt, RequestRecord, handles_load
 from greenmon.errors import GreenmonError, PlanError
+from greenmon.interference import quiet_before_baseline
 from greenmon.plan import Plan, Unit, diff_plans, parse_plan, parse_shard
 from greenmon.protocols import RunnerHost
 from greenmon.rounds import scheduled_units
@@ -435,6 +436,8 @@ class ExperimentRunner:
                       median(duration_s) AS median_duration_s,
                       median(j_per_token) AS median_j_per_token,
                       list_distinct(flatten(list(flags))) AS flags,
+                      count(*) FILTER (list_contains(flags, 'background_load'))
+                          AS background_load_units,
                       list_sort(list_distinct(flatten(list(estimated_domains))))
                           AS estimated_domains
                FROM unit_results_for(?) WHERE status = 'done'
@@ -846,7 +849,11 @@ class UnitRun:
                 )
 
     async def cooldown_before(self) -> None:
-        """Idle with the model loaded: the unit's idle baseline."""
+        """Idle with the model loaded: the unit's idle baseline (after waiting, when the
+        plan asks, for other processes' load to end: issue 14, greenmon/interference.py)."""
+        self.load_info["quiet_wait_s"] = await quiet_before_baseline(
+            self.plan.spec.cooldown, self.runner.daemon, self.state, self.unit.unit_id
+        )
         with self.phase("cooldown_before"):
             cooldown = self.plan.spec.cooldown
             await self._sleep(cooldown.before_s)

@@ -28,6 +28,7 @@ from importlib.resources import files
 import duckdb
 
 from greenmon.energy import window_energy_sql, window_integral_sql
+from greenmon.plan import DEFAULT_BACKGROUND_CPU_PERCENT_MAX
 from greenmon.sources import ENERGY_SOURCES_SQL, energy_channel_sql, interval_power_sql
 
 
@@ -239,6 +240,42 @@ JOIN utilisation_channels uc ON uc.channel_id = e.channel_id
 GROUP BY ALL
 """
 
+# issue 14: interference.  Per unit, the time-weighted mean CPU of processes outside
+# greenmon's own tree (probes/host.py ``background.cpu_percent``, percent of one core) over
+# the cooldown before the measure (the idle baseline) and over the measure, the most
+# background processes seen on any GPU (probes/nvml.py), and the plan's threshold
+# (``[cooldown] background_cpu_percent_max``; its default from greenmon/plan.py when the
+# plan left it out).
+_BACKGROUND_WINDOWS = f"""(
+    SELECT p.phase_id AS window_id, c.channel_id, p.start_ns, p.end_ns
+    FROM phases p JOIN channels c ON c.session_id = p.session_id
+    WHERE p.phase IN ('cooldown_before', 'measure') AND p.end_ns > p.start_ns
+      AND ((c.probe = 'host' AND c.name = 'background.cpu_percent')
+           OR (c.probe = 'nvml' AND c.name LIKE '%.background_processes'))
+      AND {_selected("p")}
+)"""
+
+_UNIT_BACKGROUND = f"""
+WITH m AS (
+    SELECT p.experiment_id, p.unit_id, p.attempt, p.phase, c.probe,
+           e.integral_native / ((p.end_ns - p.start_ns) / 1e9) AS mean_value
+    FROM ({window_integral_sql(_BACKGROUND_WINDOWS, _SAMPLE_RANGE)}) e
+    JOIN phases p ON p.phase_id = e.window_id
+    JOIN channels c ON c.channel_id = e.channel_id
+)
+SELECT m.experiment_id, m.unit_id, m.attempt,
+       avg(mean_value) FILTER (WHERE probe = 'host' AND phase = 'measure')
+           AS background_cpu_percent,
+       avg(mean_value) FILTER (WHERE probe = 'host' AND phase = 'cooldown_before')
+           AS baseline_background_cpu_percent,
+       max(mean_value) FILTER (WHERE probe = 'nvml') AS background_gpu_processes,
+       any_value(coalesce(TRY_CAST(json_extract(x.plan, '$.cooldown.background_cpu_percent_max')
+                                   AS DOUBLE), {DEFAULT_BACKGROUND_CPU_PERCENT_MAX}))
+           AS background_cpu_percent_max
+FROM m LEFT JOIN experiments x USING (experiment_id)
+GROUP BY ALL
+"""
+
 # Thresholds behind the validity flags.
 MIN_COVERAGE = 0.9
 MIN_WINDOW_PERIODS = 5
@@ -284,7 +321,10 @@ _UNIT_ONLY_FLAGS = f""",
                     SELECT 1 FROM units gu JOIN energy_sources ges USING (session_id)
                     WHERE gu.experiment_id = base.experiment_id AND gu.unit_id = base.unit_id
                       AND ges.domain = 'gpu' AND ges.kind = 'gauge')
-                THEN 'gpu_power_gauge' END"""
+                THEN 'gpu_power_gauge' END,
+           CASE WHEN greatest(background_cpu_percent, baseline_background_cpu_percent)
+                     > background_cpu_percent_max OR background_gpu_processes > 0
+                THEN 'background_load' END"""
 
 
 def _domain(kind: str, domain: str) -> str:
@@ -378,6 +418,9 @@ base AS (
            coalesce(e.estimated, false) AS estimated, e.estimated_domains, e.max_period_ns,
            b.cpu_percent, b.ram_percent, b.gpu_percent, b.gpu_mem_util_percent,
            b.gpu_mem_used_percent, u.fidelity_share, u.fidelity_first_divergence,
+           bg.background_cpu_percent, bg.baseline_background_cpu_percent,
+           bg.background_gpu_processes, bg.background_cpu_percent_max,
+           TRY_CAST(json_extract(u.load_info, '$.quiet_wait_s') AS DOUBLE) AS quiet_wait_s,
            -- a probe that failed while this unit ran: its figures may have gaps
            EXISTS (SELECT 1 FROM events ev
                    WHERE ev.session_id = u.session_id AND ev.probe IS NOT NULL
@@ -391,6 +434,8 @@ base AS (
     LEFT JOIN energy e USING (experiment_id, unit_id, attempt)
     LEFT JOIN stats b USING (experiment_id, unit_id, attempt)
     LEFT JOIN unit_steady_sel(exp, only_unit, skip_cached, lo_ns, hi_ns) st
+        USING (experiment_id, unit_id, attempt)
+    LEFT JOIN unit_background_sel(exp, only_unit, skip_cached, lo_ns, hi_ns) bg
         USING (experiment_id, unit_id, attempt)
     WHERE {_selected("u")}
 )
@@ -540,6 +585,7 @@ _SEL_MACROS = (
     Macro("unit_baseline_sel", _SEL_PARAMS, _UNIT_BASELINE),
     Macro("unit_utilisation_sel", _SEL_PARAMS, _UNIT_UTILISATION),
     Macro("unit_steady_sel", _SEL_PARAMS, _UNIT_STEADY),
+    Macro("unit_background_sel", _SEL_PARAMS, _UNIT_BACKGROUND),
     Macro("unit_results_sel", _SEL_PARAMS, _UNIT_RESULTS),
 )
 _RULE_VIEWS = (

@@ -6,6 +6,12 @@ each sample covers exactly one sampling period), ``cpu.freq_mhz``, ``ram.used_by
 (default: this process, i.e. the daemon and the engines it runs in-process)
 ``proc.cpu_percent`` (of one core, so it can exceed 100) and ``proc.rss_bytes``.
 
+issue 14, interference: ``tree.cpu_percent`` is the CPU of greenmon's own process tree
+(the daemon with its in-process engines, the watched process, and their descendants such
+as a served engine's server: probes/proctree.py) and ``background.cpu_percent`` that of
+everything else (the system's busy time minus the tree's), both in percent of one core,
+so one busy core elsewhere reads 100 on any machine.
+
 The figures are psutil's (the same files, the same arithmetic: busy = total - idle -
 iowait, guest time counted once inside user time; used RAM = MemTotal - MemAvailable),
 but read here with ``os.pread`` on descriptors kept open from ``open()``: one read costs
@@ -27,6 +33,8 @@ from typing import ClassVar
 
 from greenmon.probes.base import Channel, ProbeUnavailable, Values
 from greenmon.probes.options import ProbeOptions
+from greenmon.probes.proctree import ProcessTree, split_percent
+from greenmon.probes.proctree import busy_total as _busy_total
 
 # /proc/cpuinfo is parsed at most this often when cpufreq is absent (virtual machines).
 CPUINFO_PERIOD_NS = 1_000_000_000
@@ -38,18 +46,10 @@ class Options(ProbeOptions, kw_only=True, forbid_unknown_fields=True):
     per_core: bool = True
     # The process to watch; None watches the daemon itself.
     pid: int | None = None
+    # issue 14: the roots of greenmon's own process tree; None: this process and ``pid``.
+    tree_pids: list[int] | None = None
     proc_root: str = "/proc"
     sys_root: str = "/sys"
-
-
-def _busy_total(fields: Sequence[bytes]) -> tuple[int, int]:
-    """(busy, total) jiffies of one /proc/stat cpu line, as psutil counts them."""
-    times = [int(f) for f in fields[1:]]
-    # user nice system idle iowait irq softirq steal guest guest_nice: guest and
-    # guest_nice are already inside user and nice.
-    total = sum(times[:8])
-    idle = times[3] + (times[4] if len(times) > 4 else 0)
-    return total - idle, total
 
 
 def _percent(now: tuple[int, int], before: tuple[int, int]) -> float:
@@ -74,6 +74,9 @@ class HostProbe:
         self._clk_tck = os.sysconf("SC_CLK_TCK")
         self._page_bytes = os.sysconf("SC_PAGE_SIZE")
         self._cpuinfo_next_ns = 0
+        self._tree: ProcessTree | None = None
+        self._cpu_count = 0
+        self._last_own_ticks = 0
 
     # -- opening -------------------------------------------------------------------------
     def _open_fd(self, key: str, path: Path) -> None:
@@ -112,6 +115,10 @@ class HostProbe:
                     os.open(cpufreq / f"cpu{index}/cpufreq/scaling_cur_freq", os.O_RDONLY)
                 )
         self._last_proc = self._proc_cpu()
+        self._cpu_count = cores
+        roots = self.options.tree_pids
+        self._tree = ProcessTree(proc, roots if roots is not None else [os.getpid(), pid])
+        self._last_own_ticks = self._tree.cpu_ticks()
         channels = [Channel("cpu.percent", "%", "gauge")]
         channels += [Channel(f"cpu{i}.percent", "%", "gauge") for i in range(self._cores)]
         channels += [
@@ -122,6 +129,8 @@ class HostProbe:
             Channel("swap.percent", "%", "gauge"),
             Channel("proc.cpu_percent", "%", "gauge", metadata={"pid": pid}),
             Channel("proc.rss_bytes", "B", "gauge", metadata={"pid": pid}),
+            Channel("tree.cpu_percent", "%", "gauge", metadata={"roots": self._tree.roots}),
+            Channel("background.cpu_percent", "%", "gauge"),
         ]
         return channels
 
@@ -177,6 +186,15 @@ class HostProbe:
         now = [_busy_total(lines[i].split()) for i in range(self._cores + 1)]
         values: list[float | None] = [_percent(now[0], self._last_cpu[0])]
         values += [_percent(now[i], self._last_cpu[i]) for i in range(1, self._cores + 1)]
+        assert self._tree is not None
+        own_ticks = self._tree.cpu_ticks()
+        own_percent, background_percent = split_percent(
+            now[0][0] - self._last_cpu[0][0],
+            now[0][1] - self._last_cpu[0][1],
+            own_ticks - self._last_own_ticks,
+            self._cpu_count,
+        )
+        self._last_own_ticks = own_ticks
         self._last_cpu = now
         memory = self._memory()
         ram_total = memory.get(b"MemTotal", 0)
@@ -203,10 +221,14 @@ class HostProbe:
             100.0 * swap_used / swap_total if swap_total else 0.0,
             proc_cpu,
             proc_rss,
+            own_percent,
+            background_percent,
         ]
         return values
 
     def close(self) -> None:
+        if self._tree is not None:
+            self._tree.close()
         for fd in [*self._fds.values(), *self._freq_fds]:
             with contextlib.suppress(OSError):
                 os.close(fd)

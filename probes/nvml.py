@@ -18,6 +18,8 @@ Channels, per GPU ``N`` (NVML's index), each only where the driver supports it:
 - ``gpuN.util_gpu_percent`` / ``gpuN.util_memory_percent``: the share of the driver's last
   sample period in which a kernel ran / device memory was read or written.
 - ``gpuN.memory_used_bytes``, ``gpuN.memory_total_bytes``, ``gpuN.memory_percent``.
+- ``gpuN.background_processes`` (issue 14): how many processes outside greenmon's own
+  process tree (probes/proctree.py) run compute or graphics work on the GPU.
 - ``gpuN.sm_clock_mhz``, ``gpuN.memory_clock_mhz``, ``gpuN.temperature_c``,
   ``gpuN.power_limit_mw`` (the enforced limit).
 Every channel's metadata carries the GPU's ``uuid``, ``name`` and ``nvml_index``.
@@ -39,11 +41,13 @@ NVML's GPU 0: name GPUs by UUID (``nvidia-smi -L`` lists them, and
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from greenmon.probes.base import Channel, ProbeLost, ProbeUnavailable, Values
 from greenmon.probes.options import ProbeOptions
+from greenmon.probes.proctree import ProcessTree
 
 # pynvml's values, used when a (fake) module does not define a constant.
 _CODES = {
@@ -78,6 +82,10 @@ Query = Callable[[], tuple[float | None, ...]]
 class Options(ProbeOptions, kw_only=True, forbid_unknown_fields=True):
     # NVML indices (PCI bus order) or UUIDs ("GPU-..."); None reads every GPU.
     devices: list[int | str] | None = None
+    # issue 14: the roots of greenmon's own process tree, whose GPU processes are not
+    # background; None: this process.  ``proc_root`` points at a fake /proc in tests.
+    tree_pids: list[int] | None = None
+    proc_root: str = "/proc"
 
 
 class _Unsupported(Exception):
@@ -94,6 +102,10 @@ class NvmlProbe:
         self._initialised = False
         self._queries: list[Query] = []
         self._widths: list[int] = []
+        roots = self.options.tree_pids
+        self._tree = ProcessTree(
+            self.options.proc_root, roots if roots is not None else [os.getpid()]
+        )
 
     # -- NVML access ---------------------------------------------------------------------
     def _code(self, name: str) -> int:
@@ -253,6 +265,18 @@ class NvmlProbe:
         def power_limit() -> tuple[float | None, ...]:
             return (float(nvml.nvmlDeviceGetEnforcedPowerLimit(handle)),)
 
+        def background_processes() -> tuple[float | None, ...]:
+            # A process doing both compute and graphics work is listed by both calls.
+            pids = {
+                int(process.pid)
+                for function in (
+                    "nvmlDeviceGetComputeRunningProcesses",
+                    "nvmlDeviceGetGraphicsRunningProcesses",
+                )
+                for process in getattr(nvml, function)(handle)
+            }
+            return (float(len(pids - self._tree.pids())),)
+
         found: list[tuple[Query, list[Channel]]] = []
         has_counter = False
         with contextlib.suppress(_Unsupported):
@@ -287,6 +311,7 @@ class NvmlProbe:
             (memory_clock, [("memory_clock_mhz", "MHz")]),
             (temperature, [("temperature_c", "C")]),
             (power_limit, [("power_limit_mw", "mW")]),
+            (background_processes, [("background_processes", "1")]),
         ]
         for query, specs in simple:
             try:
@@ -340,6 +365,7 @@ class NvmlProbe:
         return values
 
     def close(self) -> None:
+        self._tree.close()
         self._queries, self._widths = [], []
         if self._initialised:
             self._initialised = False

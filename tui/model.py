@@ -338,10 +338,16 @@ def result_rows(progress: Mapping[str, Any] | None) -> list[tuple[str, ...]]:
             number(row, "median_energy_j", 1),
             number(row, "median_duration_s", 2),
             number(row, "median_j_per_token", 4),
-            ", ".join(row.get("flags") or []) or "ok",
+            ", ".join(_flag_text(f, row) for f in row.get("flags") or []) or "ok",
         )
         for row in (progress or {}).get("results", [])
     ]
+
+
+def _flag_text(flag: str, row: Mapping[str, Any]) -> str:
+    """issue 14: background_load says how many of the configuration's units it marks."""
+    count = row.get("background_load_units")
+    return f"{flag} ({count} units)" if flag == "background_load" and count else flag
 
 
 HEALTH_COLUMNS = ("probe", "state", "achieved/target Hz", "errors", "missed", "last error")

@@ -56,6 +56,10 @@ class MissingVariableError(AnalysisError):
     title = "Variable not measured"
 
 
+class BackgroundLoadError(AnalysisError):
+    title = "Units ran beside other load"
+
+
 @dataclass(frozen=True)
 class Variable:
     """One dependent variable: its column, a label for people, its unit, and the noun used in
@@ -110,6 +114,9 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "steady_j_per_token", "throughput_tok_s", "latency_p50_s", "latency_p90_s",
     "latency_p99_s", "ttft_p50_s", "tpot_p50_s", "steady_s",
     "quality_metric", "quality", "correct_share", "correct_answers", "j_per_correct",
+    # issue 14: interference (greenmon/interference.py)
+    "background_cpu_percent", "baseline_background_cpu_percent", "background_gpu_processes",
+    "background_cpu_percent_max", "quiet_wait_s",
 )  # fmt: skip
 
 

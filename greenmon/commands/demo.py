@@ -16,7 +16,13 @@ from pathlib import Path
 import anyio
 
 from greenmon.commands.common import add_db_argument
-from greenmon.commands.run import RunInterrupted, print_summary, run_experiment, unwrap
+from greenmon.commands.run import (
+    RunInterrupted,
+    print_summary,
+    run_experiment,
+    say_if_busy,
+    unwrap,
+)
 from greenmon.errors import GreenmonError
 from greenmon.plan import parse_plan
 
@@ -67,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         f"greenmon demo: {units} units (tiny x 4 CPU configurations x {args.repetitions} "
         f"repetitions, {args.prompts} prompts x 16 new tokens each) into {db}"
     )
+    say_if_busy(plan)
     started = time.monotonic()
     try:
         # --force: a demo always starts a fresh experiment, even after an interrupted one.

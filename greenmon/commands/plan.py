@@ -6,6 +6,7 @@ import argparse
 
 from greenmon.commands.common import add_db_argument, resolve_db
 from greenmon.errors import PlanError
+from greenmon.interference import busy_note
 from greenmon.plan import Plan, check_plan, load_plan, stored_update_periods
 
 
@@ -34,6 +35,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     for warning in result.warnings:
         print(f"warning: {warning}")
+    busy = busy_note(  # issue 14
+        plan.spec.cooldown.background_cpu_percent_max,
+        plan.spec.cooldown.wait_for_quiet_s,
+        host_options=plan.spec.probes.get("host"),
+    )
+    if busy:
+        print(f"warning: {busy}")
     if result.problems:
         raise PlanError(
             "The plan cannot run here: "

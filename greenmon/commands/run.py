@@ -31,6 +31,7 @@ from greenmon.config import Config, config_from_tables
 from greenmon.daemon import Daemon, build_daemon, open_daemon_store
 from greenmon.errors import GreenmonError, PlanError
 from greenmon.estimates import domains_of, legend, mark
+from greenmon.interference import busy_note
 from greenmon.livepower import PowerMeter
 from greenmon.plan import Plan, check_plan, load_plan, parse_shard
 from greenmon.protocols import RunnerControl
@@ -350,6 +351,18 @@ def _stopped_early(db: Path, stopped: RunInterrupted) -> int:
     return 130 if stopped.status == "interrupted" else 1
 
 
+def say_if_busy(plan: Plan) -> None:
+    """issue 14: a machine busy with other work is said before the first unit, not found
+    in the results afterwards."""
+    busy = busy_note(
+        plan.spec.cooldown.background_cpu_percent_max,
+        plan.spec.cooldown.wait_for_quiet_s,
+        host_options=plan.spec.probes.get("host"),
+    )
+    if busy:
+        print(f"greenmon: warning: {busy}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from greenmon.api import find_daemon, resolve_socket_path
 
@@ -362,6 +375,7 @@ def run(args: argparse.Namespace) -> int:
     if check.problems:
         raise GreenmonError(" ".join(check.problems), title="Plan cannot run here")
     db = resolve_db(args.db)
+    say_if_busy(plan)
     started = time.monotonic()
     if find_daemon(db, args.socket) is not None:
         socket_path = resolve_socket_path(args.socket, db)

@@ -60,7 +60,8 @@ def progress_lines(progress: dict[str, Any] | None) -> list[str]:
                 else ""
             )
         )
-    return lines + result_lines(progress) + queue_lines(progress)
+    results = progress.get("results") or []
+    return lines + result_lines(progress) + background_lines(results) + queue_lines(progress)
 
 
 def result_lines(progress: dict[str, Any]) -> list[str]:
@@ -78,6 +79,22 @@ def result_lines(progress: dict[str, Any]) -> list[str]:
             + (", ".join(figures) or "energy not measured")
         )
     return lines
+
+
+def background_lines(results: list[dict[str, Any]]) -> list[str]:
+    """issue 14: how many finished units ran beside other load, per configuration."""
+    counts = {
+        str(r.get("configuration")): int(r["background_load_units"])
+        for r in results
+        if r.get("background_load_units")
+    }
+    if not counts:
+        return []
+    by_configuration = ", ".join(f"{c} {n}" for c, n in sorted(counts.items()))
+    return [
+        f"  background_load: {sum(counts.values())} finished units ran beside other load "
+        f"({by_configuration})"
+    ]
 
 
 def queue_lines(progress: dict[str, Any]) -> list[str]:
@@ -152,6 +169,16 @@ def file_status(path: Path) -> dict[str, Any]:
                 [experiment["experiment_id"]],
             )
             experiment["units"] = {status: count for status, count in unit_rows}
+            # issue 14: finished units flagged background_load, per configuration
+            _, flagged = store.query(
+                "SELECT configuration, count(*) AS background_load_units "
+                "FROM unit_results_for(?) WHERE status = 'done' "
+                "AND list_contains(flags, 'background_load') GROUP BY ALL ORDER BY 1",
+                [experiment["experiment_id"]],
+            )
+            experiment["background_load"] = [
+                {"configuration": c, "background_load_units": n} for c, n in flagged
+            ]
     return {"daemon": None, "db_path": str(path), "session": session, "experiment": experiment}
 
 
@@ -177,6 +204,7 @@ def file_report(report: dict[str, Any]) -> str:
             f"last experiment {experiment['experiment_id']} ({experiment['name']}, "
             f"{experiment['plan_path']}): {experiment['status']}; units: {units or 'none'}"
         )
+        lines += background_lines(experiment.get("background_load") or [])
     return "\n".join(lines)
 
 

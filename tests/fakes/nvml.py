@@ -92,6 +92,8 @@ class FakeGpu:
     locked_memory_clocks_mhz: list[int] | None = None
     applications_clocks_mhz: list[int] = field(default_factory=lambda: [9501, 1410])  # mem, sm
     no_permission: bool = False
+    # issue 14: pids of the processes running compute work on this GPU
+    compute_pids: list[int] = field(default_factory=list)
     setter_calls: list[str] = field(default_factory=list)
 
 
@@ -227,6 +229,14 @@ class FakeNvml:
 
     def nvmlDeviceGetTemperature(self, handle: FakeGpu, sensor: int) -> int:
         return self._gpu(handle, "nvmlDeviceGetTemperature").temperature_c
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeGpu) -> list[Any]:
+        gpu = self._gpu(handle, "nvmlDeviceGetComputeRunningProcesses")
+        return [SimpleNamespace(pid=pid, usedGpuMemory=2**30) for pid in gpu.compute_pids]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: FakeGpu) -> list[Any]:
+        self._gpu(handle, "nvmlDeviceGetGraphicsRunningProcesses")
+        return []
 
     # -- the setters (and their getters) ---------------------------------------------------
     def _setter(self, handle: Any, function: str) -> FakeGpu:

@@ -1,5 +1,6 @@
-"""A fake /proc tree (stat, meminfo, cpuinfo, one process's stat and statm) under a
-directory, in the kernel's formats, for the host probe (probes/host.py)."""
+"""A fake /proc tree (stat, meminfo, cpuinfo, one process's stat and statm, its children)
+under a directory, in the kernel's formats, for the host probe (probes/host.py) and the
+process tree (probes/proctree.py)."""
 
 from __future__ import annotations
 
@@ -40,9 +41,17 @@ class FakeProc:
             f"SwapTotal:      {swap_total_kb} kB\nSwapFree:       {swap_free_kb} kB\n"
         )
 
-    def set_process(self, *, utime: int, stime: int, rss_pages: int) -> None:
-        rest = ["S", "1", "1", "1", "0", "-1", "0", "0", "0", "0", "0", str(utime), str(stime)]
-        (self.root / str(self.pid) / "stat").write_text(
-            f"{self.pid} (python worker) {' '.join(rest)} 0 0 20 0 4 0 100\n"
+    def set_process(
+        self, *, utime: int, stime: int, rss_pages: int, pid: int | None = None, ppid: int = 1,
+        children: tuple[int, ...] = (),
+    ) -> None:
+        """The watched process (or another ``pid``), its CPU ticks and its children."""
+        pid = self.pid if pid is None else pid
+        task = self.root / str(pid) / "task" / str(pid)
+        task.mkdir(parents=True, exist_ok=True)
+        (task / "children").write_text("".join(f"{c} " for c in children))
+        rest = ["S", str(ppid), "1", "1", "0", "-1", "0", "0", "0", "0", "0", str(utime), str(stime)]
+        (self.root / str(pid) / "stat").write_text(
+            f"{pid} (python (worker)) {' '.join(rest)} 0 0 20 0 4 0 100\n"
         )
-        (self.root / str(self.pid) / "statm").write_text(f"5000 {rss_pages} 300 1 0 900 0\n")
+        (self.root / str(pid) / "statm").write_text(f"5000 {rss_pages} 300 1 0 900 0\n")

@@ -25,6 +25,7 @@ FULL_SET = [
     "memory_clock_mhz",
     "temperature_c",
     "power_limit_mw",
+    "background_processes",
 ]
 
 
