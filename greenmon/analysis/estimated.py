@@ -94,37 +94,8 @@ def label_result(
     total = len(per_unit)
     counts = {d: sum(d in unit for unit in per_unit) for d in sorted(set().union(*per_unit))}
     domains = set(counts)
-
-    def units_text(column: str) -> str:
-        """'in 3 of 12 units' when only some units' figure was estimated."""
-        parts = estimated_parts(column, domains)
-        n = max((counts[d] for d in parts), default=0)
-        return f"in {n} of {total} units" if 0 < n < total else ""
-
-    for name, table in result.tables().items():
-        if name == "reconciliation" and "unit_id" in table.columns:
-            by_unit = dict(zip(done["unit_id"], per_unit, strict=True))
-            table[WORD] = [
-                is_estimated("components_j", by_unit.get(u, set())) for u in table["unit_id"]
-            ]
-        elif "variable" in table.columns:
-            table[WORD] = [is_estimated(str(v), domains) for v in table["variable"]]
-        elif "energy_variable" in table.columns:
-            table[WORD] = [is_estimated(str(v), domains) for v in table["energy_variable"]]
-        else:
-            table[WORD] = is_estimated("median_energy_j", domains)
-    summary = result.summary
-    for index, row in summary.iterrows():
-        note = finding_note(str(row["variable"]), domains, units_text(str(row["variable"])))
-        if note and isinstance(row["sentence"], str):
-            summary.at[index, "sentence"] = f"{row['sentence']} {note}"
-    short = f" (Energy here is {WORD} from CPU utilisation, not measured.)"
-    for table in (result.tradeoff, result.quality):
-        if "sentence" not in table.columns:
-            continue
-        for index, row in table.iterrows():
-            if row[WORD] and isinstance(row["sentence"], str):
-                table.at[index, "sentence"] = row["sentence"] + short
+    _mark_tables(result, done, per_unit, domains)
+    _mark_sentences(result, domains, counts, total)
     result.estimated = {
         "domains": {
             d: {"units": counts[d], "units_total": total,
@@ -138,17 +109,65 @@ def label_result(
         "legend": legend(domains),
     }  # fmt: skip
     if domains:
-        in_units = ", ".join(
-            f"{DOMAIN_NAMES.get(d, d)} in "
-            + (f"all {total} units" if counts[d] == total else f"{counts[d]} of {total} units")
-            for d in counts
-        )
-        result.notes.append(
-            EstimatedNote(
-                f"No measured source existed for {domain_list(domains)} energy ({in_units}), "
-                "so it was modelled from CPU utilisation by "
-                f"{model_text(sources) or 'the estimate probe'}. Every figure containing "
-                f"it is marked {WORD}; {MEANING}. To measure it, run where RAPL "
-                "(/sys/class/powercap, or the greenmon helper) or EnergiBridge is available."
-            )
-        )
+        result.notes.append(_estimated_note(sources, domains, counts, total))
+
+
+def _mark_tables(
+    result: AnalysisResult, done: pd.DataFrame, per_unit: list[set[str]], domains: set[str]
+) -> None:
+    """Add the ``WORD`` column to every table of ``result``: per unit, variable or table."""
+    for name, table in result.tables().items():
+        if name == "reconciliation" and "unit_id" in table.columns:
+            by_unit = dict(zip(done["unit_id"], per_unit, strict=True))
+            table[WORD] = [
+                is_estimated("components_j", by_unit.get(u, set())) for u in table["unit_id"]
+            ]
+        elif "variable" in table.columns:
+            table[WORD] = [is_estimated(str(v), domains) for v in table["variable"]]
+        elif "energy_variable" in table.columns:
+            table[WORD] = [is_estimated(str(v), domains) for v in table["energy_variable"]]
+        else:
+            table[WORD] = is_estimated("median_energy_j", domains)
+
+
+def _mark_sentences(
+    result: AnalysisResult, domains: set[str], counts: dict[str, int], total: int
+) -> None:
+    """Append the estimated note to each finding, trade-off and quality sentence it concerns."""
+
+    def units_text(column: str) -> str:
+        """'in 3 of 12 units' when only some units' figure was estimated."""
+        parts = estimated_parts(column, domains)
+        n = max((counts[d] for d in parts), default=0)
+        return f"in {n} of {total} units" if 0 < n < total else ""
+
+    summary = result.summary
+    for index, row in summary.iterrows():
+        note = finding_note(str(row["variable"]), domains, units_text(str(row["variable"])))
+        if note and isinstance(row["sentence"], str):
+            summary.at[index, "sentence"] = f"{row['sentence']} {note}"
+    short = f" (Energy here is {WORD} from CPU utilisation, not measured.)"
+    for table in (result.tradeoff, result.quality):
+        if "sentence" not in table.columns:
+            continue
+        for index, row in table.iterrows():
+            if row[WORD] and isinstance(row["sentence"], str):
+                table.at[index, "sentence"] = row["sentence"] + short
+
+
+def _estimated_note(
+    sources: list[dict[str, Any]], domains: set[str], counts: dict[str, int], total: int
+) -> EstimatedNote:
+    """The result's note saying which energy was modelled, in how many units, and by what."""
+    in_units = ", ".join(
+        f"{DOMAIN_NAMES.get(d, d)} in "
+        + (f"all {total} units" if counts[d] == total else f"{counts[d]} of {total} units")
+        for d in counts
+    )
+    return EstimatedNote(
+        f"No measured source existed for {domain_list(domains)} energy ({in_units}), "
+        "so it was modelled from CPU utilisation by "
+        f"{model_text(sources) or 'the estimate probe'}. Every figure containing "
+        f"it is marked {WORD}; {MEANING}. To measure it, run where RAPL "
+        "(/sys/class/powercap, or the greenmon helper) or EnergiBridge is available."
+    )

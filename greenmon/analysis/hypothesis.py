@@ -87,111 +87,27 @@ def compare_groups(groups: dict[str, np.ndarray], alpha: float = ALPHA) -> Scope
     Needs at least two groups of at least ``MIN_REPETITIONS`` values each, not all equal;
     the caller checks that (``scope_problem``).
     """
-    import pingouin as pg
-    import scikit_posthocs as sp
-    from scipy import stats
-
     names = sorted(groups)
     values = [np.asarray(groups[name], dtype=float) for name in names]
     n_total = int(sum(len(v) for v in values))
-    assumptions: list[dict[str, Any]] = []
-    normal = True
     with warnings.catch_warnings():
         # Third-party numerical warnings (ties, tiny samples) must not abort an analysis;
         # what they warn about is recorded in the tables instead.
         warnings.simplefilter("ignore")
-        for name, v in zip(names, values, strict=True):
-            if np.ptp(v) == 0:
-                # Shapiro-Wilk is undefined for a constant group; a constant group is not a
-                # normal sample, and Welch's ANOVA would divide by its zero variance.
-                w_stat, w_p = float("nan"), float("nan")
-                passed = False
-            else:
-                w = stats.shapiro(v)
-                w_stat, w_p = float(w.statistic), float(w.pvalue)
-                passed = bool(w_p >= alpha)
-            normal = normal and passed
-            assumptions.append(
-                {"configuration": name, "check": "shapiro-wilk", "statistic": w_stat,
-                 "p_value": w_p, "n": len(v), "passed": passed}
-            )  # fmt: skip
-        levene = stats.levene(*values, center="median")
-        levene_p = float(levene.pvalue)
-        equal_var = bool(levene_p >= alpha) if np.isfinite(levene_p) else False
-        assumptions.append(
-            {"configuration": None, "check": "levene", "statistic": float(levene.statistic),
-             "p_value": levene_p, "n": n_total, "passed": equal_var}
-        )  # fmt: skip
-
+        assumptions, normal, equal_var = _check_assumptions(names, values, n_total, alpha)
         data = pd.DataFrame(
             {"configuration": np.repeat(names, [len(v) for v in values]),
              "value": np.concatenate(values)}
         )  # fmt: skip
         medians = {name: float(np.median(v)) for name, v in zip(names, values, strict=True)}
-        pair_p: dict[tuple[str, str], tuple[float, float]] = {}
         test: dict[str, Any] = {"df2": None}
         if len(names) == 2:
-            a, b = values
-            if normal:
-                t = pg.ttest(a, b, correction=True)
-                statistic, df1 = float(t["T"].iloc[0]), float(t["dof"].iloc[0])
-                p = float(t["p_val"].iloc[0])
-                test.update(test="welch-t", statistic=statistic, df1=df1)
-                kind, effect = "hedges_g", hedges_g(a, b)
-            else:
-                u = pg.mwu(a, b)
-                p = float(u["p_val"].iloc[0])
-                test.update(test="mann-whitney-u", statistic=float(u["U_val"].iloc[0]), df1=None)
-                kind, effect = "cliffs_delta", cliffs_delta(a, b)
-            test.update(p_value=p, effect_size_kind=kind, effect_size=effect)
-            pair_p[(names[0], names[1])] = (p, p)
-            pair_test = test["test"]
+            pair_p, pair_test = _two_group_test(names, values, normal, test)
         elif normal:
-            welch = pg.welch_anova(data=data, dv="value", between="configuration")
-            classic = pg.anova(data=data, dv="value", between="configuration", detailed=True)
-            ss_between, ss_within = float(classic["SS"].iloc[0]), float(classic["SS"].iloc[1])
-            df_between, ms_within = float(classic["DF"].iloc[0]), float(classic["MS"].iloc[1])
-            omega2 = (ss_between - df_between * ms_within) / (ss_between + ss_within + ms_within)
-            test.update(
-                test="welch-anova", statistic=float(welch["F"].iloc[0]),
-                df1=float(welch["ddof1"].iloc[0]), df2=float(welch["ddof2"].iloc[0]),
-                p_value=float(welch["p_unc"].iloc[0]), effect_size_kind="omega_squared",
-                effect_size=omega2,
-            )  # fmt: skip
-            gh = pg.pairwise_gameshowell(data=data, dv="value", between="configuration")
-            for row in gh.itertuples(index=False):
-                pval = float(row.pval)
-                pair_p[(str(row.A), str(row.B))] = (pval, pval)
-            pair_test = "games-howell"
+            pair_p, pair_test = _welch_anova_games_howell(data, test)
         else:
-            kw = pg.kruskal(data=data, dv="value", between="configuration")
-            h = float(kw["H"].iloc[0])
-            test.update(
-                test="kruskal-wallis", statistic=h, df1=float(kw["ddof1"].iloc[0]),
-                p_value=float(kw["p_unc"].iloc[0]), effect_size_kind="epsilon_squared",
-                effect_size=h / (n_total - 1),
-            )  # fmt: skip
-            raw = sp.posthoc_dunn(data, val_col="value", group_col="configuration")
-            holm = sp.posthoc_dunn(
-                data, val_col="value", group_col="configuration", p_adjust="holm"
-            )
-            for x, y in itertools.combinations(names, 2):
-                pair_p[(x, y)] = (float(raw.loc[x, y]), float(holm.loc[x, y]))
-            pair_test = "dunn-holm"
-
-        pairs: list[dict[str, Any]] = []
-        for x, y in itertools.combinations(names, 2):
-            p_raw, p_adj = pair_p.get((x, y)) or pair_p[(y, x)]
-            a, b = groups[x], groups[y]
-            g, delta = hedges_g(a, b), cliffs_delta(a, b)
-            kind = "hedges_g" if normal else "cliffs_delta"
-            pairs.append(
-                {"a": x, "b": y, "test": pair_test, "p_value": p_raw, "p_adjusted": p_adj,
-                 "significant": bool(p_adj < alpha), "median_a": medians[x],
-                 "median_b": medians[y], "diff_pct": pct_diff(medians[x], medians[y]),
-                 "hedges_g": g, "cliffs_delta": delta, "effect_size_kind": kind,
-                 "effect_size": g if normal else delta}
-            )  # fmt: skip
+            pair_p, pair_test = _kruskal_dunn_holm(data, names, n_total, test)
+        pairs = _pair_rows(groups, names, medians, pair_p, pair_test, normal, alpha)
     significant_pairs = sum(1 for pair in pairs if pair["significant"])
     test.update(
         groups=len(names), n_total=n_total, min_n=min(len(v) for v in values), normal=normal,
@@ -200,6 +116,138 @@ def compare_groups(groups: dict[str, np.ndarray], alpha: float = ALPHA) -> Scope
         all_pairs_differ=significant_pairs == len(pairs),
     )  # fmt: skip
     return ScopeComparison(test=test, assumptions=assumptions, pairs=pairs)
+
+
+# The steps of compare_groups below run inside its warnings filter.  Each test step fills
+# ``test`` in place (keeping its key order) and returns the pairwise p-values, keyed by the
+# pair as its post-hoc test names it, as (raw, adjusted), with the post-hoc test's name.
+_PairP = dict[tuple[str, str], tuple[float, float]]
+
+
+def _check_assumptions(
+    names: list[str], values: list[np.ndarray], n_total: int, alpha: float
+) -> tuple[list[dict[str, Any]], bool, bool]:
+    """Shapiro-Wilk per group and Levene across groups: (rows, all normal, equal variances)."""
+    from scipy import stats
+
+    assumptions: list[dict[str, Any]] = []
+    normal = True
+    for name, v in zip(names, values, strict=True):
+        if np.ptp(v) == 0:
+            # Shapiro-Wilk is undefined for a constant group; a constant group is not a
+            # normal sample, and Welch's ANOVA would divide by its zero variance.
+            w_stat, w_p = float("nan"), float("nan")
+            passed = False
+        else:
+            w = stats.shapiro(v)
+            w_stat, w_p = float(w.statistic), float(w.pvalue)
+            passed = bool(w_p >= alpha)
+        normal = normal and passed
+        assumptions.append(
+            {"configuration": name, "check": "shapiro-wilk", "statistic": w_stat,
+             "p_value": w_p, "n": len(v), "passed": passed}
+        )  # fmt: skip
+    levene = stats.levene(*values, center="median")
+    levene_p = float(levene.pvalue)
+    equal_var = bool(levene_p >= alpha) if np.isfinite(levene_p) else False
+    assumptions.append(
+        {"configuration": None, "check": "levene", "statistic": float(levene.statistic),
+         "p_value": levene_p, "n": n_total, "passed": equal_var}
+    )  # fmt: skip
+    return assumptions, normal, equal_var
+
+
+def _two_group_test(
+    names: list[str], values: list[np.ndarray], normal: bool, test: dict[str, Any]
+) -> tuple[_PairP, str]:
+    """Welch's t (normal) or Mann-Whitney U; the pair's p-value is the test's own."""
+    import pingouin as pg
+
+    a, b = values
+    if normal:
+        t = pg.ttest(a, b, correction=True)
+        statistic, df1 = float(t["T"].iloc[0]), float(t["dof"].iloc[0])
+        p = float(t["p_val"].iloc[0])
+        test.update(test="welch-t", statistic=statistic, df1=df1)
+        kind, effect = "hedges_g", hedges_g(a, b)
+    else:
+        u = pg.mwu(a, b)
+        p = float(u["p_val"].iloc[0])
+        test.update(test="mann-whitney-u", statistic=float(u["U_val"].iloc[0]), df1=None)
+        kind, effect = "cliffs_delta", cliffs_delta(a, b)
+    test.update(p_value=p, effect_size_kind=kind, effect_size=effect)
+    return {(names[0], names[1]): (p, p)}, str(test["test"])
+
+
+def _welch_anova_games_howell(data: pd.DataFrame, test: dict[str, Any]) -> tuple[_PairP, str]:
+    """Welch's ANOVA with omega squared, then Games-Howell pairs."""
+    import pingouin as pg
+
+    welch = pg.welch_anova(data=data, dv="value", between="configuration")
+    classic = pg.anova(data=data, dv="value", between="configuration", detailed=True)
+    ss_between, ss_within = float(classic["SS"].iloc[0]), float(classic["SS"].iloc[1])
+    df_between, ms_within = float(classic["DF"].iloc[0]), float(classic["MS"].iloc[1])
+    omega2 = (ss_between - df_between * ms_within) / (ss_between + ss_within + ms_within)
+    test.update(
+        test="welch-anova", statistic=float(welch["F"].iloc[0]),
+        df1=float(welch["ddof1"].iloc[0]), df2=float(welch["ddof2"].iloc[0]),
+        p_value=float(welch["p_unc"].iloc[0]), effect_size_kind="omega_squared",
+        effect_size=omega2,
+    )  # fmt: skip
+    pair_p: _PairP = {}
+    gh = pg.pairwise_gameshowell(data=data, dv="value", between="configuration")
+    for row in gh.itertuples(index=False):
+        pval = float(row.pval)
+        pair_p[(str(row.A), str(row.B))] = (pval, pval)
+    return pair_p, "games-howell"
+
+
+def _kruskal_dunn_holm(
+    data: pd.DataFrame, names: list[str], n_total: int, test: dict[str, Any]
+) -> tuple[_PairP, str]:
+    """Kruskal-Wallis with epsilon squared, then Dunn's pairs (raw and Holm-adjusted)."""
+    import pingouin as pg
+    import scikit_posthocs as sp
+
+    kw = pg.kruskal(data=data, dv="value", between="configuration")
+    h = float(kw["H"].iloc[0])
+    test.update(
+        test="kruskal-wallis", statistic=h, df1=float(kw["ddof1"].iloc[0]),
+        p_value=float(kw["p_unc"].iloc[0]), effect_size_kind="epsilon_squared",
+        effect_size=h / (n_total - 1),
+    )  # fmt: skip
+    raw = sp.posthoc_dunn(data, val_col="value", group_col="configuration")
+    holm = sp.posthoc_dunn(data, val_col="value", group_col="configuration", p_adjust="holm")
+    pair_p: _PairP = {}
+    for x, y in itertools.combinations(names, 2):
+        pair_p[(x, y)] = (float(raw.loc[x, y]), float(holm.loc[x, y]))
+    return pair_p, "dunn-holm"
+
+
+def _pair_rows(
+    groups: dict[str, np.ndarray],
+    names: list[str],
+    medians: dict[str, float],
+    pair_p: _PairP,
+    pair_test: str,
+    normal: bool,
+    alpha: float,
+) -> list[dict[str, Any]]:
+    """One row per pair of configurations, in ``names`` order, with both effect sizes."""
+    pairs: list[dict[str, Any]] = []
+    for x, y in itertools.combinations(names, 2):
+        p_raw, p_adj = pair_p.get((x, y)) or pair_p[(y, x)]
+        a, b = groups[x], groups[y]
+        g, delta = hedges_g(a, b), cliffs_delta(a, b)
+        kind = "hedges_g" if normal else "cliffs_delta"
+        pairs.append(
+            {"a": x, "b": y, "test": pair_test, "p_value": p_raw, "p_adjusted": p_adj,
+             "significant": bool(p_adj < alpha), "median_a": medians[x],
+             "median_b": medians[y], "diff_pct": pct_diff(medians[x], medians[y]),
+             "hedges_g": g, "cliffs_delta": delta, "effect_size_kind": kind,
+             "effect_size": g if normal else delta}
+        )  # fmt: skip
+    return pairs
 
 
 # Below this many scopes, starting worker processes costs more than it saves.

@@ -397,8 +397,28 @@ def render_html(data: ReportData) -> str:
         f"<title>greenmon report: {html.escape(r.experiment_id)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>greenmon report: {html.escape(r.experiment_id)}</h1>",
-        "<h2 id='findings'>Findings</h2>",
     ]
+    out += _findings_html(r)
+    out += _environment_html(data)
+    out += _validity_html(data)
+    out += _serving_html(data)
+    out += _medians_html(r)
+    out += _tests_html(r)
+    out += _hosts_html(r)  # issue 18
+    out += _quality_html(r)
+    out.append("<h2 id='reconciliation'>Reconciliation: wall against components</h2>")
+    out.append(_reconciliation_html(r))
+    out += _figures_html(data)
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# render_html's sections, in the order the report shows them: each a list of HTML pieces
+# that render_html joins with newlines.
+
+
+def _findings_html(r: AnalysisResult) -> list[str]:
+    out = ["<h2 id='findings'>Findings</h2>"]
     for row in r.summary.to_dict(orient="records"):
         out.append(f"<p class='sentence'>{html.escape(str(row['sentence']))}")
         if isinstance(row.get("models_sentence"), str):
@@ -408,8 +428,12 @@ def render_html(data: ReportData) -> str:
         out.append(
             f"<p class='note'><b>{html.escape(note.title)}.</b> {html.escape(note.message)}</p>"
         )
-    out += ["<h2 id='environment'>Environment and plan</h2>",
-            html_table(["", "value"], environment_rows(data), "environment")]  # fmt: skip
+    return out
+
+
+def _environment_html(data: ReportData) -> list[str]:
+    out = ["<h2 id='environment'>Environment and plan</h2>",
+           html_table(["", "value"], environment_rows(data), "environment")]  # fmt: skip
     plan = data.experiment.get("plan_toml")
     if plan:
         out.append(f"<details><summary>Plan file</summary><pre>{html.escape(str(plan))}</pre>"
@@ -417,7 +441,12 @@ def render_html(data: ReportData) -> str:
     out.append("<details><summary>Order actually run</summary>")
     out.append(html_table(list(data.order.columns), data.order.values.tolist(), "order"))
     out.append("</details>")
-    out.append("<h2 id='validity'>Validity</h2>")
+    return out
+
+
+def _validity_html(data: ReportData) -> list[str]:
+    r = data.result
+    out = ["<h2 id='validity'>Validity</h2>"]
     if data.flags.empty:
         out.append("<p>No unit carries a validity flag.</p>")
     else:
@@ -431,8 +460,11 @@ def render_html(data: ReportData) -> str:
         )
     if estimated_legend(r):
         out.append(f"<p class='note' id='estimated'>{html.escape(estimated_legend(r))}</p>")
-    out += _serving_html(data)
-    out.append("<h2 id='medians'>Medians</h2>")
+    return out
+
+
+def _medians_html(r: AnalysisResult) -> list[str]:
+    out = ["<h2 id='medians'>Medians</h2>"]
     for variable in r.variables:
         info = VARIABLES_BY_COLUMN[variable]
         for factors in sorted(r.medians["factor_key"].unique()):
@@ -444,7 +476,11 @@ def render_html(data: ReportData) -> str:
                     out.append(f"<h3>{html.escape(info.label)} ({html.escape(info.unit)}), "
                                f"{label}{html.escape(where)}{marked}</h3>")  # fmt: skip
                     out.append(html_table(columns, rows, f"medians:{variable}:{scope}:{factors}"))
-    out.append("<h2 id='tests'>Tests and effect sizes</h2>")
+    return out
+
+
+def _tests_html(r: AnalysisResult) -> list[str]:
+    out = ["<h2 id='tests'>Tests and effect sizes</h2>"]
     out.append(
         "<p>Per model and configuration group: Shapiro-Wilk per configuration, Levene across "
         "them; all normal &rarr; Welch ANOVA + Games-Howell (two groups: Welch's t) with "
@@ -468,24 +504,30 @@ def render_html(data: ReportData) -> str:
         out.append(html_table(columns, rows, "tradeoff"))
         sentences = [t for t in r.tradeoff["sentence"] if isinstance(t, str)]
         out.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in sentences) + "</ul>")
-    out += _hosts_html(r)  # issue 18
-    if len(r.quality):
-        columns, rows = result_table(r, "quality")
-        out.append(f"<h2 id='quality'>{QUALITY_TITLE}</h2>")
-        out.append(f"<p>{html.escape(quality_intro(r))}</p>")
-        out.append(html_table(columns, rows, "quality"))
-        sentences = [t for t in r.quality["sentence"] if isinstance(t, str)]
-        out.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in sentences) + "</ul>")
-    out.append("<h2 id='reconciliation'>Reconciliation: wall against components</h2>")
-    out.append(_reconciliation_html(r))
-    out.append("<h2 id='plots'>Figures</h2>")
+    return out
+
+
+def _quality_html(r: AnalysisResult) -> list[str]:
+    if not len(r.quality):
+        return []
+    columns, rows = result_table(r, "quality")
+    out = [f"<h2 id='quality'>{QUALITY_TITLE}</h2>"]
+    out.append(f"<p>{html.escape(quality_intro(r))}</p>")
+    out.append(html_table(columns, rows, "quality"))
+    sentences = [t for t in r.quality["sentence"] if isinstance(t, str)]
+    out.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in sentences) + "</ul>")
+    return out
+
+
+def _figures_html(data: ReportData) -> list[str]:
+    r = data.result
+    out = ["<h2 id='plots'>Figures</h2>"]
     for plot in data.plots:
         svg = plot.svg[plot.svg.find("<svg") :]
         out.append(f"<figure data-plot='{html.escape(plot.name)}'>{svg}"
                    f"<figcaption>{html.escape(plot_caption(r, plot))}</figcaption>"
                    "</figure>")  # fmt: skip
-    out.append("</body></html>")
-    return "\n".join(out)
+    return out
 
 
 _SERVING_NOTE = (

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from greenmon.analysis import sentences
-from greenmon.analysis.data import VARIABLES_BY_COLUMN, factor_label
+from greenmon.analysis.data import VARIABLES_BY_COLUMN, Variable, factor_label
 from greenmon.analysis.sentences import Finding
 
 # Configurations compared against by default in sentences: the study's baseline engine.
@@ -209,53 +209,72 @@ def summary_table(
             if not models:
                 continue
             t = tests[(tests["variable"] == variable) & (tests["factor_key"] == factors)]
-            row: dict[str, Any] = {
-                "variable": variable, "factor_key": factors, "models": len(models),
-                "models_tested": len(t), "models_significant": int(t["significant"].sum()),
-                "models_all_pairs_differ": int(t["all_pairs_differ"].sum()),
-            }  # fmt: skip
-            where = f" at {factor_label(factors)}" if factors else ""
-            # Rank configurations by their median over per-model medians, so one large
-            # model does not decide the winner.
-            per_model = medians[
-                (medians["scope"] == "model") & (medians["variable"] == variable)
-                & (medians["factor_key"] == factors)
-            ]  # fmt: skip
-            ranking = per_model.groupby("configuration")["median"].median().sort_values(
-                ascending=not var.higher_is_better
-            )
-            if len(ranking) < 2:
-                row["sentence"] = sentences.only_one_sentence(
-                    str(ranking.index[0]), var.noun, float(ranking.iloc[0]), var.unit, where
+            rows.append(
+                _summary_row(
+                    var, variable, factors, len(models), t, medians, posthoc, savings,
+                    savings_range, alpha,
                 )
-                rows.append(row)
-                continue
-            best = str(ranking.index[0])
-            reference = reference_for(best, list(ranking.index))
-            row.update(best=best, reference=reference)
-            if len(t):
-                row["models_sentence"] = sentences.models_sentence(
-                    int(t["all_pairs_differ"].sum()), len(t), len(models)
-                )
-            if var.higher_is_better:
-                row["sentence"] = sentences.better_sentence(
-                    var.noun, best, reference, float(ranking[best]), float(ranking[reference]),
-                    where,
-                )  # fmt: skip
-                rows.append(row)
-                continue
-            finding = find(
-                variable, factors, var.noun, where, best, reference, len(models), alpha,
-                savings, savings_range, posthoc,
             )  # fmt: skip
-            row["sentence"] = sentences.finding_sentence(finding)
-            figures = {"saving_pct": finding.saving_pct, "p_value": finding.p_value,
-                       "effect_size": finding.effect_size}  # fmt: skip
-            row.update({name: value for name, value in figures.items() if value is not None})
-            if finding.p_values:
-                row["effect_size_kind"] = finding.effect_kind
-            rows.append(row)
     return table(rows, SUMMARY_COLUMNS)
+
+
+def _summary_row(
+    var: Variable,
+    variable: str,
+    factors: str,
+    n_models: int,
+    t: pd.DataFrame,
+    medians: pd.DataFrame,
+    posthoc: pd.DataFrame,
+    savings: pd.DataFrame,
+    savings_range: pd.DataFrame,
+    alpha: float,
+) -> dict[str, Any]:
+    """summary_table's row for one variable at one set of factor levels (``t``: its tests)."""
+    row: dict[str, Any] = {
+        "variable": variable, "factor_key": factors, "models": n_models,
+        "models_tested": len(t), "models_significant": int(t["significant"].sum()),
+        "models_all_pairs_differ": int(t["all_pairs_differ"].sum()),
+    }  # fmt: skip
+    where = f" at {factor_label(factors)}" if factors else ""
+    # Rank configurations by their median over per-model medians, so one large
+    # model does not decide the winner.
+    per_model = medians[
+        (medians["scope"] == "model") & (medians["variable"] == variable)
+        & (medians["factor_key"] == factors)
+    ]  # fmt: skip
+    ranking = per_model.groupby("configuration")["median"].median().sort_values(
+        ascending=not var.higher_is_better
+    )
+    if len(ranking) < 2:
+        row["sentence"] = sentences.only_one_sentence(
+            str(ranking.index[0]), var.noun, float(ranking.iloc[0]), var.unit, where
+        )
+        return row
+    best = str(ranking.index[0])
+    reference = reference_for(best, list(ranking.index))
+    row.update(best=best, reference=reference)
+    if len(t):
+        row["models_sentence"] = sentences.models_sentence(
+            int(t["all_pairs_differ"].sum()), len(t), n_models
+        )
+    if var.higher_is_better:
+        row["sentence"] = sentences.better_sentence(
+            var.noun, best, reference, float(ranking[best]), float(ranking[reference]),
+            where,
+        )  # fmt: skip
+        return row
+    finding = find(
+        variable, factors, var.noun, where, best, reference, n_models, alpha,
+        savings, savings_range, posthoc,
+    )  # fmt: skip
+    row["sentence"] = sentences.finding_sentence(finding)
+    figures = {"saving_pct": finding.saving_pct, "p_value": finding.p_value,
+               "effect_size": finding.effect_size}  # fmt: skip
+    row.update({name: value for name, value in figures.items() if value is not None})
+    if finding.p_values:
+        row["effect_size_kind"] = finding.effect_kind
+    return row
 
 
 def find(
@@ -416,57 +435,33 @@ def quality_table(done: pd.DataFrame, measured: list[str]) -> pd.DataFrame:
     energy = next((v for v in ("energy_global_j", "energy_wall_j") if v in measured), None)
     if energy is None or "quality" not in measured:
         return table([], QUALITY_COLUMNS)
+    rows = _quality_configuration_rows(done, energy) + _quality_level_rows(done, energy)
+    return table(rows, QUALITY_COLUMNS)
+
+
+def _quality_configuration_rows(done: pd.DataFrame, energy: str) -> list[dict[str, Any]]:
+    """quality_table's rows comparing configurations, per model and factor levels."""
     rows: list[dict[str, Any]] = []
-
-    def summarise(part: pd.DataFrame) -> dict[str, Any]:
-        metric = part["quality_metric"].dropna()
-        correct = part["correct_share"].dropna()
-        per_correct = part["j_per_correct"].dropna()
-        return {
-            "n": len(part),
-            "quality_metric": str(metric.iloc[0]) if len(metric) else None,
-            "median_energy_j": float(part[energy].median()),
-            "median_quality": float(part["quality"].median()),
-            "correct_share": float(correct.median()) if len(correct) else None,
-            "j_per_correct": float(per_correct.median()) if len(per_correct) else None,
-        }
-
-    def compare(
-        groups: dict[str, dict[str, Any]], reference: str, base: dict[str, Any], noun: str
-    ) -> None:
-        ref = groups[reference]
-        for name, figures in groups.items():
-            energy_pct = None if name == reference else pct_diff(
-                figures["median_energy_j"], ref["median_energy_j"]
-            )
-            q_change = None if name == reference else (
-                figures["median_quality"] - ref["median_quality"]
-            )
-            if np.isnan(figures["median_quality"]) or np.isnan(ref["median_quality"]):
-                q_change = None
-            row = {**base, **figures, "versus": reference, "energy_change_pct": energy_pct,
-                   "quality_change": q_change, "sentence": None,
-                   "verdict": "reference" if name == reference else verdict(energy_pct, q_change)}
-            if base["comparison"] == "configuration":
-                row["configuration"], row["level"] = name, None
-            else:
-                row["level"] = name
-            if name != reference and energy_pct is not None:
-                row["sentence"] = f"{base['model']}: " + sentences.quality_sentence(
-                    noun.format(name), noun.format(reference), energy_pct, q_change,
-                    row["verdict"], QUALITY_TOLERANCE,
-                )
-            rows.append(row)
-
     for (model, factors), scope in done.groupby(["model", "factor_key"], sort=True):
         scope = scope[scope[energy].notna() & scope["quality"].notna()]
-        groups = {str(c): summarise(p) for c, p in scope.groupby("configuration", sort=True)}
+        groups = {
+            str(c): _quality_figures(p, energy)
+            for c, p in scope.groupby("configuration", sort=True)
+        }
         if len(groups) >= 1:
             best = min(groups, key=lambda c: groups[c]["median_energy_j"])
             reference = reference_for(best, sorted(groups)) if len(groups) > 1 else best
-            compare(groups, reference,
-                    {"model": model, "factor_key": factors, "comparison": "configuration"},
-                    "{}" + (f" at {factor_label(str(factors))}" if factors else ""))
+            rows += _quality_rows(groups, reference,
+                                  {"model": model, "factor_key": factors,
+                                   "comparison": "configuration"},
+                                  "{}" + (f" at {factor_label(str(factors))}" if factors
+                                          else ""))  # fmt: skip
+    return rows
+
+
+def _quality_level_rows(done: pd.DataFrame, energy: str) -> list[dict[str, Any]]:
+    """quality_table's rows comparing the levels of each factor, all else held the same."""
+    rows: list[dict[str, Any]] = []
     factor_values = [json_factors(key) for key in done["factor_key"]]
     names = sorted({name for levels in factor_values for name in levels})
     frame = done[done[energy].notna() & done["quality"].notna()].copy()
@@ -478,15 +473,64 @@ def quality_table(done: pd.DataFrame, measured: list[str]) -> pd.DataFrame:
         for (model, configuration, _), part in frame.groupby(
             ["model", "configuration", "_others"], sort=True
         ):
-            levels = {str(k): summarise(g) for k, g in part.groupby(f"factor:{name}")}
+            levels = {
+                str(k): _quality_figures(g, energy) for k, g in part.groupby(f"factor:{name}")
+            }
             if len(levels) < 2:
                 continue
             reference = sorted(levels, key=level_sort_key)[0]
-            compare(levels, reference,
-                    {"model": model, "factor_key": str(part["factor_key"].iloc[0]),
-                     "comparison": f"factor:{name}", "configuration": configuration},
-                    f"{configuration} at {name} = " + "{}")
-    return table(rows, QUALITY_COLUMNS)
+            rows += _quality_rows(levels, reference,
+                                  {"model": model, "factor_key": str(part["factor_key"].iloc[0]),
+                                   "comparison": f"factor:{name}",
+                                   "configuration": configuration},
+                                  f"{configuration} at {name} = " + "{}")  # fmt: skip
+    return rows
+
+
+def _quality_figures(part: pd.DataFrame, energy: str) -> dict[str, Any]:
+    """Median energy (column ``energy``) and quality figures of one group of units."""
+    metric = part["quality_metric"].dropna()
+    correct = part["correct_share"].dropna()
+    per_correct = part["j_per_correct"].dropna()
+    return {
+        "n": len(part),
+        "quality_metric": str(metric.iloc[0]) if len(metric) else None,
+        "median_energy_j": float(part[energy].median()),
+        "median_quality": float(part["quality"].median()),
+        "correct_share": float(correct.median()) if len(correct) else None,
+        "j_per_correct": float(per_correct.median()) if len(per_correct) else None,
+    }
+
+
+def _quality_rows(
+    groups: dict[str, dict[str, Any]], reference: str, base: dict[str, Any], noun: str
+) -> list[dict[str, Any]]:
+    """One row per group against ``reference``, with its verdict and sentence."""
+    rows: list[dict[str, Any]] = []
+    ref = groups[reference]
+    for name, figures in groups.items():
+        energy_pct = None if name == reference else pct_diff(
+            figures["median_energy_j"], ref["median_energy_j"]
+        )
+        q_change = None if name == reference else (
+            figures["median_quality"] - ref["median_quality"]
+        )
+        if np.isnan(figures["median_quality"]) or np.isnan(ref["median_quality"]):
+            q_change = None
+        row = {**base, **figures, "versus": reference, "energy_change_pct": energy_pct,
+               "quality_change": q_change, "sentence": None,
+               "verdict": "reference" if name == reference else verdict(energy_pct, q_change)}
+        if base["comparison"] == "configuration":
+            row["configuration"], row["level"] = name, None
+        else:
+            row["level"] = name
+        if name != reference and energy_pct is not None:
+            row["sentence"] = f"{base['model']}: " + sentences.quality_sentence(
+                noun.format(name), noun.format(reference), energy_pct, q_change,
+                row["verdict"], QUALITY_TOLERANCE,
+            )
+        rows.append(row)
+    return rows
 
 
 def weigh_quality(summary: pd.DataFrame, quality: pd.DataFrame) -> pd.DataFrame:
