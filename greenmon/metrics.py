@@ -78,48 +78,8 @@ class DaemonCollector:
             InfoMetricFamily,
         )
 
-        from greenmon.api import channel_values, runner_progress
-
-        power = GaugeMetricFamily(
-            "greenmon_power_watts",
-            "Power per channel: a power gauge's latest reading, or an energy counter's "
-            "mean power since the previous scrape.",
-            labels=["probe", "channel", "domain"],
-        )
         sources = self._sources or {}
-        for channel_id, t_ns, value in channel_values(self.daemon):
-            probe, channel = self.daemon.channels[channel_id]
-            scale = SCALE_TO_SI.get(channel.unit)
-            if scale is None:
-                continue
-            labels = [probe, channel.name, channel.domain or ""]
-            watts: float | None = None
-            energy_j = 0.0
-            last = self._last.get(channel_id)
-            if channel.kind == "gauge" and channel.unit in POWER_UNITS:
-                watts = float(value) * scale
-                if last is not None and t_ns > last.t_ns:
-                    energy_j = (last.value + watts) / 2 * (t_ns - last.t_ns) / 1e9
-                self._last[channel_id] = _Last(t_ns, watts)
-            elif channel.kind == "counter" and channel.unit in ENERGY_UNITS:
-                if last is not None and t_ns > last.t_ns:
-                    counter_range = channel.metadata.get("counter_range")
-                    delta = counter_delta(
-                        last.value, float(value),
-                        None if counter_range is None else float(counter_range),
-                    )  # fmt: skip
-                    if delta is not None:  # a reset (no known range) leaves this interval out
-                        energy_j = delta * scale
-                        watts = energy_j / ((t_ns - last.t_ns) / 1e9)
-                self._last[channel_id] = _Last(t_ns, float(value))
-            else:
-                continue
-            if watts is not None:
-                power.add_metric(labels, watts)
-            domain = sources.get(channel_id)
-            if domain is not None:
-                self._energy_j[domain] = self._energy_j.get(domain, 0.0) + energy_j
-        yield power
+        yield self._power_metric(GaugeMetricFamily, sources)
 
         energy = CounterMetricFamily(
             "greenmon_energy_joules",
@@ -132,43 +92,104 @@ class DaemonCollector:
         yield energy
 
         yield from self._probe_metrics(GaugeMetricFamily, CounterMetricFamily)
-
-        progress = runner_progress(self.daemon)
-        if progress is not None:
-            yield InfoMetricFamily(
-                "greenmon_experiment",
-                "The experiment the daemon's runner works on.",
-                value={
-                    "experiment_id": str(progress.get("experiment_id") or ""),
-                    "plan_name": str(progress.get("plan_name") or ""),
-                    "status": str(progress.get("status") or ""),
-                },
-            )
-            for name, key, text in (
-                ("greenmon_experiment_units_done", "unit_index", "Units finished or skipped."),
-                ("greenmon_experiment_units_total", "units_total", "Units in the plan."),
-                ("greenmon_experiment_eta_seconds", "eta_s", "Estimated time left."),
-            ):
-                if progress.get(key) is not None:
-                    yield GaugeMetricFamily(name, text, value=float(progress[key]))
-            unit = progress.get("unit")
-            if unit:
-                yield InfoMetricFamily(
-                    "greenmon_unit",
-                    "The unit running now.",
-                    value={
-                        "experiment_id": str(progress.get("experiment_id") or ""),
-                        "unit_id": str(unit.get("unit_id", "")),
-                        "model": str(unit.get("model", "")),
-                        "configuration": str(unit.get("configuration", "")),
-                        "phase": str(progress.get("phase") or ""),
-                    },
-                )
+        yield from self._experiment_metrics(GaugeMetricFamily, InfoMetricFamily)
         registry = getattr(self.daemon, "windows", None)
         open_windows = getattr(registry, "open", None)
         if open_windows is not None:
             yield GaugeMetricFamily(
                 "greenmon_windows_open", "Named windows open now.", value=len(open_windows)
+            )
+
+    def _power_metric(self, gauge: Any, sources: dict[int, str]) -> Any:
+        """Power per channel now; adds each source channel's energy since the last scrape
+        to its domain's total."""
+        from greenmon.api import channel_values
+
+        power = gauge(
+            "greenmon_power_watts",
+            "Power per channel: a power gauge's latest reading, or an energy counter's "
+            "mean power since the previous scrape.",
+            labels=["probe", "channel", "domain"],
+        )
+        for channel_id, t_ns, value in channel_values(self.daemon):
+            probe, channel = self.daemon.channels[channel_id]
+            scale = SCALE_TO_SI.get(channel.unit)
+            if scale is None:
+                continue
+            reading = self._since_last_scrape(channel_id, channel, t_ns, value, scale)
+            if reading is None:
+                continue
+            watts, energy_j = reading
+            if watts is not None:
+                power.add_metric([probe, channel.name, channel.domain or ""], watts)
+            domain = sources.get(channel_id)
+            if domain is not None:
+                self._energy_j[domain] = self._energy_j.get(domain, 0.0) + energy_j
+        return power
+
+    def _since_last_scrape(
+        self, channel_id: int, channel: Any, t_ns: int, value: Any, scale: float
+    ) -> tuple[float | None, float] | None:
+        """(power in W or None, energy in J) of one channel since the previous scrape, and
+        remember this reading; None for a channel that is neither power nor energy."""
+        watts: float | None = None
+        energy_j = 0.0
+        last = self._last.get(channel_id)
+        if channel.kind == "gauge" and channel.unit in POWER_UNITS:
+            watts = float(value) * scale
+            if last is not None and t_ns > last.t_ns:
+                energy_j = (last.value + watts) / 2 * (t_ns - last.t_ns) / 1e9
+            self._last[channel_id] = _Last(t_ns, watts)
+        elif channel.kind == "counter" and channel.unit in ENERGY_UNITS:
+            if last is not None and t_ns > last.t_ns:
+                counter_range = channel.metadata.get("counter_range")
+                delta = counter_delta(
+                    last.value, float(value),
+                    None if counter_range is None else float(counter_range),
+                )  # fmt: skip
+                if delta is not None:  # a reset (no known range) leaves this interval out
+                    energy_j = delta * scale
+                    watts = energy_j / ((t_ns - last.t_ns) / 1e9)
+            self._last[channel_id] = _Last(t_ns, float(value))
+        else:
+            return None
+        return watts, energy_j
+
+    def _experiment_metrics(self, gauge: Any, info: Any) -> Iterator[Metric]:
+        """The runner's experiment, progress and running unit, when the daemon runs one."""
+        from greenmon.api import runner_progress
+
+        progress = runner_progress(self.daemon)
+        if progress is None:
+            return
+        yield info(
+            "greenmon_experiment",
+            "The experiment the daemon's runner works on.",
+            value={
+                "experiment_id": str(progress.get("experiment_id") or ""),
+                "plan_name": str(progress.get("plan_name") or ""),
+                "status": str(progress.get("status") or ""),
+            },
+        )
+        for name, key, text in (
+            ("greenmon_experiment_units_done", "unit_index", "Units finished or skipped."),
+            ("greenmon_experiment_units_total", "units_total", "Units in the plan."),
+            ("greenmon_experiment_eta_seconds", "eta_s", "Estimated time left."),
+        ):
+            if progress.get(key) is not None:
+                yield gauge(name, text, value=float(progress[key]))
+        unit = progress.get("unit")
+        if unit:
+            yield info(
+                "greenmon_unit",
+                "The unit running now.",
+                value={
+                    "experiment_id": str(progress.get("experiment_id") or ""),
+                    "unit_id": str(unit.get("unit_id", "")),
+                    "model": str(unit.get("model", "")),
+                    "configuration": str(unit.get("configuration", "")),
+                    "phase": str(progress.get("phase") or ""),
+                },
             )
 
     def _probe_metrics(self, gauge: Any, counter: Any) -> Iterator[Metric]:

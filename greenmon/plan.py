@@ -414,22 +414,7 @@ def _error(message: str, path: Path | None, text: str, key: str) -> PlanError:
 
 def parse_plan(text: str, path: Path | None = None) -> Plan:
     """Parse and check the plan's shape (not yet whether it can run here: see check)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise PlanError(
-            f"{path or 'The plan'} is not valid TOML: {error}. Fix the syntax there."
-        ) from None
-    for required in ("models", "configurations"):
-        if required not in data:
-            raise PlanError(
-                f"{path or 'The plan'} has no '{required}' key. A plan needs at least "
-                'models = ["tiny"] and configurations = ["torch/cpu", "onnx/cpu"] (or "all").'
-            )
-    try:
-        spec = convert_table(data, PlanSpec, "", path, text)
-    except Exception as error:  # ConfigError -> PlanError with the same text
-        raise PlanError(str(error)) from None
+    spec = _load_spec(text, path)
     if spec.order not in ("random", "blocked"):
         raise _error(
             f"order must be 'random' or 'blocked', not {spec.order!r}", path, text, "order"
@@ -444,55 +429,91 @@ def parse_plan(text: str, path: Path | None = None) -> Plan:
         if getattr(spec.cooldown, key) < 0:
             raise _error(f"cooldown.{key} must not be negative", path, text, key)
     _check_load(spec, path, text)
-    from greenmon.engines import ENGINES, IMPOSSIBLE, PROVIDERS, describe_engines
+    configurations = _plan_configurations(spec, path, text)
+    return Plan(spec=spec, text=text, path=path, configurations=configurations)
+
+
+def _load_spec(text: str, path: Path | None) -> PlanSpec:
+    """The plan's TOML as a PlanSpec, its types checked; PlanError for bad TOML or types."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise PlanError(
+            f"{path or 'The plan'} is not valid TOML: {error}. Fix the syntax there."
+        ) from None
+    for required in ("models", "configurations"):
+        if required not in data:
+            raise PlanError(
+                f"{path or 'The plan'} has no '{required}' key. A plan needs at least "
+                'models = ["tiny"] and configurations = ["torch/cpu", "onnx/cpu"] (or "all").'
+            )
+    try:
+        spec: PlanSpec = convert_table(data, PlanSpec, "", path, text)
+    except Exception as error:  # ConfigError -> PlanError with the same text
+        raise PlanError(str(error)) from None
+    return spec
+
+
+def _plan_configurations(spec: PlanSpec, path: Path | None, text: str) -> list[tuple[str, str]]:
+    """(engine, provider) of every configuration the plan names, or every usable one
+    for "all"; each named one checked against the engines greenmon knows."""
+    from greenmon.engines import ENGINES, describe_engines
 
     known_engines = set(ENGINES) | set(spec.custom_engines)
     if spec.configurations == "all":
-        configurations = [
+        return [
             (s.engine, s.provider)
             for s in describe_engines()
             if s.usable and s.engine != "http"  # a server is named, never implied
         ]
-    elif isinstance(spec.configurations, str):
+    if isinstance(spec.configurations, str):
         raise _error('configurations must be a list or "all"', path, text, "configurations")
-    else:
-        configurations = []
-        for item in spec.configurations:
-            engine, _, provider = item.partition("/")
-            if engine not in known_engines:
-                raise _error(
-                    f"unknown engine {engine!r} in {item!r}; known engines: "
-                    f"{', '.join(sorted(known_engines))}",
-                    path,
-                    text,
-                    "configurations",
-                )
-            if not provider:
-                raise _error(
-                    f"{item!r} names no provider: write engine/provider, e.g. {engine}/cpu",
-                    path,
-                    text,
-                    "configurations",
-                )
-            if engine == "http" and engine not in spec.custom_engines:
-                _check_server(spec, provider, item, path, text)
-            if (engine, provider) in IMPOSSIBLE:
-                raise _error(
-                    f"{item!r} cannot run: {IMPOSSIBLE[(engine, provider)]}",
-                    path,
-                    text,
-                    "configurations",
-                )
-            if engine in PROVIDERS and provider not in PROVIDERS[engine]:
-                raise _error(
-                    f"{item!r}: engine {engine} has no provider {provider!r} "
-                    f"(it has {', '.join(PROVIDERS[engine])})",
-                    path,
-                    text,
-                    "configurations",
-                )
-            configurations.append((engine, provider))
-    return Plan(spec=spec, text=text, path=path, configurations=configurations)
+    return [
+        _check_configuration(item, spec, known_engines, path, text)
+        for item in spec.configurations
+    ]
+
+
+def _check_configuration(
+    item: str, spec: PlanSpec, known_engines: set[str], path: Path | None, text: str
+) -> tuple[str, str]:
+    """One "engine/provider" item of the plan, checked, as (engine, provider)."""
+    from greenmon.engines import IMPOSSIBLE, PROVIDERS
+
+    engine, _, provider = item.partition("/")
+    if engine not in known_engines:
+        raise _error(
+            f"unknown engine {engine!r} in {item!r}; known engines: "
+            f"{', '.join(sorted(known_engines))}",
+            path,
+            text,
+            "configurations",
+        )
+    if not provider:
+        raise _error(
+            f"{item!r} names no provider: write engine/provider, e.g. {engine}/cpu",
+            path,
+            text,
+            "configurations",
+        )
+    if engine == "http" and engine not in spec.custom_engines:
+        _check_server(spec, provider, item, path, text)
+    if (engine, provider) in IMPOSSIBLE:
+        raise _error(
+            f"{item!r} cannot run: {IMPOSSIBLE[(engine, provider)]}",
+            path,
+            text,
+            "configurations",
+        )
+    if engine in PROVIDERS and provider not in PROVIDERS[engine]:
+        raise _error(
+            f"{item!r}: engine {engine} has no provider {provider!r} "
+            f"(it has {', '.join(PROVIDERS[engine])})",
+            path,
+            text,
+            "configurations",
+        )
+    return engine, provider
 
 
 def _check_repetitions(spec: PlanSpec, path: Path | None, text: str) -> None:
