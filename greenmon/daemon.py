@@ -337,13 +337,7 @@ class Daemon:
         *,
         task_status: TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED,
     ) -> DaemonSummary:
-        sys.setswitchinterval(self.config.daemon.gil_switch_interval_s)
-        anchor = ClockAnchor.read()
-        self.session_id = await anyio.to_thread.run_sync(
-            lambda: self.store.start_session(
-                host_info(), anchor.t_ns, anchor.anchor_ns, self.config.as_dict()
-            )
-        )
+        await self._start_session()
         send, receive = anyio.create_memory_object_stream[SampleBatch | Event | FlushRequest](
             max_buffer_size=self.stream_buffer
         )
@@ -374,38 +368,60 @@ class Daemon:
             # one thread for every blocking probe, async probes on this loop (sampling.py)
             group.start_soon(run_samplers, self.samplers)
             helpers = anyio.CancelScope()
-
-            async def run_helpers() -> None:
-                with helpers:
-                    async with anyio.create_task_group() as inner:
-                        inner.start_soon(self._anchor_loop)
-                        inner.start_soon(self._update_period_loop)  # issue 14
-                        if self.handle_signals:
-                            inner.start_soon(self._watch_signals)
-                        for service in self.services:
-                            await inner.start(service, self)
-                        self.started.set()
-                        task_status.started(self)
-                        await anyio.sleep_forever()
-
-            group.start_soon(run_helpers)
+            group.start_soon(self._run_helpers, helpers, task_status)
             try:
                 with anyio.move_on_after(duration_s):
                     await self._stop.wait()
             finally:
                 self._stop.set()
-                with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_HOOKS_MAX_S):
-                    for hook in self.on_stop:
-                        try:
-                            await hook()
-                        except Exception as exc:  # one hook failing must not lose the rest
-                            self.event("error", f"while stopping: {exc!r}")
+                await self._run_stop_hooks()
                 for sampler in self.samplers:
                     sampler.stop()
                 helpers.cancel()
                 self._send = None
                 send.close()
         # The task group ended: every service finished its cleanup, the writer too.
+        return await self._end_session(started_ns, written)
+
+    # The steps of run, in the order it takes them.
+    async def _start_session(self) -> None:
+        """Set the GIL switch interval and record the session (host, clock anchor, config)."""
+        sys.setswitchinterval(self.config.daemon.gil_switch_interval_s)
+        anchor = ClockAnchor.read()
+        self.session_id = await anyio.to_thread.run_sync(
+            lambda: self.store.start_session(
+                host_info(), anchor.t_ns, anchor.anchor_ns, self.config.as_dict()
+            )
+        )
+
+    async def _run_helpers(
+        self, helpers: anyio.CancelScope, task_status: TaskStatus[Daemon]
+    ) -> None:
+        """The clock anchor, update periods, signals and services, until ``helpers`` is
+        cancelled; the daemon counts as started once every service has started."""
+        with helpers:
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(self._anchor_loop)
+                inner.start_soon(self._update_period_loop)  # issue 14
+                if self.handle_signals:
+                    inner.start_soon(self._watch_signals)
+                for service in self.services:
+                    await inner.start(service, self)
+                self.started.set()
+                task_status.started(self)
+                await anyio.sleep_forever()
+
+    async def _run_stop_hooks(self) -> None:
+        """Every on_stop hook, shielded and bounded, while probes and writer still run."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_HOOKS_MAX_S):
+            for hook in self.on_stop:
+                try:
+                    await hook()
+                except Exception as exc:  # one hook failing must not lose the rest
+                    self.event("error", f"while stopping: {exc!r}")
+
+    async def _end_session(self, started_ns: int, written: int) -> DaemonSummary:
+        """After the writer ended: late events, probes closed, the session's end recorded."""
         await self._write_late_events()
         ended_ns = now_ns()
         for sampler in self.samplers:

@@ -67,6 +67,7 @@ def window_energy_sql(windows: str, sample_filter: str = "") -> str:
 def window_integral_sql(
     windows: str, sample_filter: str = "", *, native_column: str = "integral_native"
 ) -> str:
+    # Long on purpose: one SQL statement whose CTEs build on each other, read best whole.
     """SQL computing, per (window_id, channel_id) of the relation ``windows``, the
     integral of each channel over its window: a counter's increase, a gauge's trapezoid
     integral over time.  For an energy channel that is its energy; for a utilisation

@@ -653,18 +653,55 @@ def check_plan(
     models resolvable, the workload readable.  ``deep=False`` skips building models.
     ``update_periods_s`` (energy source -> seconds, e.g. from ``stored_update_periods``)
     lets the check warn about measure windows too short for the slowest source."""
+    problems = _configuration_problems(plan)
+    model_problems, prompts_count = _model_problems(plan, cache_dir, deep)
+    problems += model_problems
+    units = plan.units()
+    cooldown_s = plan.spec.cooldown.before_s + plan.spec.cooldown.after_s
+    tokens = plan.spec.max_new_tokens * ((prompts_count or 164) + plan.spec.warmup_requests)
+    per_unit_s = cooldown_s + DEFAULT_LOAD_S + tokens * DEFAULT_TOKEN_S / plan.spec.batch_size
+    # issue 8: hardware factors (DVFS) are checked against this machine's ranges and the
+    # privileges they need; a plan without them costs nothing here.
+    problems += check_hardware(plan)
+    notes: list[str] = []
+    access = hardware_access(plan)
+    if access is not None:
+        notes.append(access)
+    notes += _plan_notes(plan)
+    if plan.auto_repetitions and plan.shard is not None:
+        # issue 14: the stop rule needs every configuration's values; a shard has a part
+        problems.append(
+            'repetitions = "auto" decides after each round on all of a configuration\'s '
+            "units, and a shard runs only part of them: give a fixed number of repetitions "
+            "to run the plan in shards"
+        )
+    warnings = repetition_warnings(plan)
+    warnings += window_warnings(plan, prompts_count or 164, update_periods_s or {})
+    return PlanCheck(plan, len(units), per_unit_s * len(units), problems, notes, warnings)
+
+
+def _configuration_problems(plan: Plan) -> list[str]:
+    """check_plan: each configuration (but custom engines) that cannot run here, and why."""
     from greenmon.engines import check_configuration
-    from greenmon.models import resolve_model
-    from greenmon.workload import load_workload
 
     problems: list[str] = []
-    notes: list[str] = []
     for engine, provider in plan.configurations:
         if engine in plan.spec.custom_engines:
             continue
         reason = check_configuration(engine, provider)
         if reason:
             problems.append(f"configuration {engine}/{provider} cannot run here: {reason}")
+    return problems
+
+
+def _model_problems(plan: Plan, cache_dir: str | None, deep: bool) -> tuple[list[str], int]:
+    """check_plan: models that do not resolve or whose workload cannot be read (only when
+    ``deep``), and the number of prompts per unit (the plan's own figure, else 0, unless
+    a workload was read)."""
+    from greenmon.models import resolve_model
+    from greenmon.workload import load_workload
+
+    problems: list[str] = []
     prompts_count = plan.spec.prompts or 0
     for model in plan.spec.models:
         if not deep:
@@ -681,16 +718,12 @@ def check_plan(
             prompts_count = len(prompts)
         except Exception as error:
             problems.append(f"model {model!r} / workload {plan.spec.workload!r}: {error}")
-    units = plan.units()
-    cooldown_s = plan.spec.cooldown.before_s + plan.spec.cooldown.after_s
-    tokens = plan.spec.max_new_tokens * ((prompts_count or 164) + plan.spec.warmup_requests)
-    per_unit_s = cooldown_s + DEFAULT_LOAD_S + tokens * DEFAULT_TOKEN_S / plan.spec.batch_size
-    # issue 8: hardware factors (DVFS) are checked against this machine's ranges and the
-    # privileges they need; a plan without them costs nothing here.
-    problems += check_hardware(plan)
-    access = hardware_access(plan)
-    if access is not None:
-        notes.append(access)
+    return problems, prompts_count
+
+
+def _plan_notes(plan: Plan) -> list[str]:
+    """check_plan: what the plan's load factors and order mean, said before anything runs."""
+    notes: list[str] = []
     # issue 16: how the load factors reach in-process engines, said before anything runs.
     in_process = [f"{e}/{p}" for e, p in plan.configurations if e != "http"]
     if in_process and plan.spec.factors.request_rate_hz:
@@ -708,16 +741,7 @@ def check_plan(
             "order = 'blocked' runs each configuration's repetitions back to back, "
             "as the study did: drift and heat then confound configurations."
         )
-    if plan.auto_repetitions and plan.shard is not None:
-        # issue 14: the stop rule needs every configuration's values; a shard has a part
-        problems.append(
-            'repetitions = "auto" decides after each round on all of a configuration\'s '
-            "units, and a shard runs only part of them: give a fixed number of repetitions "
-            "to run the plan in shards"
-        )
-    warnings = repetition_warnings(plan)
-    warnings += window_warnings(plan, prompts_count or 164, update_periods_s or {})
-    return PlanCheck(plan, len(units), per_unit_s * len(units), problems, notes, warnings)
+    return notes
 
 
 def repetition_warnings(plan: Plan) -> list[str]:

@@ -1161,58 +1161,27 @@ async def run_writer(
     (and a drain of anything still queued when cancelled) runs shielded, so SIGINT or
     SIGTERM loses nothing that reached the stream.  Returns the number of samples written.
     """
-    pending = SampleBatch()
-    pending_events: list[Event] = []
-    flush_requests: list[FlushRequest] = []
-    written = 0
-
-    async def flush() -> None:
-        nonlocal pending, pending_events, written
-        if not len(pending) and not pending_events:
-            return
-        batch, events = pending, pending_events
-        pending, pending_events = SampleBatch(), []
-        try:
-            await anyio.to_thread.run_sync(store.write, batch, events, session_id)
-        except duckdb.Error as error:
-            raise _explain_write_error(store.path, error, len(batch)) from None
-        written += len(batch)
-
-    def take(item: SampleBatch | Event | FlushRequest) -> None:
-        if isinstance(item, FlushRequest):
-            flush_requests.append(item)
-        elif isinstance(item, Event):
-            pending_events.append(item)
-        else:
-            pending.extend(item)
-
-    def drain_sinks() -> None:
-        for sink in sinks:
-            while sink:
-                batch, events = sink.popleft()
-                pending.extend(batch)
-                pending_events.extend(events)
-
+    state = _WriterState(store, session_id, sinks)
     task_status.started()
     try:
         while True:
             deadline = anyio.current_time() + flush_interval_s
             ended = False
-            while len(pending) < max_batch_rows and not flush_requests:
+            while len(state.pending) < max_batch_rows and not state.flush_requests:
                 remaining = deadline - anyio.current_time()
                 if remaining <= 0:
                     break
                 with anyio.move_on_after(remaining):
                     try:
-                        take(await receive.receive())
+                        state.take(await receive.receive())
                     except anyio.EndOfStream:
                         ended = True
                         break
-            drain_sinks()
-            await flush()
-            for request in flush_requests:
+            state.drain_sinks()
+            await state.flush()
+            for request in state.flush_requests:
                 request.done.set()
-            flush_requests.clear()
+            state.flush_requests.clear()
             if ended:
                 break
     finally:
@@ -1220,12 +1189,58 @@ async def run_writer(
         with anyio.CancelScope(shield=True):
             while True:
                 try:
-                    take(receive.receive_nowait())
+                    state.take(receive.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                     break
             receive.close()
-            drain_sinks()
-            await flush()
-            for request in flush_requests:
+            state.drain_sinks()
+            await state.flush()
+            for request in state.flush_requests:
                 request.done.set()
-    return written
+    return state.written
+
+
+class _WriterState:
+    """What run_writer holds between flushes: the samples and events not yet written,
+    the flush requests to answer after the next flush, and the samples written so far."""
+
+    def __init__(
+        self,
+        store: Store,
+        session_id: str,
+        sinks: Sequence[deque[tuple[SampleBatch, list[Event]]]],
+    ) -> None:
+        self.store = store
+        self.session_id = session_id
+        self.sinks = sinks
+        self.pending = SampleBatch()
+        self.pending_events: list[Event] = []
+        self.flush_requests: list[FlushRequest] = []
+        self.written = 0
+
+    async def flush(self) -> None:
+        """Write what is pending in one transaction (off the loop); nothing when empty."""
+        if not len(self.pending) and not self.pending_events:
+            return
+        batch, events = self.pending, self.pending_events
+        self.pending, self.pending_events = SampleBatch(), []
+        try:
+            await anyio.to_thread.run_sync(self.store.write, batch, events, self.session_id)
+        except duckdb.Error as error:
+            raise _explain_write_error(self.store.path, error, len(batch)) from None
+        self.written += len(batch)
+
+    def take(self, item: SampleBatch | Event | FlushRequest) -> None:
+        if isinstance(item, FlushRequest):
+            self.flush_requests.append(item)
+        elif isinstance(item, Event):
+            self.pending_events.append(item)
+        else:
+            self.pending.extend(item)
+
+    def drain_sinks(self) -> None:
+        for sink in self.sinks:
+            while sink:
+                batch, events = sink.popleft()
+                self.pending.extend(batch)
+                self.pending_events.extend(events)

@@ -198,27 +198,15 @@ async def run_experiment(
             api=ApiOptions(socket_path=Path(socket_path) if socket_path else None),
             runner_options=runner_options,
         )
-        submission: Submission | None = None
-        refused: PlanError | None = None
         logs = (
             library_logs(daemon.library_event, f"{db}.log")
             if library_log
             else contextlib.nullcontext()
         )
         with logs:
-            async with anyio.create_task_group() as group:
-                group.start_soon(daemon.run)
-                await daemon.started.wait()
-                try:
-                    submission = await _runner(daemon).submit_plan(
-                        plan, force=force, resume=resume
-                    )
-                except PlanError as error:
-                    refused = error
-                else:
-                    announce(printer, submission.as_dict(), db)  # nothing runs before it here
-                    await _follow_here(daemon, submission, printer)
-                daemon.request_stop()
+            submission, refused = await _run_daemon_with_plan(
+                daemon, plan, db, printer, force=force, resume=resume
+            )
         printer.end_line()
         if refused is not None:
             raise refused
@@ -231,6 +219,27 @@ async def run_experiment(
         return experiment_id, summary
     finally:
         store.close()
+
+
+async def _run_daemon_with_plan(
+    daemon: Daemon, plan: Plan, db: Path, printer: ProgressPrinter, *, force: bool, resume: bool
+) -> tuple[Submission | None, PlanError | None]:
+    """Run ``daemon`` until ``plan``, submitted to its runner, ends (or is refused), then
+    stop it: (the submission, or the PlanError that refused it)."""
+    submission: Submission | None = None
+    refused: PlanError | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(daemon.run)
+        await daemon.started.wait()
+        try:
+            submission = await _runner(daemon).submit_plan(plan, force=force, resume=resume)
+        except PlanError as error:
+            refused = error
+        else:
+            announce(printer, submission.as_dict(), db)  # nothing runs before it here
+            await _follow_here(daemon, submission, printer)
+        daemon.request_stop()
+    return submission, refused
 
 
 def _runner(daemon: Daemon) -> RunnerControl:
