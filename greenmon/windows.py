@@ -219,6 +219,7 @@ class WindowRegistry:
     async def _insert(
         self, name: str, tags: dict[str, Any], kind: str, baseline_window_id: int | None
     ) -> OpenWindow:
+        await self._first_readings()
         start_ns = now_ns()
         rows = await anyio.to_thread.run_sync(
             self.store.execute,
@@ -236,6 +237,18 @@ class WindowRegistry:
         window = OpenWindow(int(rows[0][0]), name, kind, tags, start_ns, baseline_window_id)
         self.open[window.window_id] = window
         return window
+
+    async def _first_readings(self) -> None:
+        """A window opened as the daemon starts begins after every probe's first reading:
+        before it a channel has no figure, and the window's coverage says so (a
+        ``greenmon measure --baseline`` opened that early was flagged low_coverage in a CI
+        run).  Once every probe has read, this costs nothing."""
+        with anyio.move_on_after(HANDOFF_WAIT_MAX_S):
+            while any(
+                s.health.state in ("starting", "running") and s.health.last_t_ns is None
+                for s in self.daemon.samplers
+            ):
+                await anyio.sleep(HANDOFF_POLL_S)
 
     async def _check_baseline(self, window_id: int) -> None:
         rows = await anyio.to_thread.run_sync(
