@@ -28,41 +28,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
-from tests.fakes.rapl import FakeRaplTree
+from tests.fakes.rapl import PoweredRapl
 
-
-class PoweredRapl:
-    """A thread advancing a fake RAPL package counter at the current power, every 0.5 ms."""
-
-    def __init__(self, root: Path, idle_w: float, *, tick_s: float = 0.0005) -> None:
-        self.tree = FakeRaplTree(root)
-        self.zone = self.tree.add_zone("intel-rapl:0", "package-0")
-        self.idle_w = idle_w
-        self.extra_w = 0.0
-        self.tick_s = tick_s
-        self._energy_uj = 0.0
-        # Energy added at once (FakeEngine's request_j); written by the engine thread only.
-        self.added_uj = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> PoweredRapl:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        last = time.monotonic_ns()
-        while not self._stop.wait(self.tick_s):
-            now = time.monotonic_ns()
-            self._energy_uj += (self.idle_w + self.extra_w) * (now - last) / 1e3
-            last = now
-            delta = int(self._energy_uj + self.added_uj) - self.zone.total_uj
-            if delta > 0:
-                self.zone.advance(delta)
+__all__ = ["FakeEngine", "PoweredRapl", "ShortEngine"]
 
 
 # issue 14: the draws of request_j_spread; seeded, so a test's spread is the same every run.

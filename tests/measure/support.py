@@ -36,30 +36,17 @@ class MarkedPower(PoweredRapl):
     the counter was advanced."""
 
     def __init__(self, root: Path, marker: Path, *, idle_w: float = IDLE_W) -> None:
-        super().__init__(root, idle_w)
-        self.marker = marker
-        self.busy_ns = 0
-
-    def _run(self) -> None:
-        last = time.monotonic_ns()
-        while not self._stop.wait(self.tick_s):
-            now = time.monotonic_ns()
-            busy = self.marker.exists()
-            self.extra_w = BUSY_W if busy else 0.0
-            if busy:
-                self.busy_ns += now - last
-            self._energy_uj += (self.idle_w + self.extra_w) * (now - last) / 1e3
-            last = now
-            delta = int(self._energy_uj) - self.zone.total_uj
-            if delta > 0:
-                self.zone.advance(delta)
+        super().__init__(root, idle_w, marker=marker, marker_w=BUSY_W)
+        self.marker: Path = marker
 
 
 def write_config(directory: Path, powercap: Path, extra: str = "") -> Path:
     config = directory / "greenmon.toml"
     config.write_text(
         f"{extra}\n"
-        f'[probes.rapl]\nrate_hz = 200\nsysfs_root = "{powercap}"\n'
+        # 100 Hz: a gap counts as uncovered past four periods (40 ms), which a loaded 2-core
+        # machine can reach at 200 Hz; a counter's energy does not depend on the rate
+        f'[probes.rapl]\nrate_hz = 100\nsysfs_root = "{powercap}"\n'
         "[probes.host]\nrate_hz = 20\n"
         # only the fake RAPL answers for cpu: the estimate, a GPU or EnergiBridge would
         # add channels where they exist
@@ -97,8 +84,11 @@ def stop_daemon(process: subprocess.Popen[str]) -> str:
     return stdout
 
 
-def within(measured: float, truth: float, rel: float = 0.01) -> bool:
-    return abs(measured - truth) <= rel * abs(truth)
+def within(measured: float, truth: float, rel: float = 0.01, stale_j: float = 0.0) -> bool:
+    """Within ``rel`` of the truth, plus ``stale_j``: the most the fake counter's own lateness
+    can put an edge off (``PoweredRapl.stale_j``), so a loaded machine does not fail a test
+    whose integration is right."""
+    return abs(measured - truth) <= rel * abs(truth) + stale_j
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from greenmon.api import ApiClient, ApiError
 from greenmon.store import Store
+from greenmon.views import MIN_COVERAGE
 from greenmon.windows import WindowResult
 from tests.measure.support import (
     BUSY_W,
@@ -77,15 +78,19 @@ def test_windows_over_the_api_get_the_energy_put_in(
     idle = WindowResult.from_dict(returned["idle"])
     busy = WindowResult.from_dict(returned["busy"])
     auto = WindowResult.from_dict(returned["auto"])
-    assert within(idle.energy_j["cpu"], IDLE_W * idle.duration_s)
+    stale_j = marked_power.stale_j()
+    assert within(idle.energy_j["cpu"], IDLE_W * idle.duration_s, stale_j=stale_j)
     truth_j = IDLE_W * busy.duration_s + BUSY_W * returned["busy_s"]
     assert returned["busy_s"] > 0.9 * WINDOW_S
-    assert within(busy.energy_j["cpu"], truth_j), (busy.energy_j, truth_j)
-    assert within(busy.dynamic_j["cpu"], BUSY_W * returned["busy_s"]), busy.dynamic_j
-    assert within(busy.baseline_w["cpu"], IDLE_W)
+    assert within(busy.energy_j["cpu"], truth_j, stale_j=stale_j), (busy.energy_j, truth_j)
+    assert within(
+        busy.dynamic_j["cpu"], BUSY_W * returned["busy_s"], stale_j=2 * stale_j
+    ), busy.dynamic_j
+    assert within(busy.baseline_w["cpu"], IDLE_W, stale_j=stale_j / idle.duration_s)
     assert busy.tags == {"batch": 8} and busy.flags == []
-    assert busy.coverage is not None and busy.coverage > 0.95
-    assert abs(auto.dynamic_j["cpu"]) < 0.01 * auto.energy_j["cpu"]
+    # the product's own threshold for low_coverage (a loaded machine delays samplers)
+    assert busy.coverage is not None and busy.coverage > MIN_COVERAGE
+    assert abs(auto.dynamic_j["cpu"]) < 0.01 * auto.energy_j["cpu"] + 2 * stale_j
     assert "cpu_percent" in busy.utilisation
 
     recent = returned["listing"]["recent"]
@@ -127,6 +132,6 @@ def test_a_window_still_open_when_the_daemon_stops_is_kept(
         _, events = store.query("SELECT message FROM events WHERE message LIKE 'window%'")
     # Closed while the probes still sampled: measured to its end, like a user's close.
     assert len(rows) == 1 and rows[0][0] > 0.4
-    assert rows[0][2] is not None and rows[0][2] > 0.95, rows
-    assert within(rows[0][1], IDLE_W * rows[0][0], rel=0.02)
+    assert rows[0][2] is not None and rows[0][2] > MIN_COVERAGE, rows
+    assert within(rows[0][1], IDLE_W * rows[0][0], rel=0.02, stale_j=marked_power.stale_j())
     assert [m for (m,) in events] == ["window 1 (left-open) closed by the daemon stopping"]

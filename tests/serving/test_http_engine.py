@@ -125,7 +125,8 @@ def test_served_units_measure_load_and_flag_inexact_servers(
         # the server's start-up is the load phase
         assert load_s > 0.1
         assert 0 < steady_s <= duration_s
-        assert steady_j == pytest.approx(IDLE_W * steady_s, rel=0.1)
+        # a steady window of a fraction of a second: allow the fake counter's own lateness
+        assert steady_j == pytest.approx(IDLE_W * steady_s, rel=0.1, abs=power.stale_j())
         assert 0 < steady_tokens <= tokens
         assert throughput == pytest.approx(tokens / duration_s)
         assert latency_s >= ttft_s > 0
