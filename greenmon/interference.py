@@ -2,8 +2,9 @@
 
 Terms (issue 14):
 - *background*: CPU time of every process outside greenmon's own process tree (the
-  daemon, its in-process engines, a server it started: probes/proctree.py), in percent of
-  one core (100 = one core busy elsewhere).  The host probe records it continuously
+  daemon, its in-process engines, a server it started: probes/proctree.py), not counting a
+  virtual machine's steal time (no process here used it), in percent of one core (100 =
+  one core busy elsewhere).  The host probe records it continuously
   (``background.cpu_percent``); the results views average it per unit over
   ``cooldown_before`` and ``measure`` and flag ``background_load`` above the plan's
   ``[cooldown] background_cpu_percent_max`` (greenmon/views.py).
@@ -47,6 +48,7 @@ BUSY_CHECK_S = 0.5
 class _Reading:
     busy: int
     total: int
+    steal: int
     own: int
 
 
@@ -60,15 +62,19 @@ class BackgroundMeter:
         self._last = self._read()
 
     def _read(self) -> _Reading:
-        busy, total, self._cores = system_cpu_ticks(self.proc_root)
-        return _Reading(busy, total, self.tree.cpu_ticks())
+        busy, total, steal, self._cores = system_cpu_ticks(self.proc_root)
+        return _Reading(busy, total, steal, self.tree.cpu_ticks())
 
     def percent(self) -> float:
         """The background since the last call (or since the meter was made)."""
         now = self._read()
         last, self._last = self._last, now
         return split_percent(
-            now.busy - last.busy, now.total - last.total, now.own - last.own, self._cores
+            now.busy - last.busy,
+            now.total - last.total,
+            now.own - last.own,
+            self._cores,
+            now.steal - last.steal,
         )[1]
 
     def close(self) -> None:

@@ -245,29 +245,33 @@ GROUP BY ALL
 # the cooldown before the measure (the idle baseline) and over the measure, the most
 # background processes seen on any GPU (probes/nvml.py), and the plan's threshold
 # (``[cooldown] background_cpu_percent_max``; its default from greenmon/plan.py when the
-# plan left it out).
+# plan left it out).  Also a virtual machine's steal over the measure (``steal.cpu_percent``):
+# not background, as no process here ran, but a measure the hypervisor slowed down.
 _BACKGROUND_WINDOWS = f"""(
     SELECT p.phase_id AS window_id, c.channel_id, p.start_ns, p.end_ns
     FROM phases p JOIN channels c ON c.session_id = p.session_id
     WHERE p.phase IN ('cooldown_before', 'measure') AND p.end_ns > p.start_ns
-      AND ((c.probe = 'host' AND c.name = 'background.cpu_percent')
+      AND ((c.probe = 'host' AND c.name IN ('background.cpu_percent', 'steal.cpu_percent'))
            OR (c.probe = 'nvml' AND c.name LIKE '%.background_processes'))
       AND {_selected("p")}
 )"""
 
 _UNIT_BACKGROUND = f"""
 WITH m AS (
-    SELECT p.experiment_id, p.unit_id, p.attempt, p.phase, c.probe,
+    SELECT p.experiment_id, p.unit_id, p.attempt, p.phase, c.probe, c.name AS channel,
            e.integral_native / ((p.end_ns - p.start_ns) / 1e9) AS mean_value
     FROM ({window_integral_sql(_BACKGROUND_WINDOWS, _SAMPLE_RANGE)}) e
     JOIN phases p ON p.phase_id = e.window_id
     JOIN channels c ON c.channel_id = e.channel_id
 )
 SELECT m.experiment_id, m.unit_id, m.attempt,
-       avg(mean_value) FILTER (WHERE probe = 'host' AND phase = 'measure')
+       avg(mean_value) FILTER (WHERE channel = 'background.cpu_percent' AND phase = 'measure')
            AS background_cpu_percent,
-       avg(mean_value) FILTER (WHERE probe = 'host' AND phase = 'cooldown_before')
+       avg(mean_value) FILTER (WHERE channel = 'background.cpu_percent'
+                                 AND phase = 'cooldown_before')
            AS baseline_background_cpu_percent,
+       avg(mean_value) FILTER (WHERE channel = 'steal.cpu_percent' AND phase = 'measure')
+           AS steal_cpu_percent,
        max(mean_value) FILTER (WHERE probe = 'nvml') AS background_gpu_processes,
        any_value(coalesce(TRY_CAST(json_extract(x.plan, '$.cooldown.background_cpu_percent_max')
                                    AS DOUBLE), {DEFAULT_BACKGROUND_CPU_PERCENT_MAX}))
@@ -419,7 +423,7 @@ base AS (
            b.cpu_percent, b.ram_percent, b.gpu_percent, b.gpu_mem_util_percent,
            b.gpu_mem_used_percent, u.fidelity_share, u.fidelity_first_divergence,
            bg.background_cpu_percent, bg.baseline_background_cpu_percent,
-           bg.background_gpu_processes, bg.background_cpu_percent_max,
+           bg.background_gpu_processes, bg.background_cpu_percent_max, bg.steal_cpu_percent,
            TRY_CAST(json_extract(u.load_info, '$.quiet_wait_s') AS DOUBLE) AS quiet_wait_s,
            -- a probe that failed while this unit ran: its figures may have gaps
            EXISTS (SELECT 1 FROM events ev

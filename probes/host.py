@@ -9,8 +9,9 @@ each sample covers exactly one sampling period), ``cpu.freq_mhz``, ``ram.used_by
 issue 14, interference: ``tree.cpu_percent`` is the CPU of greenmon's own process tree
 (the daemon with its in-process engines, the watched process, and their descendants such
 as a served engine's server: probes/proctree.py) and ``background.cpu_percent`` that of
-everything else (the system's busy time minus the tree's), both in percent of one core,
-so one busy core elsewhere reads 100 on any machine.
+everything else (the system's busy time minus the tree's, and minus ``steal.cpu_percent``,
+the time a virtual machine's hypervisor ran something else: probes/proctree.py), all in
+percent of one core, so one busy core elsewhere reads 100 on any machine.
 
 The figures are psutil's (the same files, the same arithmetic: busy = total - idle -
 iowait, guest time counted once inside user time; used RAM = MemTotal - MemAvailable),
@@ -33,7 +34,7 @@ from typing import ClassVar
 
 from greenmon.probes.base import Channel, ProbeUnavailable, Values
 from greenmon.probes.options import ProbeOptions
-from greenmon.probes.proctree import ProcessTree, split_percent
+from greenmon.probes.proctree import ProcessTree, split_percent, steal_ticks
 from greenmon.probes.proctree import busy_total as _busy_total
 
 # /proc/cpuinfo is parsed at most this often when cpufreq is absent (virtual machines).
@@ -77,6 +78,7 @@ class HostProbe:
         self._tree: ProcessTree | None = None
         self._cpu_count = 0
         self._last_own_ticks = 0
+        self._last_steal = 0
 
     # -- opening -------------------------------------------------------------------------
     def _open_fd(self, key: str, path: Path) -> None:
@@ -108,6 +110,7 @@ class HostProbe:
         self._stat_bytes = _STAT_LINE_BYTES * (cores + 1)
         self._cores = cores if self.options.per_core else 0
         self._last_cpu = [_busy_total(line.split()) for line in lines[: cores + 1]]
+        self._last_steal = steal_ticks(lines[0].split())
         cpufreq = Path(self.options.sys_root) / "devices/system/cpu"
         for index in range(cores):
             with contextlib.suppress(OSError):
@@ -131,6 +134,7 @@ class HostProbe:
             Channel("proc.rss_bytes", "B", "gauge", metadata={"pid": pid}),
             Channel("tree.cpu_percent", "%", "gauge", metadata={"roots": self._tree.roots}),
             Channel("background.cpu_percent", "%", "gauge"),
+            Channel("steal.cpu_percent", "%", "gauge"),
         ]
         return channels
 
@@ -183,18 +187,22 @@ class HostProbe:
     def read(self) -> Values:
         assert self._fds, "read() before open()"
         lines = self._stat_lines()
-        now = [_busy_total(lines[i].split()) for i in range(self._cores + 1)]
+        fields = lines[0].split()
+        now = [_busy_total(fields)]
+        now += [_busy_total(lines[i].split()) for i in range(1, self._cores + 1)]
+        steal = steal_ticks(fields)
         values: list[float | None] = [_percent(now[0], self._last_cpu[0])]
         values += [_percent(now[i], self._last_cpu[i]) for i in range(1, self._cores + 1)]
         assert self._tree is not None
         own_ticks = self._tree.cpu_ticks()
-        own_percent, background_percent = split_percent(
+        own_percent, background_percent, steal_percent = split_percent(
             now[0][0] - self._last_cpu[0][0],
             now[0][1] - self._last_cpu[0][1],
             own_ticks - self._last_own_ticks,
             self._cpu_count,
+            steal - self._last_steal,
         )
-        self._last_own_ticks = own_ticks
+        self._last_own_ticks, self._last_steal = own_ticks, steal
         self._last_cpu = now
         memory = self._memory()
         ram_total = memory.get(b"MemTotal", 0)
@@ -223,6 +231,7 @@ class HostProbe:
             proc_rss,
             own_percent,
             background_percent,
+            steal_percent,
         ]
         return values
 

@@ -116,7 +116,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "quality_metric", "quality", "correct_share", "correct_answers", "j_per_correct",
     # issue 14: interference (greenmon/interference.py)
     "background_cpu_percent", "baseline_background_cpu_percent", "background_gpu_processes",
-    "background_cpu_percent_max", "quiet_wait_s",
+    "background_cpu_percent_max", "quiet_wait_s", "steal_cpu_percent",
 )  # fmt: skip
 
 

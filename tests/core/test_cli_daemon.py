@@ -108,8 +108,8 @@ def test_sql_reads_a_stopped_database(running_daemon: tuple[subprocess.Popen[str
         env=_env(),
     )
     assert result.returncode == 0, result.stderr
-    # host: 10 system channels plus greenmon's own tree and the background (issue 14)
-    assert json.loads(result.stdout) == [{"probe": "host", "n": 12}, {"probe": "rapl", "n": 3}]
+    # host: 10 system channels, greenmon's own tree, the background, the steal (issue 14)
+    assert json.loads(result.stdout) == [{"probe": "host", "n": 13}, {"probe": "rapl", "n": 3}]
     refused = subprocess.run(
         greenmon_cmd("sql", "--db", str(db), "DELETE FROM samples"),
         capture_output=True,

@@ -26,11 +26,12 @@ def test_background_is_busy_time_minus_the_own_tree(tmp_path: Path) -> None:
         Options(proc_root=str(tmp_path / "proc"), sys_root=str(tmp_path / "sys"), pid=fake.pid)
     )
     names = [c.name for c in probe.open()]
-    assert names[-2:] == ["tree.cpu_percent", "background.cpu_percent"]
-    # 100 ticks per core have passed; 150 of the 200 were busy
+    assert names[-3:] == ["tree.cpu_percent", "background.cpu_percent", "steal.cpu_percent"]
+    # 100 ticks per core have passed: processes ran 150 of the 200, and the hypervisor
+    # stole 20 more (no process here ran then: not background)
     fake.set_cpu(
         [
-            (150, 0, 0, 50, 0, 0, 0, 0, 0, 0),
+            (150, 0, 0, 30, 0, 0, 0, 20, 0, 0),
             (100, 0, 0, 0, 0, 0, 0, 0, 0, 0),
             (50, 0, 0, 50, 0, 0, 0, 0, 0, 0),
         ]
@@ -44,6 +45,8 @@ def test_background_is_busy_time_minus_the_own_tree(tmp_path: Path) -> None:
     probe.close()
     assert values["tree.cpu_percent"] == pytest.approx(60.0)  # of one core
     assert values["background.cpu_percent"] == pytest.approx(90.0)
+    assert values["steal.cpu_percent"] == pytest.approx(20.0)
+    assert values["cpu.percent"] == pytest.approx(85.0)  # psutil's figure: steal is busy
 
 
 def test_tree_membership_without_children_files_scans_parents(tmp_path: Path) -> None:
@@ -58,8 +61,18 @@ def test_tree_membership_without_children_files_scans_parents(tmp_path: Path) ->
 
 
 def test_split_never_gives_the_tree_more_than_was_busy() -> None:
-    assert split_percent(busy_ticks=10, total_ticks=200, own_ticks=30, cores=2) == (10.0, 0.0)
-    assert split_percent(busy_ticks=10, total_ticks=0, own_ticks=0, cores=2) == (0.0, 0.0)
+    assert split_percent(busy_ticks=10, total_ticks=200, own_ticks=30, cores=2) == (
+        10.0,
+        0.0,
+        0.0,
+    )
+    assert split_percent(busy_ticks=10, total_ticks=0, own_ticks=0, cores=2) == (0.0, 0.0, 0.0)
+    # steal is neither the tree's nor the background's
+    assert split_percent(busy_ticks=50, total_ticks=200, own_ticks=30, cores=2, steal=15) == (
+        30.0,
+        5.0,
+        15.0,
+    )
 
 
 def test_nvml_counts_gpu_processes_outside_the_own_tree(tmp_path: Path) -> None:
