@@ -315,7 +315,10 @@ def _validity_flags(
 # issue 16: served units: a token count that differs from what was asked, and a steady
 # state (every slot busy) shorter than the sensors allow.  issue 14: a GPU measured by a
 # power gauge only (no energy counter): NVML's power on recent data-centre GPUs averages
-# or samples only part of each second, so its integral can miss energy.
+# or samples only part of each second, so its integral can miss energy; other load, here
+# (background_load) or on a virtual machine's host (cpu_steal: the hypervisor kept this
+# machine's CPUs from it, so the measure took longer than the work needed), above the same
+# threshold.
 _UNIT_ONLY_FLAGS = f""",
            CASE WHEN token_count_mismatches > 0 THEN 'token_count_mismatch' END,
            CASE WHEN status = 'done' AND requests > 0 AND max_period_ns IS NOT NULL
@@ -328,7 +331,8 @@ _UNIT_ONLY_FLAGS = f""",
                 THEN 'gpu_power_gauge' END,
            CASE WHEN greatest(background_cpu_percent, baseline_background_cpu_percent)
                      > background_cpu_percent_max OR background_gpu_processes > 0
-                THEN 'background_load' END"""
+                THEN 'background_load' END,
+           CASE WHEN steal_cpu_percent > background_cpu_percent_max THEN 'cpu_steal' END"""
 
 
 def _domain(kind: str, domain: str) -> str:

@@ -1,20 +1,28 @@
-"""issue 14: the finding that says which units ran beside other load (``background_load``).
+"""issue 14: the findings that say which units ran beside other load (``background_load``)
+and which ran while a virtual machine's host took their CPUs (``cpu_steal``).
 
-The flag itself is a rule of the results views (greenmon/views.py): processes outside
+The flags themselves are rules of the results views (greenmon/views.py): processes outside
 greenmon's own process tree used more CPU than the plan's threshold during a unit's
-cooldown before the measure or its measure, or another process used its GPU.
+cooldown before the measure or its measure, or another process used its GPU; or the
+hypervisor's steal during the measure was above that threshold.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from greenmon.analysis.data import BackgroundLoadError
+from greenmon.analysis.data import BackgroundLoadError, CpuStealError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 FLAG = "background_load"
+STEAL_FLAG = "cpu_steal"
+
+
+def _by_configuration(flagged: pd.DataFrame) -> str:
+    counts = flagged["configuration"].astype(str).value_counts().sort_index()
+    return ", ".join(f"{c} {n}" for c, n in counts.items())
 
 
 def background_note(done: pd.DataFrame) -> BackgroundLoadError | None:
@@ -24,8 +32,7 @@ def background_note(done: pd.DataFrame) -> BackgroundLoadError | None:
         return None
     import pandas as pd
 
-    counts = flagged["configuration"].astype(str).value_counts().sort_index()
-    by_configuration = ", ".join(f"{c} {n}" for c, n in counts.items())
+    by_configuration = _by_configuration(flagged)
     cpu = pd.concat(
         [
             pd.to_numeric(flagged[c], errors="coerce")
@@ -47,4 +54,24 @@ def background_note(done: pd.DataFrame) -> BackgroundLoadError | None:
         f"By configuration: {by_configuration}. Their energy and time include that load's "
         "interference, so differences that rest on them are doubtful: rerun them on a quiet "
         "machine, or set [cooldown] wait_for_quiet_s so each unit waits for quiet."
+    )
+
+
+def steal_note(done: pd.DataFrame) -> CpuStealError | None:
+    """ "4 of 12 units ran while the hypervisor took ..." for the finished units, or None."""
+    if "steal_cpu_percent" not in done:
+        return None
+    flagged = done[[STEAL_FLAG in flags for flags in done["flags"]]]
+    if flagged.empty:
+        return None
+    import pandas as pd
+
+    steal = pd.to_numeric(flagged["steal_cpu_percent"], errors="coerce").dropna()
+    figures = f" up to {steal.max():.0f}% of a core" if len(steal) else ""
+    return CpuStealError(
+        f"{len(flagged)} of {len(done)} units ran while the virtual machine's host took"
+        f"{figures} from them (steal time). By configuration: {_by_configuration(flagged)}. "
+        "No process here used that time, but the measure waited for it: durations, and CPU "
+        "energy estimated from utilisation, are inflated by an amount that varies from unit "
+        "to unit. Rerun them on a machine with dedicated CPUs or a less loaded host."
     )

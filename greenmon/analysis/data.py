@@ -60,6 +60,10 @@ class BackgroundLoadError(AnalysisError):
     title = "Units ran beside other load"
 
 
+class CpuStealError(AnalysisError):
+    title = "Units ran while the hypervisor took their CPUs"
+
+
 @dataclass(frozen=True)
 class Variable:
     """One dependent variable: its column, a label for people, its unit, and the noun used in

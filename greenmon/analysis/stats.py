@@ -210,9 +210,9 @@ def _analyze_frame(
     notes: list[AnalysisError] = []
     done = _finished_units(results, experiment_id, notes)
     measured, skipped = _variables(done, variables, notes)
-    from greenmon.analysis.background import background_note  # issue 14
+    from greenmon.analysis.background import background_note, steal_note  # issue 14
 
-    notes += filter(None, [background_note(done)])
+    notes += filter(None, [background_note(done), steal_note(done)])
     medians = median_table(done, measured)
     # issue 18: units from several hosts are also compared within hosts (the host a block)
     from greenmon.analysis.hosts import host_analysis

@@ -145,3 +145,53 @@ def test_status_and_the_tui_count_the_units_beside_other_load() -> None:
     )
     flags = [row[-1] for row in result_rows(progress)]
     assert flags == ["ok", "estimated, background_load (2 units)"]
+
+
+def test_steal_is_flagged_on_its_own_and_said_in_the_findings(tmp_path: Path) -> None:
+    """A unit whose measure the hypervisor slowed (steal above the threshold) is flagged
+    cpu_steal, not background_load, and the findings say so with the figure."""
+    import pandas as pd
+
+    from greenmon.analysis.background import steal_note
+    from greenmon.probes.base import Channel
+    from greenmon.store import SampleBatch, Store
+
+    period_ns, s = 100_000_000, 1_000_000_000
+    with Store.open(tmp_path / "steal.duckdb") as store:
+        session = store.start_session({"host": "vm"}, 0, 0)
+        background, steal = store.register_channels(
+            session,
+            "host",
+            [
+                Channel("background.cpu_percent", "%", "gauge"),
+                Channel("steal.cpu_percent", "%", "gauge"),
+            ],
+            period_ns,
+        )
+        batch = SampleBatch()
+        for k in range(61):  # 6 s: steal 40% of a core from 2 s on, background 5% throughout
+            batch.append_row(k * period_ns, [background, steal], [5.0, 40.0 if k >= 20 else 0.0])
+        store.write(batch, [], session)
+        store.execute(
+            "INSERT INTO units (experiment_id, unit_id, model, engine, provider, repetition, "
+            "status, attempt, session_id, started_ns, ended_ns) "
+            "VALUES ('e', 0, 'tiny', 'torch', 'cpu', 1, 'done', 1, ?, 0, ?)",
+            [session, 6 * s],
+        )
+        for phase, start_ns, end_ns in (("cooldown_before", 0, 2 * s), ("measure", 2 * s, 6 * s)):
+            store.execute(
+                "INSERT INTO phases (experiment_id, unit_id, attempt, phase, session_id, "
+                "start_ns, end_ns) VALUES ('e', 0, 1, ?, ?, ?, ?)",
+                [phase, session, start_ns, end_ns],
+            )
+        columns, rows = store.query(
+            "SELECT configuration, flags, steal_cpu_percent, background_cpu_percent "
+            "FROM unit_results"
+        )
+    (row,) = [dict(zip(columns, r, strict=True)) for r in rows]
+    assert row["steal_cpu_percent"] == pytest.approx(40.0)
+    assert row["background_cpu_percent"] == pytest.approx(5.0)
+    assert "cpu_steal" in row["flags"] and "background_load" not in row["flags"]
+    note = steal_note(pd.DataFrame([row]))
+    assert note is not None and "1 of 1 units" in str(note) and "40% of a core" in str(note)
+    assert steal_note(pd.DataFrame([{**row, "flags": ["estimated"]}])) is None
