@@ -46,20 +46,32 @@ def _stat_fields(proc_root: Path, pid: int) -> list[bytes] | None:
     return raw[raw.rfind(b")") + 2 :].split()
 
 
-def _children(proc_root: Path, pid: int) -> list[int] | None:
-    """Children of ``pid`` from its threads' ``children`` files; None if the kernel has none."""
+def _children(proc: str, pid: int) -> list[int] | None:
+    """Children of ``pid`` from its threads' ``children`` files; None if the kernel has none.
+
+    Plain string paths and ``os`` calls: this runs once per refresh for every thread of
+    every member (a daemon has dozens), where pathlib's parsing cost more than the reads."""
+    task = f"{proc}/{pid}/task"
     try:
-        tids = os.listdir(proc_root / str(pid) / "task")
+        tids = os.listdir(task)
     except OSError:
         return []  # the process is gone
     found: list[int] = []
     for tid in tids:
         try:
-            text = (proc_root / str(pid) / "task" / tid / "children").read_bytes()
+            fd = os.open(f"{task}/{tid}/children", os.O_RDONLY)
         except FileNotFoundError:
-            return None
+            if os.path.isdir(f"{task}/{tid}"):
+                return None  # the thread is there, its children file is not
+            continue  # the thread ended since the listing
         except OSError:
             continue
+        try:
+            text = os.read(fd, 65536)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
         found += [int(child) for child in text.split()]
     return found
 
@@ -78,7 +90,8 @@ def _parents(proc_root: Path) -> dict[int, int]:
 
 def tree_pids(proc_root: Path, roots: Iterable[int]) -> set[int]:
     """The roots that exist and all their descendants."""
-    pending = [pid for pid in roots if (proc_root / str(pid)).exists()]
+    proc = str(proc_root)
+    pending = [pid for pid in roots if os.path.exists(f"{proc}/{pid}")]
     members: set[int] = set()
     parents: dict[int, int] | None = None
     while pending:
@@ -86,7 +99,7 @@ def tree_pids(proc_root: Path, roots: Iterable[int]) -> set[int]:
         if pid in members:
             continue
         members.add(pid)
-        children = _children(proc_root, pid)
+        children = _children(proc, pid)
         if children is None:
             if parents is None:
                 parents = _parents(proc_root)
