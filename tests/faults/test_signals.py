@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from greenmon.sampling import HANDOFF_INTERVAL_S
 from greenmon.store import Store
 from tests.fakes.energibridge import write_fake_energibridge
 from tests.fakes.rapl import standard_tree
@@ -198,9 +199,9 @@ def test_daemon_sigkill_loses_at_most_one_flush_interval_and_one_handoff(
     tmp_path: Path,
 ) -> None:
     """README's bound: after a SIGKILL the file keeps every flushed sample, and the samples
-    lost are at most the last ``flush_interval_s`` + one hand-off (0.25 s) before the kill.
+    lost are at most the last ``flush_interval_s`` + one hand-off (0.5 s) before the kill.
     The margin allows for a flush in progress and for this shared machine's scheduling."""
-    flush_interval_s, handoff_s, margin_s = 0.5, 0.25, 0.5
+    flush_interval_s, handoff_s, margin_s = 0.5, HANDOFF_INTERVAL_S, 0.5
     rate_hz = 100
     standard_tree(tmp_path / "powercap")
     config = tmp_path / "greenmon.toml"
@@ -244,7 +245,7 @@ def test_daemon_sigkill_loses_at_most_one_flush_interval_and_one_handoff(
         )
     assert rows, "no flushed sample survived the kill"
     for _channel, count, last_ns, max_gap_ns in rows:
-        # everything flushed is there: a lost hand-off would leave a hole of 0.25 s
+        # everything flushed is there: a lost hand-off would leave a hole of one hand-off
         assert count > rate_hz
         assert max_gap_ns < handoff_s * 1e9, max_gap_ns
         lost_s = (killed_ns - last_ns) / 1e9
