@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from _common import REPO, machine  # type: ignore[import-not-found]
+from _common import REPO, aim, machine  # type: ignore[import-not-found]
 
 from tests.support.plans import fake_plan
 
@@ -254,16 +254,30 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "runs": viewer_cpu,
             }
         out[viewer] = entry
-    tui_cpu = out["tui"]["viewer_cpu_percent_of_core"]["median"]
-    out["aims"] = [
-        {
-            "aim": "TUI process while it shows a running experiment",
-            "figure_percent_of_core": tui_cpu,
-            "aim_percent_of_core": TUI_AIM_PERCENT_OF_CORE,
-            "met": tui_cpu <= TUI_AIM_PERCENT_OF_CORE,
-        }
-    ]
     return out
+
+
+def aims(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """In bench/_common.py's shape, so bench/run_all prints them beside the others."""
+    tui_cpu = summary["tui"]["viewer_cpu_percent_of_core"]["median"]
+    stream_cpu = summary["stream"]["viewer_cpu_percent_of_core"]["median"]
+    return [
+        aim(
+            "TUI process while it shows a running experiment, % of a core",
+            tui_cpu,
+            "<=",
+            TUI_AIM_PERCENT_OF_CORE,
+            "%",
+        ),
+        aim(
+            "the same snapshots read without drawing (stream only), % of a core",
+            stream_cpu,
+            "<=",
+            TUI_AIM_PERCENT_OF_CORE,
+            "%",
+            why="the share of the TUI's cost that is the API and not the drawing",
+        ),
+    ]
 
 
 def main() -> None:
@@ -295,7 +309,8 @@ def main() -> None:
                 "seconds_per_condition": args.seconds,
                 "load_avg_1m_after": os.getloadavg()[0],
                 "rapl_rate_hz": RAPL_HZ,
-                "summary": summarise(runs),
+                "summary": (summary := summarise(runs)),
+                "aims": aims(summary),
                 "runs": runs,
             },
             indent=2,
