@@ -96,6 +96,10 @@ def _analysis_notes(db: Path, experiment_id: str) -> list[tuple[str, str]]:
     return [(n.title, n.message) for n in result.notes]
 
 
+# 14-16 units and an analysis: about 50 s on a quiet 2-core VM, and a CI run on one whose
+# host took its CPUs (steal) passed the suite-wide 120 s; this is a bound on a hang, not a
+# speed target.
+@pytest.mark.timeout(300)
 def test_low_spread_stops_at_the_minimum(tmp_path: Path, power: PoweredRapl) -> None:
     db = tmp_path / "low.duckdb"
     experiment_id = _run(PLAN.format(name="low", spread=0.0, root=power.tree.root), db, power)
@@ -117,6 +121,7 @@ def test_low_spread_stops_at_the_minimum(tmp_path: Path, power: PoweredRapl) -> 
     assert "Not met" not in text
 
 
+@pytest.mark.timeout(300)
 def test_high_spread_runs_to_the_maximum(tmp_path: Path, power: PoweredRapl) -> None:
     db = tmp_path / "high.duckdb"
     experiment_id = _run(PLAN.format(name="high", spread=0.6, root=power.tree.root), db, power)
