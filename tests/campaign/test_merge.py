@@ -13,7 +13,8 @@ from greenmon.store import Store
 from tests.campaign.support import cli_env, greenmon, write_plan
 from tests.fakes.rapl import standard_tree
 
-pytestmark = pytest.mark.slow
+# exports, merges and analyses of several shards: 20-30 s each on a quiet 2-core VM
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 # unit -> (energy, duration, requests, samples in its measure phase)
 _FIGURES = """
