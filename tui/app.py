@@ -50,11 +50,12 @@ from greenmon.tui.model import (
 )
 
 VIEWS = ("live", "plan", "health", "sql")
-# The screen is redrawn at most this often: a person reads power and progress at 1 Hz,
-# and every redraw is CPU spent on the machine being measured.
-DRAW_PERIOD_S = 1.0
-# The chart (plotext, then its ANSI output parsed back) costs ~40 ms a draw: every 3 s.
-CHART_PERIOD_S = 3.0
+# The screen is redrawn at most this often (htop's default is 1.5 s, top's 3 s): every
+# redraw is CPU spent on the machine being measured, and at 1 s the text panels alone cost
+# about 1.4% of a core (bench/tui.py, issue 17).
+DRAW_PERIOD_S = 2.0
+# The chart (plotext, then its ANSI output parsed back) costs 15-40 ms a draw: every 5 s.
+CHART_PERIOD_S = 5.0
 EXPERIMENTS_PERIOD_S = 10.0
 EXPERIMENT_COLUMNS = ("experiment", "plan", "status", "units done", "failed", "total")
 CANCEL_CONFIRM_S = 3.0
@@ -104,20 +105,28 @@ class PowerChart(PlotextPlot):  # type: ignore[misc]  # textual-plotext is untyp
         plt = self.plt
         plt.clear_figure()
         plt.xlabel("s before the newest sample")
-        # braille plots two dots per column: more points than that cost without showing
-        series = model.chart_series(max_points=2 * max(self.size.width, 40))
+        # One point per column: plotext's cost grows with the points, and a line across a
+        # few minutes shows no more with two (braille's half-columns).
+        columns = max(self.size.width, 40)
+        series = model.chart_series(max_points=columns)
         if not series:
             plt.title("power (W): waiting for samples")
             self.refresh()
             return
         top_w = max(max(ws) for _, _, ws in series) * 1.1 or 1.0
         spans = model.phase_spans_s()
+        column_s = model.window_ns / 1e9 / columns
         for phase, start_s, end_s in spans:
             # A sparse band up to the chart's top marks each phase's extent; cooldowns
-            # (the idle baseline) in blue, work phases in gray, each labelled at its start.
+            # (the idle baseline) in blue, work phases in gray.  A phase narrower than a
+            # column cannot be seen, and each band costs a plot: none for those.  A label
+            # is written where it fits inside its band.
+            if end_s - start_s < column_s:
+                continue
             shade = "blue" if "cooldown" in phase else "gray"
             plt.plot([start_s, end_s], [top_w, top_w], fillx=True, color=shade, marker="·")
-            plt.text(phase, x=start_s, y=top_w * 0.05, color=shade, alignment="left")
+            if end_s - start_s >= (len(phase) + 1) * column_s:
+                plt.text(phase, x=start_s, y=top_w * 0.05, color=shade, alignment="left")
         for index, (label, xs, ws) in enumerate(series):
             color = SERIES_COLORS[index % len(SERIES_COLORS)]
             plt.plot(xs, ws, label=label, color=color, marker="braille")
