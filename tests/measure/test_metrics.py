@@ -6,11 +6,14 @@ import socket
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.to_thread
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenmon.api import ApiClient
+from tests.api.fakes import FakePowerProbe, fake_plan, running_daemon
 from tests.measure.support import IDLE_W, MarkedPower, start_daemon, stop_daemon, write_config
 
 DOCUMENTED = {
@@ -22,6 +25,13 @@ DOCUMENTED = {
     "greenmon_probe_errors",
     "greenmon_probe_missed_ticks",
     "greenmon_windows_open",
+}
+# while the daemon's runner runs a plan
+EXPERIMENT_METRICS = {
+    "greenmon_experiment_info",
+    "greenmon_experiment_units_done",
+    "greenmon_experiment_units_total",
+    "greenmon_unit_info",
 }
 
 
@@ -77,3 +87,44 @@ def test_metrics_from_a_running_daemon(
     assert 1.9 * IDLE_W < energy_j < 3.0 * IDLE_W
     assert second["greenmon_probe_up"][(("probe", "rapl"),)] == 1
     assert second["greenmon_probe_samples"][(("probe", "rapl"),)] > 150
+
+
+def test_metrics_carry_the_runners_experiment_and_unit(tmp_path: Path, short_dir: Path) -> None:
+    """While the daemon's runner runs a plan (the real runner, on the fake engine), a scrape
+    has the documented experiment and unit metrics."""
+    port = _free_port()
+    scraped: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    running: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with (
+            running_daemon(
+                tmp_path / "runner.duckdb", short_dir / "d.sock", {"fakepower": FakePowerProbe()},
+                config_text=f"[daemon]\nmetrics_port = {port}\n",
+            ),
+            ApiClient(short_dir / "d.sock") as client,
+        ):  # fmt: skip
+            plan = fake_plan("scraped", repetitions=20, cooldown_s=0.3)
+            submitted = await client.submit(plan, None)
+            running["experiment_id"] = submitted["experiment_id"]
+            with anyio.fail_after(120):
+                while True:
+                    progress = (await client.status())["progress"]
+                    if progress.get("status") == "running" and progress.get("unit"):
+                        break
+                    await anyio.sleep(0.05)
+            scraped.update(await anyio.to_thread.run_sync(_scrape, port))
+            await client.cancel()
+
+    anyio.run(scenario)
+    assert set(scraped) >= EXPERIMENT_METRICS, sorted(EXPERIMENT_METRICS - set(scraped))
+    ((labels, value),) = scraped["greenmon_experiment_info"].items()
+    info = dict(labels)
+    assert info["experiment_id"] == running["experiment_id"] and value == 1
+    assert info["plan_name"] == "scraped" and info["status"] == "running"
+    assert scraped["greenmon_experiment_units_total"][()] == 40
+    assert 0 <= scraped["greenmon_experiment_units_done"][()] < 40
+    ((labels, _),) = scraped["greenmon_unit_info"].items()
+    unit = dict(labels)
+    assert unit["experiment_id"] == running["experiment_id"]
+    assert unit["model"] and unit["configuration"] and unit["unit_id"]

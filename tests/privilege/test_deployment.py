@@ -305,3 +305,46 @@ def test_plan_check_as_a_user_says_settings_go_through_the_helper_or_why_not(
     assert "cpufreq files are not writable by this user" in refused.stderr
     assert f"no greenmon helper answers at {missing}" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_a_plan_run_as_a_user_applies_its_factors_through_the_helper(
+    deployment: Deployment,
+) -> None:
+    """`greenmon run` as the user: each unit's governor is written through the helper (the
+    helper logs the user's uid), in force for the unit, restored after; RAPL read through
+    the helper too."""
+    before = deployment.cpu.values("scaling_governor")
+    plan = deployment.data / "run-dvfs.toml"
+    plan.write_text(
+        'name = "dvfs-user"\nmodels = ["tiny"]\nconfigurations = ["fake/cpu"]\n'
+        'workload = "gaissa-164"\nprompts = 2\nmax_new_tokens = 4\nrepetitions = 1\nseed = 3\n'
+        'warmup_requests = 0\ncustom_engines = { fake = "tests.fakes.engine:FakeEngine" }\n'
+        "[cooldown]\nbefore_s = 0.1\nafter_s = 0.1\n"
+        '[factors]\ncpu_governor = ["performance", "schedutil"]\n'
+        f'[hardware]\ncpufreq_root = "{deployment.cpu.root}"\n'
+        f'helper_socket = "{deployment.socket}"\n'
+        f'[probes.rapl]\nsysfs_root = "{deployment.powercap}"\n'
+        f'helper_socket = "{deployment.socket}"\n'
+        "[probes.host]\nenabled = false\n[probes.estimate]\nenabled = false\n"
+    )
+    db = deployment.data / "run.duckdb"
+    done = deployment.as_user(["run", str(plan), "--db", str(db), "--quiet"], timeout_s=300)
+    assert done.returncode == 0, done.stderr
+    assert deployment.cpu.values("scaling_governor") == before  # restored after the run
+    uid = pwd.getpwnam(USER).pw_uid
+    helper_log = deployment.log.read_text()
+    for governor in ("performance", "schedutil"):
+        assert f"to '{governor}'" in helper_log, helper_log
+    assert f"uid {uid} " in helper_log
+    with Store.open(db, read_only=True) as store:
+        _, units = store.query("SELECT status, factors, settings FROM units ORDER BY unit_id")
+        _, journal = store.query("SELECT DISTINCT status FROM restore_journal")
+        _, access = store.query(
+            "SELECT DISTINCT metadata->>'access' FROM channels WHERE probe = 'rapl'"
+        )
+    assert [u[0] for u in units] == ["done", "done"]
+    for _, factors, settings in units:
+        in_force = json.loads(settings)["cpu_governor"]["in_force"]
+        assert in_force == json.loads(factors)["cpu_governor"]
+    assert journal == [("restored",)]
+    assert access == [("helper",)]

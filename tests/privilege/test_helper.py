@@ -8,12 +8,16 @@ import io
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import greenmon
 from greenmon.privhelper import (
     Caller,
     Helper,
@@ -31,6 +35,7 @@ from tests.fakes.rapl import standard_tree
 ROOT = Caller(pid=1, uid=0, gid=0)
 STRANGER = Caller(pid=os.getpid(), uid=4242, gid=4242)
 NVML_SPEC = "tests.fakes.nvml:two_gpus"
+REPO = Path(greenmon.__file__).resolve().parents[1]
 GPU = "GPU-11111111-aaaa-bbbb-cccc-000000000000"
 
 
@@ -217,3 +222,52 @@ def test_the_socket_carries_rapl_reads_and_refusals(
         assert not path.exists()
         with pytest.raises(HelperUnavailable, match="no greenmon helper answers"):
             HelperClient(path).rapl_read()
+
+
+def test_the_helper_serves_the_socket_systemd_passes(
+    trees: tuple[Path, FakeCpufreqTree],
+) -> None:
+    """Socket activation as greenmon-helper.socket does it: the listening socket arrives as
+    fd 3 with LISTEN_PID / LISTEN_FDS; the helper serves it instead of binding its own."""
+    powercap, cpu = trees
+    with short_socket_dir() as directory:
+        activated = directory / "activated.sock"
+        own = directory / "own.sock"  # what the helper would bind without systemd
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(activated))
+        listener.listen(16)
+        fd = listener.fileno()
+        log = directory / "helper.log"
+        # as systemd starts it: fd 3, and LISTEN_PID naming the helper's own process
+        launcher = (
+            "import os, sys\n"
+            "os.dup2(int(sys.argv[1]), 3)\n"
+            "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+            "os.execv(sys.executable, [sys.executable, '-m', 'greenmon.cli', *sys.argv[2:]])\n"
+        )
+        with log.open("w") as log_file:
+            helper = subprocess.Popen(
+                [sys.executable, "-c", launcher, str(fd), "helper",
+                 "--socket", str(own), "--powercap-root", str(powercap),
+                 "--cpufreq-root", str(cpu.root), "--allow-non-root"],
+                pass_fds=[fd], stdout=log_file, stderr=log_file,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )  # fmt: skip
+        listener.close()  # the helper holds it now
+        try:
+            deadline = time.monotonic() + 60
+            while "listening at" not in log.read_text():
+                assert helper.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "the helper did not start"
+                time.sleep(0.05)
+            assert str(activated) in log.read_text()
+            client = HelperClient(activated)
+            assert len(client.rapl_read()) == 3
+            with pytest.raises(HelperRefused, match="not a cpufreq scaling file"):
+                client.setting_write(cpufreq_target("/etc/shadow"), "x")
+            client.close()
+            assert not own.exists()
+        finally:
+            helper.terminate()
+            helper.wait(10)
+        assert helper.returncode in (0, -15), log.read_text()
