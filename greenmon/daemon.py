@@ -38,6 +38,7 @@ from greenmon.update_periods import changed_enough
 if TYPE_CHECKING:
     from greenmon.api import ApiOptions
     from greenmon.protocols import RunnerControl
+    from greenmon.windows import WindowRegistry
 
 Service = Callable[..., Coroutine[Any, Any, None]]
 # A stop hook waits for samples (a window's close waits up to HANDOFF_WAIT_MAX_S): a stop
@@ -90,6 +91,8 @@ class Daemon:
         self.started = anyio.Event()
         # Set by the runner service (greenmon/runner.py); every composed daemon has one.
         self.runner: RunnerControl | None = None
+        # Set by the windows service (greenmon/windows.py); the API and metrics read it.
+        self.windows: WindowRegistry | None = None
         # Set by the API service (greenmon/api/server.py) once its socket listens.
         self.socket_path: Path | None = None
         # Run in order when the daemon stops, while the probes still sample and the writer

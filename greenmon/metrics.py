@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from greenmon.config import DaemonOptions
+    from greenmon.protocols import MetricsHost
 
 
 @dataclass
@@ -49,7 +50,7 @@ class _Last:
 class DaemonCollector:
     """A prometheus-client Collector over one daemon's in-memory state."""
 
-    def __init__(self, daemon: Any) -> None:
+    def __init__(self, daemon: MetricsHost) -> None:
         self.daemon = daemon
         self._last: dict[int, _Last] = {}
         self._energy_j: dict[str, float] = {}
@@ -93,25 +94,22 @@ class DaemonCollector:
 
         yield from self._probe_metrics(GaugeMetricFamily, CounterMetricFamily)
         yield from self._experiment_metrics(GaugeMetricFamily, InfoMetricFamily)
-        registry = getattr(self.daemon, "windows", None)
-        open_windows = getattr(registry, "open", None)
-        if open_windows is not None:
+        if self.daemon.windows is not None:
             yield GaugeMetricFamily(
-                "greenmon_windows_open", "Named windows open now.", value=len(open_windows)
-            )
+                "greenmon_windows_open", "Named windows open now.",
+                value=len(self.daemon.windows.open),
+            )  # fmt: skip
 
     def _power_metric(self, gauge: Any, sources: dict[int, str]) -> Any:
         """Power per channel now; adds each source channel's energy since the last scrape
         to its domain's total."""
-        from greenmon.api import channel_values
-
         power = gauge(
             "greenmon_power_watts",
             "Power per channel: a power gauge's latest reading, or an energy counter's "
             "mean power since the previous scrape.",
             labels=["probe", "channel", "domain"],
         )
-        for channel_id, t_ns, value in channel_values(self.daemon):
+        for channel_id, t_ns, value in self.daemon.channel_values():
             probe, channel = self.daemon.channels[channel_id]
             scale = SCALE_TO_SI.get(channel.unit)
             if scale is None:
@@ -157,9 +155,7 @@ class DaemonCollector:
 
     def _experiment_metrics(self, gauge: Any, info: Any) -> Iterator[Metric]:
         """The runner's experiment, progress and running unit, when the daemon runs one."""
-        from greenmon.api import runner_progress
-
-        progress = runner_progress(self.daemon)
+        progress = self.daemon.progress()
         if progress is None:
             return
         yield info(
@@ -215,7 +211,7 @@ def metrics_service(options: DaemonOptions) -> Callable[..., Any]:
     """A daemon service serving ``/metrics`` when ``options.metrics_port`` is set."""
 
     async def service(
-        daemon: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        daemon: MetricsHost, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         if options.metrics_port is None:
             task_status.started()

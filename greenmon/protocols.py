@@ -9,18 +9,24 @@ Each side names only what it uses of the other, so none needs the other's whole 
 - ``RunnerControl``: what the API (greenmon/api.py) and ``greenmon run``
   (greenmon/commands/run.py) need from a runner (greenmon/runner.py ``ExperimentRunner``):
   submit, follow, pause, resume, cancel, and the live results.
+- ``WindowHost``: what the named-windows registry (greenmon/windows.py) uses of its daemon.
+- ``MetricsHost``: what the Prometheus collector (greenmon/metrics.py) reads of its daemon.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from greenmon.config import Config
     from greenmon.daemon import Daemon
     from greenmon.plan import Plan
+    from greenmon.probes.base import Channel
     from greenmon.runner import ExperimentRunner, Submission
+    from greenmon.sampling import Sampler
     from greenmon.store import Store
+    from greenmon.windows import WindowRegistry
 
 
 class RunnerControl(Protocol):
@@ -78,6 +84,46 @@ class RunnerHost(Protocol):
     async def flush(self) -> None: ...
 
 
+class WindowHost(Protocol):
+    """What the named-windows service uses of its daemon: it attaches its registry as
+    ``windows`` and closes open windows from a stop hook."""
+
+    windows: WindowRegistry | None
+    on_stop: list[Callable[[], Awaitable[None]]]
+    samplers: list[Sampler]
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def session_id(self) -> str: ...
+
+    def event(self, level: str, message: str, probe: str | None = None) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class MetricsHost(Protocol):
+    """What the Prometheus collector reads of its daemon (in-memory state only)."""
+
+    samplers: list[Sampler]
+    channels: dict[int, tuple[str, Channel]]
+    unavailable: dict[str, str]
+
+    @property
+    def windows(self) -> WindowRegistry | None: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def session_id(self) -> str: ...
+
+    def channel_values(self) -> list[list[Any]]: ...
+
+    def progress(self) -> dict[str, Any] | None: ...
+
+
 if TYPE_CHECKING:
     # mypy proves here that each side is what the other needs (never run).
     def _daemon_is_a_runner_host(daemon: Daemon) -> RunnerHost:
@@ -85,3 +131,9 @@ if TYPE_CHECKING:
 
     def _runner_is_runner_control(runner: ExperimentRunner) -> RunnerControl:
         return runner
+
+    def _daemon_is_a_window_host(daemon: Daemon) -> WindowHost:
+        return daemon
+
+    def _daemon_is_a_metrics_host(daemon: Daemon) -> MetricsHost:
+        return daemon

@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -32,6 +32,10 @@ from greenmon.clock import now_ns
 from greenmon.errors import GreenmonError
 from greenmon.store import Event, SampleBatch
 from greenmon.views import UTILISATION_QUANTITIES
+
+if TYPE_CHECKING:
+    from greenmon.protocols import WindowHost
+    from greenmon.store import Store
 
 DOMAINS = ("cpu", "dram", "gpu", "wall", "global")
 # How long a close waits for every sampler to read past the window's end: a few periods
@@ -171,7 +175,7 @@ class WindowResult:
         )
 
 
-def window_results(store: Any, window_ids: Sequence[int]) -> list[WindowResult]:
+def window_results(store: Store, window_ids: Sequence[int]) -> list[WindowResult]:
     """Figures of closed windows from the view (blocking: run in a worker thread)."""
     if not window_ids:
         return []
@@ -184,7 +188,7 @@ def window_results(store: Any, window_ids: Sequence[int]) -> list[WindowResult]:
 class WindowRegistry:
     """The daemon's open windows; opens, closes and lists them (from the event loop)."""
 
-    def __init__(self, daemon: Any) -> None:
+    def __init__(self, daemon: WindowHost) -> None:
         self.daemon = daemon
         self.store = daemon.store
         self.open: dict[int, OpenWindow] = {}
@@ -369,9 +373,8 @@ class WindowRegistry:
         }
 
 
-def registry_of(daemon: Any) -> WindowRegistry | None:
-    registry = getattr(daemon, "windows", None)
-    return registry if isinstance(registry, WindowRegistry) else None
+def registry_of(daemon: WindowHost) -> WindowRegistry | None:
+    return daemon.windows
 
 
 def windows_service() -> Callable[..., Any]:
@@ -381,7 +384,7 @@ def windows_service() -> Callable[..., Any]:
     """
 
     async def service(
-        daemon: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        daemon: WindowHost, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         registry = WindowRegistry(daemon)
         daemon.windows = registry
