@@ -89,40 +89,17 @@ def cached_export(
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=dest.parent))
     start_s = time.perf_counter()
     try:
-        try:
-            # Exporters trace the model, and the tracer warns about every Python-side shape
-            # read; under a warnings-as-errors policy (the tests') that would abort the
-            # trace.  Whether the export computes the same thing is fidelity's job.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                exporter(model, tmp)
-        except MemoryError as error:
-            raise EngineError(
-                f"{engine} export of {model.spec} ran out of memory", title="Export failed"
-            ) from error
-        except EngineError:
-            raise
-        except Exception as error:  # exporters fail in library-specific ways
-            raise EngineError(
-                f"{engine} export of {model.spec} failed: {type(error).__name__}: {error}",
-                title="Export failed",
-            ) from error
+        _run_exporter(exporter, model, engine, tmp)
         export_s = time.perf_counter() - start_s
-        (tmp / MARKER).write_text(
-            json.dumps(
-                {
-                    "model": model.spec,
-                    "fingerprint": model.fingerprint,
-                    "engine": engine,
-                    "options": dict(options),
-                    "versions": dict(versions),
-                    "export_s": export_s,
-                },
-                indent=2,
-                sort_keys=True,
-                default=str,
-            )
-        )
+        marker = {
+            "model": model.spec,
+            "fingerprint": model.fingerprint,
+            "engine": engine,
+            "options": dict(options),
+            "versions": dict(versions),
+            "export_s": export_s,
+        }
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True, default=str))
         if dest.exists():  # an interrupted export from an earlier run
             shutil.rmtree(dest, ignore_errors=True)
         try:
@@ -133,3 +110,25 @@ def cached_export(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(dest, export_s, False, key)
+
+
+def _run_exporter(exporter: Exporter, model: ModelInfo, engine: str, tmp: Path) -> None:
+    """Run ``exporter`` into ``tmp``; its failures become an ``EngineError`` that names it."""
+    try:
+        # Exporters trace the model, and the tracer warns about every Python-side shape
+        # read; under a warnings-as-errors policy (the tests') that would abort the
+        # trace.  Whether the export computes the same thing is fidelity's job.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exporter(model, tmp)
+    except MemoryError as error:
+        raise EngineError(
+            f"{engine} export of {model.spec} ran out of memory", title="Export failed"
+        ) from error
+    except EngineError:
+        raise
+    except Exception as error:  # exporters fail in library-specific ways
+        raise EngineError(
+            f"{engine} export of {model.spec} failed: {type(error).__name__}: {error}",
+            title="Export failed",
+        ) from error

@@ -292,63 +292,33 @@ class HttpEngine:
     async def _request(
         self, session: Any, server: _Server, prompt: Prompt, max_new_tokens: int
     ) -> RequestRecord:
-        import aiohttp
-
         live = self._live
         with live.lock:
             live.in_flight += 1
-        text_parts: list[str] = []
-        token_ids: list[int] = []
-        streamed = 0
-        usage: dict[str, Any] = {}
-        first_ns: int | None = None
-        body = server.body(prompt, max_new_tokens)
-        start_ns = time.monotonic_ns()
+        reply = _Reply(start_ns=time.monotonic_ns())
         try:
-            async with session.post(server.endpoint, json=body) as resp:
-                if resp.status != 200:
-                    detail = (await resp.text())[:500]
-                    raise EngineError(
-                        f"{server.endpoint} answered {resp.status} to prompt {prompt.prompt_id}: "
-                        f"{detail}" + _hint(detail),
-                        title="Server refused a request",
-                    )
-                async for chunk in _events(resp.content):
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    for choice in chunk.get("choices") or []:
-                        piece, ids, count = _piece(choice, server.api)
-                        if count and first_ns is None:
-                            first_ns = time.monotonic_ns()
-                        streamed += count
-                        token_ids += ids
-                        text_parts.append(piece)
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise EngineError(
-                f"request {prompt.prompt_id} to {server.endpoint} failed: "
-                f"{type(error).__name__}: {error}",
-                title="Server request failed",
-            ) from error
+            await _post(session, server, prompt, max_new_tokens, reply)
         finally:
             with live.lock:
                 live.in_flight -= 1
         end_ns = time.monotonic_ns()
-        text = "".join(text_parts)
-        output_ids = tuple(token_ids) if token_ids else self._encode(text)
-        tokens_in = usage.get("prompt_tokens")
+        text = "".join(reply.text_parts)
+        output_ids = tuple(reply.token_ids) if reply.token_ids else self._encode(text)
+        tokens_in = reply.usage.get("prompt_tokens")
         if tokens_in is None:
             tokens_in = len(self._encode(prompt.text))
+        start_ns, first_ns = reply.start_ns, reply.first_ns
         with live.lock:
             live.done += 1
-            live.tokens += streamed
+            live.tokens += reply.streamed
             live.latencies_s.append((end_ns - start_ns) / 1e9)
             if first_ns is not None:
                 live.ttfts_s.append((first_ns - start_ns) / 1e9)
-        claimed = usage.get("completion_tokens")
+        claimed = reply.usage.get("completion_tokens")
         return RequestRecord(
             prompt_id=prompt.prompt_id,
             tokens_in=int(tokens_in),
-            tokens_out=streamed,
+            tokens_out=reply.streamed,
             start_ns=start_ns,
             end_ns=end_ns,
             ttft_ns=None if first_ns is None else first_ns - start_ns,
@@ -465,6 +435,52 @@ async def _events(content: Any) -> Any:
                     title="Server request failed",
                 )
             yield event
+
+
+@dataclass
+class _Reply:
+    """What one streamed request has brought so far."""
+
+    start_ns: int
+    first_ns: int | None = None
+    streamed: int = 0
+    text_parts: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+async def _post(
+    session: Any, server: _Server, prompt: Prompt, max_new_tokens: int, reply: _Reply
+) -> None:
+    """Send one request and read its stream into ``reply``; failures are ``EngineError``."""
+    import aiohttp
+
+    body = server.body(prompt, max_new_tokens)
+    try:
+        async with session.post(server.endpoint, json=body) as resp:
+            if resp.status != 200:
+                detail = (await resp.text())[:500]
+                raise EngineError(
+                    f"{server.endpoint} answered {resp.status} to prompt {prompt.prompt_id}: "
+                    f"{detail}" + _hint(detail),
+                    title="Server refused a request",
+                )
+            async for chunk in _events(resp.content):
+                if chunk.get("usage"):
+                    reply.usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    piece, ids, count = _piece(choice, server.api)
+                    if count and reply.first_ns is None:
+                        reply.first_ns = time.monotonic_ns()
+                    reply.streamed += count
+                    reply.token_ids += ids
+                    reply.text_parts.append(piece)
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise EngineError(
+            f"request {prompt.prompt_id} to {server.endpoint} failed: "
+            f"{type(error).__name__}: {error}",
+            title="Server request failed",
+        ) from error
 
 
 def _piece(choice: Mapping[str, Any], api: str) -> tuple[str, list[int], int]:

@@ -91,19 +91,9 @@ class OnnxEngine:
         self._device = "cpu"
 
     def load(self, model: Any, provider: str, options: Mapping[str, Any]) -> LoadInfo:
-        check_provider(self.name, provider, self.providers)
-        opts = check_options(self.name, options, OPTIONS)
-        if opts["graph_optimization_level"] not in GRAPH_LEVELS:
-            raise EngineError(
-                f"graph_optimization_level {opts['graph_optimization_level']!r} is not one of "
-                f"{', '.join(GRAPH_LEVELS)}",
-                title="Unknown engine option",
-            )
+        opts = self._checked(provider, options)
         import onnxruntime
 
-        reason = missing_provider_reason(provider, onnxruntime.get_available_providers())
-        if reason:
-            raise EngineError(reason, title="Provider not available")
         info = as_model(model, self.cache_dir)
         export = cached_export(
             info, self.name, {}, library_versions(*EXPORT_LIBRARIES), self.exporter,
@@ -116,20 +106,8 @@ class OnnxEngine:
             ORTModelForSeq2SeqLM if architecture == "encoder-decoder" else ORTModelForCausalLM
         )
 
-        session_options = onnxruntime.SessionOptions()
-        session_options.graph_optimization_level = getattr(
-            onnxruntime.GraphOptimizationLevel, GRAPH_LEVELS[opts["graph_optimization_level"]]
-        )
-        if opts["threads"] is not None:
-            session_options.intra_op_num_threads = int(opts["threads"])
-        provider_options: dict[str, Any] | None = None
-        if provider == "tensorrt":
-            trt_cache = cache_root(self.cache_dir) / "tensorrt" / export.key
-            trt_cache.mkdir(parents=True, exist_ok=True)
-            provider_options = {
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(trt_cache),
-            }
+        session_options = _session_options(onnxruntime, opts)
+        provider_options = self._provider_options(provider, export.key)
         gpu = provider in ("cuda", "tensorrt")
         start_s = time.perf_counter()
         try:
@@ -166,6 +144,31 @@ class OnnxEngine:
             },
         )
 
+    def _checked(self, provider: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The engine's options, checked, once the provider is known to be usable here."""
+        check_provider(self.name, provider, self.providers)
+        opts = check_options(self.name, options, OPTIONS)
+        if opts["graph_optimization_level"] not in GRAPH_LEVELS:
+            raise EngineError(
+                f"graph_optimization_level {opts['graph_optimization_level']!r} is not one of "
+                f"{', '.join(GRAPH_LEVELS)}",
+                title="Unknown engine option",
+            )
+        import onnxruntime
+
+        reason = missing_provider_reason(provider, onnxruntime.get_available_providers())
+        if reason:
+            raise EngineError(reason, title="Provider not available")
+        return opts
+
+    def _provider_options(self, provider: str, export_key: str) -> dict[str, Any] | None:
+        """TensorRT keeps its built engines beside the export (one folder per export)."""
+        if provider != "tensorrt":
+            return None
+        trt_cache = cache_root(self.cache_dir) / "tensorrt" / export_key
+        trt_cache.mkdir(parents=True, exist_ok=True)
+        return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache)}
+
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[RequestRecord]:
         if self._model is None:
             raise EngineError("generate called before load", title="Engine not loaded")
@@ -177,3 +180,14 @@ class OnnxEngine:
 
 
 Engine = OnnxEngine
+
+
+def _session_options(onnxruntime: Any, opts: Mapping[str, Any]) -> Any:
+    """ONNX Runtime's session options from the engine's options (graph level, threads)."""
+    session_options = onnxruntime.SessionOptions()
+    session_options.graph_optimization_level = getattr(
+        onnxruntime.GraphOptimizationLevel, GRAPH_LEVELS[opts["graph_optimization_level"]]
+    )
+    if opts["threads"] is not None:
+        session_options.intra_op_num_threads = int(opts["threads"])
+    return session_options

@@ -92,6 +92,18 @@ class _Unsupported(Exception):
     """A query the driver does not support for this GPU: its channels are left out."""
 
 
+# The gauge queries beyond power, in channel order: (query name, [(channel, unit), ...]).
+_GAUGES: tuple[tuple[str, list[tuple[str, str]]], ...] = (
+    ("utilisation", [("util_gpu_percent", "%"), ("util_memory_percent", "%")]),
+    ("memory", [("memory_used_bytes", "B"), ("memory_total_bytes", "B"), ("memory_percent", "%")]),
+    ("sm_clock", [("sm_clock_mhz", "MHz")]),
+    ("memory_clock", [("memory_clock_mhz", "MHz")]),
+    ("temperature", [("temperature_c", "C")]),
+    ("power_limit", [("power_limit_mw", "mW")]),
+    ("background_processes", [("background_processes", "1")]),
+)
+
+
 class NvmlProbe:
     name: ClassVar[str] = "nvml"
     default_rate_hz: ClassVar[float] = 20.0
@@ -212,22 +224,54 @@ class NvmlProbe:
             raise
 
     def _gpu_channels(self, index: int, handle: Any) -> list[tuple[Query, list[Channel]]]:
-        nvml = self._nvml
+        """The channels this GPU answers, each with the query that reads it."""
         info: dict[str, Any] = {"nvml_index": index}
         for key, fn in (("uuid", "nvmlDeviceGetUUID"), ("name", "nvmlDeviceGetName")):
             with contextlib.suppress(Exception):
-                value = getattr(nvml, fn)(handle)
+                value = getattr(self._nvml, fn)(handle)
                 info[key] = value.decode() if isinstance(value, bytes) else str(value)
         p = f"gpu{index}"
 
         def meta(**extra: Any) -> dict[str, Any]:
             return {**info, **extra}
 
+        queries = self._gpu_queries(handle)
+        found: list[tuple[Query, list[Channel]]] = []
+        has_counter = False
+        with contextlib.suppress(_Unsupported):
+            self._try(queries["energy"])
+            found.append(
+                (queries["energy"], [Channel(f"{p}.energy_mj", "mJ", "counter", "gpu", meta())])
+            )
+            has_counter = True
+        for name, field_name in (("power_instant", "instant"), ("power_usage", "usage_1s_average")):
+            try:
+                self._try(queries[name])
+            except _Unsupported:
+                continue
+            domain = None if has_counter else "gpu"
+            channel = Channel(
+                f"{p}.power_mw", "mW", "gauge", domain, meta(power_field=field_name, measures="gpu")
+            )
+            found.append((queries[name], [channel]))
+            break
+        for name, specs in _GAUGES:
+            try:
+                self._try(queries[name])
+            except _Unsupported:
+                continue
+            channels = [Channel(f"{p}.{c}", unit, "gauge", None, meta()) for c, unit in specs]
+            found.append((queries[name], channels))
+        return found
+
+    def _gpu_queries(self, handle: Any) -> dict[str, Query]:
+        """One query per NVML reading of this GPU, by name (``_GAUGES`` and the power ones)."""
+        nvml = self._nvml
         instant_id = self._code("NVML_FI_DEV_POWER_INSTANT")
         success = self._code("NVML_SUCCESS")
-
-        def energy() -> tuple[float | None, ...]:
-            return (float(nvml.nvmlDeviceGetTotalEnergyConsumption(handle)),)
+        sm_clock_id = self._code("NVML_CLOCK_SM")
+        mem_clock_id = self._code("NVML_CLOCK_MEM")
+        temperature_id = self._code("NVML_TEMPERATURE_GPU")
 
         def power_instant() -> tuple[float | None, ...]:
             [field] = nvml.nvmlDeviceGetFieldValues(handle, [instant_id])
@@ -235,9 +279,6 @@ class NvmlProbe:
                 raise _Unsupported(f"field {instant_id} returned {field.nvmlReturn}")
             member = _VALUE_MEMBERS.get(int(field.valueType), "uiVal")
             return (float(getattr(field.value, member)),)
-
-        def power_usage() -> tuple[float | None, ...]:
-            return (float(nvml.nvmlDeviceGetPowerUsage(handle)),)
 
         def utilisation() -> tuple[float | None, ...]:
             rates = nvml.nvmlDeviceGetUtilizationRates(handle)
@@ -248,22 +289,6 @@ class NvmlProbe:
             total = float(info_.total)
             used = float(info_.used)
             return (used, total, 100.0 * used / total if total else None)
-
-        sm_clock_id = self._code("NVML_CLOCK_SM")
-        mem_clock_id = self._code("NVML_CLOCK_MEM")
-        temperature_id = self._code("NVML_TEMPERATURE_GPU")
-
-        def sm_clock() -> tuple[float | None, ...]:
-            return (float(nvml.nvmlDeviceGetClockInfo(handle, sm_clock_id)),)
-
-        def memory_clock() -> tuple[float | None, ...]:
-            return (float(nvml.nvmlDeviceGetClockInfo(handle, mem_clock_id)),)
-
-        def temperature() -> tuple[float | None, ...]:
-            return (float(nvml.nvmlDeviceGetTemperature(handle, temperature_id)),)
-
-        def power_limit() -> tuple[float | None, ...]:
-            return (float(nvml.nvmlDeviceGetEnforcedPowerLimit(handle)),)
 
         def background_processes() -> tuple[float | None, ...]:
             # A process doing both compute and graphics work is listed by both calls.
@@ -277,54 +302,21 @@ class NvmlProbe:
             }
             return (float(len(pids - self._tree.pids())),)
 
-        found: list[tuple[Query, list[Channel]]] = []
-        has_counter = False
-        with contextlib.suppress(_Unsupported):
-            self._try(energy)
-            found.append((energy, [Channel(f"{p}.energy_mj", "mJ", "counter", "gpu", meta())]))
-            has_counter = True
-        power: tuple[Query, str] | None = None
-        for query, field_name in ((power_instant, "instant"), (power_usage, "usage_1s_average")):
-            try:
-                self._try(query)
-            except _Unsupported:
-                continue
-            power = (query, field_name)
-            break
-        if power is not None:
-            domain = None if has_counter else "gpu"
-            channel = Channel(
-                f"{p}.power_mw",
-                "mW",
-                "gauge",
-                domain,
-                meta(power_field=power[1], measures="gpu"),
-            )
-            found.append((power[0], [channel]))
-        simple: list[tuple[Query, list[tuple[str, str]]]] = [
-            (utilisation, [("util_gpu_percent", "%"), ("util_memory_percent", "%")]),
-            (
-                memory,
-                [("memory_used_bytes", "B"), ("memory_total_bytes", "B"), ("memory_percent", "%")],
-            ),
-            (sm_clock, [("sm_clock_mhz", "MHz")]),
-            (memory_clock, [("memory_clock_mhz", "MHz")]),
-            (temperature, [("temperature_c", "C")]),
-            (power_limit, [("power_limit_mw", "mW")]),
-            (background_processes, [("background_processes", "1")]),
-        ]
-        for query, specs in simple:
-            try:
-                self._try(query)
-            except _Unsupported:
-                continue
-            found.append(
-                (
-                    query,
-                    [Channel(f"{p}.{name}", unit, "gauge", None, meta()) for name, unit in specs],
-                )
-            )
-        return found
+        def one(fn: str, *args: Any) -> Query:
+            return lambda: (float(getattr(nvml, fn)(handle, *args)),)
+
+        return {
+            "energy": one("nvmlDeviceGetTotalEnergyConsumption"),
+            "power_instant": power_instant,
+            "power_usage": one("nvmlDeviceGetPowerUsage"),
+            "utilisation": utilisation,
+            "memory": memory,
+            "sm_clock": one("nvmlDeviceGetClockInfo", sm_clock_id),
+            "memory_clock": one("nvmlDeviceGetClockInfo", mem_clock_id),
+            "temperature": one("nvmlDeviceGetTemperature", temperature_id),
+            "power_limit": one("nvmlDeviceGetEnforcedPowerLimit"),
+            "background_processes": background_processes,
+        }
 
     def open(self) -> Sequence[Channel]:
         self._import()
