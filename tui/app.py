@@ -165,6 +165,7 @@ class GreenmonApp(App[str]):
     #banner.lost { background: $error; color: $text; }
     #live-chart { height: 1fr; min-height: 10; }
     #live-side { height: 11; }
+    #live-side > Static { height: 100%; }
     #unit { width: 1fr; border: round $primary; padding: 0 1; }
     #gauges { width: 34; border: round $primary; padding: 0 1; }
     #power-now { width: 1fr; border: round $primary; padding: 0 1; }

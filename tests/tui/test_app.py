@@ -84,6 +84,29 @@ async def test_grid_and_results_advance_as_units_finish(db_path: Path, sock_path
             assert row[0] == submitted["experiment_id"] and row[3] == "4" and row[5] == "4"
 
 
+async def test_the_unit_panel_grows_to_show_the_unit_and_phase(
+    db_path: Path, sock_path: Path
+) -> None:
+    """The panel first shows one line (idle); once a plan runs, its unit and phase lines
+    must be visible, not clipped to the first line's height (seen by hand in tmux)."""
+    probes = {"fakepower": FakePowerProbe()}
+    async with running_daemon(db_path, sock_path, probes, config_text=NO_HOST):
+        client = ApiClient(sock_path)
+        app = GreenmonApp(client)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(lambda: app.connected and "idle" in text_of(app, "#unit"))
+            await pilot.pause(1.5)  # drawn and laid out with the one idle line
+            await client.submit(fake_plan("shown", repetitions=20, cooldown_s=0.5), None)
+
+            def unit_and_phase_visible() -> bool:
+                lines = text_of(app, "#unit").splitlines()
+                height = app.query_one("#unit", Static).content_region.height
+                return any(line.startswith("phase ") for line in lines) and height >= len(lines)
+
+            await until(unit_and_phase_visible, timeout_s=30)
+            await client.cancel()
+
+
 async def test_pause_resume_and_cancel_reach_the_daemon(db_path: Path, sock_path: Path) -> None:
     probes = {"fakepower": FakePowerProbe()}
     async with running_daemon(db_path, sock_path, probes, config_text=NO_HOST):
