@@ -44,7 +44,7 @@ from greenmon.interference import quiet_before_baseline
 from greenmon.plan import Plan, Unit, diff_plans, parse_plan, parse_shard
 from greenmon.protocols import RunnerHost
 from greenmon.rounds import scheduled_units
-from greenmon.store import NewExperiment, NewUnit
+from greenmon.store import NewExperiment, NewUnit, Store
 
 if TYPE_CHECKING:
     from greenmon.hardware.journal import UnitSettings
@@ -115,6 +115,32 @@ class PlanFinished(PlanError):
 
 # How many finished submissions progress() keeps (clients following a plan read its outcome).
 FINISHED_KEPT = 20
+
+
+def summary_rows(store: Store, experiment_id: str) -> list[dict[str, Any]]:
+    """Medians per configuration over an experiment's finished units: the live results
+    table, and the summary ``greenmon run`` prints (from the daemon, or from the file)."""
+    columns, rows = store.query(
+        """SELECT configuration, count(*) AS units,
+                  median(energy_global_j) AS median_energy_j,
+                  median(duration_s) AS median_duration_s,
+                  median(j_per_token) AS median_j_per_token,
+                  list_distinct(flatten(list(flags))) AS flags,
+                  count(*) FILTER (list_contains(flags, 'background_load'))
+                      AS background_load_units,
+                  list_sort(list_distinct(flatten(list(estimated_domains))))
+                      AS estimated_domains
+           FROM unit_results_for(?) WHERE status = 'done'
+           GROUP BY configuration ORDER BY configuration""",
+        [experiment_id],
+    )
+    return [
+        {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in zip(columns, row, strict=True)
+        }
+        for row in rows
+    ]
 
 
 class ExperimentRunner:
@@ -430,27 +456,7 @@ class ExperimentRunner:
 
     def summary_rows(self, experiment_id: str) -> list[dict[str, Any]]:
         """Medians per configuration over finished units (the live results table)."""
-        columns, rows = self.store.query(
-            """SELECT configuration, count(*) AS units,
-                      median(energy_global_j) AS median_energy_j,
-                      median(duration_s) AS median_duration_s,
-                      median(j_per_token) AS median_j_per_token,
-                      list_distinct(flatten(list(flags))) AS flags,
-                      count(*) FILTER (list_contains(flags, 'background_load'))
-                          AS background_load_units,
-                      list_sort(list_distinct(flatten(list(estimated_domains))))
-                          AS estimated_domains
-               FROM unit_results_for(?) WHERE status = 'done'
-               GROUP BY configuration ORDER BY configuration""",
-            [experiment_id],
-        )
-        return [
-            {
-                k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in zip(columns, row, strict=True)
-            }
-            for row in rows
-        ]
+        return summary_rows(self.store, experiment_id)
 
     def recent_power_w(self, window_s: float) -> float | None:
         """Mean power of the energy sources over the last window_s, from stored samples."""

@@ -29,17 +29,21 @@ from greenmon.commands.common import (
 )
 from greenmon.config import Config, config_from_tables
 from greenmon.daemon import Daemon, build_daemon, open_daemon_store
-from greenmon.errors import GreenmonError, PlanError
+from greenmon.errors import DatabaseLockedError, GreenmonError, PlanError
 from greenmon.estimates import domains_of, legend, mark
 from greenmon.interference import busy_note
 from greenmon.livepower import PowerMeter
 from greenmon.plan import Plan, check_plan, load_plan, parse_shard
 from greenmon.protocols import RunnerControl
-from greenmon.runner import Submission
+from greenmon.runner import Submission, summary_rows
+from greenmon.store import Store
 
 # How often the progress line is redrawn on a terminal, and written when not on one.
 LINE_PERIOD_S = 1.0
 LOG_PERIOD_S = 10.0
+# A daemon stopping after its last plan lets go of the file within seconds (its last flush
+# and checkpoint); a client that outlived its API waits this long to read the results.
+FILE_RELEASE_WAIT_S = 30.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -311,8 +315,31 @@ async def follow_remote(
         try:
             summary = await client.experiment_results(experiment_id)
         except DaemonUnreachable:
-            summary = []
+            # The daemon ended as the plan did (a `greenmon run` hosting it stops when its
+            # queue is empty): the results are in the file once it lets go of it.
+            summary = await anyio.to_thread.run_sync(summary_from_file, db, experiment_id)
         return experiment_id, outcome, summary
+
+
+def summary_from_file(
+    db: Path, experiment_id: str, wait_s: float = FILE_RELEASE_WAIT_S
+) -> list[dict[str, Any]]:
+    """The summary of ``experiment_id`` read from ``db`` itself, waiting up to ``wait_s``
+    for a daemon that is stopping to release it; [] (said) if it is still held then."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with Store.open(db, read_only=True) as store:
+                return summary_rows(store, experiment_id)
+        except DatabaseLockedError:
+            if time.monotonic() > deadline:
+                print(
+                    f"greenmon: {db} is still held by a daemon; its results are not shown "
+                    f"here. Read them later with `greenmon status --db {db}`.",
+                    file=sys.stderr,
+                )
+                return []
+            time.sleep(0.2)
 
 
 # -- the command ---------------------------------------------------------------------------
