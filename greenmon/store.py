@@ -403,9 +403,13 @@ def _explain_open_error(path: Path, error: duckdb.Error) -> StoreError:
         pid = _PID_PATTERN.search(text)
         holder = f" (process {pid.group(1)})" if pid else ""
         return DatabaseLockedError(
-            f"{path} is held by a running greenmon daemon{holder}. Ask the daemon instead "
-            "(`greenmon status`, or `greenmon sql` once it serves its API), stop it with "
-            "Ctrl-C or SIGTERM, or point --db at another file."
+            # Commands that read ask the file's daemon first, so this is a holder whose API
+            # did not answer: one starting or stopping (seen as a run ended), or an older
+            # greenmon, not one to ask again.
+            f"{path} is held by another process{holder}: a greenmon daemon whose API did "
+            "not answer (starting or stopping: try again in a few seconds) or another "
+            "DuckDB client. If it keeps the file, stop it with Ctrl-C or SIGTERM, or point "
+            "--db at another file."
         )
     return StoreError(f"Could not open {path}: {text.splitlines()[0]}")
 
