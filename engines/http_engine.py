@@ -274,9 +274,15 @@ class HttpEngine:
         self._live = _Live(started_ns=time.monotonic_ns())
         records: list[RequestRecord | None] = [None] * len(prompts)
         timeout = aiohttp.ClientTimeout(total=server.request_timeout_s)
-        # Closed loop: exactly N connections; open loop: as many as arrivals need.
+        # Closed loop: exactly N connections; open loop: as many as arrivals need.  One
+        # connection per request (force_close): llama-cpp-python's server (uvicorn,
+        # sse-starlette) closes a connection after its stream although it answered
+        # keep-alive, and a slot's next request sent down that pooled connection failed with
+        # ServerDisconnectedError before the server saw it (about half the runs of
+        # tests/serving/test_third_party_server.py at concurrency 3; every run when the
+        # stream was read to its end).  A loopback connect costs tens of microseconds.
         limit = 0 if self._rate_hz else self._concurrency
-        connector = aiohttp.TCPConnector(limit=limit)
+        connector = aiohttp.TCPConnector(limit=limit, force_close=True)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
 
             async def send(index: int) -> None:

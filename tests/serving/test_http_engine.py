@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
+from greenmon.commands import run as run_command
 from greenmon.commands.run import run_experiment
 from greenmon.engines.http_engine import _closed_loop, poisson_offsets_s
 from greenmon.errors import PlanError
@@ -86,9 +88,19 @@ def power(tmp_path: Path) -> Iterator[PoweredRapl]:
 
 @pytest.mark.slow
 def test_served_units_measure_load_and_flag_inexact_servers(
-    tmp_path: Path, power: PoweredRapl
+    tmp_path: Path, power: PoweredRapl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     exact_port, short_port = _free_port(), _free_port()
+    # The runner's progress as the run follows it (every 0.25 s): what the API streams and
+    # the TUI's unit panel draws.  Only observed; the runner's own wiring is untouched.
+    seen: list[dict[str, Any]] = []
+    draw = run_command.progress_line
+
+    def observe(progress: Mapping[str, Any], meter: Any = None) -> str:
+        seen.append(dict(progress))
+        return draw(progress, meter)
+
+    monkeypatch.setattr(run_command, "progress_line", observe)
     text = (
         PLAN.format(root=power.tree.root)
         + _server("exact", "tests.fakes.engine:FakeEngine", exact_port)
@@ -141,6 +153,14 @@ def test_served_units_measure_load_and_flag_inexact_servers(
         spans = sorted((r[5], r[6]) for r in requests if r[0] == server)
         for start_ns, _ in spans:
             assert sum(1 for s, e in spans if s <= start_ns < e) <= 2
+    # While a served unit ran, the progress carried its live load (item 5's source).
+    served = [p["serving"] for p in seen
+              if (p.get("unit") or {}).get("configuration", "").startswith("http/")
+              and p.get("serving") is not None]  # fmt: skip
+    assert served, [(p.get("unit"), p.get("phase"), p.get("serving")) for p in seen]
+    for live in served:
+        assert live["concurrency"] == 2 and live["request_rate_hz"] is None
+        assert 0 <= live["requests_in_flight"] <= 2 and live["requests_done"] >= 0
     # Both servers were stopped with their units.
     for port in (exact_port, short_port):
         with socket.socket() as sock:
