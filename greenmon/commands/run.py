@@ -44,6 +44,8 @@ LOG_PERIOD_S = 10.0
 # A daemon stopping after its last plan lets go of the file within seconds (its last flush
 # and checkpoint); a client that outlived its API waits this long to read the results.
 FILE_RELEASE_WAIT_S = 30.0
+# An experiment's status once it ended (Store.end_experiment), which is its outcome.
+ENDED = ("done", "failed", "cancelled", "interrupted")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -298,7 +300,7 @@ async def follow_remote(
                 "with its own configuration"
             )
         meter = PowerMeter((await client.status())["channels"])
-        outcome = "interrupted"
+        outcome: str | None = None
         try:
             async for snap in client.stream():
                 progress = snap.get("progress") or {}
@@ -310,27 +312,37 @@ async def follow_remote(
                 if progress.get("experiment_id") == experiment_id:
                     printer.show(progress_line(progress, meter))
         except DaemonUnreachable:
-            printer.say("the daemon stopped before the plan ended; run the same command to resume")
+            pass  # the file says below whether the plan ended first
         printer.end_line()
         try:
+            if outcome is None:
+                raise DaemonUnreachable("the stream ended before the plan's outcome")
             summary = await client.experiment_results(experiment_id)
         except DaemonUnreachable:
-            # The daemon ended as the plan did (a `greenmon run` hosting it stops when its
-            # queue is empty): the results are in the file once it lets go of it.
-            summary = await anyio.to_thread.run_sync(summary_from_file, db, experiment_id)
-        return experiment_id, outcome, summary
+            # The daemon ended, perhaps as the plan did (a `greenmon run` hosting it stops
+            # when its queue is empty, and can go before its last snapshot reaches this
+            # client): the file says how the plan ended once the daemon lets go of it.
+            status, summary = await anyio.to_thread.run_sync(result_from_file, db, experiment_id)
+            outcome = status if status in ENDED else None
+        if outcome is None:
+            printer.say("the daemon stopped before the plan ended; run the same command to resume")
+        return experiment_id, outcome or "interrupted", summary
 
 
-def summary_from_file(
+def result_from_file(
     db: Path, experiment_id: str, wait_s: float = FILE_RELEASE_WAIT_S
-) -> list[dict[str, Any]]:
-    """The summary of ``experiment_id`` read from ``db`` itself, waiting up to ``wait_s``
-    for a daemon that is stopping to release it; [] (said) if it is still held then."""
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """(status, summary) of ``experiment_id`` read from ``db`` itself, waiting up to
+    ``wait_s`` for a daemon that is stopping to release it; (None, []), said, if it is
+    still held then."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
             with Store.open(db, read_only=True) as store:
-                return summary_rows(store, experiment_id)
+                rows = store.execute(
+                    "SELECT status FROM experiments WHERE experiment_id = ?", [experiment_id]
+                )
+                return (str(rows[0][0]) if rows else None), summary_rows(store, experiment_id)
         except DatabaseLockedError:
             if time.monotonic() > deadline:
                 print(
@@ -338,7 +350,7 @@ def summary_from_file(
                     f"here. Read them later with `greenmon status --db {db}`.",
                     file=sys.stderr,
                 )
-                return []
+                return None, []
             time.sleep(0.2)
 
 

@@ -217,6 +217,31 @@ def test_two_plans_submitted_at_once_run_one_after_the_other(
     assert daemon.wait(timeout=60) == 0
 
 
+def test_a_run_queued_behind_a_hosting_run_reports_its_own_outcome_and_results(
+    tmp_path: Path, stopper: list[subprocess.Popen[str]]
+) -> None:
+    """The host is a `greenmon run`, which stops once its queue is empty, possibly before
+    the queued client has seen its plan end over the API: the client must still exit 0 and
+    print its results (by hand it printed an empty table, then exited 130 as interrupted)."""
+    db = tmp_path / "h.duckdb"
+    host = start("run", str(write_plan(tmp_path, "host", cooldown_s=1.0)), "--db", str(db),
+                 cwd=tmp_path)  # fmt: skip
+    stopper.append(host)
+    wait_for(lambda: bool(daemon_status(db)), process=host, what="the hosting run's daemon")
+    queued = start("run", str(write_plan(tmp_path, "queued", repetitions=1)), "--db", str(db),
+                   cwd=tmp_path)  # fmt: skip
+    stopper.append(queued)
+    out, err = queued.communicate(timeout=300)
+    assert queued.returncode == 0, err
+    assert "queued behind 1 plan" in err
+    (queued_id,) = [r["experiment_id"] for r in sql(db, "SELECT experiment_id FROM experiments WHERE name = 'queued'")]
+    assert f"experiment {queued_id}: medians per configuration" in out
+    configurations = {r["configuration"] for r in sql(db, f"SELECT configuration FROM unit_results_for('{queued_id}')")}
+    assert configurations and all(c in out for c in configurations), out
+    _host_out, host_err = host.communicate(timeout=120)
+    assert host.returncode == 0, host_err
+
+
 def test_sighup_stops_a_run_in_order_and_it_resumes(
     tmp_path: Path, stopper: list[subprocess.Popen[str]]
 ) -> None:

@@ -1,6 +1,7 @@
 """``greenmon run`` following a daemon that stops as the plan ends (a run that hosted the
-daemon and whose queue emptied) reads the summary from the file once it is released,
-instead of printing an empty table (issue 12: a queued run printed no results)."""
+daemon and whose queue emptied) reads the plan's outcome and summary from the file once it
+is released (issue 12: a queued run printed no results, then, by hand, a finished plan was
+reported interrupted with exit status 130)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from greenmon.commands.run import summary_from_file
+from greenmon.commands.run import result_from_file
 from greenmon.runner import summary_rows
 from greenmon.store import Store
 from tests.support.synthetic import synthetic_results, write_synthetic_experiment
@@ -45,18 +46,19 @@ def _hold(path: Path, seconds: float) -> subprocess.Popen[str]:
     return holder
 
 
-def test_the_summary_is_read_once_the_stopping_daemon_lets_go(db: Path) -> None:
+def test_the_outcome_and_summary_are_read_once_the_stopping_daemon_lets_go(db: Path) -> None:
     with Store.open(db, read_only=True) as store:
         expected = summary_rows(store, "q")
     assert [row["configuration"] for row in expected] == ["onnx/cpu", "torch/cpu"]
     holder = _hold(db, 1.5)
     started = time.monotonic()
     try:
-        rows = summary_from_file(db, "q", wait_s=60)
+        status, rows = result_from_file(db, "q", wait_s=60)
     finally:
         holder.wait(30)
     assert time.monotonic() - started >= 0.5  # it waited for the holder, not failed at once
     assert rows == expected
+    assert status == "done"  # the synthetic experiment ended; `run` exits 0 on it
 
 
 def test_a_file_still_held_gives_no_rows_and_says_where_to_look(
@@ -64,7 +66,7 @@ def test_a_file_still_held_gives_no_rows_and_says_where_to_look(
 ) -> None:
     holder = _hold(db, 30)
     try:
-        assert summary_from_file(db, "q", wait_s=0.5) == []
+        assert result_from_file(db, "q", wait_s=0.5) == (None, [])
     finally:
         holder.kill()
         holder.wait(30)
