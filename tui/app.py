@@ -41,6 +41,7 @@ from greenmon.tui.model import (
     HEALTH_COLUMNS,
     RESULT_COLUMNS,
     LiveModel,
+    chart_bands,
     experiment_table,
     grid_table,
     health_rows,
@@ -115,17 +116,14 @@ class PowerChart(PlotextPlot):  # type: ignore[misc]  # textual-plotext is untyp
             return
         top_w = max(max(ws) for _, _, ws in series) * 1.1 or 1.0
         spans = model.phase_spans_s()
-        column_s = model.window_ns / 1e9 / columns
-        for phase, start_s, end_s in spans:
+        # The x axis runs from the oldest sample shown to 0 (seconds before the newest).
+        oldest_s = min(xs[0] for _, xs, _ in series)
+        for phase, start_s, end_s, labelled in chart_bands(spans, oldest_s, columns):
             # A sparse band up to the chart's top marks each phase's extent; cooldowns
-            # (the idle baseline) in blue, work phases in gray.  A phase narrower than a
-            # column cannot be seen, and each band costs a plot: none for those.  A label
-            # is written where it fits inside its band.
-            if end_s - start_s < column_s:
-                continue
+            # (the idle baseline) in blue, work phases in gray.
             shade = "blue" if "cooldown" in phase else "gray"
             plt.plot([start_s, end_s], [top_w, top_w], fillx=True, color=shade, marker="·")
-            if end_s - start_s >= (len(phase) + 1) * column_s:
+            if labelled:
                 plt.text(phase, x=start_s, y=top_w * 0.05, color=shade, alignment="left")
         for index, (label, xs, ws) in enumerate(series):
             color = SERIES_COLORS[index % len(SERIES_COLORS)]

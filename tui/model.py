@@ -178,6 +178,25 @@ class LiveModel:
         return [(s.channel.label, s.latest_w) for s in self.series.values()]
 
 
+def chart_bands(
+    spans: Iterable[tuple[str, float, float]], oldest_s: float, columns: int
+) -> list[tuple[str, float, float, bool]]:
+    """The phase bands worth drawing on a chart whose x axis runs from ``oldest_s`` to 0
+    over ``columns`` columns: (phase, start_s, end_s, labelled), each clipped to the axis.
+    A phase narrower than a column cannot be seen, and each band costs the chart a plot
+    (a plan of sub-second phases gave about 100 a draw): none for those.  A band is
+    labelled only where its name fits inside it."""
+    column_s = -oldest_s / max(columns, 1)
+    bands = []
+    for phase, span_start_s, end_s in spans:
+        start_s = max(span_start_s, oldest_s)
+        width_s = end_s - start_s
+        if width_s <= 0 or width_s < column_s:
+            continue
+        bands.append((phase, start_s, end_s, width_s >= (len(phase) + 1) * column_s))
+    return bands
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from greenmon.tui.model import LiveModel, grid_table, unit_lines
+from greenmon.tui.model import LiveModel, chart_bands, grid_table, unit_lines
 
 CHANNELS = [
     {"channel_id": 1, "probe": "rapl", "name": "package-0.energy_uj", "unit": "uJ",
@@ -91,3 +91,24 @@ def test_core_and_model_modules_do_not_import_textual() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_chart_bands_follow_the_axis_the_samples_span() -> None:
+    """Bands are judged against the chart's own x axis (oldest sample to 0), not the
+    model's 300 s window: 12 s after start a 3 s cooldown is drawn and labelled, while
+    a phase narrower than a column is left out, and a band is clipped to the axis."""
+    spans = [
+        ("load", -20.0, -9.0),  # began before the oldest sample: clipped to -12
+        ("cooldown_before", -9.0, -6.0),
+        ("warmup", -6.0, -5.95),  # 0.05 s: under a column (12 s / 80)
+        ("measure", -5.95, 0.0),
+    ]
+    bands = chart_bands(spans, oldest_s=-12.0, columns=80)
+    assert [(p, s, e) for p, s, e, _ in bands] == [
+        ("load", -12.0, -9.0), ("cooldown_before", -9.0, -6.0), ("measure", -5.95, 0.0),
+    ]  # fmt: skip
+    assert all(labelled for *_, labelled in bands)
+    # five minutes of axis: a column is 3.75 s, so the 3 s cooldown is not drawn, and the
+    # 11 s load and 6 s measure are drawn without their labels (5 and 8 columns needed)
+    wide = chart_bands(spans, oldest_s=-300.0, columns=80)
+    assert [(p, labelled) for p, _, _, labelled in wide] == [("load", False), ("measure", False)]
