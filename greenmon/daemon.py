@@ -31,7 +31,14 @@ from greenmon.clock import ClockAnchor, now_ns
 from greenmon.config import Config, probe_module
 from greenmon.hostinfo import host_info
 from greenmon.probes.base import Channel, Probe, ProbeUnavailable
-from greenmon.sampling import ProbeHealth, Sampler, run_samplers
+from greenmon.sampling import (
+    HANDOFF_POLL_S,
+    HANDOFF_WAIT_MAX_S,
+    HANDOFF_WAIT_MIN_S,
+    ProbeHealth,
+    Sampler,
+    run_samplers,
+)
 from greenmon.store import Event, FlushRequest, SampleBatch, Store, run_writer
 from greenmon.update_periods import changed_enough
 
@@ -154,6 +161,23 @@ class Daemon:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return
         await request.done.wait()
+
+    async def samples_through(self, t_ns: int) -> None:
+        """Return once every running sampler's samples up to ``t_ns`` are in the database:
+        a window's figures are read as it closes (issue 15), and a unit is recorded done
+        only with its samples stored, so a SIGKILL after it cannot leave a done unit
+        without them (README: what a crash can lose)."""
+        samplers = [s for s in self.samplers if s.health.state == "running"]
+        for sampler in samplers:
+            sampler.request_handoff(t_ns)
+        slowest_s = max((s.period_ns / 1e9 for s in samplers), default=0.0)
+        wait_s = min(HANDOFF_WAIT_MAX_S, max(HANDOFF_WAIT_MIN_S, 4 * slowest_s))
+        with anyio.move_on_after(wait_s):
+            while any(
+                s.health.state == "running" and (s.handed_off_t_ns or 0) < t_ns for s in samplers
+            ):
+                await anyio.sleep(HANDOFF_POLL_S)
+        await self.flush()
 
     # -- what the daemon shows (GET /status, GET /stream, the TUI, metrics) -------------
     def health(self, *, detail: bool = True) -> list[dict[str, Any]]:

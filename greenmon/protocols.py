@@ -83,6 +83,8 @@ class RunnerHost(Protocol):
 
     async def flush(self) -> None: ...
 
+    async def samples_through(self, t_ns: int) -> None: ...
+
 
 class WindowHost(Protocol):
     """What the named-windows service uses of its daemon: it attaches its registry as
@@ -100,7 +102,7 @@ class WindowHost(Protocol):
 
     def event(self, level: str, message: str, probe: str | None = None) -> None: ...
 
-    async def flush(self) -> None: ...
+    async def samples_through(self, t_ns: int) -> None: ...
 
 
 class MetricsHost(Protocol):

@@ -955,6 +955,9 @@ class UnitRun:
         self.cell["running"] = 0
         self.state.unit = None
         self.state.phase = None
+        # The unit's samples are stored before its outcome is: a SIGKILL from here on
+        # cannot leave a done unit without the samples its energy comes from.
+        await self.runner.daemon.samples_through(now_ns())
         db = anyio.to_thread.run_sync
         if self.failure is not None:
             await db(self.write_phases)

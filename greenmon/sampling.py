@@ -65,6 +65,12 @@ STOP_SLICE_S = 5.0
 # rates (issue 17) for a loss bound a quarter of a second longer.  A closing window asks
 # for a hand-off at once, so no figure waits for it.
 HANDOFF_INTERVAL_S = 0.5
+# How long a wait for every sampler to read past an instant (a window's close, a unit's
+# end: Daemon.samples_through) lasts: a few periods of the slowest probe, at least this
+# long, at most the cap (a stalled probe is reported by coverage, not by a hung wait).
+HANDOFF_WAIT_MIN_S = 1.0
+HANDOFF_WAIT_MAX_S = 10.0
+HANDOFF_POLL_S = 0.002
 
 
 def next_tick(t0_ns: int, period_ns: int, done_tick: int, now_ns_: int) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from anyio.abc import TaskStatus
 
 from greenmon.clock import now_ns
 from greenmon.errors import GreenmonError
+from greenmon.sampling import HANDOFF_POLL_S, HANDOFF_WAIT_MAX_S
 from greenmon.store import Event, SampleBatch
 from greenmon.views import UTILISATION_QUANTITIES
 
@@ -38,12 +39,6 @@ if TYPE_CHECKING:
     from greenmon.store import Store
 
 DOMAINS = ("cpu", "dram", "gpu", "wall", "global")
-# How long a close waits for every sampler to read past the window's end: a few periods
-# of the slowest probe, at least this long, at most the cap (a stalled probe is reported
-# by the window's coverage, not by a hung close).
-HANDOFF_WAIT_MIN_S = 1.0
-HANDOFF_WAIT_MAX_S = 10.0
-HANDOFF_POLL_S = 0.002
 RECENT_WINDOWS = 20
 CACHED_WINDOWS = 1000
 
@@ -295,7 +290,7 @@ class WindowRegistry:
             "UPDATE windows SET end_ns = ? WHERE window_id = ?",
             [end_ns, window_id],
         )
-        await self.samples_through(end_ns)
+        await self.daemon.samples_through(end_ns)
         results = await anyio.to_thread.run_sync(window_results, self.store, [window_id])
         if not results:
             raise WindowError(f"Window {window_id} has no row in window_results.")
@@ -307,20 +302,6 @@ class WindowRegistry:
             self._closed[result.window_id] = result
         while len(self._closed) > CACHED_WINDOWS:
             del self._closed[min(self._closed)]
-
-    async def samples_through(self, t_ns: int) -> None:
-        """Return once every running sampler's samples up to ``t_ns`` are stored."""
-        samplers = [s for s in self.daemon.samplers if s.health.state == "running"]
-        for sampler in samplers:
-            sampler.request_handoff(t_ns)
-        slowest_s = max((s.period_ns / 1e9 for s in samplers), default=0.0)
-        wait_s = min(HANDOFF_WAIT_MAX_S, max(HANDOFF_WAIT_MIN_S, 4 * slowest_s))
-        with anyio.move_on_after(wait_s):
-            while any(
-                s.health.state == "running" and (s.handed_off_t_ns or 0) < t_ns for s in samplers
-            ):
-                await anyio.sleep(HANDOFF_POLL_S)
-        await self.daemon.flush()
 
     async def close_open(self) -> None:
         """At daemon stop, while the probes still sample: close what is still open the way
