@@ -227,12 +227,9 @@ async def scheduled_units(
 async def _decide_round(
     plan: Plan, experiment_id: str, round_: int, daemon: RunnerHost
 ) -> StopDecision:
-    # Every sample up to the round's end is handed off after one hand-off interval; the
-    # flush then puts them in the file before the round's units are materialised.
-    from greenmon.sampling import HANDOFF_INTERVAL_S
-
-    await anyio.sleep(HANDOFF_INTERVAL_S)
-    await daemon.flush()
+    # Every sample up to the round's end is in the file before its units are materialised
+    # (each unit's record already waited for its own; this covers the round's end).
+    await daemon.samples_through(now_ns())
 
     def work() -> StopDecision:
         cells = evaluate_experiment(plan, experiment_id, daemon.store)
