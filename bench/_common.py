@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import select
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -68,3 +70,73 @@ def aim(
     if why:
         row["why"] = why
     return row
+
+
+# -- floors: what this machine charges before a sampler does any work (issue 17) -------------
+
+
+def wakeup_floor_ms_per_s(rates_hz: list[float], seconds: float = 10.0) -> dict[str, float]:
+    """A thread that only sleeps to the same deadlines as the shared sampling thread (the
+    union of every rate's ticks, one wake-up per distinct deadline, ``select`` on a pipe as
+    ``sampling._Waker``) and does nothing else: what waking alone costs on this machine."""
+    periods_ns = [round(1e9 / rate) for rate in rates_hz]
+    read_fd, write_fd = os.pipe()
+    wakeups = 0
+
+    def loop() -> None:
+        nonlocal wakeups
+        t0 = time.monotonic_ns()
+        ticks = [1] * len(periods_ns)
+        end = t0 + int(seconds * 1e9)
+        while True:
+            due = min(t0 + k * p for k, p in zip(ticks, periods_ns, strict=True))
+            if due > end:
+                return
+            delay_ns = due - time.monotonic_ns()
+            if delay_ns > 0:
+                select.select([read_fd], [], [], delay_ns / 1e9)
+            wakeups += 1
+            for i, period in enumerate(periods_ns):
+                if t0 + ticks[i] * period <= due:
+                    ticks[i] += 1
+
+    cpu_s: list[float] = []
+
+    def measured() -> None:
+        loop()
+        cpu_s.append(time.thread_time())
+
+    thread = threading.Thread(target=measured)
+    thread.start()
+    thread.join()
+    os.close(read_fd)
+    os.close(write_fd)
+    return {
+        "wakeups_per_s": round(wakeups / seconds, 1),
+        "cpu_ms_per_s": round(cpu_s[0] * 1e3 / seconds, 2),
+        "cpu_us_per_wakeup": round(cpu_s[0] * 1e6 / max(1, wakeups), 1),
+    }
+
+
+def commit_floor_us(workdir: Path, rows: int, commits: int = 20) -> float:
+    """Median CPU of one flush of ``rows`` samples into a fresh file (``Store.write``: one
+    INSERT, one commit), a tenth of a second apart as the daemon's flushes are."""
+    import numpy as np
+
+    from greenmon.store import SampleBatch, Store
+
+    costs: list[int] = []
+    with Store.open(workdir / "commit-floor.duckdb") as store:
+        session = "floor"
+        for index in range(commits + 3):
+            t_ns = np.arange(rows, dtype=np.int64) + index * rows
+            batch = SampleBatch.from_columns(
+                np.ones(rows, dtype=np.int32), t_ns, np.random.default_rng(index).random(rows)
+            )
+            time.sleep(0.1)
+            started = time.thread_time_ns()
+            store.write(batch, [], session)
+            if index >= 3:  # the first commits warm DuckDB up
+                costs.append(time.thread_time_ns() - started)
+    costs.sort()
+    return round(costs[len(costs) // 2] / 1e3, 1)

@@ -105,7 +105,7 @@ def codecarbon_running(output_dir: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def greenmon_running(config_text: str, db_dir: str) -> Iterator[None]:
+def greenmon_running(config_text: str, db_dir: str) -> Iterator[Any]:
     """A greenmon daemon on its own event loop in a thread of this process."""
     from anyio.from_thread import start_blocking_portal
 
@@ -120,7 +120,7 @@ def greenmon_running(config_text: str, db_dir: str) -> Iterator[None]:
             future = portal.start_task_soon(daemon.run)
             portal.call(daemon.started.wait)
             try:
-                yield
+                yield daemon
             finally:
                 portal.call(daemon.request_stop)
                 future.result()
@@ -128,7 +128,7 @@ def greenmon_running(config_text: str, db_dir: str) -> Iterator[None]:
         store.close()
 
 
-def running(tool: str, workdir: str) -> contextlib.AbstractContextManager[None]:
+def running(tool: str, workdir: str) -> contextlib.AbstractContextManager[Any]:
     if tool == "none":
         return contextlib.nullcontext()
     if tool == "codecarbon_1hz":
@@ -143,15 +143,26 @@ def running(tool: str, workdir: str) -> contextlib.AbstractContextManager[None]:
 # -- figure 1: CPU per second of monitoring, one process per tool --------------------------
 
 
-def child_cpu(tool: str, seconds: float) -> dict[str, float]:
-    """In a child process: this process's CPU while ``tool`` monitors for ``seconds``."""
-    with tempfile.TemporaryDirectory(prefix="greenmon-peers-") as workdir, running(tool, workdir):
+def child_cpu(tool: str, seconds: float) -> dict[str, Any]:
+    """In a child process: this process's CPU while ``tool`` monitors for ``seconds``; for
+    greenmon also the rates its sampling thread keeps, its flush interval and how many
+    samples a second it stores (what its floors are computed from)."""
+    with (
+        tempfile.TemporaryDirectory(prefix="greenmon-peers-") as workdir,
+        running(tool, workdir) as daemon,
+    ):
         # Counted once the tool runs, so imports and start-up are not charged to it; the
         # process CPU clock has ns resolution (psutil's cpu_times counts 10 ms ticks).
         cpu0, wall0 = time.process_time(), time.monotonic()
         time.sleep(seconds)
         cpu_s, wall_s = time.process_time() - cpu0, time.monotonic() - wall0
-    return {"cpu_s": cpu_s, "wall_s": wall_s}
+        measured: dict[str, Any] = {"cpu_s": cpu_s, "wall_s": wall_s}
+        if daemon is not None:
+            threaded = [s for s in daemon.samplers if not s.is_async]
+            measured["rates_hz"] = [s.health.target_hz for s in threaded]
+            measured["flush_interval_s"] = daemon.config.daemon.flush_interval_s
+            measured["samples_per_s"] = sum(s.health.samples for s in threaded) / wall_s
+    return measured
 
 
 def cpu_per_tool(tools: list[str], seconds: float) -> dict[str, Any]:
@@ -168,16 +179,40 @@ def cpu_per_tool(tools: list[str], seconds: float) -> dict[str, Any]:
             continue
         measured = json.loads(done.stdout.strip().splitlines()[-1])
         results[tool] = {"cpu_ms_per_s": 1e3 * measured["cpu_s"] / measured["wall_s"]}
+        if "rates_hz" in measured:
+            results[tool]["floors"] = floors(measured)
     idle = results.get("none", {}).get("cpu_ms_per_s", 0.0)
     for tool in tools:
         if "cpu_ms_per_s" in results[tool]:
             raw = results[tool]["cpu_ms_per_s"]
-            results[tool] = {
+            results[tool] |= {
                 "cpu_ms_per_s": round(max(0.0, raw - idle), 3),
                 "cpu_ms_per_s_raw": round(raw, 3),
                 "core_percent": round(max(0.0, raw - idle) / 10.0, 3),
             }
     return results
+
+
+def floors(measured: dict[str, Any]) -> dict[str, Any]:
+    """What this machine charges a greenmon process before any probe reads: waking at its
+    sampling thread's deadlines, and committing one flush to the file per flush interval
+    (bench/_common.py).  Beside the CPU figure, they say how much of it no code change in
+    the sampling loop can remove."""
+    from _common import commit_floor_us, wakeup_floor_ms_per_s  # type: ignore[import-not-found]
+
+    wakeups = wakeup_floor_ms_per_s(measured["rates_hz"])
+    rows = max(1, int(measured["samples_per_s"] * measured["flush_interval_s"]))
+    with tempfile.TemporaryDirectory(prefix="greenmon-peers-") as workdir:
+        commit_us = commit_floor_us(Path(workdir), rows)
+    commits_ms_per_s = commit_us / 1e3 / measured["flush_interval_s"]
+    return {
+        "rates_hz": measured["rates_hz"],
+        "wakeups_alone": wakeups,
+        "commit_of_one_flush_cpu_us": commit_us,
+        "commit_rows": rows,
+        "commits_ms_per_s": round(commits_ms_per_s, 2),
+        "total_ms_per_s": round(wakeups["cpu_ms_per_s"] + commits_ms_per_s, 2),
+    }
 
 
 # -- figure 2: slowdown of the same in-process generation ----------------------------------
@@ -270,6 +305,18 @@ def slowdown_per_tool(
     return results
 
 
+def floor_text(found: dict[str, Any] | None) -> str:
+    if not found:
+        return ""
+    wakeups = found["wakeups_alone"]
+    return (
+        f"floors here: {wakeups['wakeups_per_s']} bare wake-ups/s cost "
+        f"{wakeups['cpu_ms_per_s']} ms/s, a flush commit every "
+        f"{found['commit_of_one_flush_cpu_us'] / 1e3:.1f} ms of CPU costs "
+        f"{found['commits_ms_per_s']} ms/s: {found['total_ms_per_s']} ms/s before any read"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="monitoring per CPU figure")
@@ -316,7 +363,9 @@ def main() -> int:
             why="" if ratio is not None else (missing or "a CPU figure failed"),
         ),
         aim("greenmon 10 Hz CPU, ms per s", gm10, "<=", cc if cc else 2.5, "ms/s",
-            why="" if cc else "CodeCarbon absent: its published 2.5 ms/s used"),
+            why="; ".join(filter(None, [
+                "" if cc else "CodeCarbon absent: its published 2.5 ms/s used",
+                floor_text(cpu.get("greenmon_10hz", {}).get("floors"))]))),
         aim("slowdown noise floor (none vs none, 95% interval half-width)",
             (floor[1] - floor[0]) / 2, "<", 0.5, "%"),
         aim("greenmon 10 Hz slowdown", slowdown["greenmon_10hz"]["slowdown_percent"], "<",

@@ -36,13 +36,21 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import anyio
-from _common import REPO, aim, machine  # type: ignore[import-not-found]
+from _common import (  # type: ignore[import-not-found]
+    REPO,
+    aim,
+    commit_floor_us,
+    machine,
+    wakeup_floor_ms_per_s,
+)
 
+from greenmon import sampling
 from greenmon.config import parse_config
 from greenmon.daemon import Daemon
 from greenmon.hardware.cpufreq import CpufreqKnob
@@ -82,6 +90,79 @@ async def async_read_cost_us(probe: netio.NetioProbe, reads: int = 40) -> float:
     finally:
         await probe.aclose()
         probe.close()
+
+
+def thread_cpu_ns() -> dict[int, int]:
+    """CPU time of each of this process's threads (native id), in ns, from schedstat."""
+    out: dict[int, int] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as handle:
+                out[int(tid)] = int(handle.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended, or no schedstat on this kernel
+    return out
+
+
+class Breakdown:
+    """Where the daemon's CPU goes, per thread: the sampling thread (``sampling.drive``),
+    the writer's flushes (``Store.write``, on whichever worker thread ran it), the event
+    loop's thread, and the rest (DuckDB's own threads, other workers).  The bench wraps the
+    two functions by name before the daemon starts; the daemon itself is unchanged."""
+
+    def __init__(self) -> None:
+        self.drive_tid: int | None = None
+        self.write_ns = 0
+        self.writes = 0
+        self._drive = sampling.drive
+        self._write = Store.write
+
+    def __enter__(self) -> Breakdown:
+        drive, write = self._drive, self._write
+
+        def traced_drive(samplers: Any) -> None:
+            self.drive_tid = threading.get_native_id()
+            drive(samplers)
+
+        def traced_write(store: Store, *args: Any) -> None:
+            started = time.thread_time_ns()
+            try:
+                write(store, *args)
+            finally:
+                self.write_ns += time.thread_time_ns() - started
+                self.writes += 1
+
+        sampling.drive = traced_drive  # type: ignore[assignment]
+        Store.write = traced_write  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sampling.drive = self._drive  # type: ignore[assignment]
+        Store.write = self._write  # type: ignore[method-assign]
+
+    def mark(self) -> tuple[dict[int, int], int, int, float]:
+        return thread_cpu_ns(), self.write_ns, self.writes, time.monotonic()
+
+    def between(
+        self, start: tuple[dict[int, int], int, int, float], loop_tid: int
+    ) -> dict[str, float]:
+        """ms of CPU per second of wall time, per part, from ``start`` to now."""
+        threads_now, write_ns, writes, wall = self.mark()
+        threads_then, write_then, writes_then, wall_then = start
+        seconds = wall - wall_then
+        per = {tid: ns - threads_then.get(tid, 0) for tid, ns in threads_now.items()}
+        sampling_ns = per.pop(self.drive_tid, 0) if self.drive_tid is not None else 0
+        loop_ns = per.pop(loop_tid, 0)
+        flushes_ns = write_ns - write_then
+        rest_ns = sum(per.values()) - flushes_ns
+        return {
+            "sampling_thread": round(sampling_ns / 1e6 / seconds, 2),
+            "writer_flushes": round(flushes_ns / 1e6 / seconds, 2),
+            "flushes_per_s": round((writes - writes_then) / seconds, 2),
+            "cpu_us_per_flush": round(flushes_ns / 1e3 / max(1, writes - writes_then), 1),
+            "event_loop": round(loop_ns / 1e6 / seconds, 2),
+            "other_threads": round(rest_ns / 1e6 / seconds, 2),
+        }
 
 
 def cpu_seconds() -> float:
@@ -130,13 +211,21 @@ async def measure(seconds: float, workdir: Path, netio_port: int) -> dict[str, A
         marks["cpu_end"], marks["wall_end"] = cpu_seconds(), time.monotonic()
         result["summary"] = summary
 
-    async with anyio.create_task_group() as group:
-        group.start_soon(run)
-        await daemon.started.wait()
-        await anyio.sleep(1.0)
-        marks["cpu_steady"], marks["wall_steady"] = cpu_seconds(), time.monotonic()
+    with Breakdown() as breakdown:
+        async with anyio.create_task_group() as group:
+            group.start_soon(run)
+            await daemon.started.wait()
+            await anyio.sleep(1.0)
+            marks["cpu_steady"], marks["wall_steady"] = cpu_seconds(), time.monotonic()
+            steady = breakdown.mark()
+            # the parts are read before the daemon stops, so its last flush is not in them
+            await anyio.sleep(max(1.0, seconds - 2.0))
+            parts = breakdown.between(steady, threading.get_native_id())
     store.close()
     summary = result["summary"]
+    rates = [p["target_hz"] for p in summary.probes if p["probe"] != "netio"]  # netio: async
+    flush_rows = int(summary.samples_written / seconds * config.daemon.flush_interval_s)
+    commit_us = commit_floor_us(workdir, flush_rows)
 
     def share(cpu_key: str, wall_key: str) -> float:
         cpu = marks["cpu_end"] - marks[cpu_key]
@@ -160,6 +249,16 @@ async def measure(seconds: float, workdir: Path, netio_port: int) -> dict[str, A
             3,
         ),
         "samples_written": summary.samples_written,
+        # issue 17: where the CPU goes (ms per s), beside what this machine charges for
+        # the two things no sampler can avoid: waking at the probes' deadlines, and
+        # committing a flush to the file
+        "parts_ms_per_s": parts,
+        "floors": {
+            "wakeups_alone": wakeup_floor_ms_per_s(rates),
+            "commit_of_one_flush_cpu_us": commit_us,
+            "commit_rows": flush_rows,
+            "commits_ms_per_s": round(commit_us / 1e3 / config.daemon.flush_interval_s, 2),
+        },
         "probes": [
             {
                 "probe": p["probe"],
@@ -276,6 +375,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
+    floors = figures["floors"]
+    parts = figures["parts_ms_per_s"]
     figures["aims"] = [
         aim(
             "daemon at default rates (host 10, NVML 20, NETIO 2, RAPL 50 Hz): CPU",
@@ -283,6 +384,12 @@ def main() -> None:
             "<=",
             0.5,
             "% of a core",
+            # the floors say what part of the figure this machine charges before any work
+            f"parts, ms/s: sampling thread {parts['sampling_thread']}, flushes "
+            f"{parts['writer_flushes']}, event loop {parts['event_loop']}, other "
+            f"{parts['other_threads']}; floors here: {floors['wakeups_alone']['wakeups_per_s']}"
+            f" bare wake-ups/s cost {floors['wakeups_alone']['cpu_ms_per_s']} ms/s, one "
+            f"flush's commit {floors['commit_of_one_flush_cpu_us']} us",
         )
     ]
     print(json.dumps(figures, indent=2))

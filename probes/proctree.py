@@ -119,6 +119,9 @@ class ProcessTree:
         self.roots = list(dict.fromkeys(roots))
         self._fds: dict[int, int] = {}
         self._refresh_at_ns = 0
+        # Each member's stat fields (after the command name) as the last cpu_ticks() read
+        # them, for a caller that wants one of them in the same tick (probes/host.py).
+        self.stat_fields: dict[int, list[bytes]] = {}
 
     def pids(self) -> set[int]:
         """The members, refreshed when the last look is older than REFRESH_NS."""
@@ -138,12 +141,14 @@ class ProcessTree:
         """CPU time of every member (own and reaped children's), in clock ticks."""
         total = 0
         self.pids()
-        for fd in self._fds.values():
+        self.stat_fields = {}
+        for pid, fd in self._fds.items():
             try:
                 raw = os.pread(fd, 1024, 0)
             except OSError:
                 continue  # gone since the last refresh
             fields = raw[raw.rfind(b")") + 2 :].split()
+            self.stat_fields[pid] = fields
             if len(fields) >= 15:
                 # utime stime cutime cstime are fields 14-17 (1-based), 11-14 here
                 total += sum(int(f) for f in fields[11:15])
@@ -154,6 +159,7 @@ class ProcessTree:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds = {}
+        self.stat_fields = {}
         self._refresh_at_ns = 0
 
 
