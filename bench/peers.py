@@ -311,8 +311,8 @@ def floor_text(found: dict[str, Any] | None) -> str:
     wakeups = found["wakeups_alone"]
     return (
         f"floors here: {wakeups['wakeups_per_s']} bare wake-ups/s cost "
-        f"{wakeups['cpu_ms_per_s']} ms/s, a flush commit every "
-        f"{found['commit_of_one_flush_cpu_us'] / 1e3:.1f} ms of CPU costs "
+        f"{wakeups['cpu_ms_per_s']} ms/s and one commit of a flush "
+        f"({found['commit_of_one_flush_cpu_us'] / 1e3:.1f} ms of CPU) per flush interval "
         f"{found['commits_ms_per_s']} ms/s: {found['total_ms_per_s']} ms/s before any read"
     )
 

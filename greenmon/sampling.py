@@ -402,9 +402,12 @@ class Sampler:
         # flushes.  Handing off through the event loop instead (from_thread.run_sync)
         # costs a loop wake-up and a thread wait per hand-off.
         last_ns = self.health.last_t_ns
-        batch, events = self._take_pending()
-        if len(batch) or events:
-            self.sink.append((batch, events))
+        # Nothing read since the last hand-off (a probe slower than the hand-off interval):
+        # the update periods and the columns would cost about 250 us for nothing.
+        if self._rows.rows or self._pending_events:
+            batch, events = self._take_pending()
+            if len(batch) or events:
+                self.sink.append((batch, events))
         self.handed_off_t_ns = last_ns
         if self._handoff_due():
             self._handoff_after_ns = None
