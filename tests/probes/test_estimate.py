@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from greenmon.probes.base import ProbeUnavailable
@@ -59,3 +61,20 @@ def test_default_tdp_follows_the_per_cpu_coefficients() -> None:
 def test_nonsense_tdp_is_refused_with_the_key() -> None:
     with pytest.raises(ProbeUnavailable, match="tdp_w"):
         EstimateProbe(Options(tdp_w=-5.0)).open()
+
+
+def test_steal_is_not_counted_as_busy(tmp_path: Path) -> None:
+    """On a VM, time the hypervisor gave another guest is not this machine's work: over an
+    interval of 300 ticks (100 user, 100 idle, 100 stolen) the estimate's input is 100 busy
+    ticks, not 200."""
+    from greenmon.probes.estimate import ProcStatTimes
+
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  1000 0 0 5000 0 0 0 200 0 0\ncpu0 1000 0 0 5000 0 0 0 200 0 0\n")
+    times = ProcStatTimes(str(stat))
+    busy0_s, total0_s = times()
+    stat.write_text("cpu  1100 0 0 5100 0 0 0 300 0 0\ncpu0 1100 0 0 5100 0 0 0 300 0 0\n")
+    busy1_s, total1_s = times()
+    times.close()
+    assert (busy1_s - busy0_s) / (total1_s - total0_s) == pytest.approx(100 / 300)
