@@ -443,15 +443,13 @@ class ExperimentRunner:
         self.daemon.event("error", f"unit {unit.unit_id} ({unit.configuration}) failed: {reason}")
 
     def materialise_results(self, experiment_id: str) -> None:
-        """Store the results of finished units whose samples are all flushed (README: the
-        loss bound, doubled), so the live summary reads one row per unit, not samples."""
-        from greenmon.sampling import HANDOFF_INTERVAL_S
-
-        settle_s = 2 * (self.daemon.config.daemon.flush_interval_s + HANDOFF_INTERVAL_S)
+        """Store the results of the experiment's finished units, this one included, so the
+        live summary reads one row per unit, not samples.  It runs only from ``record``,
+        after ``Daemon.samples_through``: every sample up to the end of the unit just
+        finished (and so of every earlier one) is already in the file, which is what
+        "settled" means; a unit of this session that ended later than now has none yet."""
         self.store.materialise_unit_results(
-            experiment_id,
-            session_id=self.daemon.session_id,
-            settled_before_ns=now_ns() - int(settle_s * 1e9),
+            experiment_id, session_id=self.daemon.session_id, settled_before_ns=now_ns()
         )
 
     def summary_rows(self, experiment_id: str) -> list[dict[str, Any]]:

@@ -86,3 +86,48 @@ def test_units_of_the_running_session_wait_until_their_samples_are_flushed(
     assert stored == 11  # the unit that ended last is left to the live computation
     assert store.materialise_unit_results("m", session_id="another", settled_before_ns=0) == 1
     store.close()
+
+
+def test_a_run_stores_each_unit_s_results_as_the_unit_is_recorded(tmp_path: Path) -> None:
+    """``greenmon run`` materialises a unit's results when it records the unit done (its
+    samples are in the file by then: Daemon.samples_through), so the live summary at each
+    unit end reads one row per unit, the last unit's included, and the rows agree with the
+    computation from samples."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.fakes.rapl import standard_tree
+    from tests.support.plans import write_fake_plan
+
+    repo = Path(__file__).resolve().parents[2]
+    standard_tree(tmp_path / "powercap")
+    plan = write_fake_plan(
+        tmp_path / "plan.toml", "mat", prompts=2, max_new_tokens=4, repetitions=2, seed=5,
+        probes={"rapl": {"rate_hz": 50, "sysfs_root": tmp_path / "powercap"}},
+    )  # fmt: skip
+    db = tmp_path / "run.duckdb"
+    result = subprocess.run(
+        [sys.executable, "-m", "greenmon.cli", "run", str(plan), "--db", str(db), "--quiet"],
+        cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with Store.open(db, read_only=True) as store:
+        (experiment_id,) = store.execute("SELECT experiment_id FROM experiments")[0]
+        done = store.execute("SELECT count(*) FROM units WHERE status = 'done'")[0][0]
+        stored = store.execute(
+            "SELECT count(*) FROM unit_results_valid WHERE experiment_id = ?", [experiment_id]
+        )[0][0]
+        assert done >= 2 and stored == done
+        materialised = store.query(
+            f"SELECT * FROM unit_results_for('{experiment_id}') ORDER BY unit_id"
+        )
+        live = store.query(
+            f"SELECT * FROM unit_results_live_for('{experiment_id}') ORDER BY unit_id"
+        )
+    columns = materialised[0]
+    _same(
+        [dict(zip(columns, row, strict=True)) for row in materialised[1]],
+        [dict(zip(live[0], row, strict=True)) for row in live[1]],
+    )
