@@ -120,9 +120,16 @@ def only_one_sentence(configuration: str, noun: str, median: float, unit: str, w
 
 def better_sentence(
     noun: str, best: str, reference: str, best_median: float, reference_median: float,
-    where: str,
+    where: str, *, tied: int = 0,
 ) -> str:  # fmt: skip
-    """For a variable that is better higher (quality): the best and its reference's medians."""
+    """For a variable that is better higher (quality): the best and its reference's medians;
+    when all ``tied`` configurations share one median (every answer wrong, say), a tie, not a
+    best."""
+    if tied:
+        return (
+            f"All {tied} configurations had the same median {noun}{where} ({best_median:.3g}): "
+            "none was better. See the quality table for the tests."
+        )
     return (
         f"{configuration_label(best)} had the highest median {noun}{where} "
         f"({best_median:.3g}); {configuration_label(reference)} had "

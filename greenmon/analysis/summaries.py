@@ -261,7 +261,7 @@ def _summary_row(
     if var.higher_is_better:
         row["sentence"] = sentences.better_sentence(
             var.noun, best, reference, float(ranking[best]), float(ranking[reference]),
-            where,
+            where, tied=len(ranking) if ranking.iloc[0] == ranking.iloc[-1] else 0,
         )  # fmt: skip
         return row
     finding = find(

@@ -68,3 +68,18 @@ def test_factor_levels_are_weighed_too() -> None:
     row = levels[(levels["configuration"] == "torch/cpu") & (levels["level"] == "3000000")].iloc[0]
     assert row["versus"] == "1000000" and row["verdict"] == "costlier"
     assert "more energy" in row["sentence"]
+
+
+def test_equal_quality_everywhere_is_a_tie_not_a_best() -> None:
+    """Tiny models answer every question wrong: quality 0 in every configuration names no
+    configuration as having the highest quality."""
+    frame = _frame()
+    frame["quality"] = 0.0
+    frame["correct_answers"] = 0.0
+    frame["correct_share"] = 0.0
+    frame["j_per_correct"] = np.nan
+    sentence = analyze_frame(frame, workers=1).summary.set_index("variable").loc[
+        "quality", "sentence"
+    ]
+    assert sentence.startswith("All 3 configurations had the same median quality")
+    assert "highest" not in sentence
