@@ -117,23 +117,47 @@ class PlanFinished(PlanError):
 FINISHED_KEPT = 20
 
 
+# The live results table: medians per configuration over an experiment's finished units,
+# from ``{results}`` (unit_results_for, one parameter: the experiment).
+_SUMMARY_SQL = """SELECT configuration, count(*) AS units,
+       median(energy_global_j) AS median_energy_j,
+       median(duration_s) AS median_duration_s,
+       median(j_per_token) AS median_j_per_token,
+       list_distinct(flatten(list(flags))) AS flags,
+       count(*) FILTER (list_contains(flags, 'background_load')) AS background_load_units,
+       list_sort(list_distinct(flatten(list(estimated_domains)))) AS estimated_domains
+FROM {results} WHERE status = 'done'
+GROUP BY configuration ORDER BY configuration"""
+
+
 def summary_rows(store: Store, experiment_id: str) -> list[dict[str, Any]]:
     """Medians per configuration over an experiment's finished units: the live results
     table, and the summary ``greenmon run`` prints (from the daemon, or from the file)."""
-    columns, rows = store.query(
-        """SELECT configuration, count(*) AS units,
-                  median(energy_global_j) AS median_energy_j,
-                  median(duration_s) AS median_duration_s,
-                  median(j_per_token) AS median_j_per_token,
-                  list_distinct(flatten(list(flags))) AS flags,
-                  count(*) FILTER (list_contains(flags, 'background_load'))
-                      AS background_load_units,
-                  list_sort(list_distinct(flatten(list(estimated_domains))))
-                      AS estimated_domains
-           FROM unit_results_for(?) WHERE status = 'done'
-           GROUP BY configuration ORDER BY configuration""",
-        [experiment_id],
+    columns, rows = store.query(_SUMMARY_SQL.format(results="unit_results_for(?)"), [experiment_id])
+    return _summary_dicts(columns, rows)
+
+
+def unit_end_summary_rows(
+    store: Store,
+    experiment_id: str,
+    *,
+    session_id: str | None = None,
+    settled_before_ns: int | None = None,
+) -> list[dict[str, Any]]:
+    """A unit end's bookkeeping: materialise the finished units whose samples are all
+    flushed (``Store.materialise_unit_results``), and ``summary_rows`` from the same pass
+    over the samples (``Store.materialise_and_query``), so the results SQL is evaluated
+    once per unit end, not twice."""
+    columns, rows = store.materialise_and_query(
+        experiment_id,
+        _SUMMARY_SQL,
+        session_id=session_id,
+        settled_before_ns=settled_before_ns,
     )
+    return _summary_dicts(columns, rows)
+
+
+def _summary_dicts(columns: list[str], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     return [
         {
             k: (None if isinstance(v, float) and math.isnan(v) else v)
@@ -442,14 +466,15 @@ class ExperimentRunner:
         )
         self.daemon.event("error", f"unit {unit.unit_id} ({unit.configuration}) failed: {reason}")
 
-    def materialise_results(self, experiment_id: str) -> None:
+    def materialise_results(self, experiment_id: str) -> list[dict[str, Any]]:
         """Store the results of the experiment's finished units, this one included, so the
-        live summary reads one row per unit, not samples.  It runs only from ``record``,
-        after ``Daemon.samples_through``: every sample up to the end of the unit just
-        finished (and so of every earlier one) is already in the file, which is what
-        "settled" means; a unit of this session that ended later than now has none yet."""
-        self.store.materialise_unit_results(
-            experiment_id, session_id=self.daemon.session_id, settled_before_ns=now_ns()
+        live summary reads one row per unit, not samples; returns that summary, read from
+        the same pass (``unit_end_summary_rows``).  It runs only from ``record``, after
+        ``Daemon.samples_through``: every sample up to the end of the unit just finished
+        (and so of every earlier one) is already in the file, which is what "settled"
+        means; a unit of this session that ended later than now has none yet."""
+        return unit_end_summary_rows(
+            self.store, experiment_id, session_id=self.daemon.session_id, settled_before_ns=now_ns()
         )
 
     def summary_rows(self, experiment_id: str) -> list[dict[str, Any]]:
@@ -971,8 +996,7 @@ class UnitRun:
             runner.baseline_w = await db(
                 runner.recent_power_w, max(0.5, self.plan.spec.cooldown.before_s)
             )
-        await db(runner.materialise_results, self.experiment_id)
-        self.state.results = await db(runner.summary_rows, self.experiment_id)
+        self.state.results = await db(runner.materialise_results, self.experiment_id)
 
     async def record_cancelled(self) -> None:
         """A cancelled unit (its plan cancelled, or the daemon stopping): marked with its

@@ -704,9 +704,12 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
 
 
 # (Re)materialising one experiment's finished units: stale rows go, then the units without
-# a valid row are computed in one pass (only their samples are read) and stored.  A unit
+# a valid row are computed in one pass (only their samples are read) into the temporary
+# table ``FRESH_TABLE`` (of the connection that materialises), and stored from it.  A unit
 # of the running session is stored only once it ended before $settled_ns, when the writer
-# has flushed its last samples (README: the loss bound); $except_unit is left out.
+# has flushed its last samples (README: the loss bound); $except_unit is left out.  The
+# units computed but not stored (not settled) stay in ``FRESH_TABLE`` for
+# ``UNIT_RESULTS_MATERIALISED`` until Store.materialise_unit_results drops it.
 # The time range the units still to materialise cover (their phases), before the edge
 # margins are added (Store.materialise_unit_results).
 MATERIALISE_SPAN_SQL = """
@@ -715,16 +718,34 @@ FROM phases p JOIN units u USING (experiment_id, unit_id)
 WHERE p.experiment_id = $exp AND u.status IN ('done', 'failed', 'cancelled')
   AND u.unit_id NOT IN (SELECT unit_id FROM unit_results_valid WHERE experiment_id = $exp)
 """
+FRESH_TABLE = "unit_results_fresh"
 MATERIALISE_SQL = (
     f"""DELETE FROM {CACHE_TABLE}
         WHERE experiment_id = $exp AND unit_id NOT IN (
             SELECT unit_id FROM unit_results_valid WHERE experiment_id = $exp)""",
+    f"""CREATE OR REPLACE TEMP TABLE {FRESH_TABLE} AS
+        SELECT * FROM unit_results_sel($exp, NULL, true, {{lo_ns}}, {{hi_ns}})""",
     f"""INSERT INTO {CACHE_TABLE}
         SELECT r.*, '{RULES_HASH}', u.ended_ns
-        FROM unit_results_sel($exp, NULL, true, {{lo_ns}}, {{hi_ns}}) r
+        FROM {FRESH_TABLE} r
         JOIN units u USING (experiment_id, unit_id)
         WHERE u.status IN ('done', 'failed', 'cancelled')
           AND ($session IS NULL OR u.session_id IS DISTINCT FROM $session
                OR u.ended_ns <= $settled_ns)
           AND u.unit_id IS DISTINCT FROM $except_unit""",
 )
+# Nothing finished lacks a valid row: nothing to compute, an empty FRESH_TABLE.
+FRESH_EMPTY_SQL = f"""CREATE OR REPLACE TEMP TABLE {FRESH_TABLE} AS
+    SELECT * EXCLUDE (rules_hash, unit_ended_ns) FROM {CACHE_TABLE} LIMIT 0"""
+# ``unit_results_for(?)`` over finished units (done, failed, cancelled; callers filter by
+# status), right after materialising and on the same connection: the valid stored rows,
+# and the finished units still without one (not settled) from the pass that materialised,
+# not from a second evaluation of the results SQL (Store.materialise_and_query: a unit
+# end's live summary).
+UNIT_RESULTS_MATERIALISED = f"""
+SELECT c.* EXCLUDE (rules_hash, unit_ended_ns)
+FROM {CACHE_TABLE} c SEMI JOIN unit_results_valid v USING (experiment_id, unit_id)
+WHERE c.experiment_id = ?
+UNION ALL BY NAME
+SELECT f.* FROM {FRESH_TABLE} f ANTI JOIN unit_results_valid v USING (experiment_id, unit_id)
+"""

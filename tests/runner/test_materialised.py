@@ -131,3 +131,25 @@ def test_a_run_stores_each_unit_s_results_as_the_unit_is_recorded(tmp_path: Path
         [dict(zip(columns, row, strict=True)) for row in materialised[1]],
         [dict(zip(live[0], row, strict=True)) for row in live[1]],
     )
+
+
+def test_a_unit_ends_summary_is_the_summary_from_one_pass(store: Store) -> None:
+    """The runner's bookkeeping at a unit end (unit_end_summary_rows) stores the settled
+    units and reads the summary from the same pass: a unit computed but not stored (not
+    settled) shows the figures summary_rows computes live; nothing is left behind."""
+    from greenmon.runner import summary_rows, unit_end_summary_rows
+
+    session, last_end = store.execute("SELECT any_value(session_id), max(ended_ns) FROM units")[0]
+    live = summary_rows(store, "m")
+    ended = unit_end_summary_rows(store, "m", session_id=session, settled_before_ns=last_end - 1)
+    assert _cached(store) == 11  # the unit that ended last was computed, not stored
+    _same(live, ended)
+    assert sum(r["units"] for r in ended) == 12
+    # the next unit end: the last unit is settled and stored; the summary is unchanged
+    _same(live, unit_end_summary_rows(store, "m", session_id=session, settled_before_ns=last_end))
+    assert _cached(store) == 12
+    _same(live, unit_end_summary_rows(store, "m"))  # nothing to compute
+    assert not store.execute(
+        "SELECT 1 FROM duckdb_tables() WHERE table_name = 'unit_results_fresh'"
+    )
+    store.close()
