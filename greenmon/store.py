@@ -629,9 +629,9 @@ class Store:
                             "UPDATE greenmon_meta SET value = ? WHERE key = 'schema_version'",
                             [str(version + 1)],
                         )
-            from greenmon.views import create_views
+            from greenmon.views import ensure_views
 
-            create_views(self.con)
+            ensure_views(self.con)
 
     def confine(self) -> None:
         """From now on, SQL on this database reaches no file but its own (see ``confine``)."""

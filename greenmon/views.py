@@ -1,10 +1,11 @@
 """Result views: what users query.  Views, not tables, so old runs answer new questions.
 
 Terms:
-- *relation*: a view or a table macro, created by ``create_views`` every time a database
-  is opened read-write, so a newer greenmon improves the results of old files without a
-  migration.  ``REGISTRY`` lists them in the order they are created: a view binds what it
-  reads when it is created, so it comes after the relations it reads.
+- *relation*: a view or a table macro, (re)created by ``ensure_views`` when a database is
+  opened read-write and its relations are not this greenmon's (``VIEWS_HASH``), so a
+  newer greenmon improves the results of old files without a migration.  ``REGISTRY``
+  lists them in the order they are created: a view binds what it reads when it is
+  created, so it comes after the relations it reads.
 - *energy source*: the channel that answers for a domain (``energy_sources``, the rule in
   greenmon/sources.py); every result's energy comes from those channels only.
 - *selection*: which units a results macro (``*_sel``) computes, and which samples it may
@@ -21,6 +22,7 @@ and channels to ask it about.  Long bodies with no Python in them live in greenm
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
@@ -693,6 +695,24 @@ RETIRED_VIEWS: tuple[str, ...] = ()
 RETIRED_MACROS: tuple[str, ...] = ()
 
 
+def _definition(relation: View | Macro | Step) -> str:
+    if isinstance(relation, Step):
+        return f"step {relation.name}: {inspect.getsource(relation.run)}{_VALID}"
+    parameters = getattr(relation, "parameters", "")
+    return f"{type(relation).__name__} {relation.name}({parameters}): {relation.sql}"
+
+
+# What the relations of a file opened read-write must be: every definition, the retired
+# names and the DuckDB that binds them.  Recreating them all costs ~0.45 s on every
+# read-write open (analyze, report, run, the daemon), so it is done only when this differs
+# from the hash the file records (greenmon_meta 'views_hash').
+VIEWS_HASH = hashlib.sha256(
+    "\n".join(
+        [duckdb.__version__, *RETIRED_VIEWS, *RETIRED_MACROS, *map(_definition, REGISTRY)]
+    ).encode()
+).hexdigest()[:16]
+
+
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
     """(Re)create every relation of ``REGISTRY``, in order, after dropping retired ones."""
     for name in RETIRED_VIEWS:
@@ -701,6 +721,18 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"DROP MACRO TABLE IF EXISTS {name}")
     for relation in REGISTRY:
         relation.create(con)
+
+
+def ensure_views(con: duckdb.DuckDBPyConnection) -> bool:
+    """``create_views`` unless the file's relations are already these (``VIEWS_HASH``);
+    True when they were (re)created.  The hash is recorded only after every relation was
+    created, so an open interrupted half-way recreates them all next time."""
+    found = con.execute("SELECT value FROM greenmon_meta WHERE key = 'views_hash'").fetchone()
+    if found is not None and found[0] == VIEWS_HASH:
+        return False
+    create_views(con)
+    con.execute("INSERT OR REPLACE INTO greenmon_meta VALUES ('views_hash', ?)", [VIEWS_HASH])
+    return True
 
 
 # (Re)materialising one experiment's finished units: stale rows go, then the units without
