@@ -23,7 +23,8 @@ Two figures per tool, measured on this machine in one run:
   small a slowdown this run can resolve.  Slowdowns are medians over rounds, in %.
 
 Aims: greenmon at 10 Hz costs at most CodeCarbon's CPU at 1 Hz; the noise floor's 95%
-interval is within +-0.5% (a readable figure); greenmon's slowdown is under 0.5%.
+interval is within +-0.5% (a readable figure); greenmon's slowdown is under 0.5%, which
+counts as met only when the upper end of its 95% interval is.
 
 CodeCarbon is installed only for this benchmark, never as a greenmon dependency: either
 ``pip install codecarbon==3.3.2`` in the environment, or ``pip install --target DIR
@@ -305,6 +306,19 @@ def slowdown_per_tool(
     return results
 
 
+def slowdown_aim(name: str, found: dict[str, Any] | None, missing: str | None = None) -> Any:
+    """A slowdown is under 0.5% only when its 95% interval is: the upper end is the figure
+    (a median of -0.1% inside [-9%, 17%] says nothing), the median beside it."""
+    from _common import aim  # type: ignore[import-not-found]
+
+    if not found:
+        return aim(f"{name}, upper end of the 95% interval", None, "<", 0.5, "%",
+                   why=missing or "not measured")  # fmt: skip
+    low, high = found["interval_95_percent"]
+    return aim(f"{name}, upper end of the 95% interval", high, "<", 0.5, "%",
+               why=f"median {found['slowdown_percent']}%, interval [{low}, {high}]%")  # fmt: skip
+
+
 def floor_text(found: dict[str, Any] | None) -> str:
     if not found:
         return ""
@@ -368,11 +382,9 @@ def main() -> int:
                 floor_text(cpu.get("greenmon_10hz", {}).get("floors"))]))),
         aim("slowdown noise floor (none vs none, 95% interval half-width)",
             (floor[1] - floor[0]) / 2, "<", 0.5, "%"),
-        aim("greenmon 10 Hz slowdown", slowdown["greenmon_10hz"]["slowdown_percent"], "<",
-            0.5, "%"),
-        aim("CodeCarbon 1 Hz slowdown (for comparison)",
-            slowdown.get("codecarbon_1hz", {}).get("slowdown_percent"), "<", 0.5, "%",
-            why="" if "codecarbon_1hz" in slowdown else (missing or "")),
+        slowdown_aim("greenmon 10 Hz slowdown", slowdown["greenmon_10hz"]),
+        slowdown_aim("CodeCarbon 1 Hz slowdown (for comparison)",
+                     slowdown.get("codecarbon_1hz"), missing),
     ]  # fmt: skip
     print(json.dumps(report, indent=2))
     return 0
