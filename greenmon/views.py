@@ -29,6 +29,7 @@ from importlib.resources import files
 
 import duckdb
 
+from greenmon import __version__ as greenmon_version
 from greenmon.energy import window_energy_sql, window_integral_sql
 from greenmon.plan import DEFAULT_BACKGROUND_CPU_PERCENT_MAX
 from greenmon.sources import ENERGY_SOURCES_SQL, energy_channel_sql, interval_power_sql
@@ -697,18 +698,28 @@ RETIRED_MACROS: tuple[str, ...] = ()
 
 def _definition(relation: View | Macro | Step) -> str:
     if isinstance(relation, Step):
-        return f"step {relation.name}: {inspect.getsource(relation.run)}{_VALID}"
+        try:
+            source = inspect.getsource(relation.run)
+        except OSError:  # an install that ships bytecode only: greenmon's version stands in
+            source = relation.run.__qualname__
+        return f"step {relation.name}: {source}{_VALID}"
     parameters = getattr(relation, "parameters", "")
     return f"{type(relation).__name__} {relation.name}({parameters}): {relation.sql}"
 
 
 # What the relations of a file opened read-write must be: every definition, the retired
-# names and the DuckDB that binds them.  Recreating them all costs ~0.45 s on every
-# read-write open (analyze, report, run, the daemon), so it is done only when this differs
-# from the hash the file records (greenmon_meta 'views_hash').
+# names, the DuckDB that binds them and greenmon's version.  Recreating them all costs
+# ~0.45 s on every read-write open (analyze, report, run, the daemon), so it is done only
+# when this differs from the hash the file records (greenmon_meta 'views_hash').
 VIEWS_HASH = hashlib.sha256(
     "\n".join(
-        [duckdb.__version__, *RETIRED_VIEWS, *RETIRED_MACROS, *map(_definition, REGISTRY)]
+        [
+            duckdb.__version__,
+            greenmon_version,
+            *RETIRED_VIEWS,
+            *RETIRED_MACROS,
+            *map(_definition, REGISTRY),
+        ]
     ).encode()
 ).hexdigest()[:16]
 
