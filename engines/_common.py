@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from greenmon.engines.base import Prompt, RequestRecord
+from greenmon.engines.base import Prompt, RequestRecord, StopCheck
 from greenmon.errors import EngineError
 from greenmon.models import ModelInfo, resolve_model
 
@@ -156,6 +156,20 @@ def _first_token_streamer() -> Any:
     return FirstTokenClock()
 
 
+def _stopping_criteria(stop: StopCheck) -> Any:
+    """A transformers stopping criterion that ends each row whose request was cancelled;
+    generate() returns once every row has ended, so a batch nobody waits for stops at the
+    next token instead of running to max_new_tokens."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):  # type: ignore[misc]
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.tensor(list(stop()), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Cancelled()])
+
+
 def greedy_config(tokenizer: Any, max_new_tokens: int) -> Any:
     from transformers import GenerationConfig
 
@@ -177,8 +191,10 @@ def hf_generate(
     prompts: Sequence[Prompt],
     max_new_tokens: int,
     device: Any = None,
+    stop: StopCheck | None = None,
 ) -> list[RequestRecord]:
-    """Exact-length greedy generation through a model's transformers ``generate``."""
+    """Exact-length greedy generation through a model's transformers ``generate``; with
+    ``stop``, rows whose request was cancelled end early (their records are then short)."""
     import torch
 
     if max_new_tokens < 1:
@@ -197,6 +213,7 @@ def hf_generate(
                 attention_mask=attention_mask,
                 generation_config=config,
                 streamer=streamer,
+                stopping_criteria=None if stop is None else _stopping_criteria(stop),
             )
             end_ns = time.monotonic_ns()
     except torch.OutOfMemoryError as error:

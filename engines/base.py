@@ -14,7 +14,7 @@ work.  Heavy libraries are imported inside the engine modules only, inside ``loa
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -82,6 +82,19 @@ def handles_load(engine: object) -> bool:
     than failing the unit.  Engines declare it with ``handles_load: ClassVar[bool] = True``.
     """
     return bool(getattr(engine, "handles_load", False))
+
+
+# Asked between generated tokens by an engine that can stop early: one flag per prompt of
+# the batch, True once that prompt's request is cancelled (its client hung up, or the
+# server is shutting down).  Rows asked to stop stop; the call returns when all have.
+StopCheck = Callable[[], Sequence[bool]]
+
+
+def stoppable(engine: object) -> bool:
+    """The engine's ``generate`` takes ``stop=StopCheck`` and honours it between tokens
+    (declared with ``stoppable: ClassVar[bool] = True``); ``greenmon serve`` uses it so a
+    cancelled request does not keep the engine busy."""
+    return bool(getattr(engine, "stoppable", False))
 
 
 @runtime_checkable

@@ -27,7 +27,7 @@ from greenmon.engines._common import (
     hf_generate,
     load_tokenizer,
 )
-from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
+from greenmon.engines.base import LoadInfo, Prompt, RequestRecord, StopCheck
 from greenmon.errors import EngineError
 from greenmon.models import ModelInfo, cache_root, model_architecture
 
@@ -82,6 +82,7 @@ def missing_provider_reason(provider: str, available: Sequence[str]) -> str | No
 class OnnxEngine:
     name: ClassVar[str] = "onnx"
     providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda", "tensorrt")
+    stoppable: ClassVar[bool] = True
 
     def __init__(self, cache_dir: str | None = None, exporter: Exporter = export_onnx) -> None:
         self.cache_dir = cache_dir
@@ -169,10 +170,14 @@ class OnnxEngine:
         trt_cache.mkdir(parents=True, exist_ok=True)
         return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache)}
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[RequestRecord]:
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int, stop: StopCheck | None = None
+    ) -> list[RequestRecord]:
         if self._model is None:
             raise EngineError("generate called before load", title="Engine not loaded")
-        return hf_generate(self._model, self._tokenizer, prompts, max_new_tokens, self._device)
+        return hf_generate(
+            self._model, self._tokenizer, prompts, max_new_tokens, self._device, stop=stop
+        )
 
     def close(self) -> None:
         self._model = None

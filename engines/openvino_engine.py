@@ -30,7 +30,7 @@ from greenmon.engines._common import (
     hf_generate,
     load_tokenizer,
 )
-from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
+from greenmon.engines.base import LoadInfo, Prompt, RequestRecord, StopCheck
 from greenmon.errors import EngineError
 from greenmon.models import ModelInfo, model_architecture
 
@@ -109,6 +109,7 @@ def load_openvino(path: Path, ov_config: Mapping[str, str]) -> Any:
 class OpenvinoEngine:
     name: ClassVar[str] = "openvino"
     providers: ClassVar[tuple[str, ...]] = ("cpu",)
+    stoppable: ClassVar[bool] = True
 
     def __init__(
         self, cache_dir: str | None = None, exporter: Exporter = export_openvino
@@ -191,10 +192,14 @@ class OpenvinoEngine:
         get_type_name = getattr(value, "get_type_name", None)
         return str(get_type_name()) if callable(get_type_name) else str(value)
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[RequestRecord]:
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int, stop: StopCheck | None = None
+    ) -> list[RequestRecord]:
         if self._model is None:
             raise EngineError("generate called before load", title="Engine not loaded")
-        return hf_generate(self._model, self._tokenizer, prompts, max_new_tokens)
+        return hf_generate(
+            self._model, self._tokenizer, prompts, max_new_tokens, stop=stop
+        )
 
     def close(self) -> None:
         self._model = None

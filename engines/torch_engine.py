@@ -21,7 +21,7 @@ from greenmon.engines._common import (
     load_tokenizer,
     set_threads,
 )
-from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
+from greenmon.engines.base import LoadInfo, Prompt, RequestRecord, StopCheck
 from greenmon.errors import EngineError
 from greenmon.models import model_architecture
 
@@ -56,6 +56,7 @@ def torch_device(provider: str) -> str:
 class TorchEngine:
     name: ClassVar[str] = "torch"
     providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    stoppable: ClassVar[bool] = True
 
     def __init__(self, cache_dir: str | None = None) -> None:
         self.cache_dir = cache_dir
@@ -107,10 +108,14 @@ class TorchEngine:
             },
         )
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[RequestRecord]:
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int, stop: StopCheck | None = None
+    ) -> list[RequestRecord]:
         if self._model is None:
             raise EngineError("generate called before load", title="Engine not loaded")
-        return hf_generate(self._model, self._tokenizer, prompts, max_new_tokens, self._device)
+        return hf_generate(
+            self._model, self._tokenizer, prompts, max_new_tokens, self._device, stop=stop
+        )
 
     def close(self) -> None:
         device = self._device

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from greenmon.errors import GreenmonError
+from greenmon.serving import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_SHUTDOWN_TIMEOUT_S,
+)
 
 
 class ServeOptionError(GreenmonError):
@@ -38,6 +45,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an engine option, as in a plan's [engine_options.<engine>] (e.g. threads=2)",
     )  # fmt: skip
     parser.add_argument("--cache-dir", default=None, help="where exported models are cached")
+    parser.add_argument(
+        "--api-key", default=None,
+        help="require 'Authorization: Bearer KEY' on every route but /health "
+        "(default: $GREENMON_API_KEY; unset: no key needed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-model-len", type=int, default=None,
+        help="the context in tokens (prompt + max_tokens) a request may use "
+        "(default: the model's, from its config)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+        help=f"requests that may wait for a batch; more are answered 429 with Retry-After "
+        f"(default {DEFAULT_MAX_QUEUE})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+        help=f"larger request bodies are answered 413 (default {DEFAULT_MAX_BODY_BYTES})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S, metavar="S",
+        help="on SIGTERM, how long requests in flight may finish before they are cancelled "
+        f"(default {DEFAULT_SHUTDOWN_TIMEOUT_S:g})",
+    )  # fmt: skip
 
 
 def _options(pairs: list[str]) -> dict[str, object]:
@@ -58,21 +89,51 @@ def _options(pairs: list[str]) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     from greenmon.serving import ServeOptions, load_served_engine, serve
 
-    if args.max_batch_size < 1:
-        raise ServeOptionError("--max-batch-size must be at least 1")
-    engine, tokenizer = load_served_engine(
+    for flag, value, least in (
+        ("--max-batch-size", args.max_batch_size, 1),
+        ("--max-queue", args.max_queue, 1),
+        ("--max-body-bytes", args.max_body_bytes, 1),
+    ):
+        if value < least:
+            raise ServeOptionError(f"{flag} must be at least {least}")
+    if args.max_model_len is not None and args.max_model_len < 2:
+        raise ServeOptionError("--max-model-len must be at least 2 (one prompt token, one new)")
+    if args.shutdown_timeout < 0:
+        raise ServeOptionError("--shutdown-timeout must be 0 or more seconds")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("GREENMON_API_KEY")
+    if api_key is not None and not api_key.strip():
+        raise ServeOptionError(
+            "the API key is empty: give --api-key KEY (or GREENMON_API_KEY), or unset it to "
+            "serve without one"
+        )
+    # The server's own messages (shutdown: which requests finished, which were cancelled).
+    logging.basicConfig(stream=sys.stderr, format="greenmon serve: %(message)s")
+    logging.getLogger("greenmon.serve").setLevel(logging.INFO)
+    served = load_served_engine(
         args.model, args.engine, args.provider, _options(args.option), cache_dir=args.cache_dir
     )
     name = args.served_model_name or args.model
+    max_model_len = args.max_model_len or served.max_model_len
+    context = f"context {max_model_len} tokens" if max_model_len else "context unchecked"
     print(
         f"greenmon serve: {name} ({args.engine}/{args.provider}) at "
-        f"http://{args.host}:{args.port}/v1, batches of up to {args.max_batch_size}",
+        f"http://{args.host}:{args.port}/v1, batches of up to {args.max_batch_size}, "
+        f"{context}{', API key required' if api_key else ''}",
         flush=True,
     )
     serve(
-        engine,
-        tokenizer,
-        ServeOptions(name, args.max_batch_size, args.batch_wait_ms),
+        served.engine,
+        served.tokenizer,
+        ServeOptions(
+            name,
+            args.max_batch_size,
+            args.batch_wait_ms,
+            max_model_len=max_model_len,
+            api_key=api_key,
+            max_queue=args.max_queue,
+            max_body_bytes=args.max_body_bytes,
+            shutdown_timeout_s=args.shutdown_timeout,
+        ),
         host=args.host,
         port=args.port,
     )
