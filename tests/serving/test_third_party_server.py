@@ -1,10 +1,11 @@
 """The http engine against a server nobody here wrote: llama-cpp-python's OpenAI server.
 
-llama-cpp-python compiles llama.cpp when it installs (5-10 minutes on 2 cores), and its
-GGUF of the embedded tiny model is converted with llama.cpp's own converter
-(/work/shared/RECIPES.md), so neither is done here: point GREENMON_LLAMA_PYTHON at a
-python with ``llama-cpp-python[server]`` and GREENMON_TINY_GGUF at the GGUF.  Without
-them the test is skipped with the reason.  bench/serving.py runs the whole comparison.
+llama-cpp-python compiles llama.cpp when it installs (about 5 minutes on 2 cores), and its
+GGUF of the embedded tiny model is converted with llama.cpp's own converter, so neither is
+done here: `.ci/llama-server` prepares both (CI runs it) and says where with
+GREENMON_LLAMA_PYTHON (a python with ``llama-cpp-python[server]``) and GREENMON_TINY_GGUF.
+Without them the test is skipped with the reason.  bench/serving.py runs the whole
+comparison.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ import pytest
 from greenmon.engines.base import Prompt
 from greenmon.engines.http_engine import HttpEngine
 
-LLAMA_PYTHON = os.environ.get("GREENMON_LLAMA_PYTHON", "/work/llama-venv/bin/python")
-TINY_GGUF = os.environ.get("GREENMON_TINY_GGUF", "/work/llama-build/tiny.gguf")
+LLAMA_PYTHON = os.environ.get("GREENMON_LLAMA_PYTHON", "")
+TINY_GGUF = os.environ.get("GREENMON_TINY_GGUF", "")
 
 
 def _missing() -> str | None:
+    if not LLAMA_PYTHON or not TINY_GGUF:
+        return (
+            "GREENMON_LLAMA_PYTHON and GREENMON_TINY_GGUF are not set: run "
+            "`eval \"$(.ci/llama-server)\"` to build llama-cpp-python's server and the GGUF"
+        )
     if not Path(LLAMA_PYTHON).exists():
         return f"no llama-cpp-python python at {LLAMA_PYTHON} (set GREENMON_LLAMA_PYTHON)"
     if not Path(TINY_GGUF).exists():
