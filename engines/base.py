@@ -49,6 +49,9 @@ class RequestRecord:
     # claimed in ``usage`` (None when it sent none); ``tokens_out`` is what was streamed.
     tokens_requested: int | None = None
     usage_tokens_out: int | None = None
+    # A served request that failed or timed out: the server's error (or the client's
+    # timeout), recorded rather than retried; what it streamed before is kept.
+    error: str | None = None
 
     @property
     def output_hash(self) -> str:

@@ -16,6 +16,10 @@ Terms:
   unit is flagged ``token_count_mismatch`` (greenmon/views.py) when the count differs
   from ``max_new_tokens`` or from the claim.
 - *TTFT*: from sending the request to the first chunk that carries a token.
+- *failed request*: one the server refuses (non-200, an error event) or that times out
+  (``request_timeout_s``) is recorded with the server's error (``requests.error``) and
+  never retried; the unit goes on and is flagged ``failed_requests``.  Only when every
+  request fails does the unit fail.
 
 The server is started in ``load`` (its start-up is the load phase) and stopped in
 ``close``.  ``generate`` runs in the runner's engine thread, so it runs aiohttp on an
@@ -65,6 +69,7 @@ class _Live:
 
     in_flight: int = 0
     done: int = 0
+    failed: int = 0
     tokens: int = 0
     started_ns: int | None = None
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LIVE_WINDOW))
@@ -293,7 +298,15 @@ class HttpEngine:
                 await _open_loop(send, len(prompts), self._rate_hz, self._seed)
             else:
                 await _closed_loop(send, len(prompts), self._concurrency)
-        return [r for r in records if r is not None]
+        done = [r for r in records if r is not None]
+        if done and all(r.error is not None for r in done):
+            # Not one answer: the server is down or refuses everything, a failed unit
+            # rather than a flagged one.
+            raise EngineError(
+                f"every request to {server.endpoint} failed; the first: {done[0].error}",
+                title="Server request failed",
+            )
+        return done
 
     async def _request(
         self, session: Any, server: _Server, prompt: Prompt, max_new_tokens: int
@@ -302,8 +315,14 @@ class HttpEngine:
         with live.lock:
             live.in_flight += 1
         reply = _Reply(start_ns=time.monotonic_ns())
+        error: str | None = None
         try:
             await _post(session, server, prompt, max_new_tokens, reply)
+        except EngineError as failure:
+            # Recorded as failed with the server's error, never retried: a retry would
+            # put load on the server that the plan's level did not ask for, and hide how
+            # often it fails.  The unit goes on and is flagged (failed_requests).
+            error = failure.message
         finally:
             with live.lock:
                 live.in_flight -= 1
@@ -313,9 +332,14 @@ class HttpEngine:
         tokens_in = reply.usage.get("prompt_tokens")
         if tokens_in is None:
             tokens_in = len(self._encode(prompt.text))
+        if error is None:
+            with live.lock:
+                live.done += 1
+        else:
+            with live.lock:
+                live.failed += 1
         start_ns, first_ns = reply.start_ns, reply.first_ns
         with live.lock:
-            live.done += 1
             live.tokens += reply.streamed
             live.latencies_s.append((end_ns - start_ns) / 1e9)
             if first_ns is not None:
@@ -332,6 +356,7 @@ class HttpEngine:
             text=text,
             tokens_requested=max_new_tokens,
             usage_tokens_out=None if claimed is None else int(claimed),
+            error=error,
         )
 
     def _encode(self, text: str) -> tuple[int, ...]:
@@ -357,6 +382,7 @@ class HttpEngine:
             return {
                 "requests_in_flight": live.in_flight,
                 "requests_done": live.done,
+                "requests_failed": live.failed,
                 "tokens_per_s": live.tokens / elapsed_s if elapsed_s > 0 else None,
                 "latency_p50_s": _quantile(latencies, 0.5),
                 "latency_p90_s": _quantile(latencies, 0.9),
@@ -481,7 +507,13 @@ async def _post(
                     reply.streamed += count
                     reply.token_ids += ids
                     reply.text_parts.append(piece)
-    except (aiohttp.ClientError, TimeoutError) as error:
+    except TimeoutError as error:
+        raise EngineError(
+            f"request {prompt.prompt_id} to {server.endpoint} timed out after "
+            f"{server.request_timeout_s:g} s (request_timeout_s)",
+            title="Server request failed",
+        ) from error
+    except aiohttp.ClientError as error:
         raise EngineError(
             f"request {prompt.prompt_id} to {server.endpoint} failed: "
             f"{type(error).__name__}: {error}",

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from greenmon.engines.base import RequestRecord
 
 APP_ID = "greenmon"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Each entry migrates from version i to i + 1.  Never edit a landed entry: append one.
 MIGRATIONS: list[str] = [
@@ -229,6 +229,10 @@ MIGRATIONS: list[str] = [
         met             BOOLEAN NOT NULL,
         decided_ns      BIGINT
     );
+    """,
+    # A served request that failed or timed out keeps the server's error (http engine).
+    """
+    ALTER TABLE requests ADD COLUMN error VARCHAR;
     """,
 ]
 
@@ -1064,6 +1068,7 @@ class Store:
                 # issue 16
                 "tokens_requested": pa.array([r.tokens_requested for r in records], pa.int32()),
                 "usage_tokens_out": pa.array([r.usage_tokens_out for r in records], pa.int32()),
+                "error": pa.array([r.error for r in records], pa.string()),
             }
         )
         with self.lock:
@@ -1072,7 +1077,7 @@ class Store:
                 self.con.execute(
                     """INSERT INTO requests (experiment_id, unit_id, attempt, phase, prompt_id,
                            tokens_in, tokens_out, start_ns, end_ns, ttft_ns, output_hash, text,
-                           tokens_requested, usage_tokens_out)
+                           tokens_requested, usage_tokens_out, error)
                        SELECT * FROM greenmon_requests"""
                 )
             finally:

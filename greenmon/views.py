@@ -324,6 +324,7 @@ def _validity_flags(
 # threshold.
 _UNIT_ONLY_FLAGS = f""",
            CASE WHEN token_count_mismatches > 0 THEN 'token_count_mismatch' END,
+           CASE WHEN failed_requests > 0 THEN 'failed_requests' END,
            CASE WHEN status = 'done' AND requests > 0 AND max_period_ns IS NOT NULL
                  AND coalesce(steady_s, 0) * 1e9 < {MIN_WINDOW_PERIODS} * max_period_ns
                 THEN 'short_steady_state' END,
@@ -392,8 +393,11 @@ req AS (
            quantile_cont(ttft_ns / 1e9, 0.9) AS ttft_p90_s,
            median((end_ns - start_ns - ttft_ns) / 1e9 / nullif(tokens_out - 1, 0))
                AS tpot_p50_s,
-           count(*) FILTER (WHERE tokens_out <> tokens_requested
-                               OR usage_tokens_out <> tokens_out) AS token_count_mismatches,
+           count(*) FILTER (WHERE error IS NULL
+                            AND (tokens_out <> tokens_requested
+                                 OR usage_tokens_out <> tokens_out)) AS token_count_mismatches,
+           -- a served request that failed or timed out (its error recorded, not retried)
+           count(*) FILTER (WHERE error IS NOT NULL) AS failed_requests,
            -- issue 19: quality beside energy (greenmon/quality.py); NULL when unscored
            any_value(quality_metric) AS quality_metric, avg(quality) AS quality,
            count(quality) AS quality_scored,
@@ -409,7 +413,7 @@ base AS (
            r.tokens_out / nullif(m.duration_s, 0) AS throughput_tok_s,
            r.requests / nullif(m.duration_s, 0) AS requests_per_s,
            r.latency_p50_s, r.latency_p90_s, r.latency_p99_s, r.ttft_p50_s, r.ttft_p90_s,
-           r.tpot_p50_s, r.token_count_mismatches,
+           r.tpot_p50_s, r.token_count_mismatches, r.failed_requests,
            st.steady_s, st.steady_tokens, e.steady_energy_j,
            e.steady_energy_j / nullif(st.steady_tokens, 0) AS steady_j_per_token,
            r.requests, r.tokens_out, r.quality_metric, r.quality, r.quality_scored,

@@ -8,14 +8,17 @@ test is fast: one server generates exactly N tokens, the other one token fewer.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from aiohttp import web
 
 from greenmon.commands import run as run_command
 from greenmon.commands.run import run_experiment
@@ -226,3 +229,135 @@ def test_plans_without_servers_keep_their_hash() -> None:
     in_process = parse_plan('models = ["tiny"]\nconfigurations = ["torch/cpu"]\n'
                             "[factors]\nconcurrency = [4]\n")
     assert in_process.batch_size_for(in_process.units()[0]) == 4
+
+
+class FlakyServer:
+    """An OpenAI-shaped server that misbehaves on cue, in a thread of its own: the Nth
+    completion (counted from 0) is refused with 503, the Mth never answers in time; the
+    others stream exactly the tokens asked for.  It counts every POST, so a retry shows."""
+
+    def __init__(self, refuse: int, stall: int) -> None:
+        self.refuse, self.stall = refuse, stall
+        self.posts = 0
+        self.port = _free_port()
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "tiny"}]})
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        index, self.posts = self.posts, self.posts + 1
+        body = await request.json()
+        if index == self.refuse:
+            return web.json_response({"error": {"message": "overloaded, try later",
+                                                "type": "server_error"}}, status=503)  # fmt: skip
+        if index == self.stall:
+            await asyncio.sleep(5)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for token in range(body["max_tokens"]):
+            chunk = {"choices": [{"index": 0, "text": f" t{token}", "token_ids": [token],
+                                  "finish_reason": None}]}  # fmt: skip
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        usage = {"prompt_tokens": 3, "completion_tokens": body["max_tokens"]}
+        await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    def _run(self) -> None:
+        async def main() -> None:
+            app = web.Application()
+            app.router.add_get("/v1/models", self._models)
+            app.router.add_post("/v1/completions", self._complete)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self._stop.wait()
+            await runner.cleanup()
+
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(main())
+        self._loop.close()
+
+    def __enter__(self) -> FlakyServer:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+FLAKY_PLAN = """
+name = "flaky"
+models = ["tiny"]
+configurations = ["http/flaky"]
+workload = "gaissa-164"
+prompts = 4
+max_new_tokens = 3
+repetitions = 1
+seed = 3
+warmup_requests = 1
+
+[cooldown]
+before_s = 0.1
+after_s = 0.1
+
+[factors]
+concurrency = [1]
+
+[probes.rapl]
+rate_hz = 100
+sysfs_root = "{root}"
+
+[probes.host]
+enabled = false
+
+[servers.flaky]
+base_url = "http://127.0.0.1:{port}/v1"
+model = "tiny"
+request_timeout_s = 1.0
+"""
+
+
+@pytest.mark.slow
+def test_failed_and_timed_out_requests_are_recorded_not_retried_and_flag_the_unit(
+    tmp_path: Path, power: PoweredRapl
+) -> None:
+    # POST 0 is the warm-up; of the four measured, the second is refused, the third stalls.
+    with FlakyServer(refuse=2, stall=3) as server:
+        plan = parse_plan(FLAKY_PLAN.format(root=power.tree.root, port=server.port),
+                          Path("flaky.toml"))  # fmt: skip
+        db = tmp_path / "run.duckdb"
+        experiment_id, _ = anyio.run(
+            lambda: run_experiment(
+                plan, db, resume=False, force=False, quiet=True, reference=None
+            )
+        )
+        posts = server.posts
+    # one POST per request: nothing was retried
+    assert posts == 1 + 4
+    with Store.open(db, read_only=True) as store:
+        _, units = store.query(
+            "SELECT status, reason, requests, flags FROM unit_results_for(?)", [experiment_id]
+        )
+        _, requests = store.query(
+            """SELECT tokens_out, error FROM requests
+               WHERE experiment_id = ? AND phase = 'measure' ORDER BY start_ns""",
+            [experiment_id],
+        )
+    ((status, reason, count, flags),) = units
+    assert status == "done", reason
+    assert count == 4
+    assert "failed_requests" in flags and "token_count_mismatch" not in flags
+    assert [r[0] for r in requests] == [3, 0, 0, 3]
+    ok, refused, stalled, ok_again = (r[1] for r in requests)
+    assert ok is None and ok_again is None
+    assert "answered 503" in refused and "overloaded, try later" in refused
+    assert "timed out after 1 s (request_timeout_s)" in stalled
