@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -136,3 +138,61 @@ async def test_concurrent_requests_of_one_length_share_a_batch() -> None:
     assert sorted(r["usage"]["completion_tokens"] for r in results) == [2, 2, 2, 3]
     # the three of length 2 in one batch; the other length in its own
     assert sorted(engine.batches) == [1, 3]
+
+
+class StoppableEngine(FakeEngine):
+    """Asks ``stop`` between tokens, as the torch engine does; notes each batch's size and
+    how many tokens it got through."""
+
+    stoppable = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.steps: list[int] = []
+
+    def generate(self, prompts: Any, max_new_tokens: int, stop: Any = None) -> Any:
+        self.batches.append(len(prompts))
+        step = 0
+        for step in range(1, max_new_tokens + 1):  # noqa: B007 - the count is the result
+            time.sleep(self.token_s)
+            if stop is not None and all(stop()):
+                break
+        self.steps.append(step)
+        return super().generate(prompts, 1)
+
+
+async def _until(check: Any) -> None:
+    for _ in range(2000):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the server never got there")
+
+
+@pytest.mark.anyio
+async def test_hang_ups_leave_the_queue_and_stop_the_running_batch() -> None:
+    engine = StoppableEngine()
+    engine.load("tiny", "cpu", {})
+    server = OpenAIServer(engine, None, ServeOptions("tiny", 1, 0.0))
+    client: TestClient[Any, Any] = TestClient(TestServer(server.app()))
+    await client.start_server()
+    body = {"model": "tiny", "prompt": "p", "max_tokens": 5000}
+    try:
+        running = asyncio.create_task(client.post("/v1/completions", json=body))
+        await _until(lambda: server.metrics.running._value.get() == 1)
+        queued = asyncio.create_task(client.post("/v1/completions", json=body))
+        await _until(lambda: server.metrics.queue_depth._value.get() == 1)
+        # The waiting client hangs up: its place is free at once.
+        queued.cancel()
+        await _until(lambda: server.metrics.queue_depth._value.get() == 0)
+        # The running one hangs up: the engine stops at its next token.
+        running.cancel()
+        await _until(lambda: engine.steps)
+        await _until(lambda: not server.active)
+    finally:
+        await client.close()
+    assert engine.batches == [1] and engine.steps[0] < 5000
+    assert not server.batcher.waiting
+    # both counted as hang-ups
+    assert server.metrics.cancelled.labels("disconnect")._value.get() == 2
