@@ -393,3 +393,24 @@ def test_a_full_queue_answers_429_with_retry_after_and_sigterm_is_bounded(slow: 
     assert "2 request(s) in flight" in log, log
     assert f"request {first.id} finished during shutdown" in log, log
     assert "cancelled: unfinished after the 2 s shutdown bound" in log, log
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--max-queue", "0"], {}, "--max-queue must be at least 1"),
+        (["--max-model-len", "1"], {}, "--max-model-len must be at least 2"),
+        (["--shutdown-timeout", "-1"], {}, "--shutdown-timeout must be 0 or more"),
+        ([], {"GREENMON_API_KEY": " "}, "the API key is empty"),
+    ],
+)
+def test_bad_serve_options_get_one_paragraph(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "greenmon.cli", "serve", "tiny", *args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
