@@ -349,7 +349,9 @@ class RequestSpan:
     tokens_out: int
 
 
-def _work_in(span: RequestSpan, lo_ns: int, hi_ns: int, prefill_weight: float) -> float:
+def tokens_processed(
+    span: RequestSpan, lo_ns: int, hi_ns: int, prefill_weight: float = PREFILL_WEIGHT
+) -> float:
     """Weighted tokens ``span`` processed in [lo_ns, hi_ns): each phase's tokens spread
     evenly over the phase (prefill: start to first token; decode: first token to end)."""
     first = span.first_token_ns if span.first_token_ns is not None else span.end_ns
@@ -388,7 +390,9 @@ def split_by_tokens(
         work = {
             s.request_id: w
             for s in spans
-            if s.start_ns < hi and s.end_ns >= lo and (w := _work_in(s, lo, hi, prefill_weight)) > 0
+            if s.start_ns < hi
+            and s.end_ns >= lo
+            and (w := tokens_processed(s, lo, hi, prefill_weight)) > 0
         }
         total = sum(work.values())
         if total <= 0:

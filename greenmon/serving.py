@@ -41,6 +41,7 @@ from aiohttp import web
 
 from greenmon.engines.base import Engine, Prompt, RequestRecord
 from greenmon.errors import GreenmonError
+from greenmon.serve_energy import MeteredBatches, metrics_lines
 
 DEFAULT_MAX_TOKENS = 16
 
@@ -80,6 +81,8 @@ class _Batcher:
         )
     )
     held: list[_Pending] = field(default_factory=list)
+    # Per-request energy (greenmon/serve_energy.py): None leaves usage without energy_j.
+    metered: MeteredBatches | None = None
 
     async def submit(self, prompt: Prompt, max_tokens: int) -> RequestRecord:
         future: asyncio.Future[RequestRecord] = asyncio.get_running_loop().create_future()
@@ -92,8 +95,14 @@ class _Batcher:
             batch = await self._next_batch()
             max_tokens = batch[0].max_tokens
             try:
+                prompts = [p.prompt for p in batch]
                 records = await loop.run_in_executor(
-                    self.executor, self.engine.generate, [p.prompt for p in batch], max_tokens
+                    self.executor,
+                    *(
+                        (self.engine.generate, prompts, max_tokens)
+                        if self.metered is None
+                        else (self.metered.generate, self.engine, prompts, max_tokens)
+                    ),
                 )
             except Exception as error:
                 for pending in batch:
@@ -133,11 +142,17 @@ class _Batcher:
 class OpenAIServer:
     """The routes, around a loaded engine and (optionally) its tokenizer for streaming."""
 
-    def __init__(self, engine: Engine, tokenizer: Any, options: ServeOptions) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer: Any,
+        options: ServeOptions,
+        metered: MeteredBatches | None = None,
+    ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.options = options
-        self.batcher = _Batcher(engine, options)
+        self.batcher = _Batcher(engine, options, metered=metered)
         self._ids = itertools.count()
         self._task: asyncio.Task[None] | None = None
 
@@ -147,6 +162,8 @@ class OpenAIServer:
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
+        if self.batcher.metered is not None:
+            app.router.add_get("/metrics", self.energy_metrics)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -160,6 +177,8 @@ class OpenAIServer:
             await asyncio.gather(self._task, return_exceptions=True)
         self.batcher.executor.shutdown(wait=True)
         self.engine.close()
+        if self.batcher.metered is not None:
+            self.batcher.metered.meter.close()
 
     # -- routes ----------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -180,6 +199,12 @@ class OpenAIServer:
             }
         )
 
+    async def energy_metrics(self, request: web.Request) -> web.Response:
+        """The requests' summed attributed energy and the server's (Prometheus text)."""
+        assert self.batcher.metered is not None
+        text = "\n".join(metrics_lines(self.batcher.metered.meter)) + "\n"
+        return web.Response(text=text, content_type="text/plain")
+
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, chat=False)
 
@@ -199,11 +224,14 @@ class OpenAIServer:
         except GreenmonError as error:
             return _error(400, error.message)
         with_ids = bool(body.get("return_token_ids"))
-        usage = {
+        usage: dict[str, float] = {
             "prompt_tokens": record.tokens_in,
             "completion_tokens": record.tokens_out,
             "total_tokens": record.tokens_in + record.tokens_out,
         }
+        if self.batcher.metered is not None:
+            # This request's share of the server's attributed energy (not measured).
+            usage.update(self.batcher.metered.take(record.prompt_id))
         common = {"id": request_id, "created": int(time.time()), "model": body["model"]}
         if not body.get("stream"):
             return web.json_response(
@@ -219,7 +247,10 @@ class OpenAIServer:
             last = index == len(pieces) - 1
             choice = _chunk_choice(piece, ids, chat=chat, first=index == 0, with_ids=with_ids)
             choice["finish_reason"] = "length" if last else None
-            await _send(response, {**common, "object": kind, "choices": [choice]})
+            chunk = {**common, "object": kind, "choices": [choice]}
+            if last and "energy_j" in usage:
+                chunk["usage"] = usage  # the final chunk carries the request's energy
+            await _send(response, chunk)
         if (body.get("stream_options") or {}).get("include_usage"):
             await _send(response, {**common, "object": kind, "choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
@@ -374,9 +405,10 @@ def serve(
     *,
     host: str,
     port: int,
+    metered: MeteredBatches | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM; the engine is closed on the way out."""
-    server = OpenAIServer(engine, tokenizer, options)
+    server = OpenAIServer(engine, tokenizer, options, metered)
     try:
         web.run_app(server.app(), host=host, port=port, print=None, access_log=None)
     except OSError as error:

@@ -38,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an engine option, as in a plan's [engine_options.<engine>] (e.g. threads=2)",
     )  # fmt: skip
     parser.add_argument("--cache-dir", default=None, help="where exported models are cached")
+    parser.add_argument(
+        "--config", default=None,
+        help="greenmon TOML whose [probes.rapl] gives per-request energy (usage.energy_j)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-energy", action="store_true", help="do not attribute energy to requests"
+    )
 
 
 def _options(pairs: list[str]) -> dict[str, object]:
@@ -64,17 +71,25 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.engine, args.provider, _options(args.option), cache_dir=args.cache_dir
     )
     name = args.served_model_name or args.model
+    metered, energy_note = (None, "per-request energy is off (--no-energy)")
+    if not args.no_energy:
+        from greenmon.config import load_config
+        from greenmon.serve_energy import open_meter
+
+        metered, energy_note = open_meter(load_config(args.config))
     print(
         f"greenmon serve: {name} ({args.engine}/{args.provider}) at "
         f"http://{args.host}:{args.port}/v1, batches of up to {args.max_batch_size}",
         flush=True,
     )
+    print(f"greenmon serve: {energy_note}", file=sys.stderr, flush=True)
     serve(
         engine,
         tokenizer,
         ServeOptions(name, args.max_batch_size, args.batch_wait_ms),
         host=args.host,
         port=args.port,
+        metered=metered,
     )
     print("greenmon serve: stopped", file=sys.stderr)
     return 0
