@@ -49,6 +49,9 @@ class RequestRecord:
     # claimed in ``usage`` (None when it sent none); ``tokens_out`` is what was streamed.
     tokens_requested: int | None = None
     usage_tokens_out: int | None = None
+    # A served request's energy as the server itself reports it in ``usage`` (joules;
+    # None when it reports none): stored beside greenmon's attributed figure.
+    server_energy_j: float | None = None
 
     @property
     def output_hash(self) -> str:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from greenmon.attribution import server_energy_j
 from greenmon.engines._common import check_options
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
 from greenmon.errors import EngineError
@@ -332,6 +333,7 @@ class HttpEngine:
             text=text,
             tokens_requested=max_new_tokens,
             usage_tokens_out=None if claimed is None else int(claimed),
+            server_energy_j=server_energy_j(reply.usage),
         )
 
     def _encode(self, text: str) -> tuple[int, ...]:

@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -403,6 +404,16 @@ def split_by_tokens(
     return out
 
 
+def server_energy_j(usage: Mapping[str, Any]) -> float | None:
+    """A server's own per-request energy from its ``usage``, in joules: ``energy_j``
+    (greenmon serve) or ``energy_mj`` (a TGI proposal's name); None when it gives none."""
+    for key, scale in (("energy_j", 1.0), ("energy_mj", 1e-3)):
+        value = usage.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value) * scale
+    return None
+
+
 def request_boundaries(spans: Sequence[RequestSpan], period_ns: int) -> list[int]:
     """Interval edges for ``split_by_tokens``: every ``period_ns`` from the first start to
     the last end, plus every request's start, first token and end (so no interval mixes
@@ -478,6 +489,15 @@ def listening_pid(port: int, proc_root: str | Path = "/proc") -> int | None:
 # -- reading the machine's energy back from the store ---------------------------------------
 ATTRIBUTED_DOMAINS = ("cpu", "dram", "gpu")
 
+# The samples of every channel that answers for an attributed domain (the
+# ``energy_sources`` view: greenmon/sources.py's rule) of session ? between ? and ? ns.
+SESSION_SERIES_SQL = f"""
+SELECT s.domain, s.channel_id, s.kind, s.unit, s.counter_range, x.t_ns, x.value
+FROM energy_sources s JOIN samples x ON x.channel_id = s.channel_id
+WHERE s.session_id = ? AND s.domain IN {ATTRIBUTED_DOMAINS!r} AND x.t_ns BETWEEN ? AND ?
+ORDER BY s.domain, s.channel_id, x.t_ns
+"""
+
 
 def power_series_sql(
     window_id: int, *, offset: int = 0, limit: int = 10_000, margin_ns: int = 2_000_000_000
@@ -521,3 +541,38 @@ def power_series_from_rows(rows: Iterable[Sequence[Any]]) -> dict[str, list[Powe
             series = PowerSeries.from_gauge(samples, watts_per_unit=scale)
         out.setdefault(domain, []).append(series)
     return out
+
+
+def request_energy(
+    spans: Sequence[RequestSpan],
+    series: Mapping[str, Sequence[PowerSeries]],
+    *,
+    period_ns: int = 100_000_000,
+    prefill_weight: float = PREFILL_WEIGHT,
+) -> dict[str, dict[str, float]]:
+    """request id -> {domain: J}: each domain's measured energy, interval by interval,
+    split over the requests in flight by the tokens each processed (``split_by_tokens``)."""
+    boundaries = request_boundaries(spans, period_ns)
+    out: dict[str, dict[str, float]] = {span.request_id: {} for span in spans}
+    for domain, channels in series.items():
+        split = split_by_tokens(
+            spans, boundaries, partial(domain_energy_j, channels), prefill_weight=prefill_weight
+        )
+        for request_id, energy in split.items():
+            out[request_id][domain] = energy
+    return out
+
+
+def spans_of(records: Iterable[Any]) -> list[RequestSpan]:
+    """RequestSpans of engine RequestRecords (``ttft_ns`` is a duration from the start)."""
+    return [
+        RequestSpan(
+            r.prompt_id,
+            r.start_ns,
+            None if r.ttft_ns is None else r.start_ns + r.ttft_ns,
+            r.end_ns,
+            r.tokens_in,
+            r.tokens_out,
+        )
+        for r in records
+    ]

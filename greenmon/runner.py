@@ -33,9 +33,17 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
+import duckdb
 import psutil
 from anyio.abc import TaskStatus
 
+from greenmon.attribution import (
+    METHOD_TOKENS,
+    SESSION_SERIES_SQL,
+    power_series_from_rows,
+    request_energy,
+    spans_of,
+)
 from greenmon.clock import now_ns
 from greenmon.energy import window_energy_sql
 from greenmon.engines.base import Engine, Prompt, RequestRecord, handles_load
@@ -53,6 +61,8 @@ PHASES = ("load", "warmup", "cooldown_before", "measure", "cooldown_after")
 # Memory still held after close beyond this is reported: engines must not leak into the
 # next unit's measurement.
 RELEASE_TOLERANCE_BYTES = 64 * 1024 * 1024
+# Samples read around a unit's requests, so their first and last intervals are whole.
+SERIES_MARGIN_NS = 2_000_000_000
 
 ReferenceFn = Callable[[Any, Sequence[Prompt], int], Mapping[str, Sequence[int]]]
 
@@ -1024,6 +1034,7 @@ class UnitRun:
         self.store.insert_requests(experiment_id, unit_id, attempt, "measure", self.measured)
         self.store_quality()
         self.write_phases()
+        self.store_request_energy()
         fidelity_share, first_divergence = self.store_fidelity()
         self.store.finish_unit(
             experiment_id,
@@ -1053,6 +1064,35 @@ class UnitRun:
             )
         except (GreenmonError, ImportError) as error:
             self.event("warning", f"unit {self.unit.unit_id}: quality not scored: {error}")
+
+    def store_request_energy(self) -> None:
+        """Each measured request's attributed energy (greenmon/attribution.py): the
+        unit's measured energy in each interval split by the tokens each request in
+        flight processed.  A failure is an event; the unit's measured figures stand."""
+        if not self.measured:
+            return
+        try:
+            spans = spans_of(self.measured)
+            rows = self.store.execute(
+                SESSION_SERIES_SQL,
+                [
+                    self.runner.daemon.session_id,
+                    min(s.start_ns for s in spans) - SERIES_MARGIN_NS,
+                    max(s.end_ns for s in spans) + SERIES_MARGIN_NS,
+                ],
+            )
+            energy = request_energy(spans, power_series_from_rows(rows))
+            self.store.set_request_energy(
+                self.experiment_id,
+                self.unit.unit_id,
+                self.attempt,
+                [
+                    (r.prompt_id, energy.get(r.prompt_id, {}), METHOD_TOKENS, r.server_energy_j)
+                    for r in self.measured
+                ],
+            )
+        except (GreenmonError, duckdb.Error) as error:
+            self.event("warning", f"unit {self.unit.unit_id}: request energy not stored: {error}")
 
     def store_fidelity(self) -> tuple[float | None, int | None]:
         """Each measured request against the reference; the unit's share and divergence."""

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from greenmon.engines.base import RequestRecord
 
 APP_ID = "greenmon"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Each entry migrates from version i to i + 1.  Never edit a landed entry: append one.
 MIGRATIONS: list[str] = [
@@ -230,6 +230,20 @@ MIGRATIONS: list[str] = [
         decided_ns      BIGINT
     );
     """,
+    # -- attribution (greenmon/attribution.py) -------------------------------------------
+    # Each measured request's attributed energy: the unit's measured energy in each
+    # interval split over the requests in flight by the tokens each processed in it, in
+    # total and per domain, with the rule's name; and the server's own per-request figure
+    # where its ``usage`` reports one (beside greenmon's, never instead of it).
+    """
+    ALTER TABLE requests ADD COLUMN energy_j DOUBLE;
+    ALTER TABLE requests ADD COLUMN energy_cpu_j DOUBLE;
+    ALTER TABLE requests ADD COLUMN energy_dram_j DOUBLE;
+    ALTER TABLE requests ADD COLUMN energy_gpu_j DOUBLE;
+    ALTER TABLE requests ADD COLUMN energy_method VARCHAR;
+    ALTER TABLE requests ADD COLUMN server_energy_j DOUBLE;
+    """,
+    # -- end attribution -----------------------------------------------------------------
 ]
 
 # How many recent flushes ``FlushStats`` keeps: about two minutes at the default 0.5 s.
@@ -1098,6 +1112,43 @@ class Store:
                     for prompt_id, share, divergence in rows
                 ],
             )
+
+    # -- attribution -------------------------------------------------------------------
+    def set_request_energy(
+        self,
+        experiment_id: str,
+        unit_id: int,
+        attempt: int,
+        rows: Sequence[tuple[str, dict[str, float], str, float | None]],
+    ) -> None:
+        """The measured requests' attributed energy: (prompt_id, {domain: J}, method,
+        the server's own figure or None)."""
+        if not rows:
+            return
+        with self.transaction() as con:
+            con.executemany(
+                """UPDATE requests SET energy_j = ?, energy_cpu_j = ?, energy_dram_j = ?,
+                       energy_gpu_j = ?, energy_method = ?, server_energy_j = ?
+                   WHERE experiment_id = ? AND unit_id = ? AND attempt = ? AND phase = 'measure'
+                     AND prompt_id = ?""",
+                [
+                    [
+                        sum(energy.values()) if energy else None,
+                        energy.get("cpu"),
+                        energy.get("dram"),
+                        energy.get("gpu"),
+                        method,
+                        server_j,
+                        experiment_id,
+                        unit_id,
+                        attempt,
+                        prompt_id,
+                    ]
+                    for prompt_id, energy, method, server_j in rows
+                ],
+            )
+
+    # -- end attribution ---------------------------------------------------------------
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement under the lock and return its rows (runner bookkeeping)."""

@@ -321,8 +321,8 @@ def _report(
             run.update(
                 {k: v for k, v in attribution.as_dict().items() if k.startswith("attributed_")}
             )
+            # flagged there ("attributed"); the run's own flags stay its validity flags
             run["attribution"] = attribution.as_dict()
-            run["flags"] = sorted({*run["flags"], *attribution.flags})
         runs.append(run)
     report: dict[str, Any] = {
         "command": list(command),

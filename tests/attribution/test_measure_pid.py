@@ -102,7 +102,7 @@ def test_measure_pid_gives_power_times_duration_times_cpu_share(
     report = json.loads(done.stderr)
     assert report["pid"] == busy.pid
     run = report["runs"][0]
-    assert "attributed" in run["flags"]
+    assert "attributed" in run["attribution"]["flags"]
     assert run["attribution"]["method"]["cpu"] == "busy CPU time share"
 
     inside = [r for r in readings if run["start_ns"] <= r[0] <= run["end_ns"]]
