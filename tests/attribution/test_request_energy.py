@@ -10,6 +10,7 @@ the steady window; and the server's own figure (``usage.energy_j``) is stored be
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -54,8 +55,21 @@ base_url = "http://127.0.0.1:{port}/v1"
 model = "tiny"
 command = {command}
 ready_timeout_s = 240
-extra = {{ return_token_ids = true }}
+{extra}
 """
+LLAMA_PYTHON = os.environ.get("GREENMON_LLAMA_PYTHON", "/work/llama-venv/bin/python")
+TINY_GGUF = os.environ.get("GREENMON_TINY_GGUF", "/work/llama-build/tiny.gguf")
+
+
+def _llama_missing() -> str | None:
+    if not Path(LLAMA_PYTHON).exists():
+        return f"no llama-cpp-python python at {LLAMA_PYTHON} (set GREENMON_LLAMA_PYTHON)"
+    if not Path(TINY_GGUF).exists():
+        return f"no GGUF of the tiny model at {TINY_GGUF} (set GREENMON_TINY_GGUF)"
+    probe = subprocess.run([LLAMA_PYTHON, "-c", "import llama_cpp.server"], capture_output=True)
+    if probe.returncode != 0:
+        return f"llama_cpp.server does not import with {LLAMA_PYTHON}"
+    return None
 
 
 def _free_port() -> int:
@@ -71,16 +85,33 @@ def power(tmp_path: Path) -> Iterator[PoweredRapl]:
     source.stop()
 
 
-def test_served_requests_energy_adds_up_to_the_units(tmp_path: Path, power: PoweredRapl) -> None:
+@pytest.mark.parametrize("server", ["greenmon-serve", "llama.cpp"])
+def test_served_requests_energy_adds_up_to_the_units(
+    tmp_path: Path, power: PoweredRapl, server: str
+) -> None:
     port = _free_port()
-    server_config = tmp_path / "serve.toml"
-    server_config.write_text(f'[probes.rapl]\nsysfs_root = "{power.tree.root}"\n')
-    command = [
-        *greenmon_command(), "serve", "tiny", "--port", str(port),
-        "--config", str(server_config),
-    ]  # fmt: skip
+    if server == "llama.cpp":
+        reason = _llama_missing()
+        if reason:
+            pytest.skip(reason)
+        command = [
+            LLAMA_PYTHON, "-m", "llama_cpp.server", "--model", TINY_GGUF, "--model_alias",
+            "tiny", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512",
+            "--interrupt_requests", "False",
+        ]  # fmt: skip
+        extra = 'api = "completions"'
+    else:
+        server_config = tmp_path / "serve.toml"
+        server_config.write_text(f'[probes.rapl]\nsysfs_root = "{power.tree.root}"\n')
+        command = [
+            *greenmon_command(), "serve", "tiny", "--port", str(port),
+            "--config", str(server_config),
+        ]  # fmt: skip
+        extra = "extra = { return_token_ids = true }"
     plan = tmp_path / "plan.toml"
-    plan.write_text(PLAN.format(root=power.tree.root, port=port, command=json.dumps(command)))
+    plan.write_text(
+        PLAN.format(root=power.tree.root, port=port, command=json.dumps(command), extra=extra)
+    )
     db = tmp_path / "run.duckdb"
     done = subprocess.run(
         greenmon_command("run", str(plan), "--db", str(db), "--quiet"),
@@ -102,8 +133,9 @@ def test_served_requests_energy_adds_up_to_the_units(tmp_path: Path, power: Powe
         assert energy_j is not None and energy_j > 0
         assert energy_j == pytest.approx(cpu_j)
         assert method == "tokens in flight"
-        # greenmon serve's own figure, beside greenmon's (its own rule, its own process)
-        assert server_j is not None and server_j > 0
+        # greenmon serve's own figure, beside greenmon's (its own rule, its own process);
+        # llama.cpp reports none
+        assert (server_j is not None and server_j > 0) == (server == "greenmon-serve")
     total_j = sum(r[0] for r in requests)
     span_s = (max(r[5] for r in requests) - min(r[4] for r in requests)) / 1e9
     # Constant power: the unit's energy over the requests' span is power x span.
