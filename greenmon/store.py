@@ -234,7 +234,9 @@ MIGRATIONS: list[str] = [
     # Each measured request's attributed energy: the unit's measured energy in each
     # interval split over the requests in flight by the tokens each processed in it, in
     # total and per domain, with the rule's name; and the server's own per-request figure
-    # where its ``usage`` reports one (beside greenmon's, never instead of it).
+    # where its ``usage`` reports one (beside greenmon's, never instead of it).  A served
+    # unit's server process tree: its attributed energy over the measure phase (its share
+    # of busy CPU time in each interval) and how it was attributed.
     """
     ALTER TABLE requests ADD COLUMN energy_j DOUBLE;
     ALTER TABLE requests ADD COLUMN energy_cpu_j DOUBLE;
@@ -242,6 +244,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE requests ADD COLUMN energy_gpu_j DOUBLE;
     ALTER TABLE requests ADD COLUMN energy_method VARCHAR;
     ALTER TABLE requests ADD COLUMN server_energy_j DOUBLE;
+    ALTER TABLE units ADD COLUMN attributed_cpu_j DOUBLE;
+    ALTER TABLE units ADD COLUMN attributed_dram_j DOUBLE;
+    ALTER TABLE units ADD COLUMN attributed_gpu_j DOUBLE;
+    ALTER TABLE units ADD COLUMN attribution JSON;
     """,
     # -- end attribution -----------------------------------------------------------------
 ]
@@ -1145,6 +1151,29 @@ class Store:
                         prompt_id,
                     ]
                     for prompt_id, energy, method, server_j in rows
+                ],
+            )
+
+    def set_unit_attribution(
+        self,
+        experiment_id: str,
+        unit_id: int,
+        attributed_j: dict[str, float],
+        attribution: dict[str, Any],
+    ) -> None:
+        """A served unit's server process tree: attributed energy per domain and how."""
+        with self.transaction() as con:
+            con.execute(
+                """UPDATE units SET attributed_cpu_j = ?, attributed_dram_j = ?,
+                       attributed_gpu_j = ?, attribution = ?
+                   WHERE experiment_id = ? AND unit_id = ?""",
+                [
+                    attributed_j.get("cpu"),
+                    attributed_j.get("dram"),
+                    attributed_j.get("gpu"),
+                    json.dumps(attribution),
+                    experiment_id,
+                    unit_id,
                 ],
             )
 

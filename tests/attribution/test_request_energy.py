@@ -126,6 +126,10 @@ def test_served_requests_energy_adds_up_to_the_units(
                FROM requests WHERE phase = 'measure'"""
         )
         _, units = store.query("SELECT status, steady_energy_j FROM unit_results_for(NULL)")
+        _, attributed = store.query(
+            "SELECT attributed_cpu_j, attribution FROM units WHERE status = 'done'"
+        )
+        _, measure = store.query("SELECT energy_cpu_j FROM unit_results_for(NULL)")
     assert [u[0] for u in units] == ["done"]
     assert len(requests) == 8
     for energy_j, cpu_j, method, server_j, _start, _end, tokens in requests:
@@ -142,3 +146,25 @@ def test_served_requests_energy_adds_up_to_the_units(
     assert total_j == pytest.approx(POWER_W * span_s, rel=0.03), (total_j, span_s)
     steady_j = units[0][1]
     assert steady_j is not None and steady_j <= total_j * 1.03
+
+    # The server's process tree (the plan's command) is attributed its share of the
+    # measure's energy: a part of it, said to be attributed.
+    server_cpu_j, how = attributed[0]
+    assert server_cpu_j is not None and 0 < server_cpu_j < POWER_W * 600
+    how = json.loads(how)
+    assert how["method"]["cpu"] == "busy CPU time share" and how["flags"] == ["attributed"]
+    assert server_cpu_j <= how["machine_energy_j"]["cpu"] * 1.0001
+    assert server_cpu_j < measure[0][0]
+
+    analysis = subprocess.run(
+        greenmon_command("analyze", "--db", str(db), "--json", "--workers", "1"),
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env=cli_env(tmp_path / "none.sock"),
+    )  # fmt: skip
+    assert analysis.returncode == 0, analysis.stderr
+    section = json.loads(analysis.stdout)["request_energy"]
+    assert section["figures"] == "attributed"
+    (unit,) = section["units"]
+    assert unit["requests"] == 8
+    assert unit["j_per_request_p50"] > 0 and unit["j_per_token_p50"] > 0
+    assert unit["j_per_request_p90"] >= unit["j_per_request_p50"]
