@@ -116,12 +116,16 @@ class CpuShareSampler:
         self.tree = ProcessTree(self.proc_root, roots)
         self.period_s = period_s
         self.readings: list[CpuReading] = []
+        # GPU shares read beside each CPU reading (attach_gpu), when NVML is at hand
+        self.gpu: GpuShareSampler | None = None
         self._last: dict[int, tuple[int, int]] = {}  # pid -> (ticks, parent pid)
         self._gone_ticks = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def read(self) -> CpuReading:
+        if self.gpu is not None:
+            self.gpu.read()
         self.tree.cpu_ticks()
         busy = machine_busy_ticks(self.proc_root)
         now: dict[int, tuple[int, int]] = {}
@@ -137,6 +141,14 @@ class CpuShareSampler:
         self._last = now
         tree_ticks = self._gone_ticks + sum(ticks for ticks, _ in now.values())
         return CpuReading(time.monotonic_ns(), busy, tree_ticks)
+
+    def attach_gpu(self, nvml: Any) -> bool:
+        """Read NVML's per-process utilisation too; False where NVML cannot say."""
+        try:
+            self.gpu = GpuShareSampler(nvml, self)
+        except Exception:  # the driver's NVMLError: no GPU, not initialised
+            self.gpu = None
+        return self.gpu is not None
 
     def start(self) -> CpuShareSampler:
         self.readings = [self.read()]
@@ -335,6 +347,49 @@ def read_gpu_process_samples(nvml: Any, handle: Any, since_us: int) -> list[GpuP
     except Exception:  # the driver's NVMLError: not supported, no samples yet
         return []
     return [GpuProcessSample(int(s.pid), int(s.timeStamp), float(s.smUtil)) for s in raw or []]
+
+
+class GpuShareSampler:
+    """The tree's share of the GPUs' SM utilisation in each interval, from NVML's
+    per-process samples (``nvmlDeviceGetProcessUtilization``), read with the CPU
+    readings of ``cpu`` (whose tree gives the pids).  Every GPU's samples are pooled: a
+    machine's GPU energy is one domain (the sum over its GPUs)."""
+
+    def __init__(self, nvml: Any, cpu: CpuShareSampler) -> None:
+        self.nvml = nvml
+        self.cpu = cpu
+        count = int(nvml.nvmlDeviceGetCount())
+        self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        self.last_us = [0] * count
+        self.intervals: list[ShareInterval] = []
+        self.any_samples = False
+        self._last_ns = time.monotonic_ns()
+
+    def read(self) -> None:
+        """The share since the previous read (0 while no process used the GPUs)."""
+        now = time.monotonic_ns()
+        samples: list[GpuProcessSample] = []
+        for index, handle in enumerate(self.handles):
+            fresh = [
+                s
+                for s in read_gpu_process_samples(self.nvml, handle, self.last_us[index])
+                if s.t_us > self.last_us[index]
+            ]
+            if fresh:
+                self.last_us[index] = max(s.t_us for s in fresh)
+            samples += fresh
+        self.any_samples = self.any_samples or bool(samples)
+        share = gpu_share(samples, self.cpu.tree.pids())
+        self.intervals.append(ShareInterval(self._last_ns, now, share or 0.0))
+        self._last_ns = now
+
+
+def attribute_shares(
+    intervals: Sequence[ShareInterval], energy: Callable[[int, int], float], window: tuple[int, int]
+) -> float:
+    """Energy inside ``window`` times each interval's share, summed."""
+    lo, hi = window
+    return sum(i.share * energy(max(i.start_ns, lo), min(i.end_ns, hi)) for i in intervals)
 
 
 # -- served requests: tokens in flight ------------------------------------------------------

@@ -26,15 +26,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from greenmon.attribution import (
+    METHOD_GPU_UTILISATION,
     CpuShareSampler,
+    GpuShareSampler,
     ProcessAttribution,
     attribute_cpu_time,
+    attribute_shares,
     domain_energy_j,
     power_series_from_rows,
     power_series_sql,
@@ -117,7 +121,8 @@ class Monitor:
     ./greenmon.duckdb); its daemon is attached to when one holds it; ``config``: a TOML
     file (or Config) for an in-process daemon's probes; ``socket``: the API socket
     (default: the one derived from the database's path); ``pid``: attribute each window's
-    energy to this process and its descendants; ``proc_root``: where /proc is (tests).
+    energy to this process and its descendants; ``proc_root``: where /proc is (tests);
+    ``nvml``: the NVML module for GPU attribution (default: pynvml when it initialises).
     """
 
     def __init__(
@@ -128,8 +133,10 @@ class Monitor:
         socket: str | Path | None = None,
         pid: int | None = None,
         proc_root: str | Path = "/proc",
+        nvml: Any = None,
     ) -> None:
         self.pid = pid
+        self.nvml = nvml
         self.proc_root = Path(proc_root)
         self._db = db
         self._config_arg = config
@@ -236,7 +243,11 @@ class Monitor:
         # readings bracket the window and every instant of it is attributed.
         sampler = None
         if self.pid is not None and kind == "window":
-            sampler = CpuShareSampler([self.pid], proc_root=self.proc_root).start()
+            sampler = CpuShareSampler([self.pid], proc_root=self.proc_root)
+            nvml = self._nvml()
+            if nvml is not None:
+                sampler.attach_gpu(nvml)
+            sampler.start()
         opened = self._call(
             self.client.open_window, name, dict(tags or {}), kind=kind,
             baseline_window_id=baseline_id,
@@ -249,15 +260,32 @@ class Monitor:
         result = WindowResult.from_dict(self._call(self.client.close_window, window.window_id))
         window.result = result
         if window.sampler is not None:
+            gpu = window.sampler.gpu
             readings = window.sampler.stop()
             window.sampler = None
             window.attribution = self._attribute(
-                window.window_id, readings, (result.start_ns, result.end_ns)
+                window.window_id, readings, (result.start_ns, result.end_ns), gpu
             )
         return result
 
+    def _nvml(self) -> Any:
+        """The NVML module for per-process GPU utilisation, initialised; None without."""
+        if self.nvml is None:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+            except Exception:  # no library, no driver, no GPU: the GPU is not attributed
+                return None
+            self.nvml = pynvml
+        return self.nvml
+
     def _attribute(
-        self, window_id: int, readings: list[Any], span_ns: tuple[int, int]
+        self,
+        window_id: int,
+        readings: list[Any],
+        span_ns: tuple[int, int],
+        gpu: GpuShareSampler | None = None,
     ) -> ProcessAttribution:
         """The window's energy per domain, read back from the store interval by interval,
         split by the tree's share of busy CPU time."""
@@ -276,7 +304,14 @@ class Monitor:
             for domain, channels in series.items()
             if domain in ("cpu", "dram")
         }
-        return attribute_cpu_time(readings, energy_of, span_ns)
+        result = attribute_cpu_time(readings, energy_of, span_ns)
+        if gpu is not None and gpu.any_samples and series.get("gpu"):
+            # by the tree's share of the GPUs' per-process SM utilisation
+            energy = partial(domain_energy_j, series["gpu"])
+            result.attributed_j["gpu"] = attribute_shares(gpu.intervals, energy, span_ns)
+            result.machine_j["gpu"] = energy(*span_ns)
+            result.method["gpu"] = METHOD_GPU_UTILISATION
+        return result
 
     @contextlib.contextmanager
     def window(

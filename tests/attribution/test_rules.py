@@ -18,6 +18,7 @@ from greenmon.attribution import (
     PowerSeries,
     RequestSpan,
     attribute_cpu_time,
+    attribute_shares,
     cpu_shares,
     gpu_share,
     listening_pid,
@@ -134,6 +135,38 @@ def test_gpu_share_from_per_process_utilisation() -> None:
     handle = nvml.nvmlDeviceGetHandleByIndex(0)
     # The fake gives no per-process samples (as drivers that do not support them): none.
     assert read_gpu_process_samples(nvml, handle, 0) == []
+
+
+def test_gpu_energy_by_the_trees_share_of_per_process_utilisation() -> None:
+    nvml: FakeNvml = two_gpus()
+    nvml.nvmlInit()
+    nvml.gpus[0].process_sm_percent = {os.getpid(): 30, 999_999_999: 10}
+    sampler = CpuShareSampler([os.getpid()], period_s=0.02)
+    assert sampler.attach_gpu(nvml)
+    sampler.start()
+    time.sleep(0.2)
+    readings = sampler.stop()
+    gpu = sampler.gpu
+    assert gpu is not None and gpu.any_samples
+    start, end = readings[0].t_ns, readings[-1].t_ns
+    energy = _constant(100.0, 3600).energy_j
+    attributed = attribute_shares(gpu.intervals, energy, (start, end))
+    # this process had 30 of the 40 % SM utilisation NVML reported per process
+    assert attributed == pytest.approx(0.75 * energy(start, end), rel=0.02)
+
+
+def test_without_per_process_samples_the_gpu_is_not_attributed() -> None:
+    nvml: FakeNvml = two_gpus()
+    nvml.nvmlInit()
+    for gpu in nvml.gpus:
+        gpu.not_supported.add("nvmlDeviceGetProcessUtilization")
+    sampler = CpuShareSampler([os.getpid()], period_s=0.02)
+    assert sampler.attach_gpu(nvml)
+    sampler.start()
+    time.sleep(0.05)
+    sampler.stop()
+    assert sampler.gpu is not None and not sampler.gpu.any_samples
+    assert not CpuShareSampler([os.getpid()]).attach_gpu(object())
 
 
 def test_the_sampler_follows_a_tree_that_exits(tmp_path: Path) -> None:
