@@ -388,9 +388,13 @@ def _print_report(out: TextIO, report: dict[str, Any], *, as_json: bool) -> None
             for domain in ("cpu", "dram", "gpu"):
                 value = run.get(f"attributed_{domain}_j")
                 if value is not None:
+                    how = (
+                        f"the process tree's share of busy CPU time: {share:.1%}"
+                        if domain != "gpu"
+                        else "the process tree's share of per-process GPU utilisation"
+                    )
                     print(
-                        f"  {_format_number(value):>14} J  attributed {domain:<7}"
-                        f"  (the process tree's share of busy CPU time: {share:.1%})",
+                        f"  {_format_number(value):>14} J  attributed {domain:<7}  ({how})",
                         file=out,
                     )
         print(f"  {run['duration_s']:>14.6f} s  duration", file=out)

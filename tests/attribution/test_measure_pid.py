@@ -25,6 +25,7 @@ from greenmon.attribution import machine_busy_ticks
 from tests.fakes.rapl import PoweredRapl
 from tests.measure.support import cli_env, greenmon_command, write_config
 
+pytestmark = [pytest.mark.slow]
 POWER_W = 30.0
 SPIN = "while True: pass"
 # About half a core: spin 10 ms, sleep 10 ms.

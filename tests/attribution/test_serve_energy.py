@@ -22,7 +22,7 @@ import pytest
 from tests.fakes.rapl import PoweredRapl
 from tests.measure.support import cli_env, greenmon_command, write_config
 
-pytestmark = [pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def _free_port() -> int:
