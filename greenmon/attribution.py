@@ -22,7 +22,8 @@ Terms:
 - *per-request energy*: each interval's energy is split over the requests in flight by
   the tokens each processed in it (``split_by_tokens``).  A request's tokens are placed on
   its timeline: its prompt's tokens evenly between its start and its first token (the
-  prefill), its generated tokens evenly between the first token and its end (decode).  A
+  prefill), its generated tokens evenly between the first token and its end (decode);
+  without a first-token time, all of them evenly over its life.  A
   prompt token weighs ``prefill_weight`` of a generated one: a prefill token is one row of
   one batched forward pass, a decode token a whole pass, so the default weight is small
   (``PREFILL_WEIGHT``).  The parts add up to the interval's energy whenever some request
@@ -410,13 +411,19 @@ def tokens_processed(
 ) -> float:
     """Weighted tokens ``span`` processed in [lo_ns, hi_ns): each phase's tokens spread
     evenly over the phase (prefill: start to first token; decode: first token to end)."""
-    first = span.first_token_ns if span.first_token_ns is not None else span.end_ns
-    first = min(max(first, span.start_ns), span.end_ns)
+    weighted_in = span.tokens_in * prefill_weight
+    if span.first_token_ns is None:
+        # No first-token time (an engine that generates a batch whole): every token is
+        # spread over the request's whole life.
+        phases = [(span.start_ns, span.end_ns, weighted_in + span.tokens_out)]
+    else:
+        first = min(max(span.first_token_ns, span.start_ns), span.end_ns)
+        phases = [
+            (span.start_ns, first, weighted_in),
+            (first, span.end_ns, float(span.tokens_out)),
+        ]
     work = 0.0
-    for p0, p1, tokens in (
-        (span.start_ns, first, span.tokens_in * prefill_weight),
-        (first, span.end_ns, float(span.tokens_out)),
-    ):
+    for p0, p1, tokens in phases:
         if tokens <= 0:
             continue
         if p1 <= p0:
