@@ -30,6 +30,8 @@ from greenmon.attribution import (
     summarise_requests,
     tokens_processed,
 )
+from greenmon.engines.http_engine import _Server, server_pid
+from greenmon.plan import parse_plan
 from tests.fakes.nvml import FakeNvml, two_gpus
 
 S = 1_000_000_000
@@ -191,3 +193,24 @@ def test_listening_pid_finds_this_process() -> None:
         server.listen()
         assert listening_pid(server.getsockname()[1]) == os.getpid()
     assert listening_pid(1) is None
+
+
+def test_a_servers_pid_from_the_plan_or_its_listening_port() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        server = _Server.from_options(
+            "s", {"base_url": f"http://127.0.0.1:{port}/v1", "model": "m"}
+        )
+        assert server_pid(server) == os.getpid()
+        named = _Server.from_options(
+            "s", {"base_url": f"http://127.0.0.1:{port}/v1", "model": "m", "pid": 4242}
+        )
+        assert server_pid(named) == 4242
+    plan = parse_plan(
+        'models = ["tiny"]\nconfigurations = ["http/s"]\n'
+        '[servers.s]\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "tiny"\npid = 4242\n',
+        Path("p.toml"),
+    )
+    assert plan.spec.servers["s"].pid == 4242
