@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import json
 import time
@@ -96,14 +97,13 @@ class _Batcher:
             max_tokens = batch[0].max_tokens
             try:
                 prompts = [p.prompt for p in batch]
-                records = await loop.run_in_executor(
-                    self.executor,
-                    *(
-                        (self.engine.generate, prompts, max_tokens)
-                        if self.metered is None
-                        else (self.metered.generate, self.engine, prompts, max_tokens)
-                    ),
+                generate = (
+                    functools.partial(self.engine.generate, prompts, max_tokens)
+                    if self.metered is None
+                    # the batch's energy is charged to its requests as it ends
+                    else functools.partial(self.metered.generate, self.engine, prompts, max_tokens)
                 )
+                records = await loop.run_in_executor(self.executor, generate)
             except Exception as error:
                 for pending in batch:
                     if not pending.future.done():
