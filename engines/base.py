@@ -52,6 +52,9 @@ class RequestRecord:
     # A served request that failed or timed out: the server's error (or the client's
     # timeout), recorded rather than retried; what it streamed before is kept.
     error: str | None = None
+    # A served request's energy as the server itself reports it in ``usage`` (joules;
+    # None when it reports none): stored beside greenmon's attributed figure.
+    server_energy_j: float | None = None
 
     @property
     def output_hash(self) -> str:

@@ -40,12 +40,14 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from greenmon.attribution import listening_pid, server_energy_j
 from greenmon.engines._common import check_options
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
 from greenmon.errors import EngineError
@@ -88,6 +90,7 @@ class _Server:
     exact_tokens: bool
     extra: dict[str, Any]
     request_timeout_s: float
+    pid: int | None = None
 
     @classmethod
     def from_options(cls, name: str, table: Mapping[str, Any] | None) -> _Server:
@@ -108,6 +111,7 @@ class _Server:
             exact_tokens=bool(table.get("exact_tokens", True)),
             extra=dict(table.get("extra") or {}),
             request_timeout_s=float(table.get("request_timeout_s", 600.0)),
+            pid=None if table.get("pid") is None else int(table["pid"]),
         )
 
     @property
@@ -131,6 +135,15 @@ class _Server:
             body["ignore_eos"] = True
         body.update(self.extra)
         return body
+
+
+def server_pid(server: _Server) -> int | None:
+    """A server greenmon did not start: the plan's ``pid``, else the process listening on
+    base_url's port (None when neither is known, e.g. another user's process)."""
+    if server.pid is not None:
+        return server.pid
+    port = urllib.parse.urlsplit(server.base_url).port
+    return None if port is None else listening_pid(port)
 
 
 class HttpEngine:
@@ -189,7 +202,9 @@ class HttpEngine:
                 "exact_tokens": server.exact_tokens,
                 "concurrency": None if self._rate_hz else self._concurrency,
                 "request_rate_hz": self._rate_hz,
-                "server_pid": None if self._process is None else self._process.pid,
+                "server_pid": (
+                    self._process.pid if self._process is not None else server_pid(server)
+                ),
                 "server_log": None if self._log_path is None else str(self._log_path),
                 "served_models": models,
             },
@@ -357,6 +372,7 @@ class HttpEngine:
             tokens_requested=max_new_tokens,
             usage_tokens_out=None if claimed is None else int(claimed),
             error=error,
+            server_energy_j=server_energy_j(reply.usage),
         )
 
     def _encode(self, text: str) -> tuple[int, ...]:

@@ -16,17 +16,33 @@ Either way, a window's figures come back the moment it closes and are the same a
 view ``window_results`` gives in DuckDB afterwards.  ``begin_window(name)`` /
 ``end_window(name)`` serve code that
 cannot nest a ``with``.
+
+``Monitor(pid=PID)`` also attributes each window's energy to the process tree of PID (its
+share of the machine's busy CPU time in each sampling interval, greenmon/attribution.py):
+``w.attribution.attributed_j["cpu"]`` beside the machine's ``w.energy_j["cpu"]``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from greenmon.attribution import (
+    METHOD_GPU_UTILISATION,
+    CpuShareSampler,
+    GpuShareSampler,
+    ProcessAttribution,
+    attribute_cpu_time,
+    attribute_shares,
+    domain_energy_j,
+    power_series_from_rows,
+    power_series_sql,
+)
 from greenmon.errors import GreenmonError
 from greenmon.windows import WindowResult
 
@@ -54,6 +70,9 @@ class Window:
         self.tags = dict(tags)
         self.start_ns = start_ns
         self.result: WindowResult | None = None
+        # Set when the Monitor attributes windows to a process tree (Monitor(pid=...)).
+        self.attribution: ProcessAttribution | None = None
+        self.sampler: CpuShareSampler | None = None
 
     def _closed(self) -> WindowResult:
         if self.result is None:
@@ -101,7 +120,9 @@ class Monitor:
     ``db``: the database (default, as for the CLI: $GREENMON_DB, the config's, or
     ./greenmon.duckdb); its daemon is attached to when one holds it; ``config``: a TOML
     file (or Config) for an in-process daemon's probes; ``socket``: the API socket
-    (default: the one derived from the database's path).
+    (default: the one derived from the database's path); ``pid``: attribute each window's
+    energy to this process and its descendants; ``proc_root``: where /proc is (tests);
+    ``nvml``: the NVML module for GPU attribution (default: pynvml when it initialises).
     """
 
     def __init__(
@@ -110,7 +131,13 @@ class Monitor:
         *,
         config: str | Path | Config | None = None,
         socket: str | Path | None = None,
+        pid: int | None = None,
+        proc_root: str | Path = "/proc",
+        nvml: Any = None,
     ) -> None:
+        self.pid = pid
+        self.nvml = nvml
+        self.proc_root = Path(proc_root)
         self._db = db
         self._config_arg = config
         self._socket_arg = socket
@@ -212,15 +239,78 @@ class Monitor:
         baseline_id = baseline.window_id if isinstance(baseline, WindowResult) else baseline
         if baseline_id is None and kind == "window":
             baseline_id = self.default_baseline_id
+        # The sampler starts before the window opens and stops after it closes, so its
+        # readings bracket the window and every instant of it is attributed.
+        sampler = None
+        if self.pid is not None and kind == "window":
+            sampler = CpuShareSampler([self.pid], proc_root=self.proc_root)
+            nvml = self._nvml()
+            if nvml is not None:
+                sampler.attach_gpu(nvml)
+            sampler.start()
         opened = self._call(
             self.client.open_window, name, dict(tags or {}), kind=kind,
             baseline_window_id=baseline_id,
         )  # fmt: skip
-        return Window(int(opened["window_id"]), name, tags or {}, int(opened["start_ns"]))
+        window = Window(int(opened["window_id"]), name, tags or {}, int(opened["start_ns"]))
+        window.sampler = sampler
+        return window
 
     def close_window(self, window: Window) -> WindowResult:
         result = WindowResult.from_dict(self._call(self.client.close_window, window.window_id))
         window.result = result
+        if window.sampler is not None:
+            gpu = window.sampler.gpu
+            readings = window.sampler.stop()
+            window.sampler = None
+            window.attribution = self._attribute(
+                window.window_id, readings, (result.start_ns, result.end_ns), gpu
+            )
+        return result
+
+    def _nvml(self) -> Any:
+        """The NVML module for per-process GPU utilisation, initialised; None without."""
+        if self.nvml is None:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+            except Exception:  # no library, no driver, no GPU: the GPU is not attributed
+                return None
+            self.nvml = pynvml
+        return self.nvml
+
+    def _attribute(
+        self,
+        window_id: int,
+        readings: list[Any],
+        span_ns: tuple[int, int],
+        gpu: GpuShareSampler | None = None,
+    ) -> ProcessAttribution:
+        """The window's energy per domain, read back from the store interval by interval,
+        split by the tree's share of busy CPU time."""
+        rows: list[list[Any]] = []
+        page = 10_000
+        while True:
+            got = self._call(
+                self.client.sql, power_series_sql(window_id, offset=len(rows), limit=page), page
+            )
+            rows += got.rows
+            if len(got.rows) < page:
+                break
+        series = power_series_from_rows(rows)
+        energy_of = {
+            domain: (lambda lo, hi, s=channels: domain_energy_j(s, lo, hi))
+            for domain, channels in series.items()
+            if domain in ("cpu", "dram")
+        }
+        result = attribute_cpu_time(readings, energy_of, span_ns)
+        if gpu is not None and gpu.any_samples and series.get("gpu"):
+            # by the tree's share of the GPUs' per-process SM utilisation
+            energy = partial(domain_energy_j, series["gpu"])
+            result.attributed_j["gpu"] = attribute_shares(gpu.intervals, energy, span_ns)
+            result.machine_j["gpu"] = energy(*span_ns)
+            result.method["gpu"] = METHOD_GPU_UTILISATION
         return result
 
     @contextlib.contextmanager

@@ -139,6 +139,9 @@ class ServerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Extra JSON fields for every request body (e.g. {return_token_ids = true}).
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
     request_timeout_s: float = 600.0
+    # The server's process, for its attributed energy (greenmon/attribution.py) when
+    # greenmon does not start it: default the process listening on base_url's port.
+    pid: int | None = None
 
 
 class PlanSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -33,9 +33,22 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
+import duckdb
 import psutil
 from anyio.abc import TaskStatus
 
+from greenmon.attribution import (
+    METHOD_TOKENS,
+    SESSION_SERIES_SQL,
+    CpuReading,
+    CpuShareSampler,
+    PowerSeries,
+    attribute_cpu_time,
+    domain_energy_j,
+    power_series_from_rows,
+    request_energy,
+    spans_of,
+)
 from greenmon.clock import now_ns
 from greenmon.energy import window_energy_sql
 from greenmon.engines.base import Engine, Prompt, RequestRecord, handles_load
@@ -53,6 +66,8 @@ PHASES = ("load", "warmup", "cooldown_before", "measure", "cooldown_after")
 # Memory still held after close beyond this is reported: engines must not leak into the
 # next unit's measurement.
 RELEASE_TOLERANCE_BYTES = 64 * 1024 * 1024
+# Samples read around a unit's requests, so their first and last intervals are whole.
+SERIES_MARGIN_NS = 2_000_000_000
 
 ReferenceFn = Callable[[Any, Sequence[Prompt], int], Mapping[str, Sequence[int]]]
 
@@ -742,6 +757,8 @@ class UnitRun:
         self.warm_records: list[RequestRecord] = []
         self.measured: list[RequestRecord] = []
         self.load_info: dict[str, Any] = {}
+        self.server_readings: list[CpuReading] = []
+        self.measure_span: tuple[int, int] | None = None
         self.failure: str | None = None
 
     def event(self, level: str, message: str) -> None:
@@ -906,15 +923,27 @@ class UnitRun:
     async def measure(self) -> None:
         """The workload, in batches; progress counts its requests."""
         engine = self.loaded
-        with self.phase("measure"):
-            self.state.requests_total = len(self.prompts)
-            self.state.request_index = 0
-            for start in range(0, len(self.prompts), self.batch_size):
-                records = await self.runner.in_engine_thread(
-                    engine.generate, self.prompts[start : start + self.batch_size], self.max_new
-                )
-                self.measured.extend(records)
-                self.state.request_index = len(self.measured)
+        # A served unit's server process tree is attributed its share of the measure's
+        # energy: its CPU time is read from before the phase to after it.
+        server_pid = self.load_info.get("server_pid")
+        sampler = CpuShareSampler([int(server_pid)]).start() if server_pid else None
+        try:
+            with self.phase("measure"):
+                self.state.requests_total = len(self.prompts)
+                self.state.request_index = 0
+                for start in range(0, len(self.prompts), self.batch_size):
+                    records = await self.runner.in_engine_thread(
+                        engine.generate,
+                        self.prompts[start : start + self.batch_size],
+                        self.max_new,
+                    )
+                    self.measured.extend(records)
+                    self.state.request_index = len(self.measured)
+        finally:
+            if sampler is not None:
+                self.server_readings = sampler.stop()
+                mark = next(m for m in reversed(self.phases.marks) if m.phase == "measure")
+                self.measure_span = (mark.start_ns, mark.end_ns or now_ns())
 
     async def cooldown_after(self) -> None:
         """Idle after the workload: the tail energy."""
@@ -1024,6 +1053,7 @@ class UnitRun:
         self.store.insert_requests(experiment_id, unit_id, attempt, "measure", self.measured)
         self.store_quality()
         self.write_phases()
+        self.store_request_energy()
         fidelity_share, first_divergence = self.store_fidelity()
         self.store.finish_unit(
             experiment_id,
@@ -1053,6 +1083,53 @@ class UnitRun:
             )
         except (GreenmonError, ImportError) as error:
             self.event("warning", f"unit {self.unit.unit_id}: quality not scored: {error}")
+
+    def store_request_energy(self) -> None:
+        """Each measured request's attributed energy (greenmon/attribution.py): the
+        unit's measured energy in each interval split by the tokens each request in
+        flight processed.  A failure is an event; the unit's measured figures stand."""
+        if not self.measured:
+            return
+        try:
+            spans = spans_of(self.measured)
+            rows = self.store.execute(
+                SESSION_SERIES_SQL,
+                [
+                    self.runner.daemon.session_id,
+                    min(s.start_ns for s in spans) - SERIES_MARGIN_NS,
+                    max(s.end_ns for s in spans) + SERIES_MARGIN_NS,
+                ],
+            )
+            series = power_series_from_rows(rows)
+            energy = request_energy(spans, series)
+            if len(self.server_readings) > 1:
+                self.store_server_attribution(series)
+            self.store.set_request_energy(
+                self.experiment_id,
+                self.unit.unit_id,
+                self.attempt,
+                [
+                    (r.prompt_id, energy.get(r.prompt_id, {}), METHOD_TOKENS, r.server_energy_j)
+                    for r in self.measured
+                ],
+            )
+        except (GreenmonError, duckdb.Error) as error:
+            self.event("warning", f"unit {self.unit.unit_id}: request energy not stored: {error}")
+
+    def store_server_attribution(self, series: Mapping[str, Sequence[PowerSeries]]) -> None:
+        """The server tree's attributed energy over the measure phase (busy CPU share)."""
+        energy_of = {
+            domain: partial(domain_energy_j, channels)
+            for domain, channels in series.items()
+            if domain in ("cpu", "dram")
+        }
+        result = attribute_cpu_time(self.server_readings, energy_of, self.measure_span)
+        self.store.set_unit_attribution(
+            self.experiment_id,
+            self.unit.unit_id,
+            result.attributed_j,
+            {**result.as_dict(), "pid": self.load_info.get("server_pid")},
+        )
 
     def store_fidelity(self) -> tuple[float | None, int | None]:
         """Each measured request against the reference; the unit's share and divergence."""

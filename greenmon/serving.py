@@ -64,6 +64,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from greenmon.engines.base import Engine, Prompt, RequestRecord, stoppable
 from greenmon.errors import GreenmonError
+from greenmon.serve_energy import EnergyCollector, MeteredBatches
 
 log = logging.getLogger("greenmon.serve")
 
@@ -336,10 +337,18 @@ class _Batcher:
     """One engine, one thread: admitted requests wait here and run in batches of equal
     length; a cancelled one leaves the queue, or its batch's row stops."""
 
-    def __init__(self, engine: Engine, options: ServeOptions, metrics: ServeMetrics) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        options: ServeOptions,
+        metrics: ServeMetrics,
+        metered: MeteredBatches | None = None,
+    ) -> None:
         self.engine = engine
         self.options = options
         self.metrics = metrics
+        # Per-request energy (greenmon/serve_energy.py): None leaves usage without energy_j.
+        self.metered = metered
         self.waiting: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self.executor = concurrent.futures.ThreadPoolExecutor(
@@ -386,13 +395,20 @@ class _Batcher:
     def _generate(self, batch: list[_Pending]) -> list[RequestRecord]:
         prompts = [p.prompt for p in batch]
         max_tokens = batch[0].max_tokens
-        if stoppable(self.engine):
-            generate = cast(Any, self.engine).generate
-            return cast(
-                list[RequestRecord],
-                generate(prompts, max_tokens, stop=lambda: [p.cancelled.is_set() for p in batch]),
-            )
-        return self.engine.generate(prompts, max_tokens)
+
+        def run() -> list[RequestRecord]:
+            if stoppable(self.engine):
+                generate = cast(Any, self.engine).generate
+                return cast(
+                    list[RequestRecord],
+                    generate(
+                        prompts, max_tokens, stop=lambda: [p.cancelled.is_set() for p in batch]
+                    ),
+                )
+            return self.engine.generate(prompts, max_tokens)
+
+        # the batch's energy is charged to its requests as it ends
+        return run() if self.metered is None else self.metered.charged(run)
 
     async def _next_batch(self) -> list[_Pending]:
         """The oldest waiting request and those of its length that join it in time, in
@@ -444,12 +460,20 @@ class OpenAIServer:
     """The routes, around a loaded engine and (optionally) its tokenizer, which counts
     prompt tokens for the context check and decodes streamed pieces."""
 
-    def __init__(self, engine: Engine, tokenizer: Any, options: ServeOptions) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer: Any,
+        options: ServeOptions,
+        metered: MeteredBatches | None = None,
+    ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.options = options
         self.metrics = ServeMetrics()
-        self.batcher = _Batcher(engine, options, self.metrics)
+        if metered is not None:
+            self.metrics.registry.register(EnergyCollector(metered.meter))
+        self.batcher = _Batcher(engine, options, self.metrics, metered)
         self._task: asyncio.Task[None] | None = None
         self.draining = False
         # Requests admitted and not yet answered, by id (what a shutdown reports on).
@@ -498,6 +522,8 @@ class OpenAIServer:
             await asyncio.gather(self._task, return_exceptions=True)
         self.batcher.executor.shutdown(wait=True)
         self.engine.close()
+        if self.batcher.metered is not None:
+            self.batcher.metered.meter.close()
 
     def _cancel(self, pending: _Pending, reason: str) -> None:
         if not pending.cancelled.is_set():
@@ -666,7 +692,10 @@ class OpenAIServer:
                 choice = _chunk_choice(piece, ids, chat=req.chat, first=index == 0,
                                        with_ids=req.with_ids)  # fmt: skip
                 choice["finish_reason"] = "length" if last else None
-                await _send(response, {**common, "object": kind, "choices": [choice]})
+                chunk = {**common, "object": kind, "choices": [choice]}
+                if last and "energy_j" in usage:
+                    chunk["usage"] = usage  # the final chunk carries the request's energy
+                await _send(response, chunk)
                 if index == 0:
                     self.metrics.ttft.observe(time.perf_counter() - received_s)
             if req.include_usage:
@@ -679,11 +708,15 @@ class OpenAIServer:
 
     def usage(self, record: RequestRecord) -> dict[str, Any]:
         """The answer's ``usage``: the one place it is built, streamed or not."""
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": record.tokens_in,
             "completion_tokens": record.tokens_out,
             "total_tokens": record.tokens_in + record.tokens_out,
         }
+        if self.batcher.metered is not None:
+            # This request's share of the server's attributed energy (not measured).
+            usage.update(self.batcher.metered.take(record.prompt_id))
+        return usage
 
 
 def _samples(metric: Histogram, suffix: str) -> list[Any]:
@@ -823,9 +856,10 @@ def serve(
     *,
     host: str,
     port: int,
+    metered: MeteredBatches | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM; the engine is closed on the way out."""
-    server = OpenAIServer(engine, tokenizer, options)
+    server = OpenAIServer(engine, tokenizer, options, metered)
     try:
         web.run_app(
             server.app(),

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from greenmon.engines.base import RequestRecord
 
 APP_ID = "greenmon"
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # Each entry migrates from version i to i + 1.  Never edit a landed entry: append one.
 MIGRATIONS: list[str] = [
@@ -234,6 +234,26 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE requests ADD COLUMN error VARCHAR;
     """,
+    # -- attribution (greenmon/attribution.py) -------------------------------------------
+    # Each measured request's attributed energy: the unit's measured energy in each
+    # interval split over the requests in flight by the tokens each processed in it, in
+    # total and per domain, with the rule's name; and the server's own per-request figure
+    # where its ``usage`` reports one (beside greenmon's, never instead of it).  A served
+    # unit's server process tree: its attributed energy over the measure phase (its share
+    # of busy CPU time in each interval) and how it was attributed.
+    """
+    ALTER TABLE requests ADD COLUMN energy_j DOUBLE;
+    ALTER TABLE requests ADD COLUMN energy_cpu_j DOUBLE;
+    ALTER TABLE requests ADD COLUMN energy_dram_j DOUBLE;
+    ALTER TABLE requests ADD COLUMN energy_gpu_j DOUBLE;
+    ALTER TABLE requests ADD COLUMN energy_method VARCHAR;
+    ALTER TABLE requests ADD COLUMN server_energy_j DOUBLE;
+    ALTER TABLE units ADD COLUMN attributed_cpu_j DOUBLE;
+    ALTER TABLE units ADD COLUMN attributed_dram_j DOUBLE;
+    ALTER TABLE units ADD COLUMN attributed_gpu_j DOUBLE;
+    ALTER TABLE units ADD COLUMN attribution JSON;
+    """,
+    # -- end attribution -----------------------------------------------------------------
 ]
 
 # How many recent flushes ``FlushStats`` keeps: about two minutes at the default 0.5 s.
@@ -1103,6 +1123,66 @@ class Store:
                     for prompt_id, share, divergence in rows
                 ],
             )
+
+    # -- attribution -------------------------------------------------------------------
+    def set_request_energy(
+        self,
+        experiment_id: str,
+        unit_id: int,
+        attempt: int,
+        rows: Sequence[tuple[str, dict[str, float], str, float | None]],
+    ) -> None:
+        """The measured requests' attributed energy: (prompt_id, {domain: J}, method,
+        the server's own figure or None)."""
+        if not rows:
+            return
+        with self.transaction() as con:
+            con.executemany(
+                """UPDATE requests SET energy_j = ?, energy_cpu_j = ?, energy_dram_j = ?,
+                       energy_gpu_j = ?, energy_method = ?, server_energy_j = ?
+                   WHERE experiment_id = ? AND unit_id = ? AND attempt = ? AND phase = 'measure'
+                     AND prompt_id = ?""",
+                [
+                    [
+                        sum(energy.values()) if energy else None,
+                        energy.get("cpu"),
+                        energy.get("dram"),
+                        energy.get("gpu"),
+                        method,
+                        server_j,
+                        experiment_id,
+                        unit_id,
+                        attempt,
+                        prompt_id,
+                    ]
+                    for prompt_id, energy, method, server_j in rows
+                ],
+            )
+
+    def set_unit_attribution(
+        self,
+        experiment_id: str,
+        unit_id: int,
+        attributed_j: dict[str, float],
+        attribution: dict[str, Any],
+    ) -> None:
+        """A served unit's server process tree: attributed energy per domain and how."""
+        with self.transaction() as con:
+            con.execute(
+                """UPDATE units SET attributed_cpu_j = ?, attributed_dram_j = ?,
+                       attributed_gpu_j = ?, attribution = ?
+                   WHERE experiment_id = ? AND unit_id = ?""",
+                [
+                    attributed_j.get("cpu"),
+                    attributed_j.get("dram"),
+                    attributed_j.get("gpu"),
+                    json.dumps(attribution),
+                    experiment_id,
+                    unit_id,
+                ],
+            )
+
+    # -- end attribution ---------------------------------------------------------------
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement under the lock and return its rows (runner bookkeeping)."""

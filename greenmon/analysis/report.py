@@ -29,6 +29,7 @@ from greenmon.analysis.data import (
 )
 from greenmon.analysis.estimated import EstimatedNote
 from greenmon.analysis.plots import Plot, configuration_order, make_plots
+from greenmon.analysis.request_energy import request_energy_html, request_energy_markdown
 from greenmon.analysis.stats import AnalysisResult
 from greenmon.analysis.tables import analyze
 from greenmon.estimates import FIGURE_DOMAINS, WORD
@@ -402,6 +403,7 @@ def render_html(data: ReportData) -> str:
     out += _environment_html(data)
     out += _validity_html(data)
     out += _serving_html(data)
+    out += request_energy_html(r.request_energy, html_table)
     out += _medians_html(r)
     out += _tests_html(r)
     out += _hosts_html(r)  # issue 18
@@ -625,6 +627,7 @@ def render_markdown(data: ReportData) -> str:
     if estimated_legend(r):
         out += [estimated_legend(r), ""]
     out += _serving_markdown(data)
+    out += request_energy_markdown(data.result.request_energy, md_table)
     out += ["## Medians", ""]
     for variable in r.variables:
         info = VARIABLES_BY_COLUMN[variable]

@@ -50,6 +50,7 @@ from greenmon.analysis.hypothesis import (
     scope_problem,
     twoway,
 )
+from greenmon.analysis.request_energy import NOTE as REQUEST_ENERGY_NOTE
 from greenmon.analysis.summaries import (
     MEDIAN_COLUMNS,
     QUALITY_COLUMNS,
@@ -73,6 +74,7 @@ from greenmon.analysis.summaries import (
     verdict,
     weigh_quality,
 )
+from greenmon.attribution import METHOD_TOKENS
 
 __all__ = [
     "ALPHA", "ASSUMPTION_COLUMNS", "MEDIAN_COLUMNS", "MIN_REPETITIONS", "PARALLEL_MIN_SCOPES",
@@ -114,6 +116,9 @@ class AnalysisResult:
     alpha: float = ALPHA
     # issue 14: estimated domains and the figures containing them (analysis/estimated.py)
     estimated: dict[str, Any] = field(default_factory=dict)
+    # Per-request energy per unit, attributed (analysis/request_energy.py); empty when the
+    # experiment's requests have none.
+    request_energy: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """Table name (without the ``analysis_`` prefix) -> its rows."""
@@ -146,6 +151,12 @@ class AnalysisResult:
             "notes": [{"title": n.title, "message": n.message} for n in self.notes],
             "estimated": self.estimated,
             "tables": {name: records(frame) for name, frame in self.tables().items()},
+            "request_energy": {
+                "figures": "attributed",
+                "method": METHOD_TOKENS,
+                "note": REQUEST_ENERGY_NOTE,
+                "units": records(self.request_energy),
+            },
         }
 
 

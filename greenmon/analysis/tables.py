@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from greenmon.analysis import hosts, stats
 from greenmon.analysis.data import AnalysisError, load_results, resolve_experiment
 from greenmon.analysis.estimated import estimate_sources, label_result
+from greenmon.analysis.request_energy import request_energy_table
 
 if TYPE_CHECKING:
     import duckdb
@@ -140,6 +141,7 @@ def analyze(
     if precision is not None:
         result.notes.append(RepetitionsNote(precision))
     label_result(result, frame, estimate_sources(store, experiment))  # issue 14
+    result.request_energy = request_energy_table(store, experiment)
     if write and not store.read_only:
         write_tables(store, result)
     return result

@@ -9,6 +9,12 @@ with a 95% confidence interval for the median: a percentile bootstrap (scipy.sta
 9,999 resamples, seed 0).  SIGINT, SIGTERM and SIGHUP are forwarded to the child; greenmon
 exits with the child's status (128 + N when a signal N ended it), after the window of the
 interrupted run has been closed and reported.
+
+``greenmon measure --pid PID [--duration S]`` measures a process tree that already runs
+(PID and its descendants) for S seconds, or until it exits or greenmon is interrupted.
+Either way the report adds the tree's attributed energy (``attributed_cpu_j``,
+``attributed_dram_j``): the machine's energy in each sampling interval times the tree's
+share of busy CPU time in it (greenmon/attribution.py) - attributed, not measured.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, TextIO
 
+from greenmon.attribution import CpuShareSampler, ProcessAttribution, pid_alive
 from greenmon.commands.common import add_db_argument
 from greenmon.errors import GreenmonError
 from greenmon.windows import WindowResult
@@ -54,6 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cooldown", type=float, default=2.0, metavar="S",
         help="seconds of idle between repetitions (default 2)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pid", type=int, default=None, metavar="PID",
+        help="measure this running process and its descendants (attributed energy)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--duration", type=float, default=None, metavar="S",
+        help="with --pid: measure S seconds (default: until the process exits or Ctrl-C)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="report as JSON")
     parser.add_argument("-o", "--output", default=None, help="write the report to this file")
@@ -93,7 +108,7 @@ class _Forwarder:
             self.child.send_signal(signum)
 
 
-def _run_child(command: Sequence[str], forwarder: _Forwarder) -> int:
+def _run_child(command: Sequence[str], forwarder: _Forwarder, window: Any = None) -> int:
     try:
         child = subprocess.Popen(list(command))
     except OSError as error:
@@ -101,6 +116,10 @@ def _run_child(command: Sequence[str], forwarder: _Forwarder) -> int:
             f"Cannot start {command[0]!r}: {error.strerror or error}. Check the command "
             "after `--` (a path, or a program on PATH)."
         ) from None
+    if window is not None:
+        # The child's tree is attributed from its first instant (greenmon/monitor.py
+        # stops the sampler and computes the share when the window closes).
+        window.sampler = CpuShareSampler([child.pid]).start()
     forwarder.child = child
     try:
         while True:
@@ -116,10 +135,73 @@ def _exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _process_command(pid: int) -> list[str]:
+    """The command line of a running process (its name where /proc hides the line)."""
+    try:
+        raw = open(f"/proc/{pid}/cmdline", "rb").read()  # noqa: SIM115 - one read
+    except OSError:
+        return [f"pid {pid}"]
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part] or [f"pid {pid}"]
+
+
+def _measure_pid(args: argparse.Namespace, tags: dict[str, str]) -> int:
+    """``--pid``: one window over a running tree, until --duration, its exit or a signal."""
+    pid = args.pid
+    if pid <= 0 or not pid_alive(pid):
+        raise MeasureError(
+            f"No process {pid} runs here: give the id of a running process to --pid "
+            "(`pgrep NAME` finds it), or measure a command with `greenmon measure -- CMD`."
+        )
+    if args.duration is not None and not 0 < args.duration <= 86400:
+        raise MeasureError(f"--duration must be between 0 and 86400 seconds, not {args.duration}.")
+    command = _process_command(pid)
+    name = args.name or os.path.basename(command[0])
+    from greenmon.monitor import Monitor
+
+    with (
+        Monitor(db=args.db, config=args.config, socket=args.socket, pid=pid) as monitor,
+        _Forwarder() as fw,
+    ):
+        baseline = None
+        if args.baseline is not None:
+            baseline = monitor.take_baseline(args.baseline, name=f"{name} baseline")
+        window = monitor.open_window(name, {**tags, "pid": pid, "command": command})
+        deadline = time.monotonic() + args.duration if args.duration is not None else math.inf
+        try:
+            while fw.received is None and time.monotonic() < deadline and pid_alive(pid):
+                time.sleep(min(0.05, max(deadline - time.monotonic(), 0.0)))
+        finally:
+            result = monitor.close_window(window)
+    report = _report(command, [result], baseline, 0, 1, [window.attribution])
+    report["pid"] = pid
+    _emit(args, report)
+    return 128 + fw.received if fw.received is not None else 0
+
+
+def _emit(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    if args.output:
+        with open(args.output, "w") as out:
+            _print_report(out, report, as_json=args.json)
+    else:
+        _print_report(sys.stderr, report, as_json=args.json)
+
+
 def run(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    if args.pid is not None:
+        if command:
+            raise MeasureError(
+                "Give either --pid PID (a process that runs) or a command after `--`, not both."
+            )
+        if args.repeat != 1:
+            raise MeasureError("--repeat runs a command again; a running --pid cannot repeat.")
+        return _measure_pid(args, _parse_tags(args.tag))
+    if args.duration is not None:
+        raise MeasureError(
+            "--duration goes with --pid; a command after `--` is measured until it exits."
+        )
     if not command:
         raise MeasureError(
             "Give the command to measure after `--`, e.g. `greenmon measure -- sleep 1`."
@@ -138,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     from greenmon.monitor import Monitor
 
     results: list[WindowResult] = []
+    attributions: list[ProcessAttribution | None] = []
     baseline: WindowResult | None = None
     status = 0
     with Monitor(db=args.db, config=args.config, socket=args.socket) as monitor, _Forwarder() as fw:
@@ -153,21 +236,17 @@ def run(args: argparse.Namespace) -> int:
                 run_tags["repetition"] = repetition
             window = monitor.open_window(name, run_tags)
             try:
-                returncode = _run_child(command, fw)
+                returncode = _run_child(command, fw, window)
             finally:
                 results.append(monitor.close_window(window))
+                attributions.append(window.attribution)
             status = _exit_status(returncode)
             if status != 0 or fw.received is not None:
                 break
     if fw.received is not None and not results:
         status = 128 + fw.received  # stopped before the command ran (during the baseline)
-    report = _report(command, results, baseline, status, args.repeat)
-    out: TextIO
-    if args.output:
-        with open(args.output, "w") as out:
-            _print_report(out, report, as_json=args.json)
-    else:
-        _print_report(sys.stderr, report, as_json=args.json)
+    report = _report(command, results, baseline, status, args.repeat, attributions)
+    _emit(args, report)
     return status
 
 
@@ -210,9 +289,12 @@ def median_ci(values: Sequence[float]) -> tuple[float, float | None, float | Non
     return median, float(interval.low), float(interval.high)
 
 
-def _figures(result: WindowResult) -> dict[str, float]:
+def _figures(result: WindowResult, attribution: Any = None) -> dict[str, float]:
     """The numbers of one run that a repeat summarises, by name."""
     figures = {"duration_s": result.duration_s}
+    if attribution is not None:
+        for domain, value in attribution.attributed_j.items():
+            figures[f"attributed_{domain}_j"] = value
     for domain, value in result.energy_j.items():
         figures[f"energy_{domain}_j"] = value
     for domain, value in result.dynamic_j.items():
@@ -228,19 +310,33 @@ def _report(
     baseline: WindowResult | None,
     status: int,
     repeat: int,
+    attributions: Sequence[ProcessAttribution | None] = (),
 ) -> dict[str, Any]:
+    attributed = list(attributions) + [None] * (len(results) - len(attributions))
+    runs = []
+    for result, attribution in zip(results, attributed, strict=True):
+        run = result.as_dict()
+        if attribution is not None:
+            # Attributed, not measured: the tree's share of the machine's figures.
+            run.update(
+                {k: v for k, v in attribution.as_dict().items() if k.startswith("attributed_")}
+            )
+            # flagged there ("attributed"); the run's own flags stay its validity flags
+            run["attribution"] = attribution.as_dict()
+        runs.append(run)
     report: dict[str, Any] = {
         "command": list(command),
         "exit_status": status,
-        "runs": [r.as_dict() for r in results],
+        "runs": runs,
         "baseline": baseline.as_dict() if baseline else None,
-        "flags": sorted({flag for r in results for flag in r.flags}),
+        "flags": sorted({flag for r in runs for flag in r["flags"]}),
     }
     if repeat > 1 and results:
-        names = sorted({k for r in results for k in _figures(r)})
+        pairs = list(zip(results, attributed, strict=True))
+        names = sorted({k for r, a in pairs for k in _figures(r, a)})
         summary: dict[str, dict[str, Any]] = {}
         for key in names:
-            values = [f[key] for r in results if key in (f := _figures(r))]
+            values = [f[key] for r, a in pairs if key in (f := _figures(r, a))]
             median, low, high = median_ci(values)
             summary[key] = {"median": median, "ci_low": low, "ci_high": high, "n": len(values)}
         report["summary"] = {
@@ -286,6 +382,21 @@ def _print_report(out: TextIO, report: dict[str, Any], *, as_json: bool) -> None
                 f"  ({_format_number(power_w)} W){extra}",
                 file=out,
             )
+        attribution = run.get("attribution")
+        if attribution is not None:
+            share = attribution["cpu_time_share"]
+            for domain in ("cpu", "dram", "gpu"):
+                value = run.get(f"attributed_{domain}_j")
+                if value is not None:
+                    how = (
+                        f"the process tree's share of busy CPU time: {share:.1%}"
+                        if domain != "gpu"
+                        else "the process tree's share of per-process GPU utilisation"
+                    )
+                    print(
+                        f"  {_format_number(value):>14} J  attributed {domain:<7}  ({how})",
+                        file=out,
+                    )
         print(f"  {run['duration_s']:>14.6f} s  duration", file=out)
         if run["coverage"] is not None:
             print(f"  {run['coverage']:>14.3f}    coverage", file=out)

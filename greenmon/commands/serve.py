@@ -69,6 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, how long requests in flight may finish before they are cancelled "
         f"(default {DEFAULT_SHUTDOWN_TIMEOUT_S:g})",
     )  # fmt: skip
+    parser.add_argument(
+        "--config", default=None,
+        help="greenmon TOML whose [probes.rapl] gives per-request energy (usage.energy_j)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-energy", action="store_true", help="do not attribute energy to requests"
+    )
 
 
 def _options(pairs: list[str]) -> dict[str, object]:
@@ -115,12 +122,19 @@ def run(args: argparse.Namespace) -> int:
     name = args.served_model_name or args.model
     max_model_len = args.max_model_len or served.max_model_len
     context = f"context {max_model_len} tokens" if max_model_len else "context unchecked"
+    metered, energy_note = (None, "per-request energy is off (--no-energy)")
+    if not args.no_energy:
+        from greenmon.config import load_config
+        from greenmon.serve_energy import open_meter
+
+        metered, energy_note = open_meter(load_config(args.config))
     print(
         f"greenmon serve: {name} ({args.engine}/{args.provider}) at "
         f"http://{args.host}:{args.port}/v1, batches of up to {args.max_batch_size}, "
         f"{context}{', API key required' if api_key else ''}",
         flush=True,
     )
+    print(f"greenmon serve: {energy_note}", file=sys.stderr, flush=True)
     serve(
         served.engine,
         served.tokenizer,
@@ -136,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         host=args.host,
         port=args.port,
+        metered=metered,
     )
     print("greenmon serve: stopped", file=sys.stderr)
     return 0

@@ -94,6 +94,9 @@ class FakeGpu:
     no_permission: bool = False
     # issue 14: pids of the processes running compute work on this GPU
     compute_pids: list[int] = field(default_factory=list)
+    # pid -> SM utilisation (%) that nvmlDeviceGetProcessUtilization reports for it (no
+    # entry: the driver has no samples for the process)
+    process_sm_percent: dict[int, int] = field(default_factory=dict)
     setter_calls: list[str] = field(default_factory=list)
 
 
@@ -233,6 +236,17 @@ class FakeNvml:
     def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeGpu) -> list[Any]:
         gpu = self._gpu(handle, "nvmlDeviceGetComputeRunningProcesses")
         return [SimpleNamespace(pid=pid, usedGpuMemory=2**30) for pid in gpu.compute_pids]
+
+    def nvmlDeviceGetProcessUtilization(self, handle: FakeGpu, last_seen_us: int) -> list[Any]:
+        """One sample per process, stamped now (NOT_FOUND when there are none, as NVML)."""
+        gpu = self._gpu(handle, "nvmlDeviceGetProcessUtilization")
+        if not gpu.process_sm_percent:
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        now_us = time.monotonic_ns() // 1000
+        return [
+            SimpleNamespace(pid=pid, timeStamp=now_us, smUtil=sm, memUtil=0, encUtil=0, decUtil=0)
+            for pid, sm in gpu.process_sm_percent.items()
+        ]
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle: FakeGpu) -> list[Any]:
         self._gpu(handle, "nvmlDeviceGetGraphicsRunningProcesses")
