@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,17 @@ class FakeAmdsmi:
         init_error: int | None = None,
         seconds_per_read: float = 0.05,
         state_path: Path | None = None,
+        realtime: bool = False,
     ) -> None:
         self.gpus = gpus
         self.init_error = init_error
         self.seconds_per_read = seconds_per_read
         self.state_path = state_path
         self.now_s = 0.0
+        # realtime: the GPUs draw their power over real (monotonic) time between energy
+        # reads, for a caller that waits with time.sleep (scripts/gpu-check's tests)
+        self.realtime = realtime
+        self._last_read_s = time.monotonic()
         self.initialised = False
         self.shutdowns = 0
         for name, value in globals().items():
@@ -173,7 +179,12 @@ class FakeAmdsmi:
 
     def amdsmi_get_energy_count(self, handle: FakeAmdGpu) -> dict[str, Any]:
         gpu = self._gpu(handle, "amdsmi_get_energy_count")
-        self.sleep(self.seconds_per_read)
+        if self.realtime:
+            now = time.monotonic()
+            self.sleep(now - self._last_read_s)
+            self._last_read_s = now
+        else:
+            self.sleep(self.seconds_per_read)
         raw = int(gpu.accumulator)
         gpu.log.append((self.now_s, raw))
         return {
@@ -266,11 +277,12 @@ def file_backed() -> FakeAmdsmi:
     """A FakeAmdsmi whose GPUs live in $GREENMON_FAKE_AMDSMI_STATE (one GPU when it is new)."""
     path = Path(os.environ[STATE_ENV])
     if path.exists():
-        return FakeAmdsmi(load_state(path), state_path=path)
-    amdsmi = FakeAmdsmi([FakeAmdGpu("aa000000-0000-0000-0000-000000000001")], state_path=path)
+        return FakeAmdsmi(load_state(path), state_path=path, realtime=True)
+    gpu = FakeAmdGpu("aa000000-0000-0000-0000-000000000001")
+    amdsmi = FakeAmdsmi([gpu], state_path=path, realtime=True)
     amdsmi._save()
     return amdsmi
 
 
 def one_gpu() -> FakeAmdsmi:
-    return FakeAmdsmi([FakeAmdGpu("aa000000-0000-0000-0000-000000000001")])
+    return FakeAmdsmi([FakeAmdGpu("aa000000-0000-0000-0000-000000000001")], realtime=True)
