@@ -122,6 +122,9 @@ class FakeAmdsmi:
         # reads, for a caller that waits with time.sleep (scripts/gpu-check's tests)
         self.realtime = realtime
         self._last_read_s = time.monotonic()
+        if realtime:
+            # the fake clock is time.monotonic(): its log lines up with greenmon's samples
+            self.now_s = self._last_read_s
         self.initialised = False
         self.shutdowns = 0
         for name, value in globals().items():
@@ -281,6 +284,17 @@ def file_backed() -> FakeAmdsmi:
     gpu = FakeAmdGpu("aa000000-0000-0000-0000-000000000001")
     amdsmi = FakeAmdsmi([gpu], state_path=path, realtime=True)
     amdsmi._save()
+    return amdsmi
+
+
+# Every module ``logged()`` made in this process, for a test that runs a plan in-process
+# and compares its figures with the fake's own log.
+INSTANCES: list[FakeAmdsmi] = []
+
+
+def logged() -> FakeAmdsmi:
+    amdsmi = FakeAmdsmi([FakeAmdGpu("aa000000-0000-0000-0000-000000000001")], realtime=True)
+    INSTANCES.append(amdsmi)
     return amdsmi
 
 

@@ -207,3 +207,24 @@ def test_greenmon_probes_says_why_amd_is_unavailable_and_what_to_install(
     assert entry["available"] is False
     # here: no amdsmi package, or one without ROCm's library; either way the fix is named
     assert "greenmon[amd]" in entry["reason"] or "ROCm" in entry["reason"]
+
+
+def test_the_daemon_records_the_finding_as_a_warning(tmp_path: Path) -> None:
+    import anyio
+
+    from greenmon.config import parse_config
+    from greenmon.daemon import Daemon
+
+    module = FakeAmdsmi([FakeAmdGpu("u0", counter_scale=0.01)])
+
+    async def run() -> None:
+        with Store.open(tmp_path / "db.duckdb") as store:
+            probes = {"amdsmi": probe_for(module)}
+            daemon = Daemon(store, parse_config(""), probes=probes, handle_signals=False)  # type: ignore[dict-item]
+            await daemon.run(0.3)
+
+    anyio.run(run)
+    with Store.open(tmp_path / "db.duckdb", read_only=True) as store:
+        _, events = store.query("SELECT level, probe, message FROM events WHERE level = 'warning'")
+    assert [(level, probe) for level, probe, _ in events] == [("warning", "amdsmi")]
+    assert "disagrees with its power readings" in events[0][2]
