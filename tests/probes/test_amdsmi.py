@@ -228,3 +228,33 @@ def test_the_daemon_records_the_finding_as_a_warning(tmp_path: Path) -> None:
         _, events = store.query("SELECT level, probe, message FROM events WHERE level = 'warning'")
     assert [(level, probe) for level, probe, _ in events] == [("warning", "amdsmi")]
     assert "disagrees with its power readings" in events[0][2]
+
+
+def test_an_amdsmi_without_rocm_is_unavailable_and_prints_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # what amdsmi 7.0.2 does on import when libamd_smi.so is missing (tried here from the
+    # registry's wheel): prints, then fails with a KeyError, not an ImportError
+    (tmp_path / "greenmon_test_broken_amdsmi.py").write_text(
+        "print('Unable to find libamd_smi.so')\nraise KeyError('libamd_smi.so')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ProbeUnavailable, match=r"cannot load libamd_smi\.so.*ROCm"):
+        AmdsmiProbe(Options(module="greenmon_test_broken_amdsmi")).open()
+    assert capsys.readouterr().out == ""
+
+
+def test_the_real_amdsmi_here_opens_or_says_why() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("amdsmi") is None:
+        pytest.skip("amdsmi is not installed here")
+    probe = AmdsmiProbe()
+    try:
+        channels = probe.open()
+    except ProbeUnavailable as error:
+        assert any(word in str(error) for word in ("ROCm", "amdgpu", "render", "no AMD GPU"))
+    else:
+        assert any(c.domain == "gpu" for c in channels)
+    finally:
+        probe.close()
