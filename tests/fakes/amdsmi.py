@@ -300,3 +300,9 @@ def logged() -> FakeAmdsmi:
 
 def one_gpu() -> FakeAmdsmi:
     return FakeAmdsmi([FakeAmdGpu("aa000000-0000-0000-0000-000000000001")], realtime=True)
+
+
+def disagreeing() -> FakeAmdsmi:
+    """One GPU whose counter counts a hundredth of the energy its power says (real time)."""
+    gpu = FakeAmdGpu("aa000000-0000-0000-0000-000000000002", counter_scale=0.01)
+    return FakeAmdsmi([gpu], realtime=True)

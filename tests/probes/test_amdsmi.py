@@ -4,6 +4,7 @@ wrap), the start-up counter check, and which channel answers for the GPU domain.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -258,3 +259,24 @@ def test_the_real_amdsmi_here_opens_or_says_why() -> None:
         assert any(c.domain == "gpu" for c in channels)
     finally:
         probe.close()
+
+
+def test_greenmon_probes_prints_the_finding_of_a_failed_counter_check(tmp_path: Path) -> None:
+    config = tmp_path / "greenmon.toml"
+    config.write_text('[probes.amdsmi]\nmodule = "tests.fakes.amdsmi:disagreeing"\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run(
+        greenmon_command("probes", "--config", str(config)),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=True,
+        env=env,
+    )
+    section = result.stdout.split("amdsmi: ", 1)[1].split("\nnetio", 1)[0]
+    assert section.startswith("available")
+    assert "finding: AMD GPU 0: its energy counter disagrees with its power readings" in section
+    # the counter is listed without a domain, power answers for the GPU
+    assert "gpu0.energy_uj (uJ, counter)" in section
+    assert "gpu0.power_mw (mW, gauge, domain=gpu)" in section
