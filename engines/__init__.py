@@ -4,7 +4,8 @@ Terms:
 - *engine*: ``torch``, ``onnx``, ``openvino``, ``torchscript``; each lives in its own module
   that is imported only when the engine is chosen, so a missing library costs nothing until
   then.
-- *provider*: ``cpu``, ``cuda``, ``tensorrt`` (onnx only).
+- *provider*: ``cpu``, ``cuda``, ``tensorrt`` (onnx only), ``rocm`` (torch and onnx on
+  AMD GPUs: engines/rocm.py).
 - *architecture*: ``decoder`` (causal LM) or ``encoder-decoder`` (seq2seq LM, e.g. T5);
   ``ARCHITECTURES`` says which each engine x provider serves, and ``ARCHITECTURE_NOTES``
   what is known of each (the GPU paths are written against the libraries' documented
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from greenmon.engines.base import Engine
+from greenmon.engines.rocm import check_rocm
 from greenmon.errors import EngineError
 
 # engine name -> (module, class name)
@@ -41,12 +43,12 @@ ENGINES: dict[str, tuple[str, str]] = {
 SERVED_ENGINES = ("http",)
 # Kept here rather than read from the classes so that checking a plan imports nothing.
 PROVIDERS: dict[str, tuple[str, ...]] = {
-    "torch": ("cpu", "cuda"),
-    "onnx": ("cpu", "cuda", "tensorrt"),
+    "torch": ("cpu", "cuda", "rocm"),
+    "onnx": ("cpu", "cuda", "tensorrt", "rocm"),
     "openvino": ("cpu",),
     "torchscript": ("cpu", "cuda"),
 }
-ALL_PROVIDERS = ("cpu", "cuda", "tensorrt")
+ALL_PROVIDERS = ("cpu", "cuda", "tensorrt", "rocm")
 # Distributions each engine needs, and the extra that installs them.
 REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "torch": ("torch", "transformers"),
@@ -64,6 +66,7 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
 _UNTESTED_GPU = (
     "written against the library's documented seq2seq class; never run on a GPU yet"
 )
+_UNTESTED_ROCM = "written against the library's documented ROCm API; never run on an AMD GPU yet"
 ARCHITECTURE_NOTES: dict[tuple[str, str, str], str] = {
     ("openvino", "cpu", "encoder-decoder"): (
         "stateless decoder (past key values as inputs): optimum-intel 1.27's stateful "
@@ -80,6 +83,11 @@ ARCHITECTURE_NOTES: dict[tuple[str, str, str], str] = {
         )
         for architecture in ("encoder-decoder",)
     },
+    **{
+        (engine, "rocm", architecture): _UNTESTED_ROCM
+        for engine in ("torch", "onnx")
+        for architecture in ("decoder", "encoder-decoder")
+    },
 }
 IMPOSSIBLE: dict[tuple[str, str], str] = {
     ("openvino", "cuda"): (
@@ -90,6 +98,10 @@ IMPOSSIBLE: dict[tuple[str, str], str] = {
     ("torch", "tensorrt"): "TensorRT is an ONNX Runtime execution provider; use engine onnx",
     ("torchscript", "tensorrt"): (
         "TensorRT is an ONNX Runtime execution provider; use engine onnx"
+    ),
+    ("openvino", "rocm"): (
+        "OpenVINO has no ROCm backend: it runs on Intel CPUs, GPUs and NPUs only; "
+        "use the torch or onnx engine for rocm"
     ),
 }
 
@@ -170,6 +182,8 @@ def check_configuration(
         return f"{engine} needs {', '.join(missing)}: install greenmon[cpu]"
     if provider == "cpu":
         return None
+    if provider == "rocm":
+        return check_rocm(engine, _version("torch") or "", _onnxruntime_providers, gpu_root)
     # The library's own answer comes first: it says what to install, which a person can act
     # on even before they move to a machine with a GPU.
     if engine == "onnx":
@@ -186,7 +200,7 @@ def check_configuration(
 
 
 def _label(provider: str) -> str:
-    return {"cuda": "CUDA", "tensorrt": "TensorRT"}.get(provider, provider)
+    return {"cuda": "CUDA", "tensorrt": "TensorRT", "rocm": "ROCm"}.get(provider, provider)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ graph with past key values, exported together).
 
 Providers: ``cpu`` (CPUExecutionProvider), ``cuda`` (CUDAExecutionProvider, with IO binding
 so the KV cache stays on the GPU), ``tensorrt`` (TensorrtExecutionProvider, CUDA as the
-fallback for nodes TensorRT does not take, engine cache under greenmon's cache).
+fallback for nodes TensorRT does not take, engine cache under greenmon's cache), ``rocm``
+(MIGraphXExecutionProvider or ROCMExecutionProvider on AMD GPUs: engines/rocm.py).
 Options: ``graph_optimization_level`` (``disable``, ``basic``, ``extended``, ``all``;
 default ``all``, ONNX Runtime's own default), ``threads`` (intra-op threads).
 
@@ -28,6 +29,7 @@ from greenmon.engines._common import (
     load_tokenizer,
 )
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord, StopCheck
+from greenmon.engines.rocm import ORT_ROCM_PROVIDERS, onnx_rocm_reason, ort_rocm_provider
 from greenmon.errors import EngineError
 from greenmon.models import ModelInfo, cache_root, model_architecture
 
@@ -67,8 +69,17 @@ def export_onnx(model: ModelInfo, dest: Path) -> None:
     )
 
 
+def ort_provider(provider: str, available: Sequence[str]) -> str:
+    """ONNX Runtime's provider name for greenmon's ``provider`` (rocm: the one installed)."""
+    if provider == "rocm":
+        return ort_rocm_provider(available) or ORT_ROCM_PROVIDERS[0]
+    return ORT_PROVIDERS[provider]
+
+
 def missing_provider_reason(provider: str, available: Sequence[str]) -> str | None:
     """Why ``provider`` cannot run given onnxruntime's available providers, or None."""
+    if provider == "rocm":
+        return onnx_rocm_reason(available)
     wanted = ORT_PROVIDERS[provider]
     if wanted in available:
         return None
@@ -81,7 +92,7 @@ def missing_provider_reason(provider: str, available: Sequence[str]) -> str | No
 
 class OnnxEngine:
     name: ClassVar[str] = "onnx"
-    providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda", "tensorrt")
+    providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda", "tensorrt", "rocm")
     stoppable: ClassVar[bool] = True
 
     def __init__(self, cache_dir: str | None = None, exporter: Exporter = export_onnx) -> None:
@@ -109,13 +120,14 @@ class OnnxEngine:
 
         session_options = _session_options(onnxruntime, opts)
         provider_options = self._provider_options(provider, export.key)
-        gpu = provider in ("cuda", "tensorrt")
+        # ROCm builds of ONNX Runtime and torch name the AMD GPU's device "cuda" too.
+        gpu = provider in ("cuda", "tensorrt", "rocm")
         start_s = time.perf_counter()
         try:
             self._tokenizer = load_tokenizer(info)
             self._model = ort_class.from_pretrained(
                 export.path,
-                provider=ORT_PROVIDERS[provider],
+                provider=ort_provider(provider, onnxruntime.get_available_providers()),
                 provider_options=provider_options,
                 session_options=session_options,
                 use_io_binding=gpu,

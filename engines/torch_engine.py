@@ -1,7 +1,8 @@
 """The ``torch`` engine: transformers ``AutoModelForCausalLM`` (decoders) or
 ``AutoModelForSeq2SeqLM`` (encoder-decoders, e.g. T5) in eager PyTorch.
 
-Providers: ``cpu``, ``cuda``.  Options: ``dtype`` (``float32`` default, ``bfloat16``,
+Providers: ``cpu``, ``cuda``, ``rocm`` (a ROCm build of torch, whose device type is
+``cuda``).  Options: ``dtype`` (``float32`` default, ``bfloat16``,
 ``float16``), ``threads`` (torch intra-op threads; unset leaves torch's default).
 This engine on ``cpu`` with ``float32`` is the fidelity reference (greenmon.fidelity).
 No export: ``export_s`` is 0 and ``export_cache_hit`` is False.
@@ -22,6 +23,7 @@ from greenmon.engines._common import (
     set_threads,
 )
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord, StopCheck
+from greenmon.engines.rocm import torch_rocm_device
 from greenmon.errors import EngineError
 from greenmon.models import model_architecture
 
@@ -39,7 +41,9 @@ def check_dtype(engine: str, dtype: str) -> None:
 
 
 def torch_device(provider: str) -> str:
-    """The torch device for a provider; EngineError when CUDA is not usable here."""
+    """The torch device for a provider; EngineError when CUDA (or ROCm) is not usable here."""
+    if provider == "rocm":
+        return torch_rocm_device()
     if provider == "cuda":
         import torch
 
@@ -55,7 +59,7 @@ def torch_device(provider: str) -> str:
 
 class TorchEngine:
     name: ClassVar[str] = "torch"
-    providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda", "rocm")
     stoppable: ClassVar[bool] = True
 
     def __init__(self, cache_dir: str | None = None) -> None:

@@ -280,6 +280,10 @@ class Daemon:
                 self.unavailable[name] = f"open failed: {type(error).__name__}: {error}"
                 events.append(Event(now_ns(), "error", name, self.unavailable[name]))
                 continue
+            # What a probe found at open that changes how its figures are used (amdsmi:
+            # an energy counter that disagreed with power and is not used).
+            for finding in getattr(probe, "findings", ()):
+                events.append(Event(now_ns(), "warning", name, str(finding)))
             period_ns = round(1e9 / rate_hz)
             ids = self.store.register_channels(self.session_id, name, channels, period_ns)
             for channel_id, channel in zip(ids, channels, strict=True):

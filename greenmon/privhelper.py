@@ -24,7 +24,9 @@ Terms:
   symlinks are resolved; its value a governor the CPU lists or a frequency within its
   range.  An NVML target must name the helper's own NVML module (a client never chooses
   what root imports), one of the four settings, a GPU NVML knows, and a value within
-  that GPU's power-limit constraints or supported clocks (or ``reset``).  RAPL requests
+  that GPU's power-limit constraints or supported clocks (or ``reset``).  An amdsmi
+  target likewise names the helper's own amdsmi module, an AMD GPU's power cap, and a
+  value within its range.  RAPL requests
   name no path at all: the helper reads the zones it found under its powercap root.
 - *event*: every change (and every refusal) is one line on the helper's stderr (the
   journal, under systemd) with the caller's uid and pid.
@@ -208,6 +210,7 @@ class HelperConfig:
     cpufreq_root: Path
     nvml_module: str = "pynvml"
     group_gid: int | None = None
+    amdsmi_module: str = "amdsmi"
 
 
 class Helper:
@@ -312,6 +315,8 @@ class Helper:
             raise HelperRefused(f"not a setting target: {target!r}") from None
         if kind == "cpufreq":
             return CpufreqKnob(self.cpufreq_path(str(data.get("path"))))
+        if kind == "amdsmi":
+            return self._amd_knob(data)
         if kind == "nvml":
             module, setting = data.get("module"), data.get("setting")
             if module != self.config.nvml_module:
@@ -331,6 +336,25 @@ class Helper:
                 raise HelperRefused(f"NVML knows no GPU {knob.uuid!r}: {error}") from None
             return knob
         raise HelperRefused(f"setting kind {kind!r} is not one the helper changes")
+
+    def _amd_knob(self, data: Mapping[str, Any]) -> Any:
+        from greenmon.hardware.amd import POWER_CAP_SETTING, AmdPowerCapKnob
+
+        module = data.get("module")
+        if module != self.config.amdsmi_module:
+            raise HelperRefused(
+                f"amdsmi module {module!r} is not the helper's ({self.config.amdsmi_module!r}): "
+                "start the helper with --amdsmi-module naming the plan's [hardware] "
+                "amdsmi_module"
+            )
+        if data.get("setting") != POWER_CAP_SETTING:
+            raise HelperRefused(f"amdsmi setting {data.get('setting')!r} is not one it changes")
+        knob = AmdPowerCapKnob(self._nvml.amdsmi, module, str(data.get("gpu")))
+        try:
+            knob.session.handle(module, knob.uuid)
+        except Exception as error:  # greenmon's or the vendor's: a refusal either way
+            raise HelperRefused(f"amdsmi knows no GPU {knob.uuid!r}: {error}") from None
+        return knob
 
     def cpufreq_path(self, text: str) -> Path:
         root = self.config.cpufreq_root
@@ -363,10 +387,17 @@ class Helper:
         return path
 
     def check_value(self, knob: Any, value: str) -> None:
+        from greenmon.hardware.amd import AmdPowerCapKnob, check_power_cap_value
         from greenmon.hardware.cpufreq import CpufreqKnob
 
         if isinstance(knob, CpufreqKnob):
             self._check_cpufreq(knob.path, value)
+        elif isinstance(knob, AmdPowerCapKnob):
+            amdsmi = knob.session.module(knob.module_spec)
+            handle = knob.session.handle(knob.module_spec, knob.uuid)
+            problem = check_power_cap_value(amdsmi, handle, value)
+            if problem:
+                raise HelperRefused(f"AMD GPU {knob.uuid}: {problem}")
         else:
             self._check_nvml(knob, value)
 

@@ -17,6 +17,9 @@ Terms:
   wattmeter) before EnergiBridge, then the rest; within the chosen probe, fine counters
   before power gauges before coarse counters (NETIO's Wh steps of 3600 J).  Every channel
   of that kind of the chosen probe counts (two packages of a two-socket machine add up).
+  Probes that read different devices of one domain (NVML the NVIDIA GPUs, amdsmi the AMD
+  ones: ``DEVICE_SPLIT_PROBES``) answer together when more than one has measured channels
+  for it, each with its own best kind, so a machine with both GPUs adds both.
 - *counter delta*: the increase of a counter between two readings, in its own unit: a
   negative step is a wrap when the channel's ``counter_range`` metadata says where it
   wraps (the range is added back once), else a reset, whose delta is unknown.
@@ -39,8 +42,12 @@ FINE_COUNTER_UNITS = ("uJ", "mJ", "J")
 
 # Probes that read the hardware directly rank before EnergiBridge (a wrapper around the
 # same counters); any other probe ranks last.
-PROBE_RANK: dict[str, int] = {"rapl": 0, "nvml": 0, "netio": 0, "energibridge": 1}
+PROBE_RANK: dict[str, int] = {
+    "rapl": 0, "nvml": 0, "amdsmi": 0, "netio": 0, "energibridge": 1,
+}  # fmt: skip
 OTHER_PROBE_RANK = 2
+# Probes that each see only their vendor's devices of a domain: never the same energy.
+DEVICE_SPLIT_PROBES: dict[str, tuple[str, ...]] = {"gpu": ("nvml", "amdsmi")}
 
 
 def scale_to_si_sql(unit: str = "unit") -> str:
@@ -72,6 +79,17 @@ def _rank_sql(column: str, ranks: dict[str, int], other: int) -> str:
     return f"CASE {column} {cases} ELSE {other} END"
 
 
+def _device_split_sql() -> str:
+    """SQL: candidate ``c`` answers beside the chosen probe ``b.probe`` because both read
+    different devices of the domain (``DEVICE_SPLIT_PROBES``) and ``c`` is measured."""
+    terms = [
+        f"(c.domain = '{domain}' AND NOT c.estimated AND c.probe IN {probes!r} "
+        f"AND b.probe IN {probes!r})"
+        for domain, probes in DEVICE_SPLIT_PROBES.items()
+    ]
+    return " OR ".join(terms) or "FALSE"
+
+
 # The body of the ``energy_sources`` view (greenmon/views.py): one row per source channel
 # with its session, domain, probe, name, kind, unit, estimated, period_ns and
 # counter_range.
@@ -88,9 +106,14 @@ best_probe AS (
     SELECT session_id, domain, arg_min(probe, estimated::INTEGER * 10 + probe_rank) AS probe
     FROM cand GROUP BY session_id, domain
 ),
+chosen AS (
+    SELECT DISTINCT c.session_id, c.domain, c.probe
+    FROM cand c JOIN best_probe b USING (session_id, domain)
+    WHERE c.probe = b.probe OR ({_device_split_sql()})
+),
 best_kind AS (
     SELECT c.session_id, c.domain, c.probe, min(c.kind_rank) AS kind_rank
-    FROM cand c JOIN best_probe b USING (session_id, domain, probe)
+    FROM cand c JOIN chosen b USING (session_id, domain, probe)
     GROUP BY c.session_id, c.domain, c.probe
 )
 SELECT c.session_id, c.domain, c.channel_id, c.probe, c.name, c.kind, c.unit, c.estimated,

@@ -11,6 +11,7 @@ REGISTRY: dict[str, str] = {
     "host": "greenmon.probes.host",
     "rapl": "greenmon.probes.rapl",
     "nvml": "greenmon.probes.nvml",
+    "amdsmi": "greenmon.probes.amdsmi",
     "netio": "greenmon.probes.netio",
     "energibridge": "greenmon.probes.energibridge",
     "estimate": "greenmon.probes.estimate",

@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the NVML module GPU settings go through (a plan's [hardware] nvml_module)",
     )
     parser.add_argument(
+        "--amdsmi-module",
+        default="amdsmi",
+        help="the amdsmi module AMD power caps go through (a plan's [hardware] amdsmi_module)",
+    )
+    parser.add_argument(
         "--allow-non-root",
         action="store_true",
         help="start although not root (it can then do only what this user may)",
@@ -66,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         cpufreq_root=Path(args.cpufreq_root),
         nvml_module=args.nvml_module,
         group_gid=group_id(args.group),
+        amdsmi_module=args.amdsmi_module,
     )
     stop = threading.Event()
 

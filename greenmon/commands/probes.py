@@ -50,6 +50,7 @@ def describe_probes(config_path: str | None) -> list[dict[str, Any]]:
                     }
                     for c in channels
                 ],
+                findings=list(getattr(probe, "findings", [])),
             )
         report.append(entry)
     return report
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{entry['probe']}: {state}" + (f", {rate:g} Hz" if rate else "") + access)
         if entry["reason"]:
             print(f"    why: {entry['reason']}")
+        for finding in entry.get("findings", []):
+            print(f"    finding: {finding}")
         for channel in entry["channels"]:
             marks = " [estimated]" if channel["estimated"] else ""
             if channel["fallback_for"]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from greenmon.errors import GreenmonError, PlanError
+from greenmon.hardware.amd import check_amd_gpu
 from greenmon.hardware.cpufreq import cpufreq_range, online_cpufreq_dirs
 from greenmon.hardware.nvml import (
     NvmlSession,
@@ -134,7 +135,14 @@ def _check_gpu_ranges(
     return problems
 
 
-def _check_gpu(levels: Mapping[str, list[Any]], hardware: Hardware, nvml: Any) -> list[str]:
+def _check_gpu(
+    levels: Mapping[str, list[Any]], hardware: Hardware, nvml: Any, amdsmi: Any = None
+) -> list[str]:
+    if hardware.gpu_vendor == "amd":
+        return check_amd_gpu(
+            levels, hardware.amdsmi_module, hardware.gpu_devices, amdsmi,
+            has_cap_sys_admin(), lambda: _helper_problem(hardware),
+        )
     problems: list[str] = []
     for level in levels.get("gpu_locked_clocks_mhz", []):
         if len(level) not in (2, 3) or level[0] > level[1]:
@@ -169,7 +177,7 @@ def _check_gpu(levels: Mapping[str, list[Any]], hardware: Hardware, nvml: Any) -
     return problems
 
 
-def check_hardware(plan: HasHardwareSpec, *, nvml: Any = None) -> list[str]:
+def check_hardware(plan: HasHardwareSpec, *, nvml: Any = None, amdsmi: Any = None) -> list[str]:
     """Problems that would stop the plan's hardware factors here: levels outside the
     hardware's range and missing privileges.  No hardware factor: nothing is read."""
     spec = plan.hardware_spec
@@ -177,7 +185,7 @@ def check_hardware(plan: HasHardwareSpec, *, nvml: Any = None) -> list[str]:
     if any(key in spec.levels for key in CPU_FACTORS):
         problems += _check_cpu(spec.levels, spec.hardware)
     if any(key in spec.levels for key in GPU_FACTORS):
-        problems += _check_gpu(spec.levels, spec.hardware, nvml)
+        problems += _check_gpu(spec.levels, spec.hardware, nvml, amdsmi)
     return problems
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from greenmon.clock import now_ns
+from greenmon.hardware.amd import AmdPowerCapKnob
+from greenmon.hardware.amd import gpu_handles as amd_gpu_handles
 from greenmon.hardware.cpufreq import CpufreqKnob, online_cpufreq_dirs
 from greenmon.hardware.knob import Knob, describe_target, settings_helper, writer
 from greenmon.hardware.nvml import NVML_NOT_SUPPORTED, NvmlKnob, NvmlSession, gpu_handles, nvml_code
@@ -36,6 +38,8 @@ def knob_from_target(target: str, session: NvmlSession) -> Knob:
     data = json.loads(target)
     if data["kind"] == "cpufreq":
         return CpufreqKnob(Path(data["path"]))
+    if data["kind"] == "amdsmi":
+        return AmdPowerCapKnob(session.amdsmi, data["module"], data["gpu"], data["setting"])
     return NvmlKnob(session, data["module"], data["gpu"], data["setting"])
 
 
@@ -55,12 +59,14 @@ class UnitSettings:
     experiment_id: str
     unit_id: int
     nvml: Any = None  # a pre-built NVML module (tests); else hardware.nvml_module
+    amdsmi: Any = None  # a pre-built amdsmi module (tests); else hardware.amdsmi_module
     applied: list[Applied] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         given = {self.hardware.nvml_module: self.nvml} if self.nvml is not None else None
-        self._session = NvmlSession(given)
+        amd = {self.hardware.amdsmi_module: self.amdsmi} if self.amdsmi is not None else None
+        self._session = NvmlSession(given, amd)
         self._helper = settings_helper(self.hardware)
 
     # one journaled change
@@ -115,6 +121,9 @@ class UnitSettings:
         return self.record
 
     def _apply_gpu(self, levels: Mapping[str, Any]) -> None:
+        if self.hardware.gpu_vendor == "amd":
+            self._apply_amd(levels)
+            return
         spec = self.hardware.nvml_module
         gpus = gpu_handles(self._session.module(spec), self.hardware.gpu_devices)
         if "gpu_power_limit_w" in levels:
@@ -158,6 +167,19 @@ class UnitSettings:
                     "gpu_memory_clock_mhz", level[2] if len(level) == 3 else None, mem_in_force
                 )
             self._note("gpu_clock_method", None, method)
+
+    def _apply_amd(self, levels: Mapping[str, Any]) -> None:
+        """AMD GPUs: the power cap only (greenmon/hardware/amd.py)."""
+        if "gpu_power_limit_w" not in levels:
+            return
+        spec = self.hardware.amdsmi_module
+        session = self._session.amdsmi
+        in_force = {}
+        milliwatts = round(float(levels["gpu_power_limit_w"]) * 1000)
+        for uuid, _ in amd_gpu_handles(session.module(spec), self.hardware.gpu_devices):
+            knob = AmdPowerCapKnob(session, spec, uuid)
+            in_force[uuid] = self._set(knob, str(milliwatts), knob.previous())
+        self._note("gpu_power_limit_mw", milliwatts, in_force)
 
     def _applications_pair(self, handle: Any, level: Sequence[int]) -> str:
         nvml = self._session.module(self.hardware.nvml_module)

@@ -85,5 +85,6 @@ def describe_target(target: str) -> str:
         data = json.loads(target)
         if data["kind"] == "cpufreq":
             return str(data["path"])
-        return f"GPU {data['gpu']} {data['setting']} (via {data['module']})"
+        vendor = "AMD GPU" if data["kind"] == "amdsmi" else "GPU"
+        return f"{vendor} {data['gpu']} {data['setting']} (via {data['module']})"
     return target

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenmon.errors import PlanError
+from greenmon.hardware.amd import AmdsmiSession
 from greenmon.hardware.knob import SettingError
 
 NVML_NOT_SUPPORTED = 3
@@ -110,12 +111,19 @@ def check_nvml_value(nvml: Any, handle: Any, setting: str, value: str) -> str | 
 
 
 class NvmlSession:
-    """NVML modules opened by spec (initialised once, shut down on close)."""
+    """NVML modules opened by spec (initialised once, shut down on close), and beside them
+    the amdsmi modules of AMD power caps, so one session finds the module of any journal
+    row."""
 
-    def __init__(self, modules: Mapping[str, Any] | None = None) -> None:
-        # Pre-built modules by spec (tests pass a FakeNvml instance here).
+    def __init__(
+        self,
+        modules: Mapping[str, Any] | None = None,
+        amdsmi_modules: Mapping[str, Any] | None = None,
+    ) -> None:
+        # Pre-built modules by spec (tests pass a FakeNvml / FakeAmdsmi instance here).
         self._given = dict(modules or {})
         self._open: dict[str, Any] = {}
+        self.amdsmi = AmdsmiSession(amdsmi_modules)
 
     def module(self, spec: str) -> Any:
         if spec not in self._open:
@@ -137,6 +145,7 @@ class NvmlSession:
             with contextlib.suppress(Exception):
                 nvml.nvmlShutdown()
         self._open.clear()
+        self.amdsmi.close()
 
 
 @dataclass

@@ -16,7 +16,7 @@ Terms:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -50,7 +50,11 @@ class Hardware(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cpufreq_root: str = "/sys/devices/system/cpu"
     # "pynvml", or "package.module:factory" returning an object shaped like pynvml.
     nvml_module: str = "pynvml"
-    # NVML indices or UUIDs of the GPUs the GPU factors apply to; None: every GPU.
+    # Whose GPUs the GPU factors set: "nvidia" (NVML) or "amd" (amdsmi: power caps only).
+    gpu_vendor: Literal["nvidia", "amd"] = "nvidia"
+    # "amdsmi", or "package.module:factory" returning an object shaped like it.
+    amdsmi_module: str = "amdsmi"
+    # NVML (or amdsmi) indices or UUIDs of the GPUs the GPU factors apply to; None: every GPU.
     gpu_devices: list[int | str] | None = None
     # The greenmon helper's socket, used when greenmon is not root (greenmon/privhelper.py);
     # None: $GREENMON_HELPER_SOCKET, else /run/greenmon-helper.sock.

@@ -157,7 +157,7 @@ def test_empty_prompt_is_an_engine_error(loaded_engines: dict[str, Any]) -> None
 def test_describe_engines_covers_every_configuration() -> None:
     statuses = describe_engines()
     assert {(s.engine, s.provider) for s in statuses} == {
-        (e, p) for e in CPU_ENGINES for p in ("cpu", "cuda", "tensorrt")
+        (e, p) for e in CPU_ENGINES for p in ("cpu", "cuda", "tensorrt", "rocm")
     } | {("http", "<server>")}
     by_pair = {(s.engine, s.provider): s for s in statuses}
     assert all(by_pair[(e, "cpu")].usable for e in CPU_ENGINES)

@@ -18,6 +18,7 @@ def test_every_probe_is_listed_with_its_rate_and_reason(tmp_path: Path) -> None:
         "host": 10.0,
         "rapl": 50.0,
         "nvml": 20.0,
+        "amdsmi": 20.0,
         "netio": 2.0,
         "energibridge": 5.0,
         "estimate": 10.0,
@@ -26,6 +27,7 @@ def test_every_probe_is_listed_with_its_rate_and_reason(tmp_path: Path) -> None:
     assert "EnergiBridge/releases" in report["energibridge"]["reason"]
     assert not report["netio"]["enabled"] and "host" in report["netio"]["reason"]
     assert report["nvml"]["available"] or "NVIDIA" in report["nvml"]["reason"]
+    assert report["amdsmi"]["available"] or "amd" in report["amdsmi"]["reason"].lower()
     estimate = report["estimate"]
     assert estimate["available"] and estimate["enabled"]
     [power] = [c for c in estimate["channels"] if c["name"] == "cpu.power_w"]
