@@ -114,6 +114,12 @@ class AnalysisResult:
     alpha: float = ALPHA
     # issue 14: estimated domains and the figures containing them (analysis/estimated.py)
     estimated: dict[str, Any] = field(default_factory=dict)
+    # What a reader decides from (greenmon/analysis/decision.py, footprint.py): filled by
+    # greenmon.analysis.tables.analyze, empty for a bare analyze_frame.
+    answers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    front: pd.DataFrame = field(default_factory=pd.DataFrame)
+    footprint: pd.DataFrame = field(default_factory=pd.DataFrame)
+    pricing_source: str = ""
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """Table name (without the ``analysis_`` prefix) -> its rows."""
@@ -132,6 +138,9 @@ class AnalysisResult:
             "host_tests": self.host_tests,
             "host_effects": self.host_effects,
             "quality": self.quality,
+            "answers": self.answers,
+            "front": self.front,
+            "footprint": self.footprint,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -145,6 +154,7 @@ class AnalysisResult:
             "skipped_variables": self.skipped_variables,
             "notes": [{"title": n.title, "message": n.message} for n in self.notes],
             "estimated": self.estimated,
+            "pricing_source": self.pricing_source or None,
             "tables": {name: records(frame) for name, frame in self.tables().items()},
         }
 
