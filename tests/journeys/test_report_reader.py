@@ -192,3 +192,4 @@ def test_an_unknown_report_key_is_a_clear_error(demo_db: Path, tmp_path: Path) -
     assert done.returncode != 0
     assert "Unknown key 'report.carbon_g'" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "r").exists()
+
