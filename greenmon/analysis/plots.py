@@ -236,6 +236,7 @@ def tradeoff_plot(front: pd.DataFrame) -> Figure:
         optimal = part[part["pareto"].astype(bool)].sort_values("latency_p90_s")
         axes.plot(optimal["latency_p90_s"], optimal["energy"], color=colours[s],
                   linewidth=1, label=label)  # fmt: skip
+    axes.margins(x=0.2, y=0.12)  # room for the labels of the points at the edges
     energy = str(front["energy_variable"].iloc[0]) if len(front) else "j_per_token"
     unit = "J/token" if energy == "j_per_token" else "J/request"
     source = str(front["latency_source"].iloc[0]) if len(front) else "latency p90"

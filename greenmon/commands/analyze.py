@@ -59,11 +59,22 @@ def run(args: argparse.Namespace) -> int:
     for row in result.summary.to_dict(orient="records"):
         extra = row.get("models_sentence")
         print(f"- {row['sentence']}" + (f" {extra}" if isinstance(extra, str) else ""))
-    for name, columns in _TEXT_COLUMNS.items():
-        frame = getattr(result, name)
-        if len(frame):
-            print(f"\n{name}:")
-            print(format_table(columns, _marked_rows(frame, columns)))
+    columns = _TEXT_COLUMNS["tests"]
+    if len(result.tests):
+        print("\ntests:")
+        print(format_table(columns, _marked_rows(result.tests, columns)))
+    from greenmon.analysis.report import Marked, cell, one_way_savings, shown_variables
+
+    def text(value: Any) -> str:
+        return f"{cell(value.value)} ({WORD})" if isinstance(value, Marked) else cell(value)
+
+    # savings one way (each variable's winner against the others), as in the report
+    columns, rows = one_way_savings(result, shown_variables(result))
+    if rows:
+        keep = [columns.index(c) for c in _TEXT_COLUMNS["savings_range"]]
+        print("\nsavings of the winner (range over models):")
+        print(format_table(_TEXT_COLUMNS["savings_range"],
+                           [[text(row[i]) for i in keep] for row in rows]))  # fmt: skip
     if len(result.footprint):
         print(f"\nCarbon and cost (medians per unit). {result.pricing_source}")
         columns = [c for c in ("model", "factor_key", "configuration", "co2e_g_per_unit",
