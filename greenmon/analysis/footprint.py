@@ -101,7 +101,8 @@ def read_intensity(path: Path) -> pd.DataFrame:
         time_ns = (times.astype(float) * 1e9).astype("int64")
     else:
         try:
-            time_ns = pd.to_datetime(times, utc=True).astype("int64")
+            # as nanoseconds whatever resolution pandas infers from the text
+            time_ns = pd.to_datetime(times, utc=True).dt.as_unit("ns").astype("int64")
         except (ValueError, TypeError) as error:
             raise CarbonIntensityError(
                 f"{path} has a time that is not ISO 8601 or Unix seconds: {error}. Fix "
