@@ -81,7 +81,7 @@ def test_carbon_from_a_file_is_matched_to_each_unit_start(tmp_path: Path) -> Non
 def test_the_report_table_is_validated() -> None:
     config = parse_config("[report]\ncarbon_intensity_g_per_kwh = 250\nprice_per_kwh = 0.3\n")
     assert config.report.carbon_intensity_g_per_kwh == 250
-    with pytest.raises(ConfigError, match="Unknown key 'report.carbon'"):
+    with pytest.raises(ConfigError, match=r"Unknown key 'report\.carbon'"):
         parse_config("[report]\ncarbon = 1\n")
     with pytest.raises(ConfigError, match="Keep one"):
         parse_config('[report]\ncarbon_intensity_g_per_kwh = 1\ncarbon_intensity_file = "x"\n')
