@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tui": ("tui", "watch power, utilisation and plan progress live; pause, resume, cancel"),
     "analyze": ("analyze", "the study's tables and tests for an experiment, stored and printed"),
     "report": ("report", "write a self-contained HTML report (and Markdown) of an experiment"),
+    "recommend": ("recommend", "the least-energy configuration under a latency/quality bound"),
     "export": ("export", "export samples, units, phases and results as Parquet or CSV"),
     "measure": ("measure", "run a command inside a measured window and print its energy"),
     "restore": ("restore", "put back GPU/CPU settings a killed or crashed run left changed"),

@@ -1,6 +1,7 @@
 """TOML configuration files -> validated, typed config.
 
-A config file has a ``[daemon]`` table and one ``[probes.<name>]`` table per probe; every
+A config file has a ``[daemon]`` table, one ``[probes.<name>]`` table per probe and a
+``[report]`` table (carbon intensity and electricity price for reports); every
 probe in ``probes.REGISTRY`` is configured with its defaults unless its table says
 otherwise (``enabled = false`` turns one off).  Unknown keys and wrong types are errors
 that name the key, the file and, where it can be found, the line.
@@ -93,9 +94,46 @@ def _check_daemon(daemon: DaemonOptions, source: Path | None, text: str) -> None
         )
 
 
+class ReportOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What the energy costs, for ``greenmon report`` and ``greenmon analyze``: carbon
+    intensity (a constant, or a CSV of ``time,g_per_kwh`` rows matched to each unit's start)
+    and the price of electricity.  Left out, no carbon or cost is shown."""
+
+    carbon_intensity_g_per_kwh: float | None = None
+    carbon_intensity_file: str | None = None
+    # Where the intensity comes from (a grid operator, Electricity Maps...), printed with it.
+    carbon_intensity_source: str | None = None
+    price_per_kwh: float | None = None
+    currency: str = "EUR"
+
+
+def _check_report(report: ReportOptions, source: Path | None, text: str) -> None:
+    """The intensity given once, and no negative intensity or price."""
+    if report.carbon_intensity_g_per_kwh is not None and report.carbon_intensity_file:
+        key = "report.carbon_intensity_file"
+        raise ConfigError(
+            f"Both carbon_intensity_g_per_kwh and carbon_intensity_file are set in "
+            f"{_where(source, text, key)}. Keep one: a constant intensity, or a CSV file of "
+            "intensity over time."
+        )
+    for key in ("carbon_intensity_g_per_kwh", "price_per_kwh"):
+        value = getattr(report, key)
+        if value is not None and value < 0:
+            raise ConfigError(
+                f"Wrong value for 'report.{key}' in {_where(source, text, 'report.' + key)}: "
+                f"{value} is negative. Give a value of 0 or more."
+            )
+    if report.carbon_intensity_file and source is not None:
+        # A relative path is relative to the config file, not to where greenmon runs.
+        path = Path(report.carbon_intensity_file)
+        if not path.is_absolute():
+            report.carbon_intensity_file = str(source.parent / path)
+
+
 @dataclass
 class Config:
     daemon: DaemonOptions = field(default_factory=DaemonOptions)
+    report: ReportOptions = field(default_factory=ReportOptions)
     probes: dict[str, ProbeOptions] = field(default_factory=dict)
     source: Path | None = None
     # Probes whose module cannot be imported here (a missing optional library): name -> why.
@@ -107,6 +145,7 @@ class Config:
     def as_dict(self) -> dict[str, Any]:
         return {
             "daemon": msgspec.to_builtins(self.daemon),
+            "report": msgspec.to_builtins(self.report),
             "probes": {name: msgspec.to_builtins(o) for name, o in self.probes.items()},
             "source": str(self.source) if self.source else None,
         }
@@ -191,15 +230,17 @@ def config_from_tables(data: Mapping[str, Any], source: Path | None, text: str) 
     """A Config from parsed TOML tables (``[daemon]``, ``[probes.<name>]``).  ``text`` is
     the file they were read from, for the line numbers in errors: a plan's ``[probes.*]``
     tables are checked against the plan's own text (commands/run.py)."""
-    unknown_top = set(data) - {"daemon", "probes"}
+    unknown_top = set(data) - {"daemon", "probes", "report"}
     if unknown_top:
         key = sorted(unknown_top)[0]
         raise ConfigError(
             f"Unknown key '{key}' in {_where(source, text, key)}. "
-            "Allowed top-level tables: [daemon], [probes.<name>]."
+            "Allowed top-level tables: [daemon], [probes.<name>], [report]."
         )
     daemon = convert_table(data.get("daemon", {}), DaemonOptions, "daemon", source, text)
     _check_daemon(daemon, source, text)
+    report = convert_table(data.get("report", {}), ReportOptions, "report", source, text)
+    _check_report(report, source, text)
     probe_tables = data.get("probes", {})
     if not isinstance(probe_tables, dict):
         raise ConfigError(f"'probes' in {_where(source, text, 'probes')} must be a table.")
@@ -219,7 +260,7 @@ def config_from_tables(data: Mapping[str, Any], source: Path | None, text: str) 
             )
         options_type = probe_module(name).Options
         probes[name] = convert_table(table, options_type, f"probes.{name}", source, text)
-    return Config(daemon=daemon, probes=probes, source=source)
+    return Config(daemon=daemon, report=report, probes=probes, source=source)
 
 
 def load_config(path: str | Path | None) -> Config:

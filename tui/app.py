@@ -169,7 +169,8 @@ class GreenmonApp(App[str]):
     #power-now { width: 1fr; border: round $primary; padding: 0 1; }
     #windows { width: 1fr; border: round $primary; padding: 0 1; }
     .title { padding: 0 1; text-style: bold; }
-    #grid { height: 2fr; }
+    #grid { height: auto; max-height: 50%; }
+    #experiments { height: auto; max-height: 12; }
     #results { height: 1fr; }
     #health-table { height: 1fr; }
     #events { height: 2fr; }
@@ -235,7 +236,7 @@ class GreenmonApp(App[str]):
             with Vertical(id="plan"):
                 yield Static("plan: models x configurations (repetitions)", classes="title")
                 yield DataTable(id="grid", zebra_stripes=True, cursor_type="none")
-                yield Static("experiments in the file (queue first)", classes="title")
+                yield Static("experiments (running, queued, then the file's)", classes="title")
                 yield DataTable(id="experiments", zebra_stripes=True, cursor_type="row")
                 yield Static(
                     "results (median per configuration)", classes="title", id="results-title"

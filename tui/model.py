@@ -281,14 +281,27 @@ def window_lines(listing: Mapping[str, Any], limit: int = 6) -> list[str]:
 def experiment_table(
     progress: Mapping[str, Any] | None, experiments: Iterable[Mapping[str, Any]]
 ) -> list[tuple[str, ...]]:
-    """Rows of the experiments table: the daemon's queue, then every experiment in the file.
+    """Rows of the experiments table: the running experiment, the daemon's queue, then
+    every other experiment in the file.
 
     The running experiment's counts come from the live progress (the file's are written
-    per unit); queued ones that are not in the file's list yet come from the queue.
+    per unit, and its list is polled only now and then); queued ones that are not in the
+    file's list yet come from the queue.
     """
     progress = progress or {}
     rows: list[tuple[str, ...]] = []
     seen: set[str] = set()
+    running = progress.get("experiment_id")
+    if running:
+        # the file's list is polled now and then; the running plan is in every snapshot
+        grid = progress.get("grid", [])
+        rows.append(
+            (str(running), str(progress.get("plan_name")), str(progress.get("status")),
+             str(sum(int(c.get("done", 0)) for c in grid)),
+             str(sum(int(c.get("failed", 0)) for c in grid)),
+             str(progress.get("units_total")))
+        )  # fmt: skip
+        seen.add(str(running))
     for queued in progress.get("queue", []):
         rows.append(
             (str(queued["experiment_id"]), str(queued["plan_name"]), "queued",

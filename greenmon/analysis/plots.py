@@ -1,5 +1,8 @@
-"""Figures of an experiment, as PNG and SVG (matplotlib's object API, no pyplot state).
+"""Figures of an experiment, as PNG, SVG and PDF (matplotlib's object API, no pyplot state).
 
+- the answer: median energy per configuration with its 95% interval, per model;
+- the trade-off: energy per token against latency p90, the Pareto-optimal
+  configurations joined and filled;
 - box plots per dependent variable by configuration, one colour per model (the study's
   Figures 3-5);
 - energy against time, one point per unit;
@@ -71,7 +74,7 @@ def _figure(width_in: float = 9.0, height_in: float = 4.5) -> Figure:
 
 
 def render(figure: Figure, out_dir: Path, name: str, title: str) -> Plot:
-    """Write ``name``.png and ``name``.svg under ``out_dir``; keep both for embedding."""
+    """Write ``name``.png, .svg and .pdf under ``out_dir``; keep PNG and SVG for embedding."""
     out_dir.mkdir(parents=True, exist_ok=True)
     png = io.BytesIO()
     # No dates or random ids in the files: the same data renders the same bytes.
@@ -84,6 +87,9 @@ def render(figure: Figure, out_dir: Path, name: str, title: str) -> Plot:
     png_path, svg_path = out_dir / f"{name}.png", out_dir / f"{name}.svg"
     png_path.write_bytes(png.getvalue())
     svg_path.write_text(svg_buffer.getvalue(), encoding="utf-8")
+    # PDF for a paper (vector, fonts embedded); no creation date, so reruns match.
+    figure.savefig(out_dir / f"{name}.pdf", format="pdf",
+                   metadata={"CreationDate": None, "ModDate": None, "Creator": None})
     return Plot(
         name=name,
         title=title,
@@ -160,6 +166,87 @@ def energy_time_plot(done: pd.DataFrame, variable: str = "energy_global_j") -> F
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def answer_plot(answers: pd.DataFrame, done: pd.DataFrame, variable: str) -> Figure:
+    """Median ``variable`` per configuration with its bootstrap 95% interval: one series per
+    model (and factor levels), the least-energy configuration of each drawn filled."""
+    from greenmon.analysis.data import factor_label
+    from greenmon.analysis.decision import median_interval
+
+    info = VARIABLES_BY_COLUMN[variable]
+    configs = configuration_order(done["configuration"])
+    scopes = [(str(m), str(f)) for m, f in answers[["model", "factor_key"]].itertuples(
+        index=False)]  # fmt: skip
+    figure = _figure(max(7.5, 1.3 * len(configs) + 3), 3.6)
+    figure.subplots_adjust(right=0.95)
+    axes = figure.add_subplot()
+    colours = _palette(len(scopes))
+    width = 0.7 / max(len(scopes), 1)
+    for s, (model, factors) in enumerate(scopes):
+        part = done[(done["model"] == model) & (done["factor_key"] == factors)]
+        best = answers[(answers["model"] == model) & (answers["factor_key"] == factors)][
+            "best"].iloc[0]  # fmt: skip
+        for c, config in enumerate(configs):
+            values = part.loc[part["configuration"] == config, variable].dropna()
+            if values.empty:
+                continue
+            median = float(values.median())
+            low, high = median_interval(values.to_numpy(dtype=float))
+            x = c - 0.35 + width * (s + 0.5)
+            axes.errorbar([x], [median], yerr=[[median - low], [high - median]], fmt="o",
+                          color=colours[s], markersize=7 if config == best else 5,
+                          markerfacecolor=colours[s] if config == best else "white",
+                          capsize=3)  # fmt: skip
+        label = model + (f", {factor_label(factors)}" if factors else "")
+        axes.plot([], [], "o", color=colours[s], label=label)
+    axes.set_xticks(range(len(configs)), [configuration_label(c) for c in configs],
+                    fontsize="small")  # fmt: skip
+    axes.set_xlim(-0.6, len(configs) - 0.4)
+    values = done[variable].dropna().to_numpy(dtype=float)
+    if len(values) and values.min() > 0 and values.max() / values.min() > 20:
+        axes.set_yscale("log")  # medians an order of magnitude apart stay readable
+    axes.set_ylabel(f"{info.label} ({info.unit})")
+    axes.set_title(f"{info.label}: median and 95% interval (filled: least energy)")
+    axes.grid(axis="y", alpha=0.3)
+    if len(scopes) > 1:
+        axes.legend(fontsize="small", ncols=min(len(scopes), 4), loc="best")
+    return figure
+
+
+def tradeoff_plot(front: pd.DataFrame) -> Figure:
+    """Energy per output against latency p90, one point per configuration and scope; the
+    Pareto-optimal ones filled and joined (lower left is better)."""
+    from greenmon.analysis.data import factor_label
+
+    figure = _figure(7.0, 3.8)
+    axes = figure.add_subplot()
+    usable = front[front["energy"].notna() & front["latency_p90_s"].notna()]
+    scopes = list(usable.groupby(["model", "factor_key"], sort=True))
+    colours = _palette(len(scopes))
+    for s, ((model, factors), part) in enumerate(scopes):
+        label = str(model) + (f", {factor_label(str(factors))}" if factors else "")
+        for row in part.itertuples(index=False):
+            axes.scatter([row.latency_p90_s], [row.energy], s=40 if row.pareto else 25,
+                         color=colours[s], edgecolors=colours[s],
+                         facecolors=colours[s] if row.pareto else "white")  # fmt: skip
+            axes.annotate(configuration_label(str(row.configuration)),
+                          (row.latency_p90_s, row.energy), fontsize=7,
+                          xytext=(4, 3), textcoords="offset points")  # fmt: skip
+        optimal = part[part["pareto"].astype(bool)].sort_values("latency_p90_s")
+        axes.plot(optimal["latency_p90_s"], optimal["energy"], color=colours[s],
+                  linewidth=1, label=label)  # fmt: skip
+    axes.margins(x=0.2, y=0.12)  # room for the labels of the points at the edges
+    energy = str(front["energy_variable"].iloc[0]) if len(front) else "j_per_token"
+    unit = "J/token" if energy == "j_per_token" else "J/request"
+    source = str(front["latency_source"].iloc[0]) if len(front) else "latency p90"
+    axes.set_xlabel(f"Latency p90 (s; {source})")
+    axes.set_ylabel(f"Energy ({unit})")
+    axes.set_title("Energy against latency (filled and joined: Pareto-optimal)")
+    axes.grid(alpha=0.3)
+    if len(scopes) > 1:
+        axes.legend(fontsize="small")
+    return figure
 
 
 def energy_quality_plot(done: pd.DataFrame, variable: str = "energy_global_j") -> Figure:

@@ -9,7 +9,6 @@ reports one.  Attributed, not measured: every table here says so.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -25,7 +24,7 @@ REQUEST_ENERGY_COLUMNS = [
     "model", "configuration", "unit_id", "requests", "j_per_request_p50",
     "j_per_request_p90", "j_per_token_p50", "server_j_per_request_p50",
 ]  # fmt: skip
-NOTE = (
+REQUEST_ENERGY_NOTE = (
     "Attributed, not measured: each request's energy is the unit's measured energy in "
     f"each interval split over the requests in flight by the tokens each processed "
     f"(a prompt token weighs {PREFILL_WEIGHT:g} of a generated one); the requests' parts "
@@ -59,7 +58,7 @@ def request_energy_table(store: Store, experiment_id: str) -> pd.DataFrame:
     return pd.DataFrame(frame, columns=REQUEST_ENERGY_COLUMNS)
 
 
-def _by_configuration(frame: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
+def request_energy_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
     """Medians over each configuration's units, rounded for reading."""
     columns = [*REQUEST_ENERGY_COLUMNS[:2], "units", *REQUEST_ENERGY_COLUMNS[4:]]
     grouped = frame.groupby(["model", "configuration"], sort=False)
@@ -71,26 +70,3 @@ def _by_configuration(frame: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
             row.append(None if value != value else float(f"{value:.4g}"))  # NaN: none
         rows.append(row)
     return columns, rows
-
-
-def request_energy_html(
-    frame: pd.DataFrame, html_table: Callable[[Sequence[str], Sequence[Sequence[Any]], str], str]
-) -> list[str]:
-    """The report's section (HTML), drawn with the report's own table function."""
-    if frame.empty:
-        return []
-    columns, rows = _by_configuration(frame)
-    return [
-        "<h2 id='request-energy'>Energy per request (attributed)</h2>",
-        f"<p>{NOTE}</p>",
-        html_table(columns, rows, "request_energy"),
-    ]
-
-
-def request_energy_markdown(
-    frame: pd.DataFrame, md_table: Callable[[Sequence[str], Sequence[Sequence[Any]]], str]
-) -> list[str]:
-    if frame.empty:
-        return []
-    columns, rows = _by_configuration(frame)
-    return ["## Energy per request (attributed)", "", NOTE, "", md_table(columns, rows), ""]

@@ -191,3 +191,74 @@ def trade_off_note(
         f"{configuration_label(best)}'s median quality was {quality_change:+.3f} "
         f"against {configuration_label(reference)} (tolerance {tolerance})."
     )
+
+
+def _difference(
+    best: str, other: str, diff: float, pct: float | None, p: float | None, unit: str,
+    alpha: float, *, what: str,
+) -> str:  # fmt: skip
+    """"8.1% less than the next best, <TORCH, CPU> (p = 0.012)" or, when a percentage would
+    mislead, the difference in ``unit``."""
+    amount = f"{pct:.1f}% less" if pct is not None else f"{diff:.4g} {unit} less"
+    text = f"{amount} than {what}, {configuration_label(other)}"
+    if p is None:
+        return text + " (not tested)"
+    if p < alpha:
+        return text + f" ({format_p(p)}, significant at the {level_text(alpha)} level)"
+    return text + f" ({format_p(p)}: not significant at the {level_text(alpha)} level)"
+
+
+def answer_sentence(row: dict[str, object], alpha: float, where: str = "") -> str:
+    """One scope's answer: the least-energy configuration, its median and interval, and how
+    much less it used than the next best and than the reference (``decision.answers``)."""
+
+    def number(key: str) -> float:
+        value = row.get(key)
+        return float(value) if isinstance(value, int | float) else float("nan")
+
+    def optional(key: str) -> float | None:
+        value = row.get(key)
+        return float(value) if isinstance(value, int | float) and value == value else None
+
+    unit = str(row["unit"])
+    best = str(row["best"])
+    text = (
+        f"{row['model']}{where}: {configuration_label(best)} used the least, "
+        f"{number('best_median'):.4g} {unit} (95% interval {number('best_low'):.4g} to "
+        f"{number('best_high'):.4g})"
+    )
+    parts: list[str] = []
+    nxt, ref = row.get("next"), row.get("reference")
+    if isinstance(nxt, str):
+        parts.append(_difference(best, nxt, number("next_diff"), optional("next_pct"),
+                                 optional("next_p"), unit, alpha,
+                                 what="the next best"))  # fmt: skip
+    if isinstance(ref, str) and ref != nxt:
+        parts.append(_difference(best, ref, number("reference_diff"),
+                                 optional("reference_pct"), optional("reference_p"), unit,
+                                 alpha, what="the reference"))  # fmt: skip
+    if not parts:
+        return text + "; it was the only configuration measured."
+    text += "; " + "; and ".join(parts) + "."
+    note = row.get("percent_note")
+    if isinstance(note, str):
+        text += f" Differences are {note}."
+    return text
+
+
+def pareto_sentence(model: str, where: str, optimal: list[tuple[str, bool, bool]],
+                    total: int) -> str:  # fmt: skip
+    """Which configurations of one scope are Pareto-optimal (``optimal``: configuration,
+    whether it has the least energy, whether it has the lowest latency)."""
+    names = []
+    for configuration, least_energy, fastest in optimal:
+        roles = [r for r, flag in (("least energy", least_energy), ("lowest latency", fastest))
+                 if flag]  # fmt: skip
+        names.append(configuration_label(configuration) + (f" ({', '.join(roles)})" if roles
+                                                           else ""))  # fmt: skip
+    if len(optimal) == 1:
+        return (f"{model}{where}: {names[0]} is the only Pareto-optimal configuration of "
+                f"{total}: none other is better on any criterion.")  # fmt: skip
+    return (f"{model}{where}: Pareto-optimal: {', '.join(names)}; each of the other "
+            f"{total - len(optimal)} configurations is beaten on every criterion by one of "
+            "them.")  # fmt: skip

@@ -50,7 +50,7 @@ from greenmon.analysis.hypothesis import (
     scope_problem,
     twoway,
 )
-from greenmon.analysis.request_energy import NOTE as REQUEST_ENERGY_NOTE
+from greenmon.analysis.request_energy import REQUEST_ENERGY_NOTE
 from greenmon.analysis.summaries import (
     MEDIAN_COLUMNS,
     QUALITY_COLUMNS,
@@ -119,6 +119,12 @@ class AnalysisResult:
     # Per-request energy per unit, attributed (analysis/request_energy.py); empty when the
     # experiment's requests have none.
     request_energy: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # What a reader decides from (greenmon/analysis/decision.py, footprint.py): filled by
+    # greenmon.analysis.tables.analyze, empty for a bare analyze_frame.
+    answers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    front: pd.DataFrame = field(default_factory=pd.DataFrame)
+    footprint: pd.DataFrame = field(default_factory=pd.DataFrame)
+    pricing_source: str = ""
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """Table name (without the ``analysis_`` prefix) -> its rows."""
@@ -137,6 +143,9 @@ class AnalysisResult:
             "host_tests": self.host_tests,
             "host_effects": self.host_effects,
             "quality": self.quality,
+            "answers": self.answers,
+            "front": self.front,
+            "footprint": self.footprint,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -150,6 +159,7 @@ class AnalysisResult:
             "skipped_variables": self.skipped_variables,
             "notes": [{"title": n.title, "message": n.message} for n in self.notes],
             "estimated": self.estimated,
+            "pricing_source": self.pricing_source or None,
             "tables": {name: records(frame) for name, frame in self.tables().items()},
             "request_energy": {
                 "figures": "attributed",

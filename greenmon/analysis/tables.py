@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from greenmon.analysis import hosts, stats
+from greenmon.analysis import decision, footprint, hosts, stats
 from greenmon.analysis.data import AnalysisError, load_results, resolve_experiment
 from greenmon.analysis.estimated import estimate_sources, label_result
 from greenmon.analysis.request_energy import request_energy_table
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import duckdb
     import pandas as pd
 
+    from greenmon.analysis.footprint import Pricing
     from greenmon.store import Store
 
 TABLE_PREFIX = "analysis_"
@@ -38,6 +39,9 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "host_tests": hosts.HOST_TEST_COLUMNS,
     "host_effects": hosts.HOST_EFFECT_COLUMNS,
     "quality": stats.QUALITY_COLUMNS,
+    "answers": decision.ANSWER_COLUMNS,
+    "front": decision.FRONT_COLUMNS,
+    "footprint": footprint.FOOTPRINT_COLUMNS,
 }
 
 _VARCHAR = {
@@ -45,6 +49,7 @@ _VARCHAR = {
     "check", "test", "effect_size_kind", "a", "b", "versus", "range_text", "best",
     "reference", "sentence", "models_sentence", "factor", "source", "level",
     "energy_variable", "host", "ranking", "comparison", "quality_metric", "verdict",
+    "unit", "next", "percent_note", "latency_source", "currency",
 }  # fmt: skip
 _INTEGER = {
     "size_category", "n", "groups", "n_total", "min_n", "pairs_total", "pairs_significant",
@@ -52,7 +57,7 @@ _INTEGER = {
     "models_significant", "models_all_pairs_differ", "unit_id", "repetition",
     "hosts", "configurations",
 }  # fmt: skip
-_BOOLEAN = {"passed", "normal", "equal_var", "significant", "all_pairs_differ"}
+_BOOLEAN = {"passed", "normal", "equal_var", "significant", "all_pairs_differ", "pareto"}
 
 
 def sql_type(column: str) -> str:
@@ -129,11 +134,36 @@ def analyze(
     alpha: float = stats.ALPHA,
     workers: int | None = None,
     write: bool = True,
+    pricing: Pricing | None = None,
 ) -> stats.AnalysisResult:
     """Analyse one experiment (None: the latest) and, with ``write``, store the tables."""
+    return analyze_loaded(store, experiment_id, alpha=alpha, workers=workers, write=write,
+                          pricing=pricing)[0]  # fmt: skip
+
+
+def analyze_loaded(
+    store: Store,
+    experiment_id: str | None = None,
+    *,
+    alpha: float = stats.ALPHA,
+    workers: int | None = None,
+    write: bool = True,
+    pricing: Pricing | None = None,
+) -> tuple[stats.AnalysisResult, pd.DataFrame]:
+    """``analyze``, also returning the per-unit results it loaded (a report draws its
+    figures from them rather than reading them a second time)."""
     experiment = resolve_experiment(store, experiment_id)
     frame = load_results(store, experiment)
+    frame = _with_start_times(store, experiment, frame)
     result = stats.analyze_frame(frame, experiment, alpha=alpha, workers=workers)
+    done = frame[frame["status"] == "done"]
+    variable = decision.energy_variable(result.variables)
+    if variable is not None:
+        result.answers = decision.answers(done, result.posthoc, variable)
+        result.front = decision.front(done)
+        if pricing is not None:
+            result.footprint = footprint.footprint_table(done, pricing, variable)
+            result.pricing_source = pricing.describe()
     # issue 14: which configurations repetitions = "auto" left precise enough
     from greenmon.rounds import precision_summary
 
@@ -144,4 +174,17 @@ def analyze(
     result.request_energy = request_energy_table(store, experiment)
     if write and not store.read_only:
         write_tables(store, result)
-    return result
+    return result, frame
+
+
+def _with_start_times(store: Store, experiment: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each unit's wall-clock start (its monotonic start plus its session's
+    clock anchor), which a carbon intensity over time is matched to."""
+    _, rows = store.query(
+        """SELECT u.unit_id, u.started_ns + s.clock_anchor_ns AS started_wall_ns
+           FROM units u LEFT JOIN sessions s USING (session_id)
+           WHERE u.experiment_id = ?""",
+        [experiment],
+    )
+    starts = dict((row[0], row[1]) for row in rows)
+    return frame.assign(started_wall_ns=[starts.get(u) for u in frame["unit_id"]])

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_db_argument(parser, socket=True)
     parser.add_argument("--config", default=None, help="TOML configuration (in-process daemon)")
+    parser.add_argument(
+        "--new", action="store_true",
+        help="create the database (and its directory) when it does not exist",
+    )  # fmt: skip
 
 
 def attach(args: argparse.Namespace) -> tuple[ApiClient, BackgroundDaemon | None, Path]:
@@ -32,6 +36,13 @@ def attach(args: argparse.Namespace) -> tuple[ApiClient, BackgroundDaemon | None
     client = find_daemon(db_path, args.socket)
     if client is not None:
         return client, None, socket_path
+    if not db_path.exists() and not getattr(args, "new", False):
+        # a mistyped path must not silently become a new, empty database
+        raise GreenmonError(
+            f"{db_path} does not exist and no daemon holds it. Check the path given to "
+            "--db (or $GREENMON_DB), or add --new to create a new database there.",
+            title="No such database",
+        )
     from greenmon.tui.embedded import BackgroundDaemon
 
     background = BackgroundDaemon(db_path, config, ApiOptions(socket_path=socket_path))

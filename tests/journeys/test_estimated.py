@@ -200,13 +200,20 @@ def test_an_estimate_only_run_says_estimated_on_every_surface(
     # the report: a marker on estimated figures, its legend, the model once
     greenmon("report", "--db", str(db), "--out", str(tmp_path / "report"), cwd=tmp_path)
     page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
-    assert "id='estimated'" in page and "\u2020 estimated: CPU energy is modelled" in page
-    assert "<h3>Energy, global (CPU+GPU) (J), per model \u2020</h3>" in page
-    assert "<h3>Execution time (s), per model</h3>" in page
-    assert "<td>energy_global_j \u2020</td>" in page and "<td>duration_s</td>" in page
+    # the caveat once, at the top; the mark's meaning beside it
+    caveats = page[page.index("<section id='caveats'>"):page.index("<section id='answer'>")]
+    assert "\u2020 marks every figure that contains estimated energy" in caveats
+    assert "Estimated, not measured" in caveats
     assert page.count("idle_w + (tdp_w - idle_w) * utilisation") == 1
+    # medians: energy marked, time not (CPU energy equals global here: shown once)
+    assert "Energy, global (CPU+GPU) = Energy, CPU: no GPU measured" in caveats
+    assert re.search(r"<td>Energy, global \(CPU\+GPU\) \(J\)</td>(<td>[^<]*</td>){2}"
+                     r"<td>[0-9.e+-]+ \u2020</td>", page)  # fmt: skip
+    assert re.search(r"<td>Execution time \(s\)</td>(<td>[^<]*</td>){2}<td>[0-9.e+-]+</td>",
+                     page)  # fmt: skip
+    assert "<td>energy_global_j \u2020</td>" in page and "<td>duration_s</td>" in page
     assert "This is estimated, not measured" in page
-    assert "<figcaption>Energy, CPU \u2020</figcaption>" in page
+    assert "<figcaption>Energy, global (CPU+GPU) \u2020</figcaption>" in page
     assert "<figcaption>Execution time</figcaption>" in page
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from greenmon.tui.model import LiveModel, chart_bands, grid_table, unit_lines
+from greenmon.tui.model import LiveModel, chart_bands, experiment_table, grid_table, unit_lines
 
 CHANNELS = [
     {"channel_id": 1, "probe": "rapl", "name": "package-0.energy_uj", "unit": "uJ",
@@ -112,3 +112,22 @@ def test_chart_bands_follow_the_axis_the_samples_span() -> None:
     # 11 s load and 6 s measure are drawn without their labels (5 and 8 columns needed)
     wide = chart_bands(spans, oldest_s=-300.0, columns=80)
     assert [(p, labelled) for p, _, _, labelled in wide] == [("load", False), ("measure", False)]
+
+
+def test_the_running_experiment_is_listed_with_its_live_counts_before_the_file_lists_it() -> None:
+    progress = {
+        "experiment_id": "e1", "plan_name": "p", "status": "running", "units_total": 6,
+        "grid": [{"model": "m", "configuration": "a", "done": 2, "failed": 1, "total": 3},
+                 {"model": "m", "configuration": "b", "done": 1, "failed": 0, "total": 3}],
+        "queue": [{"experiment_id": "e2", "plan_name": "q", "units_done": 0, "units_total": 2}],
+    }  # fmt: skip
+    assert experiment_table(progress, []) == [
+        ("e1", "p", "running", "3", "1", "6"), ("e2", "q", "queued", "0", "-", "2")]
+    # once the file lists it, its row is not repeated (the live counts are newer)
+    stale = {"experiment_id": "e1", "plan_name": "p", "status": "running", "units_done": 0,
+             "units_failed": 0, "units_total": 6}  # fmt: skip
+    earlier = {"experiment_id": "e0", "plan_name": "old", "status": "done", "units_done": 2,
+               "units_failed": 0, "units_total": 2}  # fmt: skip
+    rows = experiment_table(progress, [stale, earlier])
+    assert [r[0] for r in rows] == ["e1", "e2", "e0"] and rows[0][3] == "3"
+    assert experiment_table(None, [earlier]) == [("e0", "old", "done", "2", "0", "2")]

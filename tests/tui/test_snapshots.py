@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 from textual.pilot import Pilot
-from textual.widgets import Input
+from textual.widgets import DataTable, Input
 
 from greenmon.api import QueryRefused, SqlResult
 from greenmon.tui.app import GreenmonApp
@@ -198,6 +198,39 @@ def test_plan_view(snap_compare: Any) -> None:
         await pilot.press("2")
 
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=before)
+
+
+class FreshFileLink(FixedLink):
+    """A daemon whose file lists no experiment yet: the first plan has just started (the
+    file's list is polled now and then, the running plan comes with every snapshot)."""
+
+    async def experiments(self) -> list[dict[str, Any]]:
+        return []
+
+
+def test_plan_view_during_a_run_shows_the_grid_and_the_running_experiment(
+    snap_compare: Any,
+) -> None:
+    async def before(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        assert isinstance(app, GreenmonApp)
+        with anyio.fail_after(10):
+            while app.model.snapshots < SNAPSHOTS or app.draw_pending:
+                await pilot.pause(0.05)
+        await pilot.press("2")
+        await pilot.pause()
+        experiments = app.query_one("#experiments", DataTable)
+        # the running plan, then the queued one, though the file lists neither yet
+        assert [experiments.get_row_at(i)[0] for i in range(experiments.row_count)] == [
+            "exp-0001", "exp-0002"]  # fmt: skip
+        grid = app.query_one("#grid", DataTable)
+        # the grid takes the height of its rows (header + 2 models), not a share of the
+        # screen
+        assert grid.row_count == 2 and grid.size.height <= grid.row_count + 2
+
+    app = GreenmonApp(FreshFileLink(), where="/run/user/1000/greenmon/daemon.sock",
+                      events_every_s=3600)  # fmt: skip
+    assert snap_compare(app, terminal_size=SIZE, run_before=before)
 
 
 def test_health_view(snap_compare: Any) -> None:
