@@ -28,15 +28,11 @@ from greenmon.engines._common import (
     load_tokenizer,
 )
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
+from greenmon.engines.onnx_providers import ORT_PROVIDERS, missing_provider_reason
 from greenmon.errors import EngineError
 from greenmon.models import ModelInfo, cache_root, model_architecture
 
 OPTIONS: dict[str, object] = {"graph_optimization_level": "all", "threads": None}
-ORT_PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
 GRAPH_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
     "basic": "ORT_ENABLE_BASIC",
@@ -64,18 +60,6 @@ def export_onnx(model: ModelInfo, dest: Path) -> None:
         task=EXPORT_TASKS[model_architecture(model.path)],
         do_validation=False,
         local_files_only=True,
-    )
-
-
-def missing_provider_reason(provider: str, available: Sequence[str]) -> str | None:
-    """Why ``provider`` cannot run given onnxruntime's available providers, or None."""
-    wanted = ORT_PROVIDERS[provider]
-    if wanted in available:
-        return None
-    return (
-        f"{'CUDA' if provider == 'cuda' else 'TensorRT'} requested but onnxruntime "
-        f"has no {wanted} (available: {', '.join(available)}): install greenmon[gpu] "
-        "(onnxruntime-gpu) on a machine with an NVIDIA GPU"
     )
 
 

@@ -6,7 +6,7 @@ Terms:
   variable the analysis tests).
 - *round* r: repetition r of every cell, in a fresh order seeded by (plan seed, r)
   (``round_order``).  ``repetitions = "auto"`` lays out ``max_repetitions`` rounds
-  (greenmon/plan.py) and the runner may stop after any of them.
+  (greenmon/plan/units.py) and the runner may stop after any of them.
 - *precision* of a cell: the distribution-free (order-statistic) confidence interval of
   its median energy, from scipy's ``quantile_test``, relative to the median.  A cell *meets
   the target* when both ends lie within ``median * (1 +- ci_half_width)``.  Fewer values
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,19 +28,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio.to_thread
 
 from greenmon.clock import now_ns
-from greenmon.plan import Plan, Precision, Unit
+from greenmon.plan.schema import Plan, Precision
+from greenmon.plan.units import Unit
+from greenmon.plan.units import round_order as round_order  # callers import it from here too
 
 if TYPE_CHECKING:
     from greenmon.protocols import RunnerHost
 
 T = TypeVar("T")
-
-
-def round_order(cells: Sequence[T], seed: int, round_: int) -> list[T]:
-    """One round's cells in a fresh order, the same for the same plan seed and round."""
-    ordered = list(cells)
-    random.Random(f"greenmon-round:{seed}:{round_}").shuffle(ordered)
-    return ordered
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from greenmon.probes.base import Channel
-from greenmon.views import MIN_WINDOW_PERIODS
+from greenmon.thresholds import MIN_WINDOW_PERIODS
 
 TRACKED_UNITS = frozenset({"uJ", "mJ", "J", "Wh", "W", "mW"})
 MIN_INTERVALS = 5

@@ -29,10 +29,15 @@ from importlib.resources import files
 
 import duckdb
 
-from greenmon import __version__ as greenmon_version
+from greenmon._version import __version__ as greenmon_version
 from greenmon.energy import window_energy_sql, window_integral_sql
-from greenmon.plan import DEFAULT_BACKGROUND_CPU_PERCENT_MAX
 from greenmon.sources import ENERGY_SOURCES_SQL, energy_channel_sql, interval_power_sql
+from greenmon.thresholds import (
+    DEFAULT_BACKGROUND_CPU_PERCENT_MAX,
+    MIN_COVERAGE,
+    MIN_WINDOW_PERIODS,
+    WALL_TOLERANCE,
+)
 
 
 def _sql_file(name: str) -> str:
@@ -283,10 +288,8 @@ FROM m LEFT JOIN experiments x USING (experiment_id)
 GROUP BY ALL
 """
 
-# Thresholds behind the validity flags.
-MIN_COVERAGE = 0.9
-MIN_WINDOW_PERIODS = 5
-WALL_TOLERANCE = 0.10
+# The thresholds behind the validity flags live in greenmon/thresholds.py (imported above,
+# and still importable from here).
 
 
 def _validity_flags(

@@ -12,8 +12,8 @@ import aiohttp
 import anyio
 
 from greenmon.api.errors import ApiError, DaemonUnreachable
+from greenmon.api.messages import SqlResult
 from greenmon.api.sockets import resolve_socket_path, socket_is_live
-from greenmon.api.sql import SqlResult
 from greenmon.api.wire import error_from
 
 # Snapshots carry the plan grid, which can reach tens of kilobytes for a large plan.

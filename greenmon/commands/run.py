@@ -191,7 +191,7 @@ async def run_experiment(
     ``library_log``: library log records and warnings go to the events table and
     ``<db>.log`` instead of the terminal (the commands; tests keep Python's defaults).
     """
-    from greenmon.api import ApiOptions
+    from greenmon.api.server import ApiOptions
     from greenmon.liblog import library_logs
 
     printer = ProgressPrinter(quiet)
@@ -256,7 +256,7 @@ def _runner(daemon: Daemon) -> RunnerControl:
 
 async def _follow_here(daemon: Daemon, submission: Submission, printer: ProgressPrinter) -> None:
     """Print progress until the plan ends, then serve plans others queued meanwhile."""
-    from greenmon.api import channel_table, channel_values
+    from greenmon.api.snapshot import channel_table, channel_values
 
     runner = _runner(daemon)
     meter = PowerMeter(channel_table(daemon))
@@ -283,7 +283,8 @@ async def follow_remote(
     socket_path: Path, plan: Plan, db: Path, *, resume: bool, force: bool, quiet: bool
 ) -> tuple[str, str, list[dict[str, Any]]]:
     """Submit to the daemon at ``socket_path`` and follow the plan: (id, outcome, summary)."""
-    from greenmon.api import ApiClient, DaemonUnreachable
+    from greenmon.api.client import ApiClient
+    from greenmon.api.errors import DaemonUnreachable
 
     printer = ProgressPrinter(quiet)
     async with ApiClient(socket_path) as client:
@@ -412,7 +413,8 @@ def say_if_busy(plan: Plan) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from greenmon.api import find_daemon, resolve_socket_path
+    from greenmon.api.client import find_daemon
+    from greenmon.api.sockets import resolve_socket_path
 
     plan = load_plan(args.plan)
     if args.shard is not None:  # issue 18

@@ -11,7 +11,7 @@ from greenmon.commands.common import add_db_argument, resolve_db
 from greenmon.errors import GreenmonError
 
 if TYPE_CHECKING:
-    from greenmon.api import ApiClient
+    from greenmon.api.client import ApiClient
     from greenmon.tui.app import GreenmonApp
     from greenmon.tui.embedded import BackgroundDaemon
 
@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def attach(args: argparse.Namespace) -> tuple[ApiClient, BackgroundDaemon | None, Path]:
     """A client for the daemon holding the file, starting one in-process when none does."""
-    from greenmon.api import ApiClient, ApiOptions, find_daemon, resolve_socket_path
+    from greenmon.api.client import ApiClient, find_daemon
+    from greenmon.api.server import ApiOptions
+    from greenmon.api.sockets import resolve_socket_path
     from greenmon.config import load_config
 
     config = load_config(args.config)

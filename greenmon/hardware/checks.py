@@ -42,7 +42,7 @@ def has_cap_sys_admin() -> bool:
 
 def _helper_problem(hardware: Hardware) -> str | None:
     """Why the greenmon helper cannot write settings for this process (None: it can)."""
-    from greenmon.privhelper import helper_answers
+    from greenmon.privhelper.client import helper_answers
 
     return helper_answers(hardware.helper_socket)
 
@@ -188,7 +188,7 @@ def hardware_access(plan: HasHardwareSpec) -> str | None:
         return None
     if os.geteuid() == 0:
         return "hardware settings are written directly (greenmon runs as root)"
-    from greenmon.privhelper import helper_socket_path
+    from greenmon.privhelper.client import helper_socket_path
 
     path = helper_socket_path(spec.hardware.helper_socket)
     problem = _helper_problem(spec.hardware)

@@ -24,7 +24,7 @@ from greenmon.errors import GreenmonError
 
 if TYPE_CHECKING:
     from greenmon.hardware.spec import Hardware
-    from greenmon.privhelper import HelperClient
+    from greenmon.privhelper.client import HelperClient
 
 
 class SettingError(GreenmonError):
@@ -56,7 +56,7 @@ class HelperKnob:
         return self.knob.read()
 
     def write(self, value: str) -> None:
-        from greenmon.privhelper import HelperRefused
+        from greenmon.privhelper.client import HelperRefused
 
         try:
             self.helper.setting_write(self.target, value)
@@ -69,7 +69,7 @@ def settings_helper(hardware: Hardware | None = None) -> HelperClient | None:
     client of the greenmon helper (connected on first use)."""
     if os.geteuid() == 0:
         return None
-    from greenmon.privhelper import HelperClient
+    from greenmon.privhelper.client import HelperClient
 
     return HelperClient(hardware.helper_socket if hardware is not None else None)
 
