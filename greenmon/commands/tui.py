@@ -24,7 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def attach(args: argparse.Namespace) -> tuple[ApiClient, BackgroundDaemon | None, Path]:
     """A client for the daemon holding the file, starting one in-process when none does."""
     from greenmon.api.client import ApiClient, find_daemon
-    from greenmon.api.server import ApiOptions
     from greenmon.api.sockets import resolve_socket_path
     from greenmon.config import load_config
 
@@ -34,6 +33,8 @@ def attach(args: argparse.Namespace) -> tuple[ApiClient, BackgroundDaemon | None
     client = find_daemon(db_path, args.socket)
     if client is not None:
         return client, None, socket_path
+    # Only a TUI that hosts the daemon loads the server (and with it the store and DuckDB).
+    from greenmon.api.server import ApiOptions
     from greenmon.tui.embedded import BackgroundDaemon
 
     background = BackgroundDaemon(db_path, config, ApiOptions(socket_path=socket_path))
