@@ -6,7 +6,7 @@ Each side names only what it uses of the other, so none needs the other's whole 
 - ``RunnerHost``: what the runner needs from its daemon (greenmon/daemon.py ``Daemon``):
   the store, the configuration, the session, events, a flush of what the writer holds
   (greenmon/rounds.py reads a round's samples), and a place to attach itself.
-- ``RunnerControl``: what the API (greenmon/api.py) and ``greenmon run``
+- ``RunnerControl``: what the API (greenmon/api/) and ``greenmon run``
   (greenmon/commands/run.py) need from a runner (greenmon/runner.py ``ExperimentRunner``):
   submit, follow, pause, resume, cancel, and the live results.
 - ``WindowHost``: what the named-windows registry (greenmon/windows.py) uses of its daemon.

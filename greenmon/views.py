@@ -252,7 +252,7 @@ GROUP BY ALL
 # greenmon's own tree (probes/host.py ``background.cpu_percent``, percent of one core) over
 # the cooldown before the measure (the idle baseline) and over the measure, the most
 # background processes seen on any GPU (probes/nvml.py), and the plan's threshold
-# (``[cooldown] background_cpu_percent_max``; its default from greenmon/plan.py when the
+# (``[cooldown] background_cpu_percent_max``; its default from greenmon/thresholds.py when the
 # plan left it out).  Also a virtual machine's steal over the measure (``steal.cpu_percent``):
 # not background, as no process here ran, but a measure the hypervisor slowed down.
 _BACKGROUND_WINDOWS = f"""(
@@ -607,7 +607,7 @@ _RULE_VIEWS = (
     View("utilisation_channels", _UTILISATION_CHANNELS),
 )
 
-# Materialised results (DESIGN.md: "a unit's figures are also materialised once when it
+# Materialised results ("a unit's figures are also materialised once when it
 # ends, same SQL").  ``unit_results_done`` holds rows of ``unit_results_sel``, each with the
 # hash of the rules that computed it and the unit's ``ended_ns`` when it was computed.  A
 # row is *valid* while the rules are this greenmon's and the unit has not changed since

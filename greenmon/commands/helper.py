@@ -1,4 +1,4 @@
-"""``greenmon helper``: the small privileged process (greenmon/privhelper.py), run as root.
+"""``greenmon helper``: the small privileged process (greenmon/privhelper/), run as root.
 
 It reads RAPL counters and applies hardware settings for the members of one group, so the
 daemon can run as an ordinary user.  Under systemd, ``greenmon-helper.socket`` (shipped in

@@ -4,7 +4,7 @@
 outside the hardware's range, missing privileges) before anything is changed;
 ``require_hardware`` raises it as a PlanError.  NVML power limits and clocks need root or
 CAP_SYS_ADMIN, cpufreq write access to the ``scaling_*`` files, or else the greenmon helper
-(greenmon/privhelper.py).  A fake NVML module sets ``GREENMON_FAKE_PRIVILEGED = True`` to
+(greenmon/privhelper/).  A fake NVML module sets ``GREENMON_FAKE_PRIVILEGED = True`` to
 skip the privilege check.
 """
 

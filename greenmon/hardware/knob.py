@@ -9,7 +9,7 @@ Terms:
   *in force* (hardware clamps or rounds: cpufreq to a listed frequency, NVML to a supported
   clock).
 - *writer*: who writes a knob: this process when it is root, else the greenmon helper
-  (greenmon/privhelper.py).  Reading needs no privilege and is always direct.
+  (greenmon/privhelper/).  Reading needs no privilege and is always direct.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Knob(Protocol):
 
 @dataclass
 class HelperKnob:
-    """A knob the greenmon helper writes (greenmon/privhelper.py), for a process that is
+    """A knob the greenmon helper writes (greenmon/privhelper/), for a process that is
     not root; reading needs no privilege and stays direct."""
 
     knob: Knob
