@@ -23,7 +23,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio.to_thread
 
@@ -33,7 +33,7 @@ from greenmon.plan.units import Unit
 from greenmon.plan.units import round_order as round_order  # callers import it from here too
 
 if TYPE_CHECKING:
-    from greenmon.protocols import RunnerHost
+    from greenmon.protocols import PrecisionStore, RunnerHost
 
 T = TypeVar("T")
 
@@ -170,7 +170,9 @@ def _cells(plan: Plan) -> list[tuple[str, str, str]]:
     ]
 
 
-def evaluate_experiment(plan: Plan, experiment_id: str, store: Any) -> list[CellPrecision]:
+def evaluate_experiment(
+    plan: Plan, experiment_id: str, store: PrecisionStore
+) -> list[CellPrecision]:
     """The precision of every cell of a stored experiment (blocking: a worker thread).
     Its finished units are materialised first, so each round reads one row per unit."""
     store.materialise_unit_results(experiment_id)
@@ -236,7 +238,7 @@ async def _decide_round(
     return await anyio.to_thread.run_sync(work)
 
 
-def precision_summary(store: Any, experiment_id: str) -> str | None:
+def precision_summary(store: PrecisionStore, experiment_id: str) -> str | None:
     """What ``repetitions = "auto"`` decided for an experiment, as one paragraph for the
     analysis and the report: the last round, why it stopped, and which configurations met
     the target.  None for an experiment with fixed repetitions (or a store without the

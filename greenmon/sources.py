@@ -41,6 +41,9 @@ FINE_COUNTER_UNITS = ("uJ", "mJ", "J")
 # same counters); any other probe ranks last.
 PROBE_RANK: dict[str, int] = {"rapl": 0, "nvml": 0, "netio": 0, "energibridge": 1}
 OTHER_PROBE_RANK = 2
+# Every probe whose channels can answer for an energy domain: the measured ones above, then
+# the estimate (its figures are estimated).  The plan check reads it for the slowest source.
+ENERGY_PROBES = (*PROBE_RANK, "estimate")
 
 
 def scale_to_si_sql(unit: str = "unit") -> str:

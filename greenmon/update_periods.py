@@ -26,9 +26,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from greenmon.probes.base import Channel
+from greenmon.sources import ENERGY_UNITS, POWER_UNITS
 from greenmon.thresholds import MIN_WINDOW_PERIODS
 
-TRACKED_UNITS = frozenset({"uJ", "mJ", "J", "Wh", "W", "mW"})
+TRACKED_UNITS = frozenset(ENERGY_UNITS + POWER_UNITS)  # the units sources.py can read
 MIN_INTERVALS = 5
 WINDOW = 64
 

@@ -27,13 +27,13 @@ from greenmon.plan.schema import (
     parse_plan,
 )
 from greenmon.plan.units import Shard, Unit, parse_shard, round_order, shard_assignment
+from greenmon.sources import ENERGY_PROBES
 from greenmon.thresholds import DEFAULT_BACKGROUND_CPU_PERCENT_MAX
 
 if TYPE_CHECKING:
     from greenmon.plan.check import (
         DEFAULT_LOAD_S,
         DEFAULT_TOKEN_S,
-        ENERGY_PROBES,
         PlanCheck,
         check_plan,
         repetition_warnings,
@@ -45,7 +45,6 @@ _CHECK_NAMES = frozenset(
     {
         "DEFAULT_LOAD_S",
         "DEFAULT_TOKEN_S",
-        "ENERGY_PROBES",
         "PlanCheck",
         "check_plan",
         "repetition_warnings",

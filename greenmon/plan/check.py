@@ -17,6 +17,7 @@ from pathlib import Path
 
 from greenmon.hardware.checks import check_hardware, hardware_access
 from greenmon.plan.schema import Plan
+from greenmon.sources import ENERGY_PROBES
 from greenmon.thresholds import MIN_REPETITIONS, MIN_WINDOW_PERIODS
 
 # Per generated token, when no earlier run on this machine says better.
@@ -196,9 +197,6 @@ def window_warnings(
         "its units will be flagged short_window. Use more prompts or more max_new_tokens"
     ]
 
-
-# Probes whose channels can answer for an energy domain (views.py energy_sources).
-ENERGY_PROBES = ("rapl", "nvml", "netio", "energibridge", "estimate")
 
 
 def stored_update_periods(db_path: Path) -> dict[str, float]:

@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from greenmon.api.sockets import socket_is_live
 from greenmon.errors import GreenmonError
@@ -33,6 +33,11 @@ from greenmon.privhelper.client import (
     HelperRefused,
     HelperUnavailable,
 )
+
+if TYPE_CHECKING:
+    from greenmon.hardware.cpufreq import CpufreqKnob
+    from greenmon.hardware.knob import Knob
+    from greenmon.hardware.nvml import NvmlKnob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +161,7 @@ class Helper:
         )
 
     # -- the allowlist -------------------------------------------------------------------
-    def knob(self, target: str) -> Any:
+    def knob(self, target: str) -> CpufreqKnob | NvmlKnob:
         from greenmon.hardware.cpufreq import CpufreqKnob
         from greenmon.hardware.nvml import NvmlKnob
 
@@ -217,7 +222,7 @@ class Helper:
             raise HelperRefused(f"{text!r} leads outside {root} (to {real})")
         return path
 
-    def check_value(self, knob: Any, value: str) -> None:
+    def check_value(self, knob: CpufreqKnob | NvmlKnob, value: str) -> None:
         from greenmon.hardware.cpufreq import CpufreqKnob
 
         if isinstance(knob, CpufreqKnob):
@@ -242,7 +247,7 @@ class Helper:
                 f"{limits.min_khz}..{limits.max_khz} kHz"
             )
 
-    def _check_nvml(self, knob: Any, value: str) -> None:
+    def _check_nvml(self, knob: NvmlKnob, value: str) -> None:
         from greenmon.hardware.nvml import check_nvml_value
 
         nvml = self._nvml.module(knob.module_spec)
@@ -252,7 +257,7 @@ class Helper:
             raise HelperRefused(f"GPU {knob.uuid}: {problem}")
 
 
-def _describe(knob: Any) -> str:
+def _describe(knob: Knob) -> str:
     from greenmon.hardware.knob import describe_target
 
     return describe_target(knob.target)
