@@ -11,7 +11,7 @@ a fake powercap tree (50 Hz), writing to a fresh DuckDB file, and prints JSON:
   and ``read_cpu_us``, the CPU time of one read measured alone before the run, which
   separates what the probes cost from what sampling and storing cost.
 
-- ``helper``: what reading through the greenmon helper (greenmon/privhelper.py) costs, the
+- ``helper``: what reading through the greenmon helper (greenmon/privhelper/) costs, the
   path of a daemon that is not root: the helper runs in its own process over the same fake
   powercap tree and a fake cpufreq tree; per RAPL read (all zones, one request) and per
   settings change (a cpufreq governor written, read back and logged), the wall time p50 /

@@ -187,7 +187,7 @@ def check_configuration(
     # The library's own answer comes first: it says what to install, which a person can act
     # on even before they move to a machine with a GPU.
     if engine == "onnx":
-        from greenmon.engines.onnx_engine import missing_provider_reason
+        from greenmon.engines.onnx_providers import missing_provider_reason
 
         reason = missing_provider_reason(provider, _onnxruntime_providers())
     else:

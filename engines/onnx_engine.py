@@ -29,16 +29,12 @@ from greenmon.engines._common import (
     load_tokenizer,
 )
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord, StopCheck
-from greenmon.engines.rocm import ORT_ROCM_PROVIDERS, onnx_rocm_reason, ort_rocm_provider
+from greenmon.engines.onnx_providers import ORT_PROVIDERS, missing_provider_reason
+from greenmon.engines.rocm import ORT_ROCM_PROVIDERS, ort_rocm_provider
 from greenmon.errors import EngineError
 from greenmon.models import ModelInfo, cache_root, model_architecture
 
 OPTIONS: dict[str, object] = {"graph_optimization_level": "all", "threads": None}
-ORT_PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
 GRAPH_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
     "basic": "ORT_ENABLE_BASIC",
@@ -74,20 +70,6 @@ def ort_provider(provider: str, available: Sequence[str]) -> str:
     if provider == "rocm":
         return ort_rocm_provider(available) or ORT_ROCM_PROVIDERS[0]
     return ORT_PROVIDERS[provider]
-
-
-def missing_provider_reason(provider: str, available: Sequence[str]) -> str | None:
-    """Why ``provider`` cannot run given onnxruntime's available providers, or None."""
-    if provider == "rocm":
-        return onnx_rocm_reason(available)
-    wanted = ORT_PROVIDERS[provider]
-    if wanted in available:
-        return None
-    return (
-        f"{'CUDA' if provider == 'cuda' else 'TensorRT'} requested but onnxruntime "
-        f"has no {wanted} (available: {', '.join(available)}): install greenmon[gpu] "
-        "(onnxruntime-gpu) on a machine with an NVIDIA GPU"
-    )
 
 
 class OnnxEngine:

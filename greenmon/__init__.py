@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from greenmon.monitor import Monitor
 
-__version__ = "0.1.0"
+from greenmon._version import __version__
+
 __all__ = ["Monitor", "__version__"]
 
 

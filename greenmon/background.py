@@ -18,7 +18,7 @@ from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from greenmon.api import ApiOptions
+from greenmon.api.server import ApiOptions
 from greenmon.config import Config
 from greenmon.daemon import Daemon, DaemonSummary, build_daemon, open_daemon_store
 from greenmon.probes.base import Probe

@@ -10,6 +10,7 @@ that name the key, the file and, where it can be found, the line.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -261,6 +262,17 @@ def config_from_tables(data: Mapping[str, Any], source: Path | None, text: str) 
         options_type = probe_module(name).Options
         probes[name] = convert_table(table, options_type, f"probes.{name}", source, text)
     return Config(daemon=daemon, report=report, probes=probes, source=source)
+
+
+# The database file when neither --db, $GREENMON_DB nor the config's [daemon] db names one.
+DEFAULT_DB = "greenmon.duckdb"
+
+
+def resolve_db(arg: str | None, config_db: str | None = None) -> Path:
+    """The database file: ``--db``, else ``$GREENMON_DB``, else the config's, else
+    ./greenmon.duckdb.  Here rather than in the commands because the Python ``Monitor``
+    resolves it the same way."""
+    return Path(arg or os.environ.get("GREENMON_DB") or config_db or DEFAULT_DB)
 
 
 def load_config(path: str | Path | None) -> Config:

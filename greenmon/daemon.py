@@ -43,7 +43,7 @@ from greenmon.store import Event, FlushRequest, SampleBatch, Store, run_writer
 from greenmon.update_periods import changed_enough
 
 if TYPE_CHECKING:
-    from greenmon.api import ApiOptions
+    from greenmon.api.server import ApiOptions
     from greenmon.protocols import RunnerControl
     from greenmon.windows import WindowRegistry
 
@@ -498,7 +498,7 @@ def build_daemon(
     Besides the runner and the API, every daemon keeps the user's named windows
     (greenmon/windows.py) and, when configured, serves Prometheus metrics.
     """
-    from greenmon.api import ApiOptions, api_service
+    from greenmon.api.server import ApiOptions, api_service
     from greenmon.metrics import metrics_service
     from greenmon.runner import runner_service
     from greenmon.windows import windows_service

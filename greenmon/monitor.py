@@ -47,7 +47,7 @@ from greenmon.errors import GreenmonError
 from greenmon.windows import WindowResult
 
 if TYPE_CHECKING:
-    from greenmon.api import ApiClient
+    from greenmon.api.client import ApiClient
     from greenmon.background import BackgroundDaemon
     from greenmon.config import Config
 
@@ -153,9 +153,10 @@ class Monitor:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> Monitor:
-        from greenmon.api import ApiClient, ApiOptions, find_daemon, resolve_socket_path
-        from greenmon.commands.common import resolve_db
-        from greenmon.config import Config, load_config
+        from greenmon.api.client import ApiClient, find_daemon
+        from greenmon.api.server import ApiOptions
+        from greenmon.api.sockets import resolve_socket_path
+        from greenmon.config import Config, load_config, resolve_db
 
         config = (
             self._config_arg

@@ -6,16 +6,18 @@ Each side names only what it uses of the other, so none needs the other's whole 
 - ``RunnerHost``: what the runner needs from its daemon (greenmon/daemon.py ``Daemon``):
   the store, the configuration, the session, events, a flush of what the writer holds
   (greenmon/rounds.py reads a round's samples), and a place to attach itself.
-- ``RunnerControl``: what the API (greenmon/api.py) and ``greenmon run``
+- ``RunnerControl``: what the API (greenmon/api/) and ``greenmon run``
   (greenmon/commands/run.py) need from a runner (greenmon/runner.py ``ExperimentRunner``):
   submit, follow, pause, resume, cancel, and the live results.
 - ``WindowHost``: what the named-windows registry (greenmon/windows.py) uses of its daemon.
 - ``MetricsHost``: what the Prometheus collector (greenmon/metrics.py) reads of its daemon.
+- ``PrecisionStore``, ``QualityStore``: what the stop rule (greenmon/rounds.py) and the
+  quality scores (greenmon/quality.py) use of the store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -126,6 +128,26 @@ class MetricsHost(Protocol):
     def progress(self) -> dict[str, Any] | None: ...
 
 
+class PrecisionStore(Protocol):
+    """What the stop rule of ``repetitions = "auto"`` reads of the store."""
+
+    def materialise_unit_results(self, experiment_id: str) -> int: ...
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]: ...
+
+    def query(
+        self, sql: str, params: Sequence[Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+
+
+class QualityStore(Protocol):
+    """What scoring a unit's answers writes to the store."""
+
+    def set_request_quality(
+        self, experiment_id: str, unit_id: int, attempt: int, rows: Sequence[Sequence[Any]]
+    ) -> None: ...
+
+
 if TYPE_CHECKING:
     # mypy proves here that each side is what the other needs (never run).
     def _daemon_is_a_runner_host(daemon: Daemon) -> RunnerHost:
@@ -139,3 +161,9 @@ if TYPE_CHECKING:
 
     def _daemon_is_a_metrics_host(daemon: Daemon) -> MetricsHost:
         return daemon
+
+    def _store_is_a_precision_store(store: Store) -> PrecisionStore:
+        return store
+
+    def _store_is_a_quality_store(store: Store) -> QualityStore:
+        return store

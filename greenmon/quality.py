@@ -34,9 +34,12 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenmon.errors import GreenmonError
+
+if TYPE_CHECKING:
+    from greenmon.protocols import QualityStore
 
 TASKS = ("completion", "question_answering", "summarisation")
 # A summary counts as correct at this ROUGE-L F1 or above: about the overlap of a close
@@ -245,7 +248,7 @@ def score_answers(
 
 
 def store_quality(
-    store: Any,
+    store: QualityStore,
     experiment_id: str,
     unit_id: int,
     attempt: int,

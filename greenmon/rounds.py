@@ -6,7 +6,7 @@ Terms:
   variable the analysis tests).
 - *round* r: repetition r of every cell, in a fresh order seeded by (plan seed, r)
   (``round_order``).  ``repetitions = "auto"`` lays out ``max_repetitions`` rounds
-  (greenmon/plan.py) and the runner may stop after any of them.
+  (greenmon/plan/units.py) and the runner may stop after any of them.
 - *precision* of a cell: the distribution-free (order-statistic) confidence interval of
   its median energy, from scipy's ``quantile_test``, relative to the median.  A cell *meets
   the target* when both ends lie within ``median * (1 +- ci_half_width)``.  Fewer values
@@ -21,27 +21,21 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio.to_thread
 
 from greenmon.clock import now_ns
-from greenmon.plan import Plan, Precision, Unit
+from greenmon.plan.schema import Plan, Precision
+from greenmon.plan.units import Unit
+from greenmon.plan.units import round_order as round_order  # callers import it from here too
 
 if TYPE_CHECKING:
-    from greenmon.protocols import RunnerHost
+    from greenmon.protocols import PrecisionStore, RunnerHost
 
 T = TypeVar("T")
-
-
-def round_order(cells: Sequence[T], seed: int, round_: int) -> list[T]:
-    """One round's cells in a fresh order, the same for the same plan seed and round."""
-    ordered = list(cells)
-    random.Random(f"greenmon-round:{seed}:{round_}").shuffle(ordered)
-    return ordered
 
 
 @dataclass(frozen=True)
@@ -176,7 +170,9 @@ def _cells(plan: Plan) -> list[tuple[str, str, str]]:
     ]
 
 
-def evaluate_experiment(plan: Plan, experiment_id: str, store: Any) -> list[CellPrecision]:
+def evaluate_experiment(
+    plan: Plan, experiment_id: str, store: PrecisionStore
+) -> list[CellPrecision]:
     """The precision of every cell of a stored experiment (blocking: a worker thread).
     Its finished units are materialised first, so each round reads one row per unit."""
     store.materialise_unit_results(experiment_id)
@@ -242,7 +238,7 @@ async def _decide_round(
     return await anyio.to_thread.run_sync(work)
 
 
-def precision_summary(store: Any, experiment_id: str) -> str | None:
+def precision_summary(store: PrecisionStore, experiment_id: str) -> str | None:
     """What ``repetitions = "auto"`` decided for an experiment, as one paragraph for the
     analysis and the report: the last round, why it stopped, and which configurations met
     the target.  None for an experiment with fixed repetitions (or a store without the

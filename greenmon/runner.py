@@ -747,7 +747,7 @@ class UnitRun:
         self.attempt = 0
         self.cell: dict[str, int] = {}
         self.max_new = int(unit.level("max_new_tokens", plan.spec.max_new_tokens))
-        # issue 16: options include an http unit's server and load level (plan.py).
+        # issue 16: options include an http unit's server and load level (greenmon/plan/schema.py).
         self.batch_size = plan.batch_size_for(unit)
         self.options = plan.engine_options_for(unit)
         self.rss_before = 0

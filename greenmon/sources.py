@@ -48,6 +48,9 @@ PROBE_RANK: dict[str, int] = {
 OTHER_PROBE_RANK = 2
 # Probes that each see only their vendor's devices of a domain: never the same energy.
 DEVICE_SPLIT_PROBES: dict[str, tuple[str, ...]] = {"gpu": ("nvml", "amdsmi")}
+# Every probe whose channels can answer for an energy domain: the measured ones above, then
+# the estimate (its figures are estimated).  The plan check reads it for the slowest source.
+ENERGY_PROBES = (*PROBE_RANK, "estimate")
 
 
 def scale_to_si_sql(unit: str = "unit") -> str:

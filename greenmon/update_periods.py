@@ -8,7 +8,7 @@ Terms:
   refreshes faster (RAPL, about 1 ms) changes at every sample, and the period found is the
   sampling period.  Either way it is the time resolution the stored samples really have,
   which is what decides how short a window can be measured (views.py ``short_window``,
-  plan.py's check of the planned measure length).
+  greenmon/plan/check.py's check of the planned measure length).
 - Only energy and power channels are followed (units in ``TRACKED_UNITS``); a period is
   reported once ``MIN_INTERVALS`` intervals were seen, from the last ``WINDOW`` of them.
 
@@ -26,9 +26,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from greenmon.probes.base import Channel
-from greenmon.views import MIN_WINDOW_PERIODS
+from greenmon.sources import ENERGY_UNITS, POWER_UNITS
+from greenmon.thresholds import MIN_WINDOW_PERIODS
 
-TRACKED_UNITS = frozenset({"uJ", "mJ", "J", "Wh", "W", "mW"})
+TRACKED_UNITS = frozenset(ENERGY_UNITS + POWER_UNITS)  # the units sources.py can read
 MIN_INTERVALS = 5
 WINDOW = 64
 

@@ -29,10 +29,15 @@ from importlib.resources import files
 
 import duckdb
 
-from greenmon import __version__ as greenmon_version
+from greenmon._version import __version__ as greenmon_version
 from greenmon.energy import window_energy_sql, window_integral_sql
-from greenmon.plan import DEFAULT_BACKGROUND_CPU_PERCENT_MAX
 from greenmon.sources import ENERGY_SOURCES_SQL, energy_channel_sql, interval_power_sql
+from greenmon.thresholds import (
+    DEFAULT_BACKGROUND_CPU_PERCENT_MAX,
+    MIN_COVERAGE,
+    MIN_WINDOW_PERIODS,
+    WALL_TOLERANCE,
+)
 
 
 def _sql_file(name: str) -> str:
@@ -247,7 +252,7 @@ GROUP BY ALL
 # greenmon's own tree (probes/host.py ``background.cpu_percent``, percent of one core) over
 # the cooldown before the measure (the idle baseline) and over the measure, the most
 # background processes seen on any GPU (probes/nvml.py), and the plan's threshold
-# (``[cooldown] background_cpu_percent_max``; its default from greenmon/plan.py when the
+# (``[cooldown] background_cpu_percent_max``; its default from greenmon/thresholds.py when the
 # plan left it out).  Also a virtual machine's steal over the measure (``steal.cpu_percent``):
 # not background, as no process here ran, but a measure the hypervisor slowed down.
 _BACKGROUND_WINDOWS = f"""(
@@ -283,10 +288,8 @@ FROM m LEFT JOIN experiments x USING (experiment_id)
 GROUP BY ALL
 """
 
-# Thresholds behind the validity flags.
-MIN_COVERAGE = 0.9
-MIN_WINDOW_PERIODS = 5
-WALL_TOLERANCE = 0.10
+# The thresholds behind the validity flags live in greenmon/thresholds.py (imported above,
+# and still importable from here).
 
 
 def _validity_flags(
@@ -608,7 +611,7 @@ _RULE_VIEWS = (
     View("utilisation_channels", _UTILISATION_CHANNELS),
 )
 
-# Materialised results (DESIGN.md: "a unit's figures are also materialised once when it
+# Materialised results ("a unit's figures are also materialised once when it
 # ends, same SQL").  ``unit_results_done`` holds rows of ``unit_results_sel``, each with the
 # hash of the rules that computed it and the unit's ``ended_ns`` when it was computed.  A
 # row is *valid* while the rules are this greenmon's and the unit has not changed since

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def _dumps(value: Any) -> str:
-    from greenmon.api import dumps
+    from greenmon.api.wire import dumps
 
     return dumps(value)
 

@@ -36,7 +36,8 @@ from textual.css.query import NoMatches
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Static
 from textual_plotext import PlotextPlot
 
-from greenmon.api import ApiError, SqlResult
+from greenmon.api.errors import ApiError
+from greenmon.api.messages import SqlResult
 from greenmon.tui.model import (
     HEALTH_COLUMNS,
     RESULT_COLUMNS,

@@ -3,7 +3,7 @@
 Parquet is partitioned by session (``<table>/session_id=<id>/*.parquet``), so files from
 many hosts copied into one directory read as one dataset in DuckDB, Spark or Trino.  Rows
 that carry no session themselves get it by a join: samples through their channel, phases,
-requests and results through their unit (DESIGN.md: every row reaches its session).
+requests and results through their unit (every row reaches its session).
 """
 
 from __future__ import annotations

@@ -33,11 +33,10 @@ from greenmon.analysis.data import (
     factor_label,
 )
 from greenmon.analysis.summaries import json_factors, pct_diff, table
+from greenmon.thresholds import MIN_REPETITIONS
 
 ALPHA = 0.05
-# Shapiro-Wilk is undefined below three values; a test without a normality check would
-# silently pick a route, so a configuration needs at least this many repetitions.
-MIN_REPETITIONS = 3
+# MIN_REPETITIONS (greenmon/thresholds.py): Shapiro-Wilk is undefined below three values.
 
 ASSUMPTION_COLUMNS = [
     "variable", "model", "factor_key", "configuration", "check", "statistic", "p_value", "n",

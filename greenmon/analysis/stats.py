@@ -37,7 +37,6 @@ from greenmon.analysis.data import (
 from greenmon.analysis.hypothesis import (
     ALPHA,
     ASSUMPTION_COLUMNS,
-    MIN_REPETITIONS,
     PARALLEL_MIN_SCOPES,
     POSTHOC_COLUMNS,
     TEST_COLUMNS,
@@ -75,6 +74,7 @@ from greenmon.analysis.summaries import (
     weigh_quality,
 )
 from greenmon.attribution import METHOD_TOKENS
+from greenmon.thresholds import MIN_REPETITIONS
 
 __all__ = [
     "ALPHA", "ASSUMPTION_COLUMNS", "MEDIAN_COLUMNS", "MIN_REPETITIONS", "PARALLEL_MIN_SCOPES",

@@ -3,7 +3,11 @@
 The TUI, ``greenmon status``, ``greenmon sql`` and ``greenmon run`` talk to a running
 daemon only through this API; the daemon alone holds the DuckDB file read-write.
 
-One module per concern, every name importable from ``greenmon.api`` as before:
+One module per concern, every name importable from ``greenmon.api`` as before, and
+loaded only when first used (PEP 562): a client (the TUI, ``greenmon status``) that
+imports ``ApiClient`` from here loads neither the server nor the store nor DuckDB.
+Modules inside greenmon import from the submodule itself, so the module graph says what
+each one needs:
 
 - ``sockets``: the socket path of a database file (``--socket``, ``$GREENMON_SOCKET``),
   and binding it 0600 in a 0700 directory.
@@ -11,6 +15,7 @@ One module per concern, every name importable from ``greenmon.api`` as before:
 - ``snapshot``: the lossy ``GET /stream`` hub (snapshots come from ``Daemon.snapshot``).
 - ``server``: ``ApiServer``, its handlers, and ``api_service`` for the daemon.
 - ``client``: ``ApiClient``, ``find_daemon`` and ``call_daemon`` for the CLI.
+- ``messages``: the typed messages of the wire (msgspec Structs) both sides share.
 - ``wire`` and ``errors``: JSON and the error shape both sides share.
 
 Endpoints: ``GET /status``, ``GET /stream``, ``GET /events?limit=N``, ``POST /plans``,
@@ -21,38 +26,102 @@ and the window endpoints (greenmon/windows_api.py).
 Errors come back as ``{"error": message, "title": title, "kind": error class}``.
 """
 
-from greenmon.api.client import CLIENT_READ_BUFSIZE, ApiClient, call_daemon, find_daemon
-from greenmon.api.errors import ApiError, DaemonUnreachable, QueryFailed, QueryRefused
-from greenmon.api.server import ApiOptions, ApiServer, api_service, experiment_rows
-from greenmon.api.snapshot import (
-    STREAM_HZ,
-    STREAM_WRITE_TIMEOUT_S,
-    SnapshotHub,
-    channel_table,
-    channel_values,
-    probe_summary,
-    runner_progress,
-    snapshot,
-)
-from greenmon.api.sockets import (
-    bind_unix_socket,
-    prepare_socket_path,
-    resolve_socket_path,
-    runtime_dir,
-    socket_is_live,
-    socket_path_for,
-)
-from greenmon.api.sql import (
-    DAEMON_FILE_HOW,
-    FILE_ACCESS_REFUSED,
-    SQL_ROW_LIMIT,
-    SQL_TIMEOUT_S,
-    SqlResult,
-    check_read_only,
-    refused_by_confinement,
-    run_read_only,
-)
-from greenmon.api.wire import dumps
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from greenmon.api.client import (
+        CLIENT_READ_BUFSIZE,
+        ApiClient,
+        call_daemon,
+        find_daemon,
+    )
+    from greenmon.api.errors import (
+        ApiError,
+        DaemonUnreachable,
+        QueryFailed,
+        QueryRefused,
+    )
+    from greenmon.api.messages import (
+        SqlResult,
+    )
+    from greenmon.api.server import (
+        ApiOptions,
+        ApiServer,
+        api_service,
+        experiment_rows,
+    )
+    from greenmon.api.snapshot import (
+        STREAM_HZ,
+        STREAM_WRITE_TIMEOUT_S,
+        SnapshotHub,
+        channel_table,
+        channel_values,
+        probe_summary,
+        runner_progress,
+        snapshot,
+    )
+    from greenmon.api.sockets import (
+        bind_unix_socket,
+        prepare_socket_path,
+        resolve_socket_path,
+        runtime_dir,
+        socket_is_live,
+        socket_path_for,
+    )
+    from greenmon.api.sql import (
+        DAEMON_FILE_HOW,
+        FILE_ACCESS_REFUSED,
+        SQL_ROW_LIMIT,
+        SQL_TIMEOUT_S,
+        check_read_only,
+        refused_by_confinement,
+        run_read_only,
+    )
+    from greenmon.api.wire import (
+        dumps,
+    )
+
+# Which submodule defines each name the package offers.
+_SUBMODULE = {
+    "CLIENT_READ_BUFSIZE": "client",
+    "ApiClient": "client",
+    "call_daemon": "client",
+    "find_daemon": "client",
+    "ApiError": "errors",
+    "DaemonUnreachable": "errors",
+    "QueryFailed": "errors",
+    "QueryRefused": "errors",
+    "ApiOptions": "server",
+    "ApiServer": "server",
+    "api_service": "server",
+    "experiment_rows": "server",
+    "STREAM_HZ": "snapshot",
+    "STREAM_WRITE_TIMEOUT_S": "snapshot",
+    "SnapshotHub": "snapshot",
+    "channel_table": "snapshot",
+    "channel_values": "snapshot",
+    "probe_summary": "snapshot",
+    "runner_progress": "snapshot",
+    "snapshot": "snapshot",
+    "bind_unix_socket": "sockets",
+    "prepare_socket_path": "sockets",
+    "resolve_socket_path": "sockets",
+    "runtime_dir": "sockets",
+    "socket_is_live": "sockets",
+    "socket_path_for": "sockets",
+    "DAEMON_FILE_HOW": "sql",
+    "FILE_ACCESS_REFUSED": "sql",
+    "SQL_ROW_LIMIT": "sql",
+    "SQL_TIMEOUT_S": "sql",
+    "check_read_only": "sql",
+    "refused_by_confinement": "sql",
+    "run_read_only": "sql",
+    "SqlResult": "messages",
+    "dumps": "wire",
+}
 
 __all__ = [
     "CLIENT_READ_BUFSIZE",
@@ -91,3 +160,16 @@ __all__ = [
     "socket_is_live",
     "socket_path_for",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _SUBMODULE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'greenmon.api' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"greenmon.api.{module}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBMODULE))

@@ -12,8 +12,14 @@ import aiohttp
 import anyio
 
 from greenmon.api.errors import ApiError, DaemonUnreachable
+from greenmon.api.messages import (
+    ExperimentSummary,
+    Snapshot,
+    SqlResult,
+    WindowListing,
+    decode,
+)
 from greenmon.api.sockets import resolve_socket_path, socket_is_live
-from greenmon.api.sql import SqlResult
 from greenmon.api.wire import error_from
 
 # Snapshots carry the plan grid, which can reach tens of kilobytes for a large plan.
@@ -122,8 +128,7 @@ class ApiClient:
 
     async def experiment_results(self, experiment_id: str) -> list[dict[str, Any]]:
         result = await self._request("GET", f"/experiments/{experiment_id}")
-        rows: list[dict[str, Any]] = result["results"]
-        return rows
+        return decode(result, ExperimentSummary).results
 
     async def pause(self) -> dict[str, Any]:
         return await self._control("pause")
@@ -141,6 +146,11 @@ class ApiClient:
     async def sql(self, query: str, limit: int | None = None) -> SqlResult:
         result = await self._request("POST", "/sql", {"sql": query, "limit": limit})
         return SqlResult(result["columns"], result["rows"], bool(result["truncated"]))
+
+    async def snapshots(self) -> AsyncIterator[Snapshot]:
+        """The stream as typed snapshots (greenmon.api.messages), until it ends."""
+        async for data in self.stream():
+            yield decode(data, Snapshot)
 
     async def stream(self) -> AsyncIterator[dict[str, Any]]:
         """Snapshots as the daemon sends them, until the connection ends."""
@@ -187,6 +197,10 @@ class ApiClient:
     async def windows(self, limit: int = 20) -> dict[str, Any]:
         result: dict[str, Any] = await self._request("GET", f"/windows?limit={int(limit)}")
         return result
+
+    async def window_listing(self, limit: int = 20) -> WindowListing:
+        """``windows`` as a typed message."""
+        return decode(await self.windows(limit), WindowListing)
 
 
 # -- sync helpers for the CLI --------------------------------------------------------------

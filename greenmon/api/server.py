@@ -23,6 +23,7 @@ from aiohttp import web
 from anyio.abc import TaskStatus
 
 from greenmon.api.errors import ApiError
+from greenmon.api.messages import ExperimentSummary
 from greenmon.api.snapshot import STREAM_HZ, STREAM_WRITE_TIMEOUT_S, SnapshotHub
 from greenmon.api.sockets import bind_unix_socket, prepare_socket_path, resolve_socket_path
 from greenmon.api.sql import SQL_ROW_LIMIT, SQL_TIMEOUT_S, check_read_only, run_read_only
@@ -233,7 +234,8 @@ class ApiServer:
         experiment_id = request.match_info["experiment_id"]
         runner = self._experiment_runner()
         summary = await anyio.to_thread.run_sync(runner.summary_rows, experiment_id)
-        return web.json_response({"experiment_id": experiment_id, "results": summary}, dumps=dumps)
+        message = ExperimentSummary(experiment_id=experiment_id, results=summary)
+        return web.json_response(message, dumps=dumps)
 
     async def sql(self, request: web.Request) -> web.Response:
         body = await json_body(request)

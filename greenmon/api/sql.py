@@ -9,12 +9,12 @@ errors into messages a person can act on.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from greenmon.api.errors import QueryFailed, QueryRefused
+from greenmon.api.messages import SqlResult
 
 if TYPE_CHECKING:
     from greenmon.store import Store
@@ -100,13 +100,6 @@ def refused_by_confinement(error: duckdb.Error, how: str) -> QueryRefused | None
     ):
         return QueryRefused(f"{FILE_ACCESS_REFUSED.format(how=how)} (DuckDB: {first_line})")
     return None
-
-
-@dataclass
-class SqlResult:
-    columns: list[str]
-    rows: list[list[Any]]
-    truncated: bool = False
 
 
 def run_read_only(store: Store, sql: str, row_limit: int, timeout_s: float) -> SqlResult:

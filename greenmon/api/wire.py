@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from greenmon.api.errors import ApiError, QueryFailed, QueryRefused
@@ -19,6 +20,8 @@ from greenmon.errors import GreenmonError, PlanError
 
 
 def _json_default(value: object) -> Any:
+    if isinstance(value, msgspec.Struct):  # a typed message (greenmon.api.messages)
+        return msgspec.to_builtins(value)
     if isinstance(value, bytes):
         return value.hex()
     return str(value)

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from greenmon.api import call_daemon, find_daemon
+    from greenmon.api.client import call_daemon, find_daemon
 
     db = resolve_db(args.db)
     client = find_daemon(db, args.socket)

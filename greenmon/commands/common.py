@@ -6,14 +6,14 @@ import argparse
 import csv
 import io
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# Where the database file is comes from greenmon.config (the Python Monitor asks too).
+from greenmon.config import DEFAULT_DB as DEFAULT_DB
+from greenmon.config import resolve_db as resolve_db
 from greenmon.errors import GreenmonError
-
-DEFAULT_DB = "greenmon.duckdb"
 
 
 def add_db_argument(parser: argparse.ArgumentParser, *, socket: bool = False) -> None:
@@ -42,10 +42,6 @@ def greenmon_error_in(group: BaseExceptionGroup[Any]) -> GreenmonError | None:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     return error if isinstance(error, GreenmonError) else None
-
-
-def resolve_db(arg: str | None, config_db: str | None = None) -> Path:
-    return Path(arg or os.environ.get("GREENMON_DB") or config_db or DEFAULT_DB)
 
 
 def existing_db(arg: str | None, config_db: str | None = None) -> Path:

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     path = resolve_db(args.db, config.daemon.db)
     with open_daemon_store(path, config) as store:
-        from greenmon.api import ApiOptions
+        from greenmon.api.server import ApiOptions
 
         daemon = build_daemon(store, config, api=ApiOptions(socket_path=args.socket))
 

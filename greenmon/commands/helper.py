@@ -1,4 +1,4 @@
-"""``greenmon helper``: the small privileged process (greenmon/privhelper.py), run as root.
+"""``greenmon helper``: the small privileged process (greenmon/privhelper/), run as root.
 
 It reads RAPL counters and applies hardware settings for the members of one group, so the
 daemon can run as an ordinary user.  Under systemd, ``greenmon-helper.socket`` (shipped in
@@ -15,14 +15,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from greenmon.privhelper import (
-    DEFAULT_SOCKET_PATH,
-    HelperConfig,
-    HelperUnavailable,
-    group_id,
-    helper_socket_path,
-    serve,
-)
+from greenmon.privhelper.client import DEFAULT_SOCKET_PATH, HelperUnavailable, helper_socket_path
+from greenmon.privhelper.server import HelperConfig, group_id, serve
 from greenmon.probes.rapl import DEFAULT_SYSFS_ROOT
 
 

@@ -7,7 +7,8 @@ import argparse
 from greenmon.commands.common import add_db_argument, resolve_db
 from greenmon.errors import PlanError
 from greenmon.interference import busy_note
-from greenmon.plan import Plan, check_plan, load_plan, stored_update_periods
+from greenmon.plan import Plan, load_plan
+from greenmon.plan.check import check_plan, stored_update_periods
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

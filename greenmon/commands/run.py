@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
 from greenmon.commands.common import (
     add_db_argument,
@@ -33,7 +34,8 @@ from greenmon.errors import DatabaseLockedError, GreenmonError, PlanError
 from greenmon.estimates import domains_of, legend, mark
 from greenmon.interference import busy_note
 from greenmon.livepower import PowerMeter
-from greenmon.plan import Plan, check_plan, load_plan, parse_shard
+from greenmon.plan import Plan, load_plan, parse_shard
+from greenmon.plan.check import check_plan
 from greenmon.protocols import RunnerControl
 from greenmon.runner import Submission, summary_rows
 from greenmon.store import Store
@@ -191,7 +193,7 @@ async def run_experiment(
     ``library_log``: library log records and warnings go to the events table and
     ``<db>.log`` instead of the terminal (the commands; tests keep Python's defaults).
     """
-    from greenmon.api import ApiOptions
+    from greenmon.api.server import ApiOptions
     from greenmon.liblog import library_logs
 
     printer = ProgressPrinter(quiet)
@@ -256,7 +258,7 @@ def _runner(daemon: Daemon) -> RunnerControl:
 
 async def _follow_here(daemon: Daemon, submission: Submission, printer: ProgressPrinter) -> None:
     """Print progress until the plan ends, then serve plans others queued meanwhile."""
-    from greenmon.api import channel_table, channel_values
+    from greenmon.api.snapshot import channel_table, channel_values
 
     runner = _runner(daemon)
     meter = PowerMeter(channel_table(daemon))
@@ -283,7 +285,9 @@ async def follow_remote(
     socket_path: Path, plan: Plan, db: Path, *, resume: bool, force: bool, quiet: bool
 ) -> tuple[str, str, list[dict[str, Any]]]:
     """Submit to the daemon at ``socket_path`` and follow the plan: (id, outcome, summary)."""
-    from greenmon.api import ApiClient, DaemonUnreachable
+    from greenmon.api.client import ApiClient
+    from greenmon.api.errors import DaemonUnreachable
+    from greenmon.api.messages import Progress
 
     printer = ProgressPrinter(quiet)
     async with ApiClient(socket_path) as client:
@@ -302,15 +306,15 @@ async def follow_remote(
         meter = PowerMeter((await client.status())["channels"])
         outcome: str | None = None
         try:
-            async for snap in client.stream():
-                progress = snap.get("progress") or {}
-                finished = {f["experiment_id"]: f for f in progress.get("finished", [])}
-                if experiment_id in finished:
-                    outcome = str(finished[experiment_id]["outcome"])
+            async for snap in client.snapshots():
+                progress = snap.progress or Progress()
+                ended = [f for f in progress.finished if f.experiment_id == experiment_id]
+                if ended:
+                    outcome = str(ended[0].outcome)
                     break
-                meter.ingest(snap.get("values", []))
-                if progress.get("experiment_id") == experiment_id:
-                    printer.show(progress_line(progress, meter))
+                meter.ingest(snap.values)
+                if progress.experiment_id == experiment_id:
+                    printer.show(progress_line(msgspec.structs.asdict(progress), meter))
         except DaemonUnreachable:
             pass  # the file says below whether the plan ended first
         printer.end_line()
@@ -412,7 +416,8 @@ def say_if_busy(plan: Plan) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from greenmon.api import find_daemon, resolve_socket_path
+    from greenmon.api.client import find_daemon
+    from greenmon.api.sockets import resolve_socket_path
 
     plan = load_plan(args.plan)
     if args.shard is not None:  # issue 18

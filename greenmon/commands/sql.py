@@ -25,7 +25,7 @@ from greenmon.errors import GreenmonError
 from greenmon.store import Store
 
 if TYPE_CHECKING:
-    from greenmon.api import SqlResult
+    from greenmon.api.messages import SqlResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _query_daemon(args: argparse.Namespace) -> tuple[list[str], list[Any]] | None:
     """Rows from the daemon holding the file, or None when none does."""
-    from greenmon.api import call_daemon, find_daemon
+    from greenmon.api.client import call_daemon, find_daemon
 
     client = find_daemon(resolve_db(args.db), args.socket)
     if client is None:
@@ -68,7 +68,7 @@ LOCAL_FILE_HOW = (
 def run(args: argparse.Namespace) -> int:
     import duckdb
 
-    from greenmon.api import refused_by_confinement
+    from greenmon.api.sql import refused_by_confinement
 
     from_daemon = _query_daemon(args)
     if from_daemon is not None:

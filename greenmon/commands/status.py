@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from greenmon.api import ApiClient, call_daemon, find_daemon
+from greenmon.api.client import ApiClient, call_daemon, find_daemon
 from greenmon.commands.common import add_db_argument, existing_db, format_table, resolve_db
 from greenmon.estimates import domains_of, mark, source_lines
 from greenmon.store import Store

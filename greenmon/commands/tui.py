@@ -11,7 +11,7 @@ from greenmon.commands.common import add_db_argument, resolve_db
 from greenmon.errors import GreenmonError
 
 if TYPE_CHECKING:
-    from greenmon.api import ApiClient
+    from greenmon.api.client import ApiClient
     from greenmon.tui.app import GreenmonApp
     from greenmon.tui.embedded import BackgroundDaemon
 
@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def attach(args: argparse.Namespace) -> tuple[ApiClient, BackgroundDaemon | None, Path]:
     """A client for the daemon holding the file, starting one in-process when none does."""
-    from greenmon.api import ApiClient, ApiOptions, find_daemon, resolve_socket_path
+    from greenmon.api.client import ApiClient, find_daemon
+    from greenmon.api.sockets import resolve_socket_path
     from greenmon.config import load_config
 
     config = load_config(args.config)
@@ -43,6 +44,8 @@ def attach(args: argparse.Namespace) -> tuple[ApiClient, BackgroundDaemon | None
             "--db (or $GREENMON_DB), or add --new to create a new database there.",
             title="No such database",
         )
+    # Only a TUI that hosts the daemon loads the server (and with it the store and DuckDB).
+    from greenmon.api.server import ApiOptions
     from greenmon.tui.embedded import BackgroundDaemon
 
     background = BackgroundDaemon(db_path, config, ApiOptions(socket_path=socket_path))

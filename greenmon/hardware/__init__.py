@@ -2,9 +2,9 @@
 
 Modules, each importing only those above it:
 - ``spec``: the hardware part of a plan (its hardware factors and ``[hardware]`` table);
-  greenmon/plan.py imports it, and nothing here imports plan.py.
+  greenmon/plan/ imports it, and nothing here imports greenmon.plan.
 - ``knob``: the knob protocol, ``SettingError``, and writing through the greenmon helper
-  when this process is not root (greenmon/privhelper.py).
+  when this process is not root (greenmon/privhelper/).
 - ``cpufreq``: CPU governor and maximum frequency through sysfs.
 - ``nvml``: GPU power limits and clocks through an NVML module.
 - ``checks``: whether a plan's hardware factors can be applied here (ranges, privileges).

@@ -4,7 +4,7 @@
 outside the hardware's range, missing privileges) before anything is changed;
 ``require_hardware`` raises it as a PlanError.  NVML power limits and clocks need root or
 CAP_SYS_ADMIN, cpufreq write access to the ``scaling_*`` files, or else the greenmon helper
-(greenmon/privhelper.py).  A fake NVML module sets ``GREENMON_FAKE_PRIVILEGED = True`` to
+(greenmon/privhelper/).  A fake NVML module sets ``GREENMON_FAKE_PRIVILEGED = True`` to
 skip the privilege check.
 """
 
@@ -43,7 +43,7 @@ def has_cap_sys_admin() -> bool:
 
 def _helper_problem(hardware: Hardware) -> str | None:
     """Why the greenmon helper cannot write settings for this process (None: it can)."""
-    from greenmon.privhelper import helper_answers
+    from greenmon.privhelper.client import helper_answers
 
     return helper_answers(hardware.helper_socket)
 
@@ -196,7 +196,7 @@ def hardware_access(plan: HasHardwareSpec) -> str | None:
         return None
     if os.geteuid() == 0:
         return "hardware settings are written directly (greenmon runs as root)"
-    from greenmon.privhelper import helper_socket_path
+    from greenmon.privhelper.client import helper_socket_path
 
     path = helper_socket_path(spec.hardware.helper_socket)
     problem = _helper_problem(spec.hardware)

@@ -29,7 +29,7 @@ from greenmon.hardware.nvml import NVML_NOT_SUPPORTED, NvmlKnob, NvmlSession, gp
 from greenmon.hardware.spec import GPU_FACTORS, Hardware
 
 if TYPE_CHECKING:
-    from greenmon.privhelper import HelperClient
+    from greenmon.privhelper.client import HelperClient
     from greenmon.store import Store
 
 

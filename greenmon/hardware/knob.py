@@ -9,7 +9,7 @@ Terms:
   *in force* (hardware clamps or rounds: cpufreq to a listed frequency, NVML to a supported
   clock).
 - *writer*: who writes a knob: this process when it is root, else the greenmon helper
-  (greenmon/privhelper.py).  Reading needs no privilege and is always direct.
+  (greenmon/privhelper/).  Reading needs no privilege and is always direct.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from greenmon.errors import GreenmonError
 
 if TYPE_CHECKING:
     from greenmon.hardware.spec import Hardware
-    from greenmon.privhelper import HelperClient
+    from greenmon.privhelper.client import HelperClient
 
 
 class SettingError(GreenmonError):
@@ -42,7 +42,7 @@ class Knob(Protocol):
 
 @dataclass
 class HelperKnob:
-    """A knob the greenmon helper writes (greenmon/privhelper.py), for a process that is
+    """A knob the greenmon helper writes (greenmon/privhelper/), for a process that is
     not root; reading needs no privilege and stays direct."""
 
     knob: Knob
@@ -56,7 +56,7 @@ class HelperKnob:
         return self.knob.read()
 
     def write(self, value: str) -> None:
-        from greenmon.privhelper import HelperRefused
+        from greenmon.privhelper.client import HelperRefused
 
         try:
             self.helper.setting_write(self.target, value)
@@ -69,7 +69,7 @@ def settings_helper(hardware: Hardware | None = None) -> HelperClient | None:
     client of the greenmon helper (connected on first use)."""
     if os.geteuid() == 0:
         return None
-    from greenmon.privhelper import HelperClient
+    from greenmon.privhelper.client import HelperClient
 
     return HelperClient(hardware.helper_socket if hardware is not None else None)
 

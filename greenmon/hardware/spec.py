@@ -1,8 +1,8 @@
 """The hardware part of a plan: its hardware factors, their levels, and where they apply.
 
-greenmon/plan.py builds its ``[factors]`` and ``[hardware]`` tables from these types, and
+greenmon/plan/schema.py builds its ``[factors]`` and ``[hardware]`` tables from these types, and
 the rest of greenmon/hardware/ reads a plan only through ``HardwareSpec``: this package
-imports nothing from plan.py, so the two do not import each other.
+imports nothing from greenmon.plan, so the two do not import each other.
 
 Terms:
 - *hardware factor*: a plan factor that changes the machine rather than the engine:
@@ -56,7 +56,7 @@ class Hardware(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     amdsmi_module: str = "amdsmi"
     # NVML (or amdsmi) indices or UUIDs of the GPUs the GPU factors apply to; None: every GPU.
     gpu_devices: list[int | str] | None = None
-    # The greenmon helper's socket, used when greenmon is not root (greenmon/privhelper.py);
+    # The greenmon helper's socket, used when greenmon is not root (greenmon/privhelper/);
     # None: $GREENMON_HELPER_SOCKET, else /run/greenmon-helper.sock.
     helper_socket: str | None = None
 

@@ -1,4 +1,4 @@
-"""Shards of a plan (greenmon/plan.py): disjoint, complete, balanced, deterministic."""
+"""Shards of a plan (greenmon/plan/units.py): disjoint, complete, balanced, deterministic."""
 
 from __future__ import annotations
 

@@ -1,35 +1,10 @@
-"""The privileged helper: the few things greenmon needs root for, behind a Unix socket.
+"""The privileged helper's server (``greenmon helper``, run as root): RAPL reads and the
+allowlisted hardware settings, for the members of one group (greenmon/privhelper/client.py
+says what and how).
 
-Since the 2020 PLATYPUS disclosure RAPL's ``energy_uj`` is readable by root only, and
-cpufreq limits and NVML power limits and clocks need root too.  Rather than run the whole
-daemon (models, engines, plans, an API) as root, ``greenmon helper`` runs as root and does
-only this, for the members of one group:
-
-- read every RAPL zone's counter at once (``rapl_channels``, ``rapl_read``), through the
-  RAPL probe's own code (probes/rapl.py) over the helper's own powercap root;
-- read, and write then read back, one hardware setting (``setting_read``,
-  ``setting_write``) named by its restore-journal *target* (greenmon/hardware/).  The
-  daemon keeps the journal in its database as it does when root: the previous value is
-  committed before it asks the helper for a change.
-
-Terms:
-- *protocol*: one JSON object per line each way (NDJSON) over a Unix stream socket; a
-  connection may carry any number of requests.  A request is ``{"op": ..., ...}``; a reply
-  is ``{"ok": true, ...}`` or ``{"ok": false, "error": message, "refused": bool}``.
-- *access*: the socket is owner root, group ``--group``, mode 0660 (0600 without a group):
-  the kernel lets only root and that group connect.  The caller's credentials
-  (``SO_PEERCRED``: pid, uid, gid) are checked again and logged with every change.
-- *allowlist*: a cpufreq target is a ``cpuN/cpufreq/scaling_{governor,min_freq,max_freq}``
-  file under the configured cpufreq root, with no ``..`` and still inside the root once
-  symlinks are resolved; its value a governor the CPU lists or a frequency within its
-  range.  An NVML target must name the helper's own NVML module (a client never chooses
-  what root imports), one of the four settings, a GPU NVML knows, and a value within
-  that GPU's power-limit constraints or supported clocks (or ``reset``).  An amdsmi
-  target likewise names the helper's own amdsmi module, an AMD GPU's power cap, and a
-  value within its range.  RAPL requests
-  name no path at all: the helper reads the zones it found under its powercap root.
-- *event*: every change (and every refusal) is one line on the helper's stderr (the
-  journal, under systemd) with the caller's uid and pid.
+Runs as root, so it loads as little as it can: the standard library, the RAPL probe's own
+reader, the hardware knobs it writes through, and the API's socket helpers; never the
+daemon, the store, DuckDB or aiohttp (tests/privilege checks the process's modules).
 """
 
 from __future__ import annotations
@@ -46,142 +21,26 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from greenmon.api.sockets import socket_is_live
 from greenmon.errors import GreenmonError
-
-DEFAULT_SOCKET_PATH = "/run/greenmon-helper.sock"
-SOCKET_ENV = "GREENMON_HELPER_SOCKET"
-CPUFREQ_FILES = frozenset({"scaling_governor", "scaling_min_freq", "scaling_max_freq"})
-NVML_SETTINGS = frozenset(
-    {
-        "power_limit_mw",
-        "gpu_locked_clocks_mhz",
-        "memory_locked_clocks_mhz",
-        "applications_clocks_mhz",
-    }
-)
-MAX_REQUEST_BYTES = 64 * 1024
-# A connection with no complete request for this long is dropped (a client that hangs
-# must not hold a helper thread forever).
-IDLE_TIMEOUT_S = 600.0
-START_HELP = (
-    "start it as root: `sudo greenmon helper --group GROUP` with the daemon's user in GROUP, "
-    "or `sudo systemctl enable --now greenmon-helper.socket` (README: Running as a user)"
+from greenmon.privhelper.client import (
+    CPUFREQ_FILES,
+    IDLE_TIMEOUT_S,
+    MAX_REQUEST_BYTES,
+    NVML_SETTINGS,
+    HelperRefused,
+    HelperUnavailable,
 )
 
-
-class HelperUnavailable(GreenmonError):
-    title = "greenmon helper unavailable"
-
-
-class HelperRefused(GreenmonError):
-    title = "Refused by the greenmon helper"
+if TYPE_CHECKING:
+    from greenmon.hardware.amd import AmdPowerCapKnob
+    from greenmon.hardware.cpufreq import CpufreqKnob
+    from greenmon.hardware.knob import Knob
+    from greenmon.hardware.nvml import NvmlKnob
 
 
-def helper_socket_path(path: str | Path | None = None) -> Path:
-    """An explicit path, else ``$GREENMON_HELPER_SOCKET``, else /run/greenmon-helper.sock."""
-    if path:
-        return Path(path)
-    return Path(os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET_PATH)
-
-
-# -- the client ----------------------------------------------------------------------------
-class HelperClient:
-    """One connection to the helper, opened on first use, reopened once if it broke.
-
-    Thread-safe: one request at a time per client (a sampler and the runner each keep their
-    own client)."""
-
-    def __init__(self, path: str | Path | None = None, *, timeout_s: float = 10.0) -> None:
-        self.path = helper_socket_path(path)
-        self.timeout_s = timeout_s
-        self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
-
-    def _connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout_s)
-        try:
-            sock.connect(str(self.path))
-        except OSError as error:
-            sock.close()
-            raise HelperUnavailable(
-                f"no greenmon helper answers at {self.path} ({error.strerror or error}): "
-                + START_HELP
-                + "."
-            ) from None
-        self._sock = sock
-
-    def request(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Send one request; the reply's fields.  HelperRefused when the helper says no."""
-        line = json.dumps({"op": op, **fields}).encode() + b"\n"
-        with self._lock:
-            for attempt in (1, 2):
-                if self._sock is None:
-                    self._connect()
-                assert self._sock is not None
-                try:
-                    # Plain send / recv: a buffered file object costs more CPU per read
-                    # than the request itself (bench/probes.py, helper).
-                    self._sock.sendall(line)
-                    answer = self._sock.recv(65536)
-                    while not answer.endswith(b"\n"):
-                        more = self._sock.recv(65536)
-                        if not more:
-                            raise ConnectionResetError("the helper closed the connection")
-                        answer += more
-                    break
-                except OSError as error:
-                    self._close_locked()
-                    if attempt == 2:
-                        raise HelperUnavailable(
-                            f"the greenmon helper at {self.path} stopped answering "
-                            f"({error}): " + START_HELP + "."
-                        ) from None
-        reply: dict[str, Any] = json.loads(answer)
-        if not reply.get("ok"):
-            raise HelperRefused(str(reply.get("error")))
-        return reply
-
-    def _close_locked(self) -> None:
-        with contextlib.suppress(OSError):
-            if self._sock is not None:
-                self._sock.close()
-        self._sock = None
-
-    def close(self) -> None:
-        with self._lock:
-            self._close_locked()
-
-    # the requests, typed
-    def rapl_channels(self) -> list[dict[str, Any]]:
-        return list(self.request("rapl_channels")["channels"])
-
-    def rapl_read(self) -> list[float | None]:
-        return list(self.request("rapl_read")["values"])
-
-    def setting_read(self, target: str) -> str:
-        return str(self.request("setting_read", target=target)["value"])
-
-    def setting_write(self, target: str, value: str) -> str:
-        """Write one setting; the value in force afterwards."""
-        return str(self.request("setting_write", target=target, value=value)["in_force"])
-
-
-def helper_answers(path: str | Path | None = None) -> str | None:
-    """None when a helper answers at ``path``; else why not (for notes and errors)."""
-    client = HelperClient(path, timeout_s=2.0)
-    try:
-        client.request("hello")
-    except GreenmonError as error:
-        return str(error)
-    finally:
-        client.close()
-    return None
-
-
-# -- the server ----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Caller:
     pid: int
@@ -304,7 +163,7 @@ class Helper:
         )
 
     # -- the allowlist -------------------------------------------------------------------
-    def knob(self, target: str) -> Any:
+    def knob(self, target: str) -> CpufreqKnob | NvmlKnob | AmdPowerCapKnob:
         from greenmon.hardware.cpufreq import CpufreqKnob
         from greenmon.hardware.nvml import NvmlKnob
 
@@ -337,7 +196,7 @@ class Helper:
             return knob
         raise HelperRefused(f"setting kind {kind!r} is not one the helper changes")
 
-    def _amd_knob(self, data: Mapping[str, Any]) -> Any:
+    def _amd_knob(self, data: Mapping[str, Any]) -> AmdPowerCapKnob:
         from greenmon.hardware.amd import POWER_CAP_SETTING, AmdPowerCapKnob
 
         module = data.get("module")
@@ -386,7 +245,7 @@ class Helper:
             raise HelperRefused(f"{text!r} leads outside {root} (to {real})")
         return path
 
-    def check_value(self, knob: Any, value: str) -> None:
+    def check_value(self, knob: CpufreqKnob | NvmlKnob | AmdPowerCapKnob, value: str) -> None:
         from greenmon.hardware.amd import AmdPowerCapKnob, check_power_cap_value
         from greenmon.hardware.cpufreq import CpufreqKnob
 
@@ -418,7 +277,7 @@ class Helper:
                 f"{limits.min_khz}..{limits.max_khz} kHz"
             )
 
-    def _check_nvml(self, knob: Any, value: str) -> None:
+    def _check_nvml(self, knob: NvmlKnob, value: str) -> None:
         from greenmon.hardware.nvml import check_nvml_value
 
         nvml = self._nvml.module(knob.module_spec)
@@ -428,7 +287,7 @@ class Helper:
             raise HelperRefused(f"GPU {knob.uuid}: {problem}")
 
 
-def _describe(knob: Any) -> str:
+def _describe(knob: Knob) -> str:
     from greenmon.hardware.knob import describe_target
 
     return describe_target(knob.target)
@@ -498,8 +357,6 @@ def systemd_socket() -> socket.socket | None:
 
 def bind_socket(path: Path, gid: int | None) -> socket.socket:
     """Listen at ``path``: owner root, the group's, 0660 (0600 without a group)."""
-    from greenmon.api import socket_is_live
-
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
         if socket_is_live(path):

@@ -1,4 +1,4 @@
-"""Plan files -> validated plans -> expanded, seeded, ordered units.
+"""Plan files -> validated plans: the schema of a plan file and its parsing.
 
 Terms:
 - *plan*: a TOML file naming models, serving configurations (``engine/provider``, or
@@ -17,18 +17,16 @@ Terms:
 - *server* (issue 16): a ``[servers.<name>]`` table naming an OpenAI-compatible server
   that the configuration ``http/<name>`` sends its requests to; *load factors*
   (``concurrency``, ``request_rate_hz``) say how many requests are in flight.
+Units and shards are greenmon/plan/units.py; what a plan needs of this host (the
+preflight ``greenmon plan check`` and ``greenmon run`` call) is greenmon/plan/check.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
-import os
-import random
 import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +35,9 @@ import msgspec
 
 from greenmon.config import convert_table, find_key_line
 from greenmon.errors import PlanError
-from greenmon.hardware.checks import check_hardware, hardware_access
 from greenmon.hardware.spec import Hardware, HardwareFactors, HardwareSpec
+from greenmon.plan.units import Shard, Unit, expand_units, shard_assignment
+from greenmon.thresholds import DEFAULT_BACKGROUND_CPU_PERCENT_MAX
 
 # Keys of [factors] and what each becomes in a unit.
 FACTOR_KEYS = (
@@ -58,15 +57,6 @@ FACTOR_KEYS = (
 # the closed or open loop itself (engines/http_engine.py).
 LOAD_FACTORS = ("concurrency", "request_rate_hz")
 SERVER_APIS = ("completions", "chat")
-
-
-# issue 14: the background load (CPU of processes outside greenmon's own process tree, in
-# percent of one core: 100 = one core busy elsewhere) above which a unit is flagged
-# ``background_load``.  Why 25: an idle Linux host's own daemons use about 1-5% of a core,
-# well under it; a busy core adds roughly 5-15 W to a CPU package, so a quarter of a core
-# stays within a few watts, the order of the spread between repetitions of a CPU unit,
-# while one CPU-bound job (100) is far above it on a machine of any size.
-DEFAULT_BACKGROUND_CPU_PERCENT_MAX = 25.0
 
 
 class Cooldown(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -169,93 +159,6 @@ class PlanSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     probes: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     # issue 16: OpenAI-compatible servers measured as http/<name>.
     servers: dict[str, ServerSpec] = msgspec.field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Unit:
-    unit_id: int  # position in the run order, from 0
-    model: str
-    engine: str
-    provider: str
-    repetition: int  # from 1
-    factors: dict[str, Any]
-
-    @property
-    def configuration(self) -> str:
-        return f"{self.engine}/{self.provider}"
-
-    def level(self, factor: str, default: Any) -> Any:
-        """The unit's level of ``factor``, or ``default`` when the plan does not vary it."""
-        return self.factors.get(factor, default)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """The ``index``-th (from 0) of ``count`` disjoint parts of a plan's units."""
-
-    index: int
-    count: int
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-def parse_shard(text: str, environ: Mapping[str, str] | None = None) -> Shard:
-    """``"K/N"`` (K from 0), or ``"auto"``: SLURM's array task id and count from ``environ``."""
-    env = os.environ if environ is None else environ
-    if text == "auto":
-        task, count = env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_ARRAY_TASK_COUNT")
-        if task is None or count is None:
-            raise PlanError(
-                "--shard auto reads SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT, and this "
-                "process has no such variables (it is not a task of a SLURM array job). Pass "
-                "--shard K/N instead, e.g. --shard 0/3, or submit with `greenmon slurm`."
-            )
-        # An array may start at an offset (--array=1-3); the task's place is id - min.
-        text = f"{int(task) - int(env.get('SLURM_ARRAY_TASK_MIN', '0'))}/{count}"
-    index_text, _, count_text = text.partition("/")
-    try:
-        shard = Shard(int(index_text), int(count_text))
-    except ValueError:
-        shard = Shard(-1, 0)
-    if shard.count < 1 or not 0 <= shard.index < shard.count:
-        raise PlanError(
-            f"--shard {text!r} is not a shard: write K/N with 0 <= K < N (0/3, 1/3 and 2/3 "
-            "split a plan in three), or 'auto' inside a SLURM array job."
-        )
-    return shard
-
-
-def shard_assignment(units: list[Unit], count: int, seed: int) -> dict[int, int]:
-    """unit_id -> shard, balanced by configuration.
-
-    Configurations are taken in a seeded random order, and within each its cells (model,
-    factor levels) and their repetitions, also shuffled; the units are dealt round-robin to
-    the shards in that sequence, continuing where the previous configuration stopped.  So
-    a configuration (and a cell) with at least N units reaches every shard, and shard sizes
-    differ by at most one unit.  Depends on the units and the seed only, not on the run
-    order, so ``order = "blocked"`` splits the same way.
-    """
-    by_configuration: dict[str, dict[str, list[Unit]]] = {}
-    for unit in units:
-        cell = json.dumps([unit.model, unit.factors], sort_keys=True, default=str)
-        by_configuration.setdefault(unit.configuration, {}).setdefault(cell, []).append(unit)
-    rng = random.Random(f"greenmon-shards:{seed}:{count}")
-    configurations = sorted(by_configuration)
-    rng.shuffle(configurations)
-    assignment: dict[int, int] = {}
-    dealt = 0
-    for configuration in configurations:
-        cells = by_configuration[configuration]
-        cell_keys = sorted(cells)
-        rng.shuffle(cell_keys)
-        for key in cell_keys:
-            members = sorted(cells[key], key=lambda u: u.repetition)
-            rng.shuffle(members)  # which repetition lands on which shard is random too
-            for unit in members:
-                assignment[unit.unit_id] = dealt % count
-                dealt += 1
-    return assignment
 
 
 @dataclass(frozen=True)
@@ -362,35 +265,8 @@ class Plan:
         return [u for u in every if assignment[u.unit_id] == self.shard.index]
 
     def all_units(self) -> list[Unit]:
-        """Every unit of the plan in run order, whatever the shard."""
-        if self.auto_repetitions:
-            # issue 14: rounds, each one repetition of every cell in a fresh seeded order,
-            # so the runner can stop after any round (greenmon/rounds.py).
-            from greenmon.rounds import round_order
-
-            combos = []
-            for repetition in range(1, self.repetitions + 1):
-                cells = [
-                    (model, engine, provider, levels, repetition)
-                    for model in self.spec.models
-                    for engine, provider in self.configurations
-                    for levels in self.factor_levels()
-                ]
-                combos += round_order(cells, self.spec.seed, repetition)
-        else:
-            combos = [
-                (model, engine, provider, levels, repetition)
-                for model in self.spec.models
-                for engine, provider in self.configurations
-                for levels in self.factor_levels()
-                for repetition in range(1, self.repetitions + 1)
-            ]
-            if self.spec.order == "random":
-                random.Random(self.spec.seed).shuffle(combos)
-        return [
-            Unit(index, model, engine, provider, repetition, levels)
-            for index, (model, engine, provider, levels, repetition) in enumerate(combos)
-        ]
+        """Every unit of the plan in run order, whatever the shard (greenmon/plan/units.py)."""
+        return expand_units(self)
 
 
 def diff_plans(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -627,210 +503,3 @@ def load_plan(path: str | Path) -> Plan:
     except OSError as error:
         raise PlanError(f"Cannot read the plan {plan_path}: {error.strerror}.") from None
     return parse_plan(text, plan_path)
-
-
-# Per generated token, when no earlier run on this machine says better.
-DEFAULT_TOKEN_S = 0.02
-DEFAULT_LOAD_S = 5.0
-
-
-@dataclass
-class PlanCheck:
-    plan: Plan
-    units: int
-    estimated_s: float
-    problems: list[str]
-    notes: list[str]
-    # issue 14: what will run but weakly (too few repetitions, windows too short).
-    warnings: list[str] = dataclasses.field(default_factory=list)
-
-
-def check_plan(
-    plan: Plan,
-    *,
-    cache_dir: str | None = None,
-    deep: bool = True,
-    update_periods_s: Mapping[str, float] | None = None,
-) -> PlanCheck:
-    """Everything that can be known before anything runs: configurations usable here,
-    models resolvable, the workload readable.  ``deep=False`` skips building models.
-    ``update_periods_s`` (energy source -> seconds, e.g. from ``stored_update_periods``)
-    lets the check warn about measure windows too short for the slowest source."""
-    problems = _configuration_problems(plan)
-    model_problems, prompts_count = _model_problems(plan, cache_dir, deep)
-    problems += model_problems
-    units = plan.units()
-    cooldown_s = plan.spec.cooldown.before_s + plan.spec.cooldown.after_s
-    tokens = plan.spec.max_new_tokens * ((prompts_count or 164) + plan.spec.warmup_requests)
-    per_unit_s = cooldown_s + DEFAULT_LOAD_S + tokens * DEFAULT_TOKEN_S / plan.spec.batch_size
-    # issue 8: hardware factors (DVFS) are checked against this machine's ranges and the
-    # privileges they need; a plan without them costs nothing here.
-    problems += check_hardware(plan)
-    notes: list[str] = []
-    access = hardware_access(plan)
-    if access is not None:
-        notes.append(access)
-    notes += _plan_notes(plan)
-    if plan.auto_repetitions and plan.shard is not None:
-        # issue 14: the stop rule needs every configuration's values; a shard has a part
-        problems.append(
-            'repetitions = "auto" decides after each round on all of a configuration\'s '
-            "units, and a shard runs only part of them: give a fixed number of repetitions "
-            "to run the plan in shards"
-        )
-    warnings = repetition_warnings(plan)
-    warnings += window_warnings(plan, prompts_count or 164, update_periods_s or {})
-    return PlanCheck(plan, len(units), per_unit_s * len(units), problems, notes, warnings)
-
-
-def _configuration_problems(plan: Plan) -> list[str]:
-    """check_plan: each configuration (but custom engines) that cannot run here, and why."""
-    from greenmon.engines import check_configuration
-
-    problems: list[str] = []
-    for engine, provider in plan.configurations:
-        if engine in plan.spec.custom_engines:
-            continue
-        reason = check_configuration(engine, provider)
-        if reason:
-            problems.append(f"configuration {engine}/{provider} cannot run here: {reason}")
-    return problems
-
-
-def _model_problems(plan: Plan, cache_dir: str | None, deep: bool) -> tuple[list[str], int]:
-    """check_plan: models that do not resolve or whose workload cannot be read (only when
-    ``deep``), and the number of prompts per unit (the plan's own figure, else 0, unless
-    a workload was read)."""
-    from greenmon.models import resolve_model
-    from greenmon.workload import load_workload
-
-    problems: list[str] = []
-    prompts_count = plan.spec.prompts or 0
-    for model in plan.spec.models:
-        if not deep:
-            break
-        try:
-            info = resolve_model(model, cache_dir=cache_dir)
-            prompts = load_workload(
-                plan.spec.workload,
-                model=info,
-                seed=plan.spec.seed,
-                limit=plan.spec.prompts,
-                cache_dir=cache_dir,
-            )
-            prompts_count = len(prompts)
-        except Exception as error:
-            problems.append(f"model {model!r} / workload {plan.spec.workload!r}: {error}")
-    return problems, prompts_count
-
-
-def _plan_notes(plan: Plan) -> list[str]:
-    """check_plan: what the plan's load factors and order mean, said before anything runs."""
-    notes: list[str] = []
-    # issue 16: how the load factors reach in-process engines, said before anything runs.
-    in_process = [f"{e}/{p}" for e, p in plan.configurations if e != "http"]
-    if in_process and plan.spec.factors.request_rate_hz:
-        notes.append(
-            f"request_rate_hz applies to http/... configurations only: {', '.join(in_process)} "
-            "run their requests back to back at every rate level."
-        )
-    if in_process and plan.spec.factors.concurrency and not plan.spec.factors.batch_size:
-        notes.append(
-            f"{', '.join(in_process)} run a concurrency level N as batches of N requests "
-            "(the in-process counterpart of N requests in flight)."
-        )
-    if plan.spec.order == "blocked":
-        notes.append(
-            "order = 'blocked' runs each configuration's repetitions back to back, "
-            "as the study did: drift and heat then confound configurations."
-        )
-    return notes
-
-
-def repetition_warnings(plan: Plan) -> list[str]:
-    """issue 14: fixed repetitions too few for the tests the analysis runs, or an "auto"
-    minimum below what the confidence needs."""
-    from greenmon.analysis.stats import MIN_REPETITIONS
-    from greenmon.rounds import values_for_interval
-
-    precision = plan.spec.precision
-    needed = values_for_interval(precision.confidence)
-    if plan.auto_repetitions:
-        if precision.max_repetitions < needed:
-            return [
-                f"precision.max_repetitions = {precision.max_repetitions} can never meet the "
-                f"target: a {precision.confidence:.0%} interval of a median needs {needed} "
-                f"values; raise max_repetitions to at least {needed}"
-            ]
-        return []
-    repetitions = plan.repetitions
-    if repetitions < MIN_REPETITIONS:
-        return [
-            f"repetitions = {repetitions}: with fewer than {MIN_REPETITIONS} values per "
-            "configuration the analysis runs no statistical test at all (medians only); use "
-            f'at least {MIN_REPETITIONS}, or repetitions = "auto"'
-        ]
-    if repetitions < needed:
-        return [
-            f"repetitions = {repetitions}: the tests run, but a {precision.confidence:.0%} "
-            f"interval of each configuration's median needs {needed} values, so how precise "
-            'the medians are stays unknown; use at least that many, or repetitions = "auto"'
-        ]
-    return []
-
-
-def window_warnings(
-    plan: Plan, prompts_count: int, update_periods_s: Mapping[str, float]
-) -> list[str]:
-    """issue 14: the shortest planned measure against the slowest energy source's update
-    period (or sampling period): a shorter window is flagged short_window afterwards."""
-    from greenmon.update_periods import min_window_s
-    from greenmon.views import MIN_WINDOW_PERIODS
-
-    periods = dict(update_periods_s)
-    for name, table in plan.spec.probes.items():
-        rate_hz = table.get("rate_hz")
-        if name in ENERGY_PROBES and isinstance(rate_hz, int | float) and rate_hz > 0:
-            periods.setdefault(f"{name} (sampled at {rate_hz:g} Hz)", 1 / rate_hz)
-    if not periods:
-        return []
-    source, period_s = max(periods.items(), key=lambda item: item[1])
-    tokens = min(plan.spec.factors.max_new_tokens or [plan.spec.max_new_tokens])
-    batch = max(plan.spec.factors.batch_size or [plan.spec.batch_size])
-    measure_s = prompts_count * tokens * DEFAULT_TOKEN_S / batch
-    if measure_s >= min_window_s(period_s):
-        return []
-    return [
-        f"the shortest planned measure (about {measure_s:.2f} s: {prompts_count} prompts x "
-        f"{tokens} tokens at an assumed {DEFAULT_TOKEN_S * 1000:.0f} ms per token, batch "
-        f"{batch}) is shorter than {MIN_WINDOW_PERIODS} update periods of the slowest energy "
-        f"source ({source}: {period_s:.3f} s, so at least {min_window_s(period_s):.2f} s); "
-        "its units will be flagged short_window. Use more prompts or more max_new_tokens"
-    ]
-
-
-# Probes whose channels can answer for an energy domain (views.py energy_sources).
-ENERGY_PROBES = ("rapl", "nvml", "netio", "energibridge", "estimate")
-
-
-def stored_update_periods(db_path: Path) -> dict[str, float]:
-    """The update periods of the energy sources of the latest session in ``db_path`` that
-    detected any (issue 14), as 'probe channel' -> seconds; empty when there are none or
-    the file cannot be read (another process holds it)."""
-    from greenmon.store import Store
-
-    if not db_path.exists():
-        return {}
-    try:
-        with Store.open(db_path, read_only=True) as store:
-            _, rows = store.query(
-                """SELECT es.probe, es.name, es.period_ns
-                   FROM energy_sources es JOIN channels c USING (channel_id)
-                   WHERE es.session_id = (
-                       SELECT c2.session_id FROM channels c2 JOIN sessions s USING (session_id)
-                       WHERE json_extract(c2.metadata, '$.update_period_ns') IS NOT NULL
-                       ORDER BY s.started_ns DESC LIMIT 1)"""
-            )
-    except Exception:  # a locked or foreign file: the check goes on without it
-        return {}
-    return {f"{probe} {name} in {db_path}": period_ns / 1e9 for probe, name, period_ns in rows}

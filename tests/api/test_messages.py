@@ -1,0 +1,75 @@
+"""The typed wire: what the daemon sends decodes into the messages its clients read
+(greenmon/api/messages.py), during a plan and after it, and a message missing a field it
+needs fails at the boundary, not as a KeyError in a client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from greenmon.api.client import ApiClient
+from greenmon.api.messages import (
+    ExperimentSummary,
+    PlanEntry,
+    Progress,
+    Snapshot,
+    WindowListing,
+    decode,
+)
+from tests.api.fakes import fake_plan, running_daemon, short_socket_dir
+from tests.fakes.probes import CountingProbe
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    with short_socket_dir() as path:
+        yield path
+
+
+@pytest.mark.anyio
+
+async def test_the_daemons_messages_decode_into_the_typed_wire(
+    db_path: Path, sock_dir: Path
+) -> None:
+    path = sock_dir / "d.sock"
+    async with (
+        running_daemon(db_path, path, {"counting": CountingProbe()}),
+        ApiClient(path) as client,
+    ):
+        submitted = await client.submit(fake_plan("typed", repetitions=1, cooldown_s=0.1), None)
+        experiment_id = str(submitted["experiment_id"])
+        running: Snapshot | None = None
+        outcome: str | None = None
+        with anyio.fail_after(90):
+            async for snap in client.snapshots():
+                assert isinstance(snap, Snapshot) and snap.t_ns > 0
+                progress = snap.progress or Progress()
+                if progress.experiment_id == experiment_id and progress.unit_index > 0:
+                    running = snap
+                outcome = progress.outcome_of(experiment_id)
+                if outcome is not None:
+                    break
+        assert running is not None and running.values  # values arrived with the progress
+        assert running.progress is not None and running.progress.units_total == 2
+        assert outcome == "done"
+        status = decode((await client.status())["progress"], Progress)
+        assert [f.experiment_id for f in status.finished] == [experiment_id]
+        results = await client.experiment_results(experiment_id)
+        assert {row["configuration"] for row in results} == {"fake/cpu", "fake2/cpu"}
+        assert isinstance(await client.window_listing(), WindowListing)
+
+
+def test_a_message_without_a_field_it_needs_is_refused_at_the_boundary() -> None:
+    with pytest.raises(msgspec.ValidationError, match="experiment_id"):
+        decode({"results": []}, ExperimentSummary)
+    entry = decode(
+        {"experiment_id": "e1", "plan_name": "p", "units_total": 2, "units_done": 2,
+         "outcome": "done", "added_later": 1},
+        PlanEntry,
+    )  # fmt: skip
+    assert entry.outcome == "done"  # a field a newer daemon adds is ignored
+    assert Progress(finished=[entry]).outcome_of("e1") == "done"
