@@ -120,9 +120,9 @@ class Breakdown:
     def __enter__(self) -> Breakdown:
         drive, write = self._drive, self._write
 
-        def traced_drive(samplers: Any) -> None:
+        def traced_drive(samplers: Any, desk: Any = None) -> None:
             self.drive_tid = threading.get_native_id()
-            drive(samplers)
+            drive(samplers, desk)
 
         def traced_write(store: Store, *args: Any) -> None:
             started = time.thread_time_ns()

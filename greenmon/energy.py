@@ -7,11 +7,20 @@ Terms:
 - *counter* channels (RAPL ``energy_uj``, NVML mJ, EnergiBridge J, NETIO Wh): energy is the
   sum of counter deltas (greenmon/sources.py: a negative step is a wrap when the channel's
   metadata gives ``counter_range``, else a reset, whose interval's energy is unknown and
-  does not count as covered).  Windows cut intervals at their edges by linear
-  interpolation, so a window's energy does not depend on where samples happened to fall.
+  does not count as covered).
+- *edge*: how a window's edges were met, per channel (column ``edge``).  ``read``: the
+  counter was read at the very instant of both edges (the daemon's edge reads,
+  greenmon/sampling.py), so the window's energy is the exact wrap-corrected difference of
+  those two readings, with no interpolation, and its coverage is whole (the counter
+  counted all along; a reset still leaves it unknown).  ``interpolated``: a counter that
+  cannot be asked (EnergiBridge's stream, an older file) has the interval at each edge cut
+  by linear interpolation, so the window's energy does not depend on where samples fell,
+  but a power step between the last sample and the edge is spread over the interval.
+  ``integrated``: a gauge.
 - *gauge* power channels (W, mW): the trapezoid integral of the piecewise-linear power,
   cut at the window's edges the same way.  Used only where no counter exists.
-- *coverage*: the share of the window whose energy the samples give: all of an interval up
+- *coverage*: the share of the window whose energy the samples give (whole for a counter
+  with ``edge`` = ``read`` and no reset): all of an interval up
   to four periods long, the two periods at either end of a longer gap, none of a reset
   interval, and nothing before the first sample or after the last (no energy is counted
   there either).  A probe that stalled shows up as coverage below 1 rather than as
@@ -81,7 +90,8 @@ def window_integral_sql(
     ``windows`` must name a relation with columns window_id, channel_id, start_ns, end_ns.
     Output columns: window_id, channel_id, ``native_column`` (the integral in the
     channel's unit, times seconds for gauges), energy_j (that integral in joules for an
-    energy channel, NULL for any other unit), coverage, wraps, resets, intervals.
+    energy channel, NULL for any other unit), coverage, wraps, resets, intervals, edge
+    (``read``, ``interpolated`` or ``integrated``: the module's terms).
 
     How: one ordered pass over the samples gives, at every sample, the cumulative energy
     C(t) and the cumulative covered time Cov(t) since the first sample.  Both are
@@ -177,7 +187,8 @@ edge_row AS (
       ON c.channel_id = e.channel_id AND e.x >= c.t_ns
 ),
 at_edge AS (
-    SELECT r.window_id, r.channel_id, r.side, r.rn,
+    SELECT r.window_id, r.channel_id, r.side, r.rn, r.kind,
+           coalesce(r.t_ns = r.x, false) AS at_sample,
            -- wraps and resets of the intervals wholly before the edge; the interval an
            -- end edge cuts counts as inside the window, the one a start edge cuts too
            -- (it is left out of the start's count): a window counts every interval it
@@ -224,11 +235,17 @@ SELECT w.window_id, w.channel_id,
        CASE WHEN sp.first_t IS NULL OR w.end_ns <= sp.first_t OR w.start_ns >= sp.last_t
             THEN NULL ELSE (b.energy_at - a.energy_at) * b.scale_si END AS energy_j,
        CASE WHEN sp.first_t IS NULL OR w.end_ns <= w.start_ns THEN 0.0
+            -- read at both edges: the counter's difference is the whole window's energy
+            WHEN a.kind = 'counter' AND a.at_sample AND b.at_sample
+                 AND b.resets_at = a.resets_at THEN 1.0
             ELSE greatest(0.0, least(1.0, (b.cov_at - a.cov_at) / (w.end_ns - w.start_ns)))
        END AS coverage,
        b.wraps_at - a.wraps_at AS wraps,
        b.resets_at - a.resets_at AS resets,
-       coalesce(b.rn, 0) - coalesce(a.rn, 0) AS intervals
+       coalesce(b.rn, 0) - coalesce(a.rn, 0) AS intervals,
+       CASE WHEN a.kind <> 'counter' THEN 'integrated'
+            WHEN a.at_sample AND b.at_sample THEN 'read'
+            ELSE 'interpolated' END AS edge
 FROM win w
 LEFT JOIN span sp ON sp.channel_id = w.channel_id
 JOIN at_edge a ON a.window_id = w.window_id AND a.channel_id = w.channel_id AND a.side = 0
@@ -254,6 +271,7 @@ class WindowEnergy:
     wraps: int
     resets: int
     intervals: int
+    edge: str = "interpolated"
 
 
 def window_energy(
@@ -286,6 +304,7 @@ def window_energy(
             wraps=int(r[5]),
             resets=int(r[6]),
             intervals=int(r[7]),
+            edge=str(r[8]),
         )
         for r in rows
     }

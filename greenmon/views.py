@@ -142,6 +142,14 @@ _SOURCE_WINDOWS = f"""(
       AND e.steady_end_ns > e.steady_start_ns
 )"""
 
+# A counter read at both edges of a window (energy.py ``edge`` = 'read') resolves time as
+# finely as its hardware updates it; any other source as finely as it was sampled.
+_EDGE_PERIOD = "CASE WHEN e.edge = 'read' THEN es.edge_period_ns ELSE es.period_ns END"
+# How a domain's edges were met: 'interpolated' if any of its channels was (a stream that
+# cannot be asked, EnergiBridge), else 'read' where counters were read at the edges.
+_EDGE_OF_DOMAIN = """CASE WHEN bool_or(e.edge = 'interpolated') THEN 'interpolated'
+            WHEN bool_or(e.edge = 'read') THEN 'read' ELSE 'integrated' END"""
+
 # Phase 'steady' (issue 16) is the measure's steady-state window: its duration is
 # unit_steady's steady_s, so duration_s is NULL on those rows.
 _UNIT_PHASE_ENERGY = f"""
@@ -152,7 +160,7 @@ SELECT p.experiment_id, p.unit_id, p.attempt,
        es.domain,
        sum(e.energy_j) AS energy_j, min(e.coverage) AS coverage, sum(e.wraps) AS wraps,
        sum(e.resets) AS resets, bool_or(es.estimated) AS estimated,
-       max(es.period_ns) AS period_ns
+       max({_EDGE_PERIOD}) AS period_ns, {_EDGE_OF_DOMAIN} AS edge
 FROM ({window_energy_sql(_SOURCE_WINDOWS, _SAMPLE_RANGE)}) e
 JOIN phases p ON p.phase_id = abs(e.window_id)
 JOIN energy_sources es ON es.channel_id = e.channel_id
@@ -361,7 +369,9 @@ energy AS (
            sum(resets) FILTER (WHERE phase = 'measure') AS resets,
            bool_or(estimated) AS estimated,
            max(period_ns) AS max_period_ns,
-           list(DISTINCT domain) FILTER (WHERE estimated) AS estimated_domains
+           list(DISTINCT domain) FILTER (WHERE estimated) AS estimated_domains,
+           list(DISTINCT domain) FILTER (WHERE phase = 'measure' AND edge = 'interpolated')
+               AS interpolated_domains
     FROM pe GROUP BY ALL
 ),
 stats AS (
@@ -427,6 +437,7 @@ base AS (
            b.baseline_cpu_w, b.baseline_gpu_w, b.baseline_wall_w,
            e.load_energy_j, e.tail_energy_j, e.min_coverage, e.wraps, e.resets,
            coalesce(e.estimated, false) AS estimated, e.estimated_domains, e.max_period_ns,
+           e.interpolated_domains,
            b.cpu_percent, b.ram_percent, b.gpu_percent, b.gpu_mem_util_percent,
            b.gpu_mem_used_percent, u.fidelity_share, u.fidelity_first_divergence,
            bg.background_cpu_percent, bg.baseline_background_cpu_percent,
@@ -492,7 +503,7 @@ _WINDOW_RESULTS = f"""
 WITH e AS MATERIALIZED ({window_integral_sql(_WINDOW_CHANNELS)}),
 de AS (
     SELECT e.window_id, es.domain, e.energy_j, e.coverage, e.wraps, e.resets, es.estimated,
-           es.period_ns
+           {_EDGE_PERIOD} AS period_ns, e.edge
     FROM e JOIN energy_sources es ON es.channel_id = e.channel_id
 ),
 energy AS (
@@ -500,7 +511,8 @@ energy AS (
            {_window_domain("gpu")}, {_window_domain("wall")},
            min(coverage) AS min_coverage, sum(wraps) AS wraps, sum(resets) AS resets,
            bool_or(estimated) AS estimated, max(period_ns) AS max_period_ns,
-           list(DISTINCT domain) FILTER (WHERE estimated) AS estimated_domains
+           list(DISTINCT domain) FILTER (WHERE estimated) AS estimated_domains,
+           list(DISTINCT domain) FILTER (WHERE edge = 'interpolated') AS interpolated_domains
     FROM de GROUP BY window_id
 ),
 util AS (
@@ -517,7 +529,7 @@ figures AS MATERIALIZED (
                 ELSE coalesce(en.energy_cpu_j, 0) + coalesce(en.energy_gpu_j, 0) END
                AS energy_global_j,
            en.min_coverage, en.wraps, en.resets, coalesce(en.estimated, false) AS estimated,
-           en.estimated_domains, en.max_period_ns,
+           en.estimated_domains, en.max_period_ns, en.interpolated_domains,
            u.cpu_percent, u.ram_percent, u.gpu_percent, u.gpu_mem_util_percent,
            u.gpu_mem_used_percent,
            -- a probe that failed while this window was open: its figures may have gaps
