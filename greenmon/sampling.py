@@ -34,8 +34,9 @@ is what a SIGKILL can lose.
 *Edge reads*: a window, phase or round edge asks the shared thread for an immediate read
 of every probe on it that can be read on demand (``EdgeDesk.ask``).  The thread serves the
 request at once, between ticks (it owns the probes: no read ever runs on two threads),
-reading the probes with counter channels first and back to back, and stamps their rows
-with one instant, the midpoint of those reads, which it returns as the edge.  The rows are
+reading the probes with energy counters first and back to back, then the others, and
+stamps every row with one instant, the midpoint of the energy counters' reads, which it
+returns as the edge.  The rows are
 ordinary samples; a counter read at both edges of a window gives its energy as the exact
 difference of the two (greenmon/energy.py).  Probes on other threads (EnergiBridge's
 stream, NETIO's HTTP reads) cannot be asked: their windows interpolate, and say so.
@@ -61,6 +62,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from greenmon.clock import now_ns
 from greenmon.probes.base import Channel, Probe, ProbeLost, Stamped, Values
+from greenmon.sources import ENERGY_UNITS
 from greenmon.store import Event, SampleBatch
 from greenmon.update_periods import UpdatePeriods
 
@@ -282,28 +284,24 @@ class EdgeDesk:
     def serve(self, samplers: Sequence[Sampler]) -> None:
         """On the sampling thread: read every running sampler now, answer the askers.
 
-        Asks that arrived together share one read.  Probes with counter channels are read
-        first, back to back, and their rows share the midpoint of those reads; the rest
-        (gauges: utilisation, memory) follow, each stamped at its own read.
+        Asks that arrived together share one read.  Probes with energy counters are read
+        first, back to back, and the midpoint of those reads is the edge; the rest (the
+        host's CPU counters and gauges) are read right after, tens of µs later, and every
+        row is stamped at the edge, so each counter has a sample at the edge's instant.
         """
         pending = self._take()
         if not pending:
             return
         ready = [s for s in samplers if s.edge_readable]
-        counters = [s for s in ready if s.has_counters]
-        others = [s for s in ready if not s.has_counters]
+        first = [s for s in ready if s.has_counters] or ready
         t_before_ns = time.monotonic_ns()
-        results = [(s, s._edge_read()) for s in counters]
+        results = [(s, s._edge_read()) for s in first]
         t_after_ns = time.monotonic_ns()
         edge_ns = (t_before_ns + t_after_ns) // 2
+        results += [(s, s._edge_read()) for s in ready if s not in first]
         for sampler, result in results:
             if result is not None:
                 sampler._record(edge_ns, result)
-        for sampler in others:
-            t0_ns = time.monotonic_ns()
-            result = sampler._edge_read()
-            if result is not None:
-                sampler._record((t0_ns + time.monotonic_ns()) // 2, result)
         self.served += 1
         for request in pending:
             request.t_ns = edge_ns
@@ -380,7 +378,8 @@ class Sampler:
 
     @property
     def has_counters(self) -> bool:
-        return any(c.kind == "counter" for c in self.channels)
+        """Whether the probe has energy counters (which edges read first, together)."""
+        return any(c.kind == "counter" and c.unit in ENERGY_UNITS for c in self.channels)
 
     @property
     def edge_readable(self) -> bool:

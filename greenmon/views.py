@@ -291,6 +291,29 @@ FROM m LEFT JOIN experiments x USING (experiment_id)
 GROUP BY ALL
 """
 
+# The observer's own cost over each unit's measure: the increase of the host probe's CPU
+# counters (probes/host.py), read at the phase's edges like the energy counters.
+# greenmon.cpu_s is the daemon process's CPU, engines it runs in-process included;
+# greenmon.sampling_cpu_s its sampling thread's, every probe's reads and nothing else.
+OBSERVER_CHANNELS = ("greenmon.cpu_s", "greenmon.sampling_cpu_s")
+_OBSERVER_WINDOWS = f"""(
+    SELECT p.phase_id AS window_id, c.channel_id, p.start_ns, p.end_ns
+    FROM phases p JOIN channels c ON c.session_id = p.session_id
+    WHERE p.phase = 'measure' AND p.end_ns > p.start_ns AND c.probe = 'host'
+      AND c.name IN {OBSERVER_CHANNELS!r} AND (exp IS NULL OR p.experiment_id = exp)
+)"""
+_OBSERVER_COST = f"""
+SELECT p.experiment_id, p.unit_id, p.attempt, p.session_id,
+       (p.end_ns - p.start_ns) / 1e9 AS measure_s,
+       sum(e.integral_native) FILTER (WHERE c.name = 'greenmon.cpu_s') AS daemon_cpu_s,
+       sum(e.integral_native) FILTER (WHERE c.name = 'greenmon.sampling_cpu_s')
+           AS sampling_cpu_s
+FROM ({window_integral_sql(_OBSERVER_WINDOWS)}) e
+JOIN phases p ON p.phase_id = e.window_id
+JOIN channels c ON c.channel_id = e.channel_id
+GROUP BY ALL
+"""
+
 # Thresholds behind the validity flags.
 MIN_COVERAGE = 0.9
 MIN_WINDOW_PERIODS = 5
@@ -690,6 +713,7 @@ _FOR_MACROS = (
     _over_experiment("unit_results_live", "unit_results_sel"),
     # issue 15: a user's windows (a list of window ids; NULL: every window)
     Macro("window_results_for", "ids", _WINDOW_RESULTS),
+    Macro("observer_cost_for", "exp", _OBSERVER_COST),
 )
 
 # Every relation, in the order it is created.

@@ -99,7 +99,9 @@ def linear_power_w(utilisation: float, idle_w: float, tdp_w: float) -> float:
 
 class EstimateProbe:
     name: ClassVar[str] = "estimate"
-    default_rate_hz: ClassVar[float] = 10.0
+    # Its input is the host's utilisation, so the host's pace (and wake-ups); it is read
+    # at every edge too.
+    default_rate_hz: ClassVar[float] = 1.0
 
     def __init__(
         self,

@@ -111,7 +111,9 @@ _GAUGES: tuple[tuple[str, list[tuple[str, str]]], ...] = (
 
 class NvmlProbe:
     name: ClassVar[str] = "nvml"
-    default_rate_hz: ClassVar[float] = 20.0
+    # The energy counter is read at every edge; the power field NVML updates about every
+    # 100 ms, and utilisation over a similar period: polling faster reads repeats.
+    default_rate_hz: ClassVar[float] = 10.0
 
     def __init__(self, options: Options | None = None, *, nvml: Any = None) -> None:
         self.options = options or Options()

@@ -142,7 +142,9 @@ def zone_channel(zone: Zone) -> Channel:
 
 class RaplProbe:
     name: ClassVar[str] = "rapl"
-    default_rate_hz: ClassVar[float] = 50.0
+    # The counters are read at every window and phase edge (sampling.py), so polling
+    # only feeds the live chart (a few Hz) and wrap safety (minutes at full power).
+    default_rate_hz: ClassVar[float] = 5.0
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or Options()

@@ -114,6 +114,9 @@ class AnalysisResult:
     alpha: float = ALPHA
     # issue 14: estimated domains and the figures containing them (analysis/estimated.py)
     estimated: dict[str, Any] = field(default_factory=dict)
+    # What measuring cost: greenmon's own CPU over each unit's measure and per session
+    # (analysis/tables.py observer_cost); empty where the host probe did not run.
+    observer: dict[str, Any] = field(default_factory=dict)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """Table name (without the ``analysis_`` prefix) -> its rows."""
@@ -145,6 +148,7 @@ class AnalysisResult:
             "skipped_variables": self.skipped_variables,
             "notes": [{"title": n.title, "message": n.message} for n in self.notes],
             "estimated": self.estimated,
+            "observer": self.observer,
             "tables": {name: records(frame) for name, frame in self.tables().items()},
         }
 

@@ -4,6 +4,8 @@ is their exact difference, whatever the polling rate; a stream that cannot be as
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from greenmon.store import Store
 from greenmon.windows import WindowResult, windows_service
 from tests.fakes.energibridge import write_fake_energibridge
 from tests.fakes.rapl import FakeRaplTree
+from tests.measure.support import cli_env, greenmon_command
 
 # The test is the hardware: it steps the counter itself, just inside each edge.  At 1 Hz
 # the poll around an edge is up to a second away, so an interpolated edge would spread
@@ -106,3 +109,43 @@ async def test_an_energibridge_window_is_interpolated_and_says_so(tmp_path: Path
     (w,) = result
     assert "cpu" in w.energy_j
     assert "cpu" in w.interpolated
+
+
+def test_greenmon_measure_records_what_measuring_cost(tmp_path: Path, short_dir: Path) -> None:
+    """The observer is a channel: after `greenmon measure` (a separate process) the file
+    holds greenmon's own CPU seconds, read at the window's edges like the energy."""
+    tree = FakeRaplTree(tmp_path / "powercap")
+    tree.add_zone("intel-rapl:0", "package-0")
+    config = tmp_path / "greenmon.toml"
+    config.write_text(
+        CONFIG.format(root=tmp_path / "powercap").replace(
+            "[probes.host]\nenabled = false\n", "[probes.host]\n"
+        )
+    )
+    db = tmp_path / "m.duckdb"
+    result = subprocess.run(
+        greenmon_command(
+            "measure", "--db", str(db), "--config", str(config), "--",
+            sys.executable, "-c", "import time; time.sleep(0.5)",
+        ),
+        capture_output=True, text=True, cwd=tmp_path,
+        env=cli_env(short_dir / "d.sock"), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with Store.open(db, read_only=True) as store:
+        _, rows = store.query(
+            """SELECT c.name, c.kind, c.unit, count(*), min(s.value), max(s.value),
+                      count(*) FILTER (WHERE s.t_ns IN (w.start_ns, w.end_ns))
+               FROM samples s JOIN channels c USING (channel_id)
+               JOIN windows w ON w.session_id = c.session_id
+               WHERE c.probe = 'host' AND c.name LIKE 'greenmon.%'
+               GROUP BY ALL ORDER BY c.name"""
+        )
+    by_name = {r[0]: r[1:] for r in rows}
+    assert set(by_name) == {"greenmon.cpu_s", "greenmon.sampling_cpu_s"}
+    for kind, unit, count, low, high, at_edges in by_name.values():
+        assert (kind, unit) == ("counter", "s")
+        assert count >= 2 and 0 <= low <= high
+        assert at_edges == 2  # read at the window's start and end
+    # the daemon process spent CPU (starting up alone costs far more than a tick)
+    assert by_name["greenmon.cpu_s"][4] > 0
