@@ -787,7 +787,15 @@ def window_warnings(
     periods = dict(update_periods_s)
     for name, table in plan.spec.probes.items():
         rate_hz = table.get("rate_hz")
-        if name in ENERGY_PROBES and isinstance(rate_hz, int | float) and rate_hz > 0:
+        # RAPL's and NVML's counters are read at the measure's edges: how often they are
+        # polled does not limit how short it may be (their update period does).
+        edge_read = name in EDGE_READ_PROBES
+        if (
+            name in ENERGY_PROBES
+            and not edge_read
+            and isinstance(rate_hz, int | float)
+            and rate_hz > 0
+        ):
             periods.setdefault(f"{name} (sampled at {rate_hz:g} Hz)", 1 / rate_hz)
     if not periods:
         return []
@@ -808,6 +816,8 @@ def window_warnings(
 
 # Probes whose channels can answer for an energy domain (views.py energy_sources).
 ENERGY_PROBES = ("rapl", "nvml", "netio", "energibridge", "estimate")
+# Probes whose energy counters are read at every edge (greenmon/sampling.py EdgeDesk).
+EDGE_READ_PROBES = ("rapl", "nvml")
 
 
 def stored_update_periods(db_path: Path) -> dict[str, float]:
@@ -821,7 +831,10 @@ def stored_update_periods(db_path: Path) -> dict[str, float]:
     try:
         with Store.open(db_path, read_only=True) as store:
             _, rows = store.query(
-                """SELECT es.probe, es.name, es.period_ns
+                # a counter read at the edges is judged by its hardware update period
+                """SELECT es.probe, es.name,
+                          CASE WHEN es.kind = 'counter' THEN es.edge_period_ns
+                               ELSE es.period_ns END
                    FROM energy_sources es JOIN channels c USING (channel_id)
                    WHERE es.session_id = (
                        SELECT c2.session_id FROM channels c2 JOIN sessions s USING (session_id)
