@@ -18,7 +18,11 @@ Terms:
   but a power step between the last sample and the edge is spread over the interval.
   ``integrated``: a gauge.
 - *gauge* power channels (W, mW): the trapezoid integral of the piecewise-linear power,
-  cut at the window's edges the same way.  Used only where no counter exists.
+  cut at the window's edges the same way.  Used only where no counter exists.  A gauge
+  whose every sample is the mean over the interval since the previous one (metadata
+  ``interval_mean``: the host's CPU utilisation from tick counters, the estimate built on
+  it) is a step instead, each value holding over the interval that ends at it, so with
+  samples at a window's edges its mean over the window is exactly the ticks' between them.
 - *coverage*: the share of the window whose energy the samples give (whole for a counter
   with ``edge`` = ``read`` and no reset): all of an interval up
   to four periods long, the two periods at either end of a longer gap, none of a reset
@@ -62,6 +66,8 @@ def _interval_after(row: str, channel: str) -> str:
                WHEN {c}.kind = 'counter'
                    THEN coalesce({counter_delta_sql(f"{r}.value", f"{r}.next_v",
                                                     f"{c}.counter_range")}, 0.0)
+               -- a mean over the interval ending at each sample: a step back in time
+               WHEN {c}.interval_mean THEN {r}.next_v * ({r}.next_t - {r}.t_ns) * 1e-9
                ELSE ({r}.value + {r}.next_v) / 2.0 * ({r}.next_t - {r}.t_ns) * 1e-9
            END AS e_next"""
 
@@ -105,6 +111,8 @@ def window_integral_sql(
 WITH win AS (SELECT window_id, channel_id, start_ns, end_ns FROM {windows}),
 ch AS (
     SELECT channel_id, kind, period_ns,
+           coalesce(TRY_CAST(json_extract(metadata, '$.interval_mean') AS BOOLEAN), false)
+               AS interval_mean,
            {scale_to_si_sql()} AS scale_si,
            {counter_range_sql("channels")} AS counter_range
     FROM channels
@@ -179,7 +187,7 @@ edge_row AS (
     -- columns (sorting 50 million wide rows cost more than the rest of the query), and
     -- the interval after that sample is worked out again for these few rows
     SELECT e.window_id, e.channel_id, e.side, e.x, c.t_ns, c.value, c.next_t, c.next_v,
-           c.rn, ch.kind, ch.period_ns,
+           c.rn, ch.kind, ch.period_ns, ch.interval_mean,
            {_interval_after("c", "ch")}
     FROM edges e
     JOIN ch ON ch.channel_id = e.channel_id
@@ -206,6 +214,7 @@ at_edge AS (
                + CASE
                    WHEN r.next_t IS NULL OR r.x = r.t_ns THEN 0.0
                    WHEN r.kind = 'counter' THEN r.e_next * (r.x - r.t_ns) / (r.next_t - r.t_ns)
+                   WHEN r.interval_mean THEN r.next_v * (r.x - r.t_ns) * 1e-9
                    ELSE (r.value + (r.value + (r.next_v - r.value) * (r.x - r.t_ns)
                                     / (r.next_t - r.t_ns))) / 2.0 * (r.x - r.t_ns) * 1e-9
                  END

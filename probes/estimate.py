@@ -146,10 +146,17 @@ class EstimateProbe:
             "model": "linear: idle_w + (tdp_w - idle_w) * utilisation",
             "tdp_w": self.tdp_w,
             "idle_w": self.idle_w,
+            # modelled from the utilisation over the interval since the previous read
+            "interval_mean": True,
         }
         return [
             Channel("cpu.power_w", "W", "gauge", domain="cpu", metadata=metadata),
-            Channel("cpu.utilisation_percent", "%", "gauge", metadata={"input_of": "cpu.power_w"}),
+            Channel(
+                "cpu.utilisation_percent",
+                "%",
+                "gauge",
+                metadata={"input_of": "cpu.power_w", "interval_mean": True},
+            ),
         ]
 
     def read(self) -> Values:

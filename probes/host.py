@@ -139,8 +139,14 @@ class HostProbe:
         roots = self.options.tree_pids
         self._tree = ProcessTree(proc, roots if roots is not None else [os.getpid(), pid])
         self._last_own_ticks = self._tree.cpu_ticks()
-        channels = [Channel("cpu.percent", "%", "gauge")]
-        channels += [Channel(f"cpu{i}.percent", "%", "gauge") for i in range(self._cores)]
+        # Utilisation is the mean over the interval since the previous read (tick counters'
+        # differences): greenmon/energy.py integrates such a gauge as a step, exact between
+        # reads at a window's edges.
+        mean = {"interval_mean": True}
+        channels = [Channel("cpu.percent", "%", "gauge", metadata=mean)]
+        channels += [
+            Channel(f"cpu{i}.percent", "%", "gauge", metadata=mean) for i in range(self._cores)
+        ]
         channels += [
             Channel("cpu.freq_mhz", "MHz", "gauge"),
             Channel("ram.used_bytes", "B", "gauge"),
@@ -149,11 +155,13 @@ class HostProbe:
             Channel("swap.percent", "%", "gauge"),
             Channel("greenmon.cpu_s", "s", "counter", metadata={"pid": os.getpid()}),
             Channel("greenmon.sampling_cpu_s", "s", "counter"),
-            Channel("proc.cpu_percent", "%", "gauge", metadata={"pid": pid}),
+            Channel("proc.cpu_percent", "%", "gauge", metadata={"pid": pid, **mean}),
             Channel("proc.rss_bytes", "B", "gauge", metadata={"pid": pid}),
-            Channel("tree.cpu_percent", "%", "gauge", metadata={"roots": self._tree.roots}),
-            Channel("background.cpu_percent", "%", "gauge"),
-            Channel("steal.cpu_percent", "%", "gauge"),
+            Channel(
+                "tree.cpu_percent", "%", "gauge", metadata={"roots": self._tree.roots, **mean}
+            ),
+            Channel("background.cpu_percent", "%", "gauge", metadata=mean),
+            Channel("steal.cpu_percent", "%", "gauge", metadata=mean),
         ]
         return channels
 
