@@ -8,12 +8,12 @@ Two figures per tool, measured on this machine in one run:
   tool), counted from when the tool has started to just before it is stopped, minus an
   idle process's share.  CodeCarbon at 1 Hz (``measure_power_secs = 1``, offline, its CSV
   written to a temporary directory); greenmon at 1 Hz (every probe at 1 Hz) and at its
-  defaults ("10 Hz": host 10 Hz, the estimate and RAPL where present), writing a DuckDB
+  defaults (host and the estimate at 1 Hz, RAPL at 5 Hz where present), writing a DuckDB
   file.
 - ``slowdown``: the embedded ``tiny`` model served by greenmon's torch engine with the
   tool running *in the same process*.  torch is pinned to one intra-op and one inter-op
   thread (and OMP to one), so generation holds one core and never competes with itself.
-  Each round runs one *slot* per condition, in the order none / greenmon 10 Hz /
+  Each round runs one *slot* per condition, in the order none / greenmon at its defaults /
   CodeCarbon / greenmon 1 Hz / none (reversed every other round, so a drift favours no
   tool); a slot starts the tool, lets it settle, serves requests for ``--slot-s`` seconds
   and stops it.  A slot's figure is its median time per request (robust to a burst of
@@ -22,7 +22,8 @@ Two figures per tool, measured on this machine in one run:
   first) is the noise floor: its 95% interval (bootstrap over rounds, seeded) says how
   small a slowdown this run can resolve.  Slowdowns are medians over rounds, in %.
 
-Aims: greenmon at 10 Hz costs at most CodeCarbon's CPU at 1 Hz; the noise floor's 95%
+Aims: greenmon at its defaults costs at most CodeCarbon's CPU at 1 Hz, and with every
+probe at 1 Hz at most half of it; the noise floor's 95%
 interval is within +-0.5% (a readable figure); greenmon's slowdown is under 0.5%, which
 counts as met only when the upper end of its 95% interval is.
 
@@ -62,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if os.environ.get("GREENMON_BENCH_SITE"):
     sys.path.append(os.environ["GREENMON_BENCH_SITE"])
 
-TOOLS = ("none", "codecarbon_1hz", "greenmon_1hz", "greenmon_10hz")
+TOOLS = ("none", "codecarbon_1hz", "greenmon_1hz", "greenmon_defaults")
 GREENMON_1HZ = """
 [probes.host]
 rate_hz = 1
@@ -136,7 +137,7 @@ def running(tool: str, workdir: str) -> contextlib.AbstractContextManager[Any]:
         return codecarbon_running(workdir)
     if tool == "greenmon_1hz":
         return greenmon_running(GREENMON_1HZ, workdir)
-    if tool == "greenmon_10hz":
+    if tool == "greenmon_defaults":
         return greenmon_running("", workdir)  # greenmon's defaults
     raise ValueError(tool)
 
@@ -218,7 +219,7 @@ def floors(measured: dict[str, Any]) -> dict[str, Any]:
 
 # -- figure 2: slowdown of the same in-process generation ----------------------------------
 
-SLOTS = ("none", "greenmon_10hz", "codecarbon_1hz", "greenmon_1hz", "none_b")
+SLOTS = ("none", "greenmon_defaults", "codecarbon_1hz", "greenmon_1hz", "none_b")
 
 
 def make_workload(prompts: int, new_tokens: int) -> Callable[[float], float]:
@@ -364,25 +365,29 @@ def main() -> int:
         "threads_before": threads,
     }
     cc = cpu.get("codecarbon_1hz", {}).get("cpu_ms_per_s")
-    gm10 = cpu.get("greenmon_10hz", {}).get("cpu_ms_per_s")
+    gm10 = cpu.get("greenmon_defaults", {}).get("cpu_ms_per_s")
+    gm1 = cpu.get("greenmon_1hz", {}).get("cpu_ms_per_s")
     ratio = round(gm10 / cc, 3) if gm10 is not None and cc else None
-    report["cpu_ratio_greenmon_10hz_to_codecarbon_1hz"] = ratio
+    report["cpu_ratio_greenmon_defaults_to_codecarbon_1hz"] = ratio
     floor = slowdown["none_vs_none"]["interval_95_percent"]
     report["aims"] = [
         aim(
-            "greenmon 10 Hz CPU / CodeCarbon 1 Hz CPU",
+            "greenmon at its defaults: CPU / CodeCarbon 1 Hz CPU",
             ratio,
             "<=",
             1.0,
             why="" if ratio is not None else (missing or "a CPU figure failed"),
         ),
-        aim("greenmon 10 Hz CPU, ms per s", gm10, "<=", cc if cc else 2.5, "ms/s",
+        aim("greenmon at its defaults: CPU, ms per s", gm10, "<=", cc if cc else 2.5, "ms/s",
             why="; ".join(filter(None, [
                 "" if cc else "CodeCarbon absent: its published 2.5 ms/s used",
-                floor_text(cpu.get("greenmon_10hz", {}).get("floors"))]))),
+                floor_text(cpu.get("greenmon_defaults", {}).get("floors"))]))),
+        aim("greenmon with every probe at 1 Hz: CPU / CodeCarbon 1 Hz CPU",
+            round(gm1 / cc, 3) if gm1 is not None and cc else None, "<=", 0.5,
+            why="" if cc else (missing or "a CPU figure failed")),
         aim("slowdown noise floor (none vs none, 95% interval half-width)",
             (floor[1] - floor[0]) / 2, "<", 0.5, "%"),
-        slowdown_aim("greenmon 10 Hz slowdown", slowdown["greenmon_10hz"]),
+        slowdown_aim("greenmon at its defaults: slowdown", slowdown["greenmon_defaults"]),
         slowdown_aim("CodeCarbon 1 Hz slowdown (for comparison)",
                      slowdown.get("codecarbon_1hz"), missing),
     ]  # fmt: skip

@@ -1,8 +1,8 @@
 """What sampling costs: the daemon's CPU share with four probes at their default rates.
 
-Runs ``greenmon.daemon.Daemon`` for ``--seconds`` (default 30) with host (10 Hz), a fake NVML
-module with two GPUs (20 Hz), the NETIO probe polling a local fake device (2 Hz) and RAPL on
-a fake powercap tree (50 Hz), writing to a fresh DuckDB file, and prints JSON:
+Runs ``greenmon.daemon.Daemon`` for ``--seconds`` (default 30) with host (1 Hz), a fake NVML
+module with two GPUs (10 Hz), the NETIO probe polling a local fake device (1 Hz) and RAPL on
+a fake powercap tree (5 Hz), writing to a fresh DuckDB file, and prints JSON:
 
 - ``cpu_percent_of_one_core``: this process's CPU time (all threads: samplers, writer,
   DuckDB) over wall time, in % of one core, for the whole run and for the steady state
@@ -120,9 +120,9 @@ class Breakdown:
     def __enter__(self) -> Breakdown:
         drive, write = self._drive, self._write
 
-        def traced_drive(samplers: Any) -> None:
+        def traced_drive(samplers: Any, desk: Any = None) -> None:
             self.drive_tid = threading.get_native_id()
-            drive(samplers)
+            drive(samplers, desk)
 
         def traced_write(store: Store, *args: Any) -> None:
             started = time.thread_time_ns()
@@ -199,7 +199,7 @@ async def measure(seconds: float, workdir: Path, netio_port: int) -> dict[str, A
             netio.Options(enabled=True, host=f"127.0.0.1:{netio_port}"), environ=NETIO_ENV
         )
     )
-    config = parse_config("")  # default rates: host 10, nvml 20, netio 2, rapl 50 Hz
+    config = parse_config("")  # default rates: host 1, nvml 10, netio 1, rapl 5 Hz
     store = Store.open(workdir / "bench.duckdb")
     daemon = Daemon(store, config, probes=probes, handle_signals=False)
     marks: dict[str, float] = {}
@@ -379,7 +379,7 @@ def main() -> None:
     parts = figures["parts_ms_per_s"]
     figures["aims"] = [
         aim(
-            "daemon at default rates (host 10, NVML 20, NETIO 2, RAPL 50 Hz): CPU",
+            "daemon at default rates (host 1, NVML 10, NETIO 1, RAPL 5 Hz): CPU",
             figures["cpu_percent_of_one_core"]["steady_state"],
             "<=",
             0.5,

@@ -35,6 +35,7 @@ from greenmon.sampling import (
     HANDOFF_POLL_S,
     HANDOFF_WAIT_MAX_S,
     HANDOFF_WAIT_MIN_S,
+    EdgeDesk,
     ProbeHealth,
     Sampler,
     run_samplers,
@@ -83,6 +84,8 @@ class Daemon:
         self.stream_buffer = stream_buffer
         self.session_id = ""
         self.samplers: list[Sampler] = []
+        # Edges (windows, phases, rounds) ask the sampling thread for a read here.
+        self.edges = EdgeDesk()
         self.channels: dict[int, tuple[str, Channel]] = {}
         self.unavailable: dict[str, str] = {}
         # The channels that answer for their domain (the store's energy_sources view).
@@ -146,6 +149,15 @@ class Daemon:
         if self.session_id:
             event = Event(now_ns(), level, None, message)
             self.store.write(SampleBatch(), [event], self.session_id)
+
+    def edge_ns(self) -> int:
+        """Mark an edge: every probe that can be read on demand is read now, on the
+        sampling thread, and the instant of those reads (on the samples' clock) is
+        returned for the window or phase to start or end at.  Blocks for the reads (tens
+        to hundreds of µs; a read under way finishes first).  Without a sampling thread
+        to ask, or past ``EDGE_WAIT_MAX_S``, the edge is now and its energy interpolated."""
+        t_ns = self.edges.ask()
+        return now_ns() if t_ns is None else t_ns
 
     async def flush(self) -> None:
         """Return once everything handed to the writer so far is in the database.
@@ -397,7 +409,7 @@ class Daemon:
             for event in start_events:
                 send.send_nowait(event)
             # one thread for every blocking probe, async probes on this loop (sampling.py)
-            group.start_soon(run_samplers, self.samplers)
+            group.start_soon(run_samplers, self.samplers, self.edges)
             helpers = anyio.CancelScope()
             group.start_soon(self._run_helpers, helpers, task_status)
             try:

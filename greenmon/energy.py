@@ -7,11 +7,24 @@ Terms:
 - *counter* channels (RAPL ``energy_uj``, NVML mJ, EnergiBridge J, NETIO Wh): energy is the
   sum of counter deltas (greenmon/sources.py: a negative step is a wrap when the channel's
   metadata gives ``counter_range``, else a reset, whose interval's energy is unknown and
-  does not count as covered).  Windows cut intervals at their edges by linear
-  interpolation, so a window's energy does not depend on where samples happened to fall.
+  does not count as covered).
+- *edge*: how a window's edges were met, per channel (column ``edge``).  ``read``: the
+  counter was read at the very instant of both edges (the daemon's edge reads,
+  greenmon/sampling.py), so the window's energy is the exact wrap-corrected difference of
+  those two readings, with no interpolation, and its coverage is whole (the counter
+  counted all along; a reset still leaves it unknown).  ``interpolated``: a counter that
+  cannot be asked (EnergiBridge's stream, an older file) has the interval at each edge cut
+  by linear interpolation, so the window's energy does not depend on where samples fell,
+  but a power step between the last sample and the edge is spread over the interval.
+  ``integrated``: a gauge.
 - *gauge* power channels (W, mW): the trapezoid integral of the piecewise-linear power,
-  cut at the window's edges the same way.  Used only where no counter exists.
-- *coverage*: the share of the window whose energy the samples give: all of an interval up
+  cut at the window's edges the same way.  Used only where no counter exists.  A gauge
+  whose every sample is the mean over the interval since the previous one (metadata
+  ``interval_mean``: the host's CPU utilisation from tick counters, the estimate built on
+  it) is a step instead, each value holding over the interval that ends at it, so with
+  samples at a window's edges its mean over the window is exactly the ticks' between them.
+- *coverage*: the share of the window whose energy the samples give (whole for a counter
+  with ``edge`` = ``read`` and no reset): all of an interval up
   to four periods long, the two periods at either end of a longer gap, none of a reset
   interval, and nothing before the first sample or after the last (no energy is counted
   there either).  A probe that stalled shows up as coverage below 1 rather than as
@@ -53,6 +66,8 @@ def _interval_after(row: str, channel: str) -> str:
                WHEN {c}.kind = 'counter'
                    THEN coalesce({counter_delta_sql(f"{r}.value", f"{r}.next_v",
                                                     f"{c}.counter_range")}, 0.0)
+               -- a mean over the interval ending at each sample: a step back in time
+               WHEN {c}.interval_mean THEN {r}.next_v * ({r}.next_t - {r}.t_ns) * 1e-9
                ELSE ({r}.value + {r}.next_v) / 2.0 * ({r}.next_t - {r}.t_ns) * 1e-9
            END AS e_next"""
 
@@ -81,7 +96,8 @@ def window_integral_sql(
     ``windows`` must name a relation with columns window_id, channel_id, start_ns, end_ns.
     Output columns: window_id, channel_id, ``native_column`` (the integral in the
     channel's unit, times seconds for gauges), energy_j (that integral in joules for an
-    energy channel, NULL for any other unit), coverage, wraps, resets, intervals.
+    energy channel, NULL for any other unit), coverage, wraps, resets, intervals, edge
+    (``read``, ``interpolated`` or ``integrated``: the module's terms).
 
     How: one ordered pass over the samples gives, at every sample, the cumulative energy
     C(t) and the cumulative covered time Cov(t) since the first sample.  Both are
@@ -95,6 +111,8 @@ def window_integral_sql(
 WITH win AS (SELECT window_id, channel_id, start_ns, end_ns FROM {windows}),
 ch AS (
     SELECT channel_id, kind, period_ns,
+           coalesce(TRY_CAST(json_extract(metadata, '$.interval_mean') AS BOOLEAN), false)
+               AS interval_mean,
            {scale_to_si_sql()} AS scale_si,
            {counter_range_sql("channels")} AS counter_range
     FROM channels
@@ -169,7 +187,7 @@ edge_row AS (
     -- columns (sorting 50 million wide rows cost more than the rest of the query), and
     -- the interval after that sample is worked out again for these few rows
     SELECT e.window_id, e.channel_id, e.side, e.x, c.t_ns, c.value, c.next_t, c.next_v,
-           c.rn, ch.kind, ch.period_ns,
+           c.rn, ch.kind, ch.period_ns, ch.interval_mean,
            {_interval_after("c", "ch")}
     FROM edges e
     JOIN ch ON ch.channel_id = e.channel_id
@@ -177,7 +195,8 @@ edge_row AS (
       ON c.channel_id = e.channel_id AND e.x >= c.t_ns
 ),
 at_edge AS (
-    SELECT r.window_id, r.channel_id, r.side, r.rn,
+    SELECT r.window_id, r.channel_id, r.side, r.rn, r.kind,
+           coalesce(r.t_ns = r.x, false) AS at_sample,
            -- wraps and resets of the intervals wholly before the edge; the interval an
            -- end edge cuts counts as inside the window, the one a start edge cuts too
            -- (it is left out of the start's count): a window counts every interval it
@@ -195,6 +214,7 @@ at_edge AS (
                + CASE
                    WHEN r.next_t IS NULL OR r.x = r.t_ns THEN 0.0
                    WHEN r.kind = 'counter' THEN r.e_next * (r.x - r.t_ns) / (r.next_t - r.t_ns)
+                   WHEN r.interval_mean THEN r.next_v * (r.x - r.t_ns) * 1e-9
                    ELSE (r.value + (r.value + (r.next_v - r.value) * (r.x - r.t_ns)
                                     / (r.next_t - r.t_ns))) / 2.0 * (r.x - r.t_ns) * 1e-9
                  END
@@ -224,11 +244,17 @@ SELECT w.window_id, w.channel_id,
        CASE WHEN sp.first_t IS NULL OR w.end_ns <= sp.first_t OR w.start_ns >= sp.last_t
             THEN NULL ELSE (b.energy_at - a.energy_at) * b.scale_si END AS energy_j,
        CASE WHEN sp.first_t IS NULL OR w.end_ns <= w.start_ns THEN 0.0
+            -- read at both edges: the counter's difference is the whole window's energy
+            WHEN a.kind = 'counter' AND a.at_sample AND b.at_sample
+                 AND b.resets_at = a.resets_at THEN 1.0
             ELSE greatest(0.0, least(1.0, (b.cov_at - a.cov_at) / (w.end_ns - w.start_ns)))
        END AS coverage,
        b.wraps_at - a.wraps_at AS wraps,
        b.resets_at - a.resets_at AS resets,
-       coalesce(b.rn, 0) - coalesce(a.rn, 0) AS intervals
+       coalesce(b.rn, 0) - coalesce(a.rn, 0) AS intervals,
+       CASE WHEN a.kind <> 'counter' THEN 'integrated'
+            WHEN a.at_sample AND b.at_sample THEN 'read'
+            ELSE 'interpolated' END AS edge
 FROM win w
 LEFT JOIN span sp ON sp.channel_id = w.channel_id
 JOIN at_edge a ON a.window_id = w.window_id AND a.channel_id = w.channel_id AND a.side = 0
@@ -254,6 +280,7 @@ class WindowEnergy:
     wraps: int
     resets: int
     intervals: int
+    edge: str = "interpolated"
 
 
 def window_energy(
@@ -286,6 +313,7 @@ def window_energy(
             wraps=int(r[5]),
             resets=int(r[6]),
             intervals=int(r[7]),
+            edge=str(r[8]),
         )
         for r in rows
     }

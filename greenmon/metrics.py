@@ -19,10 +19,16 @@ Metrics (labels in braces):
   ``greenmon_experiment_eta_seconds``, ``greenmon_unit_info{experiment_id, unit_id, model,
   configuration, phase}``: the runner's progress, when the daemon runs one.
 - ``greenmon_windows_open``: named windows open now (greenmon/windows.py).
+- ``greenmon_self_cpu_seconds_total``: the daemon process's own CPU time (user + system;
+  engines it runs in-process included), read at the scrape, and
+  ``greenmon_self_sampling_cpu_seconds_total``, its sampling thread's, from the host
+  probe's ``greenmon.sampling_cpu_s`` (absent without the host probe): what measuring
+  costs, as Scaphandre's ``scaph_self_*``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -94,11 +100,30 @@ class DaemonCollector:
 
         yield from self._probe_metrics(GaugeMetricFamily, CounterMetricFamily)
         yield from self._experiment_metrics(GaugeMetricFamily, InfoMetricFamily)
+        yield from self._self_metrics(CounterMetricFamily)
         if self.daemon.windows is not None:
             yield GaugeMetricFamily(
                 "greenmon_windows_open", "Named windows open now.",
                 value=len(self.daemon.windows.open),
             )  # fmt: skip
+
+    def _self_metrics(self, counter: Any) -> Iterator[Metric]:
+        """The observer's own cost: this process's CPU, its sampling thread's."""
+        times = os.times()
+        yield counter(
+            "greenmon_self_cpu_seconds",
+            "CPU time (user + system) of the greenmon daemon's process, engines it runs "
+            "in-process included.",
+            value=times.user + times.system,
+        )
+        for channel_id, _, value in self.daemon.channel_values():
+            probe, channel = self.daemon.channels[channel_id]
+            if probe == "host" and channel.name == "greenmon.sampling_cpu_s":
+                yield counter(
+                    "greenmon_self_sampling_cpu_seconds",
+                    "CPU time of the daemon's sampling thread (every probe's reads).",
+                    value=float(value),
+                )
 
     def _power_metric(self, gauge: Any, sources: dict[int, str]) -> Any:
         """Power per channel now; adds each source channel's energy since the last scrape

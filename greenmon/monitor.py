@@ -105,6 +105,12 @@ class Window:
         return self._closed().coverage
 
     @property
+    def interpolated(self) -> list[str]:
+        """Domains whose energy is interpolated at the edges (a stream that cannot be read
+        on demand); every other domain's counters were read at both edges."""
+        return self._closed().interpolated
+
+    @property
     def flags(self) -> list[str]:
         """Validity flags (short_window, low_coverage, counter_wrap, estimated, ...)."""
         return self._closed().flags

@@ -87,6 +87,8 @@ class RunnerHost(Protocol):
 
     async def samples_through(self, t_ns: int) -> None: ...
 
+    def edge_ns(self) -> int: ...
+
 
 class WindowHost(Protocol):
     """What the named-windows service uses of its daemon: it attaches its registry as
@@ -105,6 +107,8 @@ class WindowHost(Protocol):
     def event(self, level: str, message: str, probe: str | None = None) -> None: ...
 
     async def samples_through(self, t_ns: int) -> None: ...
+
+    def edge_ns(self) -> int: ...
 
 
 class MetricsHost(Protocol):

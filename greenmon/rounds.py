@@ -225,7 +225,7 @@ async def _decide_round(
 ) -> StopDecision:
     # Every sample up to the round's end is in the file before its units are materialised
     # (each unit's record already waited for its own; this covers the round's end).
-    await daemon.samples_through(now_ns())
+    await daemon.samples_through(daemon.edge_ns())
 
     def work() -> StopDecision:
         cells = evaluate_experiment(plan, experiment_id, daemon.store)

@@ -700,9 +700,12 @@ class PhaseLog:
     """
 
     marks: list[PhaseMark] = field(default_factory=list)
+    # The instant of an edge: the daemon's edge read (counters read at the phase's start
+    # and end, so its energy is their exact difference); plain now_ns without a daemon.
+    clock: Callable[[], int] = now_ns
 
     def start(self, phase: str) -> PhaseMark:
-        mark = PhaseMark(phase, now_ns())
+        mark = PhaseMark(phase, self.clock())
         self.marks.append(mark)
         return mark
 
@@ -743,7 +746,7 @@ class UnitRun:
         self.model = model
         self.prompts = prompts
         self.reference = reference
-        self.phases = PhaseLog()
+        self.phases = PhaseLog(clock=runner.daemon.edge_ns)
         self.attempt = 0
         self.cell: dict[str, int] = {}
         self.max_new = int(unit.level("max_new_tokens", plan.spec.max_new_tokens))
@@ -801,7 +804,7 @@ class UnitRun:
         mark = self.phases.start(name)
         self.state.phase = name
         yield
-        mark.end_ns = now_ns()
+        mark.end_ns = self.phases.clock()
 
     @property
     def loaded(self) -> Engine:

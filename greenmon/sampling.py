@@ -30,6 +30,16 @@ read, no per-sample objects); at each hand-off the buffer becomes long columns (
 flushes (greenmon/store.py).  A sample therefore reaches the file at most
 ``handoff_interval_s + flush_interval_s`` after it was read (plus the flush itself): that
 is what a SIGKILL can lose.
+
+*Edge reads*: a window, phase or round edge asks the shared thread for an immediate read
+of every probe on it that can be read on demand (``EdgeDesk.ask``).  The thread serves the
+request at once, between ticks (it owns the probes: no read ever runs on two threads),
+reading the probes with energy counters first and back to back, then the others, and
+stamps every row with one instant, the midpoint of the energy counters' reads, which it
+returns as the edge.  The rows are
+ordinary samples; a counter read at both edges of a window gives its energy as the exact
+difference of the two (greenmon/energy.py).  Probes on other threads (EnergiBridge's
+stream, NETIO's HTTP reads) cannot be asked: their windows interpolate, and say so.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from greenmon.clock import now_ns
 from greenmon.probes.base import Channel, Probe, ProbeLost, Stamped, Values
+from greenmon.sources import ENERGY_UNITS
 from greenmon.store import Event, SampleBatch
 from greenmon.update_periods import UpdatePeriods
 
@@ -71,6 +82,10 @@ HANDOFF_INTERVAL_S = 0.5
 HANDOFF_WAIT_MIN_S = 1.0
 HANDOFF_WAIT_MAX_S = 10.0
 HANDOFF_POLL_S = 0.002
+# How long an edge waits for the sampling thread to read (a read already under way
+# finishes first).  Past it the edge is stamped when the wait ended and its counters are
+# interpolated, as a probe that cannot be asked is.
+EDGE_WAIT_MAX_S = 0.25
 
 
 def next_tick(t0_ns: int, period_ns: int, done_tick: int, now_ns_: int) -> tuple[int, int]:
@@ -222,6 +237,77 @@ class _Rows:
         )
 
 
+@dataclass
+class _EdgeAsk:
+    done: threading.Event = field(default_factory=threading.Event)
+    t_ns: int | None = None
+
+
+class EdgeDesk:
+    """Where edges ask the shared sampling thread for an immediate read (any thread may
+    ask; only the sampling thread serves).  ``ask`` returns the edge's instant on the
+    samples' clock, or None when no thread serves (no blocking probe) or it did not
+    answer within the wait."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[_EdgeAsk] = []
+        self._wake: Callable[[], None] | None = None
+        self.served = 0
+
+    @property
+    def serving(self) -> bool:
+        return self._wake is not None
+
+    def ask(self, timeout_s: float = EDGE_WAIT_MAX_S) -> int | None:
+        wake = self._wake
+        if wake is None:
+            return None
+        request = _EdgeAsk()
+        with self._lock:
+            self._pending.append(request)
+        wake()
+        request.done.wait(timeout_s)
+        return request.t_ns
+
+    def _take(self) -> list[_EdgeAsk]:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        return pending
+
+    def _attach(self, wake: Callable[[], None] | None) -> None:
+        self._wake = wake
+        if wake is None:  # the thread is leaving: nobody waits for it
+            for request in self._take():
+                request.done.set()
+
+    def serve(self, samplers: Sequence[Sampler]) -> None:
+        """On the sampling thread: read every running sampler now, answer the askers.
+
+        Asks that arrived together share one read.  Probes with energy counters are read
+        first, back to back, and the midpoint of those reads is the edge; the rest (the
+        host's CPU counters and gauges) are read right after, tens of µs later, and every
+        row is stamped at the edge, so each counter has a sample at the edge's instant.
+        """
+        pending = self._take()
+        if not pending:
+            return
+        ready = [s for s in samplers if s.edge_readable]
+        first = [s for s in ready if s.has_counters] or ready
+        t_before_ns = time.monotonic_ns()
+        results = [(s, s._edge_read()) for s in first]
+        t_after_ns = time.monotonic_ns()
+        edge_ns = (t_before_ns + t_after_ns) // 2
+        results += [(s, s._edge_read()) for s in ready if s not in first]
+        for sampler, result in results:
+            if result is not None:
+                sampler._record(edge_ns, result)
+        self.served += 1
+        for request in pending:
+            request.t_ns = edge_ns
+            request.done.set()
+
+
 class Sampler:
     """One opened probe's schedule, health and buffer.  ``run_samplers`` drives it."""
 
@@ -289,6 +375,27 @@ class Sampler:
     def dedicated_thread(self) -> bool:
         """A blocking probe whose read may take long gets a thread of its own."""
         return bool(getattr(self.probe, "blocking_reads", False))
+
+    @property
+    def has_counters(self) -> bool:
+        """Whether the probe has energy counters (which edges read first, together)."""
+        return any(c.kind == "counter" and c.unit in ENERGY_UNITS for c in self.channels)
+
+    @property
+    def edge_readable(self) -> bool:
+        """Whether an edge may read this probe now: running, not backing off a failure."""
+        return self.health.state == "running" and self._consecutive == 0
+
+    def _edge_read(self) -> Values | None:
+        """One read for an edge (on the sampling thread), outside the tick schedule; a
+        failure leaves the edge to interpolation and the next tick to report it."""
+        try:
+            result = self.probe.read()
+        except Exception:
+            return None
+        if isinstance(result, Stamped) or len(result) != len(self.channel_ids):
+            return None
+        return result
 
     # -- one tick ------------------------------------------------------------------
     def _start(self, t0_ns: int) -> None:
@@ -506,9 +613,10 @@ class _Waker:
                 os.close(fd)
 
 
-def drive(samplers: Sequence[Sampler]) -> None:
+def drive(samplers: Sequence[Sampler], desk: EdgeDesk | None = None) -> None:
     """One thread's loop over blocking samplers: sleep to the earliest deadline, read
-    whatever is due (fastest probe first), hand off every ``handoff_interval_s``.
+    whatever is due (fastest probe first), hand off every ``handoff_interval_s``, and
+    serve the edge reads asked at ``desk`` the moment they are asked.
 
     Returns when every sampler has been stopped or lost; each one finishes and hands off
     what it holds as it leaves.
@@ -522,6 +630,8 @@ def drive(samplers: Sequence[Sampler]) -> None:
     active = sorted(samplers, key=lambda s: s.period_ns)
     handoff_ns = min(s.handoff_interval_ns for s in samplers)
     next_handoff_ns = t0_ns + handoff_ns
+    if desk is not None:
+        desk._attach(waker.wake)
     # Stop flags and hand-off requests are looked at only when something may have set
     # them: stop() and request_handoff() wake the thread through the pipe, and a read that
     # loses its probe stops it from this thread.  The rest of the loop is per deadline.
@@ -530,6 +640,8 @@ def drive(samplers: Sequence[Sampler]) -> None:
         while active:
             if flags_may_have_changed:
                 flags_may_have_changed = False
+                if desk is not None:
+                    desk.serve(active)
                 if any(s.stopping for s in active):
                     for sampler in [s for s in active if s.stopping]:
                         _leave(sampler)
@@ -559,6 +671,8 @@ def drive(samplers: Sequence[Sampler]) -> None:
                 # made may be the one it waits for.
                 flags_may_have_changed = True
     finally:
+        if desk is not None:
+            desk._attach(None)
         for sampler in active:
             _leave(sampler)
         for sampler in samplers:
@@ -571,11 +685,15 @@ def _leave(sampler: Sampler) -> None:
     sampler._handoff_from_thread()
 
 
-async def _run_thread(samplers: Sequence[Sampler], limiter: anyio.CapacityLimiter) -> None:
+async def _run_thread(
+    samplers: Sequence[Sampler], limiter: anyio.CapacityLimiter, desk: EdgeDesk | None = None
+) -> None:
     try:
         # abandon_on_cancel=False: on cancellation we wait for the thread, which sees the
         # stop flags set by the daemon and hands off what it holds.
-        await anyio.to_thread.run_sync(drive, samplers, limiter=limiter, abandon_on_cancel=False)
+        await anyio.to_thread.run_sync(
+            drive, samplers, desk, limiter=limiter, abandon_on_cancel=False
+        )
     finally:
         for sampler in samplers:
             sampler.send.close()
@@ -588,10 +706,11 @@ async def _run_async(sampler: Sampler) -> None:
         sampler.send.close()
 
 
-async def run_samplers(samplers: Sequence[Sampler]) -> None:
+async def run_samplers(samplers: Sequence[Sampler], desk: EdgeDesk | None = None) -> None:
     """Sample until every sampler is stopped: blocking probes on one shared thread (those
     declaring ``blocking_reads`` on a thread each), async probes as tasks on this loop.
-    Each sampler's send stream is closed when it is done."""
+    Each sampler's send stream is closed when it is done.  The shared thread serves the
+    edge reads asked at ``desk``."""
     shared = [s for s in samplers if not s.is_async and not s.dedicated_thread]
     own = [s for s in samplers if not s.is_async and s.dedicated_thread]
     threads = [shared] if shared else []
@@ -601,7 +720,7 @@ async def run_samplers(samplers: Sequence[Sampler]) -> None:
     limiter = anyio.CapacityLimiter(max(1, len(threads)))
     async with anyio.create_task_group() as group:
         for members in threads:
-            group.start_soon(_run_thread, members, limiter)
+            group.start_soon(_run_thread, members, limiter, desk if members is shared else None)
         for sampler in samplers:
             if sampler.is_async:
                 group.start_soon(_run_async, sampler)

@@ -51,6 +51,9 @@ DEVICE_SPLIT_PROBES: dict[str, tuple[str, ...]] = {"gpu": ("nvml", "amdsmi")}
 # Every probe whose channels can answer for an energy domain: the measured ones above, then
 # the estimate (its figures are estimated).  The plan check reads it for the slowest source.
 ENERGY_PROBES = (*PROBE_RANK, "estimate")
+# Probes whose energy counters the sampling thread reads at every edge (sampling.py
+# EdgeDesk); EnergiBridge streams on its own thread and is interpolated instead.
+EDGE_READ_PROBES = ("rapl", "nvml", "amdsmi")
 
 
 def scale_to_si_sql(unit: str = "unit") -> str:
@@ -94,8 +97,8 @@ def _device_split_sql() -> str:
 
 
 # The body of the ``energy_sources`` view (greenmon/views.py): one row per source channel
-# with its session, domain, probe, name, kind, unit, estimated, period_ns and
-# counter_range.
+# with its session, domain, probe, name, kind, unit, estimated, period_ns, counter_range
+# and edge_period_ns.
 ENERGY_SOURCES_SQL = f"""
 WITH cand AS (
     SELECT c.*,
@@ -125,7 +128,13 @@ SELECT c.session_id, c.domain, c.channel_id, c.probe, c.name, c.kind, c.unit, c.
        greatest(c.period_ns,
                 TRY_CAST(json_extract_string(c.metadata, '$.update_period_ns') AS BIGINT))
            AS period_ns,
-       {counter_range_sql("c")} AS counter_range
+       {counter_range_sql("c")} AS counter_range,
+       -- the time resolution of a counter read at a window's edges: how often the
+       -- hardware updates it (declared by the probe), whatever the polling rate
+       coalesce(TRY_CAST(json_extract_string(c.metadata, '$.counter_update_ns') AS BIGINT),
+                greatest(c.period_ns, TRY_CAST(json_extract_string(c.metadata,
+                                                '$.update_period_ns') AS BIGINT)))
+           AS edge_period_ns
 FROM cand c JOIN best_kind b USING (session_id, domain, probe, kind_rank)
 """
 

@@ -147,6 +147,14 @@ _SOURCE_WINDOWS = f"""(
       AND e.steady_end_ns > e.steady_start_ns
 )"""
 
+# A counter read at both edges of a window (energy.py ``edge`` = 'read') resolves time as
+# finely as its hardware updates it; any other source as finely as it was sampled.
+_EDGE_PERIOD = "CASE WHEN e.edge = 'read' THEN es.edge_period_ns ELSE es.period_ns END"
+# How a domain's edges were met: 'interpolated' if any of its channels was (a stream that
+# cannot be asked, EnergiBridge), else 'read' where counters were read at the edges.
+_EDGE_OF_DOMAIN = """CASE WHEN bool_or(e.edge = 'interpolated') THEN 'interpolated'
+            WHEN bool_or(e.edge = 'read') THEN 'read' ELSE 'integrated' END"""
+
 # Phase 'steady' (issue 16) is the measure's steady-state window: its duration is
 # unit_steady's steady_s, so duration_s is NULL on those rows.
 _UNIT_PHASE_ENERGY = f"""
@@ -157,7 +165,7 @@ SELECT p.experiment_id, p.unit_id, p.attempt,
        es.domain,
        sum(e.energy_j) AS energy_j, min(e.coverage) AS coverage, sum(e.wraps) AS wraps,
        sum(e.resets) AS resets, bool_or(es.estimated) AS estimated,
-       max(es.period_ns) AS period_ns
+       max({_EDGE_PERIOD}) AS period_ns, {_EDGE_OF_DOMAIN} AS edge
 FROM ({window_energy_sql(_SOURCE_WINDOWS, _SAMPLE_RANGE)}) e
 JOIN phases p ON p.phase_id = abs(e.window_id)
 JOIN energy_sources es ON es.channel_id = e.channel_id
@@ -288,6 +296,29 @@ FROM m LEFT JOIN experiments x USING (experiment_id)
 GROUP BY ALL
 """
 
+# The observer's own cost over each unit's measure: the increase of the host probe's CPU
+# counters (probes/host.py), read at the phase's edges like the energy counters.
+# greenmon.cpu_s is the daemon process's CPU, engines it runs in-process included;
+# greenmon.sampling_cpu_s its sampling thread's, every probe's reads and nothing else.
+OBSERVER_CHANNELS = ("greenmon.cpu_s", "greenmon.sampling_cpu_s")
+_OBSERVER_WINDOWS = f"""(
+    SELECT p.phase_id AS window_id, c.channel_id, p.start_ns, p.end_ns
+    FROM phases p JOIN channels c ON c.session_id = p.session_id
+    WHERE p.phase = 'measure' AND p.end_ns > p.start_ns AND c.probe = 'host'
+      AND c.name IN {OBSERVER_CHANNELS!r} AND (exp IS NULL OR p.experiment_id = exp)
+)"""
+_OBSERVER_COST = f"""
+SELECT p.experiment_id, p.unit_id, p.attempt, p.session_id,
+       (p.end_ns - p.start_ns) / 1e9 AS measure_s,
+       sum(e.integral_native) FILTER (WHERE c.name = 'greenmon.cpu_s') AS daemon_cpu_s,
+       sum(e.integral_native) FILTER (WHERE c.name = 'greenmon.sampling_cpu_s')
+           AS sampling_cpu_s
+FROM ({window_integral_sql(_OBSERVER_WINDOWS)}) e
+JOIN phases p ON p.phase_id = e.window_id
+JOIN channels c ON c.channel_id = e.channel_id
+GROUP BY ALL
+"""
+
 # The thresholds behind the validity flags live in greenmon/thresholds.py (imported above,
 # and still importable from here).
 
@@ -365,7 +396,9 @@ energy AS (
            sum(resets) FILTER (WHERE phase = 'measure') AS resets,
            bool_or(estimated) AS estimated,
            max(period_ns) AS max_period_ns,
-           list(DISTINCT domain) FILTER (WHERE estimated) AS estimated_domains
+           list(DISTINCT domain) FILTER (WHERE estimated) AS estimated_domains,
+           list(DISTINCT domain) FILTER (WHERE phase = 'measure' AND edge = 'interpolated')
+               AS interpolated_domains
     FROM pe GROUP BY ALL
 ),
 stats AS (
@@ -434,6 +467,7 @@ base AS (
            b.baseline_cpu_w, b.baseline_gpu_w, b.baseline_wall_w,
            e.load_energy_j, e.tail_energy_j, e.min_coverage, e.wraps, e.resets,
            coalesce(e.estimated, false) AS estimated, e.estimated_domains, e.max_period_ns,
+           e.interpolated_domains,
            b.cpu_percent, b.ram_percent, b.gpu_percent, b.gpu_mem_util_percent,
            b.gpu_mem_used_percent, u.fidelity_share, u.fidelity_first_divergence,
            bg.background_cpu_percent, bg.baseline_background_cpu_percent,
@@ -499,7 +533,7 @@ _WINDOW_RESULTS = f"""
 WITH e AS MATERIALIZED ({window_integral_sql(_WINDOW_CHANNELS)}),
 de AS (
     SELECT e.window_id, es.domain, e.energy_j, e.coverage, e.wraps, e.resets, es.estimated,
-           es.period_ns
+           {_EDGE_PERIOD} AS period_ns, e.edge
     FROM e JOIN energy_sources es ON es.channel_id = e.channel_id
 ),
 energy AS (
@@ -507,7 +541,8 @@ energy AS (
            {_window_domain("gpu")}, {_window_domain("wall")},
            min(coverage) AS min_coverage, sum(wraps) AS wraps, sum(resets) AS resets,
            bool_or(estimated) AS estimated, max(period_ns) AS max_period_ns,
-           list(DISTINCT domain) FILTER (WHERE estimated) AS estimated_domains
+           list(DISTINCT domain) FILTER (WHERE estimated) AS estimated_domains,
+           list(DISTINCT domain) FILTER (WHERE edge = 'interpolated') AS interpolated_domains
     FROM de GROUP BY window_id
 ),
 util AS (
@@ -524,7 +559,7 @@ figures AS MATERIALIZED (
                 ELSE coalesce(en.energy_cpu_j, 0) + coalesce(en.energy_gpu_j, 0) END
                AS energy_global_j,
            en.min_coverage, en.wraps, en.resets, coalesce(en.estimated, false) AS estimated,
-           en.estimated_domains, en.max_period_ns,
+           en.estimated_domains, en.max_period_ns, en.interpolated_domains,
            u.cpu_percent, u.ram_percent, u.gpu_percent, u.gpu_mem_util_percent,
            u.gpu_mem_used_percent,
            -- a probe that failed while this window was open: its figures may have gaps
@@ -685,6 +720,7 @@ _FOR_MACROS = (
     _over_experiment("unit_results_live", "unit_results_sel"),
     # issue 15: a user's windows (a list of window ids; NULL: every window)
     Macro("window_results_for", "ids", _WINDOW_RESULTS),
+    Macro("observer_cost_for", "exp", _OBSERVER_COST),
 )
 
 # Every relation, in the order it is created.

@@ -8,8 +8,11 @@ Terms:
 - *baseline window*: an idle window (kind ``baseline``) whose mean power per domain other
   windows subtract (dynamic energy).  A caller names one by id, or asks the daemon to take
   one of ``baseline_s`` seconds before its first window (kept for the session).
-- *closing*: the end is stamped on arrival; the daemon then asks every sampler for its
-  samples up to that instant and the writer to flush them (``Daemon.flush``), so the
+- *edges*: a window starts and ends at an edge read (``Daemon.edge_ns``): the counters
+  that can be read on demand are read at that instant, so the window's energy from them is
+  their exact difference; a stream that cannot be asked (EnergiBridge) is interpolated.
+- *closing*: the end is stamped on arrival, by its edge read; the daemon then asks every
+  sampler for its samples up to that instant and the writer to flush them (``Daemon.flush``), so the
   figures returned by a close are complete, and the same as DuckDB gives afterwards.
 
 ``windows_service()`` attaches a ``WindowRegistry`` to a daemon as ``daemon.windows``;
@@ -91,6 +94,9 @@ class WindowResult:
     utilisation: dict[str, float] = field(default_factory=dict)
     coverage: float | None = None
     flags: list[str] = field(default_factory=list)
+    # Domains whose energy is interpolated at the window's edges (a source that cannot
+    # be read on demand, EnergiBridge); the others' counters were read at both edges.
+    interpolated: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +115,7 @@ class WindowResult:
             "utilisation": self.utilisation,
             "coverage": self.coverage,
             "flags": self.flags,
+            "interpolated": self.interpolated,
         }
 
     @classmethod
@@ -129,6 +136,7 @@ class WindowResult:
             utilisation=dict(data.get("utilisation") or {}),
             coverage=data.get("coverage"),
             flags=list(data.get("flags") or []),
+            interpolated=list(data.get("interpolated") or []),
         )
 
     @classmethod
@@ -167,6 +175,7 @@ class WindowResult:
             },
             coverage=number(row.get("min_coverage")),
             flags=list(row.get("flags") or []),
+            interpolated=sorted(row.get("interpolated_domains") or []),
         )
 
 
@@ -219,7 +228,9 @@ class WindowRegistry:
         self, name: str, tags: dict[str, Any], kind: str, baseline_window_id: int | None
     ) -> OpenWindow:
         await self._first_readings()
-        start_ns = now_ns()
+        # An edge read: the counters are read now and the window starts at that instant,
+        # so its energy is their exact difference (sampling.py EdgeDesk).
+        start_ns = self.daemon.edge_ns()
         rows = await anyio.to_thread.run_sync(
             self.store.execute,
             """INSERT INTO windows (session_id, name, kind, tags, start_ns, baseline_window_id)
@@ -278,7 +289,12 @@ class WindowRegistry:
 
     # -- closing -----------------------------------------------------------------------
     async def close_window(self, window_id: int) -> WindowResult:
-        end_ns = now_ns()
+        if window_id not in self.open:
+            raise WindowError(
+                f"Window {window_id} is not open in this daemon (closed already, or opened "
+                "by another daemon session). `GET /windows` lists the open ones."
+            )
+        end_ns = self.daemon.edge_ns()
         window = self.open.pop(window_id, None)
         if window is None:
             raise WindowError(

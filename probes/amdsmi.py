@@ -130,7 +130,7 @@ def _number(value: Any) -> float | None:
 
 class AmdsmiProbe:
     name: ClassVar[str] = "amdsmi"
-    default_rate_hz: ClassVar[float] = 20.0
+    default_rate_hz: ClassVar[float] = 10.0
 
     def __init__(
         self,

@@ -99,7 +99,9 @@ def linear_power_w(utilisation: float, idle_w: float, tdp_w: float) -> float:
 
 class EstimateProbe:
     name: ClassVar[str] = "estimate"
-    default_rate_hz: ClassVar[float] = 10.0
+    # Its input is the host's utilisation, so the host's pace (and wake-ups); it is read
+    # at every edge too.
+    default_rate_hz: ClassVar[float] = 1.0
 
     def __init__(
         self,
@@ -144,10 +146,17 @@ class EstimateProbe:
             "model": "linear: idle_w + (tdp_w - idle_w) * utilisation",
             "tdp_w": self.tdp_w,
             "idle_w": self.idle_w,
+            # modelled from the utilisation over the interval since the previous read
+            "interval_mean": True,
         }
         return [
             Channel("cpu.power_w", "W", "gauge", domain="cpu", metadata=metadata),
-            Channel("cpu.utilisation_percent", "%", "gauge", metadata={"input_of": "cpu.power_w"}),
+            Channel(
+                "cpu.utilisation_percent",
+                "%",
+                "gauge",
+                metadata={"input_of": "cpu.power_w", "interval_mean": True},
+            ),
         ]
 
     def read(self) -> Values:

@@ -1,5 +1,11 @@
 """Host probe: system CPU, memory and swap, and one watched process, from /proc.
 
+The observer's own cost: ``greenmon.cpu_s``, the CPU time (user + system, seconds) of the
+process the probe runs in, the daemon (with any engine it runs in-process), and
+``greenmon.sampling_cpu_s``, that of the sampling thread that reads this probe, which no
+engine shares.  Both are counters (kind ``counter``, unit ``s``): their increase over a
+window is what measuring cost in it, read at its edges like the energy counters.
+
 Channels: ``cpu.percent`` and ``cpuN.percent`` (utilisation since the previous read, so
 each sample covers exactly one sampling period), ``cpu.freq_mhz``, ``ram.used_bytes``,
 ``ram.percent``, ``swap.used_bytes``, ``swap.percent``, and for the watched process
@@ -60,9 +66,18 @@ def _percent(now: tuple[int, int], before: tuple[int, int]) -> float:
     return min(100.0, max(0.0, 100.0 * busy / total))
 
 
+def self_cpu_s() -> tuple[float, float]:
+    """(this process's CPU seconds, the calling thread's CPU seconds): two clock reads,
+    about a microsecond, so counting the observer costs the observer nothing to speak of."""
+    times = os.times()
+    return times.user + times.system, time.thread_time()
+
+
 class HostProbe:
     name: ClassVar[str] = "host"
-    default_rate_hz: ClassVar[float] = 10.0
+    # htop's pace (a refresh every 1.5 s by default), rounded to 1 s so that its reads
+    # share the counters' wake-ups; windows and phases are read at their edges anyway.
+    default_rate_hz: ClassVar[float] = 1.0
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or Options()
@@ -124,19 +139,29 @@ class HostProbe:
         roots = self.options.tree_pids
         self._tree = ProcessTree(proc, roots if roots is not None else [os.getpid(), pid])
         self._last_own_ticks = self._tree.cpu_ticks()
-        channels = [Channel("cpu.percent", "%", "gauge")]
-        channels += [Channel(f"cpu{i}.percent", "%", "gauge") for i in range(self._cores)]
+        # Utilisation is the mean over the interval since the previous read (tick counters'
+        # differences): greenmon/energy.py integrates such a gauge as a step, exact between
+        # reads at a window's edges.
+        mean = {"interval_mean": True}
+        channels = [Channel("cpu.percent", "%", "gauge", metadata=mean)]
+        channels += [
+            Channel(f"cpu{i}.percent", "%", "gauge", metadata=mean) for i in range(self._cores)
+        ]
         channels += [
             Channel("cpu.freq_mhz", "MHz", "gauge"),
             Channel("ram.used_bytes", "B", "gauge"),
             Channel("ram.percent", "%", "gauge"),
             Channel("swap.used_bytes", "B", "gauge"),
             Channel("swap.percent", "%", "gauge"),
-            Channel("proc.cpu_percent", "%", "gauge", metadata={"pid": pid}),
+            Channel("greenmon.cpu_s", "s", "counter", metadata={"pid": os.getpid()}),
+            Channel("greenmon.sampling_cpu_s", "s", "counter"),
+            Channel("proc.cpu_percent", "%", "gauge", metadata={"pid": pid, **mean}),
             Channel("proc.rss_bytes", "B", "gauge", metadata={"pid": pid}),
-            Channel("tree.cpu_percent", "%", "gauge", metadata={"roots": self._tree.roots}),
-            Channel("background.cpu_percent", "%", "gauge"),
-            Channel("steal.cpu_percent", "%", "gauge"),
+            Channel(
+                "tree.cpu_percent", "%", "gauge", metadata={"roots": self._tree.roots, **mean}
+            ),
+            Channel("background.cpu_percent", "%", "gauge", metadata=mean),
+            Channel("steal.cpu_percent", "%", "gauge", metadata=mean),
         ]
         return channels
 
@@ -235,6 +260,7 @@ class HostProbe:
             100.0 * ram_used / ram_total if ram_total else None,
             float(swap_used),
             100.0 * swap_used / swap_total if swap_total else 0.0,
+            *self_cpu_s(),
             proc_cpu,
             proc_rss,
             own_percent,

@@ -225,7 +225,9 @@ class RefreshDetector:
 
 class NetioProbe:
     name: ClassVar[str] = "netio"
-    default_rate_hz: ClassVar[float] = 2.0
+    # The device refreshes its readings once a second (detected and recorded as the
+    # source's refresh period): polling faster reads the same values again.
+    default_rate_hz: ClassVar[float] = 1.0
 
     def __init__(
         self,

@@ -49,6 +49,11 @@ from greenmon.probes.base import Channel, ProbeLost, ProbeUnavailable, Values
 from greenmon.probes.options import ProbeOptions
 from greenmon.probes.proctree import ProcessTree
 
+# How often the driver updates the total-energy counter: with its power sampling, every
+# few tens of milliseconds on recent GPUs; 100 ms is the conservative figure (the same
+# as the power field's update), the time resolution of a window whose edges read it.
+NVML_ENERGY_UPDATE_NS = 100_000_000
+
 # pynvml's values, used when a (fake) module does not define a constant.
 _CODES = {
     "NVML_SUCCESS": 0,
@@ -106,7 +111,9 @@ _GAUGES: tuple[tuple[str, list[tuple[str, str]]], ...] = (
 
 class NvmlProbe:
     name: ClassVar[str] = "nvml"
-    default_rate_hz: ClassVar[float] = 20.0
+    # The energy counter is read at every edge; the power field NVML updates about every
+    # 100 ms, and utilisation over a similar period: polling faster reads repeats.
+    default_rate_hz: ClassVar[float] = 10.0
 
     def __init__(self, options: Options | None = None, *, nvml: Any = None) -> None:
         self.options = options or Options()
@@ -241,7 +248,18 @@ class NvmlProbe:
         with contextlib.suppress(_Unsupported):
             self._try(queries["energy"])
             found.append(
-                (queries["energy"], [Channel(f"{p}.energy_mj", "mJ", "counter", "gpu", meta())])
+                (
+                    queries["energy"],
+                    [
+                        Channel(
+                            f"{p}.energy_mj",
+                            "mJ",
+                            "counter",
+                            "gpu",
+                            meta(counter_update_ns=NVML_ENERGY_UPDATE_NS),
+                        )
+                    ],
+                )
             )
             has_counter = True
         for name, field_name in (("power_instant", "instant"), ("power_usage", "usage_1s_average")):

@@ -114,6 +114,11 @@ def discover_zones(root: Path, *, subzones: bool = True) -> list[Zone]:
     return zones
 
 
+# RAPL's energy status registers are updated about every 1 ms (Intel SDM, "RAPL
+# interfaces"; AMD's the same order).
+RAPL_UPDATE_NS = 1_000_000
+
+
 def zone_channel(zone: Zone) -> Channel:
     if zone.parent_name is None:
         label = zone.name
@@ -124,6 +129,9 @@ def zone_channel(zone: Zone) -> Channel:
     metadata: dict[str, object] = {
         "zone": zone.path.name,
         "max_energy_range_uj": zone.max_energy_range_uj,
+        # The hardware updates the energy status about every millisecond: the time
+        # resolution of a window whose edges read the counter (views.py short_window).
+        "counter_update_ns": RAPL_UPDATE_NS,
     }
     if zone.max_energy_range_uj > 0:
         # RAPL counters wrap at max_energy_range_uj: the delta after a wrap is
@@ -134,7 +142,9 @@ def zone_channel(zone: Zone) -> Channel:
 
 class RaplProbe:
     name: ClassVar[str] = "rapl"
-    default_rate_hz: ClassVar[float] = 50.0
+    # The counters are read at every window and phase edge (sampling.py), so polling
+    # only feeds the live chart (a few Hz) and wrap safety (minutes at full power).
+    default_rate_hz: ClassVar[float] = 5.0
 
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or Options()

@@ -125,6 +125,9 @@ class AnalysisResult:
     front: pd.DataFrame = field(default_factory=pd.DataFrame)
     footprint: pd.DataFrame = field(default_factory=pd.DataFrame)
     pricing_source: str = ""
+    # What measuring cost: greenmon's own CPU over each unit's measure and per session
+    # (analysis/tables.py observer_cost); empty where the host probe did not run.
+    observer: dict[str, Any] = field(default_factory=dict)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """Table name (without the ``analysis_`` prefix) -> its rows."""
@@ -160,6 +163,7 @@ class AnalysisResult:
             "notes": [{"title": n.title, "message": n.message} for n in self.notes],
             "estimated": self.estimated,
             "pricing_source": self.pricing_source or None,
+            "observer": self.observer,
             "tables": {name: records(frame) for name, frame in self.tables().items()},
             "request_energy": {
                 "figures": "attributed",

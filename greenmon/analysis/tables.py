@@ -8,7 +8,9 @@ table's columns, the old table is dropped and rebuilt rather than migrated.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import duckdb
 
 from greenmon.analysis import decision, footprint, hosts, stats
 from greenmon.analysis.data import AnalysisError, load_results, resolve_experiment
@@ -16,7 +18,6 @@ from greenmon.analysis.estimated import estimate_sources, label_result
 from greenmon.analysis.request_energy import request_energy_table
 
 if TYPE_CHECKING:
-    import duckdb
     import pandas as pd
 
     from greenmon.analysis.footprint import Pricing
@@ -172,6 +173,7 @@ def analyze_loaded(
         result.notes.append(RepetitionsNote(precision))
     label_result(result, frame, estimate_sources(store, experiment))  # issue 14
     result.request_energy = request_energy_table(store, experiment)
+    result.observer = observer_cost(store, experiment)
     if write and not store.read_only:
         write_tables(store, result)
     return result, frame
@@ -188,3 +190,36 @@ def _with_start_times(store: Store, experiment: str, frame: pd.DataFrame) -> pd.
     )
     starts = dict((row[0], row[1]) for row in rows)
     return frame.assign(started_wall_ns=[starts.get(u) for u in frame["unit_id"]])
+
+
+def observer_cost(store: Store, experiment_id: str) -> dict[str, Any]:
+    """What measuring cost, measured (the host probe's CPU counters, read at each measure
+    phase's edges; views.py ``observer_cost``): per unit, the daemon process's CPU seconds
+    (engines it runs in-process included) and its sampling thread's, and per session their
+    sums over the measured time with the sampling thread's share of one core.  Empty where
+    no host probe ran or the file's relations predate the view."""
+    try:
+        columns, rows = store.query(
+            "SELECT * FROM observer_cost_for(?) ORDER BY unit_id, attempt", [experiment_id]
+        )
+    except duckdb.Error:
+        return {}
+    units = [dict(zip(columns, row, strict=True)) for row in rows]
+    if not units:
+        return {}
+    sessions: dict[str, dict[str, float]] = {}
+    for unit in units:
+        total = sessions.setdefault(
+            str(unit["session_id"]), {"measure_s": 0.0, "daemon_cpu_s": 0.0, "sampling_cpu_s": 0.0}
+        )
+        for key in total:
+            total[key] += float(unit.get(key) or 0.0)
+    for total in sessions.values():
+        total["sampling_cpu_percent_of_one_core"] = (
+            100.0 * total["sampling_cpu_s"] / total["measure_s"] if total["measure_s"] else 0.0
+        )
+    return {
+        "figures": "measured: CPU counters read at each measure phase's edges",
+        "units": units,
+        "sessions": [{"session_id": k, **v} for k, v in sessions.items()],
+    }

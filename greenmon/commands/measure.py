@@ -400,6 +400,13 @@ def _print_report(out: TextIO, report: dict[str, Any], *, as_json: bool) -> None
         print(f"  {run['duration_s']:>14.6f} s  duration", file=out)
         if run["coverage"] is not None:
             print(f"  {run['coverage']:>14.3f}    coverage", file=out)
+        # Counters are read at both edges; say where a stream had to be interpolated.
+        if interpolated := run.get("interpolated"):
+            print(
+                f"  {'':>14}    energy interpolated at the edges for {', '.join(interpolated)}"
+                " (a stream greenmon cannot ask for a reading)",
+                file=out,
+            )
     baseline = report["baseline"]
     if baseline:
         watts = ", ".join(f"{d} {w:.3f} W" for d, w in baseline["mean_power_w"].items())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from greenmon.hardware.checks import check_hardware, hardware_access
 from greenmon.plan.schema import Plan
-from greenmon.sources import ENERGY_PROBES
+from greenmon.sources import EDGE_READ_PROBES, ENERGY_PROBES
 from greenmon.thresholds import MIN_REPETITIONS, MIN_WINDOW_PERIODS
 
 # Per generated token, when no earlier run on this machine says better.
@@ -179,7 +179,14 @@ def window_warnings(
     periods = dict(update_periods_s)
     for name, table in plan.spec.probes.items():
         rate_hz = table.get("rate_hz")
-        if name in ENERGY_PROBES and isinstance(rate_hz, int | float) and rate_hz > 0:
+        # Counters read at the measure's edges (RAPL, NVML, amdsmi): how often they are
+        # polled does not limit how short it may be (their update period does).
+        if (
+            name in ENERGY_PROBES
+            and name not in EDGE_READ_PROBES
+            and isinstance(rate_hz, int | float)
+            and rate_hz > 0
+        ):
             periods.setdefault(f"{name} (sampled at {rate_hz:g} Hz)", 1 / rate_hz)
     if not periods:
         return []
@@ -210,7 +217,10 @@ def stored_update_periods(db_path: Path) -> dict[str, float]:
     try:
         with Store.open(db_path, read_only=True) as store:
             _, rows = store.query(
-                """SELECT es.probe, es.name, es.period_ns
+                # a counter read at the edges is judged by its hardware update period
+                """SELECT es.probe, es.name,
+                          CASE WHEN es.kind = 'counter' THEN es.edge_period_ns
+                               ELSE es.period_ns END
                    FROM energy_sources es JOIN channels c USING (channel_id)
                    WHERE es.session_id = (
                        SELECT c2.session_id FROM channels c2 JOIN sessions s USING (session_id)

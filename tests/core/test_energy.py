@@ -165,3 +165,30 @@ def test_a_counter_cut_mid_interval_gives_its_share_and_full_coverage(tmp_path: 
     assert energy.energy_j == pytest.approx(7.0 * 4.25)
     assert energy.coverage == 1.0
     assert (energy.wraps, energy.resets) == (0, 0)
+
+
+def test_an_interval_mean_gauge_is_a_step_exact_between_edge_reads(tmp_path: Path) -> None:
+    """Utilisation from tick counters: each sample is the mean since the previous one.
+    Read at 0.3 s and 1.7 s (edges) and polled every second between, the window's mean is
+    the ticks' between the edges, whatever the polls said outside it."""
+    store = Store.open(tmp_path / "db.duckdb")
+    session = store.start_session({"host": "test"}, 0, 0)
+    [channel_id] = store.register_channels(
+        session, "host", [Channel("cpu.percent", "%", "gauge", metadata={"interval_mean": True})],
+        S,
+    )  # fmt: skip
+    # 0 -> 0.3: 90 %, 0.3 -> 1.0: 20 %, 1.0 -> 1.7: 40 %, 1.7 -> 2.0: 90 %
+    points = [(0, 50.0), (3 * S // 10, 90.0), (S, 20.0), (17 * S // 10, 40.0), (2 * S, 90.0)]
+    batch = SampleBatch()
+    for t_ns, value in points:
+        batch.append_row(t_ns, [channel_id], [value])
+    store.write(batch, [], session)
+    with store:
+        got = window_energy(
+            store.con,
+            [Window(1, channel_id, 3 * S // 10, 17 * S // 10), Window(2, channel_id, S // 2, S)],
+        )
+    # percent-seconds: 20 % x 0.7 s + 40 % x 0.7 s; a cut edge takes the step's value
+    assert got[(1, channel_id)].energy_native == pytest.approx(20.0 * 0.7 + 40.0 * 0.7)
+    assert got[(2, channel_id)].energy_native == pytest.approx(20.0 * 0.5)
+    assert got[(1, channel_id)].edge == "integrated"

@@ -15,7 +15,7 @@ import pytest
 
 from greenmon.probes.base import Channel, Values
 from greenmon.probes.host import HostProbe, Options
-from greenmon.sampling import Sampler, _Rows, run_samplers
+from greenmon.sampling import EdgeDesk, Sampler, _Rows, run_samplers
 from greenmon.store import Event, SampleBatch
 from tests.fakes.proc import FakeProc
 
@@ -162,3 +162,39 @@ def test_host_probe_without_the_watched_process_is_unavailable(tmp_path: Path) -
     probe = HostProbe(Options(proc_root=str(tmp_path / "proc"), pid=999_999))
     with pytest.raises(ProbeUnavailable, match="cannot watch process 999999"):
         probe.open()
+
+
+async def test_an_edge_is_read_on_the_sampling_thread_and_stamped_on_every_probe() -> None:
+    """An edge asked from another thread is served by the sampling thread at once (it
+    owns the probes), every probe it drives gets a row at the returned instant, and a
+    probe on a thread of its own (a stream that cannot be asked) gets none."""
+    counter, gauge = ThreadProbe("counter"), ThreadProbe("gauge")
+    own = ThreadProbe("own", blocking=True)
+    samplers = [_sampler(counter, 1.0, 1), _sampler(gauge, 1.0, 11), _sampler(own, 1.0, 21)]
+    desk = EdgeDesk()
+    edges: list[int | None] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(run_samplers, samplers, desk)
+        while not desk.serving or counter.reads == 0:
+            await anyio.sleep(0.01)
+        for _ in range(3):  # far inside the 1 s period: no tick falls here
+            edges.append(await anyio.to_thread.run_sync(desk.ask))
+        for sampler in samplers:
+            sampler.stop()
+    assert desk.serving is False and desk.served == 3
+    assert all(isinstance(t, int) for t in edges) and edges == sorted(edges)
+    assert counter.reads >= 4 and gauge.reads >= 4
+    assert len(counter.threads | gauge.threads) == 1  # the sampling thread, only
+    for sampler in samplers[:2]:
+        stamps = set(_stamps(sampler))
+        assert set(edges) <= stamps
+    assert not set(edges) & set(_stamps(samplers[2]))
+    # nobody serves any more: an edge is now, and not read
+    assert desk.ask() is None
+
+
+def _stamps(sampler: Sampler) -> list[int]:
+    batch = SampleBatch()
+    for handed, _events in sampler.sink:
+        batch.extend(handed)
+    return [int(t) for t in batch.to_arrow().to_pydict()["t_ns"]]

@@ -8,7 +8,8 @@ Session 1 samples every 0.1 s from 0 to 12 s:
   measure's end cuts), so that interval's energy is unknown;
 - the estimate probe's modelled CPU power (cpu, estimated), 15 W: never the cpu source;
 - a wall gauge, 50 W until 9 s then 10 W, sampled only until 11 s;
-- host CPU utilisation rising 10 %/s.
+- host CPU utilisation rising 10 %/s, and greenmon's own CPU time (the observer's cost)
+  rising 10 ms/s in the process, 2 ms/s in its sampling thread.
 Unit 0: cooldown_before [0, 2], measure [2.05, 8.05] (every edge cuts an interval),
 cooldown_after [8.05, 10]; two requests in the measure.  Session 2 has only a host gauge:
 its unit and window have no energy source.
@@ -58,6 +59,11 @@ def _build(path: Path) -> Store:
         one, "netio", [Channel("output1.load_w", "W", "gauge", domain="wall")], P
     )
     (cpu_percent,) = store.register_channels(one, "host", [Channel("cpu.percent", "%", "gauge")], P)
+    observer = store.register_channels(
+        one, "host",
+        [Channel("greenmon.cpu_s", "s", "counter"), Channel("greenmon.sampling_cpu_s", "s", "counter")],
+        P,
+    )  # fmt: skip
     batch = SampleBatch()
     for k in range(121):
         t_s = k / 10
@@ -66,6 +72,7 @@ def _build(path: Path) -> Store:
         ids = [*rapl, estimate, cpu_percent] + ([wall] if k <= 110 else [])
         values = [package_uj, dram_uj, 15.0, 10.0 * t_s] + ([_wall_w(k)] if k <= 110 else [])
         batch.append_row(k * P, ids, values)
+        batch.append_row(k * P, observer, [0.01 * t_s, 0.002 * t_s])
     store.write(batch, [], one)
 
     two = store.start_session({"host": "b"}, 0, 0)
@@ -136,7 +143,8 @@ def golden_energy_sources(store: Store) -> None:
 
 def golden_utilisation_channels(store: Store) -> None:
     rows = _rows(store, "SELECT quantity FROM utilisation_channels ORDER BY channel_id")
-    assert [r["quantity"] for r in rows] == ["cpu_percent", "cpu_percent"]
+    # the observer's CPU counters are host channels too, but no utilisation
+    assert [r["quantity"] for r in rows] == ["cpu_percent", None, None, "cpu_percent"]
 
 
 def golden_phase_windows(store: Store) -> None:
@@ -229,6 +237,11 @@ def golden_window_results(store: Store) -> None:
     assert busy["dynamic_cpu_j"] == approx(0.0, abs=1e-6)
     assert busy["cpu_percent"] == approx(50.5)
     assert list(busy["flags"]) == ["counter_wrap", "counter_reset"]
+    # its edges fall between samples: the counters are interpolated there, and say so
+    assert sorted(busy["interpolated_domains"]) == ["cpu", "dram"]
+    # samples at both edges: read there (the counters' update period is not declared
+    # here, so the sampling period still judges the window short)
+    assert not rows["short"]["interpolated_domains"]
     assert list(rows["short"]["flags"]) == ["short_window"]
     # 10 W at the wall against 20 W + 5 W of components
     assert rows["wall_low"]["energy_wall_j"] == approx(8.0)
@@ -241,6 +254,14 @@ def golden_window_results(store: Store) -> None:
     assert list(rows["none"]["flags"]) == ["no_energy_source"]
     assert rows["none"]["cpu_percent"] == approx(30.0)
     assert list(rows["idle"]["flags"]) == []
+
+
+def golden_observer_cost(store: Store) -> None:
+    rows = _rows(store, "SELECT * FROM observer_cost ORDER BY unit_id")
+    # the measure [2.05, 8.05] of unit 0; session 2 has no observer channels
+    assert [(r["unit_id"], r["measure_s"]) for r in rows] == [(0, approx(6.0))]
+    assert rows[0]["daemon_cpu_s"] == approx(0.06)
+    assert rows[0]["sampling_cpu_s"] == approx(0.012)
 
 
 GOLDEN = {

@@ -133,6 +133,8 @@ def test_run_signal_mid_unit_flushes_closes_and_reaps(
         probes={"rapl": {"rate_hz": 200, "sysfs_root": tmp_path / "powercap"},
                 "energibridge": {"rate_hz": 20, "path": fake.path, "msr_device": "",
                                  "interval_ms": 20},
+                # 10 Hz, so its last sample before the signal says what a hand-off kept
+                "host": {"rate_hz": 10},
                 "estimate": {"enabled": False}},
     )  # fmt: skip
     db = tmp_path / "run.duckdb"

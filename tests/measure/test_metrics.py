@@ -25,6 +25,8 @@ DOCUMENTED = {
     "greenmon_probe_errors",
     "greenmon_probe_missed_ticks",
     "greenmon_windows_open",
+    "greenmon_self_cpu_seconds",
+    "greenmon_self_sampling_cpu_seconds",
 }
 # while the daemon's runner runs a plan
 EXPERIMENT_METRICS = {
@@ -87,6 +89,9 @@ def test_metrics_from_a_running_daemon(
     assert 1.9 * IDLE_W < energy_j < 3.0 * IDLE_W
     assert second["greenmon_probe_up"][(("probe", "rapl"),)] == 1
     assert second["greenmon_probe_samples"][(("probe", "rapl"),)] > 150
+    # what measuring costs: the daemon's own CPU, growing
+    assert 0 < first["greenmon_self_cpu_seconds"][()] <= second["greenmon_self_cpu_seconds"][()]
+    assert second["greenmon_self_sampling_cpu_seconds"][()] > 0
 
 
 def test_metrics_carry_the_runners_experiment_and_unit(tmp_path: Path, short_dir: Path) -> None:

@@ -94,7 +94,9 @@ class Deployment:
     def config(self, name: str, helper_socket: Path) -> Path:
         path = self.data / name
         path.write_text(
-            f'[probes.rapl]\nsysfs_root = "{self.powercap}"\nhelper_socket = "{helper_socket}"\n'
+            # 50 Hz (the default polls at 5 Hz): many reads through the helper in 3 s
+            f'[probes.rapl]\nrate_hz = 50\nsysfs_root = "{self.powercap}"\n'
+            f'helper_socket = "{helper_socket}"\n'
             "[probes.host]\nenabled = false\n[probes.estimate]\nenabled = false\n"
         )
         return path

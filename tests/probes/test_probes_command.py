@@ -15,13 +15,13 @@ def test_every_probe_is_listed_with_its_rate_and_reason(tmp_path: Path) -> None:
     )
     report = {entry["probe"]: entry for entry in describe_probes(str(config))}
     assert {name: entry["rate_hz"] for name, entry in report.items()} == {
-        "host": 10.0,
-        "rapl": 50.0,
-        "nvml": 20.0,
-        "amdsmi": 20.0,
-        "netio": 2.0,
+        "host": 1.0,
+        "rapl": 5.0,
+        "nvml": 10.0,
+        "amdsmi": 10.0,
+        "netio": 1.0,
         "energibridge": 5.0,
-        "estimate": 10.0,
+        "estimate": 1.0,
     }
     assert "no RAPL zones" in report["rapl"]["reason"]
     assert "EnergiBridge/releases" in report["energibridge"]["reason"]
