@@ -193,12 +193,14 @@ def summary_lines(price: Pricing, summary: list[dict[str, Any]], at_ns: int) -> 
             parts.append(f"{co2e:.4g} gCO2e")
         if cost is not None:
             parts.append(f"{cost:.4g} {price.currency}")
+        # an estimated energy makes its carbon and cost estimated too
+        mark = " (estimated)" if row.get("estimated_domains") else ""
         if parts:
-            lines.append(f"  {row.get('configuration')}: {', '.join(parts)} per unit")
+            lines.append(f"  {row.get('configuration')}: {', '.join(parts)} per unit{mark}")
     if not lines:
         return []
     when = " (at the run's end)" if price.series is not None else ""
     return [
-        "carbon and cost per configuration (median unit; attributed from its energy, "
-        f"estimated where the energy is){when}:", *lines, f"  {price.describe()}",
+        f"carbon and cost per configuration (median unit, from its energy){when}:", *lines,
+        f"  {price.describe()}",
     ]  # fmt: skip

@@ -44,9 +44,12 @@ def test_run_with_config_prints_carbon_and_cost(tmp_path: Path) -> None:
     assert len(medians) == 2
     for row in medians:
         kwh = float(row["e"]) / 3.6e6
-        line = re.search(rf"^  {re.escape(row['configuration'])}: (.*) per unit$", out, re.M)
+        line = re.search(rf"^  {re.escape(row['configuration'])}: (.*) per unit( \(estimated\))?$",
+                         out, re.M)  # fmt: skip
         assert line is not None, out
         assert line.group(1) == f"{kwh * G_PER_KWH:.4g} gCO2e, {kwh * PRICE_PER_KWH:.4g} CHF"
+        # this machine's CPU energy is the estimate probe's: so are its carbon and cost
+        assert (line.group(2) is not None) == ("(estimated)" in out.split("carbon and")[0])
 
 
 def test_run_without_config_prints_no_footprint_and_a_bad_table_stops_first(
