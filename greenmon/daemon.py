@@ -44,6 +44,7 @@ from greenmon.store import Event, FlushRequest, SampleBatch, Store, run_writer
 from greenmon.update_periods import changed_enough
 
 if TYPE_CHECKING:
+    from greenmon.analysis.footprint import Pricing
     from greenmon.api.server import ApiOptions
     from greenmon.protocols import RunnerControl
     from greenmon.windows import WindowRegistry
@@ -491,6 +492,17 @@ def open_daemon_store(path: Path, config: Config) -> Store:
     )
 
 
+def _pricing(config: Config) -> Pricing | None:
+    """The carbon intensity and price of the config's [report] table, for /metrics."""
+    report = config.report
+    if report.carbon_intensity_g_per_kwh is None and not report.carbon_intensity_file \
+            and report.price_per_kwh is None:  # fmt: skip
+        return None  # without it the daemon does not import pandas
+    from greenmon.analysis.footprint import pricing
+
+    return pricing(config.report, config.source)
+
+
 def build_daemon(
     store: Store,
     config: Config,
@@ -528,7 +540,7 @@ def build_daemon(
             runner_service(**dict(runner_options or {})),
             windows_service(),
             api_service(api or ApiOptions()),
-            metrics_service(config.daemon),
+            metrics_service(config.daemon, _pricing(config)),
         ],
         handle_signals=handle_signals,
     )

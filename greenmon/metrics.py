@@ -24,11 +24,17 @@ Metrics (labels in braces):
   ``greenmon_self_sampling_cpu_seconds_total``, its sampling thread's, from the host
   probe's ``greenmon.sampling_cpu_s`` (absent without the host probe): what measuring
   costs, as Scaphandre's ``scaph_self_*``.
+- ``greenmon_unit_co2e_grams{experiment_id, configuration}`` and
+  ``greenmon_unit_cost{experiment_id, configuration, currency}``: with a ``[report]`` table
+  in the daemon's config, the CO2e and cost of the median finished unit per configuration
+  (greenmon/analysis/footprint.py; attributed from the energy, a time-varying intensity
+  taken at the scrape).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,6 +49,7 @@ from greenmon.sources import ENERGY_UNITS, POWER_UNITS, SCALE_TO_SI, counter_del
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from greenmon.analysis.footprint import Pricing
     from greenmon.config import DaemonOptions
     from greenmon.protocols import MetricsHost
 
@@ -56,8 +63,9 @@ class _Last:
 class DaemonCollector:
     """A prometheus-client Collector over one daemon's in-memory state."""
 
-    def __init__(self, daemon: MetricsHost) -> None:
+    def __init__(self, daemon: MetricsHost, pricing: Pricing | None = None) -> None:
         self.daemon = daemon
+        self.pricing = pricing
         self._last: dict[int, _Last] = {}
         self._energy_j: dict[str, float] = {}
         # channel_id -> domain, for the channels energy_sources chooses (resolved once the
@@ -212,6 +220,34 @@ class DaemonCollector:
                     "phase": str(progress.get("phase") or ""),
                 },
             )
+        yield from self._footprint_metrics(gauge, progress)
+
+    def _footprint_metrics(self, gauge: Any, progress: dict[str, Any]) -> Iterator[Metric]:
+        """CO2e and cost of each configuration's median finished unit (needs [report])."""
+        if self.pricing is None:
+            return
+        from greenmon.analysis.footprint import per_unit
+
+        experiment_id = str(progress.get("experiment_id") or "")
+        co2e = gauge(
+            "greenmon_unit_co2e_grams",
+            "CO2e of the median finished unit per configuration (attributed from its energy).",
+            labels=["experiment_id", "configuration"],
+        )
+        cost = gauge(
+            "greenmon_unit_cost",
+            "Electricity cost of the median finished unit per configuration.",
+            labels=["experiment_id", "configuration", "currency"],
+        )
+        at_ns = time.time_ns()  # wall time: intensity files are in wall time
+        for row in progress.get("results") or []:
+            grams, money = per_unit(self.pricing, row.get("median_energy_j"), at_ns)
+            configuration = str(row.get("configuration", ""))
+            if grams is not None:
+                co2e.add_metric([experiment_id, configuration], grams)
+            if money is not None:
+                cost.add_metric([experiment_id, configuration, self.pricing.currency], money)
+        yield from (co2e, cost)
 
     def _probe_metrics(self, gauge: Any, counter: Any) -> Iterator[Metric]:
         up = gauge("greenmon_probe_up", "1 while the probe samples, else 0.", labels=["probe"])
@@ -232,8 +268,11 @@ class DaemonCollector:
         yield from (up, rate, samples, errors, missed)
 
 
-def metrics_service(options: DaemonOptions) -> Callable[..., Any]:
-    """A daemon service serving ``/metrics`` when ``options.metrics_port`` is set."""
+def metrics_service(
+    options: DaemonOptions, pricing: Pricing | None = None
+) -> Callable[..., Any]:
+    """A daemon service serving ``/metrics`` when ``options.metrics_port`` is set; with
+    ``pricing`` (the config's [report] table) it also gives carbon and cost."""
 
     async def service(
         daemon: MetricsHost, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -244,7 +283,7 @@ def metrics_service(options: DaemonOptions) -> Callable[..., Any]:
         from aiohttp import web
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-        collector = DaemonCollector(daemon)
+        collector = DaemonCollector(daemon, pricing)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)  # type: ignore[arg-type]
 

@@ -19,6 +19,7 @@ Terms:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,9 @@ REFERENCE_ENGINE = "torch"
 # A baseline under this share of the largest median in its scope is "near zero".
 NEAR_ZERO_SHARE = 0.01
 BOOTSTRAP_RESAMPLES = 2000
+# A change of this many percent or more is given in units: "3100% more" is a ratio a reader
+# cannot use (and usually a baseline that is almost nothing).
+MAX_CHANGE_PCT = 1000.0
 ENERGY_PREFERENCE = ("energy_global_j", "energy_wall_j", "energy_cpu_j", "energy_gpu_j")
 
 ANSWER_COLUMNS = [
@@ -74,6 +78,38 @@ def comparable(value: float, baseline: float, scale: float) -> bool:
 def saving_pct(value: float, baseline: float) -> float:
     """How much less ``value`` is than ``baseline``, as a percentage of the baseline."""
     return (baseline - value) / baseline * 100.0
+
+
+def change_pct(value: float, baseline: float, scale: float) -> float | None:
+    """``value`` against ``baseline`` as a percentage change (positive: more), or None where
+    a percentage would mislead: not ``comparable`` (a baseline near zero, a sign change) or
+    a change of MAX_CHANGE_PCT or more."""
+    if not (math.isfinite(value) and math.isfinite(baseline) and math.isfinite(scale)):
+        return None
+    if not comparable(value, baseline, scale):
+        return None
+    pct = (value - baseline) / baseline * 100.0
+    return pct if abs(pct) < MAX_CHANGE_PCT else None
+
+
+def change_text(value: float | None, baseline: float | None, scale: float, unit: str) -> str:
+    """A table's change cell: "+12.3%", or in the variable's units ("+4.56 J") where a
+    percentage would mislead; empty when either figure is missing."""
+    if value is None or baseline is None or value != value or baseline != baseline:
+        return ""
+    pct = change_pct(value, baseline, scale)
+    if pct is not None:
+        return f"{pct:+.1f}%"
+    return f"{value - baseline:+.4g} {unit}".rstrip()
+
+
+def change_phrase(value: float, baseline: float, scale: float, unit: str) -> str:
+    """A sentence's change: "12.3% less", or "4.56 J more" where a percentage would mislead."""
+    pct = change_pct(value, baseline, scale)
+    word = "less" if value < baseline else "more"
+    if pct is not None:
+        return f"{abs(pct):.1f}% {word}"
+    return f"{abs(value - baseline):.4g} {unit} {word}".replace("  ", " ")
 
 
 def _pair_p(posthoc: pd.DataFrame, variable: str, model: str, factors: str, a: str,

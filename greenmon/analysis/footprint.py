@@ -164,3 +164,43 @@ def footprint_table(done: pd.DataFrame, price: Pricing, energy_variable: str) ->
              "currency": price.currency if price.price_per_kwh is not None else None}
         )  # fmt: skip
     return pd.DataFrame(rows, columns=FOOTPRINT_COLUMNS)
+
+
+def per_unit(price: Pricing, energy_j: float | None, at_ns: int) -> tuple[float | None,
+                                                                      float | None]:  # fmt: skip
+    """(gCO2e, cost) of one unit's energy, the intensity taken at ``at_ns`` (the same rule
+    as ``footprint_table``: the constant, or the file's latest row at or before it)."""
+    if energy_j is None or energy_j != energy_j:
+        return None, None
+    kwh = float(energy_j) / J_PER_KWH
+    co2e = None
+    if price.carbon:
+        co2e = kwh * float(unit_intensity(price, pd.Series([at_ns]))[0])
+    cost = kwh * price.price_per_kwh if price.price_per_kwh is not None else None
+    return co2e, cost
+
+
+def summary_lines(price: Pricing, summary: list[dict[str, Any]], at_ns: int) -> list[str]:
+    """The run summary's carbon and cost: per configuration, CO2e and cost of its median
+    unit (``median_energy_j``), with where the intensity and price come from.  The summary
+    holds medians, not units, so a time-varying intensity is taken at ``at_ns`` (the end of
+    the run); ``greenmon report --config`` matches each unit to its own start."""
+    lines: list[str] = []
+    for row in summary:
+        co2e, cost = per_unit(price, row.get("median_energy_j"), at_ns)
+        parts = []
+        if co2e is not None:
+            parts.append(f"{co2e:.4g} gCO2e")
+        if cost is not None:
+            parts.append(f"{cost:.4g} {price.currency}")
+        # an estimated energy makes its carbon and cost estimated too
+        mark = " (estimated)" if row.get("estimated_domains") else ""
+        if parts:
+            lines.append(f"  {row.get('configuration')}: {', '.join(parts)} per unit{mark}")
+    if not lines:
+        return []
+    when = " (at the run's end)" if price.series is not None else ""
+    return [
+        f"carbon and cost per configuration (median unit, from its energy){when}:", *lines,
+        f"  {price.describe()}",
+    ]  # fmt: skip

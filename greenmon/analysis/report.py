@@ -34,7 +34,7 @@ from greenmon.analysis.data import (
     configuration_label,
     factor_label,
 )
-from greenmon.analysis.decision import comparable, energy_variable, saving_pct
+from greenmon.analysis.decision import change_text, comparable, energy_variable, saving_pct
 from greenmon.analysis.estimated import EstimatedNote
 from greenmon.analysis.footprint import Pricing
 from greenmon.analysis.plots import (
@@ -48,6 +48,7 @@ from greenmon.analysis.plots import (
 from greenmon.analysis.request_energy import REQUEST_ENERGY_NOTE, request_energy_rows
 from greenmon.analysis.sentences import answer_sentence, pareto_sentence
 from greenmon.analysis.stats import AnalysisResult
+from greenmon.analysis.summaries import largest
 from greenmon.analysis.tables import analyze_loaded
 from greenmon.estimates import FIGURE_DOMAINS, WORD
 from greenmon.store import Store
@@ -699,6 +700,70 @@ def posthoc_rows(r: AnalysisResult, shown: Shown) -> tuple[list[str], list[list[
     return columns, out
 
 
+# Change columns shown against their baseline: (column, value, baseline, unit).
+TRADEOFF_CHANGES = (
+    ("energy_change_pct", "median_energy_j", "reference_energy_j", "J"),
+    ("duration_change_pct", "median_duration_s", "reference_duration_s", "s"),
+)
+QUALITY_CHANGES = (("energy_change_pct", "median_energy_j", "versus_energy_j", "J"),)
+SERVING_CHANGES = (
+    ("j_per_token_change_pct", "j_per_token", "J/token"),
+    ("throughput_change_pct", "throughput_tok_s", "tok/s"),
+    ("latency_p50_change_pct", "latency_p50_s", "s"),
+)
+
+
+def change_rows(
+    r: AnalysisResult, name: str, columns: list[str], rows: list[list[Any]],
+    changes: Sequence[tuple[str, str, str, str]],
+) -> tuple[list[str], list[list[Any]]]:  # fmt: skip
+    """A table's percentage-change columns as decision.change_text writes them: a
+    percentage, or the difference in units where a percentage would mislead (a baseline
+    near zero against the table's largest median, a sign change, 1000% or more)."""
+    records = r.to_json()["tables"][name]
+    if not rows or len(records) != len(rows):
+        return columns, rows
+    out_columns = list(columns)
+    out_rows = [list(row) for row in rows]
+    for column, value, baseline, unit in changes:
+        if column not in columns:
+            continue
+        at = columns.index(column)
+        out_columns[at] = column.removesuffix("_pct")
+        scale = largest(x.get(value) for x in records)
+        for row, record in zip(out_rows, records, strict=True):
+            row[at] = "" if record.get(column) is None else change_text(
+                record.get(value), record.get(baseline), scale, unit)  # fmt: skip
+    return out_columns, out_rows
+
+
+def serving_cost_table(serving: pd.DataFrame, cost: pd.DataFrame) -> Table:
+    """The cost of serving over HTTP with its changes guarded as ``change_rows`` does,
+    each served median against the in-process one at the same model and level."""
+    medians = {(str(x["model"]), str(x["level"]), str(x["configuration"])): x
+               for x in serving.to_dict(orient="records")}  # fmt: skip
+    columns = list(map(str, cost.columns))
+    rows = []
+    for record in cost.to_dict(orient="records"):
+        row = [record[c] for c in columns]
+        key = (str(record["model"]), str(record["level"]))
+        served = medians.get((*key, str(record["served"])), {})
+        local = medians.get((*key, str(record["in_process"])), {})
+        for column, value, unit in SERVING_CHANGES:
+            if column in columns:
+                row[columns.index(column)] = change_text(
+                    _figure_or_none(served.get(value)), _figure_or_none(local.get(value)),
+                    largest(serving[value]), unit)  # fmt: skip
+        rows.append(row)
+    columns = [c.removesuffix("_pct") if c in {x[0] for x in SERVING_CHANGES} else c
+               for c in columns]  # fmt: skip
+    return Table(columns, rows, "serving_cost", "The cost of serving over HTTP")
+
+
+def _figure_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value == value else None
+
+
 def _tests(r: AnalysisResult, shown: Shown) -> Section:
     blocks: list[Block] = [Para(
         "Per model and configuration group: Shapiro-Wilk per configuration, Levene across "
@@ -719,6 +784,8 @@ def _tests(r: AnalysisResult, shown: Shown) -> Section:
                         ("twoway", "Two-way ANOVA: configuration x factor"),
                         ("tradeoff", "Energy against time per factor level")):  # fmt: skip
         columns, rows = _shown_rows(r, name, shown)
+        if name == "tradeoff":
+            columns, rows = change_rows(r, name, columns, rows, TRADEOFF_CHANGES)
         if rows:
             blocks.append(Table(columns, rows, name, title))
     if len(r.tradeoff):
@@ -754,7 +821,7 @@ def _hosts_markdown(r: AnalysisResult) -> list[str]:
 def _quality(r: AnalysisResult) -> Section:
     if not len(r.quality):
         return Section("quality", QUALITY_TITLE, [])
-    columns, rows = result_table(r, "quality")
+    columns, rows = change_rows(r, "quality", *result_table(r, "quality"), QUALITY_CHANGES)
     return Section("quality", QUALITY_TITLE, [
         Para(quality_intro(r)), Table(columns, rows, "quality"),
         Bullets([t for t in r.quality["sentence"] if isinstance(t, str)])])  # fmt: skip
@@ -768,9 +835,10 @@ _SERVING_NOTE = (
     "TPOT the time per output token after it."
 )
 _COST_NOTE = (
-    "Served (http/...) against in-process at the same model and level: percentage change "
-    "of the medians (positive energy or latency change, or negative throughput change, "
-    "is what serving over HTTP costs)."
+    "Served (http/...) against in-process at the same model and level: change of the "
+    "medians, as a percentage or, where a percentage would mislead, in units (positive "
+    "energy or latency change, or negative throughput change, is what serving over HTTP "
+    "costs)."
 )
 
 
@@ -779,9 +847,7 @@ def _serving(data: ReportData) -> Section:
         return Section("serving", "Serving under load", [])
     blocks: list[Block] = [Para(_SERVING_NOTE), frame_table(data.serving, "serving")]
     if data.serving_cost is not None and len(data.serving_cost):
-        blocks += [Para(_COST_NOTE),
-                   frame_table(data.serving_cost, "serving_cost",
-                               "The cost of serving over HTTP")]  # fmt: skip
+        blocks += [Para(_COST_NOTE), serving_cost_table(data.serving, data.serving_cost)]
     return Section("serving", "Serving under load", blocks)
 
 

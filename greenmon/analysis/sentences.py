@@ -153,25 +153,24 @@ def models_sentence(differ: int, tested: int, models: int) -> str:
 
 
 def tradeoff_sentence(
-    factor: str, level: str, reference_level: str, configuration: str, energy_pct: float,
-    time_pct: float,
+    factor: str, level: str, reference_level: str, configuration: str, energy_change: str,
+    time_change: str,
 ) -> str:  # fmt: skip
-    """Energy against time at one factor level (levels as JSON text) versus the first."""
+    """Energy against time at one factor level (levels as JSON text) versus the first; the
+    changes as decision.change_phrase writes them ("12.3% less", "4.5 J more")."""
     return (
-        f"At {factor} = {json.loads(level)}, {configuration} used "
-        f"{abs(energy_pct):.1f}% {'less' if energy_pct < 0 else 'more'} energy "
-        f"and took {abs(time_pct):.1f}% {'less' if time_pct < 0 else 'more'} "
-        f"time than at {factor} = {json.loads(reference_level)}."
+        f"At {factor} = {json.loads(level)}, {configuration} used {energy_change} energy "
+        f"and took {time_change} time than at {factor} = {json.loads(reference_level)}."
     )
 
 
 def quality_sentence(
-    what: str, versus: str, energy_pct: float, q_change: float | None, kind: str,
+    what: str, versus: str, energy_change: str, q_change: float | None, kind: str,
     tolerance: float,
 ) -> str:  # fmt: skip
-    """Energy and quality of ``what`` against ``versus``, with its verdict ``kind``."""
-    change = "less" if energy_pct < 0 else "more"
-    text = f"{what} used {abs(energy_pct):.1f}% {change} energy than {versus}"
+    """Energy and quality of ``what`` against ``versus``, with its verdict ``kind``; the
+    energy change as decision.change_phrase writes it."""
+    text = f"{what} used {energy_change} energy than {versus}"
     if q_change is None:
         return text + "; its quality was not scored."
     text += f", with quality {q_change:+.3f} (0-1 scale)"

@@ -25,6 +25,7 @@ import pandas as pd
 
 from greenmon.analysis import sentences
 from greenmon.analysis.data import VARIABLES_BY_COLUMN, Variable, factor_label
+from greenmon.analysis.decision import change_phrase
 from greenmon.analysis.sentences import Finding
 
 # Configurations compared against by default in sentences: the study's baseline engine.
@@ -52,12 +53,12 @@ SUMMARY_COLUMNS = [
 TRADEOFF_COLUMNS = [
     "model", "configuration", "factor", "level", "reference", "n", "energy_variable",
     "median_energy_j", "median_duration_s", "energy_change_pct", "duration_change_pct",
-    "sentence",
+    "sentence", "reference_energy_j", "reference_duration_s",
 ]  # fmt: skip
 QUALITY_COLUMNS = [
     "model", "factor_key", "comparison", "configuration", "level", "versus", "n",
     "quality_metric", "median_energy_j", "median_quality", "correct_share", "j_per_correct",
-    "energy_change_pct", "quality_change", "verdict", "sentence",
+    "energy_change_pct", "quality_change", "verdict", "sentence", "versus_energy_j",
 ]  # fmt: skip
 # A configuration (or factor level) may lose at most this much median quality (on the task
 # metric's 0-1 scale) against its reference and still count as saving energy for free;
@@ -342,6 +343,21 @@ def reference_for(best: str, ranked: list[str]) -> str:
     return ranked[-1]
 
 
+def largest(values: Iterable[Any]) -> float:
+    """The largest magnitude among ``values``, missing ones left out (0 when none)."""
+    finite = [abs(float(v)) for v in values if v is not None and np.isfinite(float(v))]
+    return max(finite, default=0.0)
+
+
+def median_scale(done: pd.DataFrame, column: str) -> float:
+    """The largest median of ``column`` over (model, configuration, factor levels): the
+    scope a baseline is near zero against (decision.comparable); for the quality table,
+    its largest median energy."""
+    medians = done.groupby(["model", "configuration", "factor_key"])[column].median()
+    largest = medians.abs().max()
+    return float(largest) if largest == largest else 0.0
+
+
 def tradeoff_table(done: pd.DataFrame, measured: list[str]) -> pd.DataFrame:
     """Per model, configuration and varied factor: median energy and time at each level,
     and their change against the first level (the DVFS study's question: how much slower
@@ -378,16 +394,27 @@ def tradeoff_table(done: pd.DataFrame, measured: list[str]) -> pd.DataFrame:
                 time_pct = pct_diff(level_time, ref_time)
                 sentence = None
                 if level != reference and energy_pct is not None and time_pct is not None:
-                    sentence = sentences.tradeoff_sentence(
-                        name, level, reference, configuration, energy_pct, time_pct
-                    )
+                    # written once the table's largest medians are known (below)
+                    sentence = (name, level, reference, configuration, level_energy,
+                                ref_energy, level_time, ref_time)  # fmt: skip
                 rows.append(
                     {"model": model, "configuration": configuration, "factor": name,
                      "level": json.loads(level), "reference": json.loads(reference), "n": n,
                      "energy_variable": energy, "median_energy_j": level_energy,
                      "median_duration_s": level_time, "energy_change_pct": energy_pct,
-                     "duration_change_pct": time_pct, "sentence": sentence}
+                     "duration_change_pct": time_pct, "sentence": sentence,
+                     "reference_energy_j": ref_energy, "reference_duration_s": ref_time}
                 )  # fmt: skip
+    # a baseline is near zero against the largest median of the table (as report.py reads it)
+    energy_scale = largest(r["median_energy_j"] for r in rows)
+    time_scale = largest(r["median_duration_s"] for r in rows)
+    for row in rows:
+        if row["sentence"] is not None:
+            name, level, reference, configuration, e, e0, t, t0 = row["sentence"]
+            row["sentence"] = sentences.tradeoff_sentence(
+                name, level, reference, configuration,
+                change_phrase(e, e0, energy_scale, "J"), change_phrase(t, t0, time_scale, "s"),
+            )
     out = table(rows, TRADEOFF_COLUMNS)
     # levels may be numbers or strings; the table stores them as text
     out["level"] = out["level"].astype(str)
@@ -435,11 +462,15 @@ def quality_table(done: pd.DataFrame, measured: list[str]) -> pd.DataFrame:
     energy = next((v for v in ("energy_global_j", "energy_wall_j") if v in measured), None)
     if energy is None or "quality" not in measured:
         return table([], QUALITY_COLUMNS)
-    rows = _quality_configuration_rows(done, energy) + _quality_level_rows(done, energy)
+    scale = median_scale(done[done["quality"].notna()], energy)
+    rows = (_quality_configuration_rows(done, energy, scale)
+            + _quality_level_rows(done, energy, scale))  # fmt: skip
     return table(rows, QUALITY_COLUMNS)
 
 
-def _quality_configuration_rows(done: pd.DataFrame, energy: str) -> list[dict[str, Any]]:
+def _quality_configuration_rows(
+    done: pd.DataFrame, energy: str, scale: float
+) -> list[dict[str, Any]]:
     """quality_table's rows comparing configurations, per model and factor levels."""
     rows: list[dict[str, Any]] = []
     for (model, factors), scope in done.groupby(["model", "factor_key"], sort=True):
@@ -455,11 +486,13 @@ def _quality_configuration_rows(done: pd.DataFrame, energy: str) -> list[dict[st
                                   {"model": model, "factor_key": factors,
                                    "comparison": "configuration"},
                                   "{}" + (f" at {factor_label(str(factors))}" if factors
-                                          else ""))  # fmt: skip
+                                          else ""), scale)  # fmt: skip
     return rows
 
 
-def _quality_level_rows(done: pd.DataFrame, energy: str) -> list[dict[str, Any]]:
+def _quality_level_rows(
+    done: pd.DataFrame, energy: str, scale: float
+) -> list[dict[str, Any]]:
     """quality_table's rows comparing the levels of each factor, all else held the same."""
     rows: list[dict[str, Any]] = []
     factor_values = [json_factors(key) for key in done["factor_key"]]
@@ -483,7 +516,7 @@ def _quality_level_rows(done: pd.DataFrame, energy: str) -> list[dict[str, Any]]
                                   {"model": model, "factor_key": str(part["factor_key"].iloc[0]),
                                    "comparison": f"factor:{name}",
                                    "configuration": configuration},
-                                  f"{configuration} at {name} = " + "{}")  # fmt: skip
+                                  f"{configuration} at {name} = " + "{}", scale)  # fmt: skip
     return rows
 
 
@@ -503,7 +536,8 @@ def _quality_figures(part: pd.DataFrame, energy: str) -> dict[str, Any]:
 
 
 def _quality_rows(
-    groups: dict[str, dict[str, Any]], reference: str, base: dict[str, Any], noun: str
+    groups: dict[str, dict[str, Any]], reference: str, base: dict[str, Any], noun: str,
+    scale: float,
 ) -> list[dict[str, Any]]:
     """One row per group against ``reference``, with its verdict and sentence."""
     rows: list[dict[str, Any]] = []
@@ -518,6 +552,7 @@ def _quality_rows(
         if np.isnan(figures["median_quality"]) or np.isnan(ref["median_quality"]):
             q_change = None
         row = {**base, **figures, "versus": reference, "energy_change_pct": energy_pct,
+               "versus_energy_j": ref["median_energy_j"],
                "quality_change": q_change, "sentence": None,
                "verdict": "reference" if name == reference else verdict(energy_pct, q_change)}
         if base["comparison"] == "configuration":
@@ -526,7 +561,9 @@ def _quality_rows(
             row["level"] = name
         if name != reference and energy_pct is not None:
             row["sentence"] = f"{base['model']}: " + sentences.quality_sentence(
-                noun.format(name), noun.format(reference), energy_pct, q_change,
+                noun.format(name), noun.format(reference),
+                change_phrase(figures["median_energy_j"], ref["median_energy_j"], scale, "J"),
+                q_change,
                 row["verdict"], QUALITY_TOLERANCE,
             )
         rows.append(row)

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -39,6 +39,9 @@ from greenmon.plan.check import check_plan
 from greenmon.protocols import RunnerControl
 from greenmon.runner import Submission, summary_rows
 from greenmon.store import Store
+
+if TYPE_CHECKING:
+    from greenmon.analysis.footprint import Pricing
 
 # How often the progress line is redrawn on a terminal, and written when not on one.
 LINE_PERIOD_S = 1.0
@@ -68,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shard", default=None, metavar="K/N",
         help="run only the K-th (from 0) of N parts of the units; 'auto' inside a SLURM array",
+    )  # fmt: skip
+    # -- carbon and cost in the summary (greenmon/analysis/footprint.py) --
+    parser.add_argument(
+        "--config", default=None,
+        help="config file whose [report] table sets carbon intensity and electricity price "
+        "for the summary (the daemon's probes come from the plan)",
     )  # fmt: skip
 
 
@@ -393,6 +402,28 @@ def print_summary(db: Path, experiment_id: str, summary: list[dict[str, Any]]) -
     print(f'database: {db}  (greenmon sql --db {db} "SELECT * FROM unit_results")')
 
 
+# -- carbon and cost in the summary: one call each in ``run`` --------------------------
+
+
+def _pricing(args: argparse.Namespace) -> Pricing | None:
+    from greenmon.commands.analyze import load_pricing
+
+    return load_pricing(getattr(args, "config", None))
+
+
+def print_footprint(pricing: Pricing | None, summary: list[dict[str, Any]]) -> None:
+    """CO2e and cost per configuration under the summary (nothing without [report])."""
+    if pricing is None:
+        return
+    from greenmon.analysis.footprint import summary_lines
+
+    for line in summary_lines(pricing, summary, time.time_ns()):
+        print(line)
+
+
+# -- end of carbon and cost -------------------------------------------------------------
+
+
 def _stopped_early(db: Path, stopped: RunInterrupted) -> int:
     print_summary(db, stopped.experiment_id, stopped.summary)
     print(
@@ -428,6 +459,7 @@ def run(args: argparse.Namespace) -> int:
     if check.problems:
         raise GreenmonError(" ".join(check.problems), title="Plan cannot run here")
     db = resolve_db(args.db)
+    pricing = _pricing(args)  # a bad [report] table stops here, before any unit runs
     say_if_busy(plan)
     started = time.monotonic()
     if find_daemon(db, args.socket) is not None:
@@ -469,5 +501,6 @@ def run(args: argparse.Namespace) -> int:
                 raise inner from None
             raise
     print_summary(db, experiment_id, summary)
+    print_footprint(pricing, summary)
     print(f"took {time.monotonic() - started:.0f} s")
     return 0

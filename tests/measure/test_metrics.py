@@ -105,7 +105,8 @@ def test_metrics_carry_the_runners_experiment_and_unit(tmp_path: Path, short_dir
         async with (
             running_daemon(
                 tmp_path / "runner.duckdb", short_dir / "d.sock", {"fakepower": FakePowerProbe()},
-                config_text=f"[daemon]\nmetrics_port = {port}\n",
+                config_text=f"[daemon]\nmetrics_port = {port}\n"
+                "[report]\ncarbon_intensity_g_per_kwh = 400\n",
             ),
             ApiClient(short_dir / "d.sock") as client,
         ):  # fmt: skip
@@ -115,7 +116,9 @@ def test_metrics_carry_the_runners_experiment_and_unit(tmp_path: Path, short_dir
             with anyio.fail_after(120):
                 while True:
                     progress = (await client.status())["progress"]
-                    if progress.get("status") == "running" and progress.get("unit"):
+                    # a unit running, and one finished (its carbon is in the scrape)
+                    if progress.get("status") == "running" and progress.get("unit") \
+                            and progress.get("results"):  # fmt: skip
                         break
                     await anyio.sleep(0.05)
             scraped.update(await anyio.to_thread.run_sync(_scrape, port))
@@ -133,3 +136,86 @@ def test_metrics_carry_the_runners_experiment_and_unit(tmp_path: Path, short_dir
     unit = dict(labels)
     assert unit["experiment_id"] == running["experiment_id"]
     assert unit["model"] and unit["configuration"] and unit["unit_id"]
+    # the daemon config's [report] table reaches the collector
+    co2e = scraped["greenmon_unit_co2e_grams"]
+    assert co2e and all(dict(k)["experiment_id"] == running["experiment_id"] for k in co2e)
+    assert all(v > 0 for v in co2e.values())
+
+
+class _FinishedUnitsHost:
+    """What the collector reads of a daemon whose runner has finished units: no probes,
+    and the runner's progress with its per-configuration results."""
+
+    windows = None
+    session_id = "s"
+    store: Any = None
+
+    def __init__(self, results: list[dict[str, Any]]) -> None:
+        self.samplers: list[Any] = []
+        self.channels: dict[int, Any] = {}
+        self.unavailable: dict[str, str] = {}
+        self.results = results
+
+    def channel_values(self) -> list[list[Any]]:
+        return []
+
+    def progress(self) -> dict[str, Any]:
+        return {"status": "running", "experiment_id": "e1", "plan_name": "p", "unit_index": 2,
+                "units_total": 4, "unit": None, "results": self.results}  # fmt: skip
+
+
+def _collect(collector: Any) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = (
+                sample.value
+            )
+    return found
+
+
+def test_carbon_and_cost_per_configuration_from_the_report_table(tmp_path: Path) -> None:
+    """With a [report] table the scrape has the CO2e and cost of each configuration's median
+    unit; a configuration without energy gets neither; without the table, no such metric."""
+    from greenmon.analysis.footprint import pricing
+    from greenmon.config import parse_config
+    from greenmon.metrics import DaemonCollector
+
+    config = parse_config(
+        "[report]\ncarbon_intensity_g_per_kwh = 300\nprice_per_kwh = 0.5\ncurrency = \"USD\"\n"
+    )
+    priced = pricing(config.report)
+    assert priced is not None
+    results = [{"configuration": "fake/cpu", "median_energy_j": 7.2e6},  # 2 kWh
+               {"configuration": "fake2/cpu", "median_energy_j": None}]  # fmt: skip
+    found = _collect(DaemonCollector(_FinishedUnitsHost(results), priced))  # type: ignore[arg-type]
+    labels = (("configuration", "fake/cpu"), ("experiment_id", "e1"))
+    assert found["greenmon_unit_co2e_grams"] == {labels: 600.0}
+    assert found["greenmon_unit_cost"] == {(*labels[:1], ("currency", "USD"), *labels[1:]): 1.0}
+    plain = _collect(DaemonCollector(_FinishedUnitsHost(results)))  # type: ignore[arg-type]
+    assert "greenmon_unit_co2e_grams" not in plain and "greenmon_unit_cost" not in plain
+    assert plain["greenmon_experiment_units_total"] == {(): 4.0}
+
+
+def test_carbon_follows_an_intensity_file_at_the_scrape(tmp_path: Path) -> None:
+    """A time-varying intensity is taken at the scrape: the file's latest row before now."""
+    from greenmon.analysis.footprint import pricing
+    from greenmon.config import parse_config
+    from greenmon.metrics import DaemonCollector
+
+    now_s = time.time()
+    csv = tmp_path / "grid.csv"
+    csv.write_text(f"time,g_per_kwh\n{now_s - 7200:.0f},100\n{now_s - 60:.0f},250\n"
+                   f"{now_s + 7200:.0f},900\n")  # fmt: skip
+    config = parse_config(f'[report]\ncarbon_intensity_file = "{csv}"\n')
+    priced = pricing(config.report)
+    assert priced is not None
+    results = [{"configuration": "fake/cpu", "median_energy_j": 3.6e6}]
+    found = _collect(DaemonCollector(_FinishedUnitsHost(results), priced))  # type: ignore[arg-type]
+    assert found["greenmon_unit_co2e_grams"] == {
+        (("configuration", "fake/cpu"), ("experiment_id", "e1")): 250.0}  # fmt: skip
+    assert "greenmon_unit_cost" not in found
