@@ -927,12 +927,17 @@ class UnitRun:
         self.state.phase_ends_ns = None
 
     def check_work(self) -> None:
-        """Engines must do the same work: every request generates max_new_tokens."""
-        bad = [r for r in self.measured if r.tokens_out != self.max_new * 1]
+        """Engines must do the same work: every request generates max_new_tokens (a
+        classification request: one label)."""
+        from greenmon.workload import CLASSIFICATION_TASKS
+
+        classifying = bool(self.prompts) and self.prompts[0].task in CLASSIFICATION_TASKS
+        expected = 1 if classifying else self.max_new
+        bad = [r for r in self.measured if r.tokens_out != expected]
         # issue 16: a server's counts are flagged (token_count_mismatch), not failed.
         if bad and not handles_load(self.loaded):
             self.failure = (
-                f"{len(bad)} requests generated other than {self.max_new} tokens "
+                f"{len(bad)} requests generated other than {expected} tokens "
                 f"(e.g. {bad[0].prompt_id}: {bad[0].tokens_out}): engines must do "
                 "the same work"
             )
