@@ -133,10 +133,16 @@ SPECS: dict[str, EngineSpec] = {
     ),
     "mxnet": EngineSpec(
         "greenmon.engines.worker_engine", "MxnetEngine", ("cpu",),
-        ("mxnet",), "greenmon engines install mxnet", _CLASSIFIERS,
+        ("mxnet", "numpy", "onnx"), "greenmon engines install mxnet", _CLASSIFIERS,
         notes={
-            ("cpu", "text-classifier"): "ONNX export imported by mxnet.contrib.onnx",
-            ("cpu", "image-classifier"): "ONNX export imported by mxnet.contrib.onnx",
+            ("cpu", "text-classifier"): (
+                "BERT only, in MXNet operators with the weights carried over: MXNet's ONNX "
+                "importer lacks LayerNormalization, Erf, Where, Expand and ConstantOfShape"
+            ),
+            ("cpu", "image-classifier"): (
+                "the ONNX export imported by mxnet.contrib.onnx; a load names any operator "
+                "MXNet lacks"
+            ),
         },
         impossible={
             "cuda": (

@@ -510,8 +510,17 @@ class ExperimentRunner:
                 ) from None
             engine: Engine = engine_class(**self.engine_kwargs)
             return engine
-        from greenmon.engines import get_engine
+        from greenmon.engines import SPECS, get_engine
 
+        if name in plan.spec.engines:
+            # Run by another environment's interpreter, in a worker process.
+            from greenmon.engines.worker_engine import MxnetEngine, RemoteEngine
+
+            environment = plan.spec.engines[name]
+            target = environment.engine or name
+            if SPECS[target].environment == "own":  # mxnet: its worker, another python
+                return MxnetEngine(cache_dir=self.cache_dir, python=environment.python)
+            return RemoteEngine(target, environment.python, self.cache_dir)
         return get_engine(name, cache_dir=self.cache_dir, **self.engine_kwargs)
 
     async def in_engine_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
