@@ -40,8 +40,22 @@ RECORDED: dict[str, tuple[str, ...]] = {"mxnet": ("mxnet", "numpy", "onnx")}
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
+def _user_cache() -> Path:
+    """The per-user cache, whatever $GREENMON_CACHE_DIR says."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "greenmon"
+
+
 def env_dir(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    return cache_root(cache_dir) / "envs" / name
+    """Where the environment is: greenmon's cache (``cache_dir``, else
+    $GREENMON_CACHE_DIR, else the user's cache) when installed there, else the user's
+    cache, where an install made without $GREENMON_CACHE_DIR put it: a run with a cache of
+    its own (a test's, a study's) still finds the machine's environment."""
+    first = cache_root(cache_dir) / "envs" / name
+    if (first / RECORD).is_file():
+        return first
+    fallback = _user_cache() / "envs" / name
+    return fallback if (fallback / RECORD).is_file() else first
 
 
 def env_python(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -57,7 +71,7 @@ def recorded_versions(
         record = json.loads((directory / RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if not env_python(name, cache_dir).exists():
+    if not (directory / "bin" / "python").exists():
         return {}
     return {str(k): str(v) for k, v in dict(record.get("versions", {})).items()}
 
@@ -81,7 +95,7 @@ def install_environment(
             f"no environment recipe for {name!r}; greenmon installs: {', '.join(RECIPES)}",
             title="Unknown engine environment",
         )
-    dest = env_dir(name, cache_dir)
+    dest = cache_root(cache_dir) / "envs" / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
     start_s = time.perf_counter()

@@ -157,8 +157,8 @@ class MxnetEngine:
             )
         from greenmon.engines.environments import env_python, recorded_versions
 
-        python = self.python or str(env_python("mxnet"))
-        if self.python is None and not recorded_versions("mxnet"):
+        python = self.python or str(env_python("mxnet", self.cache_dir))
+        if self.python is None and not recorded_versions("mxnet", self.cache_dir):
             raise EngineError(
                 "MXNet's environment is not installed: run `greenmon engines install mxnet`",
                 title="Engine not installed",

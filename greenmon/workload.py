@@ -17,6 +17,9 @@ Terms:
     (``seeded_image``: smooth colour fields plus noise, 96x96 RGB, numpy's PCG64 seeded by
     (seed, index)); no package data, nothing downloaded.  A prompt's text names its image
     (``seeded-image:seed=S:index=I``), so the image is rebuilt wherever it is needed.
+  - ``classification``: either of the two, by the model: ``text-classification`` for a
+    text classifier, ``image-classification`` for an image classifier, so one plan can
+    hold the runtime study's two models.
   Anything else is a path to a JSONL file: one ``{"id": ..., "prompt": ...}`` per line
   (completion), or one ``{"input": ..., "context": ..., "references": [...], "task": ...}``
   per line (``context``, ``references``, ``id`` and ``task`` optional; ``task`` defaults to
@@ -50,7 +53,7 @@ TASK_FILES = {
     "humaneval-qa": "humaneval_qa.jsonl",
     "humaneval-summaries": "humaneval_summaries.jsonl",
 }
-CLASSIFICATION_WORKLOADS = ("text-classification", "image-classification")
+CLASSIFICATION_WORKLOADS = ("text-classification", "image-classification", "classification")
 BUILTIN_WORKLOADS = (
     "humaneval-windows", "gaissa-164", "humaneval-full", *TASK_FILES, *CLASSIFICATION_WORKLOADS
 )
@@ -131,6 +134,8 @@ def load_workload(
         prompts = gaissa_164()
     elif text == "humaneval-full":
         prompts = humaneval_full()
+    elif text == "classification":
+        prompts = load_workload(_classification_for(model, cache_dir), seed=seed)
     elif text == "text-classification":
         prompts = [
             Prompt(p.prompt_id, p.text, "text_classification") for p in humaneval_full()
@@ -260,6 +265,22 @@ def _exact_window(
 
 def humaneval_full() -> list[Prompt]:
     return [Prompt(task_id, p["prompt"]) for task_id, p in _humaneval_problems().items()]
+
+
+def _classification_for(model: Any, cache_dir: str | None) -> str:
+    """The classification workload that fits ``model`` (a spec or ModelInfo)."""
+    from greenmon.models import CLASSIFIER_TASKS, model_architecture, resolve_model
+
+    if model is None:
+        raise WorkloadError("the classification workload is picked by the model: give one")
+    architecture = model_architecture(resolve_model(model, cache_dir=cache_dir).path)
+    if architecture not in CLASSIFIER_TASKS:
+        raise WorkloadError(
+            f"the classification workload labels text or images, but "
+            f"{getattr(model, 'spec', model)!s:.60} is a {architecture} model: give it a "
+            "generation workload (e.g. humaneval-windows)"
+        )
+    return "text-classification" if architecture == "text-classifier" else "image-classification"
 
 
 def image_prompts(seed: int, count: int = SEEDED_IMAGES) -> list[Prompt]:
