@@ -121,3 +121,15 @@ def test_the_generic_worker_drives_an_engine_from_another_interpreter(cache_dir:
         local.close()
     assert [r.output_ids for r in records] == [r.output_ids for r in expected]
     assert [r.prompt_id for r in records] == [p.prompt_id for p in prompts]
+
+
+def test_the_runtime_study_example_is_a_valid_plan() -> None:
+    from greenmon.plan import load_plan
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "runtimes-2024.toml"
+    plan = load_plan(example)
+    assert {e for e, _ in plan.configurations} == {
+        "torch", "onnx", "openvino", "torchscript", "tensorflow", "mxnet"
+    }
+    # 2 models x 6 engines x 2 batch sizes x 10 repetitions
+    assert len(plan.units()) == 240
