@@ -35,13 +35,13 @@ from greenmon.engines._classify import (
     timed,
 )
 from greenmon.engines._common import (
+    Batch,
     as_model,
     check_options,
     check_provider,
     greedy_config,
     load_tokenizer,
     make_records,
-    tokenize_batch,
 )
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
 from greenmon.errors import EngineError
@@ -203,13 +203,21 @@ class TensorflowEngine:
     ) -> list[RequestRecord]:
         if max_new_tokens < 1:
             raise EngineError("max_new_tokens must be at least 1", title="Invalid request")
-        batch = tokenize_batch(self._tokenizer, prompts)
+        # numpy, not torch tensors: with TensorFlow on, transformers treats torch as absent.
+        encoded = self._tokenizer(
+            [p.text for p in prompts], return_tensors="np", padding=True,
+            add_special_tokens=False,
+        )  # fmt: skip
+        batch = Batch(
+            encoded["input_ids"], encoded["attention_mask"],
+            [int(n) for n in encoded["attention_mask"].sum(axis=1)],
+        )  # fmt: skip
         config = greedy_config(self._tokenizer, max_new_tokens)
         with tf.device(self._device):
             start_ns = time.monotonic_ns()
             output = self._model.generate(
-                input_ids=tf.constant(batch.input_ids.numpy()),
-                attention_mask=tf.constant(batch.attention_mask.numpy()),
+                input_ids=tf.constant(batch.input_ids, dtype=tf.int32),
+                attention_mask=tf.constant(batch.attention_mask, dtype=tf.int32),
                 generation_config=config,
             )
             end_ns = time.monotonic_ns()

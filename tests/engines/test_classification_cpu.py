@@ -158,3 +158,49 @@ def test_engines_list_the_new_engines_and_their_limits() -> None:
     }
     assert "LayerNormalization" in statuses[("mxnet", "cpu")].architectures["text-classifier"]
     assert not statuses[("mxnet", "cuda")].usable
+
+
+def _tensorflow_or_skip() -> None:
+    reason = check_configuration("tensorflow", "cpu")
+    if reason is not None:
+        pytest.skip(f"tensorflow/cpu: {reason}")
+
+
+def test_tensorflow_generates_with_a_causal_lm_it_has_a_class_for(
+    cache_dir: str, tmp_path: Any
+) -> None:
+    """A tiny random GPT-2 (TF has TFGPT2LMHeadModel): exact length, torch's tokens."""
+    _tensorflow_or_skip()
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny", cache_dir=cache_dir).path)
+    tokenizer.save_pretrained(tmp_path)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, initializer_range=0.2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).eval().save_pretrained(tmp_path)
+    prompts = load_workload("humaneval-windows", model=str(tmp_path), limit=3)
+    records = {}
+    for name in ("torch", "tensorflow"):
+        engine = get_engine(name, cache_dir=cache_dir)
+        engine.load(str(tmp_path), "cpu", {})
+        try:
+            records[name] = engine.generate(prompts, 6)
+        finally:
+            engine.close()
+    assert [r.tokens_out for r in records["tensorflow"]] == [6, 6, 6]
+    assert [r.output_ids for r in records["tensorflow"]] == [
+        r.output_ids for r in records["torch"]
+    ]
+
+
+def test_tensorflow_says_it_has_no_llama(cache_dir: str) -> None:
+    _tensorflow_or_skip()
+    engine = get_engine("tensorflow", cache_dir=cache_dir)
+    with pytest.raises(EngineError, match="no TF class"):
+        engine.load(resolve_model("tiny", cache_dir=cache_dir), "cpu", {})
+    engine.close()
