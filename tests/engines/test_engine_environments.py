@@ -133,3 +133,16 @@ def test_the_runtime_study_example_is_a_valid_plan() -> None:
     }
     # 2 models x 6 engines x 2 batch sizes x 10 repetitions
     assert len(plan.units()) == 240
+
+
+def test_plan_check_says_what_an_engine_cannot_serve(cache_dir: str) -> None:
+    from greenmon.plan import check_plan
+
+    plan = parse_plan(
+        'name = "limits"\nmodels = ["tiny"]\nconfigurations = ["mxnet/cpu", "torch/cpu"]\n'
+        'workload = "humaneval-windows"\nprompts = 2\n'
+    )
+    problems = check_plan(plan, cache_dir=cache_dir).problems
+    (problem,) = [p for p in problems if "cannot serve" in p]
+    assert "mxnet/cpu cannot serve 'tiny', a decoder model" in problem
+    assert "LayerNormalization" in problem
