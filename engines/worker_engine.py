@@ -46,7 +46,6 @@ from greenmon.models import model_architecture
 
 HERE = Path(__file__).resolve().parent
 MXNET_WORKER = HERE / "mxnet_worker.py"
-ENGINE_WORKER = HERE / "engine_worker.py"
 MXNET_OPTIONS: dict[str, object] = {"threads": None}
 
 
