@@ -1,6 +1,7 @@
 """The ``onnx`` engine: ONNX Runtime through optimum-onnx's ``ORTModelForCausalLM``
-(decoders) or ``ORTModelForSeq2SeqLM`` (encoder-decoders: an encoder graph and a decoder
-graph with past key values, exported together).
+(decoders), ``ORTModelForSeq2SeqLM`` (encoder-decoders: an encoder graph and a decoder
+graph with past key values, exported together), ``ORTModelForSequenceClassification`` or
+``ORTModelForImageClassification`` (classifiers: one forward pass per batch).
 
 Providers: ``cpu`` (CPUExecutionProvider), ``cuda`` (CUDAExecutionProvider, with IO binding
 so the KV cache stays on the GPU), ``tensorrt`` (TensorrtExecutionProvider, CUDA as the
@@ -21,6 +22,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from greenmon.engines._cache import Exporter, cached_export, library_versions
+from greenmon.engines._classify import (
+    Preprocessor,
+    is_classifier,
+    load_preprocessor,
+    optimum_classify,
+)
 from greenmon.engines._common import (
     as_model,
     check_options,
@@ -47,11 +54,20 @@ EXPORT_LIBRARIES = ("optimum-onnx", "optimum", "transformers", "torch", "onnx")
 EXPORT_TASKS = {
     "decoder": "text-generation-with-past",
     "encoder-decoder": "text2text-generation-with-past",
+    "text-classifier": "text-classification",
+    "image-classifier": "image-classification",
+}
+ORT_CLASSES = {
+    "decoder": "ORTModelForCausalLM",
+    "encoder-decoder": "ORTModelForSeq2SeqLM",
+    "text-classifier": "ORTModelForSequenceClassification",
+    "image-classifier": "ORTModelForImageClassification",
 }
 
 
 def export_onnx(model: ModelInfo, dest: Path) -> None:
-    """Export a causal or seq2seq LM with past key values to ONNX in ``dest``."""
+    """Export a causal or seq2seq LM with past key values, or a classifier, to ONNX in
+    ``dest``."""
     from optimum.exporters.onnx import main_export
 
     # Validation against PyTorch is skipped: greenmon's fidelity check compares every
@@ -83,6 +99,7 @@ class OnnxEngine:
         self._model: Any = None
         self._tokenizer: Any = None
         self._device = "cpu"
+        self._pre: Preprocessor | None = None
 
     def load(self, model: Any, provider: str, options: Mapping[str, Any]) -> LoadInfo:
         opts = self._checked(provider, options)
@@ -93,12 +110,10 @@ class OnnxEngine:
             info, self.name, {}, library_versions(*EXPORT_LIBRARIES), self.exporter,
             cache_dir=self.cache_dir,
         )
-        from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
+        import optimum.onnxruntime
 
         architecture = model_architecture(info.path)
-        ort_class = (
-            ORTModelForSeq2SeqLM if architecture == "encoder-decoder" else ORTModelForCausalLM
-        )
+        ort_class = getattr(optimum.onnxruntime, ORT_CLASSES[architecture])
 
         session_options = _session_options(onnxruntime, opts)
         provider_options = self._provider_options(provider, export.key)
@@ -106,7 +121,10 @@ class OnnxEngine:
         gpu = provider in ("cuda", "tensorrt", "rocm")
         start_s = time.perf_counter()
         try:
-            self._tokenizer = load_tokenizer(info)
+            if is_classifier(architecture):
+                self._pre = load_preprocessor(info, architecture)
+            else:
+                self._tokenizer = load_tokenizer(info)
             self._model = ort_class.from_pretrained(
                 export.path,
                 provider=ort_provider(provider, onnxruntime.get_available_providers()),
@@ -169,6 +187,8 @@ class OnnxEngine:
     ) -> list[RequestRecord]:
         if self._model is None:
             raise EngineError("generate called before load", title="Engine not loaded")
+        if self._pre is not None:
+            return optimum_classify(self._model, self._pre, prompts, self._device)
         return hf_generate(
             self._model, self._tokenizer, prompts, max_new_tokens, self._device, stop=stop
         )
@@ -176,6 +196,7 @@ class OnnxEngine:
     def close(self) -> None:
         self._model = None
         self._tokenizer = None
+        self._pre = None
 
 
 Engine = OnnxEngine

@@ -1,5 +1,6 @@
 """The ``openvino`` engine: OpenVINO through optimum-intel's ``OVModelForCausalLM``
-(decoders) or ``OVModelForSeq2SeqLM`` (encoder-decoders).
+(decoders), ``OVModelForSeq2SeqLM`` (encoder-decoders), ``OVModelForSequenceClassification``
+or ``OVModelForImageClassification`` (classifiers: one forward pass per batch).
 
 Provider: ``cpu`` (OpenVINO device ``CPU``).  OpenVINO has no CUDA backend, so
 openvino + cuda is refused with that reason.
@@ -23,6 +24,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from greenmon.engines._cache import Exporter, cached_export, library_versions
+from greenmon.engines._classify import (
+    Preprocessor,
+    is_classifier,
+    load_preprocessor,
+    optimum_classify,
+)
 from greenmon.engines._common import (
     as_model,
     check_options,
@@ -58,25 +65,38 @@ CUDA_REASON = (
 # export, or its export-cache entry), so nothing needs guessing.
 
 
+OV_CLASSES = {
+    "decoder": "OVModelForCausalLM",
+    "encoder-decoder": "OVModelForSeq2SeqLM",
+    "text-classifier": "OVModelForSequenceClassification",
+    "image-classifier": "OVModelForImageClassification",
+}
+EXPORT_TASKS = {
+    "decoder": "text-generation-with-past",
+    "encoder-decoder": "text2text-generation-with-past",
+    "text-classifier": "text-classification",
+    "image-classifier": "image-classification",
+}
+
+
 def ov_model_class(model_path: Path) -> Any:
     """optimum-intel's class for the model's architecture."""
-    from optimum.intel import OVModelForCausalLM, OVModelForSeq2SeqLM
+    import optimum.intel
 
-    if model_architecture(model_path) == "encoder-decoder":
-        return OVModelForSeq2SeqLM
-    return OVModelForCausalLM
+    return getattr(optimum.intel, OV_CLASSES[model_architecture(model_path)])
 
 
 def export_openvino(model: ModelInfo, dest: Path) -> None:
-    """Export a causal or seq2seq LM to an OpenVINO IR in ``dest`` (float weights)."""
+    """Export a causal or seq2seq LM, or a classifier, to an OpenVINO IR in ``dest``
+    (float weights)."""
     from optimum.exporters.openvino import main_export
     from optimum.intel import OVConfig
 
-    seq2seq = model_architecture(model.path) == "encoder-decoder"
+    architecture = model_architecture(model.path)
     main_export(
         model_name_or_path=str(model.path),
         output=dest,
-        task="text2text-generation-with-past" if seq2seq else "text-generation-with-past",
+        task=EXPORT_TASKS[architecture],
         # dtype "auto" keeps the weights as the model stores them; without an OVConfig
         # optimum-intel compresses models above 1 B parameters to int8.  (This is what
         # from_pretrained(export=True, load_in_8bit=False) passes.)
@@ -84,7 +104,7 @@ def export_openvino(model: ModelInfo, dest: Path) -> None:
         # optimum-intel 1.27's stateful seq2seq export fails on T5 ("Attempt to get a name
         # for a Tensor without names" in patch_stateful_encoder_decoder, OpenVINO 2026.4):
         # the stateless decoder passes past key values as inputs and outputs instead.
-        stateful=not seq2seq,
+        stateful=architecture == "decoder",
         local_files_only=True,
         library_name="transformers",
     )
@@ -118,6 +138,7 @@ class OpenvinoEngine:
         self.exporter = exporter
         self._model: Any = None
         self._tokenizer: Any = None
+        self._pre: Preprocessor | None = None
 
     def load(self, model: Any, provider: str, options: Mapping[str, Any]) -> LoadInfo:
         check_provider(self.name, provider, self.providers)
@@ -152,7 +173,11 @@ class OpenvinoEngine:
             ov_config["INFERENCE_NUM_THREADS"] = str(int(opts["threads"]))
         start_s = time.perf_counter()
         try:
-            self._tokenizer = load_tokenizer(info)
+            architecture = model_architecture(info.path)
+            if is_classifier(architecture):
+                self._pre = load_preprocessor(info, architecture)
+            else:
+                self._tokenizer = load_tokenizer(info)
             self._model = load_openvino(export.path, ov_config)
         except Exception as error:  # openvino raises RuntimeError subclasses of its own
             raise EngineError(
@@ -197,13 +222,14 @@ class OpenvinoEngine:
     ) -> list[RequestRecord]:
         if self._model is None:
             raise EngineError("generate called before load", title="Engine not loaded")
-        return hf_generate(
-            self._model, self._tokenizer, prompts, max_new_tokens, stop=stop
-        )
+        if self._pre is not None:
+            return optimum_classify(self._model, self._pre, prompts)
+        return hf_generate(self._model, self._tokenizer, prompts, max_new_tokens, stop=stop)
 
     def close(self) -> None:
         self._model = None
         self._tokenizer = None
+        self._pre = None
 
 
 Engine = OpenvinoEngine

@@ -1,5 +1,7 @@
-"""The ``torch`` engine: transformers ``AutoModelForCausalLM`` (decoders) or
-``AutoModelForSeq2SeqLM`` (encoder-decoders, e.g. T5) in eager PyTorch.
+"""The ``torch`` engine: transformers ``AutoModelForCausalLM`` (decoders),
+``AutoModelForSeq2SeqLM`` (encoder-decoders, e.g. T5), ``AutoModelForSequenceClassification``
+or ``AutoModelForImageClassification`` (classifiers: one forward pass per batch) in eager
+PyTorch.
 
 Providers: ``cpu``, ``cuda``, ``rocm`` (a ROCm build of torch, whose device type is
 ``cuda``).  Options: ``dtype`` (``float32`` default, ``bfloat16``,
@@ -14,6 +16,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from greenmon.engines._classify import (
+    Preprocessor,
+    classifier_inputs,
+    is_classifier,
+    label_records,
+    load_preprocessor,
+    timed,
+)
 from greenmon.engines._common import (
     as_model,
     check_options,
@@ -57,6 +67,46 @@ def torch_device(provider: str) -> str:
     return "cpu"
 
 
+def auto_model_class(architecture: str) -> Any:
+    """transformers' Auto class for a model architecture (greenmon.models)."""
+    import transformers
+
+    return getattr(transformers, {
+        "decoder": "AutoModelForCausalLM",
+        "encoder-decoder": "AutoModelForSeq2SeqLM",
+        "text-classifier": "AutoModelForSequenceClassification",
+        "image-classifier": "AutoModelForImageClassification",
+    }[architecture])  # fmt: skip
+
+
+def torch_classify(
+    model: Any, pre: Preprocessor, prompts: Sequence[Prompt], device: str
+) -> list[RequestRecord]:
+    """One forward pass of a torch classifier (eager or traced) over the batch."""
+    import torch
+
+    inputs = classifier_inputs(pre, prompts)
+    tensors = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
+    dtype = next(model.parameters()).dtype if hasattr(model, "parameters") else None
+    if "pixel_values" in tensors and dtype is not None:
+        tensors["pixel_values"] = tensors["pixel_values"].to(dtype)
+
+    def forward() -> Any:
+        output = model(**tensors)
+        logits = output[0] if isinstance(output, (tuple, list)) else output.logits
+        # The copy to the host is inside the timed pass: it waits for a GPU to finish.
+        return logits.float().cpu().numpy()
+
+    try:
+        with torch.inference_mode():
+            logits, start_ns, end_ns = timed(forward)
+    except torch.OutOfMemoryError as error:
+        raise EngineError(
+            f"out of memory in a forward pass: {error}", title="Out of memory"
+        ) from error
+    return label_records(pre, prompts, inputs, logits, start_ns, end_ns)
+
+
 class TorchEngine:
     name: ClassVar[str] = "torch"
     providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda", "rocm")
@@ -67,6 +117,7 @@ class TorchEngine:
         self._model: Any = None
         self._tokenizer: Any = None
         self._device = "cpu"
+        self._pre: Preprocessor | None = None
 
     def load(self, model: Any, provider: str, options: Mapping[str, Any]) -> LoadInfo:
         check_provider(self.name, provider, self.providers)
@@ -76,15 +127,15 @@ class TorchEngine:
         self._device = torch_device(provider)
         set_threads(opts["threads"])
         import torch
-        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
         architecture = model_architecture(info.path)
-        auto_class = (
-            AutoModelForSeq2SeqLM if architecture == "encoder-decoder" else AutoModelForCausalLM
-        )
+        auto_class = auto_model_class(architecture)
         start_s = time.perf_counter()
         try:
-            self._tokenizer = load_tokenizer(info)
+            if is_classifier(architecture):
+                self._pre = load_preprocessor(info, architecture)
+            else:
+                self._tokenizer = load_tokenizer(info)
             self._model = auto_class.from_pretrained(
                 info.path, dtype=getattr(torch, opts["dtype"])
             ).to(self._device).eval()  # type: ignore[arg-type]
@@ -107,7 +158,9 @@ class TorchEngine:
                 "architecture": architecture,
                 "dtype": opts["dtype"],
                 "threads": torch.get_num_threads(),
-                "attn_implementation": self._model.config._attn_implementation,
+                "attn_implementation": getattr(
+                    self._model.config, "_attn_implementation", None
+                ),
                 "model_fingerprint": info.fingerprint,
             },
         )
@@ -117,6 +170,8 @@ class TorchEngine:
     ) -> list[RequestRecord]:
         if self._model is None:
             raise EngineError("generate called before load", title="Engine not loaded")
+        if self._pre is not None:
+            return torch_classify(self._model, self._pre, prompts, self._device)
         return hf_generate(
             self._model, self._tokenizer, prompts, max_new_tokens, self._device, stop=stop
         )
@@ -125,6 +180,7 @@ class TorchEngine:
         device = self._device
         self._model = None
         self._tokenizer = None
+        self._pre = None
         if device == "cuda":
             import torch
 

@@ -25,6 +25,9 @@ The prompt is encoded once; the decoder starts from the model's decoder start to
 re-runs the whole decoder sequence each step (no KV cache, as above), appending the
 greedy token, exactly ``max_new_tokens`` times.
 
+Classifiers: the forward pass (inputs by position) to the logits is traced; one call per
+batch, as every engine does.
+
 The trace is made once per (model, device, dtype) and cached.
 """
 
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from greenmon.engines._cache import cached_export, library_versions
+from greenmon.engines._classify import Preprocessor, is_classifier, load_preprocessor
 from greenmon.engines._common import (
     as_model,
     check_options,
@@ -49,7 +53,7 @@ from greenmon.engines._common import (
     tokenize_batch,
 )
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
-from greenmon.engines.torch_engine import check_dtype, torch_device
+from greenmon.engines.torch_engine import check_dtype, torch_classify, torch_device
 from greenmon.errors import EngineError
 from greenmon.models import ModelInfo, model_architecture
 
@@ -188,10 +192,82 @@ def export_torchscript_seq2seq(
     )
 
 
+CLASSIFIER_INPUTS = {
+    "text-classifier": ("input_ids", "attention_mask", "token_type_ids"),
+    "image-classifier": ("pixel_values",),
+}
+
+
+def export_torchscript_classifier(
+    model: ModelInfo, dest: Path, *, device: str, dtype_name: str
+) -> None:
+    """Trace a classifier's forward pass (inputs by position, as CLASSIFIER_INPUTS lists
+    them) to its logits; save it to ``dest``."""
+    import torch
+
+    from greenmon.engines.torch_engine import auto_model_class
+
+    architecture = model_architecture(model.path)
+    dtype = getattr(torch, dtype_name)
+    # Eager attention: its mask is plain tensor code the trace follows for any padding.
+    extra = {"attn_implementation": "eager"} if architecture == "text-classifier" else {}
+    hf_model = auto_model_class(architecture).from_pretrained(
+        model.path, dtype=dtype, **extra
+    ).to(device).eval()
+    names = CLASSIFIER_INPUTS[architecture]
+
+    class Logits(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = hf_model
+
+        def forward(self, *inputs: Any) -> Any:
+            return self.model(**dict(zip(names, inputs, strict=True)), return_dict=False)[0]
+
+    if architecture == "text-classifier":
+        # Batch 2, one row right-padded, so batch, length and padding stay symbolic.
+        mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], device=device)
+        example: tuple[Any, ...] = (
+            torch.full(mask.shape, 3, dtype=torch.long, device=device), mask,
+            torch.zeros_like(mask),
+        )  # fmt: skip
+    else:
+        side = int(hf_model.config.num_channels)
+        example = (torch.zeros((2, side, 32, 32), dtype=dtype, device=device),)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+            Logits().eval(), example, check_trace=False
+        )
+    torch.jit.save(traced, str(dest / TRACE_FILE))
+    (dest / META_FILE).write_text(
+        json.dumps({"device": device, "dtype": dtype_name, "architecture": architecture})
+    )
+
+
+class PositionalClassifier:
+    """A traced classifier called as torch_classify calls a transformers model (by input
+    name); the trace takes its inputs by position."""
+
+    def __init__(self, module: Any, names: Sequence[str]) -> None:
+        self.module = module
+        self.names = tuple(names)
+
+    def parameters(self) -> Any:
+        return self.module.parameters()
+
+    def __call__(self, **inputs: Any) -> Any:
+        return (self.module(*(inputs[name] for name in self.names)),)
+
+
 def export_torchscript(model: ModelInfo, dest: Path, *, device: str, dtype_name: str) -> None:
     """Trace ``model`` on ``device`` in ``dtype_name`` and save it to ``dest``."""
-    if model_architecture(model.path) == "encoder-decoder":
+    architecture = model_architecture(model.path)
+    if architecture == "encoder-decoder":
         export_torchscript_seq2seq(model, dest, device=device, dtype_name=dtype_name)
+        return
+    if is_classifier(architecture):
+        export_torchscript_classifier(model, dest, device=device, dtype_name=dtype_name)
         return
     import torch
     from transformers import AutoModelForCausalLM
@@ -233,6 +309,8 @@ class TorchscriptEngine:
         self._device = "cpu"
         self._dtype: Any = None
         self._eos_ids: list[int] = []
+        self._pre: Preprocessor | None = None
+        self._classifier: PositionalClassifier | None = None
 
     def load(self, model: Any, provider: str, options: Mapping[str, Any]) -> LoadInfo:
         check_provider(self.name, provider, self.providers)
@@ -254,7 +332,10 @@ class TorchscriptEngine:
         architecture = model_architecture(info.path)
         start_s = time.perf_counter()
         try:
-            self._tokenizer = load_tokenizer(info)
+            if is_classifier(architecture):
+                self._pre = load_preprocessor(info, architecture)
+            else:
+                self._tokenizer = load_tokenizer(info)
             if architecture == "encoder-decoder":
                 self._encoder = torch.jit.load(  # type: ignore[no-untyped-call]
                     str(export.path / ENCODER_FILE), map_location=self._device
@@ -272,8 +353,13 @@ class TorchscriptEngine:
             ) from error
         load_s = time.perf_counter() - start_s
         self._dtype = getattr(torch, opts["dtype"])
-        eos = self._tokenizer.eos_token_id
-        self._eos_ids = [] if eos is None else [int(eos)]
+        if self._pre is not None:
+            self._classifier = PositionalClassifier(
+                self._module, CLASSIFIER_INPUTS[architecture]
+            )
+        else:
+            eos = self._tokenizer.eos_token_id
+            self._eos_ids = [] if eos is None else [int(eos)]
         return LoadInfo(
             export_s=export.export_s,
             load_s=load_s,
@@ -294,6 +380,8 @@ class TorchscriptEngine:
             raise EngineError("generate called before load", title="Engine not loaded")
         if max_new_tokens < 1:
             raise EngineError("max_new_tokens must be at least 1", title="Invalid request")
+        if self._classifier is not None and self._pre is not None:
+            return torch_classify(self._classifier, self._pre, prompts, self._device)
         if self._encoder is not None:
             return self._generate_seq2seq(prompts, max_new_tokens)
         import torch
@@ -379,6 +467,8 @@ class TorchscriptEngine:
         self._encoder = None
         self._module = None
         self._tokenizer = None
+        self._pre = None
+        self._classifier = None
         if device == "cuda":
             import torch
 

@@ -29,7 +29,7 @@ FIGURE_DOMAINS: dict[str, tuple[str, ...]] = {
        for domain in ("cpu", "dram", "gpu", "wall")},
     **{f"baseline_{domain}_w": (domain,) for domain in ("cpu", "dram", "gpu", "wall")},
     **dict.fromkeys(
-        ("energy_global_j", "dynamic_global_j", "j_per_request", "j_per_token",
+        ("energy_global_j", "dynamic_global_j", "j_per_request", "j_per_inference", "j_per_token",
          "j_per_correct", "steady_energy_j", "steady_j_per_token", "load_energy_j",
          "tail_energy_j", "median_energy_j", "median_j_per_token", "median_j_per_correct"),
         _GLOBAL,

@@ -10,7 +10,9 @@ Terms:
   ``tiny`` (about 0.2 M parameters) keeps the tests fast; ``tiny-20m`` (about 20 M) is the
   bench's stand-in for a real model.  ``tiny-t5`` is the encoder-decoder twin of ``tiny``:
   a T5-shaped model (relative position buckets, encoder + decoder) with the same tokenizer
-  recipe, so the seq2seq paths of every engine run offline.
+  recipe, so the seq2seq paths of every engine run offline.  ``tiny-bert`` (a BERT text
+  classifier, 4 labels) and ``tiny-resnet`` (a ResNet image classifier, 10 labels, 64x64
+  inputs) are the runtime study's two models in miniature.
 - *architecture*: ``decoder`` (causal LM) or ``encoder-decoder`` (seq2seq LM), read from the
   model's config.json (``is_encoder_decoder``); engines pick their model class by it.
 - *fingerprint*: a short hash of the files that decide what a model computes (config,
@@ -29,8 +31,9 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +62,9 @@ class BuiltinRecipe:
     num_kv_heads: int
     vocab_size: int
     max_positions: int = 512
-    architecture: str = "decoder"  # or "encoder-decoder" (T5-shaped)
+    architecture: str = "decoder"  # "encoder-decoder" (T5), "text-classifier" (BERT),
+    # "image-classifier" (ResNet)
+    num_labels: int = 0  # classifiers only
 
 
 BUILTIN_MODELS: dict[str, BuiltinRecipe] = {
@@ -88,19 +93,55 @@ BUILTIN_MODELS: dict[str, BuiltinRecipe] = {
         vocab_size=1024,
         architecture="encoder-decoder",
     ),
+    # The runtime study's two models, in miniature: a BERT sequence classifier (same
+    # tokenizer recipe) and a ResNet image classifier (two basic stages, 64x64 inputs).
+    "tiny-bert": BuiltinRecipe(
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4,
+        vocab_size=1024,
+        architecture="text-classifier",
+        num_labels=4,
+    ),
+    "tiny-resnet": BuiltinRecipe(
+        hidden_size=32,  # the last stage's channels; the stem has half
+        intermediate_size=0,
+        num_layers=2,  # stages, one basic block each
+        num_heads=0,
+        num_kv_heads=0,
+        vocab_size=0,
+        architecture="image-classifier",
+        num_labels=10,
+    ),
 }
+# Side of the square images tiny-resnet's image processor resizes to.
+TINY_IMAGE_SIDE = 64
 BUILTIN_SEED = 0
-ARCHITECTURES = ("decoder", "encoder-decoder")
+ARCHITECTURES = ("decoder", "encoder-decoder", "text-classifier", "image-classifier")
+# The workload task each classifier architecture serves (one forward pass, a label out).
+CLASSIFIER_TASKS = {
+    "text-classifier": "text_classification",
+    "image-classifier": "image_classification",
+}
 
 
 def model_architecture(path: Path) -> str:
-    """``encoder-decoder`` when the model's config.json says so, else ``decoder``."""
+    """The model's architecture from its config.json: ``encoder-decoder`` when
+    ``is_encoder_decoder``, a classifier when its ``architectures`` class says so
+    (``...ForSequenceClassification``, ``...ForImageClassification``), else ``decoder``."""
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise EngineError(
             f"cannot read {path / 'config.json'}: {error}", title="Model not loadable"
         ) from error
+    classes = [str(c) for c in config.get("architectures") or ()]
+    if any(c.endswith("ForSequenceClassification") for c in classes):
+        return "text-classifier"
+    if any(c.endswith("ForImageClassification") for c in classes):
+        return "image-classifier"
     return "encoder-decoder" if config.get("is_encoder_decoder") else "decoder"
 
 
@@ -284,11 +325,14 @@ def build_builtin_model(name: str, *, cache_dir: str | os.PathLike[str] | None =
     return dest
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, *, with_token_types: bool = False
+) -> Any:
     """A byte-level BPE tokenizer (PreTrainedTokenizerFast) trained on ``texts``.
 
-    It returns only input_ids and attention_mask: ONNX Runtime sessions reject the
-    token_type_ids a plain PreTrainedTokenizerFast would add.
+    It returns only input_ids and attention_mask (ONNX Runtime sessions of a decoder reject
+    the token_type_ids a plain PreTrainedTokenizerFast would add), and token_type_ids too
+    when ``with_token_types`` (a BERT's exports take them).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -310,7 +354,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
         unk_token="<|endoftext|>",
         pad_token="<pad>",
         padding_side="left",
-        model_input_names=["input_ids", "attention_mask"],
+        model_input_names=["input_ids", "attention_mask"]
+        + (["token_type_ids"] if with_token_types else []),
     )
 
 
@@ -325,10 +370,17 @@ def build_random_model(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     dest.mkdir(parents=True, exist_ok=True)
+    if recipe.architecture == "image-classifier":
+        return _build_random_resnet(dest, recipe, seed)
     tokenizer = train_tokenizer(
-        texts if texts is not None else humaneval_texts(), recipe.vocab_size
+        texts if texts is not None else humaneval_texts(),
+        recipe.vocab_size,
+        # BERT takes segment ids; every engine then gets the same three inputs.
+        with_token_types=recipe.architecture == "text-classifier",
     )
     tokenizer.save_pretrained(dest)
+    if recipe.architecture == "text-classifier":
+        return _build_random_bert(dest, recipe, tokenizer, seed)
     if recipe.architecture == "encoder-decoder":
         return _build_random_t5(dest, recipe, tokenizer, seed)
     config = LlamaConfig(  # type: ignore[no-untyped-call]
@@ -383,11 +435,97 @@ def _build_random_t5(dest: Path, recipe: BuiltinRecipe, tokenizer: Any, seed: in
     )  # fmt: skip
 
 
+def _labels(count: int) -> dict[str, Any]:
+    return {
+        "num_labels": count,
+        "id2label": {i: f"label-{i}" for i in range(count)},
+        "label2id": {f"label-{i}": i for i in range(count)},
+    }
+
+
+def _build_random_bert(dest: Path, recipe: BuiltinRecipe, tokenizer: Any, seed: int) -> Path:
+    """A random-weight BERT sequence classifier beside its tokenizer in ``dest``."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(  # type: ignore[no-untyped-call]
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        max_position_embeddings=recipe.max_positions,
+        # As for `tiny`: a wide spread keeps the random model's top logits apart, so
+        # engines whose kernels round differently still agree on the label.
+        initializer_range=0.2,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+        **_labels(recipe.num_labels),
+    )
+    return _save_seeded(dest, BertForSequenceClassification, config, tokenizer, seed)
+
+
+def _build_random_resnet(dest: Path, recipe: BuiltinRecipe, seed: int) -> Path:
+    """A random-weight ResNet image classifier and its image processor in ``dest``."""
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+    width = recipe.hidden_size
+    sizes = [width // 2 ** (recipe.num_layers - 1 - i) for i in range(recipe.num_layers)]
+    config = ResNetConfig(  # type: ignore[no-untyped-call]
+        num_channels=3,
+        embedding_size=sizes[0],
+        hidden_sizes=sizes,
+        depths=[1] * recipe.num_layers,
+        layer_type="basic",
+        dtype="float32",
+        **_labels(recipe.num_labels),
+    )
+    # Resize, rescale to [0, 1], normalise to [-1, 1]: the plainest processor, one that
+    # every engine's preprocessing reproduces exactly.
+    processor = ViTImageProcessor(  # type: ignore[no-untyped-call]
+        size={"height": TINY_IMAGE_SIDE, "width": TINY_IMAGE_SIDE},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor.save_pretrained(dest)
+    return _save_seeded(
+        dest, ResNetForImageClassification, config, None, seed,
+        adjust=partial(_centre_resnet_logits, processor=processor),
+    )  # fmt: skip
+
+
+def _centre_resnet_logits(model: Any, processor: Any) -> None:
+    """Set the classifier's bias so the logits are centred over the seeded images.
+
+    A random ResNet's pooled features (after ReLU) share a large common part, so one label
+    wins for every image; subtracting the classifier's mean response over the first
+    seeded images (seed 0) spreads the labels, which is what makes a label comparison
+    between engines say something.
+    """
+    import torch
+
+    from greenmon.images import image_prompts, seeded_image
+
+    images = [seeded_image(p.text) for p in image_prompts(BUILTIN_SEED, 32)]
+    pixels = torch.from_numpy(processor(images=images, return_tensors="np")["pixel_values"])
+    with torch.no_grad():
+        classifier = model.classifier[-1]
+        classifier.bias.zero_()
+        mean_logits = model(pixel_values=pixels).logits.mean(dim=0)
+        classifier.bias.sub_(mean_logits)
+
+
 def _save_seeded(
-    dest: Path, model_class: Any, config: Any, tokenizer: Any, seed: int, **generation: Any
+    dest: Path,
+    model_class: Any,
+    config: Any,
+    tokenizer: Any,
+    seed: int,
+    adjust: Callable[[Any], None] | None = None,
+    **generation: Any,
 ) -> Path:
-    """Random weights from ``seed`` (the caller's torch RNG left as it was), greedy
-    generation settings, saved as safetensors in ``dest``: the one way a built-in is made."""
+    """Random weights from ``seed`` (the caller's torch RNG left as it was), then
+    ``adjust`` (deterministic), greedy generation settings, saved as safetensors in
+    ``dest``: the one way a built-in is made."""
     import torch
     from transformers import GenerationConfig
 
@@ -395,14 +533,17 @@ def _save_seeded(
     try:
         torch.manual_seed(seed)
         model = model_class(config).eval()
+        if adjust is not None:
+            adjust(model)
     finally:
         torch.random.set_rng_state(generator_state)
-    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
-        **generation,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-    )
+    if model.can_generate():
+        model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
+            **generation,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            do_sample=False,
+        )
     model.save_pretrained(dest, safe_serialization=True)
     return dest

@@ -41,7 +41,11 @@ from greenmon.errors import GreenmonError
 if TYPE_CHECKING:
     from greenmon.protocols import QualityStore
 
-TASKS = ("completion", "question_answering", "summarisation")
+# The classification tasks have no references: their labels are checked by fidelity.
+TASKS = (
+    "completion", "question_answering", "summarisation",
+    "text_classification", "image_classification",
+)
 # A summary counts as correct at this ROUGE-L F1 or above: about the overlap of a close
 # paraphrase; below it the summary misses most of the reference's words.
 SUMMARY_CORRECT_ROUGE_L = 0.5

@@ -525,8 +525,17 @@ class ExperimentRunner:
                 ) from None
             engine: Engine = engine_class(**self.engine_kwargs)
             return engine
-        from greenmon.engines import get_engine
+        from greenmon.engines import SPECS, get_engine
 
+        if name in plan.spec.engines:
+            # Run by another environment's interpreter, in a worker process.
+            from greenmon.engines.worker_engine import MxnetEngine, RemoteEngine
+
+            environment = plan.spec.engines[name]
+            target = environment.engine or name
+            if SPECS[target].environment == "own":  # mxnet: its worker, another python
+                return MxnetEngine(cache_dir=self.cache_dir, python=environment.python)
+            return RemoteEngine(target, environment.python, self.cache_dir)
         return get_engine(name, cache_dir=self.cache_dir, **self.engine_kwargs)
 
     async def in_engine_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -959,12 +968,17 @@ class UnitRun:
         self.state.phase_ends_ns = None
 
     def check_work(self) -> None:
-        """Engines must do the same work: every request generates max_new_tokens."""
-        bad = [r for r in self.measured if r.tokens_out != self.max_new * 1]
+        """Engines must do the same work: every request generates max_new_tokens (a
+        classification request: one label)."""
+        from greenmon.workload import CLASSIFICATION_TASKS
+
+        classifying = bool(self.prompts) and self.prompts[0].task in CLASSIFICATION_TASKS
+        expected = 1 if classifying else self.max_new
+        bad = [r for r in self.measured if r.tokens_out != expected]
         # issue 16: a server's counts are flagged (token_count_mismatch), not failed.
         if bad and not handles_load(self.loaded):
             self.failure = (
-                f"{len(bad)} requests generated other than {self.max_new} tokens "
+                f"{len(bad)} requests generated other than {expected} tokens "
                 f"(e.g. {bad[0].prompt_id}: {bad[0].tokens_out}): engines must do "
                 "the same work"
             )

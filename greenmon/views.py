@@ -419,6 +419,8 @@ load AS (
 req AS (
     SELECT experiment_id, unit_id, attempt, count(*) AS requests,
            sum(tokens_out) AS tokens_out,
+           -- one engine call (a batch's forward pass for a classifier) per distinct start
+           count(DISTINCT start_ns) AS inferences,
            -- issue 16: latency per request (end to end), time to first token, time per
            -- output token after the first; a served request's count against what was
            -- asked and against the server's usage claim
@@ -445,7 +447,7 @@ base AS (
     SELECT u.experiment_id, u.unit_id, u.model, u.engine, u.provider,
            u.engine || '/' || u.provider AS configuration, u.repetition, u.factors, u.status,
            u.reason, u.params, u.size_category, u.attempt, m.duration_s, l.load_s,
-           r.requests, r.tokens_out,
+           r.requests, r.tokens_out, r.inferences,
            r.tokens_out / nullif(m.duration_s, 0) AS throughput_tok_s,
            r.requests / nullif(m.duration_s, 0) AS requests_per_s,
            r.latency_p50_s, r.latency_p90_s, r.latency_p99_s, r.ttft_p50_s, r.ttft_p90_s,
@@ -495,6 +497,7 @@ SELECT *,
        CASE WHEN energy_cpu_j IS NULL AND energy_gpu_j IS NULL THEN NULL
             ELSE coalesce(dynamic_cpu_j, 0) + coalesce(dynamic_gpu_j, 0) END AS dynamic_global_j,
        energy_global_j / nullif(requests, 0) AS j_per_request,
+       energy_global_j / nullif(inferences, 0) AS j_per_inference,
        energy_global_j / nullif(tokens_out, 0) AS j_per_token,
        -- issue 19: energy per correct answer; NULL when none was correct (not infinite)
        energy_global_j / nullif(correct_answers, 0) AS j_per_correct,

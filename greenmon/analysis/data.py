@@ -91,6 +91,9 @@ DEPENDENT_VARIABLES: tuple[Variable, ...] = (
     Variable("dynamic_wall_j", "Dynamic energy, wall", "J", "dynamic wall energy"),
     Variable("duration_s", "Execution time", "s", "time"),
     Variable("j_per_token", "Energy per token", "J/token", "energy per token"),
+    # Classification (one label per request): per sample, and per forward pass of a batch.
+    Variable("j_per_request", "Energy per sample", "J/sample", "energy per sample"),
+    Variable("j_per_inference", "Energy per inference", "J/batch", "energy per inference"),
     # issue 19: quality beside energy (greenmon/quality.py)
     Variable("quality", "Quality (task metric, 0-1)", "score", "quality", True),
     Variable("correct_share", "Correct answers", "share", "share of correct answers", True),
@@ -104,6 +107,8 @@ DEPENDENT_VARIABLES: tuple[Variable, ...] = (
     Variable("gpu_mem_used_percent", "GPU memory used", "%", "GPU memory"),
 )
 VARIABLES_BY_COLUMN = {v.column: v for v in DEPENDENT_VARIABLES}
+# Analysed instead of energy per token where every request gave one output (a label).
+PER_SAMPLE_VARIABLES = ("j_per_request", "j_per_inference")
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "experiment_id", "unit_id", "model", "engine", "provider", "configuration",
@@ -111,7 +116,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "requests", "tokens_out",
     "energy_cpu_j", "energy_dram_j", "energy_gpu_j", "energy_wall_j", "energy_global_j",
     "dynamic_cpu_j", "dynamic_dram_j", "dynamic_gpu_j", "dynamic_wall_j", "dynamic_global_j",
-    "j_per_request", "j_per_token", "cpu_percent", "ram_percent", "gpu_percent",
+    "j_per_request", "j_per_inference", "inferences", "j_per_token", "cpu_percent",
+    "ram_percent", "gpu_percent",
     "gpu_mem_util_percent", "gpu_mem_used_percent",
     "estimated", "min_coverage", "flags", "fidelity_share",
     # issue 16: serving under load, shown per level by greenmon/analysis/serving.py

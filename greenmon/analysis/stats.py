@@ -28,6 +28,7 @@ import pandas as pd
 
 from greenmon.analysis.data import (
     DEPENDENT_VARIABLES,
+    PER_SAMPLE_VARIABLES,
     AnalysisError,
     FailedUnitsExcludedError,
     MissingVariableError,
@@ -312,6 +313,14 @@ def _variables(
     and those skipped for want of a source, with a note."""
     wanted = list(variables) if variables else [v.column for v in DEPENDENT_VARIABLES]
     if not variables:
+        # One output per request (classification): a token is a sample, so energy per
+        # sample and per inference (batch) replace energy per token; elsewhere they are
+        # left out, as energy per token says more.
+        one_output = bool(len(done)) and bool(
+            (done["tokens_out"].astype(float) == done["requests"].astype(float)).all()
+        )
+        dropped = ("j_per_token",) if one_output else PER_SAMPLE_VARIABLES
+        wanted = [c for c in wanted if c not in dropped]
         # Quality exists only for workloads with references or tests (greenmon/quality.py);
         # its absence elsewhere is expected, not a missing source.
         unscored = [c for c in QUALITY_VARIABLES if not done[c].notna().any()]

@@ -1,5 +1,7 @@
 """``greenmon engines``: every engine x provider on this machine, usable or not and why, and
-which model architectures (decoder, encoder-decoder) each serves."""
+which model architectures (decoder, encoder-decoder, text and image classifiers) each
+serves.  ``greenmon engines install mxnet`` makes the virtual environment an engine that
+cannot share greenmon's runs in (greenmon/engines/environments.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,34 @@ from greenmon.engines import describe_engines
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "action", nargs="?", choices=["install"],
+        help="install: make an engine's own environment in greenmon's cache",
+    )  # fmt: skip
+    parser.add_argument("name", nargs="?", help="the engine whose environment to make (mxnet)")
+
+
+def install(name: str | None) -> int:
+    from greenmon.engines.environments import RECIPES, env_dir, install_environment
+    from greenmon.errors import EngineError
+
+    if name not in RECIPES:
+        raise EngineError(
+            f"greenmon engines install takes an engine with an environment of its own "
+            f"({', '.join(RECIPES)}), not {name!r}; the other engines install with pip "
+            "(greenmon[cpu], greenmon[tensorflow])",
+            title="Unknown engine environment",
+        )
+    print(f"making {env_dir(name)} ({' '.join(RECIPES[name])}) ...", flush=True)
+    record = install_environment(name)
+    versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+    print(f"{name}: installed ({versions}) in {record['install_s']:.0f} s")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "install":
+        return install(args.name)
     statuses = describe_engines()
     if args.json:
         print(json.dumps([asdict(s) for s in statuses], indent=2))

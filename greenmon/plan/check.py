@@ -11,6 +11,8 @@ why it is its own module: parsing a plan (greenmon/plan/schema.py) stays free of
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,14 @@ def _configuration_problems(plan: Plan) -> list[str]:
     for engine, provider in plan.configurations:
         if engine in plan.spec.custom_engines:
             continue
+        if engine in plan.spec.engines:
+            python = Path(plan.spec.engines[engine].python).expanduser()
+            if not (python.is_file() and os.access(python, os.X_OK)):
+                problems.append(
+                    f"configuration {engine}/{provider} cannot run here: [engines.{engine}] "
+                    f"python = {str(python)!r} is not an executable file"
+                )
+            continue
         reason = check_configuration(engine, provider)
         if reason:
             problems.append(f"configuration {engine}/{provider} cannot run here: {reason}")
@@ -110,9 +120,41 @@ def _model_problems(plan: Plan, cache_dir: str | None, deep: bool) -> tuple[list
                 cache_dir=cache_dir,
             )
             prompts_count = len(prompts)
+            problems += _architecture_problems(plan, model, info.path)
         except Exception as error:
             problems.append(f"model {model!r} / workload {plan.spec.workload!r}: {error}")
     return problems, prompts_count
+
+
+def _architecture_problems(plan: Plan, model: str, path: Path) -> list[str]:
+    """check_plan: configurations whose engine does not serve the model's architecture
+    (e.g. mxnet and a decoder), with what is known of the limit."""
+    from greenmon.engines import SPECS
+    from greenmon.models import model_architecture
+
+    architecture = model_architecture(path)
+    problems = []
+    for engine, provider in plan.configurations:
+        spec = SPECS.get(engine)
+        if engine in plan.spec.custom_engines or spec is None or spec.served:
+            continue
+        if architecture not in spec.architectures:
+            limits = "; ".join(
+                f"{a}: {note}" for (p, a), note in spec.notes.items() if p == provider and note
+            )
+            problems.append(
+                f"configuration {engine}/{provider} cannot serve {model!r}, a {architecture} "
+                f"model: {engine} serves {', '.join(spec.architectures)}"
+                + (f" ({limits})" if limits else "")
+            )
+        elif engine == "mxnet" and architecture == "text-classifier":
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            if config.get("model_type") != "bert":
+                problems.append(
+                    f"configuration mxnet/{provider} cannot serve {model!r}: "
+                    f"{spec.notes[(provider, architecture)]}"
+                )
+    return problems
 
 
 def _plan_notes(plan: Plan) -> list[str]:

@@ -134,6 +134,15 @@ class ServerSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pid: int | None = None
 
 
+class EngineEnvironment(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``[engines.<name>]``: run engine ``<name>`` (or ``engine``) in a worker process
+    started from another environment's interpreter (greenmon/engines/worker_engine.py)."""
+
+    python: str
+    # The greenmon engine the worker drives; default: the table's name.
+    engine: str | None = None
+
+
 class PlanSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     models: list[str]
     configurations: list[str] | str
@@ -159,6 +168,8 @@ class PlanSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     probes: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     # issue 16: OpenAI-compatible servers measured as http/<name>.
     servers: dict[str, ServerSpec] = msgspec.field(default_factory=dict)
+    # Engines run by another environment's interpreter.
+    engines: dict[str, EngineEnvironment] = msgspec.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -188,6 +199,8 @@ class Plan:
         # issue 16: likewise for servers and the load factors when a plan has none.
         if not self.spec.servers:
             del data["servers"]
+        if not self.spec.engines:
+            del data["engines"]
         for key in LOAD_FACTORS:
             if data["factors"].get(key) is None:
                 data["factors"].pop(key, None)
@@ -302,6 +315,7 @@ def parse_plan(text: str, path: Path | None = None) -> Plan:
         if getattr(spec, key) < 1:
             raise _error(f"{key} must be at least 1", path, text, key)
     _check_repetitions(spec, path, text)
+    _check_engine_environments(spec, path, text)
     if not spec.models:
         raise _error("models is empty: name at least one model", path, text, "models")
     for key in ("background_cpu_percent_max", "wait_for_quiet_s"):  # issue 14
@@ -338,7 +352,7 @@ def _plan_configurations(spec: PlanSpec, path: Path | None, text: str) -> list[t
     for "all"; each named one checked against the engines greenmon knows."""
     from greenmon.engines import ENGINES, describe_engines
 
-    known_engines = set(ENGINES) | set(spec.custom_engines)
+    known_engines = set(ENGINES) | set(spec.custom_engines) | set(spec.engines)
     if spec.configurations == "all":
         return [
             (s.engine, s.provider)
@@ -393,6 +407,22 @@ def _check_configuration(
             "configurations",
         )
     return engine, provider
+
+
+def _check_engine_environments(spec: PlanSpec, path: Path | None, text: str) -> None:
+    """Each [engines.<name>] drives an engine greenmon has."""
+    from greenmon.engines import ENGINES, SERVED_ENGINES
+
+    for name, environment in spec.engines.items():
+        engine = environment.engine or name
+        if engine not in ENGINES or engine in SERVED_ENGINES:
+            raise _error(
+                f"[engines.{name}] runs engine {engine!r}, which greenmon does not have; "
+                f"give engine = one of {', '.join(e for e in ENGINES if e not in SERVED_ENGINES)}",
+                path,
+                text,
+                "engines",
+            )
 
 
 def _check_repetitions(spec: PlanSpec, path: Path | None, text: str) -> None:

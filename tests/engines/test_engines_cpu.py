@@ -157,7 +157,9 @@ def test_empty_prompt_is_an_engine_error(loaded_engines: dict[str, Any]) -> None
 def test_describe_engines_covers_every_configuration() -> None:
     statuses = describe_engines()
     assert {(s.engine, s.provider) for s in statuses} == {
-        (e, p) for e in CPU_ENGINES for p in ("cpu", "cuda", "tensorrt", "rocm")
+        (e, p)
+        for e in (*CPU_ENGINES, "tensorflow", "mxnet")
+        for p in ("cpu", "cuda", "tensorrt", "rocm")
     } | {("http", "<server>")}
     by_pair = {(s.engine, s.provider): s for s in statuses}
     assert all(by_pair[(e, "cpu")].usable for e in CPU_ENGINES)
@@ -187,9 +189,12 @@ def test_engine_modules_do_not_import_heavy_libraries() -> None:
         "import sys\n"
         "import greenmon.engines, greenmon.engines.torch_engine, greenmon.engines.onnx_engine\n"
         "import greenmon.engines.openvino_engine, greenmon.engines.torchscript_engine\n"
+        "import greenmon.engines.tensorflow_engine, greenmon.engines.worker_engine\n"
+        "import greenmon.engines.environments, greenmon.engines._classify\n"
         "import greenmon.models, greenmon.workload, greenmon.fidelity\n"
         "import greenmon.commands.engines\n"
-        "heavy = {'torch', 'transformers', 'onnxruntime', 'openvino', 'optimum'}\n"
+        "heavy = {'torch', 'transformers', 'onnxruntime', 'openvino', 'optimum',\n"
+        "         'tensorflow', 'mxnet', 'numpy'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     root = Path(__file__).resolve().parents[2]

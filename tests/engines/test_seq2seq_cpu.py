@@ -56,6 +56,8 @@ def test_seq2seq_exact_length_and_agreement(name: str, seq2seq_outputs: dict[str
 def test_engines_say_which_architectures_they_serve() -> None:
     statuses = {(s.engine, s.provider): s for s in describe_engines()}
     for engine in CPU_ENGINES:
-        assert set(statuses[(engine, "cpu")].architectures) == {"decoder", "encoder-decoder"}
+        assert set(statuses[(engine, "cpu")].architectures) == {
+            "decoder", "encoder-decoder", "text-classifier", "image-classifier"
+        }
     assert statuses[("openvino", "cuda")].architectures == {}
     assert "never run on a GPU" in statuses[("onnx", "tensorrt")].architectures["encoder-decoder"]

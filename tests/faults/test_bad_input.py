@@ -54,8 +54,8 @@ PLANS = {
     "unknown key": (GOOD_PLAN + "colldown = 3\n", "Unknown key 'colldown'"),
     "wrong type": (GOOD_PLAN.replace("repetitions = 1", 'repetitions = "three"'), "repetitions"),
     "unknown engine": (
-        GOOD_PLAN.replace('["fake/cpu"]', '["tensorflow/cpu"]'),
-        "unknown engine 'tensorflow'",
+        GOOD_PLAN.replace('["fake/cpu"]', '["caffe/cpu"]'),
+        "unknown engine 'caffe'",
     ),
     "unknown model": (
         GOOD_PLAN.replace('["tiny"]', '["no-such-model"]'),

@@ -182,7 +182,7 @@ def test_changed_plan_is_refused_with_the_difference(tmp_path: Path, power: Powe
     [
         ('models = ["tiny"]\n', "no 'configurations'"),
         ('models = ["tiny"]\nconfigurations = ["openvino/cuda"]\n', "OpenVINO has no CUDA"),
-        ('models = ["tiny"]\nconfigurations = ["tensorflow/cpu"]\n', "unknown engine"),
+        ('models = ["tiny"]\nconfigurations = ["caffe/cpu"]\n', "unknown engine"),
         ('models = ["tiny"]\nconfigurations = ["torch/cpu"]\nrepetitons = 3\n', "line 3"),
         ('models = ["tiny"]\nconfigurations = ["torch/cpu"]\nrepetitions = "3"\n', "repetitions"),
         ('models = ["tiny"]\nconfigurations = ["torch/cpu"]\norder = "zigzag"\n', "order"),
