@@ -17,12 +17,16 @@ Terms:
 
 The package, one module per reason to change: ``schema`` (the migrations), ``batches``
 (what the samplers hand the writer), ``database`` (open, confinement, reads),
-``sessions`` (the daemon's writes), ``runs`` (the runner's writes), ``writer`` (the
-writer task).  ``Store`` joins the writes; import every name from here.
+``sessions`` (the daemon's writes), ``runs`` (the runner's writes), ``merge`` (``greenmon
+merge``'s), ``analysis`` (the analysis tables'), ``journal`` (samples made durable between DuckDB
+commits), ``writer`` (the writer task).  Every write
+goes through a ``Store`` method, and every table is created by the migrations.  ``Store``
+joins the writes; import every name from here.
 """
 
 from __future__ import annotations
 
+from greenmon.store.analysis import AnalysisWrites
 from greenmon.store.batches import FLUSH_WINDOW, Event, FlushRequest, FlushStats, SampleBatch
 from greenmon.store.database import (
     Database,
@@ -32,13 +36,14 @@ from greenmon.store.database import (
     is_confined,
     require_database,
 )
+from greenmon.store.journal import JournalWrites, SampleJournal, journal_path, read_frames
+from greenmon.store.merge import MergeWrites
 from greenmon.store.runs import NewExperiment, NewUnit, RunWrites
 from greenmon.store.schema import APP_ID, MIGRATIONS, SCHEMA_VERSION
-from greenmon.store.sessions import SessionWrites
 from greenmon.store.writer import run_writer
 
 
-class Store(SessionWrites, RunWrites):
+class Store(JournalWrites, RunWrites, MergeWrites, AnalysisWrites):
     """One open greenmon database.  Thread-safe: every statement runs under ``lock``."""
 
 
@@ -55,10 +60,13 @@ __all__ = [
     "NewExperiment",
     "NewUnit",
     "SampleBatch",
+    "SampleJournal",
     "Store",
     "confine",
     "duckdb_settings",
     "is_confined",
+    "journal_path",
+    "read_frames",
     "require_database",
     "run_writer",
 ]

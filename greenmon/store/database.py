@@ -209,6 +209,10 @@ class Database:
                     f"this greenmon knows up to {SCHEMA_VERSION}). Upgrade greenmon to read "
                     "it; the file was left untouched."
                 )
+            if read_only and version is not None and cls._left_unloaded(db_path):
+                # A writer killed with samples in its journal: one read-write open loads
+                # them (the replay), so a reader sees every sample the daemon took.
+                cls.open(db_path, memory_limit=memory_limit, threads=threads).close()
         elif read_only:
             require_database(db_path)
         else:
@@ -229,7 +233,20 @@ class Database:
         SampleBatch().to_arrow()
         if not read_only:
             migrate(store, version or 0)
+            store._opened_read_write()
         return store
+
+    # Hooks for the writes mixed into ``Store`` (greenmon/store/journal.py).
+    @classmethod
+    def _left_unloaded(cls, db_path: Path) -> bool:
+        """Whether a writer left samples beside the file that are not in it yet."""
+        return False
+
+    def _opened_read_write(self) -> None:
+        """Run once a read-write open has migrated the file."""
+
+    def _before_read(self) -> None:
+        """Run before every read: make what was written visible to it."""
 
     def confine(self) -> None:
         """From now on, SQL on this database reaches no file but its own (see ``confine``)."""
@@ -248,6 +265,7 @@ class Database:
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement under the lock and return its rows (runner bookkeeping)."""
+        self._before_read()
         with self.lock:
             return self.con.execute(sql, params or []).fetchall()
 
@@ -255,6 +273,7 @@ class Database:
         """``COPY (sql) TO path (options)``: a query's rows into a file (``greenmon
         export``; refused on a confined database, see ``confine``)."""
         quoted = str(path).replace("'", "''")
+        self._before_read()
         with self.lock:
             self.con.execute(f"COPY ({sql}) TO '{quoted}' ({options})")
 
@@ -262,6 +281,7 @@ class Database:
     def query(
         self, sql: str, params: Sequence[Any] | None = None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        self._before_read()
         with self.lock:
             cursor = self.con.cursor()
         try:
@@ -273,6 +293,7 @@ class Database:
 
     def query_frame(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """A query's rows as a pandas DataFrame (the analysis), on a cursor of its own."""
+        self._before_read()
         with self.lock:
             cursor = self.con.cursor()
         try:
@@ -289,6 +310,7 @@ class Database:
         more were left out.  DuckDB's errors (``duckdb.InterruptException`` on timeout) are
         raised as they come: the caller says what they mean to its client.
         """
+        self._before_read()
         with self.lock:
             cursor = self.con.cursor()
         # Whoever opened the store, a client's SQL never reaches a file.  The settings are

@@ -47,6 +47,13 @@ class NewUnit:
     factors: Mapping[str, Any]
 
 
+_EXPERIMENT_COLUMNS = (
+    "experiment_id", "session_id", "name", "plan_path", "plan_hash", "plan_toml", "plan",
+    "seed", "order_kind", "status", "created_ns", "finished_ns", "shard_index",
+    "shard_count", "host", "merged_from",
+)  # fmt: skip
+
+
 class RunWrites(Database):
     """The runner's writes (mixed into ``Store``)."""
 
@@ -87,6 +94,7 @@ class RunWrites(Database):
         their samples.  Units of the running ``session_id`` count only once they ended
         before ``settled_before_ns`` (their last samples flushed).  Returns the rows stored.
         """
+        self._before_read()
         with self.lock:
             try:
                 return self._materialise(experiment_id, session_id, settled_before_ns, except_unit)
@@ -108,6 +116,7 @@ class RunWrites(Database):
         costs ~0.3 s at 840 units, bench/scale.py)."""
         from greenmon.views import UNIT_RESULTS_MATERIALISED
 
+        self._before_read()
         with self.lock:
             try:
                 self._materialise(experiment_id, session_id, settled_before_ns, None)
@@ -168,27 +177,26 @@ class RunWrites(Database):
     def create_experiment(self, experiment: NewExperiment, units: Sequence[NewUnit]) -> None:
         """An experiment and all its units, pending, in one transaction (resumable)."""
         with self.transaction() as con:
-            con.execute(
-                """INSERT INTO experiments (experiment_id, session_id, name, plan_path,
-                       plan_hash, plan_toml, plan, seed, order_kind, status, created_ns,
-                       shard_index, shard_count, host)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?,
-                           (SELECT host FROM sessions WHERE session_id = ?))""",
-                [
-                    experiment.experiment_id,
-                    experiment.session_id,
-                    experiment.name,
-                    experiment.plan_path,
-                    experiment.plan_hash,
-                    experiment.plan_toml,
-                    experiment.plan_json,
-                    experiment.seed,
-                    experiment.order_kind,
-                    experiment.created_ns,
-                    experiment.shard_index,
-                    experiment.shard_count,
-                    experiment.session_id,
-                ],
+            host = con.execute(
+                "SELECT host FROM sessions WHERE session_id = ?", [experiment.session_id]
+            ).fetchone()
+            self.insert_experiment(
+                {
+                    "experiment_id": experiment.experiment_id,
+                    "session_id": experiment.session_id,
+                    "name": experiment.name,
+                    "plan_path": experiment.plan_path,
+                    "plan_hash": experiment.plan_hash,
+                    "plan_toml": experiment.plan_toml,
+                    "plan": experiment.plan_json,
+                    "seed": experiment.seed,
+                    "order_kind": experiment.order_kind,
+                    "status": "queued",
+                    "created_ns": experiment.created_ns,
+                    "shard_index": experiment.shard_index,
+                    "shard_count": experiment.shard_count,
+                    "host": host[0] if host else None,
+                }
             )
             con.executemany(
                 """INSERT INTO units (experiment_id, unit_id, model, engine, provider,
@@ -207,6 +215,57 @@ class RunWrites(Database):
                     for u in units
                 ],
             )
+
+    def insert_experiment(self, row: Mapping[str, Any]) -> None:
+        """One experiments row from its columns by name (the runner's new experiment, a
+        merge's merged one): the one INSERT into experiments."""
+        unknown = set(row) - set(_EXPERIMENT_COLUMNS)
+        if unknown:
+            raise ValueError(f"not columns of experiments: {sorted(unknown)}")
+        names = [c for c in _EXPERIMENT_COLUMNS if c in row]
+        with self.lock:
+            self.con.execute(
+                f"INSERT INTO experiments ({', '.join(names)}) "
+                f"VALUES ({', '.join('?' for _ in names)})",
+                [row[c] for c in names],
+            )
+
+    # -- the hardware settings' restore journal (greenmon/hardware/journal.py) ----------
+    def journal_setting(
+        self,
+        session_id: str,
+        experiment_id: str,
+        unit_id: int,
+        target: str,
+        previous: str,
+        applied: str,
+    ) -> int:
+        """A setting about to be changed, pending; returns its journal_id."""
+        rows = self.execute(
+            """INSERT INTO restore_journal (session_id, experiment_id, unit_id, target,
+                   previous_value, applied_value, status)
+               VALUES (?, ?, ?, ?, ?, ?, 'pending') RETURNING journal_id""",
+            [session_id, experiment_id, unit_id, target, previous, applied],
+        )
+        return int(rows[0][0])
+
+    def set_setting_status(
+        self,
+        journal_id: int,
+        status: str,
+        *,
+        read_back: str | None = None,
+        applied_ns: int | None = None,
+        restored_ns: int | None = None,
+    ) -> None:
+        """A journaled setting's new status (unchanged, applied, restored, restore_failed);
+        the values given are recorded beside it, the others kept."""
+        self.execute(
+            """UPDATE restore_journal SET status = ?, read_back = coalesce(?, read_back),
+                   applied_ns = coalesce(?, applied_ns), restored_ns = coalesce(?, restored_ns)
+               WHERE journal_id = ?""",
+            [status, read_back, applied_ns, restored_ns, journal_id],
+        )
 
     def set_experiment_status(self, experiment_id: str, status: str) -> None:
         """A queued (or resumed) experiment starts running, or is queued again."""

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from greenmon.store.database import Database
 
 APP_ID = "greenmon"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Each entry migrates from version i to i + 1.  Never edit a landed entry: append one.
 MIGRATIONS: list[str] = [
@@ -195,6 +195,246 @@ MIGRATIONS: list[str] = [
         met             BOOLEAN NOT NULL,
         decided_ns      BIGINT
     );
+    """,
+    # The analysis results as tables (greenmon/analysis/tables.py), one per result, every row
+    # keyed by experiment_id.  Files analysed before had them created by the analysis
+    # itself; they are derived data, dropped here and rebuilt by the next analyze.  A
+    # change to their columns is a new migration that rebuilds the table.  And the sample
+    # journal's high-water mark (greenmon/store/journal.py): the last journal frame whose
+    # samples are in ``samples``, written in the same transaction as they are.
+    """
+    DROP TABLE IF EXISTS analysis_medians;
+    CREATE TABLE analysis_medians (
+        experiment_id VARCHAR NOT NULL,
+        "variable" VARCHAR,
+        "scope" VARCHAR,
+        "model" VARCHAR,
+        "size_category" INTEGER,
+        "factor_key" VARCHAR,
+        "configuration" VARCHAR,
+        "engine" VARCHAR,
+        "provider" VARCHAR,
+        "n" INTEGER,
+        "median" DOUBLE,
+        "mean" DOUBLE,
+        "std" DOUBLE,
+        "q1" DOUBLE,
+        "q3" DOUBLE,
+        "min" DOUBLE,
+        "max" DOUBLE
+    );
+    DROP TABLE IF EXISTS analysis_assumptions;
+    CREATE TABLE analysis_assumptions (
+        experiment_id VARCHAR NOT NULL,
+        "variable" VARCHAR,
+        "model" VARCHAR,
+        "factor_key" VARCHAR,
+        "configuration" VARCHAR,
+        "check" VARCHAR,
+        "statistic" DOUBLE,
+        "p_value" DOUBLE,
+        "n" INTEGER,
+        "passed" BOOLEAN
+    );
+    DROP TABLE IF EXISTS analysis_tests;
+    CREATE TABLE analysis_tests (
+        experiment_id VARCHAR NOT NULL,
+        "variable" VARCHAR,
+        "model" VARCHAR,
+        "factor_key" VARCHAR,
+        "groups" INTEGER,
+        "n_total" INTEGER,
+        "min_n" INTEGER,
+        "normal" BOOLEAN,
+        "equal_var" BOOLEAN,
+        "test" VARCHAR,
+        "statistic" DOUBLE,
+        "df1" DOUBLE,
+        "df2" DOUBLE,
+        "p_value" DOUBLE,
+        "significant" BOOLEAN,
+        "effect_size_kind" VARCHAR,
+        "effect_size" DOUBLE,
+        "pairs_total" INTEGER,
+        "pairs_significant" INTEGER,
+        "all_pairs_differ" BOOLEAN
+    );
+    DROP TABLE IF EXISTS analysis_posthoc;
+    CREATE TABLE analysis_posthoc (
+        experiment_id VARCHAR NOT NULL,
+        "variable" VARCHAR,
+        "model" VARCHAR,
+        "factor_key" VARCHAR,
+        "a" VARCHAR,
+        "b" VARCHAR,
+        "test" VARCHAR,
+        "p_value" DOUBLE,
+        "p_adjusted" DOUBLE,
+        "significant" BOOLEAN,
+        "median_a" DOUBLE,
+        "median_b" DOUBLE,
+        "diff_pct" DOUBLE,
+        "hedges_g" DOUBLE,
+        "cliffs_delta" DOUBLE,
+        "effect_size_kind" VARCHAR,
+        "effect_size" DOUBLE
+    );
+    DROP TABLE IF EXISTS analysis_savings;
+    CREATE TABLE analysis_savings (
+        experiment_id VARCHAR NOT NULL,
+        "variable" VARCHAR,
+        "model" VARCHAR,
+        "factor_key" VARCHAR,
+        "configuration" VARCHAR,
+        "versus" VARCHAR,
+        "median" DOUBLE,
+        "median_versus" DOUBLE,
+        "saving_pct" DOUBLE,
+        "p_adjusted" DOUBLE,
+        "significant" BOOLEAN
+    );
+    DROP TABLE IF EXISTS analysis_savings_range;
+    CREATE TABLE analysis_savings_range (
+        experiment_id VARCHAR NOT NULL,
+        "variable" VARCHAR,
+        "factor_key" VARCHAR,
+        "configuration" VARCHAR,
+        "versus" VARCHAR,
+        "models" INTEGER,
+        "min_saving_pct" DOUBLE,
+        "max_saving_pct" DOUBLE,
+        "median_saving_pct" DOUBLE,
+        "models_lower" INTEGER,
+        "models_significant_lower" INTEGER,
+        "range_text" VARCHAR
+    );
+    DROP TABLE IF EXISTS analysis_summary;
+    CREATE TABLE analysis_summary (
+        experiment_id VARCHAR NOT NULL,
+        "variable" VARCHAR,
+        "factor_key" VARCHAR,
+        "models" INTEGER,
+        "models_tested" INTEGER,
+        "models_significant" INTEGER,
+        "models_all_pairs_differ" INTEGER,
+        "best" VARCHAR,
+        "reference" VARCHAR,
+        "saving_pct" DOUBLE,
+        "p_value" DOUBLE,
+        "effect_size_kind" VARCHAR,
+        "effect_size" DOUBLE,
+        "sentence" VARCHAR,
+        "models_sentence" VARCHAR
+    );
+    DROP TABLE IF EXISTS analysis_twoway;
+    CREATE TABLE analysis_twoway (
+        experiment_id VARCHAR NOT NULL,
+        "variable" VARCHAR,
+        "model" VARCHAR,
+        "factor" VARCHAR,
+        "source" VARCHAR,
+        "ss" DOUBLE,
+        "df" DOUBLE,
+        "ms" DOUBLE,
+        "f" DOUBLE,
+        "p_value" DOUBLE,
+        "np2" DOUBLE
+    );
+    DROP TABLE IF EXISTS analysis_reconciliation;
+    CREATE TABLE analysis_reconciliation (
+        experiment_id VARCHAR NOT NULL,
+        "unit_id" INTEGER,
+        "model" VARCHAR,
+        "configuration" VARCHAR,
+        "repetition" INTEGER,
+        "factor_key" VARCHAR,
+        "energy_wall_j" DOUBLE,
+        "energy_cpu_j" DOUBLE,
+        "energy_dram_j" DOUBLE,
+        "energy_gpu_j" DOUBLE,
+        "components_j" DOUBLE,
+        "unaccounted_j" DOUBLE,
+        "unaccounted_share" DOUBLE
+    );
+    DROP TABLE IF EXISTS analysis_tradeoff;
+    CREATE TABLE analysis_tradeoff (
+        experiment_id VARCHAR NOT NULL,
+        "model" VARCHAR,
+        "configuration" VARCHAR,
+        "factor" VARCHAR,
+        "level" VARCHAR,
+        "reference" VARCHAR,
+        "n" INTEGER,
+        "energy_variable" VARCHAR,
+        "median_energy_j" DOUBLE,
+        "median_duration_s" DOUBLE,
+        "energy_change_pct" DOUBLE,
+        "duration_change_pct" DOUBLE,
+        "sentence" VARCHAR
+    );
+    DROP TABLE IF EXISTS analysis_host_medians;
+    CREATE TABLE analysis_host_medians (
+        experiment_id VARCHAR NOT NULL,
+        "variable" VARCHAR,
+        "model" VARCHAR,
+        "factor_key" VARCHAR,
+        "configuration" VARCHAR,
+        "host" VARCHAR,
+        "n" INTEGER,
+        "median" DOUBLE
+    );
+    DROP TABLE IF EXISTS analysis_host_tests;
+    CREATE TABLE analysis_host_tests (
+        experiment_id VARCHAR NOT NULL,
+        "variable" VARCHAR,
+        "model" VARCHAR,
+        "factor_key" VARCHAR,
+        "hosts" INTEGER,
+        "configurations" INTEGER,
+        "test" VARCHAR,
+        "statistic" DOUBLE,
+        "p_value" DOUBLE,
+        "significant" BOOLEAN,
+        "ranking" VARCHAR
+    );
+    DROP TABLE IF EXISTS analysis_host_effects;
+    CREATE TABLE analysis_host_effects (
+        experiment_id VARCHAR NOT NULL,
+        "variable" VARCHAR,
+        "model" VARCHAR,
+        "factor_key" VARCHAR,
+        "host" VARCHAR,
+        "reference" VARCHAR,
+        "configurations" INTEGER,
+        "ratio" DOUBLE,
+        "ratio_min" DOUBLE,
+        "ratio_max" DOUBLE,
+        "statistic" DOUBLE,
+        "p_value" DOUBLE,
+        "significant" BOOLEAN,
+        "sentence" VARCHAR
+    );
+    DROP TABLE IF EXISTS analysis_quality;
+    CREATE TABLE analysis_quality (
+        experiment_id VARCHAR NOT NULL,
+        "model" VARCHAR,
+        "factor_key" VARCHAR,
+        "comparison" VARCHAR,
+        "configuration" VARCHAR,
+        "level" VARCHAR,
+        "versus" VARCHAR,
+        "n" INTEGER,
+        "quality_metric" VARCHAR,
+        "median_energy_j" DOUBLE,
+        "median_quality" DOUBLE,
+        "correct_share" DOUBLE,
+        "j_per_correct" DOUBLE,
+        "energy_change_pct" DOUBLE,
+        "quality_change" DOUBLE,
+        "verdict" VARCHAR,
+        "sentence" VARCHAR
+    );
+    CREATE TABLE journal_loads (journal VARCHAR PRIMARY KEY, loaded_seq BIGINT NOT NULL);
     """,
 ]
 

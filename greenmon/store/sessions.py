@@ -114,6 +114,33 @@ class SessionWrites(Database):
                 ],
             )
 
+    def open_window(
+        self,
+        session_id: str,
+        name: str,
+        kind: str,
+        tags: Mapping[str, Any],
+        start_ns: int,
+        baseline_window_id: int | None,
+    ) -> int:
+        """A user's named window opens (greenmon/windows.py); returns its window_id."""
+        with self.lock:
+            row = self.con.execute(
+                """INSERT INTO windows (session_id, name, kind, tags, start_ns,
+                       baseline_window_id)
+                   VALUES (?, ?, ?, ?, ?, ?) RETURNING window_id""",
+                [session_id, name, kind, json.dumps(dict(tags), default=str), start_ns,
+                 baseline_window_id],
+            ).fetchone()  # fmt: skip
+        assert row is not None
+        return int(row[0])
+
+    def close_window(self, window_id: int, end_ns: int) -> None:
+        with self.lock:
+            self.con.execute(
+                "UPDATE windows SET end_ns = ? WHERE window_id = ?", [end_ns, window_id]
+            )
+
     def write(self, samples: SampleBatch, events: Sequence[Event], session_id: str) -> None:
         """Write one batch of samples and events in one transaction."""
         if not len(samples) and not events:

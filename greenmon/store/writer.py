@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from greenmon.store import Store
 
 
-def _explain_write_error(path: Path, error: duckdb.Error, samples: int) -> StoreError:
+def _explain_write_error(path: Path, error: duckdb.Error | OSError, samples: int) -> StoreError:
     """A failed flush (full disk, file gone read-only) as a message a person can act on."""
     # A failed COMMIT is followed by a failed ROLLBACK, whose error hides the cause.
     cause: BaseException = error
@@ -41,6 +41,7 @@ async def run_writer(
     sinks: Sequence[deque[tuple[SampleBatch, list[Event]]]] = (),
     flush_interval_s: float = 0.5,
     max_batch_rows: int = 100_000,
+    journal_load_interval_s: float | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> int:
     """The only writer of samples: consume batches and events, flush in transactions.
@@ -51,8 +52,21 @@ async def run_writer(
     since the last flush.  Ends when every sender has closed the stream; the final flush
     (and a drain of anything still queued when cancelled) runs shielded, so SIGINT or
     SIGTERM loses nothing that reached the stream.  Returns the number of samples written.
+
+    With ``journal_load_interval_s``, a flush appends the samples to the store's journal
+    (greenmon/store/journal.py), durable without a DuckDB commit, and the journal is loaded
+    into DuckDB every ``journal_load_interval_s``, at every flush request (before it is
+    answered: a unit's or a window's end), and as the writer ends.  Without it each flush
+    is one DuckDB transaction.
     """
     state = _WriterState(store, session_id, sinks)
+    if journal_load_interval_s is not None:
+        try:
+            await anyio.to_thread.run_sync(store.attach_journal)
+        except (duckdb.Error, OSError) as error:
+            raise _explain_write_error(store.path, error, 0) from None
+        state.load_interval_s = journal_load_interval_s
+        state.loaded_at = anyio.current_time()
     task_status.started()
     try:
         while True:
@@ -70,6 +84,7 @@ async def run_writer(
                         break
             state.drain_sinks()
             await state.flush()
+            await state.load(force=bool(state.flush_requests))
             for request in state.flush_requests:
                 request.done.set()
             state.flush_requests.clear()
@@ -86,6 +101,11 @@ async def run_writer(
             receive.close()
             state.drain_sinks()
             await state.flush()
+            if state.load_interval_s is not None:
+                try:
+                    await anyio.to_thread.run_sync(store.detach_journal)
+                except duckdb.Error as error:
+                    raise _explain_write_error(store.path, error, 0) from None
             for request in state.flush_requests:
                 request.done.set()
     return state.written
@@ -108,6 +128,9 @@ class _WriterState:
         self.pending_events: list[Event] = []
         self.flush_requests: list[FlushRequest] = []
         self.written = 0
+        # The journal's load interval (None: no journal) and the last load's time.
+        self.load_interval_s: float | None = None
+        self.loaded_at = 0.0
 
     async def flush(self) -> None:
         """Write what is pending in one transaction (off the loop); nothing when empty."""
@@ -115,11 +138,25 @@ class _WriterState:
             return
         batch, events = self.pending, self.pending_events
         self.pending, self.pending_events = SampleBatch(), []
+        write = self.store.write if self.load_interval_s is None else self.store.append_samples
         try:
-            await anyio.to_thread.run_sync(self.store.write, batch, events, self.session_id)
-        except duckdb.Error as error:
+            await anyio.to_thread.run_sync(write, batch, events, self.session_id)
+        except (duckdb.Error, OSError) as error:
             raise _explain_write_error(self.store.path, error, len(batch)) from None
         self.written += len(batch)
+
+    async def load(self, *, force: bool) -> None:
+        """Load the journal into DuckDB when forced or its interval has passed."""
+        if self.load_interval_s is None:
+            return
+        now = anyio.current_time()
+        if not force and now - self.loaded_at < self.load_interval_s:
+            return
+        self.loaded_at = now
+        try:
+            await anyio.to_thread.run_sync(self.store.load_journal)
+        except duckdb.Error as error:
+            raise _explain_write_error(self.store.path, error, 0) from None
 
     def take(self, item: SampleBatch | Event | FlushRequest) -> None:
         if isinstance(item, FlushRequest):
