@@ -3,8 +3,9 @@
 DuckDB allows one read-write process per file.  The daemon holds it through one ``Store``;
 within the daemon every write goes through this module's methods, serialised by one lock,
 and samples arrive in batches from the writer task (``run_writer``), which flushes by size
-or at least every ``flush_interval_s`` in one transaction.  Everything else opens the file
-read-only (``Store.open(path, read_only=True)``) or asks the daemon.
+or at least every ``flush_interval_s``: in the daemon into the sample journal beside the
+file (``journal``), loaded into DuckDB in one transaction far less often.  Everything else
+opens the file read-only (``Store.open(path, read_only=True)``) or asks the daemon.
 
 Terms:
 - *session*: one daemon run on one host: its hardware, versions and clock anchor.  Every

@@ -66,6 +66,17 @@ class SampleBatch:
             self.values.append(float(value))
 
     def to_arrow(self) -> pa.Table:
+        channel_ids, t_ns, values = self.columns()
+        return pa.table(
+            {
+                "channel_id": pa.array(channel_ids, pa.int32()),
+                "t_ns": pa.array(t_ns, pa.int64()),
+                "value": pa.array(values, pa.float64()),
+            }
+        )
+
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The batch as three numpy columns: channel_id (int32), t_ns (int64), value."""
         columns = [
             (
                 np.asarray(self.channel_ids, dtype=np.int32),
@@ -76,12 +87,10 @@ class SampleBatch:
         ]
         if len(columns) == 2 and not self.t_ns:
             columns = columns[1:]
-        return pa.table(
-            {
-                "channel_id": pa.array(np.concatenate([c[0] for c in columns]), pa.int32()),
-                "t_ns": pa.array(np.concatenate([c[1] for c in columns]), pa.int64()),
-                "value": pa.array(np.concatenate([c[2] for c in columns]), pa.float64()),
-            }
+        return (
+            np.concatenate([c[0] for c in columns]).astype(np.int32, copy=False),
+            np.concatenate([c[1] for c in columns]).astype(np.int64, copy=False),
+            np.concatenate([c[2] for c in columns]).astype(np.float64, copy=False),
         )
 
 

@@ -31,6 +31,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -43,26 +44,43 @@ HEADER = struct.Struct("<4sQII")
 # The one row of journal_loads: one journal per database file.
 JOURNAL_KEY = "samples"
 # numpy's dtypes for the frame's columns, little-endian whatever the host.
-_DTYPES = (np.dtype("<i4"), np.dtype("<i8"), np.dtype("<f8"))
+_DTYPES: tuple[np.dtype[Any], ...] = (np.dtype("<i4"), np.dtype("<i8"), np.dtype("<f8"))
 
 
 def journal_path(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".journal")
 
 
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
 @dataclass(frozen=True)
 class Frame:
     seq: int
-    table: pa.Table
+    columns: Columns  # channel_id, t_ns, value
+
+    @property
+    def rows(self) -> int:
+        return len(self.columns[1])
 
 
-def encode_frame(seq: int, table: pa.Table) -> bytes:
-    columns = [
-        table.column(name).to_numpy().astype(dtype, copy=False)
-        for name, dtype in zip(("channel_id", "t_ns", "value"), _DTYPES, strict=True)
-    ]
-    payload = b"".join(c.tobytes() for c in columns)
-    return HEADER.pack(MAGIC, seq, table.num_rows, zlib.crc32(payload)) + payload
+def to_arrow(frames: Sequence[Frame]) -> pa.Table:
+    """The frames' rows as one Arrow table in ``samples``' column order."""
+    parts = [np.concatenate([f.columns[i] for f in frames]) for i in range(3)]
+    return pa.table(
+        {
+            "channel_id": pa.array(parts[0], pa.int32()),
+            "t_ns": pa.array(parts[1], pa.int64()),
+            "value": pa.array(parts[2], pa.float64()),
+        }
+    )
+
+
+def encode_frame(seq: int, columns: Columns) -> bytes:
+    payload = b"".join(
+        c.astype(dtype, copy=False).tobytes() for c, dtype in zip(columns, _DTYPES, strict=True)
+    )
+    return HEADER.pack(MAGIC, seq, len(columns[1]), zlib.crc32(payload)) + payload
 
 
 def read_frames(path: Path) -> Iterator[Frame]:
@@ -84,16 +102,7 @@ def read_frames(path: Path) -> Iterator[Frame]:
         for dtype in _DTYPES:
             columns.append(np.frombuffer(data, dtype=dtype, count=rows, offset=at))
             at += rows * dtype.itemsize
-        yield Frame(
-            seq,
-            pa.table(
-                {
-                    "channel_id": pa.array(columns[0], pa.int32()),
-                    "t_ns": pa.array(columns[1], pa.int64()),
-                    "value": pa.array(columns[2], pa.float64()),
-                }
-            ),
-        )
+        yield Frame(seq, (columns[0], columns[1], columns[2]))
         offset = end
 
 
@@ -113,10 +122,10 @@ class SampleJournal:
 
     def append(self, batch: SampleBatch) -> None:
         """One hand-off's samples, durable when this returns."""
-        table = batch.to_arrow()
+        columns = batch.columns()
         with self.lock:
-            frame = Frame(self.next_seq, table)
-            data = encode_frame(frame.seq, table)
+            frame = Frame(self.next_seq, columns)
+            data = encode_frame(frame.seq, columns)
             os.write(self._fd, data)
             if self.sync:
                 # fdatasync: what a DuckDB commit gives (its WAL is synced), so a power cut
@@ -124,7 +133,7 @@ class SampleJournal:
                 (os.fsync if sys.platform == "darwin" else os.fdatasync)(self._fd)
             self.next_seq += 1
             self.pending.append(frame)
-            self.pending_rows += table.num_rows
+            self.pending_rows += frame.rows
             self.frames += 1
             self.bytes += len(data)
 
@@ -204,7 +213,7 @@ class JournalWrites(SessionWrites):
             if frames:
                 self._load_frames(frames)
             path.unlink()
-        return sum(f.table.num_rows for f in frames)
+        return sum(f.rows for f in frames)
 
     def _loaded_seq(self) -> int:
         row = self.con.execute(
@@ -213,7 +222,7 @@ class JournalWrites(SessionWrites):
         return int(row[0]) if row else 0
 
     def _load_frames(self, frames: list[Frame]) -> None:
-        table = pa.concat_tables([f.table for f in frames]) if len(frames) > 1 else frames[0].table
+        table = to_arrow(frames)
         with self.transaction() as con:
             con.from_arrow(table).insert_into("samples")
             con.execute(

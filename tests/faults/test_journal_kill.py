@@ -13,11 +13,11 @@ from typing import Any
 
 import anyio
 import duckdb
-import pyarrow as pa
 import pytest
 
 from greenmon.api import ApiClient
 from greenmon.store import SampleBatch, Store, journal_path, read_frames
+from greenmon.store.journal import to_arrow
 from tests.fakes.rapl import standard_tree
 from tests.faults.support import cli_env, greenmon_cmd, wait_for
 
@@ -94,7 +94,7 @@ def test_sigkill_between_a_journal_write_and_its_load_loses_nothing_written(
     total_before, window_before, loaded_seq = _raw_counts(db, edges)
     unloaded = [f for f in frames if f.seq > loaded_seq]
     assert len(unloaded) >= 3
-    journal_rows = pa.concat_tables([f.table for f in unloaded])
+    journal_rows = to_arrow(unloaded)
     assert window_before > 0  # the close loaded the window's samples before answering
 
     with Store.open(db, read_only=True) as store:  # any open replays the journal
