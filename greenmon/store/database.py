@@ -212,7 +212,12 @@ class Database:
             if read_only and version is not None and cls._left_unloaded(db_path):
                 # A writer killed with samples in its journal: one read-write open loads
                 # them (the replay), so a reader sees every sample the daemon took.
-                cls.open(db_path, memory_limit=memory_limit, threads=threads).close()
+                try:
+                    cls.open(db_path, memory_limit=memory_limit, threads=threads).close()
+                except DatabaseLockedError:
+                    raise
+                except (StoreError, OSError):
+                    pass  # a file this user cannot write: read what DuckDB holds
         elif read_only:
             require_database(db_path)
         else:

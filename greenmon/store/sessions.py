@@ -102,7 +102,7 @@ class SessionWrites(Database):
             )
 
     def set_update_periods(self, periods_ns: Mapping[int, tuple[int, int]]) -> None:
-        """issue 14: record each channel's detected update period (channel_id ->
+        """Record each channel's detected update period (channel_id ->
         (update_period_ns, intervals seen)) in its metadata, keeping the rest."""
         with self.transaction() as con:
             con.executemany(
