@@ -168,6 +168,15 @@ class JournalWrites(SessionWrites):
             journal.close()
             journal.path.unlink(missing_ok=True)
 
+    def close(self) -> None:
+        # A journal still attached (the writer did not end cleanly) keeps its file: the
+        # next open replays it.
+        with self.lock:
+            if self.journal is not None:
+                self.journal.close()
+                self.journal = None
+            super().close()
+
     def append_samples(
         self, samples: SampleBatch, events: Sequence[Event], session_id: str
     ) -> None:
