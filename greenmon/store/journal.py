@@ -141,7 +141,10 @@ class SampleJournal:
         os.ftruncate(self._fd, 0)
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Close the file (idempotent); it stays on disk."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class JournalWrites(SessionWrites):
