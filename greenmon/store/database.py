@@ -216,8 +216,10 @@ class Database:
                     cls.open(db_path, memory_limit=memory_limit, threads=threads).close()
                 except DatabaseLockedError:
                     raise
-                except (StoreError, OSError):
-                    pass  # a file this user cannot write: read what DuckDB holds
+                except (StoreError, OSError, duckdb.Error):
+                    # A file this user cannot write, or a full disk: read what DuckDB
+                    # holds; the journal stays for an open that can load it.
+                    pass
         elif read_only:
             require_database(db_path)
         else:
@@ -237,8 +239,13 @@ class Database:
         # now, before any sampler thread runs, not in the middle of the first flush.
         SampleBatch().to_arrow()
         if not read_only:
-            migrate(store, version or 0)
-            store._opened_read_write()
+            try:
+                migrate(store, version or 0)
+                store._opened_read_write()
+            except BaseException:
+                # closed, so this process can open the file again (read-only, say)
+                con.close()
+                raise
         return store
 
     # Hooks for the writes mixed into ``Store`` (greenmon/store/journal.py).

@@ -41,6 +41,11 @@ from greenmon.store.sessions import SessionWrites
 
 MAGIC = b"GMJ1"
 HEADER = struct.Struct("<4sQII")
+# Loaded once this many rows are pending, whatever the interval: bounds the file (about
+# 330 kB, which a nearly full disk must also find for DuckDB's WAL when it is loaded) and
+# the memory the pending frames hold.  The default rates hand off under 1,000 rows a
+# second, so the interval decides there; 1 kHz RAPL loads every few seconds.
+LOAD_ROWS = 16_384
 # The one row of journal_loads: one journal per database file.
 JOURNAL_KEY = "samples"
 # numpy's dtypes for the frame's columns, little-endian whatever the host.

@@ -14,6 +14,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from greenmon.errors import StoreError
 from greenmon.store.batches import Event, FlushRequest, SampleBatch
+from greenmon.store.journal import LOAD_ROWS
 
 if TYPE_CHECKING:
     from greenmon.store import Store
@@ -150,7 +151,9 @@ class _WriterState:
         if self.load_interval_s is None:
             return
         now = anyio.current_time()
-        if not force and now - self.loaded_at < self.load_interval_s:
+        journal = self.store.journal
+        full = journal is not None and journal.pending_rows >= LOAD_ROWS
+        if not force and not full and now - self.loaded_at < self.load_interval_s:
             return
         self.loaded_at = now
         try:
