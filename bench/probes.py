@@ -106,60 +106,85 @@ def thread_cpu_ns() -> dict[int, int]:
 
 class Breakdown:
     """Where the daemon's CPU goes, per thread: the sampling thread (``sampling.drive``),
-    the writer's flushes (``Store.write``, on whichever worker thread ran it), the event
-    loop's thread, and the rest (DuckDB's own threads, other workers).  The bench wraps the
-    two functions by name before the daemon starts; the daemon itself is unchanged."""
+    the writer's flushes (``Store.append_samples`` into the sample journal, or
+    ``Store.write`` without one, on whichever worker thread ran it), the journal's loads
+    into DuckDB (``Store.load_journal``), the event loop's thread, and the rest (DuckDB's
+    own threads, other workers).  DuckDB commits are the outermost ``write`` and
+    ``load_journal`` calls.  The bench wraps the functions by name before the daemon
+    starts; the daemon itself is unchanged."""
+
+    WRAPPED = ("write", "append_samples", "load_journal")
 
     def __init__(self) -> None:
         self.drive_tid: int | None = None
-        self.write_ns = 0
-        self.writes = 0
+        self.ns = dict.fromkeys(self.WRAPPED, 0)
+        self.calls = dict.fromkeys(self.WRAPPED, 0)
+        self._depth = threading.local()
         self._drive = sampling.drive
-        self._write = Store.write
+        self._originals = {name: getattr(Store, name) for name in self.WRAPPED}
+
+    def _traced(self, name: str) -> Any:
+        original = self._originals[name]
+
+        def traced(store: Store, *args: Any) -> Any:
+            depth = getattr(self._depth, "n", 0)
+            self._depth.n = depth + 1
+            started = time.thread_time_ns()
+            try:
+                return original(store, *args)
+            finally:
+                self._depth.n = depth
+                if depth == 0:  # a write inside append_samples is the append's
+                    self.ns[name] += time.thread_time_ns() - started
+                    self.calls[name] += 1
+
+        return traced
 
     def __enter__(self) -> Breakdown:
-        drive, write = self._drive, self._write
+        drive = self._drive
 
         def traced_drive(samplers: Any, desk: Any = None) -> None:
             self.drive_tid = threading.get_native_id()
             drive(samplers, desk)
 
-        def traced_write(store: Store, *args: Any) -> None:
-            started = time.thread_time_ns()
-            try:
-                write(store, *args)
-            finally:
-                self.write_ns += time.thread_time_ns() - started
-                self.writes += 1
-
         sampling.drive = traced_drive  # type: ignore[assignment]
-        Store.write = traced_write  # type: ignore[method-assign,assignment]
+        for name in self.WRAPPED:
+            setattr(Store, name, self._traced(name))
         return self
 
     def __exit__(self, *exc: object) -> None:
         sampling.drive = self._drive  # type: ignore[assignment]
-        Store.write = self._write  # type: ignore[method-assign]
+        for name, original in self._originals.items():
+            setattr(Store, name, original)
 
-    def mark(self) -> tuple[dict[int, int], int, int, float]:
-        return thread_cpu_ns(), self.write_ns, self.writes, time.monotonic()
+    def mark(self) -> tuple[dict[int, int], dict[str, int], dict[str, int], float]:
+        return thread_cpu_ns(), dict(self.ns), dict(self.calls), time.monotonic()
 
     def between(
-        self, start: tuple[dict[int, int], int, int, float], loop_tid: int
+        self,
+        start: tuple[dict[int, int], dict[str, int], dict[str, int], float],
+        loop_tid: int,
     ) -> dict[str, float]:
         """ms of CPU per second of wall time, per part, from ``start`` to now."""
-        threads_now, write_ns, writes, wall = self.mark()
-        threads_then, write_then, writes_then, wall_then = start
+        threads_now, ns_now, calls_now, wall = self.mark()
+        threads_then, ns_then, calls_then, wall_then = start
         seconds = wall - wall_then
-        per = {tid: ns - threads_then.get(tid, 0) for tid, ns in threads_now.items()}
+        ns = {k: ns_now[k] - ns_then[k] for k in ns_now}
+        calls = {k: calls_now[k] - calls_then[k] for k in calls_now}
+        per = {tid: n - threads_then.get(tid, 0) for tid, n in threads_now.items()}
         sampling_ns = per.pop(self.drive_tid, 0) if self.drive_tid is not None else 0
         loop_ns = per.pop(loop_tid, 0)
-        flushes_ns = write_ns - write_then
-        rest_ns = sum(per.values()) - flushes_ns
+        flushes = calls["write"] + calls["append_samples"]
+        flushes_ns = ns["write"] + ns["append_samples"]
+        rest_ns = sum(per.values()) - flushes_ns - ns["load_journal"]
         return {
             "sampling_thread": round(sampling_ns / 1e6 / seconds, 2),
             "writer_flushes": round(flushes_ns / 1e6 / seconds, 2),
-            "flushes_per_s": round((writes - writes_then) / seconds, 2),
-            "cpu_us_per_flush": round(flushes_ns / 1e3 / max(1, writes - writes_then), 1),
+            "flushes_per_s": round(flushes / seconds, 2),
+            "cpu_us_per_flush": round(flushes_ns / 1e3 / max(1, flushes), 1),
+            "journal_loads": round(ns["load_journal"] / 1e6 / seconds, 2),
+            "journal_loads_per_s": round(calls["load_journal"] / seconds, 3),
+            "duckdb_commits_per_s": round((calls["write"] + calls["load_journal"]) / seconds, 3),
             "event_loop": round(loop_ns / 1e6 / seconds, 2),
             "other_threads": round(rest_ns / 1e6 / seconds, 2),
         }
@@ -183,7 +208,9 @@ def start_netio_server() -> tuple[subprocess.Popen[str], int]:
     return process, port
 
 
-async def measure(seconds: float, workdir: Path, netio_port: int) -> dict[str, Any]:
+async def measure(
+    seconds: float, workdir: Path, netio_port: int, journal_load_interval_s: float | None = None
+) -> dict[str, Any]:
     standard_tree(workdir / "powercap")
     probes: dict[str, Probe] = {
         "host": host.HostProbe(host.Options()),
@@ -199,7 +226,12 @@ async def measure(seconds: float, workdir: Path, netio_port: int) -> dict[str, A
             netio.Options(enabled=True, host=f"127.0.0.1:{netio_port}"), environ=NETIO_ENV
         )
     )
-    config = parse_config("")  # default rates: host 1, nvml 10, netio 1, rapl 5 Hz
+    # default rates: host 1, nvml 10, netio 1, rapl 5 Hz; the journal's default interval
+    # unless given (0: no journal, a DuckDB commit every flush)
+    interval = journal_load_interval_s
+    config = parse_config(
+        "" if interval is None else f"[daemon]\njournal_load_interval_s = {interval}\n"
+    )
     store = Store.open(workdir / "bench.duckdb")
     daemon = Daemon(store, config, probes=probes, handle_signals=False)
     marks: dict[str, float] = {}
@@ -249,6 +281,7 @@ async def measure(seconds: float, workdir: Path, netio_port: int) -> dict[str, A
             3,
         ),
         "samples_written": summary.samples_written,
+        "journal_load_interval_s": config.daemon.journal_load_interval_s,
         # issue 17: where the CPU goes (ms per s), beside what this machine charges for
         # the two things no sampler can avoid: waking at the probes' deadlines, and
         # committing a flush to the file
@@ -361,6 +394,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--helper-only", action="store_true", help="only the helper section")
+    parser.add_argument(
+        "--journal-load-interval-s",
+        type=float,
+        default=None,
+        help="the daemon's journal_load_interval_s (0: no journal); default: the config's",
+    )
     args = parser.parse_args()
     if args.helper_only:
         with tempfile.TemporaryDirectory(prefix="greenmon-bench-") as workdir:
@@ -370,7 +409,9 @@ def main() -> None:
     server, port = start_netio_server()
     try:
         with tempfile.TemporaryDirectory(prefix="greenmon-bench-") as workdir:
-            figures = anyio.run(measure, args.seconds, Path(workdir), port)
+            figures = anyio.run(
+                measure, args.seconds, Path(workdir), port, args.journal_load_interval_s
+            )
             figures["helper"] = helper_cost(Path(workdir))
     finally:
         server.terminate()
@@ -386,7 +427,8 @@ def main() -> None:
             "% of a core",
             # the floors say what part of the figure this machine charges before any work
             f"parts, ms/s: sampling thread {parts['sampling_thread']}, flushes "
-            f"{parts['writer_flushes']}, event loop {parts['event_loop']}, other "
+            f"{parts['writer_flushes']}, journal loads {parts['journal_loads']}, event loop "
+            f"{parts['event_loop']}, other "
             f"{parts['other_threads']}; floors here: {floors['wakeups_alone']['wakeups_per_s']}"
             f" bare wake-ups/s cost {floors['wakeups_alone']['cpu_ms_per_s']} ms/s, one "
             f"flush's commit {floors['commit_of_one_flush_cpu_us']} us",

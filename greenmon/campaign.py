@@ -125,42 +125,12 @@ def _attach(con: duckdb.DuckDBPyConnection, path: Path, index: int) -> Source:
     return source
 
 
-def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
-    return [str(r[0]) for r in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
-
-
 def _rows(
     con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()
 ) -> list[dict[str, Any]]:
     cursor = con.execute(sql, list(params))
     names = [d[0] for d in cursor.description or []]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
-def _copy(
-    con: duckdb.DuckDBPyConnection,
-    table: str,
-    relation: str,
-    *,
-    where: str = "true",
-    params: Sequence[Any] = (),
-    replace: dict[str, str] | None = None,
-) -> int:
-    """Insert the rows of ``relation`` into ``table``, by column name: columns the output
-    lacks are dropped (a Parquet export's extra session_id), columns the source lacks (an
-    older file) stay NULL, and ``replace`` gives SQL for some columns."""
-    replace = replace or {}
-    out_columns = _columns(con, f"main.{table}")
-    have = set(_columns(con, relation))
-    skip = {_FRESH_IDS.get(table)}
-    columns = [c for c in out_columns if c not in skip and (c in have or c in replace)]
-    select = ", ".join(replace.get(c, f'src."{c}"') for c in columns)
-    names = ", ".join(f'"{c}"' for c in columns)
-    row = con.execute(
-        f"INSERT INTO main.{table} ({names}) SELECT {select} FROM {relation} AS src WHERE {where}",
-        list(params),
-    ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _source_experiments(con: duckdb.DuckDBPyConnection, source: Source) -> list[dict[str, Any]]:
@@ -254,15 +224,18 @@ def _merge_into(store: Store, paths: list[Path]) -> MergeSummary:
         first = parts[0][1]
         experiment_id = uuid.uuid4().hex[:12]
         for source in sources:
-            _copy_sessions(con, source)
-            _copy_channels_and_samples(con, source)
+            _copy_sessions(store, source)
+            channels = source.relation("channels")
+            if channels is not None:
+                store.copy_channels_and_samples(channels, source.relation("samples"))
             ids = [e["experiment_id"] for s, e in parts if s is source]
             marks = ", ".join("?" for _ in ids)
             for table in _EXPERIMENT_TABLES:
                 relation = source.relation(table)
                 if relation is not None:
-                    _copy(con, table, relation, where=f"src.experiment_id IN ({marks})",
-                          params=ids, replace={"experiment_id": f"'{experiment_id}'"})  # fmt: skip
+                    store.copy_rows(table, relation, where=f"src.experiment_id IN ({marks})",
+                                    params=ids, replace={"experiment_id": f"'{experiment_id}'"},
+                                    fresh_id=_FRESH_IDS.get(table))  # fmt: skip
         merged_from = [
             {
                 "source": str(s.path),
@@ -277,21 +250,23 @@ def _merge_into(store: Store, paths: list[Path]) -> MergeSummary:
         counts = {e.get("shard_count") for _, e in parts}
         shard_count = counts.pop() if len(counts) == 1 else None
         status = "done" if all(e.get("status") == "done" for _, e in parts) else "incomplete"
-        con.execute(
-            """INSERT INTO experiments (experiment_id, session_id, name, plan_path, plan_hash,
-                   plan_toml, plan, seed, order_kind, status, created_ns, finished_ns,
-                   shard_count, merged_from)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [
-                experiment_id, first.get("session_id"), first["name"], first.get("plan_path"),
-                first["plan_hash"], first.get("plan_toml"), first["plan"], first.get("seed"),
-                first.get("order_kind"), status,
-                min((e["created_ns"] for _, e in parts if e.get("created_ns")), default=None),
-                max((e["finished_ns"] for _, e in parts if e.get("finished_ns")), default=None),
-                shard_count, json.dumps(merged_from, default=str),
-            ],
+        store.insert_experiment(
+            {
+                "experiment_id": experiment_id, "session_id": first.get("session_id"),
+                "name": first["name"], "plan_path": first.get("plan_path"),
+                "plan_hash": first["plan_hash"], "plan_toml": first.get("plan_toml"),
+                "plan": first["plan"], "seed": first.get("seed"),
+                "order_kind": first.get("order_kind"), "status": status,
+                "created_ns": min(
+                    (e["created_ns"] for _, e in parts if e.get("created_ns")), default=None
+                ),
+                "finished_ns": max(
+                    (e["finished_ns"] for _, e in parts if e.get("finished_ns")), default=None
+                ),
+                "shard_count": shard_count, "merged_from": json.dumps(merged_from, default=str),
+            }
         )  # fmt: skip
-        _advance_channel_sequence(con)
+        store.advance_channel_sequence()
     with store.transaction() as con:
         for source in sources:
             if not source.parquet:
@@ -299,56 +274,17 @@ def _merge_into(store: Store, paths: list[Path]) -> MergeSummary:
     return _summary(store, experiment_id, first, merged_from)
 
 
-def _copy_sessions(con: duckdb.DuckDBPyConnection, source: Source) -> None:
+def _copy_sessions(store: Store, source: Source) -> None:
     sessions = source.relation("sessions")
     if sessions is None:
         return
-    _copy(con, "sessions", sessions,
-          where="src.session_id NOT IN (SELECT session_id FROM main.sessions)")  # fmt: skip
+    new = "src.session_id NOT IN (SELECT session_id FROM main.sessions)"
+    store.copy_rows("sessions", sessions, where=new)
     for table in ("clock_anchors", "events"):
         relation = source.relation(table)
         if relation is not None:
-            _copy(con, table, relation,
-                  where=f"src.session_id IN (SELECT session_id FROM {sessions})")  # fmt: skip
-
-
-def _copy_channels_and_samples(con: duckdb.DuckDBPyConnection, source: Source) -> None:
-    channels, samples = source.relation("channels"), source.relation("samples")
-    if channels is None:
-        return
-    # Keyed by (session, channel): one Parquet directory holds many files' channel ids.
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE greenmon_channel_map AS
-            SELECT session_id, channel_id AS old_id,
-                   (SELECT coalesce(max(channel_id), 0) FROM main.channels)
-                   + row_number() OVER (ORDER BY session_id, channel_id) AS new_id
-            FROM {channels}"""
-    )
-    mapped = f"""(SELECT c.* REPLACE (CAST(m.new_id AS INTEGER) AS channel_id) FROM {channels} c
-                  JOIN greenmon_channel_map m
-                    ON m.session_id = c.session_id AND m.old_id = c.channel_id)"""
-    _copy(con, "channels", mapped)
-    if samples is None:
-        return
-    if "session_id" in _columns(con, samples):
-        keyed = f"(SELECT session_id, channel_id, t_ns, value FROM {samples})"
-    else:
-        keyed = f"""(SELECT c.session_id, s.channel_id, s.t_ns, s.value FROM {samples} s
-                     JOIN {channels} c USING (channel_id))"""
-    con.execute(
-        f"""INSERT INTO main.samples
-            SELECT CAST(m.new_id AS INTEGER), s.t_ns, s.value FROM {keyed} s
-            JOIN greenmon_channel_map m
-              ON m.session_id = s.session_id AND m.old_id = s.channel_id"""
-    )
-
-
-def _advance_channel_sequence(con: duckdb.DuckDBPyConnection) -> None:
-    """Channels registered in the merged file later (a daemon on it) get fresh ids."""
-    row = con.execute("SELECT coalesce(max(channel_id), 0) FROM main.channels").fetchone()
-    top = int(row[0]) if row else 0
-    con.execute("DROP SEQUENCE channel_id_seq")
-    con.execute(f"CREATE SEQUENCE channel_id_seq START {top + 1}")
+            ours = f"src.session_id IN (SELECT session_id FROM {sessions})"
+            store.copy_rows(table, relation, where=ours)
 
 
 def _summary(

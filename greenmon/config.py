@@ -32,6 +32,12 @@ class DaemonOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # on a loaded machine), so this sets most of the writer's cost; it also bounds what a
     # SIGKILL loses (README).  2 s halves the writer's cost against 1 s (issue 17).
     flush_interval_s: float = 2.0
+    # With the sample journal a flush is an append to <db>.journal (durable, no DuckDB
+    # commit), and the journal is loaded into DuckDB this often, at every unit and window
+    # end and before every read (greenmon/store/journal.py): so DuckDB commits every 30 s
+    # instead of every flush when nothing reads.  0 turns the journal off: each flush
+    # commits to DuckDB, as before.
+    journal_load_interval_s: float = 30.0
     anchor_interval_s: float = 60.0
     max_backoff_s: float = 30.0
     # How long a thread may hold the GIL before another may run (CPython's default is
@@ -86,6 +92,13 @@ def _check_daemon(daemon: DaemonOptions, source: Path | None, text: str) -> None
         raise ConfigError(
             f"Wrong value for '{key}' in {_where(source, text, key)}: {limit!r} {why}. "
             'Give a size in quotes with its unit, e.g. "128MB", "1GB" or "512MiB".'
+        )
+    if daemon.journal_load_interval_s < 0:
+        key = "daemon.journal_load_interval_s"
+        raise ConfigError(
+            f"Wrong value for '{key}' in {_where(source, text, key)}: "
+            f"{daemon.journal_load_interval_s}. Give seconds between loads of the sample "
+            "journal into DuckDB, e.g. 30, or 0 to commit every flush without a journal."
         )
     if daemon.duckdb_threads < 1:
         key = "daemon.duckdb_threads"

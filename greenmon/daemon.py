@@ -401,6 +401,7 @@ class Daemon:
                 receive,
                 sinks=[*(sampler.sink for sampler in self.samplers), self._event_sink],
                 flush_interval_s=self.config.daemon.flush_interval_s,
+                journal_load_interval_s=self.config.daemon.journal_load_interval_s or None,
                 task_status=task_status,
             )
 

@@ -27,7 +27,7 @@ health of the probes it delayed.
 Readings go into a preallocated wide buffer per probe (``_Rows``: one row assignment per
 read, no per-sample objects); at each hand-off the buffer becomes long columns (numpy) in a
 ``SampleBatch`` appended to the sampler's ``sink`` deque, which the writer drains when it
-flushes (greenmon/store.py).  A sample therefore reaches the file at most
+flushes (greenmon/store/writer.py).  A sample therefore reaches the file at most
 ``handoff_interval_s + flush_interval_s`` after it was read (plus the flush itself): that
 is what a SIGKILL can lose.
 
@@ -341,7 +341,7 @@ class Sampler:
         # while the writer keeps up.
         self._rows = _Rows(self.channel_ids, int(2 * rate_hz * handoff_interval_s) + 8)
         self._pending_events: list[Event] = []
-        # Thread samplers hand their batches over here; the writer drains it (store.py).
+        # Thread samplers hand their batches over here; the writer drains it (store/writer.py).
         self.sink: deque[tuple[SampleBatch, list[Event]]] = deque()
         self._throttle = _EventThrottle()
         self.update_periods = UpdatePeriods(self.channels, self.channel_ids)

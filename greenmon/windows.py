@@ -231,20 +231,16 @@ class WindowRegistry:
         # An edge read: the counters are read now and the window starts at that instant,
         # so its energy is their exact difference (sampling.py EdgeDesk).
         start_ns = self.daemon.edge_ns()
-        rows = await anyio.to_thread.run_sync(
-            self.store.execute,
-            """INSERT INTO windows (session_id, name, kind, tags, start_ns, baseline_window_id)
-               VALUES (?, ?, ?, ?, ?, ?) RETURNING window_id""",
-            [
-                self.daemon.session_id,
-                name,
-                kind,
-                json.dumps(tags, default=str),
-                start_ns,
-                baseline_window_id,
-            ],
+        window_id = await anyio.to_thread.run_sync(
+            self.store.open_window,
+            self.daemon.session_id,
+            name,
+            kind,
+            tags,
+            start_ns,
+            baseline_window_id,
         )
-        window = OpenWindow(int(rows[0][0]), name, kind, tags, start_ns, baseline_window_id)
+        window = OpenWindow(window_id, name, kind, tags, start_ns, baseline_window_id)
         self.open[window.window_id] = window
         return window
 
@@ -301,11 +297,7 @@ class WindowRegistry:
                 f"Window {window_id} is not open in this daemon (closed already, or opened "
                 "by another daemon session). `GET /windows` lists the open ones."
             )
-        await anyio.to_thread.run_sync(
-            self.store.execute,
-            "UPDATE windows SET end_ns = ? WHERE window_id = ?",
-            [end_ns, window_id],
-        )
+        await anyio.to_thread.run_sync(self.store.close_window, window_id, end_ns)
         await self.daemon.samples_through(end_ns)
         results = await anyio.to_thread.run_sync(window_results, self.store, [window_id])
         if not results:
@@ -340,11 +332,7 @@ class WindowRegistry:
                 end_ns, "warning", None,
                 f"window {window_id} ({window.name}) closed by the daemon stopping",
             )  # fmt: skip
-            await anyio.to_thread.run_sync(
-                self.store.execute,
-                "UPDATE windows SET end_ns = ? WHERE window_id = ?",
-                [end_ns, window_id],
-            )
+            await anyio.to_thread.run_sync(self.store.close_window, window_id, end_ns)
             await anyio.to_thread.run_sync(
                 self.store.write, SampleBatch(), [event], self.daemon.session_id
             )

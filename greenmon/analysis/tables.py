@@ -2,8 +2,9 @@
 
 One table per result (``analysis_medians``, ``analysis_tests``, ...), every row keyed by
 ``experiment_id``.  Re-analysing an experiment replaces its rows and leaves other
-experiments' rows alone.  The tables are derived data: when a newer greenmon changes a
-table's columns, the old table is dropped and rebuilt rather than migrated.
+experiments' rows alone.  The tables are created by the store's migrations
+(greenmon/store/schema.py): a change to ``TABLE_COLUMNS`` needs a migration that rebuilds
+the table (tests/core/test_one_write_path.py checks they agree).
 """
 
 from __future__ import annotations
@@ -71,44 +72,18 @@ def sql_type(column: str) -> str:
     return "DOUBLE"
 
 
-def table_ddl(name: str) -> str:
-    columns = ["experiment_id VARCHAR NOT NULL"] + [
-        f'"{c}" {sql_type(c)}' for c in TABLE_COLUMNS[name]
-    ]
-    return f"CREATE TABLE {TABLE_PREFIX}{name} ({', '.join(columns)})"
-
-
 def write_tables(store: Store, result: stats.AnalysisResult) -> list[str]:
     """Replace ``result.experiment_id``'s rows in every analysis table; returns the names."""
-    names: list[str] = []
-    with store.transaction() as con:
-        for name, frame in result.tables().items():
-            table = f"{TABLE_PREFIX}{name}"
-            _ensure_table(con, name)
-            con.execute(f"DELETE FROM {table} WHERE experiment_id = ?", [result.experiment_id])
-            if len(frame):
-                _insert(con, table, name, frame, result.experiment_id)
-            names.append(table)
-    return names
+    rows = {
+        f"{TABLE_PREFIX}{name}": _rows(name, frame, result.experiment_id)
+        for name, frame in result.tables().items()
+    }
+    store.replace_analysis_rows(result.experiment_id, rows)
+    return list(rows)
 
 
-def _ensure_table(con: duckdb.DuckDBPyConnection, name: str) -> None:
-    table = f"{TABLE_PREFIX}{name}"
-    rows = con.execute(
-        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index",
-        [table],
-    ).fetchall()
-    wanted = ["experiment_id", *TABLE_COLUMNS[name]]
-    if rows and [r[0] for r in rows] == wanted:
-        return
-    if rows:
-        con.execute(f"DROP TABLE {table}")
-    con.execute(table_ddl(name))
-
-
-def _insert(
-    con: duckdb.DuckDBPyConnection, table: str, name: str, frame: pd.DataFrame, experiment_id: str
-) -> None:
+def _rows(name: str, frame: pd.DataFrame, experiment_id: str) -> tuple[pd.DataFrame, str]:
+    """A result's rows as the store inserts them, and the SELECT list that casts them."""
     columns = TABLE_COLUMNS[name]
     data = frame[columns].copy()
     # Object columns mixing None and numbers confuse DuckDB's type sniffing; cast in SQL.
@@ -117,11 +92,7 @@ def _insert(
     select = ", ".join(
         ["experiment_id"] + [f'CAST("{c}" AS {sql_type(c)}) AS "{c}"' for c in columns]
     )
-    con.register("greenmon_analysis_rows", data)
-    try:
-        con.execute(f"INSERT INTO {table} SELECT {select} FROM greenmon_analysis_rows")
-    finally:
-        con.unregister("greenmon_analysis_rows")
+    return data, select
 
 
 class RepetitionsNote(AnalysisError):

@@ -71,28 +71,19 @@ class UnitSettings:
 
     # one journaled change
     def _set(self, knob: Knob, value: str, previous: str) -> str:
-        rows = self.store.execute(
-            """INSERT INTO restore_journal (session_id, experiment_id, unit_id, target,
-                   previous_value, applied_value, status)
-               VALUES (?, ?, ?, ?, ?, ?, 'pending') RETURNING journal_id""",
-            [self.session_id, self.experiment_id, self.unit_id, knob.target, previous, value],
+        journal_id = self.store.journal_setting(
+            self.session_id, self.experiment_id, self.unit_id, knob.target, previous, value
         )
-        journal_id = int(rows[0][0])
         try:
             writer(knob, self._helper).write(value)
         except BaseException:
             # Refused (unsupported, no permission, invalid): nothing changed to restore.
-            self.store.execute(
-                "UPDATE restore_journal SET status = 'unchanged' WHERE journal_id = ?",
-                [journal_id],
-            )
+            self.store.set_setting_status(journal_id, "unchanged")
             raise
         self.applied.append(Applied(journal_id, knob))
         in_force = knob.read()
-        self.store.execute(
-            "UPDATE restore_journal SET status = 'applied', read_back = ?, applied_ns = ? "
-            "WHERE journal_id = ?",
-            [in_force, now_ns(), journal_id],
+        self.store.set_setting_status(
+            journal_id, "applied", read_back=in_force, applied_ns=now_ns()
         )
         return in_force
 
@@ -269,10 +260,7 @@ def _restore_row(
     try:
         writer(knob_from_target(target, session), helper).write(previous)
     except Exception as error:
-        store.execute(
-            "UPDATE restore_journal SET status = 'restore_failed' WHERE journal_id = ?",
-            [journal_id],
-        )
+        store.set_setting_status(journal_id, "restore_failed")
         return Restored(
             journal_id,
             target,
@@ -281,10 +269,7 @@ def _restore_row(
             f"could not restore {describe_target(target)} to {previous}: "
             f"{error} (it stays in the journal; `greenmon restore` retries)",
         )
-    store.execute(
-        "UPDATE restore_journal SET status = 'restored', restored_ns = ? WHERE journal_id = ?",
-        [now_ns(), journal_id],
-    )
+    store.set_setting_status(journal_id, "restored", restored_ns=now_ns())
     return Restored(
         journal_id, target, previous, True, f"restored {describe_target(target)} to {previous}"
     )
