@@ -82,6 +82,16 @@ class Snapshot(msgspec.Struct, kw_only=True):
     progress: Progress | None = None
 
 
+class Status(Snapshot, kw_only=True):
+    """What ``GET /status`` adds to a snapshot: full probe health (with jitter), the
+    writer's flush timings, the channel table and whether the daemon runs plans.  The
+    server adds its own pid, start, database and socket beside it."""
+
+    writer: dict[str, Any] = msgspec.field(default_factory=dict)
+    channels: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    runner: bool = False
+
+
 class ExperimentSummary(msgspec.Struct, kw_only=True):
     """``GET /experiments/{id}``: the experiment's medians per configuration, one row per
     configuration (the columns of ``unit_results_for`` summarised; see the runner)."""

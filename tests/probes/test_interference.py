@@ -143,7 +143,7 @@ def test_status_and_the_tui_count_the_units_beside_other_load() -> None:
         "  background_load: 2 finished units ran beside other load (torch/cpu 2)"
         in progress_lines(progress)
     )
-    flags = [row[-1] for row in result_rows(progress)]
+    flags = [row[-1] for row in result_rows(results)]
     assert flags == ["ok", "estimated, background_load (2 units)"]
 
 
