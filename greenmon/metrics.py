@@ -209,15 +209,15 @@ class DaemonCollector:
             if figure is not None:
                 yield gauge(name, text, value=float(figure))
         unit = progress.unit
-        if unit:
+        if unit is not None:
             yield info(
                 "greenmon_unit",
                 "The unit running now.",
                 value={
                     "experiment_id": progress.experiment_id or "",
-                    "unit_id": str(unit.get("unit_id", "")),
-                    "model": str(unit.get("model", "")),
-                    "configuration": str(unit.get("configuration", "")),
+                    "unit_id": "" if unit.unit_id is None else str(unit.unit_id),
+                    "model": unit.model,
+                    "configuration": unit.configuration,
                     "phase": progress.phase or "",
                 },
             )

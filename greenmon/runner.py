@@ -38,7 +38,7 @@ import msgspec
 import psutil
 from anyio.abc import TaskStatus
 
-from greenmon.api.messages import PlanEntry
+from greenmon.api.messages import GridCell, PlanEntry, UnitInfo
 from greenmon.api.messages import Progress as ProgressMessage
 from greenmon.attribution import (
     METHOD_TOKENS,
@@ -90,7 +90,7 @@ class Progress:
     plan_name: str | None = None
     unit_index: int = 0
     units_total: int = 0
-    unit: dict[str, Any] | None = None
+    unit: UnitInfo | None = None
     phase: str | None = None
     phase_ends_ns: int | None = None
     request_index: int = 0
@@ -346,7 +346,7 @@ class ExperimentRunner:
             requests_total=state.requests_total,
             eta_s=eta_s,
             grid=[
-                {"model": m, "configuration": c, **counts}
+                GridCell(model=m, configuration=c, **counts)
                 for (m, c), counts in sorted(state.grid.items())
             ],
             results=list(state.results),
@@ -827,15 +827,15 @@ class UnitRun:
             (unit.model, unit.configuration), {"done": 0, "failed": 0, "running": 0, "total": 1}
         )
         self.cell["running"] = 1
-        self.state.unit = {
-            "unit_id": unit.unit_id,
-            "model": unit.model,
-            "engine": unit.engine,
-            "provider": unit.provider,
-            "configuration": unit.configuration,
-            "repetition": unit.repetition,
-            "factors": unit.factors,
-        }
+        self.state.unit = UnitInfo(
+            unit_id=unit.unit_id,
+            model=unit.model,
+            engine=unit.engine,
+            provider=unit.provider,
+            configuration=unit.configuration,
+            repetition=unit.repetition,
+            factors=unit.factors,
+        )
         self.attempt = await anyio.to_thread.run_sync(
             lambda: self.store.start_unit(
                 self.experiment_id,

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from greenmon.api.messages import Progress, Snapshot, WindowListing, decode
+from greenmon.api.messages import GridCell, Progress, Snapshot, WindowListing, decode
 from greenmon.estimates import domains_of, mark
 from greenmon.livepower import ChannelInfo, reading_power_w
 
@@ -227,10 +227,10 @@ def unit_lines(progress: Progress | None) -> list[str]:
     ]
     unit = progress.unit
     index, total = progress.unit_index, progress.units_total
-    if unit:
+    if unit is not None:
         lines.append(
-            f"unit {index}/{total}: {unit.get('model')}  {unit.get('configuration')}"
-            f"  repetition {unit.get('repetition')}"
+            f"unit {index}/{total}: {unit.model}  {unit.configuration}"
+            f"  repetition {unit.repetition}"
         )
         phase = progress.phase or "-"
         if progress.phase_remaining_s is not None:
@@ -302,8 +302,8 @@ def experiment_table(
         grid = progress.grid
         rows.append(
             (running, str(progress.plan_name), progress.status,
-             str(sum(int(c.get("done", 0)) for c in grid)),
-             str(sum(int(c.get("failed", 0)) for c in grid)),
+             str(sum(c.done for c in grid)),
+             str(sum(c.failed for c in grid)),
              str(progress.units_total))
         )  # fmt: skip
         seen.add(running)
@@ -329,11 +329,11 @@ def grid_table(
     progress: Progress | None,
 ) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """(configurations, [(model, cells)]) for the plan grid."""
-    cells: dict[tuple[str, str], Mapping[str, Any]] = {}
+    cells: dict[tuple[str, str], GridCell] = {}
     models: list[str] = []
     configurations: list[str] = []
     for counts in progress.grid if progress is not None else []:
-        model, configuration = str(counts["model"]), str(counts["configuration"])
+        model, configuration = counts.model, counts.configuration
         if model not in models:
             models.append(model)
         if configuration not in configurations:
@@ -349,11 +349,11 @@ def grid_table(
     return configurations, rows
 
 
-def grid_cell(cell: Mapping[str, Any]) -> str:
-    text = f"{cell.get('done', 0)}/{cell.get('total', 0)} done"
-    if cell.get("failed"):
-        text += f" {cell['failed']} failed"
-    if cell.get("running"):
+def grid_cell(cell: GridCell) -> str:
+    text = f"{cell.done}/{cell.total} done"
+    if cell.failed:
+        text += f" {cell.failed} failed"
+    if cell.running:
         text += " ▶ running"
     return text
 

@@ -87,12 +87,12 @@ def probes_config(plan: Plan) -> Config:
 
 
 def progress_line(progress: Progress, meter: PowerMeter | None = None) -> str:
-    unit = progress.unit or {}
+    unit = progress.unit
     parts = [f"unit {progress.unit_index}/{progress.units_total}"]
     if progress.status == "paused":
         parts.append("paused")
-    if unit:
-        parts.append(f"{unit['model']} {unit['configuration']} rep {unit['repetition']}")
+    if unit is not None:
+        parts.append(f"{unit.model} {unit.configuration} rep {unit.repetition}")
     if progress.phase:
         phase = progress.phase
         if progress.phase_remaining_s is not None:

@@ -48,13 +48,13 @@ def progress_lines(progress: Progress | None) -> list[str]:
         f"{progress.units_total}, ETA {_duration(progress.eta_s)}"
     ]
     unit = progress.unit
-    if unit:
+    if unit is not None:
         phase = progress.phase or "-"
         if progress.phase_remaining_s is not None:
             phase += f" ({_duration(progress.phase_remaining_s)} left)"
         lines.append(
-            f"  now: {unit.get('model')} {unit.get('configuration')} repetition "
-            f"{unit.get('repetition')}, phase {phase}"
+            f"  now: {unit.model} {unit.configuration} repetition "
+            f"{unit.repetition}, phase {phase}"
             + (
                 f", request {progress.request_index}/{progress.requests_total}"
                 if progress.requests_total

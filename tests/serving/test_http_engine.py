@@ -102,7 +102,7 @@ def test_served_units_measure_load_and_flag_inexact_servers(
     draw = run_command.progress_line
 
     def observe(progress: Progress, meter: Any = None) -> str:
-        seen.append(msgspec.structs.asdict(progress))
+        seen.append(msgspec.to_builtins(progress))
         return draw(progress, meter)
 
     monkeypatch.setattr(run_command, "progress_line", observe)
