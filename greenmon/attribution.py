@@ -47,7 +47,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from greenmon.probes.proctree import ProcessTree, busy_total, steal_ticks
+from greenmon.probes.procstat import busy_total, steal_ticks
+from greenmon.probes.proctree import ProcessTree
 from greenmon.sources import SCALE_TO_SI
 
 METHOD_CPU_TIME = "busy CPU time share"

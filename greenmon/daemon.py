@@ -27,6 +27,7 @@ import anyio.to_thread
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
+from greenmon.api.messages import Progress, Snapshot, Status
 from greenmon.clock import ClockAnchor, now_ns
 from greenmon.config import Config, probe_module
 from greenmon.hostinfo import host_info
@@ -221,9 +222,9 @@ class Daemon:
             for channel_id, (probe, channel) in sorted(self.channels.items())
         ]
 
-    def channel_values(self) -> list[list[Any]]:
+    def channel_values(self) -> list[tuple[int, int, float]]:
         """``[channel_id, t_ns, value]`` for the latest reading of every channel."""
-        values: list[list[Any]] = []
+        values: list[tuple[int, int, float]] = []
         for sampler in self.samplers:
             health = sampler.health
             # The sampler thread replaces last_values with a new dict: read it once.
@@ -233,32 +234,37 @@ class Daemon:
             for channel_id, channel in zip(sampler.channel_ids, sampler.channels, strict=True):
                 value = last.get(channel.name)
                 if value is not None:
-                    values.append([channel_id, t_ns, value])
+                    values.append((channel_id, t_ns, value))
         return values
 
-    def progress(self) -> dict[str, Any] | None:
+    def progress(self) -> Progress | None:
         """The runner's progress; None while it has not started."""
         return None if self.runner is None else self.runner.progress()
 
-    def snapshot(self, *, detail: bool = False) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """What the daemon is doing now: the one source of ``GET /stream`` (about four
-        times a second, so cheap: latest values, health without jitter, progress) and,
-        with ``detail`` (full health, the channel table, the writer's flush timings), of
-        ``GET /status``."""
-        body: dict[str, Any] = {
-            "t_ns": now_ns(),
-            "session_id": self.session_id,
-            "values": self.channel_values(),
-            "probes": self.health(detail=detail),
-            "progress": self.progress(),
-        }
-        if detail:
-            body |= {
-                "writer": self.store.flush_stats.as_dict(),
-                "channels": self.channel_table(),
-                "runner": self.runner is not None,
-            }
-        return body
+        times a second, so cheap: latest values, health without jitter, progress)."""
+        return Snapshot(
+            t_ns=now_ns(),
+            session_id=self.session_id,
+            values=self.channel_values(),
+            probes=self.health(detail=False),
+            progress=self.progress(),
+        )
+
+    def status(self) -> Status:
+        """``GET /status``: a snapshot with full health, the channel table and the
+        writer's flush timings."""
+        return Status(
+            t_ns=now_ns(),
+            session_id=self.session_id,
+            values=self.channel_values(),
+            probes=self.health(detail=True),
+            progress=self.progress(),
+            writer=self.store.flush_stats.as_dict(),
+            channels=self.channel_table(),
+            runner=self.runner is not None,
+        )
 
     # -- start-up ----------------------------------------------------------------------
     def _create_probes(self) -> dict[str, tuple[Probe, float]]:

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from greenmon.probes.proctree import ProcessTree, split_percent, system_cpu_ticks
+from greenmon.probes.procstat import ProcStat
+from greenmon.probes.proctree import ProcessTree, split_percent
 
 if TYPE_CHECKING:
     from greenmon.plan import Cooldown
@@ -57,12 +58,14 @@ class BackgroundMeter:
 
     def __init__(self, proc_root: str = "/proc", roots: list[int] | None = None) -> None:
         self.proc_root = proc_root
+        # ProcStat first: where there is no /proc it raises OSError before a tree is made
+        self.stat = ProcStat(proc_root)
         self.tree = ProcessTree(proc_root, roots if roots is not None else [os.getpid()])
-        self._cores = 0
+        self._cores = self.stat.cores
         self._last = self._read()
 
     def _read(self) -> _Reading:
-        busy, total, steal, self._cores = system_cpu_ticks(self.proc_root)
+        busy, total, steal = self.stat.machine_ticks()
         return _Reading(busy, total, steal, self.tree.cpu_ticks())
 
     def percent(self) -> float:
@@ -79,6 +82,7 @@ class BackgroundMeter:
 
     def close(self) -> None:
         self.tree.close()
+        self.stat.close()
 
 
 def meter_for(host_options: Any) -> BackgroundMeter:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from greenmon.analysis.footprint import Pricing
+    from greenmon.api.messages import Progress
     from greenmon.config import DaemonOptions
     from greenmon.protocols import MetricsHost
 
@@ -195,40 +196,40 @@ class DaemonCollector:
             "greenmon_experiment",
             "The experiment the daemon's runner works on.",
             value={
-                "experiment_id": str(progress.get("experiment_id") or ""),
-                "plan_name": str(progress.get("plan_name") or ""),
-                "status": str(progress.get("status") or ""),
+                "experiment_id": progress.experiment_id or "",
+                "plan_name": progress.plan_name or "",
+                "status": progress.status or "",
             },
         )
-        for name, key, text in (
-            ("greenmon_experiment_units_done", "unit_index", "Units finished or skipped."),
-            ("greenmon_experiment_units_total", "units_total", "Units in the plan."),
-            ("greenmon_experiment_eta_seconds", "eta_s", "Estimated time left."),
+        for name, figure, text in (
+            ("greenmon_experiment_units_done", progress.unit_index, "Units finished or skipped."),
+            ("greenmon_experiment_units_total", progress.units_total, "Units in the plan."),
+            ("greenmon_experiment_eta_seconds", progress.eta_s, "Estimated time left."),
         ):
-            if progress.get(key) is not None:
-                yield gauge(name, text, value=float(progress[key]))
-        unit = progress.get("unit")
-        if unit:
+            if figure is not None:
+                yield gauge(name, text, value=float(figure))
+        unit = progress.unit
+        if unit is not None:
             yield info(
                 "greenmon_unit",
                 "The unit running now.",
                 value={
-                    "experiment_id": str(progress.get("experiment_id") or ""),
-                    "unit_id": str(unit.get("unit_id", "")),
-                    "model": str(unit.get("model", "")),
-                    "configuration": str(unit.get("configuration", "")),
-                    "phase": str(progress.get("phase") or ""),
+                    "experiment_id": progress.experiment_id or "",
+                    "unit_id": "" if unit.unit_id is None else str(unit.unit_id),
+                    "model": unit.model,
+                    "configuration": unit.configuration,
+                    "phase": progress.phase or "",
                 },
             )
         yield from self._footprint_metrics(gauge, progress)
 
-    def _footprint_metrics(self, gauge: Any, progress: dict[str, Any]) -> Iterator[Metric]:
+    def _footprint_metrics(self, gauge: Any, progress: Progress) -> Iterator[Metric]:
         """CO2e and cost of each configuration's median finished unit (needs [report])."""
         if self.pricing is None:
             return
         from greenmon.analysis.footprint import per_unit
 
-        experiment_id = str(progress.get("experiment_id") or "")
+        experiment_id = progress.experiment_id or ""
         co2e = gauge(
             "greenmon_unit_co2e_grams",
             "CO2e of the median finished unit per configuration (attributed from its energy).",
@@ -240,7 +241,7 @@ class DaemonCollector:
             labels=["experiment_id", "configuration", "currency"],
         )
         at_ns = time.time_ns()  # wall time: intensity files are in wall time
-        for row in progress.get("results") or []:
+        for row in progress.results:
             grams, money = per_unit(self.pricing, row.get("median_energy_j"), at_ns)
             configuration = str(row.get("configuration", ""))
             if grams is not None:

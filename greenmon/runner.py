@@ -34,9 +34,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 import duckdb
+import msgspec
 import psutil
 from anyio.abc import TaskStatus
 
+from greenmon.api.messages import GridCell, PlanEntry, UnitInfo
+from greenmon.api.messages import Progress as ProgressMessage
 from greenmon.attribution import (
     METHOD_TOKENS,
     SESSION_SERIES_SQL,
@@ -87,7 +90,7 @@ class Progress:
     plan_name: str | None = None
     unit_index: int = 0
     units_total: int = 0
-    unit: dict[str, Any] | None = None
+    unit: UnitInfo | None = None
     phase: str | None = None
     phase_ends_ns: int | None = None
     request_index: int = 0
@@ -113,15 +116,19 @@ class Submission:
     done: anyio.Event = field(default_factory=anyio.Event)
     outcome: str | None = None  # done | cancelled | failed | interrupted
 
+    def entry(self) -> PlanEntry:
+        """This plan as the wire shows it in a progress's queue or finished list."""
+        return PlanEntry(
+            experiment_id=self.experiment_id,
+            plan_name=self.plan.name,
+            units_total=self.units_total,
+            units_done=self.units_done,
+            resumed=self.resumed,
+            outcome=self.outcome,
+        )
+
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "experiment_id": self.experiment_id,
-            "plan_name": self.plan.name,
-            "units_total": self.units_total,
-            "units_done": self.units_done,
-            "resumed": self.resumed,
-            "outcome": self.outcome,
-        }
+        return msgspec.structs.asdict(self.entry())
 
 
 class PlanFinished(PlanError):
@@ -317,7 +324,7 @@ class ExperimentRunner:
         submission.done.set()
         self.finished = [*self.finished[-(FINISHED_KEPT - 1) :], submission]
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self) -> ProgressMessage:
         state = self.state
         remaining = None
         if state.phase_ends_ns is not None:
@@ -326,28 +333,28 @@ class ExperimentRunner:
         if state.started_ns and state.units_run:
             per_unit_s = (now_ns() - state.started_ns) / 1e9 / state.units_run
             eta_s = per_unit_s * max(0, state.units_total - state.unit_index + 1)
-        return {
-            "status": state.status,
-            "experiment_id": state.experiment_id,
-            "plan_name": state.plan_name,
-            "unit_index": state.unit_index,
-            "units_total": state.units_total,
-            "unit": state.unit,
-            "phase": state.phase,
-            "phase_remaining_s": remaining,
-            "request_index": state.request_index,
-            "requests_total": state.requests_total,
-            "eta_s": eta_s,
-            "grid": [
-                {"model": m, "configuration": c, **counts}
+        return ProgressMessage(
+            status=state.status,
+            experiment_id=state.experiment_id,
+            plan_name=state.plan_name,
+            unit_index=state.unit_index,
+            units_total=state.units_total,
+            unit=state.unit,
+            phase=state.phase,
+            phase_remaining_s=remaining,
+            request_index=state.request_index,
+            requests_total=state.requests_total,
+            eta_s=eta_s,
+            grid=[
+                GridCell(model=m, configuration=c, **counts)
                 for (m, c), counts in sorted(state.grid.items())
             ],
-            "results": list(state.results),
-            "last_error": state.last_error,
-            "queue": [queued.as_dict() for queued in self.queue],
-            "finished": [done.as_dict() for done in self.finished],
-            "serving": self._serving_progress(),
-        }
+            results=list(state.results),
+            last_error=state.last_error,
+            queue=[queued.entry() for queued in self.queue],
+            finished=[done.entry() for done in self.finished],
+            serving=self._serving_progress(),
+        )
 
     def _serving_progress(self) -> dict[str, Any] | None:
         """issue 16: requests in flight, tokens/s and latency of a served unit (an engine
@@ -829,15 +836,15 @@ class UnitRun:
             (unit.model, unit.configuration), {"done": 0, "failed": 0, "running": 0, "total": 1}
         )
         self.cell["running"] = 1
-        self.state.unit = {
-            "unit_id": unit.unit_id,
-            "model": unit.model,
-            "engine": unit.engine,
-            "provider": unit.provider,
-            "configuration": unit.configuration,
-            "repetition": unit.repetition,
-            "factors": unit.factors,
-        }
+        self.state.unit = UnitInfo(
+            unit_id=unit.unit_id,
+            model=unit.model,
+            engine=unit.engine,
+            provider=unit.provider,
+            configuration=unit.configuration,
+            repetition=unit.repetition,
+            factors=unit.factors,
+        )
         self.attempt = await anyio.to_thread.run_sync(
             lambda: self.store.start_unit(
                 self.experiment_id,

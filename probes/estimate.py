@@ -40,7 +40,7 @@ import psutil
 
 from greenmon.probes.base import Channel, ProbeUnavailable, Values
 from greenmon.probes.options import ProbeOptions
-from greenmon.probes.proctree import busy_total, steal_ticks
+from greenmon.probes.procstat import ProcStat
 
 # Cloud Carbon Footprint, "Energy estimate (Watt-hours)" per vCPU: min 0.74 W, max 3.5 W.
 DEFAULT_TDP_W_PER_CPU = 3.5
@@ -65,30 +65,29 @@ def psutil_cpu_times() -> tuple[float, float]:
 
 
 class ProcStatTimes:
-    """psutil's figures (the same busy, less steal, and total: probes/proctree.py) from
-    the first line of /proc/stat read with ``os.pread`` on a descriptor kept open: 15 µs a
-    read where ``psutil.cpu_times()`` costs about 45 µs, and in a daemon thread woken ten
-    times a second, with cold caches, 200 µs.  Where there is no /proc/stat (not Linux),
-    psutil answers."""
+    """psutil's figures (the same busy, less steal, and total) from the first line of
+    /proc/stat, through probes/procstat.py's kept descriptor: 15 µs a read where
+    ``psutil.cpu_times()`` costs about 45 µs, and in a daemon thread woken ten times a
+    second, with cold caches, 200 µs.  Steal counts as idle here: the model estimates what
+    this machine's CPU drew, and a hypervisor's other guests ran on no core of it.  Where
+    there is no /proc/stat (not Linux), psutil answers."""
 
-    def __init__(self, path: str = "/proc/stat") -> None:
-        self._fd: int | None = None
+    def __init__(self, proc_root: str = "/proc") -> None:
+        self._stat: ProcStat | None = None
         with contextlib.suppress(OSError):
-            self._fd = os.open(path, os.O_RDONLY)
+            self._stat = ProcStat(proc_root)
         self._tick_s = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 
     def __call__(self) -> tuple[float, float]:
-        if self._fd is None:
+        if self._stat is None:
             return psutil_cpu_times()
-        fields = os.pread(self._fd, 256, 0).split(b"\n", 1)[0].split()
-        busy, total = busy_total(fields)
-        return (busy - steal_ticks(fields)) * self._tick_s, total * self._tick_s
+        busy, total, steal = self._stat.machine_ticks()
+        return (busy - steal) * self._tick_s, total * self._tick_s
 
     def close(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
+        if self._stat is not None:
+            self._stat.close()
+            self._stat = None
 
 
 def linear_power_w(utilisation: float, idle_w: float, tdp_w: float) -> float:

@@ -40,13 +40,11 @@ from typing import ClassVar
 
 from greenmon.probes.base import Channel, ProbeUnavailable, Values
 from greenmon.probes.options import ProbeOptions
-from greenmon.probes.proctree import ProcessTree, split_percent, steal_ticks
-from greenmon.probes.proctree import busy_total as _busy_total
+from greenmon.probes.procstat import ProcStat, busy_total, steal_ticks
+from greenmon.probes.proctree import ProcessTree, split_percent
 
 # /proc/cpuinfo is parsed at most this often when cpufreq is absent (virtual machines).
 CPUINFO_PERIOD_NS = 1_000_000_000
-# The longest /proc/stat line (ten 20-digit counters); the cpu lines come first.
-_STAT_LINE_BYTES = 256
 
 
 class Options(ProbeOptions, kw_only=True, forbid_unknown_fields=True):
@@ -84,7 +82,7 @@ class HostProbe:
         self._fds: dict[str, int] = {}
         self._freq_fds: list[int] = []
         self._cores = 0
-        self._stat_bytes = 0
+        self._stat: ProcStat | None = None
         self._last_cpu: list[tuple[int, int]] = []
         self._last_proc: tuple[float, float] | None = None  # (cpu_s, wall_s)
         self._clk_tck = os.sysconf("SC_CLK_TCK")
@@ -105,7 +103,7 @@ class HostProbe:
         pid = self.options.pid if self.options.pid is not None else os.getpid()
         self._pid = pid
         try:
-            self._open_fd("stat", proc / "stat")
+            self._stat = ProcStat(proc)
             self._open_fd("meminfo", proc / "meminfo")
         except OSError as error:
             self.close()
@@ -122,11 +120,10 @@ class HostProbe:
                 f"cannot watch process {pid}: {error.strerror}. Set [probes.host] pid to a "
                 "running process you may inspect, or remove it to watch the daemon."
             ) from None
-        lines = self._stat_lines(read_all=True)
-        cores = sum(1 for line in lines if line[:3] == b"cpu" and line[3:4].isdigit())
-        self._stat_bytes = _STAT_LINE_BYTES * (cores + 1)
+        cores = self._stat.cores
+        lines = self._stat.lines(cores + 1)
         self._cores = cores if self.options.per_core else 0
-        self._last_cpu = [_busy_total(line.split()) for line in lines[: cores + 1]]
+        self._last_cpu = [busy_total(line.split()) for line in lines[: cores + 1]]
         self._last_steal = steal_ticks(lines[0].split())
         cpufreq = Path(self.options.sys_root) / "devices/system/cpu"
         for index in range(cores):
@@ -166,10 +163,6 @@ class HostProbe:
         return channels
 
     # -- the files -----------------------------------------------------------------------
-    def _stat_lines(self, *, read_all: bool = False) -> list[bytes]:
-        size = 1 << 20 if read_all else self._stat_bytes
-        return os.pread(self._fds["stat"], size, 0).split(b"\n")
-
     def _proc_cpu(self) -> tuple[float, float] | None:
         # The watched process is a root of the own tree, whose stat file the tree has just
         # read in this tick: one read of it per tick, not two (issue 17: a read from the
@@ -219,10 +212,11 @@ class HostProbe:
     # -- one reading ---------------------------------------------------------------------
     def read(self) -> Values:
         assert self._fds, "read() before open()"
-        lines = self._stat_lines()
+        assert self._stat is not None
+        lines = self._stat.lines(self._cores + 1)
         fields = lines[0].split()
-        now = [_busy_total(fields)]
-        now += [_busy_total(lines[i].split()) for i in range(1, self._cores + 1)]
+        now = [busy_total(fields)]
+        now += [busy_total(lines[i].split()) for i in range(1, self._cores + 1)]
         steal = steal_ticks(fields)
         values: list[float | None] = [_percent(now[0], self._last_cpu[0])]
         values += [_percent(now[i], self._last_cpu[i]) for i in range(1, self._cores + 1)]
@@ -272,6 +266,9 @@ class HostProbe:
     def close(self) -> None:
         if self._tree is not None:
             self._tree.close()
+        if self._stat is not None:
+            self._stat.close()
+            self._stat = None
         for fd in [*self._fds.values(), *self._freq_fds]:
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 REFRESH_NS = 1_000_000_000
@@ -161,30 +161,6 @@ class ProcessTree:
         self._fds = {}
         self.stat_fields = {}
         self._refresh_at_ns = 0
-
-
-def busy_total(fields: Sequence[bytes]) -> tuple[int, int]:
-    """(busy, total) jiffies of one /proc/stat cpu line, as psutil counts them."""
-    times = [int(f) for f in fields[1:]]
-    # user nice system idle iowait irq softirq steal guest guest_nice: guest and
-    # guest_nice are already inside user and nice.
-    total = sum(times[:8])
-    idle = times[3] + (times[4] if len(times) > 4 else 0)
-    return total - idle, total
-
-
-def steal_ticks(fields: Sequence[bytes]) -> int:
-    """Steal jiffies of one /proc/stat cpu line (0 on kernels that do not report it)."""
-    return int(fields[8]) if len(fields) > 8 else 0
-
-
-def system_cpu_ticks(proc_root: str | Path = "/proc") -> tuple[int, int, int, int]:
-    """(busy, total, steal, cores) ticks of the whole machine since boot, from /proc/stat."""
-    lines = (Path(proc_root) / "stat").read_bytes().split(b"\n")
-    cores = sum(1 for line in lines if line[:3] == b"cpu" and line[3:4].isdigit())
-    fields = lines[0].split()
-    busy, total = busy_total(fields)
-    return busy, total, steal_ticks(fields), cores
 
 
 def split_percent(

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ParamSpec, Protocol
 
 import anyio
+import msgspec
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, ScreenStackError
@@ -37,7 +38,7 @@ from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Static
 from textual_plotext import PlotextPlot
 
 from greenmon.api.errors import ApiError
-from greenmon.api.messages import SqlResult
+from greenmon.api.messages import SqlResult, WindowListing, decode
 from greenmon.tui.model import (
     HEALTH_COLUMNS,
     RESULT_COLUMNS,
@@ -331,23 +332,22 @@ class GreenmonApp(App[str]):
             visible = self._current_view() == "live"
             if self.connected and visible:
                 try:
-                    listing = await self.link.windows(WINDOW_LIMIT)
-                except ApiError:
+                    listing = decode(await self.link.windows(WINDOW_LIMIT), WindowListing)
+                except (ApiError, msgspec.ValidationError):
                     pass  # the follow worker reports the connection
                 else:
                     self._update_static("windows", "\n".join(window_lines(listing)))
             await self._sleep(self.windows_every_s)
 
     def _default_experiment(self, rows: Sequence[dict[str, Any]]) -> str | None:
-        running = (self.model.progress or {}).get("experiment_id")
+        running = self.model.progress.experiment_id if self.model.progress else None
         if running:
             return None  # the running plan's results come with every snapshot
         return str(rows[0]["experiment_id"]) if rows else None
 
     def _note_finished(self) -> None:
-        finished = tuple(
-            f["experiment_id"] for f in (self.model.progress or {}).get("finished", [])
-        )
+        progress = self.model.progress
+        finished = tuple(f.experiment_id for f in progress.finished) if progress else ()
         if finished != self._finished_seen:
             self._finished_seen = finished
             self.poll_experiments()
@@ -493,12 +493,13 @@ class GreenmonApp(App[str]):
             table.clear()
             for experiment in experiments:
                 table.add_row(*experiment, key=experiment[0])
-        progress = self.model.progress or {}
-        running = progress.get("experiment_id")
-        if running and self._chosen_experiment in (None, running):
-            shown, results = running, result_rows(progress)
+        progress = self.model.progress
+        running = progress.experiment_id if progress is not None else None
+        shown: str | None
+        if progress is not None and running and self._chosen_experiment in (None, running):
+            shown, results = running, result_rows(progress.results)
         else:
-            shown, results = self._results_of, result_rows({"results": self._experiment_results})
+            shown, results = self._results_of, result_rows(self._experiment_results)
         title = f"results of {shown} (median per configuration)" if shown else "results"
         self._update_static("results-title", title)
         if self._changed("results", results):

@@ -10,6 +10,10 @@ Terms:
   on the daemon's monotonic clock, for shading the chart.
 - Times are seconds relative to the newest sample (``t_s <= 0``), so nothing depends on
   the viewer's clock.
+
+The wire's JSON becomes the typed messages of greenmon/api/messages.py here, at the
+model's door (``set_status``, ``ingest``): what the views read are the Structs' fields, so
+a field the daemon renamed fails there with a message, not as a KeyError in a view.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from greenmon.api.messages import GridCell, Progress, Snapshot, WindowListing, decode
 from greenmon.estimates import domains_of, mark
 from greenmon.livepower import ChannelInfo, reading_power_w
 
@@ -61,7 +66,7 @@ class LiveModel:
         self.last_reading: dict[int, tuple[int, float]] = {}
         self.values: dict[int, float] = {}
         self.phases: deque[PhaseSpan] = deque()
-        self.progress: dict[str, Any] | None = None
+        self.progress: Progress | None = None
         self.probes: list[dict[str, Any]] = []
         self.status: dict[str, Any] = {}
         self.latest_ns: int | None = None
@@ -81,17 +86,20 @@ class LiveModel:
         for info in channels:
             if info.is_source and info.channel_id not in self.series:
                 self.series[info.channel_id] = PowerSeries(info)
-        self.progress = status.get("progress")
+        progress = status.get("progress")
+        self.progress = decode(progress, Progress) if progress else None
         self.probes = list(status.get("probes", []))
 
-    def ingest(self, snap: Mapping[str, Any]) -> None:
+    def ingest(self, snap: Snapshot | Mapping[str, Any]) -> None:
+        """One stream snapshot, as the client decoded it or as the wire's JSON."""
+        if not isinstance(snap, Snapshot):
+            snap = decode(snap, Snapshot)
         self.snapshots += 1
-        for channel_id, t_ns, value in snap.get("values", []):
-            self._reading(int(channel_id), int(t_ns), float(value))
-        t_ns = int(snap.get("t_ns") or 0)
-        self.probes = list(snap.get("probes", self.probes))
-        self.progress = snap.get("progress")
-        self._phase(t_ns, (self.progress or {}).get("phase"))
+        for channel_id, t_ns, value in snap.values:
+            self._reading(channel_id, t_ns, value)
+        self.probes = list(snap.probes)
+        self.progress = snap.progress
+        self._phase(snap.t_ns, self.progress.phase if self.progress is not None else None)
         self._trim()
 
     def _reading(self, channel_id: int, t_ns: int, value: float) -> None:
@@ -206,41 +214,38 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def unit_lines(progress: Mapping[str, Any] | None) -> list[str]:
+def unit_lines(progress: Progress | None) -> list[str]:
     """The current unit panel's text."""
-    if not progress:
+    if progress is None:
         return ["The daemon's runner is starting."]
-    status = progress.get("status", "idle")
-    queued = [f"queued: {q['plan_name']} ({q['experiment_id']})" for q in progress.get("queue", [])]
-    if progress.get("experiment_id") is None:
+    queued = [f"queued: {q.plan_name} ({q.experiment_id})" for q in progress.queue]
+    if progress.experiment_id is None:
         return ["idle: waiting for a plan (greenmon run PLAN --db FILE)", *queued]
     lines = [
-        f"plan {progress.get('plan_name') or '-'}  ({progress.get('experiment_id') or '-'})"
-        f"  status {status}"
+        f"plan {progress.plan_name or '-'}  ({progress.experiment_id or '-'})"
+        f"  status {progress.status}"
     ]
-    unit = progress.get("unit")
-    index, total = progress.get("unit_index"), progress.get("units_total")
-    if unit:
+    unit = progress.unit
+    index, total = progress.unit_index, progress.units_total
+    if unit is not None:
         lines.append(
-            f"unit {index}/{total}: {unit.get('model')}  {unit.get('configuration')}"
-            f"  repetition {unit.get('repetition')}"
+            f"unit {index}/{total}: {unit.model}  {unit.configuration}"
+            f"  repetition {unit.repetition}"
         )
-        phase = progress.get("phase") or "-"
-        remaining = progress.get("phase_remaining_s")
-        if remaining is not None:
-            phase += f" ({format_duration(remaining)} left)"
+        phase = progress.phase or "-"
+        if progress.phase_remaining_s is not None:
+            phase += f" ({format_duration(progress.phase_remaining_s)} left)"
         request = ""
-        if progress.get("requests_total"):
-            request = f"  request {progress.get('request_index')}/{progress.get('requests_total')}"
+        if progress.requests_total:
+            request = f"  request {progress.request_index}/{progress.requests_total}"
         lines.append(f"phase {phase}{request}")
     elif total:
         lines.append(f"units {index}/{total}")
-    lines.append(f"plan ETA {format_duration(progress.get('eta_s'))}")
-    serving = progress.get("serving")
-    if serving:  # issue 16: a served unit's load, live
-        lines.append(serving_line(serving))
-    if progress.get("last_error"):
-        lines.append(f"last error: {progress['last_error']}")
+    lines.append(f"plan ETA {format_duration(progress.eta_s)}")
+    if progress.serving:  # a served unit's load, live
+        lines.append(serving_line(progress.serving))
+    if progress.last_error:
+        lines.append(f"last error: {progress.last_error}")
     return lines + queued
 
 
@@ -261,14 +266,14 @@ def serving_line(serving: Mapping[str, Any]) -> str:
     )
 
 
-def window_lines(listing: Mapping[str, Any], limit: int = 6) -> list[str]:
+def window_lines(listing: WindowListing, limit: int = 6) -> list[str]:
     """Named windows (issue 15): the open ones with their age, then the recent closed ones
     with duration, energy per domain and flags."""
     lines = [
         f"▶ {w.get('name')}  {float(w.get('elapsed_s') or 0):.1f}s open"
-        for w in listing.get("open", [])
+        for w in listing.open
     ]
-    for w in listing.get("recent", [])[:limit]:
+    for w in listing.recent[:limit]:
         energy = ", ".join(f"{d} {j:.2f} J" for d, j in sorted((w.get("energy_j") or {}).items()))
         flags = ", ".join(w.get("flags") or [])
         lines.append(
@@ -279,7 +284,7 @@ def window_lines(listing: Mapping[str, Any], limit: int = 6) -> list[str]:
 
 
 def experiment_table(
-    progress: Mapping[str, Any] | None, experiments: Iterable[Mapping[str, Any]]
+    progress: Progress | None, experiments: Iterable[Mapping[str, Any]]
 ) -> list[tuple[str, ...]]:
     """Rows of the experiments table: the running experiment, the daemon's queue, then
     every other experiment in the file.
@@ -288,26 +293,26 @@ def experiment_table(
     per unit, and its list is polled only now and then); queued ones that are not in the
     file's list yet come from the queue.
     """
-    progress = progress or {}
+    progress = progress or Progress()
     rows: list[tuple[str, ...]] = []
     seen: set[str] = set()
-    running = progress.get("experiment_id")
+    running = progress.experiment_id
     if running:
         # the file's list is polled now and then; the running plan is in every snapshot
-        grid = progress.get("grid", [])
+        grid = progress.grid
         rows.append(
-            (str(running), str(progress.get("plan_name")), str(progress.get("status")),
-             str(sum(int(c.get("done", 0)) for c in grid)),
-             str(sum(int(c.get("failed", 0)) for c in grid)),
-             str(progress.get("units_total")))
+            (running, str(progress.plan_name), progress.status,
+             str(sum(c.done for c in grid)),
+             str(sum(c.failed for c in grid)),
+             str(progress.units_total))
         )  # fmt: skip
-        seen.add(str(running))
-    for queued in progress.get("queue", []):
+        seen.add(running)
+    for queued in progress.queue:
         rows.append(
-            (str(queued["experiment_id"]), str(queued["plan_name"]), "queued",
-             str(queued["units_done"]), "-", str(queued["units_total"]))
+            (queued.experiment_id, queued.plan_name, "queued",
+             str(queued.units_done), "-", str(queued.units_total))
         )  # fmt: skip
-        seen.add(str(queued["experiment_id"]))
+        seen.add(queued.experiment_id)
     for row in experiments:
         experiment_id = str(row["experiment_id"])
         if experiment_id in seen:
@@ -321,19 +326,19 @@ def experiment_table(
 
 
 def grid_table(
-    progress: Mapping[str, Any] | None,
+    progress: Progress | None,
 ) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """(configurations, [(model, cells)]) for the plan grid."""
-    cells: dict[tuple[str, str], Mapping[str, Any]] = {}
+    cells: dict[tuple[str, str], GridCell] = {}
     models: list[str] = []
     configurations: list[str] = []
-    for cell in (progress or {}).get("grid", []):
-        model, configuration = str(cell["model"]), str(cell["configuration"])
+    for counts in progress.grid if progress is not None else []:
+        model, configuration = counts.model, counts.configuration
         if model not in models:
             models.append(model)
         if configuration not in configurations:
             configurations.append(configuration)
-        cells[(model, configuration)] = cell
+        cells[(model, configuration)] = counts
     rows = []
     for model in models:
         row = []
@@ -344,11 +349,11 @@ def grid_table(
     return configurations, rows
 
 
-def grid_cell(cell: Mapping[str, Any]) -> str:
-    text = f"{cell.get('done', 0)}/{cell.get('total', 0)} done"
-    if cell.get("failed"):
-        text += f" {cell['failed']} failed"
-    if cell.get("running"):
+def grid_cell(cell: GridCell) -> str:
+    text = f"{cell.done}/{cell.total} done"
+    if cell.failed:
+        text += f" {cell.failed} failed"
+    if cell.running:
         text += " ▶ running"
     return text
 
@@ -356,7 +361,10 @@ def grid_cell(cell: Mapping[str, Any]) -> str:
 RESULT_COLUMNS = ("configuration", "units", "median J", "median s", "J/token", "flags")
 
 
-def result_rows(progress: Mapping[str, Any] | None) -> list[tuple[str, ...]]:
+def result_rows(results: Iterable[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    """The results table: one row per configuration's medians (a progress's ``results``,
+    or an experiment's summary)."""
+
     def number(row: Mapping[str, Any], column: str, digits: int) -> str:
         value = row.get(column)
         if value is None:
@@ -372,7 +380,7 @@ def result_rows(progress: Mapping[str, Any] | None) -> list[tuple[str, ...]]:
             number(row, "median_j_per_token", 4),
             ", ".join(_flag_text(f, row) for f in row.get("flags") or []) or "ok",
         )
-        for row in (progress or {}).get("results", [])
+        for row in results
     ]
 
 

@@ -85,7 +85,9 @@ def write_tables(store: Store, result: stats.AnalysisResult) -> list[str]:
 def _rows(name: str, frame: pd.DataFrame, experiment_id: str) -> tuple[pd.DataFrame, str]:
     """A result's rows as the store inserts them, and the SELECT list that casts them."""
     columns = TABLE_COLUMNS[name]
-    data = frame[columns].copy()
+    # A result that has nothing for a table (no pricing: no footprint) leaves it a bare
+    # frame; it still replaces the experiment's old rows, with none.
+    data = frame.reindex(columns=columns) if frame.empty else frame[columns].copy()
     # Object columns mixing None and numbers confuse DuckDB's type sniffing; cast in SQL.
     data = data.astype(object).where(data.notna(), None)
     data.insert(0, "experiment_id", experiment_id)

@@ -39,6 +39,30 @@ class PlanEntry(msgspec.Struct, kw_only=True):
     outcome: str | None = None
 
 
+class UnitInfo(msgspec.Struct, kw_only=True):
+    """The unit running now: its place in the run order (from 0), model, engine and
+    provider (``configuration`` is ``engine/provider``), repetition (from 1), factors."""
+
+    unit_id: int | None = None
+    model: str
+    engine: str = ""
+    provider: str = ""
+    configuration: str
+    repetition: int
+    factors: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class GridCell(msgspec.Struct, kw_only=True):
+    """One (model, configuration) of the running plan: its units by state."""
+
+    model: str
+    configuration: str
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    total: int = 0
+
+
 class Progress(msgspec.Struct, kw_only=True):
     """The runner's progress (``progress`` of a snapshot and of ``GET /status``)."""
 
@@ -47,14 +71,14 @@ class Progress(msgspec.Struct, kw_only=True):
     plan_name: str | None = None
     unit_index: int = 0
     units_total: int = 0
-    unit: dict[str, Any] | None = None
+    unit: UnitInfo | None = None
     phase: str | None = None
     phase_remaining_s: float | None = None
     request_index: int = 0
     requests_total: int = 0
     eta_s: float | None = None
     # per (model, configuration): counts of units by state
-    grid: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    grid: list[GridCell] = msgspec.field(default_factory=list)
     # medians per configuration of the running plan's finished units
     results: list[dict[str, Any]] = msgspec.field(default_factory=list)
     last_error: str | None = None
@@ -80,6 +104,16 @@ class Snapshot(msgspec.Struct, kw_only=True):
     values: list[tuple[int, int, float]] = msgspec.field(default_factory=list)
     probes: list[dict[str, Any]] = msgspec.field(default_factory=list)
     progress: Progress | None = None
+
+
+class Status(Snapshot, kw_only=True):
+    """What ``GET /status`` adds to a snapshot: full probe health (with jitter), the
+    writer's flush timings, the channel table and whether the daemon runs plans.  The
+    server adds its own pid, start, database and socket beside it."""
+
+    writer: dict[str, Any] = msgspec.field(default_factory=dict)
+    channels: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    runner: bool = False
 
 
 class ExperimentSummary(msgspec.Struct, kw_only=True):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
+import msgspec
 from aiohttp import web
 from anyio.abc import TaskStatus
 
@@ -145,7 +146,7 @@ class ApiServer:
             "started_ns": self._started_ns,
             "db_path": str(daemon.store.path.resolve()),
             "socket_path": str(self.socket_path),
-            **daemon.snapshot(detail=True),
+            **msgspec.structs.asdict(daemon.status()),
         }
         return web.json_response(body, dumps=dumps)
 

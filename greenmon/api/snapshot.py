@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 if TYPE_CHECKING:
+    from greenmon.api.messages import Progress, Snapshot
     from greenmon.daemon import Daemon
 
 STREAM_HZ = 4.0
@@ -27,7 +28,7 @@ STREAM_HZ = 4.0
 STREAM_WRITE_TIMEOUT_S = 30.0
 
 
-def snapshot(daemon: Daemon) -> dict[str, Any]:
+def snapshot(daemon: Daemon) -> Snapshot:
     return daemon.snapshot()
 
 
@@ -40,12 +41,12 @@ def channel_table(daemon: Daemon) -> list[dict[str, Any]]:
     return daemon.channel_table()
 
 
-def channel_values(daemon: Daemon) -> list[list[Any]]:
+def channel_values(daemon: Daemon) -> list[tuple[int, int, float]]:
     """``[channel_id, t_ns, value]`` for the latest reading of every channel."""
     return daemon.channel_values()
 
 
-def runner_progress(daemon: Daemon) -> dict[str, Any] | None:
+def runner_progress(daemon: Daemon) -> Progress | None:
     return daemon.progress()
 
 

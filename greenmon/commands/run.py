@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import msgspec
 
 from greenmon.commands.common import (
     add_db_argument,
@@ -42,6 +41,7 @@ from greenmon.store import Store
 
 if TYPE_CHECKING:
     from greenmon.analysis.footprint import Pricing
+    from greenmon.api.messages import Progress
 
 # How often the progress line is redrawn on a terminal, and written when not on one.
 LINE_PERIOD_S = 1.0
@@ -86,24 +86,24 @@ def probes_config(plan: Plan) -> Config:
     return config_from_tables({"probes": plan.spec.probes}, plan.path, plan.text)
 
 
-def progress_line(progress: Mapping[str, Any], meter: PowerMeter | None = None) -> str:
-    unit = progress.get("unit") or {}
-    parts = [f"unit {progress['unit_index']}/{progress['units_total']}"]
-    if progress.get("status") == "paused":
+def progress_line(progress: Progress, meter: PowerMeter | None = None) -> str:
+    unit = progress.unit
+    parts = [f"unit {progress.unit_index}/{progress.units_total}"]
+    if progress.status == "paused":
         parts.append("paused")
-    if unit:
-        parts.append(f"{unit['model']} {unit['configuration']} rep {unit['repetition']}")
-    if progress.get("phase"):
-        phase = str(progress["phase"])
-        if progress.get("phase_remaining_s") is not None:
-            phase += f" {progress['phase_remaining_s']:.0f}s"
+    if unit is not None:
+        parts.append(f"{unit.model} {unit.configuration} rep {unit.repetition}")
+    if progress.phase:
+        phase = progress.phase
+        if progress.phase_remaining_s is not None:
+            phase += f" {progress.phase_remaining_s:.0f}s"
         parts.append(phase)
-    if progress.get("phase") == "measure":
-        parts.append(f"request {progress['request_index']}/{progress['requests_total']}")
+    if progress.phase == "measure":
+        parts.append(f"request {progress.request_index}/{progress.requests_total}")
     if meter is not None:
         parts += [power.text() for power in meter.by_domain()]
-    if progress.get("eta_s") is not None:
-        parts.append(f"ETA {progress['eta_s'] / 60:.1f} min")
+    if progress.eta_s is not None:
+        parts.append(f"ETA {progress.eta_s / 60:.1f} min")
     return " | ".join(parts)
 
 
@@ -323,7 +323,7 @@ async def follow_remote(
                     break
                 meter.ingest(snap.values)
                 if progress.experiment_id == experiment_id:
-                    printer.show(progress_line(msgspec.structs.asdict(progress), meter))
+                    printer.show(progress_line(progress, meter))
         except DaemonUnreachable:
             pass  # the file says below whether the plan ended first
         printer.end_line()

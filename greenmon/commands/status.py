@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from greenmon.api.client import ApiClient, call_daemon, find_daemon
+from greenmon.api.messages import Progress, decode
 from greenmon.commands.common import add_db_argument, existing_db, format_table, resolve_db
 from greenmon.estimates import domains_of, mark, source_lines
 from greenmon.store import Store
@@ -35,39 +36,43 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def progress_lines(progress: dict[str, Any] | None) -> list[str]:
-    if not progress:
+def progress_lines(progress: Progress | None) -> list[str]:
+    if progress is None:
         return ["runner: starting"]
-    if progress.get("experiment_id") is None:
+    if progress.experiment_id is None:
         idle = "runner: idle, waiting for a plan (`greenmon run PLAN --db ...`)"
         return [idle, *queue_lines(progress)]
     lines = [
-        f"plan {progress.get('plan_name') or '-'} ({progress.get('experiment_id') or '-'}): "
-        f"{progress.get('status')}, unit {progress.get('unit_index')}/"
-        f"{progress.get('units_total')}, ETA {_duration(progress.get('eta_s'))}"
+        f"plan {progress.plan_name or '-'} ({progress.experiment_id or '-'}): "
+        f"{progress.status}, unit {progress.unit_index}/"
+        f"{progress.units_total}, ETA {_duration(progress.eta_s)}"
     ]
-    unit = progress.get("unit")
-    if unit:
-        phase = progress.get("phase") or "-"
-        if progress.get("phase_remaining_s") is not None:
-            phase += f" ({_duration(progress['phase_remaining_s'])} left)"
+    unit = progress.unit
+    if unit is not None:
+        phase = progress.phase or "-"
+        if progress.phase_remaining_s is not None:
+            phase += f" ({_duration(progress.phase_remaining_s)} left)"
         lines.append(
-            f"  now: {unit.get('model')} {unit.get('configuration')} repetition "
-            f"{unit.get('repetition')}, phase {phase}"
+            f"  now: {unit.model} {unit.configuration} repetition "
+            f"{unit.repetition}, phase {phase}"
             + (
-                f", request {progress.get('request_index')}/{progress.get('requests_total')}"
-                if progress.get("requests_total")
+                f", request {progress.request_index}/{progress.requests_total}"
+                if progress.requests_total
                 else ""
             )
         )
-    results = progress.get("results") or []
-    return lines + result_lines(progress) + background_lines(results) + queue_lines(progress)
+    return (
+        lines
+        + result_lines(progress)
+        + background_lines(progress.results)
+        + queue_lines(progress)
+    )
 
 
-def result_lines(progress: dict[str, Any]) -> list[str]:
+def result_lines(progress: Progress) -> list[str]:
     """The running plan's medians so far, per configuration, estimated figures marked."""
     lines = []
-    for row in progress.get("results") or []:
+    for row in progress.results:
         domains = domains_of(row.get("estimated_domains"))
         figures = [
             mark(f"{float(row[column]):.4g} {unit}", column, domains)
@@ -82,7 +87,7 @@ def result_lines(progress: dict[str, Any]) -> list[str]:
 
 
 def background_lines(results: list[dict[str, Any]]) -> list[str]:
-    """issue 14: how many finished units ran beside other load, per configuration."""
+    """How many finished units ran beside other load, per configuration."""
     counts = {
         str(r.get("configuration")): int(r["background_load_units"])
         for r in results
@@ -97,11 +102,11 @@ def background_lines(results: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def queue_lines(progress: dict[str, Any]) -> list[str]:
+def queue_lines(progress: Progress) -> list[str]:
     return [
-        f"  queued {position}: {queued['plan_name']} ({queued['experiment_id']}), "
-        f"{queued['units_done']}/{queued['units_total']} units done"
-        for position, queued in enumerate(progress.get("queue") or [], start=1)
+        f"  queued {position}: {queued.plan_name} ({queued.experiment_id}), "
+        f"{queued.units_done}/{queued.units_total} units done"
+        for position, queued in enumerate(progress.queue, start=1)
     ]
 
 
@@ -125,7 +130,9 @@ def daemon_report(status: dict[str, Any]) -> str:
     columns = ["probe", "state", "Hz", "errors", "missed", "p99 jitter us", "last error"]
     lines.append(format_table(columns, rows, max_width=60))
     lines += source_lines(c for c in status.get("channels", []) if c.get("energy_source"))
-    lines += progress_lines(status.get("progress"))
+    # the JSON's progress, typed at the door: the lines above read its fields
+    progress = status.get("progress")
+    lines += progress_lines(decode(progress, Progress) if progress else None)
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from greenmon.analysis.estimated import label_result, model_text
 from greenmon.analysis.stats import analyze_frame
+from greenmon.api.messages import Progress, decode
 from greenmon.commands.status import result_lines
 from greenmon.estimates import FIGURE_DOMAINS, is_estimated, legend, mark
 from greenmon.tui.model import result_rows
@@ -98,9 +99,9 @@ def test_live_results_mark_estimated_energy_in_the_tui_and_status() -> None:
          "median_duration_s": 2.0, "median_j_per_token": 0.2, "flags": [],
          "estimated_domains": []},
     ]}  # fmt: skip
-    estimated, measured = result_rows(progress)
+    estimated, measured = result_rows(progress["results"])
     assert estimated[2:5] == ("12.5 (estimated)", "1.25", "0.1250 (estimated)")
     assert measured[2:5] == ("20.0", "2.00", "0.2000")
-    lines = result_lines(progress)
+    lines = result_lines(decode(progress, Progress))
     assert lines[0].endswith("median 12.5 J (estimated), 0.125 J/token (estimated)")
     assert "estimated" not in lines[1]

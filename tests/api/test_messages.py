@@ -17,6 +17,7 @@ from greenmon.api.messages import (
     PlanEntry,
     Progress,
     Snapshot,
+    Status,
     WindowListing,
     decode,
 )
@@ -73,3 +74,30 @@ def test_a_message_without_a_field_it_needs_is_refused_at_the_boundary() -> None
     )  # fmt: skip
     assert entry.outcome == "done"  # a field a newer daemon adds is ignored
     assert Progress(finished=[entry]).outcome_of("e1") == "done"
+
+
+@pytest.mark.anyio
+async def test_the_server_builds_the_structs_and_status_decodes_whole(
+    db_path: Path, sock_dir: Path
+) -> None:
+    """The daemon hands the wire Structs, not dicts: a snapshot, its progress and the
+    queued plans' entries; and ``GET /status`` decodes whole into ``Status`` (the snapshot
+    with full health, the channel table and the writer's timings)."""
+    path = sock_dir / "d.sock"
+    async with (
+        running_daemon(db_path, path, {"counting": CountingProbe()}) as daemon,
+        ApiClient(path) as client,
+    ):
+        snap = daemon.snapshot()
+        assert isinstance(snap, Snapshot) and isinstance(snap.progress, Progress)
+        assert all(isinstance(value, tuple) for value in snap.values)
+        await client.submit(fake_plan("first", repetitions=1, cooldown_s=0.1), None)
+        await client.submit(fake_plan("second", repetitions=1, cooldown_s=0.1), None)
+        progress = daemon.progress()
+        assert progress is not None
+        entries = [*progress.queue, *progress.finished]
+        assert entries and all(isinstance(entry, PlanEntry) for entry in entries)
+        status = decode(await client.status(), Status)
+        assert status.runner and status.channels and status.writer
+        assert status.progress is not None and status.session_id == daemon.session_id
+        await client.cancel()

@@ -124,18 +124,18 @@ def test_a_run_is_watched_queried_and_steered_from_other_processes(
     async def steer() -> None:
         async with app.run_test(size=(140, 40)) as pilot:
             with anyio.fail_after(30):
-                while not (app.model.progress or {}).get("unit"):
+                while not (app.model.progress and app.model.progress.unit):
                     await anyio.sleep(0.05)
             await pilot.press("2")  # the plan view: grid and experiments
             await pilot.pause()
             await pilot.press("p")
             with anyio.fail_after(30):
-                while (app.model.progress or {}).get("status") != "paused":
+                while app.model.progress is None or app.model.progress.status != "paused":
                     await anyio.sleep(0.05)
             assert status(db)["daemon"]["progress"]["status"] == "paused"
             await pilot.press("r")
             with anyio.fail_after(30):
-                while (app.model.progress or {}).get("status") != "running":
+                while app.model.progress is None or app.model.progress.status != "running":
                     await anyio.sleep(0.05)
             await pilot.press("c", "c")
             with anyio.fail_after(30):

@@ -13,6 +13,7 @@ import anyio.to_thread
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenmon.api import ApiClient
+from greenmon.api.messages import Progress
 from tests.api.fakes import FakePowerProbe, fake_plan, running_daemon
 from tests.measure.support import IDLE_W, MarkedPower, start_daemon, stop_daemon, write_config
 
@@ -156,12 +157,12 @@ class _FinishedUnitsHost:
         self.unavailable: dict[str, str] = {}
         self.results = results
 
-    def channel_values(self) -> list[list[Any]]:
+    def channel_values(self) -> list[tuple[int, int, float]]:
         return []
 
-    def progress(self) -> dict[str, Any]:
-        return {"status": "running", "experiment_id": "e1", "plan_name": "p", "unit_index": 2,
-                "units_total": 4, "unit": None, "results": self.results}  # fmt: skip
+    def progress(self) -> Progress:
+        return Progress(status="running", experiment_id="e1", plan_name="p", unit_index=2,
+                        units_total=4, unit=None, results=self.results)  # fmt: skip
 
 
 def _collect(collector: Any) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

@@ -72,7 +72,7 @@ def test_steal_is_not_counted_as_busy(tmp_path: Path) -> None:
     stat = tmp_path / "stat"
     # user nice system idle iowait irq softirq steal guest guest_nice
     stat.write_text("cpu  1000 0 0 5000 0 0 0 200 0 0\ncpu0 1000 0 0 5000 0 0 0 200 0 0\n")
-    times = ProcStatTimes(str(stat))
+    times = ProcStatTimes(str(tmp_path))  # the proc root
     busy0_s, total0_s = times()
     stat.write_text("cpu  1100 0 0 5100 0 0 0 300 0 0\ncpu0 1100 0 0 5100 0 0 0 300 0 0\n")
     busy1_s, total1_s = times()

@@ -126,6 +126,7 @@ def test_the_meter_reads_what_the_host_probe_reads(tmp_path: Path) -> None:
 
 
 def test_status_and_the_tui_count_the_units_beside_other_load() -> None:
+    from greenmon.api.messages import Progress, decode
     from greenmon.commands.status import progress_lines
     from greenmon.tui.model import result_rows
 
@@ -141,9 +142,9 @@ def test_status_and_the_tui_count_the_units_beside_other_load() -> None:
     progress = {"experiment_id": "e1", "plan_name": "p", "status": "running", "results": results}
     assert (
         "  background_load: 2 finished units ran beside other load (torch/cpu 2)"
-        in progress_lines(progress)
+        in progress_lines(decode(progress, Progress))
     )
-    flags = [row[-1] for row in result_rows(progress)]
+    flags = [row[-1] for row in result_rows(results)]
     assert flags == ["ok", "estimated, background_load (2 units)"]
 
 

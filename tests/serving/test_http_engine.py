@@ -12,14 +12,16 @@ import json
 import socket
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 from aiohttp import web
 
+from greenmon.api.messages import Progress
 from greenmon.commands import run as run_command
 from greenmon.commands.run import run_experiment
 from greenmon.engines.http_engine import _closed_loop, poisson_offsets_s
@@ -99,8 +101,8 @@ def test_served_units_measure_load_and_flag_inexact_servers(
     seen: list[dict[str, Any]] = []
     draw = run_command.progress_line
 
-    def observe(progress: Mapping[str, Any], meter: Any = None) -> str:
-        seen.append(dict(progress))
+    def observe(progress: Progress, meter: Any = None) -> str:
+        seen.append(msgspec.to_builtins(progress))
         return draw(progress, meter)
 
     monkeypatch.setattr(run_command, "progress_line", observe)

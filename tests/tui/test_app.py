@@ -114,7 +114,7 @@ async def test_pause_resume_and_cancel_reach_the_daemon(db_path: Path, sock_path
         app = GreenmonApp(client)
 
         def status() -> str:
-            return str((app.model.progress or {}).get("status"))
+            return str(app.model.progress.status if app.model.progress else None)
 
         async with app.run_test(size=SIZE) as pilot:
             await until(lambda: app.connected)
@@ -203,6 +203,7 @@ async def test_named_windows_and_a_served_unit_are_listed_beside_the_current_uni
 
 
 async def test_a_served_units_load_is_one_line_of_the_unit_panel() -> None:
+    from greenmon.api.messages import Progress, decode
     from greenmon.tui.model import unit_lines
 
     progress = {
@@ -213,7 +214,8 @@ async def test_a_served_units_load_is_one_line_of_the_unit_panel() -> None:
         "serving": {"requests_in_flight": 4, "requests_done": 3, "tokens_per_s": 12.5,
                     "latency_p50_s": 0.8, "latency_p90_s": 1.2, "ttft_p50_s": 0.1},
     }  # fmt: skip
-    line = next(line for line in unit_lines(progress) if line.startswith("served"))
+    lines = unit_lines(decode(progress, Progress))
+    line = next(line for line in lines if line.startswith("served"))
     assert line == (
         "served: 4 in flight, 3 done, 12.5 tok/s, latency p50 0.80s p90 1.20s, TTFT p50 0.10s"
     )

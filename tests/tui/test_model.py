@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from greenmon.api.messages import Progress, decode
 from greenmon.tui.model import LiveModel, chart_bands, experiment_table, grid_table, unit_lines
 
 CHANNELS = [
@@ -72,16 +73,17 @@ def test_unit_and_grid_text() -> None:
     progress = {
         "status": "running", "plan_name": "p", "experiment_id": "e", "unit_index": 2,
         "units_total": 4, "unit": {"model": "m", "configuration": "onnx/cpu", "repetition": 1},
-        "phase": "cooldown_before", "phase_remaining_s": 75, "request_index": None,
-        "requests_total": None, "eta_s": 3700,
+        "phase": "cooldown_before", "phase_remaining_s": 75, "request_index": 0,
+        "requests_total": 0, "eta_s": 3700,
         "grid": [{"model": "m", "configuration": "onnx/cpu", "done": 1, "failed": 1,
                   "running": 1, "total": 3}],
     }  # fmt: skip
-    lines = unit_lines(progress)
+    typed = decode(progress, Progress)  # as the model decodes the wire's JSON
+    lines = unit_lines(typed)
     assert lines[1] == "unit 2/4: m  onnx/cpu  repetition 1"
     assert lines[2] == "phase cooldown_before (1m15s left)"
     assert lines[3] == "plan ETA 1h01m40s"
-    assert grid_table(progress) == (["onnx/cpu"], [("m", ["1/3 done 1 failed ▶ running"])])
+    assert grid_table(typed) == (["onnx/cpu"], [("m", ["1/3 done 1 failed ▶ running"])])
 
 
 def test_core_and_model_modules_do_not_import_textual() -> None:
@@ -115,12 +117,13 @@ def test_chart_bands_follow_the_axis_the_samples_span() -> None:
 
 
 def test_the_running_experiment_is_listed_with_its_live_counts_before_the_file_lists_it() -> None:
-    progress = {
+    wire = {
         "experiment_id": "e1", "plan_name": "p", "status": "running", "units_total": 6,
         "grid": [{"model": "m", "configuration": "a", "done": 2, "failed": 1, "total": 3},
                  {"model": "m", "configuration": "b", "done": 1, "failed": 0, "total": 3}],
         "queue": [{"experiment_id": "e2", "plan_name": "q", "units_done": 0, "units_total": 2}],
     }  # fmt: skip
+    progress = decode(wire, Progress)
     assert experiment_table(progress, []) == [
         ("e1", "p", "running", "3", "1", "6"), ("e2", "q", "queued", "0", "-", "2")]
     # once the file lists it, its row is not repeated (the live counts are newer)
