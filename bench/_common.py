@@ -72,7 +72,7 @@ def aim(
     return row
 
 
-# -- floors: what this machine charges before a sampler does any work (issue 17) -------------
+# -- floors: what this machine charges before a sampler does any work -------------
 
 
 def wakeup_floor_ms_per_s(rates_hz: list[float], seconds: float = 10.0) -> dict[str, float]:

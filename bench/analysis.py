@@ -5,7 +5,7 @@ whose raw samples total ``--samples`` (default 100 million) over nine channels (
 DRAM counters, an NVML energy counter and three NVML utilisation gauges, a NETIO power
 gauge, host CPU and RAM gauges), so the ``unit_results`` view computes every unit from
 samples.  Then times `greenmon analyze` end to end in a fresh process (imports, view,
-tests, table writes), and in this process its parts.  Prints JSON.  Aim (issue 7): < 30 s.
+tests, table writes), and in this process its parts.  Prints JSON.  Aim: < 30 s.
 
 Usage: python bench/analysis.py [--samples N] [--db PATH (kept and reused)]
 """

@@ -282,7 +282,7 @@ async def measure(
         ),
         "samples_written": summary.samples_written,
         "journal_load_interval_s": config.daemon.journal_load_interval_s,
-        # issue 17: where the CPU goes (ms per s), beside what this machine charges for
+        # where the CPU goes (ms per s), beside what this machine charges for
         # the two things no sampler can avoid: waking at the probes' deadlines, and
         # committing a flush to the file
         "parts_ms_per_s": parts,

@@ -3,7 +3,7 @@
 A fake engine that sleeps for the work of each request (and times its own calls) runs a
 plan inside the daemon with RAPL and host probes sampling.  Bookkeeping is what is left of
 each unit's wall time once engine calls and cooldown sleeps are taken out: phase markers,
-storing requests, thread hand-offs.  Prints JSON; aim (issue 5): under 1%.
+storing requests, thread hand-offs.  Prints JSON; aim: under 1%.
 """
 
 from __future__ import annotations

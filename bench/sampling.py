@@ -1,7 +1,7 @@
 """Sampling benchmark: the daemon on a fake RAPL tree at 100 Hz and 1000 Hz.
 
 Prints JSON: achieved rate, tick jitter p50/p99 (µs), missed ticks, and the daemon
-process's CPU time as a share of one core.  Aims (issue 2): >= 995 Hz achieved at 1 kHz
+process's CPU time as a share of one core.  Aims: >= 995 Hz achieved at 1 kHz
 with p99 jitter < 1 ms; < 1% of one core at 100 Hz on 4 channels.
 """
 

@@ -1,4 +1,4 @@
-"""Serving over HTTP (issue 16): in-process against `greenmon serve` and a third-party server.
+"""Serving over HTTP: in-process against `greenmon serve` and a third-party server.
 
 One plan crosses ``torch/cpu`` in-process, ``http/greenmon-serve`` (torch/cpu behind
 ``greenmon serve``, started by the plan's ``command``) and, where it is installed,

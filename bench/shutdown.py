@@ -1,5 +1,5 @@
 """Shutdown benchmark: how fast greenmon stops and answers where the fault tests only check
-that it does (their duration assertions moved here, issue 13).
+that it does (their duration assertions moved here).
 
 - ``run_stop_s``: `greenmon run` on the fake engine, signalled (SIGINT) in a 20 s cooldown,
   until the process exits (tests/faults/test_signals.py checks the cooldown was cut short).

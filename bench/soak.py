@@ -56,7 +56,7 @@ from greenmon.probes import REGISTRY
 from tests.fakes.rapl import FakeRaplTree, FakeZone
 
 # Default rates on a typical machine: host 10 Hz x ~10 channels, RAPL 50 Hz x 3-4 zones,
-# estimate 10 Hz: about 300 samples/s (issue 21), so 100 hours is about 108 M samples.
+# estimate 10 Hz: about 300 samples/s, so 100 hours is about 108 M samples.
 DEFAULT_SAMPLES_PER_S = 300.0
 CAMPAIGN_HOURS = 100.0
 AIM_FLAT_MB = 20.0

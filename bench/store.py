@@ -2,7 +2,7 @@
 
 Prints JSON: rows/s through the same path the writer uses (Store.write, Arrow batches,
 one transaction each), and the time to compute per-channel energy over all 10 million
-samples with greenmon/energy.py.  Aims (issue 2): >= 1 million rows/s; energy < 1 s.
+samples with greenmon/energy.py.  Aims: >= 1 million rows/s; energy < 1 s.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ no viewer, with a bare stream reader (4 Hz, no drawing) and with the TUI attache
 (streams at 4 Hz, polls events, draws), it measures the viewer process's CPU time and the
 daemon process's, as shares of one core, and each probe's p99 tick jitter (windows reset
 when a measurement starts).  Conditions alternate (none, stream, tui, none, ...) so drift
-is not mistaken for an effect.  Aim (issue 12): the TUI process <= 2% of a core while it
+is not mistaken for an effect.  Aim: the TUI process <= 2% of a core while it
 shows a running experiment.  Prints JSON.
 
     python bench/tui.py [--seconds 15] [--rounds 2]

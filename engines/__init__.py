@@ -18,7 +18,7 @@ Terms:
   configuration cannot run here, or None.  It reads installed versions from package
   metadata and looks for an NVIDIA device in /proc and /dev before importing anything
   heavy; torch is imported only to confirm CUDA once a GPU and a CUDA build are present.
-- *served engine* (issue 16): ``http``, whose "provider" is the name of a plan's
+- *served engine*: ``http``, whose "provider" is the name of a plan's
   ``[servers.<name>]`` table (``http/greenmon-serve``); it needs only aiohttp here, the
   server brings its own runtime.
 """

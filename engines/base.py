@@ -45,7 +45,7 @@ class RequestRecord:
     ttft_ns: int | None
     output_ids: tuple[int, ...]
     text: str
-    # issue 16: for a served request, the new tokens asked for and the count the server
+    # for a served request, the new tokens asked for and the count the server
     # claimed in ``usage`` (None when it sent none); ``tokens_out`` is what was streamed.
     tokens_requested: int | None = None
     usage_tokens_out: int | None = None
@@ -82,7 +82,7 @@ class LoadInfo:
 
 
 def handles_load(engine: object) -> bool:
-    """issue 16: the engine runs the closed or open loop of a unit's load level itself, so
+    """The engine runs the closed or open loop of a unit's load level itself, so
     the runner hands it the whole measure's prompts in one ``generate`` call; its token
     counts are a server's claims, checked and flagged (``token_count_mismatch``) rather
     than failing the unit.  Engines declare it with ``handles_load: ClassVar[bool] = True``.

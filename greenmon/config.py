@@ -30,7 +30,7 @@ class DaemonOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     db: str | None = None
     # Each flush is one DuckDB statement and commit (1-5 ms of CPU whatever its size, more
     # on a loaded machine), so this sets most of the writer's cost; it also bounds what a
-    # SIGKILL loses (README).  2 s halves the writer's cost against 1 s (issue 17).
+    # SIGKILL loses (README).  2 s halves the writer's cost against 1 s.
     flush_interval_s: float = 2.0
     # With the sample journal a flush is an append to <db>.journal (durable, no DuckDB
     # commit), and the journal is loaded into DuckDB this often, at every unit and window
@@ -44,7 +44,7 @@ class DaemonOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # 5 ms).  A sampler thread woken at its deadline waits for the GIL; 0.5 ms keeps tick
     # jitter under a millisecond while the writer or an engine is busy in Python.
     gil_switch_interval_s: float = 0.0005
-    # issue 15: Prometheus metrics over HTTP (greenmon/metrics.py); off unless a port is set.
+    # Prometheus metrics over HTTP (greenmon/metrics.py); off unless a port is set.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     # DuckDB's ceiling for the daemon's connection (its buffer pool, the writer's rows not

@@ -54,7 +54,7 @@ Service = Callable[..., Coroutine[Any, Any, None]]
 # A stop hook waits for samples (a window's close waits up to HANDOFF_WAIT_MAX_S): a stop
 # never hangs longer than this on them.
 STOP_HOOKS_MAX_S = 15.0
-# issue 14: how often detected sensor update periods are checked and stored.
+# how often detected sensor update periods are checked and stored.
 UPDATE_PERIOD_STORE_S = 2.0
 
 
@@ -111,7 +111,7 @@ class Daemon:
         # still writes: a service finishes what needs fresh samples here (windows.py closes
         # the windows still open, so their last seconds are measured, not lost).
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
-        # issue 14: the update periods stored so far, per channel (update_periods.py).
+        # the update periods stored so far, per channel (update_periods.py).
         self._stored_periods_ns: dict[int, int] = {}
 
     # -- for services --------------------------------------------------------------------
@@ -164,7 +164,7 @@ class Daemon:
     async def flush(self) -> None:
         """Return once everything handed to the writer so far is in the database.
 
-        issue 15: a window's figures are read as it closes, not at the next periodic flush.
+        a window's figures are read as it closes, not at the next periodic flush.
         """
         send = self._send
         if send is None:
@@ -178,7 +178,7 @@ class Daemon:
 
     async def samples_through(self, t_ns: int) -> None:
         """Return once every running sampler's samples up to ``t_ns`` are in the database:
-        a window's figures are read as it closes (issue 15), and a unit is recorded done
+        a window's figures are read as it closes, and a unit is recorded done
         only with its samples stored, so a SIGKILL after it cannot leave a done unit
         without them (README: what a crash can lose)."""
         samplers = [s for s in self.samplers if s.health.state == "running"]
@@ -344,7 +344,7 @@ class Daemon:
             )
 
     def store_update_periods(self) -> None:
-        """issue 14: store each channel's detected update period where it is new or moved
+        """Store each channel's detected update period where it is new or moved
         by more than 10% (blocking: a worker thread), with an event for a new one."""
         changed: dict[int, tuple[int, int]] = {}
         for sampler in self.samplers:
@@ -392,7 +392,7 @@ class Daemon:
             max_buffer_size=self.stream_buffer
         )
         self._send = send
-        # issue 8: hardware settings a crashed or killed run left changed are put back
+        # hardware settings a crashed or killed run left changed are put back
         # before anything is measured (greenmon/hardware/journal.py; one cheap query when none).
         start_events = await anyio.to_thread.run_sync(self._restore_settings)
         # open() may block (a wattmeter request, EnergiBridge writing its header): off the loop.
@@ -453,7 +453,7 @@ class Daemon:
         with helpers:
             async with anyio.create_task_group() as inner:
                 inner.start_soon(self._anchor_loop)
-                inner.start_soon(self._update_period_loop)  # issue 14
+                inner.start_soon(self._update_period_loop)
                 if self.handle_signals:
                     inner.start_soon(self._watch_signals)
                 for service in self.services:
@@ -478,7 +478,7 @@ class Daemon:
         for sampler in self.samplers:
             with contextlib.suppress(Exception):
                 sampler.probe.close()
-        with contextlib.suppress(Exception):  # issue 14: the periods of the last seconds
+        with contextlib.suppress(Exception):  # the periods of the last seconds
             await anyio.to_thread.run_sync(self.store_update_periods)
         await anyio.to_thread.run_sync(self.store.end_session, self.session_id, ended_ns)
         return DaemonSummary(
@@ -490,7 +490,7 @@ class Daemon:
 
 
 def open_daemon_store(path: Path, config: Config) -> Store:
-    """The database a daemon holds, with its bounded resources (issue 21: DuckDB's memory
+    """The database a daemon holds, with its bounded resources (DuckDB's memory
     limit and threads from ``[daemon]``); every daemon opens its file through here."""
     return Store.open(
         path,
@@ -535,7 +535,7 @@ def build_daemon(
     from greenmon.windows import windows_service
 
     # Nothing a daemon does needs a file outside its database, and the API's SQL must not
-    # reach one (issue 20): DuckDB's own external-access switch, locked.
+    # reach one: DuckDB's own external-access switch, locked.
     store.confine()
     return Daemon(
         store,

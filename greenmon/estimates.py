@@ -40,7 +40,7 @@ FIGURE_DOMAINS: dict[str, tuple[str, ...]] = {
 
 DOMAIN_NAMES = {"cpu": "CPU", "dram": "DRAM", "gpu": "GPU", "wall": "wall"}
 
-# What an estimate from utilisation can and cannot tell (issue 14, point 6).
+# What an estimate from utilisation can and cannot tell.
 MEANING = (
     "an estimate from utilisation ranks configurations by CPU time, not by energy, so a "
     "difference between configurations here is one of CPU time"

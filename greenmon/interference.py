@@ -1,6 +1,6 @@
 """Interference: how busy the machine is with work that is not greenmon's, and waiting for quiet.
 
-Terms (issue 14):
+Terms:
 - *background*: CPU time of every process outside greenmon's own process tree (the
   daemon, its in-process engines, a server it started: probes/proctree.py), not counting a
   virtual machine's steal time (no process here used it), in percent of one core (100 =

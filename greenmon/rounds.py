@@ -1,4 +1,4 @@
-"""Repetitions until the answer is stable (issue 14): rounds and the stop rule.
+"""Repetitions until the answer is stable: rounds and the stop rule.
 
 Terms:
 - *cell*: (model, configuration, factor levels), the thing the analysis compares; its

@@ -202,7 +202,7 @@ class ExperimentRunner:
         nvml: Any = None,
     ) -> None:
         self.daemon = daemon
-        # issue 8: a pre-built NVML module for the hardware factors (tests pass a fake);
+        # a pre-built NVML module for the hardware factors (tests pass a fake);
         # None: the plan's [hardware] nvml_module.
         self.nvml = nvml
         self.store = daemon.store
@@ -214,7 +214,7 @@ class ExperimentRunner:
         self._resumed.set()
         self._cancel_scope: anyio.CancelScope | None = None
         self._engine_limiter = anyio.CapacityLimiter(1)
-        # issue 16: the engine of the unit running now (its live serving figures).
+        # the engine of the unit running now (its live serving figures).
         self.live_engine: Engine | None = None
         # The first unit's power after its cooldown: adaptive cooldowns wait to get near it.
         self.baseline_w: float | None = None
@@ -274,7 +274,7 @@ class ExperimentRunner:
         from pathlib import Path
 
         plan = parse_plan(plan_toml, Path(plan_path) if plan_path else None)
-        if shard is not None:  # issue 18: one part of the plan's units
+        if shard is not None:  # one part of the plan's units
             plan = dataclasses.replace(plan, shard=parse_shard(shard))
         submission = await self.submit_plan(plan, force=force, resume=resume)
         return submission.as_dict() | {"queued_behind": self.queued_behind(submission)}
@@ -357,7 +357,7 @@ class ExperimentRunner:
         )
 
     def _serving_progress(self) -> dict[str, Any] | None:
-        """issue 16: requests in flight, tokens/s and latency of a served unit (an engine
+        """Requests in flight, tokens/s and latency of a served unit (an engine
         that handles load and offers ``live()``); None for in-process engines."""
         live = getattr(self.live_engine, "live", None)
         return dict(live()) if callable(live) else None
@@ -392,7 +392,7 @@ class ExperimentRunner:
 
     def _latest_experiment(self, plan: Plan) -> tuple[Any, ...] | None:
         """The plan's latest experiment: (id, plan_hash, plan, status, units_done, units_total)."""
-        # issue 18: a shard resumes its own experiment (same plan, same shard).
+        # a shard resumes its own experiment (same plan, same shard).
         shard = plan.shard
         shard_index, shard_count = (shard.index, shard.count) if shard else (None, None)
         rows = self.store.execute(
@@ -442,7 +442,7 @@ class ExperimentRunner:
             cell["total"] += 1
             if status in ("done", "failed"):
                 cell[status] += 1
-        # issue 14: skipped units (rounds repetitions = "auto" did not need) never run
+        # skipped units (rounds repetitions = "auto" did not need) never run
         finished = ("done", "failed", "skipped")
         todo = [all_units[int(uid)] for uid, status in statuses if status not in finished]
         return Submission(
@@ -456,7 +456,7 @@ class ExperimentRunner:
         )
 
     def _create_experiment(self, plan: Plan, experiment_id: str) -> None:
-        shard = plan.shard  # issue 18: the shard and host are recorded with it
+        shard = plan.shard  # the shard and host are recorded with it
         experiment = NewExperiment(
             experiment_id=experiment_id,
             session_id=self.daemon.session_id,
@@ -612,7 +612,7 @@ class ExperimentRunner:
         self.daemon.event("info", f"experiment {experiment_id} ({plan.name}) started")
         # Let the probes collect a little before the first phase.
         await anyio.sleep(0.2)
-        # issue 8: missing privileges or out-of-range hardware levels stop the plan here,
+        # missing privileges or out-of-range hardware levels stop the plan here,
         # before the first unit, not in the middle of the run.
         from greenmon.hardware.checks import require_hardware
 
@@ -623,7 +623,7 @@ class ExperimentRunner:
             self.daemon.event("error", str(error))
             return "failed"
         inputs = UnitInputs(self, plan)
-        # issue 14: with repetitions = "auto" the rounds may stop early (rounds.py)
+        # with repetitions = "auto" the rounds may stop early (rounds.py)
         async for unit in scheduled_units(plan, experiment_id, submission.units, self.daemon):
             await self._resumed.wait()
             if scope.cancel_called:
@@ -659,7 +659,7 @@ class UnitInputs:
         self.runner = runner
         self.plan = plan
         self.models: dict[str, Any] = {}
-        # issue 8: keyed by (model, input_tokens): an input_tokens level gets its own
+        # keyed by (model, input_tokens): an input_tokens level gets its own
         # windows of exactly that many tokens (greenmon/workload.py).
         self.workloads: dict[tuple[str, int | None], list[Prompt]] = {}
         self.references: dict[tuple[str, int | None, int], Mapping[str, Sequence[int]] | None] = {}
@@ -766,7 +766,7 @@ class UnitRun:
         self.attempt = 0
         self.cell: dict[str, int] = {}
         self.max_new = int(unit.level("max_new_tokens", plan.spec.max_new_tokens))
-        # issue 16: options include an http unit's server and load level (greenmon/plan/schema.py).
+        # options include an http unit's server and load level (greenmon/plan/schema.py).
         self.batch_size = plan.batch_size_for(unit)
         self.options = plan.engine_options_for(unit)
         self.rss_before = 0
@@ -807,7 +807,7 @@ class UnitRun:
         except Exception as error:
             self.failure = f"{type(error).__name__}: {error}"
         finally:
-            # issue 8: shielded: cancellation (SIGINT/SIGTERM stops the daemon, which
+            # shielded: cancellation (SIGINT/SIGTERM stops the daemon, which
             # cancels the runner) must not leave the machine changed.
             with anyio.CancelScope(shield=True):
                 await self.teardown()
@@ -860,7 +860,7 @@ class UnitRun:
     async def load(self) -> None:
         """Export and load (the load phase: its energy is kept apart from inference)."""
         self.engine = engine = self.runner.make_engine(self.plan, self.unit.engine)
-        # issue 16: an engine that handles load gets each phase's prompts in one call and
+        # an engine that handles load gets each phase's prompts in one call and
         # runs the unit's closed or open loop itself.
         if handles_load(engine):
             self.batch_size = max(len(self.prompts), 1)
@@ -877,7 +877,7 @@ class UnitRun:
         }
 
     async def hardware_levels(self) -> None:
-        """issue 8: the unit's hardware levels (DVFS), journaled so they are always restored.
+        """The unit's hardware levels (DVFS), journaled so they are always restored.
 
         In force after the load (whose energy is kept apart, and which a low clock would
         only slow down) and before warm-up, so warm-up, the idle baseline of cooldown_before,
@@ -915,7 +915,7 @@ class UnitRun:
 
     async def cooldown_before(self) -> None:
         """Idle with the model loaded: the unit's idle baseline (after waiting, when the
-        plan asks, for other processes' load to end: issue 14, greenmon/interference.py)."""
+        plan asks, for other processes' load to end: greenmon/interference.py)."""
         self.load_info["quiet_wait_s"] = await quiet_before_baseline(
             self.plan.spec.cooldown, self.runner.daemon, self.state, self.unit.unit_id
         )
@@ -982,7 +982,7 @@ class UnitRun:
         classifying = bool(self.prompts) and self.prompts[0].task in CLASSIFICATION_TASKS
         expected = 1 if classifying else self.max_new
         bad = [r for r in self.measured if r.tokens_out != expected]
-        # issue 16: a server's counts are flagged (token_count_mismatch), not failed.
+        # a server's counts are flagged (token_count_mismatch), not failed.
         if bad and not handles_load(self.loaded):
             self.failure = (
                 f"{len(bad)} requests generated other than {expected} tokens "
@@ -1089,7 +1089,7 @@ class UnitRun:
         )
 
     def store_quality(self) -> None:
-        """issue 19: score the unit's measured answers (greenmon/quality.py) and store them.
+        """Score the unit's measured answers (greenmon/quality.py) and store them.
 
         Runs after the unit's timeline, outside every measured window.  A scoring failure
         is an event, never a failed unit: the energy already measured is kept.

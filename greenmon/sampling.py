@@ -73,7 +73,7 @@ STOP_SLICE_S = 5.0
 # How often buffered rows go to the writer (part of the loss bound after a SIGKILL).  Each
 # hand-off costs the sampling thread about 0.5 ms (columns built, update periods offered,
 # the event loop woken): 0.5 s rather than 0.25 s saved 1-2 ms of CPU a second at default
-# rates (issue 17) for a loss bound a quarter of a second longer.  A closing window asks
+# rates for a loss bound a quarter of a second longer.  A closing window asks
 # for a hand-off at once, so no figure waits for it.
 HANDOFF_INTERVAL_S = 0.5
 # How long a wait for every sampler to read past an instant (a window's close, a unit's
@@ -346,7 +346,7 @@ class Sampler:
         self._throttle = _EventThrottle()
         self.update_periods = UpdatePeriods(self.channels, self.channel_ids)
         self._names = [c.name for c in self.channels]
-        # issue 15: a closing window asks for the samples up to its end now
+        # a closing window asks for the samples up to its end now
         # (request_handoff), not at the next hand-off; handed_off_t_ns says how far the
         # samples handed to the writer reach.
         self._handoff_after_ns: int | None = None
@@ -486,7 +486,7 @@ class Sampler:
 
     # -- hand-off to the writer -------------------------------------------------------
     def _take_pending(self) -> tuple[SampleBatch, list[Event]]:
-        rows = self._rows.rows  # issue 14: update periods from the rows handed off
+        rows = self._rows.rows  # update periods from the rows handed off
         self.update_periods.offer(self._rows.t_ns[:rows], self._rows.values[:rows])
         batch = self._rows.take()
         self.health.samples += len(batch)
@@ -494,8 +494,8 @@ class Sampler:
         return batch, events
 
     def request_handoff(self, after_ns: int) -> None:
-        """Hand off as soon as a sample at or after ``after_ns`` has been read (issue 15:
-        a window's figures are read the moment it closes)."""
+        """Hand off as soon as a sample at or after ``after_ns`` has been read, so that
+        a window's figures are read the moment it closes."""
         self._handoff_after_ns = after_ns
         if self._wake is not None:
             self._wake()

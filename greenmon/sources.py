@@ -123,7 +123,7 @@ best_kind AS (
     GROUP BY c.session_id, c.domain, c.probe
 )
 SELECT c.session_id, c.domain, c.channel_id, c.probe, c.name, c.kind, c.unit, c.estimated,
-       -- issue 14: the sensor's detected update period where it is slower than sampling
+       -- the sensor's detected update period where it is slower than sampling
        -- (greenmon/update_periods.py): the time resolution the samples really have
        greatest(c.period_ns,
                 TRY_CAST(json_extract_string(c.metadata, '$.update_period_ns') AS BIGINT))

@@ -1,4 +1,4 @@
-"""Sensor update periods (issue 14): how often each channel's value really changes.
+"""Sensor update periods: how often each channel's value really changes.
 
 Terms:
 - *update period* of a channel: the median interval between samples whose value differs

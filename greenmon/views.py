@@ -88,7 +88,7 @@ def _selected(alias: str) -> str:
     )
 
 
-# issue 16: the steady-state window of a unit's measure, as ML.ENERGY defines it for a
+# the steady-state window of a unit's measure, as ML.ENERGY defines it for a
 # closed loop: from the moment every concurrent slot is busy (the start of the N-th
 # request, N = the unit's concurrency; 1 without one, and for an open loop, whose
 # arrivals have no slots) until the first slot drains (the first request to end after
@@ -138,7 +138,7 @@ _SOURCE_WINDOWS = f"""(
     FROM phases p JOIN energy_sources es ON es.session_id = p.session_id
     WHERE p.end_ns IS NOT NULL AND {_selected("p")}
     UNION ALL
-    -- issue 16: each measure's steady-state window, as window -phase_id
+    -- each measure's steady-state window, as window -phase_id
     SELECT -p.phase_id AS window_id, es.channel_id, e.steady_start_ns, e.steady_end_ns
     FROM ({_STEADY_EDGES}) e
     JOIN phases p USING (experiment_id, unit_id, attempt)
@@ -155,7 +155,7 @@ _EDGE_PERIOD = "CASE WHEN e.edge = 'read' THEN es.edge_period_ns ELSE es.period_
 _EDGE_OF_DOMAIN = """CASE WHEN bool_or(e.edge = 'interpolated') THEN 'interpolated'
             WHEN bool_or(e.edge = 'read') THEN 'read' ELSE 'integrated' END"""
 
-# Phase 'steady' (issue 16) is the measure's steady-state window: its duration is
+# Phase 'steady' is the measure's steady-state window: its duration is
 # unit_steady's steady_s, so duration_s is NULL on those rows.
 _UNIT_PHASE_ENERGY = f"""
 SELECT p.experiment_id, p.unit_id, p.attempt,
@@ -256,7 +256,7 @@ JOIN utilisation_channels uc ON uc.channel_id = e.channel_id
 GROUP BY ALL
 """
 
-# issue 14: interference.  Per unit, the time-weighted mean CPU of processes outside
+# interference.  Per unit, the time-weighted mean CPU of processes outside
 # greenmon's own tree (probes/host.py ``background.cpu_percent``, percent of one core) over
 # the cooldown before the measure (the idle baseline) and over the measure, the most
 # background processes seen on any GPU (probes/nvml.py), and the plan's threshold
@@ -349,8 +349,8 @@ def _validity_flags(
        ], lambda x: x IS NOT NULL)"""
 
 
-# issue 16: served units: a token count that differs from what was asked, and a steady
-# state (every slot busy) shorter than the sensors allow.  issue 14: a GPU measured by a
+# served units: a token count that differs from what was asked, and a steady
+# state (every slot busy) shorter than the sensors allow.  A GPU measured by a
 # power gauge only (no energy counter): NVML's power on recent data-centre GPUs averages
 # or samples only part of each second, so its integral can miss energy; other load, here
 # (background_load) or on a virtual machine's host (cpu_steal: the hypervisor kept this
@@ -421,7 +421,7 @@ req AS (
            sum(tokens_out) AS tokens_out,
            -- one engine call (a batch's forward pass for a classifier) per distinct start
            count(DISTINCT start_ns) AS inferences,
-           -- issue 16: latency per request (end to end), time to first token, time per
+           -- latency per request (end to end), time to first token, time per
            -- output token after the first; a served request's count against what was
            -- asked and against the server's usage claim
            quantile_cont((end_ns - start_ns) / 1e9, 0.5) AS latency_p50_s,
@@ -436,7 +436,7 @@ req AS (
                                  OR usage_tokens_out <> tokens_out)) AS token_count_mismatches,
            -- a served request that failed or timed out (its error recorded, not retried)
            count(*) FILTER (WHERE error IS NOT NULL) AS failed_requests,
-           -- issue 19: quality beside energy (greenmon/quality.py); NULL when unscored
+           -- quality beside energy (greenmon/quality.py); NULL when unscored
            any_value(quality_metric) AS quality_metric, avg(quality) AS quality,
            count(quality) AS quality_scored,
            count(*) FILTER (WHERE correct) AS correct_answers
@@ -499,7 +499,7 @@ SELECT *,
        energy_global_j / nullif(requests, 0) AS j_per_request,
        energy_global_j / nullif(inferences, 0) AS j_per_inference,
        energy_global_j / nullif(tokens_out, 0) AS j_per_token,
-       -- issue 19: energy per correct answer; NULL when none was correct (not infinite)
+       -- energy per correct answer; NULL when none was correct (not infinite)
        energy_global_j / nullif(correct_answers, 0) AS j_per_correct,
        {_validity_flags(
            fidelity="fidelity_share < 1", measured="status = 'done'", unit_only=_UNIT_ONLY_FLAGS
@@ -507,7 +507,7 @@ SELECT *,
 FROM base
 """
 
-# issue 15: a user's windows (table ``windows``), with what unit_results gives per unit
+# a user's windows (table ``windows``), with what unit_results gives per unit
 # where it applies.  ``ids`` selects windows by id (NULL: all); the baseline windows they
 # name are computed with them.  Energy per domain comes from energy_sources and
 # window_energy_sql, exactly as for phases; utilisation channels ride in the same query.
@@ -721,7 +721,7 @@ _FOR_MACROS = (
     Macro("unit_results_for", "exp", _UNIT_RESULTS_FOR),
     # the same from samples only (tests compare the two)
     _over_experiment("unit_results_live", "unit_results_sel"),
-    # issue 15: a user's windows (a list of window ids; NULL: every window)
+    # a user's windows (a list of window ids; NULL: every window)
     Macro("window_results_for", "ids", _WINDOW_RESULTS),
     Macro("observer_cost_for", "exp", _OBSERVER_COST),
 )

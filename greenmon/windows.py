@@ -313,7 +313,7 @@ class WindowRegistry:
 
     async def close_open(self) -> None:
         """At daemon stop, while the probes still sample: close what is still open the way
-        a user's close does, so the window's last seconds are measured (issue 15)."""
+        a user's close does, so the window's last seconds are measured."""
         for window_id in list(self.open):
             window = self.open[window_id]
             self.daemon.event(

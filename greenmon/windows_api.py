@@ -1,4 +1,4 @@
-"""The API's window endpoints (issue 15), registered on ApiServer's app in one line.
+"""The API's window endpoints, registered on ApiServer's app in one line.
 
 ``POST /windows`` ``{"name", "tags"?, "kind"?, "baseline_window_id"?, "baseline_s"?}``
 opens a window and answers ``{"window_id", "start_ns", ...}``; ``POST /windows/{id}/close``

@@ -101,7 +101,7 @@ def load_workload(
             f"input_tokens does not apply to the {text} workload (one forward pass over "
             "whole inputs): leave the factor out of this plan"
         )
-    if input_tokens is not None:  # issue 8: the input_tokens factor
+    if input_tokens is not None:  # the input_tokens factor
         if tokenizer is None:
             if model is None:
                 raise WorkloadError(

@@ -12,7 +12,7 @@ each sample covers exactly one sampling period), ``cpu.freq_mhz``, ``ram.used_by
 (default: this process, i.e. the daemon and the engines it runs in-process)
 ``proc.cpu_percent`` (of one core, so it can exceed 100) and ``proc.rss_bytes``.
 
-issue 14, interference: ``tree.cpu_percent`` is the CPU of greenmon's own process tree
+``tree.cpu_percent`` is the CPU of greenmon's own process tree
 (the daemon with its in-process engines, the watched process, and their descendants such
 as a served engine's server: probes/proctree.py) and ``background.cpu_percent`` that of
 everything else (the system's busy time minus the tree's, and minus ``steal.cpu_percent``,
@@ -51,7 +51,7 @@ class Options(ProbeOptions, kw_only=True, forbid_unknown_fields=True):
     per_core: bool = True
     # The process to watch; None watches the daemon itself.
     pid: int | None = None
-    # issue 14: the roots of greenmon's own process tree; None: this process and ``pid``.
+    # the roots of greenmon's own process tree; None: this process and ``pid``.
     tree_pids: list[int] | None = None
     proc_root: str = "/proc"
     sys_root: str = "/sys"
@@ -165,7 +165,7 @@ class HostProbe:
     # -- the files -----------------------------------------------------------------------
     def _proc_cpu(self) -> tuple[float, float] | None:
         # The watched process is a root of the own tree, whose stat file the tree has just
-        # read in this tick: one read of it per tick, not two (issue 17: a read from the
+        # read in this tick: one read of it per tick, not two (a read from the
         # sampling thread, which sleeps between ticks, costs 50-80 us of cold syscall on a
         # VM against 6-19 us in a warm loop).
         fields = self._tree.stat_fields.get(self._pid) if self._tree is not None else None

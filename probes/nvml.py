@@ -18,7 +18,7 @@ Channels, per GPU ``N`` (NVML's index), each only where the driver supports it:
 - ``gpuN.util_gpu_percent`` / ``gpuN.util_memory_percent``: the share of the driver's last
   sample period in which a kernel ran / device memory was read or written.
 - ``gpuN.memory_used_bytes``, ``gpuN.memory_total_bytes``, ``gpuN.memory_percent``.
-- ``gpuN.background_processes`` (issue 14): how many processes outside greenmon's own
+- ``gpuN.background_processes``: how many processes outside greenmon's own
   process tree (probes/proctree.py) run compute or graphics work on the GPU.
 - ``gpuN.sm_clock_mhz``, ``gpuN.memory_clock_mhz``, ``gpuN.temperature_c``,
   ``gpuN.power_limit_mw`` (the enforced limit).
@@ -87,7 +87,7 @@ Query = Callable[[], tuple[float | None, ...]]
 class Options(ProbeOptions, kw_only=True, forbid_unknown_fields=True):
     # NVML indices (PCI bus order) or UUIDs ("GPU-..."); None reads every GPU.
     devices: list[int | str] | None = None
-    # issue 14: the roots of greenmon's own process tree, whose GPU processes are not
+    # the roots of greenmon's own process tree, whose GPU processes are not
     # background; None: this process.  ``proc_root`` points at a fake /proc in tests.
     tree_pids: list[int] | None = None
     proc_root: str = "/proc"

@@ -55,7 +55,7 @@ from greenmon.tui.model import (
 VIEWS = ("live", "plan", "health", "sql")
 # The screen is redrawn at most this often (htop's default is 1.5 s, top's 3 s): every
 # redraw is CPU spent on the machine being measured, and at 1 s the text panels alone cost
-# about 1.4% of a core (bench/tui.py, issue 17).
+# about 1.4% of a core (bench/tui.py).
 DRAW_PERIOD_S = 2.0
 # The chart (plotext, then its ANSI output parsed back) costs 15-40 ms a draw: every 5 s.
 CHART_PERIOD_S = 5.0
@@ -327,7 +327,7 @@ class GreenmonApp(App[str]):
 
     @work(exclusive=True, group="windows")
     async def poll_windows(self) -> None:
-        """Open and recent named windows (issue 15), while the live view shows them."""
+        """Open and recent named windows, while the live view shows them."""
         while True:
             visible = self._current_view() == "live"
             if self.connected and visible:

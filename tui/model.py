@@ -267,7 +267,7 @@ def serving_line(serving: Mapping[str, Any]) -> str:
 
 
 def window_lines(listing: WindowListing, limit: int = 6) -> list[str]:
-    """Named windows (issue 15): the open ones with their age, then the recent closed ones
+    """Named windows: the open ones with their age, then the recent closed ones
     with duration, energy per domain and flags."""
     lines = [
         f"▶ {w.get('name')}  {float(w.get('elapsed_s') or 0):.1f}s open"
@@ -385,7 +385,7 @@ def result_rows(results: Iterable[Mapping[str, Any]]) -> list[tuple[str, ...]]:
 
 
 def _flag_text(flag: str, row: Mapping[str, Any]) -> str:
-    """issue 14: background_load says how many of the configuration's units it marks."""
+    """Background_load says how many of the configuration's units it marks."""
     count = row.get("background_load_units")
     return f"{flag} ({count} units)" if flag == "background_load" and count else flag
 

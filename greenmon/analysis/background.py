@@ -1,4 +1,4 @@
-"""issue 14: the findings that say which units ran beside other load (``background_load``)
+"""The findings that say which units ran beside other load (``background_load``)
 and which ran while a virtual machine's host took their CPUs (``cpu_steal``).
 
 The flags themselves are rules of the results views (greenmon/views.py): processes outside

@@ -94,7 +94,7 @@ DEPENDENT_VARIABLES: tuple[Variable, ...] = (
     # Classification (one label per request): per sample, and per forward pass of a batch.
     Variable("j_per_request", "Energy per sample", "J/sample", "energy per sample"),
     Variable("j_per_inference", "Energy per inference", "J/batch", "energy per inference"),
-    # issue 19: quality beside energy (greenmon/quality.py)
+    # quality beside energy (greenmon/quality.py)
     Variable("quality", "Quality (task metric, 0-1)", "score", "quality", True),
     Variable("correct_share", "Correct answers", "share", "share of correct answers", True),
     Variable(
@@ -120,11 +120,11 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "ram_percent", "gpu_percent",
     "gpu_mem_util_percent", "gpu_mem_used_percent",
     "estimated", "min_coverage", "flags", "fidelity_share",
-    # issue 16: serving under load, shown per level by greenmon/analysis/serving.py
+    # serving under load, shown per level by greenmon/analysis/serving.py
     "steady_j_per_token", "throughput_tok_s", "latency_p50_s", "latency_p90_s",
     "latency_p99_s", "ttft_p50_s", "tpot_p50_s", "steady_s",
     "quality_metric", "quality", "correct_share", "correct_answers", "j_per_correct",
-    # issue 14: interference (greenmon/interference.py)
+    # interference (greenmon/interference.py)
     "background_cpu_percent", "baseline_background_cpu_percent", "background_gpu_processes",
     "background_cpu_percent_max", "quiet_wait_s", "steal_cpu_percent",
 )  # fmt: skip
@@ -219,7 +219,7 @@ def load_results(store: Store, experiment_id: str) -> pd.DataFrame:
 
     frame = store.query_frame(
         # unit_results_for reads only this experiment's samples
-        # issue 18: each unit's host and its hardware, for the host as a block
+        # each unit's host and its hardware, for the host as a block
         """SELECT r.*, s.host, s.cpu_model AS host_cpu_model,
                   s.gpu_model AS host_gpu_model, s.gpu_driver AS host_gpu_driver
            FROM unit_results_for(?) r

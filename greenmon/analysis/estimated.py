@@ -8,7 +8,7 @@ greenmon/estimates.py's):
 - an ``estimated`` column on every table (True where the row's figure contains energy of
   a domain that an estimated source answered for in any analysed unit);
 - the findings sentence of such a figure says it is modelled from utilisation and what
-  that means for differences between configurations (issue 14, point 6);
+  that means for differences between configurations;
 - one note naming the estimate's model and parameters;
 - ``AnalysisResult.estimated``: per domain (the source, its model, how many units) and per
   variable (its estimated domains), for ``analyze --json`` and the report.

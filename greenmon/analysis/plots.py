@@ -7,7 +7,7 @@
   Figures 3-5);
 - energy against time, one point per unit;
 - energy against quality, one point per unit, colour per configuration, marker per factor
-  level (issue 19);
+  level;
 - one unit's power traces with its phases shaded;
 - wall power against the sum of its components (CPU + DRAM + GPU) over the same unit.
 

@@ -107,7 +107,7 @@ def quality_intro(r: AnalysisResult) -> str:
     )
 
 
-# issue 14: a figure containing estimated energy carries this mark; the legend says what
+# a figure containing estimated energy carries this mark; the legend says what
 # it means (``estimated_legend``), and the estimate's model appears once, in its note.
 MARK = "\u2020"
 
@@ -147,7 +147,7 @@ class ReportData:
     flags: pd.DataFrame
     estimated: pd.DataFrame
     plots: list[Plot]
-    # issue 16: serving under load (empty when the plan neither serves nor varies load)
+    # serving under load (empty when the plan neither serves nor varies load)
     serving: pd.DataFrame | None = None
     serving_cost: pd.DataFrame | None = None
     # The answer's figure and the trade-off's, drawn before any table.
@@ -311,7 +311,7 @@ def estimated_legend(result: AnalysisResult) -> str:
 
 
 def host_median_table(result: AnalysisResult) -> tuple[list[str], list[list[Any]]]:
-    """issue 18: per-host medians side by side, one column per host."""
+    """Per-host medians side by side, one column per host."""
     frame = result.host_medians
     if frame.empty:
         return [], []

@@ -1,4 +1,4 @@
-"""Serving under load (issue 16): per configuration and load level, and what HTTP costs.
+"""Serving under load: per configuration and load level, and what HTTP costs.
 
 Terms:
 - *load level*: a unit's ``concurrency`` or ``request_rate_hz`` factor (with any other

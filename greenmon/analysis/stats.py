@@ -108,14 +108,14 @@ class AnalysisResult:
     units_total: int
     units_analysed: int
     notes: list[AnalysisError] = field(default_factory=list)
-    # issue 18: per-host medians, within-host tests and the host effect (analysis/hosts.py);
+    # per-host medians, within-host tests and the host effect (analysis/hosts.py);
     # empty unless the units ran on more than one host.
     host_medians: pd.DataFrame = field(default_factory=pd.DataFrame)
     host_tests: pd.DataFrame = field(default_factory=pd.DataFrame)
     host_effects: pd.DataFrame = field(default_factory=pd.DataFrame)
     # The significance level every "significant" in these tables was decided at.
     alpha: float = ALPHA
-    # issue 14: estimated domains and the figures containing them (analysis/estimated.py)
+    # estimated domains and the figures containing them (analysis/estimated.py)
     estimated: dict[str, Any] = field(default_factory=dict)
     # Per-request energy per unit, attributed (analysis/request_energy.py); empty when the
     # experiment's requests have none.
@@ -236,11 +236,11 @@ def _analyze_frame(
     notes: list[AnalysisError] = []
     done = _finished_units(results, experiment_id, notes)
     measured, skipped = _variables(done, variables, notes)
-    from greenmon.analysis.background import background_note, steal_note  # issue 14
+    from greenmon.analysis.background import background_note, steal_note
 
     notes += filter(None, [background_note(done), steal_note(done)])
     medians = median_table(done, measured)
-    # issue 18: units from several hosts are also compared within hosts (the host a block)
+    # units from several hosts are also compared within hosts (the host a block)
     from greenmon.analysis.hosts import host_analysis
 
     host_medians, host_tests, host_effects = host_analysis(done, measured, alpha, notes)
@@ -282,7 +282,7 @@ def _finished_units(
 ) -> pd.DataFrame:
     """The units that finished; a note on those that did not (none finished: an error)."""
     done = results[results["status"] == "done"]
-    # issue 14: units that repetitions = "auto" skipped were not needed, not lost
+    # units that repetitions = "auto" skipped were not needed, not lost
     not_done = results[~results["status"].isin(["done", "skipped"])]
     if done.empty:
         raise NoResultsError(

@@ -441,7 +441,7 @@ def reconcile(done: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("unit_id").reset_index(drop=True)[RECONCILIATION_COLUMNS]
 
 
-# -- quality beside energy (issue 19) -----------------------------------------------
+# -- quality beside energy -----------------------------------------------
 
 
 def verdict(energy_change_pct: float | None, quality_change: float | None) -> str:

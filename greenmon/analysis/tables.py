@@ -138,13 +138,13 @@ def analyze_loaded(
         if pricing is not None:
             result.footprint = footprint.footprint_table(done, pricing, variable)
             result.pricing_source = pricing.describe()
-    # issue 14: which configurations repetitions = "auto" left precise enough
+    # which configurations repetitions = "auto" left precise enough
     from greenmon.rounds import precision_summary
 
     precision = precision_summary(store, experiment)
     if precision is not None:
         result.notes.append(RepetitionsNote(precision))
-    label_result(result, frame, estimate_sources(store, experiment))  # issue 14
+    label_result(result, frame, estimate_sources(store, experiment))
     result.request_energy = request_energy_table(store, experiment)
     result.observer = observer_cost(store, experiment)
     if write and not store.read_only:

@@ -170,7 +170,7 @@ class ApiClient:
                 f"The stream from {self._where()} ended ({type(error).__name__})."
             ) from None
 
-    # -- windows (issue 15; greenmon/windows_api.py) -----------------------------------------
+    # -- windows (greenmon/windows_api.py) -----------------------------------------
     async def open_window(
         self,
         name: str,

@@ -82,7 +82,7 @@ class ApiServer:
                 web.post("/sql", self.sql),
             ]
         )
-        add_window_routes(self.app, daemon)  # issue 15: /windows (greenmon/windows_api.py)
+        add_window_routes(self.app, daemon)  # /windows (greenmon/windows_api.py)
         self._runner: web.AppRunner | None = None
         self._started_ns: int | None = None
 

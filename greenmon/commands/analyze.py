@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from greenmon.analysis.tables import analyze
 
     pricing = load_pricing(args.config)
-    # issue 18: --db may also be a directory of Parquet exports or a campaign directory
+    # --db may also be a directory of Parquet exports or a campaign directory
     with open_for_analysis(db) as store:
         result = analyze(store, args.experiment, workers=args.workers, pricing=pricing)
     if args.json:

@@ -58,7 +58,7 @@ def existing_db(arg: str | None, config_db: str | None = None) -> Path:
 
 def analysis_source(arg: str | None) -> Path:
     """What ``analyze`` and ``report`` read: a database file that exists, or a directory of
-    Parquet exports or shard files (issue 18, checked where it is merged)."""
+    Parquet exports or shard files (checked where it is merged)."""
     path = resolve_db(arg)
     return path if path.is_dir() else existing_db(arg)
 

@@ -14,7 +14,7 @@ from greenmon.plan.check import check_plan, stored_update_periods
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["check"], help="what to do with the plan")
     parser.add_argument("plan", help="plan file (TOML)")
-    # issue 14: the sensors' update periods detected in earlier sessions of this file
+    # the sensors' update periods detected in earlier sessions of this file
     add_db_argument(parser)
 
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     for warning in result.warnings:
         print(f"warning: {warning}")
-    busy = busy_note(  # issue 14
+    busy = busy_note(
         plan.spec.cooldown.background_cpu_percent_max,
         plan.spec.cooldown.wait_for_quiet_s,
         host_options=plan.spec.probes.get("host"),

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from greenmon.commands.analyze import load_pricing
 
     pricing = load_pricing(args.config)
-    # issue 18: --db may also be a directory of Parquet exports or a campaign directory
+    # --db may also be a directory of Parquet exports or a campaign directory
     with open_for_analysis(db) as store:
         path = write_report(store, args.experiment, args.out, pricing)
     print(f"Wrote {path} and {path.with_suffix('.md')}")

@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start a new experiment even though the plan changed or already finished",
     )
     parser.add_argument("--quiet", action="store_true", help="no live progress line")
-    # issue 18: one deterministic part of the plan's units, for campaigns across machines.
+    # one deterministic part of the plan's units, for campaigns across machines.
     parser.add_argument(
         "--shard", default=None, metavar="K/N",
         help="run only the K-th (from 0) of N parts of the units; 'auto' inside a SLURM array",
@@ -435,7 +435,7 @@ def _stopped_early(db: Path, stopped: RunInterrupted) -> int:
 
 
 def say_if_busy(plan: Plan) -> None:
-    """issue 14: a machine busy with other work is said before the first unit, not found
+    """A machine busy with other work is said before the first unit, not found
     in the results afterwards."""
     busy = busy_note(
         plan.spec.cooldown.background_cpu_percent_max,
@@ -451,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
     from greenmon.api.sockets import resolve_socket_path
 
     plan = load_plan(args.plan)
-    if args.shard is not None:  # issue 18
+    if args.shard is not None:
         plan = dataclasses.replace(plan, shard=parse_shard(args.shard))
     # deep: an unknown model or a broken workload file stops here, with the reason, rather
     # than failing every unit of an experiment that then reports nothing.

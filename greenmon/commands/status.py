@@ -176,7 +176,7 @@ def file_status(path: Path) -> dict[str, Any]:
                 [experiment["experiment_id"]],
             )
             experiment["units"] = {status: count for status, count in unit_rows}
-            # issue 14: finished units flagged background_load, per configuration
+            # finished units flagged background_load, per configuration
             _, flagged = store.query(
                 "SELECT configuration, count(*) AS background_load_units "
                 "FROM unit_results_for(?) WHERE status = 'done' "
@@ -216,7 +216,7 @@ def file_report(report: dict[str, Any]) -> str:
 
 
 def campaign_report(directory: Path, as_json: bool) -> str:
-    """issue 18: every shard of a campaign directory, from its files and logs."""
+    """Every shard of a campaign directory, from its files and logs."""
     from greenmon.campaign import read_campaign, shard_progress
 
     campaign = read_campaign(directory)

@@ -34,7 +34,7 @@ class PlanCheck:
     estimated_s: float
     problems: list[str]
     notes: list[str]
-    # issue 14: what will run but weakly (too few repetitions, windows too short).
+    # what will run but weakly (too few repetitions, windows too short).
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -56,7 +56,7 @@ def check_plan(
     cooldown_s = plan.spec.cooldown.before_s + plan.spec.cooldown.after_s
     tokens = plan.spec.max_new_tokens * ((prompts_count or 164) + plan.spec.warmup_requests)
     per_unit_s = cooldown_s + DEFAULT_LOAD_S + tokens * DEFAULT_TOKEN_S / plan.spec.batch_size
-    # issue 8: hardware factors (DVFS) are checked against this machine's ranges and the
+    # hardware factors (DVFS) are checked against this machine's ranges and the
     # privileges they need; a plan without them costs nothing here.
     problems += check_hardware(plan)
     notes: list[str] = []
@@ -65,7 +65,7 @@ def check_plan(
         notes.append(access)
     notes += _plan_notes(plan)
     if plan.auto_repetitions and plan.shard is not None:
-        # issue 14: the stop rule needs every configuration's values; a shard has a part
+        # the stop rule needs every configuration's values; a shard has a part
         problems.append(
             'repetitions = "auto" decides after each round on all of a configuration\'s '
             "units, and a shard runs only part of them: give a fixed number of repetitions "
@@ -160,7 +160,7 @@ def _architecture_problems(plan: Plan, model: str, path: Path) -> list[str]:
 def _plan_notes(plan: Plan) -> list[str]:
     """check_plan: what the plan's load factors and order mean, said before anything runs."""
     notes: list[str] = []
-    # issue 16: how the load factors reach in-process engines, said before anything runs.
+    # how the load factors reach in-process engines, said before anything runs.
     in_process = [f"{e}/{p}" for e, p in plan.configurations if e != "http"]
     if in_process and plan.spec.factors.request_rate_hz:
         notes.append(
@@ -181,7 +181,7 @@ def _plan_notes(plan: Plan) -> list[str]:
 
 
 def repetition_warnings(plan: Plan) -> list[str]:
-    """issue 14: fixed repetitions too few for the tests the analysis runs, or an "auto"
+    """Fixed repetitions too few for the tests the analysis runs, or an "auto"
     minimum below what the confidence needs."""
     from greenmon.rounds import values_for_interval
 
@@ -214,7 +214,7 @@ def repetition_warnings(plan: Plan) -> list[str]:
 def window_warnings(
     plan: Plan, prompts_count: int, update_periods_s: Mapping[str, float]
 ) -> list[str]:
-    """issue 14: the shortest planned measure against the slowest energy source's update
+    """The shortest planned measure against the slowest energy source's update
     period (or sampling period): a shorter window is flagged short_window afterwards."""
     from greenmon.update_periods import min_window_s
 
@@ -250,7 +250,7 @@ def window_warnings(
 
 def stored_update_periods(db_path: Path) -> dict[str, float]:
     """The update periods of the energy sources of the latest session in ``db_path`` that
-    detected any (issue 14), as 'probe channel' -> seconds; empty when there are none or
+    detected any, as 'probe channel' -> seconds; empty when there are none or
     the file cannot be read (another process holds it)."""
     from greenmon.store import Store
 

@@ -11,10 +11,10 @@ Terms:
   (every repetition of a configuration back to back), kept for comparison.
 - *plan hash*: sha256 of the plan's canonical JSON; a resumed run must match it.
 - *shard* ``K/N``: the K-th (from 0) of N disjoint parts of a plan's units, for spreading a
-  campaign over machines (issue 18).  Which unit goes to which shard depends only on the
+  campaign over machines.  Which unit goes to which shard depends only on the
   plan (its units and seed), so every machine computes the same split; the shard is not part
   of the plan hash, so all shards of one plan share it and can be merged.
-- *server* (issue 16): a ``[servers.<name>]`` table naming an OpenAI-compatible server
+- *server*: a ``[servers.<name>]`` table naming an OpenAI-compatible server
   that the configuration ``http/<name>`` sends its requests to; *load factors*
   (``concurrency``, ``request_rate_hz``) say how many requests are in flight.
 Units and shards are greenmon/plan/units.py; what a plan needs of this host (the
@@ -53,7 +53,7 @@ FACTOR_KEYS = (
     "concurrency",
     "request_rate_hz",
 )
-# issue 16: factors that say how requests arrive; an engine that handles load (http) runs
+# factors that say how requests arrive; an engine that handles load (http) runs
 # the closed or open loop itself (engines/http_engine.py).
 LOAD_FACTORS = ("concurrency", "request_rate_hz")
 SERVER_APIS = ("completions", "chat")
@@ -69,7 +69,7 @@ class Cooldown(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     adaptive: bool = False
     tolerance: float = 0.05
     max_s: float = 120.0
-    # issue 14: the threshold of the background_load flag (above), and how long a unit may
+    # the threshold of the background_load flag (above), and how long a unit may
     # wait, before its cooldown_before, for the background to fall under it (0: never).
     background_cpu_percent_max: float = DEFAULT_BACKGROUND_CPU_PERCENT_MAX
     wait_for_quiet_s: float = 0.0
@@ -102,7 +102,7 @@ class Factors(HardwareFactors, kw_only=True, forbid_unknown_fields=True):
     max_new_tokens: list[int] | None = None
     input_tokens: list[int] | None = None
     dtype: list[str] | None = None
-    # issue 16: a closed loop with N requests in flight; an open loop of seeded Poisson
+    # a closed loop with N requests in flight; an open loop of seeded Poisson
     # arrivals at this many requests per second.  One of the two per plan.
     concurrency: list[int] | None = None
     request_rate_hz: list[float] | None = None
@@ -166,7 +166,7 @@ class PlanSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     custom_engines: dict[str, str] = msgspec.field(default_factory=dict)
     # [probes.<name>] tables exactly as in a config file; the daemon of `greenmon run`.
     probes: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
-    # issue 16: OpenAI-compatible servers measured as http/<name>.
+    # OpenAI-compatible servers measured as http/<name>.
     servers: dict[str, ServerSpec] = msgspec.field(default_factory=dict)
     # Engines run by another environment's interpreter.
     engines: dict[str, EngineEnvironment] = msgspec.field(default_factory=dict)
@@ -178,7 +178,7 @@ class Plan:
     text: str
     path: Path | None
     configurations: list[tuple[str, str]]
-    # issue 18: run only this part of the units (``greenmon run --shard K/N``); None: all.
+    # run only this part of the units (``greenmon run --shard K/N``); None: all.
     shard: Shard | None = None
 
     @property
@@ -189,14 +189,14 @@ class Plan:
 
     def canonical(self) -> dict[str, Any]:
         data: dict[str, Any] = msgspec.to_builtins(self.spec)
-        # issue 8: a plan without a [hardware] table keeps the hash it had before the table
+        # a plan without a [hardware] table keeps the hash it had before the table
         # existed, so experiments started earlier still resume.
         if self.spec.hardware == Hardware():
             del data["hardware"]
-        # issue 14: likewise for [precision] unless repetitions = "auto" uses it.
+        # likewise for [precision] unless repetitions = "auto" uses it.
         if self.spec.precision == Precision() and not self.auto_repetitions:
             del data["precision"]
-        # issue 16: likewise for servers and the load factors when a plan has none.
+        # likewise for servers and the load factors when a plan has none.
         if not self.spec.servers:
             del data["servers"]
         if not self.spec.engines:
@@ -204,7 +204,7 @@ class Plan:
         for key in LOAD_FACTORS:
             if data["factors"].get(key) is None:
                 data["factors"].pop(key, None)
-        # issue 14: likewise for the interference keys left at their defaults.
+        # likewise for the interference keys left at their defaults.
         for key, default in _COOLDOWN_DEFAULTS_OUT_OF_HASH.items():
             if data["cooldown"].get(key) == default:
                 data["cooldown"].pop(key, None)
@@ -248,7 +248,7 @@ class Plan:
 
     def engine_options_for(self, unit: Unit) -> dict[str, Any]:
         """What ``engine.load`` gets for a unit: the plan's ``[engine_options.<engine>]``,
-        the unit's dtype level and, for ``http`` (issue 16), its server table, load level
+        the unit's dtype level and, for ``http``, its server table, load level
         and the seed of its arrivals."""
         options = dict(self.spec.engine_options.get(unit.engine, {}))
         if "dtype" in unit.factors:
@@ -262,7 +262,7 @@ class Plan:
         return options
 
     def batch_size_for(self, unit: Unit) -> int:
-        """Requests per ``generate`` call.  issue 16: an in-process engine at a
+        """Requests per ``generate`` call.  An in-process engine at a
         ``concurrency`` level N runs N requests at a time (one batch of N): the in-process
         counterpart of N requests in flight at a server, unless batch_size is a factor."""
         default = unit.factors.get("concurrency", self.spec.batch_size)
@@ -318,7 +318,7 @@ def parse_plan(text: str, path: Path | None = None) -> Plan:
     _check_engine_environments(spec, path, text)
     if not spec.models:
         raise _error("models is empty: name at least one model", path, text, "models")
-    for key in ("background_cpu_percent_max", "wait_for_quiet_s"):  # issue 14
+    for key in ("background_cpu_percent_max", "wait_for_quiet_s"):
         if getattr(spec.cooldown, key) < 0:
             raise _error(f"cooldown.{key} must not be negative", path, text, key)
     _check_load(spec, path, text)
@@ -426,7 +426,7 @@ def _check_engine_environments(spec: PlanSpec, path: Path | None, text: str) -> 
 
 
 def _check_repetitions(spec: PlanSpec, path: Path | None, text: str) -> None:
-    """A number of at least 1, or "auto" with a sensible [precision] (issue 14)."""
+    """A number of at least 1, or "auto" with a sensible [precision]."""
     if isinstance(spec.repetitions, str):
         if spec.repetitions != "auto":
             raise _error(
@@ -471,7 +471,7 @@ def _check_repetitions(spec: PlanSpec, path: Path | None, text: str) -> None:
 
 
 def _check_load(spec: PlanSpec, path: Path | None, text: str) -> None:
-    """issue 16: load levels are positive, and a plan is a closed or an open loop."""
+    """Load levels are positive, and a plan is a closed or an open loop."""
     factors = spec.factors
     if factors.concurrency is not None and factors.request_rate_hz is not None:
         raise _error(

@@ -122,7 +122,7 @@ def round_order(cells: Sequence[T], seed: int, round_: int) -> list[T]:
 def expand_units(plan: Plan) -> list[Unit]:
     """Every unit of ``plan`` in run order, whatever the shard."""
     if plan.auto_repetitions:
-        # issue 14: rounds, each one repetition of every cell in a fresh seeded order,
+        # rounds, each one repetition of every cell in a fresh seeded order,
         # so the runner can stop after any round (greenmon/rounds.py).
         combos: list[tuple[str, str, str, dict[str, Any], int]] = []
         for repetition in range(1, plan.repetitions + 1):

@@ -1,4 +1,4 @@
-"""Issue 14, points 3 and 6, on frames with known truth: which figures are estimated, and
+"""Which figures are estimated, and
 what the findings, the tables, the TUI's results and `status` say about them.
 
 The journey through the `greenmon` command is tests/journeys/test_estimated.py; these

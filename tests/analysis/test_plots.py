@@ -1,6 +1,6 @@
 """The report's power figures from rows written directly: the wall-against-components
 figure adds, per domain, only the channel the results count (the ``energy_sources`` view),
-so a modelled CPU estimate beside RAPL is not added to it (issue 13, defect 1)."""
+so a modelled CPU estimate beside RAPL is not added to it."""
 
 from __future__ import annotations
 

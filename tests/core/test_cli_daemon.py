@@ -108,7 +108,7 @@ def test_sql_reads_a_stopped_database(running_daemon: tuple[subprocess.Popen[str
         env=_env(),
     )
     assert result.returncode == 0, result.stderr
-    # host: 10 system channels, greenmon's own tree, the background, the steal (issue 14),
+    # host: 10 system channels, greenmon's own tree, the background, the steal,
     # and greenmon's own CPU time (process and sampling thread: the observer's cost)
     assert json.loads(result.stdout) == [{"probe": "host", "n": 15}, {"probe": "rapl", "n": 3}]
     refused = subprocess.run(

@@ -110,7 +110,7 @@ rate_hz = "fast"
 
 
 def test_errors_in_a_plans_probe_tables_give_the_plans_line_numbers(tmp_path: Path) -> None:
-    """Defect 6 (issue 13): the line was that of a TOML rewritten from the tables."""
+    """The line was that of a TOML rewritten from the tables."""
     from greenmon.commands.run import probes_config
     from greenmon.plan import parse_plan
 

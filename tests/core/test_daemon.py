@@ -100,7 +100,7 @@ async def test_stop_request_flushes_everything_read(db_path: Path) -> None:
 
 
 async def test_each_event_is_stored_once_when_the_writer_falls_behind(db_path: Path) -> None:
-    """issue 13, defect 5: a sampler whose batch could not be queued put back every event
+    """A sampler whose batch could not be queued put back every event
     of its hand-off, including those already queued, so they were stored twice.  Samplers
     now hand a batch and its events over as one item (``Sampler.sink``), whatever the
     writer's stream holds; a stream of one item must not change what is stored."""

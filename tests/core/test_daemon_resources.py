@@ -1,4 +1,4 @@
-"""The daemon's DuckDB connection is bounded as its config says (issue 21).
+"""The daemon's DuckDB connection is bounded as its config says.
 
 The daemon is started as a person starts it (``greenmon daemon`` in a subprocess), and
 its connection's settings are read through its own API by ``greenmon sql``: a read-only

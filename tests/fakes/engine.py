@@ -9,7 +9,7 @@ Fault tests steer ``FakeEngine`` through the plan's ``[engine_options.<name>]``:
 ``fail_load``, ``fail_generate`` (raise), ``oom`` (raise MemoryError in generate) and
 ``hang_s`` (block in generate until ``HANG_RELEASE`` is set or the time passes) and
 ``busy_w`` (watts added while a request runs), and ``request_j`` with ``request_j_spread``
-(issue 14: every request adds ``request_j`` joules at once halfway through, times a factor drawn per
+(every request adds ``request_j`` joules at once halfway through, times a factor drawn per
 generate call uniformly from ``1 +- spread`` by a seeded generator, so a unit's energy is
 known and its spread does not depend on how late a busy machine wakes the engine).  With
 ``GREENMON_FAKE_ENGINE_EVENTS`` set, every call appends ``<event> <pid>`` lines
@@ -33,7 +33,7 @@ from tests.fakes.rapl import PoweredRapl
 __all__ = ["FakeEngine", "PoweredRapl", "ShortEngine"]
 
 
-# issue 14: the draws of request_j_spread; seeded, so a test's spread is the same every run.
+# the draws of request_j_spread; seeded, so a test's spread is the same every run.
 SPREAD_RANDOM = random.Random(14)
 
 # Set by a test to let every hung generate() return (an abandoned engine thread ends).

@@ -74,7 +74,7 @@ class FakeGpu:
     has_instant_power_field: bool = True
     lost: bool = False
     energy_reads: int = 0
-    # issue 14: when set, the energy counter / the power readings change only once per
+    # when set, the energy counter / the power readings change only once per
     # this many seconds (of time.monotonic), like a driver that refreshes them slowly.
     energy_update_period_s: float | None = None
     power_update_period_s: float | None = None
@@ -92,7 +92,7 @@ class FakeGpu:
     locked_memory_clocks_mhz: list[int] | None = None
     applications_clocks_mhz: list[int] = field(default_factory=lambda: [9501, 1410])  # mem, sm
     no_permission: bool = False
-    # issue 14: pids of the processes running compute work on this GPU
+    # pids of the processes running compute work on this GPU
     compute_pids: list[int] = field(default_factory=list)
     # pid -> SM utilisation (%) that nvmlDeviceGetProcessUtilization reports for it (no
     # entry: the driver has no samples for the process)

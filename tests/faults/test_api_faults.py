@@ -240,7 +240,7 @@ def test_sql_that_tries_to_write_is_refused_and_changes_nothing(
             # the daemon still answers reads afterwards
             result = await client.sql("SELECT count(*) FROM channels")
             # host 15 (10 system; greenmon's own tree, the background and the hypervisor's
-            # steal: issue 14; greenmon's own CPU time, process and sampling thread) + rapl 3
+            # steal; greenmon's own CPU time, process and sampling thread) + rapl 3
             assert result.rows[0][0] == 18
 
     anyio.run(attempt)

@@ -79,7 +79,7 @@ def test_a_bad_plan_is_refused_before_anything_runs(tmp_path: Path, case: str) -
     assert not db.exists()  # refused before a database was even created
 
 
-# Defect 6 (issue 13): errors in a plan's [probes.*] tables named the line of a TOML
+# errors in a plan's [probes.*] tables named the line of a TOML
 # rewritten from them ("line 2"), not the plan's own line.
 PROBE_TABLE_PLAN = GOOD_PLAN + """
 [factors]

@@ -1,6 +1,6 @@
 """Events raised while a stopping daemon's services clean up reach the database.
 
-issue 13, defect 3: the daemon closed its writer's stream before the services finished
+the daemon closed its writer's stream before the services finished
 their shielded cleanup, so what the runner said then (hardware levels it could not
 restore, an engine thread it had to abandon, memory still held) was dropped.  Here a
 ``greenmon run`` is stopped by SIGTERM while its engine hangs in generate(): the runner

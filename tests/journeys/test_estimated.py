@@ -1,4 +1,4 @@
-"""Issue 14, points 3 and 6: a figure from an estimated source says so on every surface.
+"""A figure from an estimated source says so on every surface.
 
 An estimate-only run (no RAPL, NVML or wattmeter: the estimate probe answers for the CPU,
 as on this machine by default) goes through the `greenmon` command as separate processes:

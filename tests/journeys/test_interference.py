@@ -1,4 +1,4 @@
-"""issue 14: a plan run with `greenmon run` while a CPU-hogging process runs beside part of it.
+"""A plan run with `greenmon run` while a CPU-hogging process runs beside part of it.
 
 The hog is a real child of the test (``while True: pass``), started and ended at unit
 phases that the fake engine reports (``GREENMON_FAKE_ENGINE_EVENTS``).  The machine the

@@ -92,6 +92,6 @@ def test_the_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
     assert {name.split("/")[0] for name in names} == {"greenmon", wheel.name.split("-py3")[0]
                                                      + ".dist-info"}  # fmt: skip
     assert "greenmon = greenmon.cli:main" in entry_points
-    # Test helpers live in tests/support, outside the package (issue 13): no test-data
+    # Test helpers live in tests/support, outside the package: no test-data
     # generator is installed with greenmon.
     assert not [n for n in names if "synthetic" in n.rsplit("/", 1)[-1]]

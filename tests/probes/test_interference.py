@@ -1,4 +1,4 @@
-"""issue 14: the host probe splits busy CPU into greenmon's own process tree and the
+"""The host probe splits busy CPU into greenmon's own process tree and the
 background; the NVML probe counts the background's processes on each GPU."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""issue 14: every energy and power channel's real update period, detected from value
+"""Every energy and power channel's real update period, detected from value
 changes, stored with the channel, and used by the short_window flag."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""issue 14: ``repetitions = "auto"`` runs rounds until every configuration's median energy
+"""``repetitions = "auto"`` runs rounds until every configuration's median energy
 is precise enough, on a fake engine whose energy spread per unit is known."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""issue 14: `plan check` warns before anything runs when repetitions are too few for the
+"""`plan check` warns before anything runs when repetitions are too few for the
 tests and when the measure windows will be too short for the slowest energy source."""
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_stored_update_periods_reach_plan_check(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    # issue 14: a busy machine adds its own warning (greenmon/interference.py), not counted
+    # a busy machine adds its own warning (greenmon/interference.py), not counted
     lines = [
         line
         for line in result.stdout.splitlines()

@@ -1,6 +1,6 @@
 """``greenmon run`` following a daemon that stops as the plan ends (a run that hosted the
 daemon and whose queue emptied) reads the plan's outcome and summary from the file once it
-is released (issue 12: a queued run printed no results, then, by hand, a finished plan was
+is released (a queued run printed no results, then, by hand, a finished plan was
 reported interrupted with exit status 130)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """greenmon/hardware/ owns the hardware part of a plan and imports nothing from plan.py
-(issue 13: plan.py and the old settings.py imported each other)."""
+(plan.py and the old settings.py imported each other)."""
 
 from __future__ import annotations
 

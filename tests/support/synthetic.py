@@ -165,7 +165,7 @@ def write_synthetic_experiment(
         "ram_bytes": 64 * 2**30, "python": "3.11",
         "versions": {"greenmon": "synthetic", "torch": "2.13.0"},
     }  # fmt: skip
-    info.update(host or {})  # a campaign's hosts (issue 18)
+    info.update(host or {})  # a campaign's hosts
     anchor_ns = 1_700_000_000_000_000_000  # a fixed wall clock, so reports are reproducible
     session_id = store.start_session(info, anchor_t_ns=1_000_000_000, anchor_ns=anchor_ns)
     from greenmon.probes.base import Channel

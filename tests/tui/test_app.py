@@ -236,7 +236,7 @@ async def test_a_draw_that_fires_while_the_app_closes_draws_nothing(sock_path: P
 async def test_the_chart_is_redrawn_only_when_a_sample_or_phase_is_new(
     sock_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The chart is most of a draw's cost (issue 17): past its period it is drawn again
+    """The chart is most of a draw's cost: past its period it is drawn again
     only if the newest sample or the phases changed (no daemon answers here)."""
     from greenmon.tui.app import PowerChart
 
