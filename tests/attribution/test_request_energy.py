@@ -133,7 +133,14 @@ def test_served_requests_energy_adds_up_to_the_units(
     assert [u[0] for u in units] == ["done"]
     assert len(requests) == 8
     for energy_j, cpu_j, method, server_j, _start, _end, tokens in requests:
-        assert tokens == 8
+        if server == "greenmon-serve":
+            assert tokens == 8
+        else:
+            # llama.cpp streams one chunk per complete UTF-8 piece: with these random-token
+            # prompts its chunks are not its tokens (the unit says token_count_mismatch;
+            # exact counts are test_third_party_server's, with text prompts).  The split
+            # uses what was streamed, so the parts still add up.
+            assert tokens >= 1
         assert energy_j is not None and energy_j > 0
         assert energy_j == pytest.approx(cpu_j)
         assert method == "tokens in flight"
