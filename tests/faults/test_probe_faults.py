@@ -412,11 +412,16 @@ async def test_energibridge_crashing_for_good_is_lost_and_leaves_no_child(
     fake = write_fake_energibridge(tmp_path / "bin", die_on_runs=list(range(1, 50)))
     probe = energibridge_probe(fake.path, max_restarts=2)
     me = psutil.Process()
+    # Children this test did not start (a multiprocessing resource tracker an earlier test
+    # left running for the session) are not the probe's to reap.
+    before = set(me.children(recursive=True))
     seen: list[psutil.Process] = []
 
     async def watch(daemon: Daemon) -> None:
         for _ in range(80):
-            seen.extend(c for c in me.children(recursive=True) if c not in seen)
+            seen.extend(
+                c for c in me.children(recursive=True) if c not in seen and c not in before
+            )
             await anyio.sleep(0.01)
 
     outcome = await run_with_reference(
