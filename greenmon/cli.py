@@ -15,6 +15,8 @@ import importlib
 import os
 import select
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 from greenmon import __version__
@@ -80,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CLOSED_PIPE
 
 
+# How long a finished command waits for the daemon's stopping threads before it collects.
+RELEASE_WAIT_S = 2.0
+
+
 def release_native_objects() -> None:
     """Free, while DuckDB's module is still alive, the DuckDB objects only garbage holds.
 
@@ -91,8 +97,18 @@ def release_native_objects() -> None:
     45 lines on stderr after the command's last word.  One collection here, once the
     command is done with everything it opened, frees them while that is still clean.
     """
-    if "duckdb" in sys.modules:
-        gc.collect()
+    if "duckdb" not in sys.modules:
+        return
+    # The daemon's worker threads were told to stop when its event loop ended, but may not
+    # have yet: until one returns, its frame still holds the last call it ran (a Store
+    # method, and with it the connection), and what it drops then is only collected at
+    # interpreter exit, after DuckDB's bindings are gone.  Wait for them, boundedly.
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or thread.daemon:
+            continue
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    gc.collect()
 
 
 def _stdout_pipe_closed() -> bool:
