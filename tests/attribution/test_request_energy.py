@@ -10,7 +10,6 @@ the steady window; and the server's own figure (``usage.energy_j``) is stored be
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 from greenmon.store import Store
 from tests.fakes.rapl import PoweredRapl
 from tests.measure.support import cli_env, greenmon_command
+from tests.support.llama import LLAMA_PYTHON, TINY_GGUF, llama_missing
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 POWER_W = 25.0
@@ -57,21 +57,6 @@ command = {command}
 ready_timeout_s = 240
 {extra}
 """
-LLAMA_PYTHON = os.environ.get("GREENMON_LLAMA_PYTHON", "/work/llama-venv/bin/python")
-TINY_GGUF = os.environ.get("GREENMON_TINY_GGUF", "/work/llama-build/tiny.gguf")
-
-
-def _llama_missing() -> str | None:
-    if not Path(LLAMA_PYTHON).exists():
-        return f"no llama-cpp-python python at {LLAMA_PYTHON} (set GREENMON_LLAMA_PYTHON)"
-    if not Path(TINY_GGUF).exists():
-        return f"no GGUF of the tiny model at {TINY_GGUF} (set GREENMON_TINY_GGUF)"
-    probe = subprocess.run([LLAMA_PYTHON, "-c", "import llama_cpp.server"], capture_output=True)
-    if probe.returncode != 0:
-        return f"llama_cpp.server does not import with {LLAMA_PYTHON}"
-    return None
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -91,7 +76,7 @@ def test_served_requests_energy_adds_up_to_the_units(
 ) -> None:
     port = _free_port()
     if server == "llama.cpp":
-        reason = _llama_missing()
+        reason = llama_missing()
         if reason:
             pytest.skip(reason)
         command = [

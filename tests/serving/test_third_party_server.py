@@ -10,34 +10,13 @@ comparison.
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from greenmon.engines.base import Prompt
 from greenmon.engines.http_engine import HttpEngine
-
-LLAMA_PYTHON = os.environ.get("GREENMON_LLAMA_PYTHON", "")
-TINY_GGUF = os.environ.get("GREENMON_TINY_GGUF", "")
-
-
-def _missing() -> str | None:
-    if not LLAMA_PYTHON or not TINY_GGUF:
-        return (
-            "GREENMON_LLAMA_PYTHON and GREENMON_TINY_GGUF are not set: run "
-            "`eval \"$(.ci/llama-server)\"` to build llama-cpp-python's server and the GGUF"
-        )
-    if not Path(LLAMA_PYTHON).exists():
-        return f"no llama-cpp-python python at {LLAMA_PYTHON} (set GREENMON_LLAMA_PYTHON)"
-    if not Path(TINY_GGUF).exists():
-        return f"no GGUF of the tiny model at {TINY_GGUF} (set GREENMON_TINY_GGUF)"
-    probe = subprocess.run([LLAMA_PYTHON, "-c", "import llama_cpp.server"], capture_output=True)
-    if probe.returncode != 0:
-        return f"llama_cpp.server does not import with {LLAMA_PYTHON}"
-    return None
+from tests.support.llama import LLAMA_PYTHON, TINY_GGUF, llama_missing
 
 
 def _port() -> int:
@@ -50,7 +29,7 @@ def _port() -> int:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("api", "concurrency"), [("completions", 3), ("chat", 1)])
 def test_llama_cpp_server_streams_exactly_n_tokens(api: str, concurrency: int) -> None:
-    reason = _missing()
+    reason = llama_missing()
     if reason:
         pytest.skip(reason)
     port = _port()
