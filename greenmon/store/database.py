@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -143,15 +144,32 @@ def duckdb_settings(db_path: Path, memory_limit: str | None, threads: int | None
     return settings
 
 
+# How long ``Database.close`` waits for interrupted readers to close their cursors.
+CLOSE_WAIT_S = 5.0
+CLOSE_POLL_S = 0.05
+
+
 class Database:
     """One open greenmon database.  Thread-safe: every statement runs under ``lock``."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -> None:
-        self.con = con
+        self._con: duckdb.DuckDBPyConnection | None = con
         self.path = path
         self.read_only = read_only
         self.lock = threading.RLock()
+        # Cursors reading outside the lock (``_cursor``): ``close`` interrupts them and
+        # waits until they are closed, since DuckDB refuses to close a busy connection.
+        self._cursors: set[duckdb.DuckDBPyConnection] = set()
+        self._cursors_closed = threading.Condition(self.lock)
         self.flush_stats = FlushStats()
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The open connection; a closed database says so rather than reaching DuckDB."""
+        con = self._con
+        if con is None:
+            raise StoreError(f"{self.path} was closed by this process; open it again to use it.")
+        return con
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -266,8 +284,28 @@ class Database:
             confine(self.con)
 
     def close(self) -> None:
+        """Close the connection and let go of it.
+
+        Readers still running on cursors of their own (an API request the daemon was
+        answering as it stopped) are interrupted and waited for, at most
+        ``CLOSE_WAIT_S``: DuckDB refuses to close a connection one of its cursors is using.
+        Then whatever still holds this Database (a finished task's frame, aiohttp's
+        module-wide cache of the API's handlers) holds no DuckDB object: one still alive
+        when the interpreter tears DuckDB's bindings down is reported by them as leaked,
+        after the command's last line.  Closing twice is harmless.
+        """
         with self.lock:
-            self.con.close()
+            deadline = time.monotonic() + CLOSE_WAIT_S
+            while self._cursors and time.monotonic() < deadline:
+                # Again and again: an interrupt sent before its cursor starts executing is
+                # not seen by the statement it then runs.
+                for cursor in self._cursors:
+                    with contextlib.suppress(duckdb.Error):
+                        cursor.interrupt()
+                self._cursors_closed.wait(CLOSE_POLL_S)
+            con, self._con = self._con, None
+            if con is not None:
+                con.close()
 
     def __enter__(self) -> Self:
         return self
@@ -290,28 +328,34 @@ class Database:
             self.con.execute(f"COPY ({sql}) TO '{quoted}' ({options})")
 
     # -- reading -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor of its own for one read, which runs without the lock (so readers do
+        not wait for the writer); closed after it, and known to ``close`` meanwhile."""
+        self._before_read()
+        with self.lock:
+            cursor = self.con.cursor()
+            self._cursors.add(cursor)
+        try:
+            yield cursor
+        finally:
+            cursor.close()
+            with self.lock:
+                self._cursors.discard(cursor)
+                self._cursors_closed.notify_all()
+
     def query(
         self, sql: str, params: Sequence[Any] | None = None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        self._before_read()
-        with self.lock:
-            cursor = self.con.cursor()
-        try:
+        with self._cursor() as cursor:
             result = cursor.execute(sql, params or [])
             columns = [d[0] for d in result.description or []]
             return columns, result.fetchall()
-        finally:
-            cursor.close()
 
     def query_frame(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """A query's rows as a pandas DataFrame (the analysis), on a cursor of its own."""
-        self._before_read()
-        with self.lock:
-            cursor = self.con.cursor()
-        try:
+        with self._cursor() as cursor:
             return cursor.execute(sql, params or []).df()
-        finally:
-            cursor.close()
 
     def read_only_query(
         self, sql: str, row_limit: int, timeout_s: float
@@ -322,26 +366,28 @@ class Database:
         more were left out.  DuckDB's errors (``duckdb.InterruptException`` on timeout) are
         raised as they come: the caller says what they mean to its client.
         """
-        self._before_read()
-        with self.lock:
-            cursor = self.con.cursor()
-        # Whoever opened the store, a client's SQL never reaches a file.  The settings are
-        # the database's, so the cursor answers for them without holding the lock.
-        if not is_confined(cursor):
-            self.confine()
-        timer = threading.Timer(timeout_s, cursor.interrupt)
-        timer.daemon = True
-        timer.start()
-        try:
-            cursor.execute("BEGIN TRANSACTION READ ONLY")
+        with self._cursor() as cursor:
+            # Whoever opened the store, a client's SQL never reaches a file.  The settings
+            # are the database's, so the cursor answers for them without holding the lock.
+            if not is_confined(cursor):
+                self.confine()
+            timer = threading.Timer(timeout_s, cursor.interrupt)
+            timer.daemon = True
+            timer.start()
             try:
-                result = cursor.execute(sql)
-                columns = [d[0] for d in result.description or []]
-                rows = result.fetchmany(row_limit + 1)
+                cursor.execute("BEGIN TRANSACTION READ ONLY")
+                try:
+                    result = cursor.execute(sql)
+                    columns = [d[0] for d in result.description or []]
+                    rows = result.fetchmany(row_limit + 1)
+                finally:
+                    with contextlib.suppress(duckdb.Error):
+                        cursor.execute("ROLLBACK")
             finally:
-                with contextlib.suppress(duckdb.Error):
-                    cursor.execute("ROLLBACK")
-        finally:
-            timer.cancel()
-            cursor.close()
+                timer.cancel()
+                # The timer's thread holds the cursor (its ``interrupt``) until it returns:
+                # a daemon thread still alive when the interpreter exits keeps the cursor
+                # past DuckDB's bindings, which then report it leaked.  Cancelled, it
+                # returns at once: wait for that.
+                timer.join()
         return columns, rows[:row_limit], len(rows) > row_limit

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import weakref
 from pathlib import Path
 
 import duckdb
@@ -79,3 +81,36 @@ def test_relations_are_recreated_only_when_they_are_not_this_greenmon_s(db_path:
     with Store.open(db_path) as store:
         assert store.execute("SELECT count(*) FROM phase_windows") == [(0,)]
         assert ensure_views(store.con) is False
+
+
+def test_close_interrupts_a_reader_and_lets_go_of_the_connection(db_path: Path) -> None:
+    """A store closed while another thread reads on a cursor (an API request the daemon
+    answers as it stops) interrupts that read and waits for it, rather than failing with
+    DuckDB's "connection is busy"; closed, it holds no DuckDB object, and says so if used."""
+    store = Store.open(db_path)
+    started = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        started.set()
+        try:
+            store.query("SELECT count(*) FROM range(10000000000) t(i) WHERE i % 7 = 3")
+            outcome.append(None)
+        except BaseException as error:  # the interruption, whatever DuckDB calls it
+            outcome.append(error)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    started.wait()
+    while not store._cursors:  # the read has its cursor
+        reader.join(0.01)
+    connection = weakref.ref(store.con)
+    store.close()
+    reader.join(10)
+    assert not reader.is_alive()
+    assert isinstance(outcome[0], duckdb.InterruptException), outcome
+    assert store._con is None and not store._cursors
+    assert connection() is None
+    with pytest.raises(StoreError, match="closed"):
+        store.query("SELECT 1")
+    store.close()  # twice: harmless
