@@ -57,7 +57,10 @@ def check_read_only(sql: str) -> str:
     side effect (``nextval``) fails there rather than writing.
     """
     try:
-        statements = duckdb.connect(":memory:").extract_statements(sql)
+        # A connection of its own to parse with, closed here rather than whenever
+        # something lets go of this frame.
+        with duckdb.connect(":memory:") as parser:
+            statements = parser.extract_statements(sql)
     except duckdb.Error as error:
         raise QueryFailed(f"{str(error).splitlines()[0]}") from None
     if len(statements) != 1:
