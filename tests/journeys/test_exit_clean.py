@@ -117,13 +117,16 @@ def test_a_hosting_run_that_served_a_queued_plan_exits_clean(
     tmp_path: Path, stopper: list[subprocess.Popen[str]], checked_env: dict[str, str]
 ) -> None:
     db = tmp_path / "h.duckdb"
-    host = start(checked_env, "run", str(write_plan(tmp_path, "host", cooldown_s=1.0)), "--db", str(db),
-                 cwd=tmp_path)  # fmt: skip
+    host = start(checked_env, "run", str(write_plan(tmp_path, "host", cooldown_s=1.0)),
+                 "--db", str(db), cwd=tmp_path)  # fmt: skip
     stopper.append(host)
     wait_for(lambda: bool(daemon_status(db)), process=host, what="the hosting run's daemon")
-    queued = start(checked_env, "run", str(write_plan(tmp_path, "queued", repetitions=1)), "--db", str(db),
-                   cwd=tmp_path)  # fmt: skip
+    queued = start(checked_env, "run", str(write_plan(tmp_path, "queued", repetitions=1)),
+                   "--db", str(db), cwd=tmp_path)  # fmt: skip
     stopper.append(queued)
+    # A client's SQL, as the TUI sends it: the host answers on a cursor with a timer.
+    sql = greenmon("sql", "--db", str(db), "SELECT count(*) FROM samples", cwd=tmp_path)
+    assert sql.stdout.strip(), sql.stderr
     _out, queued_err = queued.communicate(timeout=300)
     assert queued.returncode == 0, queued_err
     assert_no_leak(queued_err)
@@ -137,7 +140,8 @@ def test_a_hosting_run_cancelled_or_interrupted_exits_clean(
     tmp_path: Path, stopper: list[subprocess.Popen[str]], checked_env: dict[str, str], how: str
 ) -> None:
     db = tmp_path / f"{how}.duckdb"
-    host = start(checked_env, "run", str(write_plan(tmp_path, how, repetitions=4, cooldown_s=1.0)),
+    host = start(checked_env, "run",
+                 str(write_plan(tmp_path, how, repetitions=4, cooldown_s=1.0)),
                  "--db", str(db), cwd=tmp_path)  # fmt: skip
     stopper.append(host)
     wait_for(lambda: bool(daemon_progress(db)), process=host, what="the hosting run's plan")
@@ -157,8 +161,8 @@ def test_a_daemon_that_ran_a_plan_exits_clean_on_sigterm(
     daemon = start(checked_env, "daemon", "--db", str(db), cwd=tmp_path)
     stopper.append(daemon)
     wait_for(lambda: bool(daemon_status(db)), process=daemon, what="the daemon")
-    run = start(checked_env, "run", str(write_plan(tmp_path, "one", repetitions=1)), "--db", str(db),
-                cwd=tmp_path)  # fmt: skip
+    run = start(checked_env, "run", str(write_plan(tmp_path, "one", repetitions=1)),
+                "--db", str(db), cwd=tmp_path)  # fmt: skip
     stopper.append(run)
     _out, run_err = run.communicate(timeout=300)
     assert run.returncode == 0, run_err
