@@ -87,15 +87,15 @@ RELEASE_WAIT_S = 2.0
 
 
 def release_native_objects() -> None:
-    """Free, while DuckDB's module is still alive, the DuckDB objects only garbage holds.
+    """Free, while DuckDB's module is still alive, what only garbage or a stopping thread holds.
 
-    A command that hosted a daemon closes its store when the daemon stops, but the Store
-    (and its closed connection) stays reachable from the frames of the daemon's cancelled
-    tasks, which their exceptions' tracebacks keep in reference cycles.  The interpreter
-    collects such cycles only after it has begun freeing extension modules, and DuckDB's
-    bindings (nanobind) then report every one of their objects still alive as "leaked",
-    45 lines on stderr after the command's last word.  One collection here, once the
-    command is done with everything it opened, frees them while that is still clean.
+    DuckDB's bindings (nanobind) report every one of their objects still alive when the
+    interpreter tears them down as "leaked", 45 lines on stderr after the command's last
+    word.  The owner closes what it opened (``Database.close`` lets go of its connection,
+    whoever still holds the Database); this frees the rest: cycles the daemon's cancelled
+    tasks left, and frames of its worker threads that have been told to stop but have not
+    returned yet.  ``tests/journeys/test_exit_clean.py`` checks, as the last thing before
+    the teardown, that no DuckDB object and no thread is left.
     """
     if "duckdb" not in sys.modules:
         return
