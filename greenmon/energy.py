@@ -31,6 +31,13 @@ Terms:
   silent zeros.
 - *wraps*, *resets*: the wrapped or reset intervals a window takes energy from, including
   one that a window edge cuts.
+- *edge gap* (column ``edge_gap_ns``): the farther of the window's two edges from the
+  channel's nearest sample, 0 when both were read (an edge beyond the samples cuts no
+  interval and counts none).  Where an edge cuts an interval, how the interval's energy
+  splits at the edge is not known; whichever way, the error is at most the power's swing
+  times the part on the edge's shorter side, so that part, not the interval, is what the
+  window cannot place (greenmon/sources.py ``window_resolution_sql`` judges a window by
+  it).
 
 Everything here is one SQL query: a window function for intervals and ASOF joins of the
 windows' edges to them, so it runs over tens of millions of samples in DuckDB.  Which
@@ -45,7 +52,12 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from greenmon.sources import counter_delta_sql, counter_range_sql, scale_to_si_sql
+from greenmon.sources import (
+    counter_delta_sql,
+    counter_range_sql,
+    interval_mean_sql,
+    scale_to_si_sql,
+)
 
 # Samples this far outside a window are read so that its edges can be interpolated.
 EDGE_MARGIN_PERIODS = 10
@@ -97,7 +109,7 @@ def window_integral_sql(
     Output columns: window_id, channel_id, ``native_column`` (the integral in the
     channel's unit, times seconds for gauges), energy_j (that integral in joules for an
     energy channel, NULL for any other unit), coverage, wraps, resets, intervals, edge
-    (``read``, ``interpolated`` or ``integrated``: the module's terms).
+    (``read``, ``interpolated`` or ``integrated``) and edge_gap_ns (the module's terms).
 
     How: one ordered pass over the samples gives, at every sample, the cumulative energy
     C(t) and the cumulative covered time Cov(t) since the first sample.  Both are
@@ -111,8 +123,7 @@ def window_integral_sql(
 WITH win AS (SELECT window_id, channel_id, start_ns, end_ns FROM {windows}),
 ch AS (
     SELECT channel_id, kind, period_ns,
-           coalesce(TRY_CAST(json_extract(metadata, '$.interval_mean') AS BOOLEAN), false)
-               AS interval_mean,
+           {interval_mean_sql("channels")} AS interval_mean,
            {scale_to_si_sql()} AS scale_si,
            {counter_range_sql("channels")} AS counter_range
     FROM channels
@@ -232,6 +243,10 @@ at_edge AS (
                              + greatest(0, r.x - (r.next_t - 2 * r.period_ns))
                       END
            END AS cov_at,
+           -- an edge before the first sample or after the last cuts no interval: what
+           -- lies beyond is not counted, and coverage says so
+           CASE WHEN r.next_t IS NOT NULL THEN least(r.x - r.t_ns, r.next_t - r.x)
+           END AS gap_ns,
            ch.scale_si
     FROM edge_row r
     JOIN ch ON ch.channel_id = r.channel_id
@@ -254,7 +269,8 @@ SELECT w.window_id, w.channel_id,
        coalesce(b.rn, 0) - coalesce(a.rn, 0) AS intervals,
        CASE WHEN a.kind <> 'counter' THEN 'integrated'
             WHEN a.at_sample AND b.at_sample THEN 'read'
-            ELSE 'interpolated' END AS edge
+            ELSE 'interpolated' END AS edge,
+       greatest(a.gap_ns, b.gap_ns) AS edge_gap_ns
 FROM win w
 LEFT JOIN span sp ON sp.channel_id = w.channel_id
 JOIN at_edge a ON a.window_id = w.window_id AND a.channel_id = w.channel_id AND a.side = 0
@@ -281,6 +297,7 @@ class WindowEnergy:
     resets: int
     intervals: int
     edge: str = "interpolated"
+    edge_gap_ns: int | None = None
 
 
 def window_energy(
@@ -314,6 +331,7 @@ def window_energy(
             resets=int(r[6]),
             intervals=int(r[7]),
             edge=str(r[8]),
+            edge_gap_ns=None if r[9] is None else int(r[9]),
         )
         for r in rows
     }

@@ -51,9 +51,11 @@ DEVICE_SPLIT_PROBES: dict[str, tuple[str, ...]] = {"gpu": ("nvml", "amdsmi")}
 # Every probe whose channels can answer for an energy domain: the measured ones above, then
 # the estimate (its figures are estimated).  The plan check reads it for the slowest source.
 ENERGY_PROBES = (*PROBE_RANK, "estimate")
-# Probes whose energy counters the sampling thread reads at every edge (sampling.py
-# EdgeDesk); EnergiBridge streams on its own thread and is interpolated instead.
-EDGE_READ_PROBES = ("rapl", "nvml", "amdsmi")
+# Probes the sampling thread reads at every edge (sampling.py EdgeDesk) whose energy is
+# exact between two reads: counters, and the estimate (the mean since its previous read),
+# so how often they are polled does not limit how short a window may be.  EnergiBridge
+# streams on its own thread and NETIO answers over HTTP: their edges are interpolated.
+EDGE_READ_PROBES = ("rapl", "nvml", "amdsmi", "estimate")
 
 
 def scale_to_si_sql(unit: str = "unit") -> str:
@@ -65,6 +67,40 @@ def scale_to_si_sql(unit: str = "unit") -> str:
 def counter_range_sql(alias: str = "c") -> str:
     """SQL: where channel ``alias``'s counter wraps (NULL: it resets instead)."""
     return f"TRY_CAST(json_extract_string({alias}.metadata, '$.counter_range') AS DOUBLE)"
+
+
+def interval_mean_sql(alias: str = "c") -> str:
+    """SQL: channel ``alias`` is a gauge whose every sample is its mean over the interval
+    since the previous sample (metadata ``interval_mean``, greenmon/energy.py)."""
+    return (
+        f"coalesce(TRY_CAST(json_extract({alias}.metadata, '$.interval_mean') AS BOOLEAN), "
+        "false)"
+    )
+
+
+def window_resolution_sql(source: str = "es", edge_gap_ns: str = "e.edge_gap_ns") -> str:
+    """SQL: the time resolution, in ns, of a window over the energy source ``source`` (a
+    row of ``energy_sources``) whose farther edge lies ``edge_gap_ns`` from a sample of it
+    (greenmon/energy.py's edge gap; 0 where both edges were read).
+
+    The one rule behind ``short_window`` and ``short_steady_state`` (greenmon/views.py: a
+    window shorter than MIN_WINDOW_PERIODS of it) and the plan check's shortest measure.
+    Whatever happened at the edges, a source resolves time no finer than its own
+    ``edge_period_ns`` (below); where an edge was not read, the part of the interval it
+    cuts on its shorter side is energy the samples cannot place, so the window resolves
+    no finer than that either.  So, by kind of source:
+    - a counter read at both edges (RAPL, NVML, amdsmi): its hardware update period;
+    - the estimate read at both edges (a mean since its previous read, so a counter's
+      difference): the kernel's tick it is computed from, not its 1 Hz polling;
+    - the same cut between samples (EnergiBridge's stream, a steady-state window, whose
+      edges are request times): that update period or the edge gap, whichever is longer;
+    - a power gauge (NVML power, NETIO): its sampling period, read at the edges or not,
+      as the trapezoid between samples is what gives its energy.
+    The gap, not a yes/no "read at both edges", because an edge read can come back empty:
+    the estimate read again within one tick of its previous read (a phase's start right
+    after the previous phase's end) has no new tick to say anything about, and that edge
+    then lies those few ms from the previous read, which is all it cannot place."""
+    return f"greatest({source}.edge_period_ns, {edge_gap_ns})"
 
 
 def is_energy_channel(kind: str, unit: str) -> bool:
@@ -96,6 +132,11 @@ def _device_split_sql() -> str:
     return " OR ".join(terms) or "FALSE"
 
 
+# The time resolution the samples really have: the sampling period, or the sensor's
+# detected update period where it is slower (greenmon/update_periods.py).
+_SAMPLED_PERIOD = """greatest(c.period_ns,
+                TRY_CAST(json_extract_string(c.metadata, '$.update_period_ns') AS BIGINT))"""
+
 # The body of the ``energy_sources`` view (greenmon/views.py): one row per source channel
 # with its session, domain, probe, name, kind, unit, estimated, period_ns, counter_range
 # and edge_period_ns.
@@ -123,18 +164,16 @@ best_kind AS (
     GROUP BY c.session_id, c.domain, c.probe
 )
 SELECT c.session_id, c.domain, c.channel_id, c.probe, c.name, c.kind, c.unit, c.estimated,
-       -- the sensor's detected update period where it is slower than sampling
-       -- (greenmon/update_periods.py): the time resolution the samples really have
-       greatest(c.period_ns,
-                TRY_CAST(json_extract_string(c.metadata, '$.update_period_ns') AS BIGINT))
-           AS period_ns,
+       {_SAMPLED_PERIOD} AS period_ns,
        {counter_range_sql("c")} AS counter_range,
-       -- the time resolution of a counter read at a window's edges: how often the
-       -- hardware updates it (declared by the probe), whatever the polling rate
-       coalesce(TRY_CAST(json_extract_string(c.metadata, '$.counter_update_ns') AS BIGINT),
-                greatest(c.period_ns, TRY_CAST(json_extract_string(c.metadata,
-                                                '$.update_period_ns') AS BIGINT)))
-           AS edge_period_ns
+       -- the time resolution of the source at a read edge (window_resolution_sql): for a
+       -- counter, or a mean since the previous read, how often the quantity it counts
+       -- changes (declared by the probe), whatever the polling rate; for a power gauge,
+       -- how often it is sampled, as between samples its power is interpolated
+       coalesce(CASE WHEN c.kind = 'counter' OR {interval_mean_sql("c")} THEN
+                    TRY_CAST(json_extract_string(c.metadata, '$.counter_update_ns') AS BIGINT)
+                END,
+                {_SAMPLED_PERIOD}) AS edge_period_ns
 FROM cand c JOIN best_kind b USING (session_id, domain, probe, kind_rank)
 """
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 # while one CPU-bound job (100) is far above it on a machine of any size.
 DEFAULT_BACKGROUND_CPU_PERCENT_MAX = 25.0
 
-# A window shorter than this many update periods of its slowest energy source is flagged
-# ``short_window``: with fewer updates the counter's steps are a large part of the delta.
+# A window shorter than this many periods of its slowest energy source, the period being
+# how finely that source resolves the window (greenmon/sources.py window_resolution_sql),
+# is flagged ``short_window`` (a measure, a user's window) or ``short_steady_state``: with
+# fewer, what is unknown at its two edges is a large part of its energy.
 MIN_WINDOW_PERIODS = 5
 
 # A window whose energy channels cover less than this share of it is flagged

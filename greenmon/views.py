@@ -31,7 +31,12 @@ import duckdb
 
 from greenmon._version import __version__ as greenmon_version
 from greenmon.energy import window_energy_sql, window_integral_sql
-from greenmon.sources import ENERGY_SOURCES_SQL, energy_channel_sql, interval_power_sql
+from greenmon.sources import (
+    ENERGY_SOURCES_SQL,
+    energy_channel_sql,
+    interval_power_sql,
+    window_resolution_sql,
+)
 from greenmon.thresholds import (
     DEFAULT_BACKGROUND_CPU_PERCENT_MAX,
     MIN_COVERAGE,
@@ -147,9 +152,9 @@ _SOURCE_WINDOWS = f"""(
       AND e.steady_end_ns > e.steady_start_ns
 )"""
 
-# A counter read at both edges of a window (energy.py ``edge`` = 'read') resolves time as
-# finely as its hardware updates it; any other source as finely as it was sampled.
-_EDGE_PERIOD = "CASE WHEN e.edge = 'read' THEN es.edge_period_ns ELSE es.period_ns END"
+# How finely each source channel resolves its window in time: greenmon/sources.py's rule
+# (the source's own update period, or the edge gap where an edge was not read).
+_RESOLUTION = window_resolution_sql("es", "e.edge_gap_ns")
 # How a domain's edges were met: 'interpolated' if any of its channels was (a stream that
 # cannot be asked, EnergiBridge), else 'read' where counters were read at the edges.
 _EDGE_OF_DOMAIN = """CASE WHEN bool_or(e.edge = 'interpolated') THEN 'interpolated'
@@ -165,7 +170,7 @@ SELECT p.experiment_id, p.unit_id, p.attempt,
        es.domain,
        sum(e.energy_j) AS energy_j, min(e.coverage) AS coverage, sum(e.wraps) AS wraps,
        sum(e.resets) AS resets, bool_or(es.estimated) AS estimated,
-       max({_EDGE_PERIOD}) AS period_ns, {_EDGE_OF_DOMAIN} AS edge
+       max({_RESOLUTION}) AS period_ns, {_EDGE_OF_DOMAIN} AS edge
 FROM ({window_energy_sql(_SOURCE_WINDOWS, _SAMPLE_RANGE)}) e
 JOIN phases p ON p.phase_id = abs(e.window_id)
 JOIN energy_sources es ON es.channel_id = e.channel_id
@@ -323,16 +328,23 @@ GROUP BY ALL
 # and still importable from here).
 
 
+def _shorter_than_resolved(duration_s: str, period_ns: str) -> str:
+    """SQL: a window of ``duration_s`` is shorter than its sources resolve, ``period_ns``
+    being the coarsest of their resolutions (``window_resolution_sql``)."""
+    return f"{duration_s} * 1e9 < {MIN_WINDOW_PERIODS} * {period_ns}"
+
+
 def _validity_flags(
     *, fidelity: str = "false", measured: str = "true", unit_only: str = ""
 ) -> str:
     """The ``flags`` list of a measured window (a unit's measure phase, a user's window),
-    from its columns duration_s, max_period_ns, min_coverage, wraps, resets, estimated,
-    energy_*_j and probe_errors; ``fidelity`` and ``measured`` are SQL conditions;
-    ``unit_only`` adds CASE items that only units have columns for."""
+    from its columns duration_s, max_period_ns (the coarsest resolution of its energy
+    sources over that window), min_coverage, wraps, resets, estimated, energy_*_j and
+    probe_errors; ``fidelity`` and ``measured`` are SQL conditions; ``unit_only`` adds
+    CASE items that only units have columns for."""
     return f"""list_filter([
            CASE WHEN duration_s IS NOT NULL AND max_period_ns IS NOT NULL
-                 AND duration_s * 1e9 < {MIN_WINDOW_PERIODS} * max_period_ns
+                 AND {_shorter_than_resolved("duration_s", "max_period_ns")}
                 THEN 'short_window' END,
            CASE WHEN min_coverage < {MIN_COVERAGE} THEN 'low_coverage' END,
            CASE WHEN wraps > 0 THEN 'counter_wrap' END,
@@ -360,7 +372,8 @@ _UNIT_ONLY_FLAGS = f""",
            CASE WHEN token_count_mismatches > 0 THEN 'token_count_mismatch' END,
            CASE WHEN failed_requests > 0 THEN 'failed_requests' END,
            CASE WHEN status = 'done' AND requests > 0 AND max_period_ns IS NOT NULL
-                 AND coalesce(steady_s, 0) * 1e9 < {MIN_WINDOW_PERIODS} * max_period_ns
+                 AND {_shorter_than_resolved("coalesce(steady_s, 0)",
+                                             "coalesce(steady_period_ns, max_period_ns)")}
                 THEN 'short_steady_state' END,
            CASE WHEN energy_gpu_j IS NOT NULL AND EXISTS (
                     SELECT 1 FROM units gu JOIN energy_sources ges USING (session_id)
@@ -395,7 +408,10 @@ energy AS (
            sum(wraps) FILTER (WHERE phase = 'measure') AS wraps,
            sum(resets) FILTER (WHERE phase = 'measure') AS resets,
            bool_or(estimated) AS estimated,
-           max(period_ns) AS max_period_ns,
+           -- each window judged by its own edges: the measure's are read, the steady
+           -- state's (request times) are not
+           max(period_ns) FILTER (WHERE phase = 'measure') AS max_period_ns,
+           max(period_ns) FILTER (WHERE phase = 'steady') AS steady_period_ns,
            list(DISTINCT domain) FILTER (WHERE estimated) AS estimated_domains,
            list(DISTINCT domain) FILTER (WHERE phase = 'measure' AND edge = 'interpolated')
                AS interpolated_domains
@@ -469,7 +485,7 @@ base AS (
            b.baseline_cpu_w, b.baseline_gpu_w, b.baseline_wall_w,
            e.load_energy_j, e.tail_energy_j, e.min_coverage, e.wraps, e.resets,
            coalesce(e.estimated, false) AS estimated, e.estimated_domains, e.max_period_ns,
-           e.interpolated_domains,
+           e.steady_period_ns, e.interpolated_domains,
            b.cpu_percent, b.ram_percent, b.gpu_percent, b.gpu_mem_util_percent,
            b.gpu_mem_used_percent, u.fidelity_share, u.fidelity_first_divergence,
            bg.background_cpu_percent, bg.baseline_background_cpu_percent,
@@ -536,7 +552,7 @@ _WINDOW_RESULTS = f"""
 WITH e AS MATERIALIZED ({window_integral_sql(_WINDOW_CHANNELS)}),
 de AS (
     SELECT e.window_id, es.domain, e.energy_j, e.coverage, e.wraps, e.resets, es.estimated,
-           {_EDGE_PERIOD} AS period_ns, e.edge
+           {_RESOLUTION} AS period_ns, e.edge
     FROM e JOIN energy_sources es ON es.channel_id = e.channel_id
 ),
 energy AS (

@@ -45,14 +45,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from greenmon.probes.base import Channel, ProbeUnavailable, Values
+from greenmon.probes.base import Channel, ProbeUnavailable
+from greenmon.probes.gpu_base import GpuProbe, Query, Unsupported
 from greenmon.probes.options import ProbeOptions
-from greenmon.probes.proctree import ProcessTree
 from greenmon.sources import counter_delta
 
 # amdsmi_wrapper's AMDSMI_STATUS_* values, used when a (fake) module does not define them.
@@ -68,9 +67,6 @@ INSTALL_HINT = (
     "installed ROCm, >= 6.2) to read AMD GPUs"
 )
 
-Query = Callable[[], tuple[float | None, ...]]
-
-
 class Options(ProbeOptions, kw_only=True, forbid_unknown_fields=True):
     # amdsmi indices (processor-handle order) or UUIDs; None reads every GPU.
     devices: list[int | str] | None = None
@@ -84,10 +80,6 @@ class Options(ProbeOptions, kw_only=True, forbid_unknown_fields=True):
     counter_check_factor: float = 3.0
     tree_pids: list[int] | None = None
     proc_root: str = "/proc"
-
-
-class _Unsupported(Exception):
-    """A reading the driver does not give for this GPU: its channels are left out."""
 
 
 def load_module(spec: str) -> Any:
@@ -128,7 +120,7 @@ def _number(value: Any) -> float | None:
     return None if value in (0xFFFF, 0xFFFFFFFF) else float(value)
 
 
-class AmdsmiProbe:
+class AmdsmiProbe(GpuProbe):
     name: ClassVar[str] = "amdsmi"
     default_rate_hz: ClassVar[float] = 10.0
 
@@ -141,18 +133,12 @@ class AmdsmiProbe:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.options = options or Options()
+        super().__init__(self.options.proc_root, self.options.tree_pids)
         self._amdsmi = amdsmi
         self._sleep = sleep
         self._clock = clock
-        self._initialised = False
-        self._queries: list[Query] = []
-        self._widths: list[int] = []
         # Sentences a person should read about this probe's figures (a failed counter check).
         self.findings: list[str] = []
-        roots = self.options.tree_pids
-        self._tree = ProcessTree(
-            self.options.proc_root, roots if roots is not None else [os.getpid()]
-        )
 
     # -- amdsmi access -------------------------------------------------------------------
     def _code(self, name: str) -> int:
@@ -189,18 +175,18 @@ class AmdsmiProbe:
         self._initialised = True
 
     def _try(self, query: Query) -> tuple[float | None, ...]:
-        """Run a query once at open(); NOT_SUPPORTED (or a missing function) -> _Unsupported."""
+        """Run a query once at open(); NOT_SUPPORTED (or a missing function) -> Unsupported."""
         try:
             return query()
-        except _Unsupported:
+        except Unsupported:
             raise
         except AttributeError as error:
-            raise _Unsupported(str(error)) from None
+            raise Unsupported(str(error)) from None
         except Exception as error:
             if self._is_amdsmi_error(error) and error_code(error) == self._code(
                 "AMDSMI_STATUS_NOT_SUPPORTED"
             ):
-                raise _Unsupported(str(error)) from None
+                raise Unsupported(str(error)) from None
             raise
 
     # -- open ----------------------------------------------------------------------------
@@ -240,7 +226,7 @@ class AmdsmiProbe:
             def query() -> tuple[float | None, ...]:
                 watts = _number(amdsmi.amdsmi_get_power_info(handle).get(field_name))
                 if watts is None:
-                    raise _Unsupported(f"{field_name} is N/A")
+                    raise Unsupported(f"{field_name} is N/A")
                 return (watts * 1000.0,)
 
             return query
@@ -325,13 +311,13 @@ class AmdsmiProbe:
         power_query: Query | None = None
         power_field = ""
         for name, field_name in (("power_current", "current"), ("power_average", "average")):
-            with contextlib.suppress(_Unsupported):
+            with contextlib.suppress(Unsupported):
                 self._try(queries[name])
                 power_query, power_field = queries[name], field_name
                 break
         energy_query: Query | None = None
         resolution_uj = 1.0
-        with contextlib.suppress(_Unsupported):
+        with contextlib.suppress(Unsupported):
             self._try(queries["energy"])
             energy_query = queries["energy"]
             resolution_uj = float(amdsmi.amdsmi_get_energy_count(handle)["counter_resolution"])
@@ -379,7 +365,7 @@ class AmdsmiProbe:
         ):
             try:
                 self._try(queries[name])
-            except _Unsupported:
+            except Unsupported:
                 continue
             channels = [Channel(f"{p}.{c}", unit, "gauge", None, dict(info)) for c, unit in specs]
             found.append((queries[name], channels))
@@ -388,44 +374,22 @@ class AmdsmiProbe:
     def open(self) -> Sequence[Channel]:
         self._init()
         try:
-            channels: list[Channel] = []
-            self._queries, self._widths, self.findings = [], [], []
-            for index, handle in self._handles():
-                for query, query_channels in self._gpu_channels(index, handle):
-                    self._queries.append(query)
-                    self._widths.append(len(query_channels))
-                    channels.extend(query_channels)
-            if not channels:
-                raise ProbeUnavailable("amdsmi supports none of the readings greenmon takes.")
+            self.findings = []
+            return self._queries.open(self._handles(), self._gpu_channels, "amdsmi")
         except BaseException:
             self.close()
             raise
-        return channels
 
     # -- read ----------------------------------------------------------------------------
-    def read(self) -> Values:
-        values: list[float | None] = []
-        for query, width in zip(self._queries, self._widths, strict=True):
-            try:
-                values.extend(query())
-            except _Unsupported:
-                values.extend([None] * width)
-            except Exception as error:
-                if not self._is_amdsmi_error(error):
-                    raise
-                if error_code(error) == self._code("AMDSMI_STATUS_NOT_SUPPORTED"):
-                    values.extend([None] * width)
-                    continue
-                raise RuntimeError(f"amdsmi error {error_code(error)}: {error}") from None
-        return values
+    def _read_error(self, error: Exception) -> Exception | None:
+        if not self._is_amdsmi_error(error):
+            return error
+        if error_code(error) == self._code("AMDSMI_STATUS_NOT_SUPPORTED"):
+            return None
+        return RuntimeError(f"amdsmi error {error_code(error)}: {error}")
 
-    def close(self) -> None:
-        self._tree.close()
-        self._queries, self._widths = [], []
-        if self._initialised:
-            self._initialised = False
-            with contextlib.suppress(Exception):
-                self._amdsmi.amdsmi_shut_down()
+    def _shut_down(self) -> None:
+        self._amdsmi.amdsmi_shut_down()
 
 
 def create(options: Options) -> AmdsmiProbe:

@@ -32,7 +32,6 @@ over this one and never add the two; the results views choose per domain.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -40,7 +39,7 @@ import psutil
 
 from greenmon.probes.base import Channel, ProbeUnavailable, Values
 from greenmon.probes.options import ProbeOptions
-from greenmon.probes.procstat import ProcStat
+from greenmon.probes.procstat import ProcStat, tick_ns
 
 # Cloud Carbon Footprint, "Energy estimate (Watt-hours)" per vCPU: min 0.74 W, max 3.5 W.
 DEFAULT_TDP_W_PER_CPU = 3.5
@@ -76,7 +75,7 @@ class ProcStatTimes:
         self._stat: ProcStat | None = None
         with contextlib.suppress(OSError):
             self._stat = ProcStat(proc_root)
-        self._tick_s = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+        self._tick_s = tick_ns() / 1e9
 
     def __call__(self) -> tuple[float, float]:
         if self._stat is None:
@@ -147,6 +146,12 @@ class EstimateProbe:
             "idle_w": self.idle_w,
             # modelled from the utilisation over the interval since the previous read
             "interval_mean": True,
+            # The value is a difference of the kernel's tick counters, which advance
+            # every tick: read at both edges of a window (the edges read it), its mean
+            # over the window is the ticks' between them, resolved to one tick whatever
+            # the polling rate, as a RAPL counter is to its update (sources.py
+            # edge_period_ns).
+            "counter_update_ns": tick_ns(),
         }
         return [
             Channel("cpu.power_w", "W", "gauge", domain="cpu", metadata=metadata),

@@ -41,13 +41,12 @@ NVML's GPU 0: name GPUs by UUID (``nvidia-smi -L`` lists them, and
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from greenmon.probes.base import Channel, ProbeLost, ProbeUnavailable, Values
+from greenmon.probes.base import Channel, ProbeLost, ProbeUnavailable
+from greenmon.probes.gpu_base import GpuProbe, Query, Unsupported
 from greenmon.probes.options import ProbeOptions
-from greenmon.probes.proctree import ProcessTree
 
 # How often the driver updates the total-energy counter: with its power sampling, every
 # few tens of milliseconds on recent GPUs; 100 ms is the conservative figure (the same
@@ -80,10 +79,6 @@ _VALUE_MEMBERS = {
     6: "usVal",
 }
 
-# One query returns the values of one or more channels.
-Query = Callable[[], tuple[float | None, ...]]
-
-
 class Options(ProbeOptions, kw_only=True, forbid_unknown_fields=True):
     # NVML indices (PCI bus order) or UUIDs ("GPU-..."); None reads every GPU.
     devices: list[int | str] | None = None
@@ -91,10 +86,6 @@ class Options(ProbeOptions, kw_only=True, forbid_unknown_fields=True):
     # background; None: this process.  ``proc_root`` points at a fake /proc in tests.
     tree_pids: list[int] | None = None
     proc_root: str = "/proc"
-
-
-class _Unsupported(Exception):
-    """A query the driver does not support for this GPU: its channels are left out."""
 
 
 # The gauge queries beyond power, in channel order: (query name, [(channel, unit), ...]).
@@ -109,7 +100,7 @@ _GAUGES: tuple[tuple[str, list[tuple[str, str]]], ...] = (
 )
 
 
-class NvmlProbe:
+class NvmlProbe(GpuProbe):
     name: ClassVar[str] = "nvml"
     # The energy counter is read at every edge; the power field NVML updates about every
     # 100 ms, and utilisation over a similar period: polling faster reads repeats.
@@ -117,14 +108,8 @@ class NvmlProbe:
 
     def __init__(self, options: Options | None = None, *, nvml: Any = None) -> None:
         self.options = options or Options()
+        super().__init__(self.options.proc_root, self.options.tree_pids)
         self._nvml = nvml
-        self._initialised = False
-        self._queries: list[Query] = []
-        self._widths: list[int] = []
-        roots = self.options.tree_pids
-        self._tree = ProcessTree(
-            self.options.proc_root, roots if roots is not None else [os.getpid()]
-        )
 
     # -- NVML access ---------------------------------------------------------------------
     def _code(self, name: str) -> int:
@@ -212,10 +197,10 @@ class NvmlProbe:
         return ", ".join(names) or "none"
 
     def _try(self, query: Query) -> tuple[float | None, ...]:
-        """Run a query once at open(); NOT_SUPPORTED (or a missing function) -> _Unsupported."""
+        """Run a query once at open(); NOT_SUPPORTED (or a missing function) -> Unsupported."""
         try:
             return query()
-        except _Unsupported:
+        except Unsupported:
             raise
         except Exception as error:
             if not self._is_nvml_error(error):
@@ -225,7 +210,7 @@ class NvmlProbe:
                 self._code("NVML_ERROR_NOT_SUPPORTED"),
                 self._code("NVML_ERROR_FUNCTION_NOT_FOUND"),
             ):
-                raise _Unsupported(str(error)) from None
+                raise Unsupported(str(error)) from None
             if code == self._code("NVML_ERROR_GPU_IS_LOST"):
                 raise ProbeUnavailable(f"the GPU is lost (fell off the bus): {error}") from None
             raise
@@ -245,7 +230,7 @@ class NvmlProbe:
         queries = self._gpu_queries(handle)
         found: list[tuple[Query, list[Channel]]] = []
         has_counter = False
-        with contextlib.suppress(_Unsupported):
+        with contextlib.suppress(Unsupported):
             self._try(queries["energy"])
             found.append(
                 (
@@ -265,7 +250,7 @@ class NvmlProbe:
         for name, field_name in (("power_instant", "instant"), ("power_usage", "usage_1s_average")):
             try:
                 self._try(queries[name])
-            except _Unsupported:
+            except Unsupported:
                 continue
             domain = None if has_counter else "gpu"
             channel = Channel(
@@ -276,7 +261,7 @@ class NvmlProbe:
         for name, specs in _GAUGES:
             try:
                 self._try(queries[name])
-            except _Unsupported:
+            except Unsupported:
                 continue
             channels = [Channel(f"{p}.{c}", unit, "gauge", None, meta()) for c, unit in specs]
             found.append((queries[name], channels))
@@ -294,7 +279,7 @@ class NvmlProbe:
         def power_instant() -> tuple[float | None, ...]:
             [field] = nvml.nvmlDeviceGetFieldValues(handle, [instant_id])
             if int(field.nvmlReturn) != success:
-                raise _Unsupported(f"field {instant_id} returned {field.nvmlReturn}")
+                raise Unsupported(f"field {instant_id} returned {field.nvmlReturn}")
             member = _VALUE_MEMBERS.get(int(field.valueType), "uiVal")
             return (float(getattr(field.value, member)),)
 
@@ -318,7 +303,7 @@ class NvmlProbe:
                 )
                 for process in getattr(nvml, function)(handle)
             }
-            return (float(len(pids - self._tree.pids())),)
+            return (self._background_count(pids),)
 
         def one(fn: str, *args: Any) -> Query:
             return lambda: (float(getattr(nvml, fn)(handle, *args)),)
@@ -340,47 +325,24 @@ class NvmlProbe:
         self._import()
         self._init()
         try:
-            channels: list[Channel] = []
-            self._queries, self._widths = [], []
-            for index, handle in self._handles():
-                for query, query_channels in self._gpu_channels(index, handle):
-                    self._queries.append(query)
-                    self._widths.append(len(query_channels))
-                    channels.extend(query_channels)
-            if not channels:
-                raise ProbeUnavailable("NVML supports none of the readings greenmon takes.")
+            return self._queries.open(self._handles(), self._gpu_channels, "NVML")
         except BaseException:
             self.close()
             raise
-        return channels
 
     # -- read ----------------------------------------------------------------------------
-    def read(self) -> Values:
-        values: list[float | None] = []
-        for query, width in zip(self._queries, self._widths, strict=True):
-            try:
-                values.extend(query())
-            except _Unsupported:
-                values.extend([None] * width)
-            except Exception as error:
-                if not self._is_nvml_error(error):
-                    raise
-                code = self._error_code(error)
-                if code == self._code("NVML_ERROR_GPU_IS_LOST"):
-                    raise ProbeLost(f"GPU lost (NVML_ERROR_GPU_IS_LOST): {error}") from None
-                if code == self._code("NVML_ERROR_NOT_SUPPORTED"):
-                    values.extend([None] * width)
-                    continue
-                raise RuntimeError(f"NVML error {code}: {error}") from None
-        return values
+    def _read_error(self, error: Exception) -> Exception | None:
+        if not self._is_nvml_error(error):
+            return error
+        code = self._error_code(error)
+        if code == self._code("NVML_ERROR_GPU_IS_LOST"):
+            return ProbeLost(f"GPU lost (NVML_ERROR_GPU_IS_LOST): {error}")
+        if code == self._code("NVML_ERROR_NOT_SUPPORTED"):
+            return None
+        return RuntimeError(f"NVML error {code}: {error}")
 
-    def close(self) -> None:
-        self._tree.close()
-        self._queries, self._widths = [], []
-        if self._initialised:
-            self._initialised = False
-            with contextlib.suppress(Exception):
-                self._nvml.nvmlShutdown()
+    def _shut_down(self) -> None:
+        self._nvml.nvmlShutdown()
 
 
 def create(options: Options) -> NvmlProbe:

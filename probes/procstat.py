@@ -23,6 +23,13 @@ from pathlib import Path
 STAT_LINE_BYTES = 256
 
 
+def tick_ns() -> int:
+    """How often /proc/stat's counters advance: one tick of the kernel's USER_HZ (10 ms on
+    every common kernel), the unit its CPU times are written in."""
+    ticks_per_s = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return round(1e9 / ticks_per_s)
+
+
 def busy_total(fields: Sequence[bytes]) -> tuple[int, int]:
     """(busy, total) ticks of one /proc/stat cpu line, as psutil counts them."""
     times = [int(f) for f in fields[1:]]

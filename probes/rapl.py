@@ -130,7 +130,8 @@ def zone_channel(zone: Zone) -> Channel:
         "zone": zone.path.name,
         "max_energy_range_uj": zone.max_energy_range_uj,
         # The hardware updates the energy status about every millisecond: the time
-        # resolution of a window whose edges read the counter (views.py short_window).
+        # resolution of a window whose edges read the counter (sources.py
+        # window_resolution_sql).
         "counter_update_ns": RAPL_UPDATE_NS,
     }
     if zone.max_energy_range_uj > 0:

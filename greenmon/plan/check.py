@@ -19,7 +19,7 @@ from pathlib import Path
 
 from greenmon.hardware.checks import check_hardware, hardware_access
 from greenmon.plan.schema import Plan
-from greenmon.sources import EDGE_READ_PROBES, ENERGY_PROBES
+from greenmon.sources import EDGE_READ_PROBES, ENERGY_PROBES, window_resolution_sql
 from greenmon.thresholds import MIN_REPETITIONS, MIN_WINDOW_PERIODS
 
 # Per generated token, when no earlier run on this machine says better.
@@ -221,8 +221,9 @@ def window_warnings(
     periods = dict(update_periods_s)
     for name, table in plan.spec.probes.items():
         rate_hz = table.get("rate_hz")
-        # Counters read at the measure's edges (RAPL, NVML, amdsmi): how often they are
-        # polled does not limit how short it may be (their update period does).
+        # Sources read at the measure's edges and exact between reads (RAPL, NVML,
+        # amdsmi, the estimate): how often they are polled does not limit how short it
+        # may be (their update period does).
         if (
             name in ENERGY_PROBES
             and name not in EDGE_READ_PROBES
@@ -259,10 +260,8 @@ def stored_update_periods(db_path: Path) -> dict[str, float]:
     try:
         with Store.open(db_path, read_only=True) as store:
             _, rows = store.query(
-                # a counter read at the edges is judged by its hardware update period
-                """SELECT es.probe, es.name,
-                          CASE WHEN es.kind = 'counter' THEN es.edge_period_ns
-                               ELSE es.period_ns END
+                # a measure's edges are read: sources.py's rule with no edge gap
+                f"""SELECT es.probe, es.name, {window_resolution_sql("es", "0")}
                    FROM energy_sources es JOIN channels c USING (channel_id)
                    WHERE es.session_id = (
                        SELECT c2.session_id FROM channels c2 JOIN sessions s USING (session_id)

@@ -139,6 +139,9 @@ def golden_energy_sources(store: Store) -> None:
         ("a", "wall", "netio", "output1.load_w"),
     ]
     assert [r["counter_range"] for r in rows] == [RANGE_UJ, None, None]
+    # no update period declared, none detected: every source resolves time as sampled
+    periods = _rows(store, "SELECT period_ns, edge_period_ns FROM energy_sources")
+    assert periods == [{"period_ns": P, "edge_period_ns": P}] * 3
 
 
 def golden_utilisation_channels(store: Store) -> None:
@@ -226,6 +229,9 @@ def golden_unit_results(store: Store) -> None:
     assert unit["min_coverage"] == approx(5.95 / 6)
     assert unit["cpu_percent"] == approx(50.5)
     assert list(unit["flags"]) == ["counter_wrap", "counter_reset"]
+    # the measure's edges fall 50 ms from a sample, the steady state's on samples: both
+    # windows resolve to the sampling period, as no source declares a finer update
+    assert (unit["max_period_ns"], unit["steady_period_ns"]) == (P, P)
     assert list(rows[1]["flags"]) == ["no_energy_source"]
 
 

@@ -15,18 +15,19 @@ driver that reports it wrong: 0.01 counts a hundredth of the energy).
 The power-cap setters keep their state on the GPU (microwatts, like amdsmi);
 ``file_backed()`` keeps the GPUs in the JSON file named by ``GREENMON_FAKE_AMDSMI_STATE``
 so a ``greenmon`` subprocess and the test see the same GPU (plan key
-``[hardware] amdsmi_module = "tests.fakes.amdsmi:file_backed"``).
+``[hardware] amdsmi_module = "tests.fakes.amdsmi:file_backed"``).  What this fake shares
+with the NVML one is in tests/fakes/gpu_library.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.fakes import gpu_library
+from tests.fakes.gpu_library import FakeGpuLibrary
 
 AMDSMI_STATUS_SUCCESS = 0
 AMDSMI_STATUS_INVAL = 1
@@ -96,13 +97,15 @@ class FakeAmdGpu:
         return 2**self.counter_bits
 
 
-class FakeAmdsmi:
+class FakeAmdsmi(FakeGpuLibrary[FakeAmdGpu]):
     """Pass an instance where the probe takes the amdsmi module."""
 
     AmdSmiException = AmdSmiException
     AmdSmiLibraryException = AmdSmiLibraryException
     # greenmon/hardware/amd.py skips its root check for this module.
     GREENMON_FAKE_PRIVILEGED = True
+    NOT_INITIALISED = AMDSMI_STATUS_NOT_INIT
+    NOT_SUPPORTED = AMDSMI_STATUS_NOT_SUPPORTED
 
     def __init__(
         self,
@@ -113,10 +116,9 @@ class FakeAmdsmi:
         state_path: Path | None = None,
         realtime: bool = False,
     ) -> None:
-        self.gpus = gpus
-        self.init_error = init_error
+        constants = {name: value for name, value in globals().items() if name.startswith("AMDSMI_")}
+        super().__init__(gpus, constants=constants, init_error=init_error, state_path=state_path)
         self.seconds_per_read = seconds_per_read
-        self.state_path = state_path
         self.now_s = 0.0
         # realtime: the GPUs draw their power over real (monotonic) time between energy
         # reads, for a caller that waits with time.sleep (scripts/gpu-check's tests)
@@ -125,11 +127,9 @@ class FakeAmdsmi:
         if realtime:
             # the fake clock is time.monotonic(): its log lines up with greenmon's samples
             self.now_s = self._last_read_s
-        self.initialised = False
-        self.shutdowns = 0
-        for name, value in globals().items():
-            if name.startswith("AMDSMI_"):
-                setattr(self, name, value)
+
+    def _error(self, code: int) -> Exception:
+        return AmdSmiLibraryException(code)
 
     # -- the fake's clock ----------------------------------------------------------------
     def sleep(self, seconds: float) -> None:
@@ -141,32 +141,12 @@ class FakeAmdsmi:
             ) % gpu.counter_range_units
         self.now_s += seconds
 
-    def _gpu(self, handle: Any, function: str) -> FakeAmdGpu:
-        if not self.initialised:
-            raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_INIT)
-        gpu: FakeAmdGpu = handle
-        if function in gpu.not_supported:
-            raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_SUPPORTED)
-        return gpu
-
-    def _save(self) -> None:
-        if self.state_path is not None:
-            rows = [
-                dataclasses.asdict(g)
-                | {"not_supported": sorted(g.not_supported), "power_na": sorted(g.power_na)}
-                for g in self.gpus
-            ]
-            self.state_path.write_text(json.dumps(rows))
-
     # -- the amdsmi subset ---------------------------------------------------------------
     def amdsmi_init(self, flags: int = 0) -> None:
-        if self.init_error is not None:
-            raise AmdSmiLibraryException(self.init_error)
-        self.initialised = True
+        self._start()
 
     def amdsmi_shut_down(self) -> None:
-        self.initialised = False
-        self.shutdowns += 1
+        self._stop()
 
     def amdsmi_get_processor_handles(self) -> list[FakeAmdGpu]:
         if not self.initialised:
@@ -267,24 +247,17 @@ STATE_ENV = "GREENMON_FAKE_AMDSMI_STATE"
 
 
 def load_state(path: Path) -> list[FakeAmdGpu]:
-    gpus = []
-    for row in json.loads(path.read_text()):
-        row |= {"not_supported": set(row["not_supported"]), "power_na": set(row["power_na"])}
-        row["log"] = [tuple(entry) for entry in row["log"]]
-        row["processes"] = [tuple(entry) for entry in row["processes"]]
-        gpus.append(FakeAmdGpu(**row))
-    return gpus
+    return gpu_library.load_gpus(path, FakeAmdGpu)
 
 
 def file_backed() -> FakeAmdsmi:
     """A FakeAmdsmi whose GPUs live in $GREENMON_FAKE_AMDSMI_STATE (one GPU when it is new)."""
-    path = Path(os.environ[STATE_ENV])
-    if path.exists():
-        return FakeAmdsmi(load_state(path), state_path=path, realtime=True)
-    gpu = FakeAmdGpu("aa000000-0000-0000-0000-000000000001")
-    amdsmi = FakeAmdsmi([gpu], state_path=path, realtime=True)
-    amdsmi._save()
-    return amdsmi
+    return gpu_library.file_backed(
+        STATE_ENV,
+        FakeAmdGpu,
+        lambda: FakeAmdGpu("aa000000-0000-0000-0000-000000000001"),
+        lambda gpus, path: FakeAmdsmi(gpus, state_path=path, realtime=True),
+    )
 
 
 # Every module ``logged()`` made in this process, for a test that runs a plan in-process

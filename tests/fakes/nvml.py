@@ -11,19 +11,20 @@ their state on the ``FakeGpu``: a power limit outside the constraints is refused
 driver does, and the running clock follows; ``no_permission = True`` refuses every setter.
 ``file_backed()`` keeps that state in the JSON file named by ``GREENMON_FAKE_NVML_STATE``
 so a test can look at a GPU that a ``greenmon`` subprocess changed (plan key
-``[hardware] nvml_module = "tests.fakes.nvml:file_backed"``).
+``[hardware] nvml_module = "tests.fakes.nvml:file_backed"``).  What this fake shares with
+the amdsmi one is in tests/fakes/gpu_library.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+from tests.fakes import gpu_library
+from tests.fakes.gpu_library import FakeGpuLibrary
 
 NVML_SUCCESS = 0
 NVML_ERROR_UNINITIALIZED = 1
@@ -115,12 +116,14 @@ def _power_mw(gpu: FakeGpu) -> int:
     return gpu.power_mw + 100 * (_refreshes(gpu.power_update_period_s) % 7)
 
 
-class FakeNvml:
+class FakeNvml(FakeGpuLibrary[FakeGpu]):
     """Pass an instance where the probe takes the NVML module."""
 
     NVMLError = NVMLError
     # greenmon/hardware/nvml.py skips its root / CAP_SYS_ADMIN check for this module.
     GREENMON_FAKE_PRIVILEGED = True
+    NOT_INITIALISED = NVML_ERROR_UNINITIALIZED
+    NOT_SUPPORTED = NVML_ERROR_NOT_SUPPORTED
 
     def __init__(
         self,
@@ -129,37 +132,21 @@ class FakeNvml:
         init_error: int | None = None,
         state_path: Path | None = None,
     ) -> None:
-        self.gpus = gpus
-        self.state_path = state_path
-        self.init_error = init_error
-        self.initialised = False
-        self.shutdowns = 0
-        self.calls = 0
-        for name, value in globals().items():
-            if name.startswith("NVML_"):
-                setattr(self, name, value)
+        constants = {name: value for name, value in globals().items() if name.startswith("NVML_")}
+        super().__init__(gpus, constants=constants, init_error=init_error, state_path=state_path)
 
-    # -- helpers -------------------------------------------------------------------------
-    def _gpu(self, handle: Any, function: str) -> FakeGpu:
-        self.calls += 1
-        if not self.initialised:
-            raise NVMLError(NVML_ERROR_UNINITIALIZED)
-        gpu: FakeGpu = handle
-        if gpu.lost:
-            raise NVMLError(NVML_ERROR_GPU_IS_LOST)
-        if function in gpu.not_supported:
-            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
-        return gpu
+    def _error(self, code: int) -> Exception:
+        return NVMLError(code)
+
+    def _refusal(self, gpu: FakeGpu) -> int | None:
+        return NVML_ERROR_GPU_IS_LOST if gpu.lost else None
 
     # -- the pynvml subset ---------------------------------------------------------------
     def nvmlInit(self) -> None:
-        if self.init_error is not None:
-            raise NVMLError(self.init_error)
-        self.initialised = True
+        self._start()
 
     def nvmlShutdown(self) -> None:
-        self.initialised = False
-        self.shutdowns += 1
+        self._stop()
 
     def nvmlDeviceGetCount(self) -> int:
         return len(self.gpus)
@@ -260,14 +247,6 @@ class FakeNvml:
         gpu.setter_calls.append(function)
         return gpu
 
-    def _save(self) -> None:
-        if self.state_path is not None:
-            data = [
-                dataclasses.asdict(g) | {"not_supported": sorted(g.not_supported)}
-                for g in self.gpus
-            ]
-            self.state_path.write_text(json.dumps(data))
-
     def nvmlDeviceGetPowerManagementLimit(self, handle: FakeGpu) -> int:
         return self._gpu(handle, "nvmlDeviceGetPowerManagementLimit").power_limit_mw
 
@@ -345,20 +324,17 @@ STATE_ENV = "GREENMON_FAKE_NVML_STATE"
 
 
 def load_state(path: Path) -> list[FakeGpu]:
-    return [
-        FakeGpu(**(row | {"not_supported": set(row["not_supported"])}))
-        for row in json.loads(path.read_text())
-    ]
+    return gpu_library.load_gpus(path, FakeGpu)
 
 
 def file_backed() -> FakeNvml:
     """A FakeNvml whose GPUs live in $GREENMON_FAKE_NVML_STATE (one GPU when it is new)."""
-    path = Path(os.environ[STATE_ENV])
-    if path.exists():
-        return FakeNvml(load_state(path), state_path=path)
-    nvml = FakeNvml([FakeGpu("GPU-33333333-aaaa-bbbb-cccc-000000000000")], state_path=path)
-    nvml._save()
-    return nvml
+    return gpu_library.file_backed(
+        STATE_ENV,
+        FakeGpu,
+        lambda: FakeGpu("GPU-33333333-aaaa-bbbb-cccc-000000000000"),
+        lambda gpus, path: FakeNvml(gpus, state_path=path),
+    )
 
 
 def two_gpus() -> FakeNvml:

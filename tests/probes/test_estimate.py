@@ -8,6 +8,7 @@ import pytest
 
 from greenmon.probes.base import ProbeUnavailable
 from greenmon.probes.estimate import EstimateProbe, Options, linear_power_w
+from greenmon.probes.procstat import tick_ns
 
 
 class ScriptedCpuTimes:
@@ -32,6 +33,9 @@ def test_channel_is_labelled_estimated_and_a_cpu_fallback() -> None:
     assert power.estimated
     assert power.metadata["fallback_for"] == "cpu"
     assert power.metadata["tdp_w"] == 100.0 and power.metadata["idle_w"] == pytest.approx(30.0)
+    # read at a window's edges, it resolves time to the tick of the counters it comes from
+    assert power.metadata["interval_mean"] is True
+    assert power.metadata["counter_update_ns"] == tick_ns() == 10_000_000
     assert utilisation.domain is None
     values = probe.read()
     assert len(values) == 2

@@ -12,6 +12,7 @@ import pytest
 
 from greenmon.plan import check_plan, parse_plan, stored_update_periods
 from greenmon.probes.base import Channel
+from greenmon.probes.estimate import EstimateProbe, Options
 from greenmon.store import Store
 
 PLAN = """
@@ -69,6 +70,9 @@ def test_a_measure_shorter_than_the_slowest_source_allows_warns() -> None:
         "repetitions = 6", prompts=2, extra="[probes.netio]\nrate_hz = 0.5\nhost = 'x'"
     )
     assert "netio (sampled at 0.5 Hz): 2.000 s" in warning
+    # the estimate is read at the measure's edges and is exact between reads, as a
+    # counter is: how often it is polled does not limit the measure
+    assert _warnings("repetitions = 6", prompts=2, extra="[probes.estimate]\nrate_hz = 0.5") == []
     assert _warnings("repetitions = 6", prompts=2) == []  # nothing known: no guess
 
 
@@ -78,6 +82,20 @@ def _db_with_a_slow_gpu(path: Path) -> None:
         channel = Channel("gpu0.energy_mj", "mJ", "counter", "gpu")
         (channel_id,) = store.register_channels(session, "nvml", [channel], 10_000_000)
         store.set_update_periods({channel_id: (400_000_000, 30)})
+
+
+def test_stored_estimate_periods_are_its_tick(tmp_path: Path) -> None:
+    """The estimate polled at 1 Hz, read at the edges: judged by its declared tick, as the
+    results views judge its measure (sources.py window_resolution_sql)."""
+    db = tmp_path / "estimate.duckdb"
+    with Store.open(db) as store:
+        session = store.start_session({"host": "h"}, 0, 0, {})
+        probe = EstimateProbe(Options(tdp_w=10.0))
+        channel = probe.open()[0]
+        probe.close()
+        (channel_id,) = store.register_channels(session, "estimate", [channel], 1_000_000_000)
+        store.set_update_periods({channel_id: (1_000_000_000, 30)})
+    assert stored_update_periods(db) == {f"estimate cpu.power_w in {db}": 0.01}
 
 
 def test_stored_update_periods_reach_plan_check(tmp_path: Path) -> None:
