@@ -61,7 +61,7 @@ class WindowRoutes:
             baseline_window_id=None if baseline_id is None else int(baseline_id),
             baseline_s=None if baseline_s is None else float(baseline_s),
         )
-        return web.json_response(window.as_dict(), dumps=_dumps)
+        return web.json_response(window.message(), dumps=_dumps)
 
     async def close(self, request: web.Request) -> web.Response:
         registry = self._registry()
@@ -78,7 +78,7 @@ class WindowRoutes:
                 "in another session). GET /windows lists the open ones.",
             )
         result = await registry.close_window(window_id)
-        return web.json_response(result.as_dict(), dumps=_dumps)
+        return web.json_response(result, dumps=_dumps)
 
     async def listing(self, request: web.Request) -> web.Response:
         registry = self._registry()

@@ -24,7 +24,15 @@ from aiohttp import web
 from anyio.abc import TaskStatus
 
 from greenmon.api.errors import ApiError
-from greenmon.api.messages import ExperimentSummary
+from greenmon.api.messages import (
+    ControlReply,
+    DaemonEvent,
+    DaemonStatus,
+    EventList,
+    ExperimentList,
+    ExperimentRow,
+    ExperimentSummary,
+)
 from greenmon.api.snapshot import STREAM_HZ, STREAM_WRITE_TIMEOUT_S, SnapshotHub
 from greenmon.api.sockets import bind_unix_socket, prepare_socket_path, resolve_socket_path
 from greenmon.api.sql import SQL_ROW_LIMIT, SQL_TIMEOUT_S, check_read_only, run_read_only
@@ -48,7 +56,7 @@ class ApiOptions:
     sql_timeout_s: float = SQL_TIMEOUT_S
 
 
-def experiment_rows(store: Store) -> list[dict[str, Any]]:
+def experiment_rows(store: Store) -> list[ExperimentRow]:
     """Every experiment in the file with its unit counts, newest first (blocking)."""
     columns, rows = store.query(
         """SELECT e.experiment_id, e.name AS plan_name, e.status, e.created_ns, e.finished_ns,
@@ -58,7 +66,7 @@ def experiment_rows(store: Store) -> list[dict[str, Any]]:
            FROM experiments e LEFT JOIN units u USING (experiment_id)
            GROUP BY ALL ORDER BY e.created_ns DESC NULLS LAST"""
     )
-    return [dict(zip(columns, row, strict=True)) for row in rows]
+    return [ExperimentRow(**dict(zip(columns, row, strict=True))) for row in rows]
 
 
 class ApiServer:
@@ -141,14 +149,14 @@ class ApiServer:
                 [daemon.session_id],
             )
             self._started_ns = int(rows[0][0]) if rows and rows[0][0] is not None else None
-        body = {
-            "pid": os.getpid(),
-            "started_ns": self._started_ns,
-            "db_path": str(daemon.store.path.resolve()),
-            "socket_path": str(self.socket_path),
+        status = DaemonStatus(
+            pid=os.getpid(),
+            started_ns=self._started_ns,
+            db_path=str(daemon.store.path.resolve()),
+            socket_path=str(self.socket_path),
             **msgspec.structs.asdict(daemon.status()),
-        }
-        return web.json_response(body, dumps=dumps)
+        )
+        return web.json_response(status, dumps=dumps)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -184,10 +192,10 @@ class ApiServer:
             [self.daemon.session_id, limit],
         )
         events = [
-            {"t_ns": t_ns, "level": level, "probe": probe, "message": message}
+            DaemonEvent(t_ns=t_ns, level=level, probe=probe, message=message)
             for t_ns, level, probe, message in reversed(rows)
         ]
-        return web.json_response({"events": events}, dumps=dumps)
+        return web.json_response(EventList(events=events), dumps=dumps)
 
     def _experiment_runner(self) -> RunnerControl:
         runner = self.daemon.runner
@@ -225,11 +233,11 @@ class ApiServer:
         else:
             getattr(runner, action)()
         self.daemon.event("info", f"{action} requested through the API")
-        return web.json_response({"ok": True, "progress": runner.progress()}, dumps=dumps)
+        return web.json_response(ControlReply(ok=True, progress=runner.progress()), dumps=dumps)
 
     async def experiments(self, request: web.Request) -> web.Response:
         rows = await anyio.to_thread.run_sync(experiment_rows, self.daemon.store)
-        return web.json_response({"experiments": rows}, dumps=dumps)
+        return web.json_response(ExperimentList(experiments=rows), dumps=dumps)
 
     async def experiment(self, request: web.Request) -> web.Response:
         experiment_id = request.match_info["experiment_id"]
@@ -249,10 +257,7 @@ class ApiServer:
         result = await anyio.to_thread.run_sync(
             run_read_only, self.daemon.store, query, limit, self.options.sql_timeout_s
         )
-        return web.json_response(
-            {"columns": result.columns, "rows": result.rows, "truncated": result.truncated},
-            dumps=dumps,
-        )
+        return web.json_response(result, dumps=dumps)
 
 
 Service = Callable[..., Any]

@@ -21,7 +21,9 @@ from greenmon.errors import GreenmonError, PlanError
 
 def _json_default(value: object) -> Any:
     if isinstance(value, msgspec.Struct):  # a typed message (greenmon.api.messages)
-        return msgspec.to_builtins(value)
+        # One level at a time, so the values inside (a query's dates, bytes, decimals)
+        # are written by the same rules below as they are outside a message.
+        return msgspec.structs.asdict(value)
     if isinstance(value, bytes):
         return value.hex()
     return str(value)
