@@ -14,6 +14,7 @@ import msgspec
 
 from greenmon.api.errors import ApiError, DaemonUnreachable
 from greenmon.api.messages import (
+    CancelRequest,
     ControlReply,
     DaemonEvent,
     DaemonStatus,
@@ -22,16 +23,19 @@ from greenmon.api.messages import (
     ExperimentRow,
     ExperimentSummary,
     OpenedWindow,
+    PlanRequest,
     PlanSubmitted,
     ResultRow,
     Snapshot,
+    SqlRequest,
     SqlResult,
     WindowListing,
+    WindowRequest,
     WindowResult,
     decode,
 )
 from greenmon.api.sockets import resolve_socket_path, socket_is_live
-from greenmon.api.wire import error_from
+from greenmon.api.wire import client_json, error_from
 
 T = TypeVar("T")
 
@@ -91,7 +95,10 @@ class ApiClient:
             )
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=headers, read_bufsize=CLIENT_READ_BUFSIZE
+                connector=connector,
+                headers=headers,
+                read_bufsize=CLIENT_READ_BUFSIZE,
+                json_serialize=client_json,  # request bodies are messages
             )
         return self._session
 
@@ -133,13 +140,9 @@ class ApiClient:
     ) -> PlanSubmitted:
         """Queue a plan (or one shard of it, "K/N"): its experiment id, whether it resumed,
         units done and total, and the experiments queued before it."""
-        body = {
-            "plan_toml": plan_toml,
-            "plan_path": plan_path,
-            "force": force,
-            "resume": resume,
-            "shard": shard,
-        }
+        body = PlanRequest(
+            plan_toml=plan_toml, plan_path=plan_path, force=force, resume=resume, shard=shard
+        )
         return answer(await self._request("POST", "/plans", body), PlanSubmitted)
 
     async def experiments(self) -> list[ExperimentRow]:
@@ -156,13 +159,13 @@ class ApiClient:
         return await self._control("resume")
 
     async def cancel(self, experiment_id: str | None = None) -> ControlReply:
-        return await self._control("cancel", {"experiment_id": experiment_id})
+        return await self._control("cancel", CancelRequest(experiment_id=experiment_id))
 
-    async def _control(self, action: str, body: dict[str, Any] | None = None) -> ControlReply:
+    async def _control(self, action: str, body: CancelRequest | None = None) -> ControlReply:
         return answer(await self._request("POST", f"/{action}", body or {}), ControlReply)
 
     async def sql(self, query: str, limit: int | None = None) -> SqlResult:
-        result = await self._request("POST", "/sql", {"sql": query, "limit": limit})
+        result = await self._request("POST", "/sql", SqlRequest(sql=query, limit=limit))
         return answer(result, SqlResult)
 
     async def stream(self) -> AsyncIterator[Snapshot]:
@@ -193,13 +196,13 @@ class ApiClient:
         baseline_window_id: int | None = None,
         baseline_s: float | None = None,
     ) -> OpenedWindow:
-        body = {
-            "name": name,
-            "tags": dict(tags or {}),
-            "kind": kind,
-            "baseline_window_id": baseline_window_id,
-            "baseline_s": baseline_s,
-        }
+        body = WindowRequest(
+            name=name,
+            tags=dict(tags or {}),
+            kind=kind,
+            baseline_window_id=baseline_window_id,
+            baseline_s=baseline_s,
+        )
         return answer(await self._request("POST", "/windows", body), OpenedWindow)
 
     async def close_window(self, window_id: int) -> WindowResult:

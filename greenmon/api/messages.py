@@ -26,6 +26,46 @@ class SqlResult(msgspec.Struct):
     truncated: bool = False
 
 
+# -- what a client asks -------------------------------------------------------------------
+
+
+class PlanRequest(msgspec.Struct, kw_only=True):
+    """``POST /plans``: a plan's text (and its path, for messages), and how to queue it:
+    ``force`` a new experiment, ``resume`` the last one, ``shard`` "K/N" for one part."""
+
+    plan_toml: str
+    plan_path: str | None = None
+    force: bool = False
+    resume: bool = False
+    shard: str | None = None
+
+
+class CancelRequest(msgspec.Struct, kw_only=True):
+    """``POST /cancel``: a queued plan's experiment id; None cancels the running one."""
+
+    experiment_id: str | None = None
+
+
+class SqlRequest(msgspec.Struct, kw_only=True):
+    """``POST /sql``: a read-only query, and at most how many rows to answer (None: the
+    daemon's row limit, which also caps a larger one)."""
+
+    sql: str
+    limit: int | None = None
+
+
+class WindowRequest(msgspec.Struct, kw_only=True):
+    """``POST /windows``: a window to open now (``kind``: window | baseline), and either
+    the baseline window it subtracts or ``baseline_s`` for the daemon to take one."""
+
+    name: str | None = None
+    # the caller's own labels (open-ended, as a JSON object)
+    tags: dict[str, Any] | None = None
+    kind: str | None = None  # None: window
+    baseline_window_id: int | None = None
+    baseline_s: float | None = None
+
+
 # -- what the runner shows ---------------------------------------------------------------
 
 

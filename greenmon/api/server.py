@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 
 from greenmon.api.errors import ApiError
 from greenmon.api.messages import (
+    CancelRequest,
     ControlReply,
     DaemonEvent,
     DaemonStatus,
@@ -32,11 +33,13 @@ from greenmon.api.messages import (
     ExperimentList,
     ExperimentRow,
     ExperimentSummary,
+    PlanRequest,
+    SqlRequest,
 )
 from greenmon.api.snapshot import STREAM_HZ, STREAM_WRITE_TIMEOUT_S, SnapshotHub
 from greenmon.api.sockets import bind_unix_socket, prepare_socket_path, resolve_socket_path
 from greenmon.api.sql import SQL_ROW_LIMIT, SQL_TIMEOUT_S, check_read_only, run_read_only
-from greenmon.api.wire import dumps, error_response, json_body
+from greenmon.api.wire import dumps, error_response, request_as
 from greenmon.errors import GreenmonError, PlanError
 from greenmon.windows_api import add_window_routes
 
@@ -204,17 +207,16 @@ class ApiServer:
         return runner
 
     async def submit(self, request: web.Request) -> web.Response:
-        body = await json_body(request)
-        plan_toml = body.get("plan_toml")
-        if not isinstance(plan_toml, str):
-            raise ApiError("POST /plans needs a JSON body with plan_toml (the plan's text).")
+        plan = await request_as(
+            request, PlanRequest, "POST /plans needs a JSON body with plan_toml (the plan's text)."
+        )
         try:
             submission = await self._experiment_runner().submit(
-                plan_toml,
-                body.get("plan_path"),
-                force=bool(body.get("force", False)),
-                resume=bool(body.get("resume", False)),
-                shard=str(body["shard"]) if body.get("shard") else None,
+                plan.plan_toml,
+                plan.plan_path,
+                force=plan.force,
+                resume=plan.resume,
+                shard=plan.shard or None,
             )
         except PlanError as error:
             return error_response(400, error)
@@ -224,10 +226,15 @@ class ApiServer:
         runner = self._experiment_runner()
         action = request.path.strip("/")
         if action == "cancel":
-            body = await json_body(request) if request.can_read_body else {}
-            experiment_id = body.get("experiment_id")
+            which = (
+                await request_as(
+                    request, CancelRequest, 'POST /cancel takes {"experiment_id": ...} or no body.'
+                )
+                if request.can_read_body
+                else CancelRequest()
+            )
             try:
-                runner.cancel(str(experiment_id) if experiment_id else None)
+                runner.cancel(which.experiment_id or None)
             except PlanError as error:
                 return error_response(409, error)
         else:
@@ -247,15 +254,13 @@ class ApiServer:
         return web.json_response(message, dumps=dumps)
 
     async def sql(self, request: web.Request) -> web.Response:
-        body = await json_body(request)
-        query = body.get("sql")
-        if not isinstance(query, str):
-            raise ApiError('POST /sql needs a JSON body {"sql": "SELECT ..."}.')
-        limit = int(body.get("limit") or self.options.sql_row_limit)
-        limit = max(1, min(limit, self.options.sql_row_limit))
-        check_read_only(query)  # refuse before taking a thread
+        asked = await request_as(
+            request, SqlRequest, 'POST /sql needs a JSON body {"sql": "SELECT ..."}.'
+        )
+        limit = max(1, min(asked.limit or self.options.sql_row_limit, self.options.sql_row_limit))
+        check_read_only(asked.sql)  # refuse before taking a thread
         result = await anyio.to_thread.run_sync(
-            run_read_only, self.daemon.store, query, limit, self.options.sql_timeout_s
+            run_read_only, self.daemon.store, asked.sql, limit, self.options.sql_timeout_s
         )
         return web.json_response(result, dumps=dumps)
 

@@ -1,6 +1,7 @@
-"""Every message of the wire survives the trip: built as the server builds it, written by
-the server's own encoder (``web.json_response`` with ``greenmon.api.wire.dumps``), read back
-by the client's decoder (``greenmon.api.client.answer``), it is the same message.
+"""Every message of the wire survives the trip: an answer built as the server builds it,
+written by the server's own encoder (``web.json_response`` with ``greenmon.api.wire.dumps``)
+and read back by the client's decoder (``greenmon.api.client.answer``), is the same message;
+so is a request the client writes (``client_json``) as the server reads it (``request_as``).
 
 The JSON keep the field names an external client reads (README: the local API): the
 probe health, writer, serving and results rows are pinned to the names their producers
@@ -14,14 +15,17 @@ import json
 import re
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from greenmon.api import messages
 from greenmon.api.client import answer
 from greenmon.api.errors import ApiError
 from greenmon.api.messages import (
+    CancelRequest,
     ChannelRow,
     ControlReply,
     DaemonEvent,
@@ -33,6 +37,7 @@ from greenmon.api.messages import (
     GridCell,
     OpenedWindow,
     PlanEntry,
+    PlanRequest,
     PlanSubmitted,
     ProbeStatus,
     ProbeStatusDetail,
@@ -40,14 +45,16 @@ from greenmon.api.messages import (
     ResultRow,
     ServingStats,
     Snapshot,
+    SqlRequest,
     SqlResult,
     Status,
     UnitInfo,
     WindowListing,
+    WindowRequest,
     WindowResult,
     WriterStats,
 )
-from greenmon.api.wire import dumps
+from greenmon.api.wire import client_json, dumps, error_response, request_as
 from greenmon.runner import _SUMMARY_SQL
 from greenmon.sampling import ProbeHealth
 from greenmon.store.batches import FlushStats
@@ -95,6 +102,13 @@ CLOSED = WindowResult(
     baseline_w={"cpu": 0.5}, mean_power_w={"cpu": 0.25}, utilisation={"cpu_percent": 50.0},
     coverage=0.99, flags=["low_coverage"], interpolated=["wall"],
 )  # fmt: skip
+REQUESTS: list[msgspec.Struct] = [
+    PlanRequest(plan_toml="name = 'p'\n", plan_path="/p.toml", force=True, shard="1/2"),
+    CancelRequest(experiment_id="e1"),
+    CancelRequest(),
+    SqlRequest(sql="SELECT 1", limit=10),
+    WindowRequest(name="w", tags={"batch": 8}, kind="baseline", baseline_s=1.5),
+]
 EXAMPLES: list[msgspec.Struct] = [
     SqlResult(["a", "b"], [[1, "x"], [None, 2.5]], True),
     ENTRY,
@@ -137,7 +151,7 @@ def test_every_message_is_in_the_examples() -> None:
         for _, cls in inspect.getmembers(messages, inspect.isclass)
         if issubclass(cls, msgspec.Struct) and cls.__module__ == messages.__name__
     }
-    assert defined == {type(example) for example in EXAMPLES}
+    assert defined == {type(example) for example in [*EXAMPLES, *REQUESTS]}
 
 
 @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
@@ -146,6 +160,42 @@ def test_a_message_comes_back_as_it_was_sent(message: msgspec.Struct) -> None:
     # every field goes out under its own name
     assert list(data) == list(type(message).__struct_fields__)
     assert answer(data, type(message)) == message
+
+
+async def server_reads(kind: type[msgspec.Struct], body: bytes) -> Any:
+    """What a server handler reads of ``body`` as ``kind``, sent over real HTTP: the
+    message, or the error it answers (a dict, as the client receives it)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            message = await request_as(request, kind, f"{request.path} takes a {kind.__name__}.")
+        except ApiError as error:
+            return error_response(400, error)
+        return web.Response(body=msgspec.msgpack.encode(message))
+
+    app = web.Application()
+    app.router.add_post("/x", handler)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.post(
+            "/x", data=body, headers={"Content-Type": "application/json"}
+        )
+        if response.status != 200:
+            return await response.json()
+        return msgspec.msgpack.decode(await response.read(), type=kind)
+
+
+@pytest.mark.parametrize("message", REQUESTS, ids=lambda m: type(m).__name__)
+def test_a_request_reaches_the_server_as_it_was_sent(message: msgspec.Struct) -> None:
+    assert anyio.run(server_reads, type(message), client_json(message).encode()) == message
+
+
+def test_a_request_that_does_not_fit_says_how_to_ask() -> None:
+    # as lax about scalars as the endpoint was when it read dicts
+    lax = anyio.run(server_reads, SqlRequest, b'{"sql": "SELECT 1", "limit": "10"}')
+    assert lax == SqlRequest(sql="SELECT 1", limit=10)
+    refused = anyio.run(server_reads, SqlRequest, b'{"query": "SELECT 1"}')
+    assert refused["error"].startswith("/x takes a SqlRequest. (Object missing required field")
+    assert refused["kind"] == "ApiError"
 
 
 def test_the_producers_keep_the_names_clients_read() -> None:
