@@ -498,7 +498,8 @@ class Daemon:
             session_id=self.session_id,
             duration_s=(ended_ns - started_ns) / 1e9,
             samples_written=written,
-            probes=[msgspec.to_builtins(health) for health in self.health()],
+            # as dicts, the values as the probes read them (to_builtins refuses numpy's)
+            probes=[msgspec.structs.asdict(health) for health in self.health()],
         )
 
 

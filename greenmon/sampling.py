@@ -179,7 +179,11 @@ class ProbeHealth:
             jitter_p50_us=self.jitter_percentile_us(50),
             jitter_p99_us=self.jitter_percentile_us(99),
             last_t_ns=self.last_t_ns,
-            last_values=dict(self.last_values),
+            # float(): a probe may read numpy scalars, which JSON does not know as numbers
+            last_values={
+                name: None if value is None else float(value)
+                for name, value in self.last_values.items()
+            },
         )
 
 

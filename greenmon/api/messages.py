@@ -364,9 +364,8 @@ class WindowResult(msgspec.Struct, kw_only=True, frozen=True):
     interpolated: list[str] = msgspec.field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        """The figures as JSON-ready builtins (``greenmon measure --json``)."""
-        data: dict[str, Any] = msgspec.to_builtins(self)
-        return data
+        """The figures by field name (``greenmon measure --json``)."""
+        return msgspec.structs.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WindowResult:
