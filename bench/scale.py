@@ -87,7 +87,7 @@ def bookkeeping(path: Path) -> dict[str, Any]:
             rows = summary_rows(store, EXPERIMENT)
         figures["bookkeeping_s"] = time.monotonic() - started
         figures["summary_configurations"] = len(rows)
-        figures["summary_units"] = sum(int(r["units"]) for r in rows)
+        figures["summary_units"] = sum(r.units for r in rows)
     return figures
 
 

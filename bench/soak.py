@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import psutil
 from _common import REPO, machine  # type: ignore[import-not-found]
 
@@ -185,10 +186,10 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             rows.append(
                 {
                     "t_s": time.monotonic() - started,
-                    "samples": sum(int(p.get("samples") or 0) for p in status["probes"]),
+                    "samples": sum(p.samples for p in status.probes),
                     "rss_mb": rss / MB,
                     "duckdb_mb": (duck[0][0] or 0) / MB,
-                    "writer": status.get("writer"),
+                    "writer": msgspec.to_builtins(status.writer),
                 }
             )
             if rows[-1]["samples"] >= args.samples:

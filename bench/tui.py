@@ -163,9 +163,12 @@ def cpu_s(process: psutil.Process) -> float:
 
 
 def status(path: Path) -> dict[str, Any]:
+    """The daemon's status as JSON-ready builtins (the figures below read them by name)."""
+    import msgspec
+
     from greenmon.api import ApiClient, call_daemon
 
-    result: dict[str, Any] = call_daemon(ApiClient(path), ApiClient.status)
+    result: dict[str, Any] = msgspec.to_builtins(call_daemon(ApiClient(path), ApiClient.status))
     return result
 
 

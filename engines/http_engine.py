@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from greenmon.api.messages import ServingStats
 from greenmon.attribution import listening_pid, server_energy_j
 from greenmon.engines._common import check_options
 from greenmon.engines.base import LoadInfo, Prompt, RequestRecord
@@ -386,7 +387,7 @@ class HttpEngine:
         return tuple(int(t) for t in self._tokenizer.encode(text, add_special_tokens=False))
 
     # -- live progress -------------------------------------------------------------------
-    def live(self) -> dict[str, Any]:
+    def live(self) -> ServingStats:
         """Requests in flight, tokens per second and latency so far in the current phase."""
         live = self._live
         with live.lock:
@@ -395,17 +396,17 @@ class HttpEngine:
             elapsed_s = (
                 (time.monotonic_ns() - live.started_ns) / 1e9 if live.started_ns else 0.0
             )
-            return {
-                "requests_in_flight": live.in_flight,
-                "requests_done": live.done,
-                "requests_failed": live.failed,
-                "tokens_per_s": live.tokens / elapsed_s if elapsed_s > 0 else None,
-                "latency_p50_s": _quantile(latencies, 0.5),
-                "latency_p90_s": _quantile(latencies, 0.9),
-                "ttft_p50_s": _quantile(ttfts, 0.5),
-                "concurrency": None if self._rate_hz else self._concurrency,
-                "request_rate_hz": self._rate_hz,
-            }
+            return ServingStats(
+                requests_in_flight=live.in_flight,
+                requests_done=live.done,
+                requests_failed=live.failed,
+                tokens_per_s=live.tokens / elapsed_s if elapsed_s > 0 else None,
+                latency_p50_s=_quantile(latencies, 0.5),
+                latency_p90_s=_quantile(latencies, 0.9),
+                ttft_p50_s=_quantile(ttfts, 0.5),
+                concurrency=None if self._rate_hz else self._concurrency,
+                request_rate_hz=self._rate_hz,
+            )
 
 
 Engine = HttpEngine

@@ -24,10 +24,19 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
+import msgspec
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
-from greenmon.api.messages import Progress, Snapshot, Status
+from greenmon.api.messages import (
+    ChannelRow,
+    ProbeStatus,
+    ProbeStatusDetail,
+    Progress,
+    Snapshot,
+    Status,
+    WriterStats,
+)
 from greenmon.clock import ClockAnchor, now_ns
 from greenmon.config import Config, probe_module
 from greenmon.hostinfo import host_info
@@ -194,31 +203,35 @@ class Daemon:
         await self.flush()
 
     # -- what the daemon shows (GET /status, GET /stream, the TUI, metrics) -------------
-    def health(self, *, detail: bool = True) -> list[dict[str, Any]]:
-        """Every probe's health, the unavailable ones included (``ProbeHealth.as_dict``)."""
-        rows = [s.health.as_dict(detail=detail) for s in self.samplers]
-        rows += [
-            ProbeHealth(probe=name, target_hz=0.0, state="unavailable", reason=reason).as_dict(
-                detail=detail
-            )
+    def _probe_healths(self) -> list[ProbeHealth]:
+        """Every probe's health, the unavailable ones included."""
+        return [s.health for s in self.samplers] + [
+            ProbeHealth(probe=name, target_hz=0.0, state="unavailable", reason=reason)
             for name, reason in self.unavailable.items()
         ]
-        return rows
 
-    def channel_table(self) -> list[dict[str, Any]]:
+    def health(self) -> list[ProbeStatusDetail]:
+        """Every probe's health in full (``GET /status``, the session's summary)."""
+        return [health.detail() for health in self._probe_healths()]
+
+    def health_summary(self) -> list[ProbeStatus]:
+        """Every probe's health without jitter: cheap enough for every stream snapshot."""
+        return [health.summary() for health in self._probe_healths()]
+
+    def channel_table(self) -> list[ChannelRow]:
         """Every registered channel, with whether it answers for its domain."""
         return [
-            {
-                "channel_id": channel_id,
-                "probe": probe,
-                "name": channel.name,
-                "unit": channel.unit,
-                "kind": channel.kind,
-                "domain": channel.domain,
-                "estimated": channel.estimated,
-                "energy_source": channel_id in self.energy_source_ids,
-                "metadata": dict(channel.metadata),
-            }
+            ChannelRow(
+                channel_id=channel_id,
+                probe=probe,
+                name=channel.name,
+                unit=channel.unit,
+                kind=channel.kind,
+                domain=channel.domain,
+                estimated=channel.estimated,
+                energy_source=channel_id in self.energy_source_ids,
+                metadata=dict(channel.metadata),
+            )
             for channel_id, (probe, channel) in sorted(self.channels.items())
         ]
 
@@ -248,7 +261,7 @@ class Daemon:
             t_ns=now_ns(),
             session_id=self.session_id,
             values=self.channel_values(),
-            probes=self.health(detail=False),
+            probes=self.health_summary(),
             progress=self.progress(),
         )
 
@@ -259,9 +272,9 @@ class Daemon:
             t_ns=now_ns(),
             session_id=self.session_id,
             values=self.channel_values(),
-            probes=self.health(detail=True),
+            probes=self.health(),
             progress=self.progress(),
-            writer=self.store.flush_stats.as_dict(),
+            writer=WriterStats(**self.store.flush_stats.as_dict()),
             channels=self.channel_table(),
             runner=self.runner is not None,
         )
@@ -485,7 +498,8 @@ class Daemon:
             session_id=self.session_id,
             duration_s=(ended_ns - started_ns) / 1e9,
             samples_written=written,
-            probes=self.health(),
+            # as dicts, the values as the probes read them (to_builtins refuses numpy's)
+            probes=[msgspec.structs.asdict(health) for health in self.health()],
         )
 
 

@@ -17,7 +17,7 @@ written once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 WORD = "estimated"
@@ -100,17 +100,16 @@ def finding_note(column: str, estimated_domains: Iterable[str], units: str = "")
     )
 
 
-def source_lines(channels: Iterable[Mapping[str, Any]]) -> list[str]:
+def source_lines(channels: Iterable[tuple[str | None, str, str, bool]]) -> list[str]:
     """One line per domain saying which channel answers for it and whether it is
-    measured or estimated, from channel rows (``domain``, ``probe``, ``name``,
-    ``estimated``) that are their domain's energy source."""
+    measured or estimated, from the ``(domain, probe, name, estimated)`` of the channels
+    that are their domain's energy source."""
     lines = []
-    for row in sorted(channels, key=lambda r: (str(r.get("domain")), str(r.get("name")))):
-        domain = str(row.get("domain"))
-        source = f"{row.get('probe')} {row.get('name')}"
-        if row.get("estimated"):
-            what = f"{WORD}: modelled from CPU utilisation, not measured"
-        else:
-            what = "measured"
+    for domain_or_none, probe, name, estimated in sorted(
+        channels, key=lambda c: (str(c[0]), str(c[2]))
+    ):
+        domain = str(domain_or_none)
+        source = f"{probe} {name}"
+        what = f"{WORD}: modelled from CPU utilisation, not measured" if estimated else "measured"
         lines.append(f"{DOMAIN_NAMES.get(domain, domain)} energy: {source} ({what})")
     return lines

@@ -10,10 +10,11 @@ gauge's value.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from greenmon.api.messages import ChannelRow
 from greenmon.sources import interval_power_w, is_energy_channel
 
 SOURCE_LABELS = {"cpu": "CPU package", "dram": "DRAM", "gpu": "GPU", "wall": "wall"}
@@ -32,19 +33,19 @@ class ChannelInfo:
     energy_source: bool = False
 
     @classmethod
-    def from_status(cls, row: Mapping[str, Any]) -> ChannelInfo:
-        metadata = row.get("metadata") or {}
-        counter_range = metadata.get("counter_range")
+    def from_status(cls, row: ChannelRow) -> ChannelInfo:
+        """From a row of the daemon's channel table (``GET /status``)."""
+        counter_range = row.metadata.get("counter_range")
         return cls(
-            channel_id=int(row["channel_id"]),
-            probe=str(row["probe"]),
-            name=str(row["name"]),
-            unit=str(row["unit"]),
-            kind=str(row["kind"]),
-            domain=row.get("domain"),
-            estimated=bool(row.get("estimated")),
+            channel_id=row.channel_id,
+            probe=row.probe,
+            name=row.name,
+            unit=row.unit,
+            kind=row.kind,
+            domain=row.domain,
+            estimated=row.estimated,
             counter_range=float(counter_range) if counter_range else None,
-            energy_source=bool(row.get("energy_source")),
+            energy_source=row.energy_source,
         )
 
     @property
@@ -78,7 +79,7 @@ class DomainPower:
 class PowerMeter:
     """Power per domain now, from successive ``[channel_id, t_ns, value]`` readings."""
 
-    def __init__(self, channels: Iterable[Mapping[str, Any]]) -> None:
+    def __init__(self, channels: Iterable[ChannelRow]) -> None:
         infos = (ChannelInfo.from_status(row) for row in channels)
         self.sources = {info.channel_id: info for info in infos if info.is_source}
         self._last: dict[int, tuple[int, float]] = {}

@@ -242,8 +242,8 @@ class DaemonCollector:
         )
         at_ns = time.time_ns()  # wall time: intensity files are in wall time
         for row in progress.results:
-            grams, money = per_unit(self.pricing, row.get("median_energy_j"), at_ns)
-            configuration = str(row.get("configuration", ""))
+            grams, money = per_unit(self.pricing, row.median_energy_j, at_ns)
+            configuration = row.configuration
             if grams is not None:
                 co2e.add_metric([experiment_id, configuration], grams)
             if money is not None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from greenmon.api.messages import WindowListing, WindowResult
 from greenmon.attribution import (
     METHOD_GPU_UTILISATION,
     CpuShareSampler,
@@ -44,7 +45,6 @@ from greenmon.attribution import (
     power_series_sql,
 )
 from greenmon.errors import GreenmonError
-from greenmon.windows import WindowResult
 
 if TYPE_CHECKING:
     from greenmon.api.client import ApiClient
@@ -259,12 +259,12 @@ class Monitor:
             self.client.open_window, name, dict(tags or {}), kind=kind,
             baseline_window_id=baseline_id,
         )  # fmt: skip
-        window = Window(int(opened["window_id"]), name, tags or {}, int(opened["start_ns"]))
+        window = Window(opened.window_id, name, tags or {}, opened.start_ns)
         window.sampler = sampler
         return window
 
     def close_window(self, window: Window) -> WindowResult:
-        result = WindowResult.from_dict(self._call(self.client.close_window, window.window_id))
+        result = self._call(self.client.close_window, window.window_id)
         window.result = result
         if window.sampler is not None:
             gpu = window.sampler.gpu
@@ -360,6 +360,6 @@ class Monitor:
         self.default_baseline_id = result.window_id
         return result
 
-    def windows(self, limit: int = 20) -> dict[str, Any]:
+    def windows(self, limit: int = 20) -> WindowListing:
         """Open windows and the last ``limit`` closed ones of the daemon's session."""
         return self._call(self.client.windows, limit)

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from greenmon.api.messages import Progress
+    from greenmon.api.messages import PlanSubmitted, Progress, ResultRow
     from greenmon.config import Config
     from greenmon.daemon import Daemon
     from greenmon.plan import Plan
@@ -52,7 +52,7 @@ class RunnerControl(Protocol):
         force: bool = False,
         resume: bool = False,
         shard: str | None = None,
-    ) -> dict[str, Any]: ...
+    ) -> PlanSubmitted: ...
 
     async def submit_plan(self, plan: Plan, *, force: bool, resume: bool) -> Submission: ...
 
@@ -64,7 +64,7 @@ class RunnerControl(Protocol):
 
     def progress(self) -> Progress: ...
 
-    def summary_rows(self, experiment_id: str) -> list[dict[str, Any]]: ...
+    def summary_rows(self, experiment_id: str) -> list[ResultRow]: ...
 
 
 class RunnerHost(Protocol):

@@ -38,7 +38,14 @@ import msgspec
 import psutil
 from anyio.abc import TaskStatus
 
-from greenmon.api.messages import GridCell, PlanEntry, UnitInfo
+from greenmon.api.messages import (
+    GridCell,
+    PlanEntry,
+    PlanSubmitted,
+    ResultRow,
+    ServingStats,
+    UnitInfo,
+)
 from greenmon.api.messages import Progress as ProgressMessage
 from greenmon.attribution import (
     METHOD_TOKENS,
@@ -98,7 +105,7 @@ class Progress:
     started_ns: int | None = None
     units_run: int = 0
     grid: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
-    results: list[dict[str, Any]] = field(default_factory=list)
+    results: list[ResultRow] = field(default_factory=list)
     last_error: str | None = None
 
 
@@ -127,8 +134,9 @@ class Submission:
             outcome=self.outcome,
         )
 
-    def as_dict(self) -> dict[str, Any]:
-        return msgspec.structs.asdict(self.entry())
+    def submitted(self, queued_behind: list[str]) -> PlanSubmitted:
+        """This plan as ``POST /plans`` answers it: queued behind ``queued_behind``."""
+        return PlanSubmitted(**msgspec.structs.asdict(self.entry()), queued_behind=queued_behind)
 
 
 class PlanFinished(PlanError):
@@ -152,7 +160,7 @@ FROM {results} WHERE status = 'done'
 GROUP BY configuration ORDER BY configuration"""
 
 
-def summary_rows(store: Store, experiment_id: str) -> list[dict[str, Any]]:
+def summary_rows(store: Store, experiment_id: str) -> list[ResultRow]:
     """Medians per configuration over an experiment's finished units: the live results
     table, and the summary ``greenmon run`` prints (from the daemon, or from the file)."""
     columns, rows = store.query(_SUMMARY_SQL.format(results="unit_results_for(?)"), [experiment_id])
@@ -165,7 +173,7 @@ def unit_end_summary_rows(
     *,
     session_id: str | None = None,
     settled_before_ns: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[ResultRow]:
     """A unit end's bookkeeping: materialise the finished units whose samples are all
     flushed (``Store.materialise_unit_results``), and ``summary_rows`` from the same pass
     over the samples (``Store.materialise_and_query``), so the results SQL is evaluated
@@ -179,14 +187,16 @@ def unit_end_summary_rows(
     return _summary_dicts(columns, rows)
 
 
-def _summary_dicts(columns: list[str], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    return [
+def _summary_dicts(columns: list[str], rows: list[tuple[Any, ...]]) -> list[ResultRow]:
+    # NaN (a median over no values) is no figure: None, as JSON can carry it.
+    figures: list[dict[str, Any]] = [
         {
             k: (None if isinstance(v, float) and math.isnan(v) else v)
             for k, v in zip(columns, row, strict=True)
         }
         for row in rows
     ]
+    return [ResultRow(**values) for values in figures]
 
 
 class ExperimentRunner:
@@ -268,8 +278,8 @@ class ExperimentRunner:
         force: bool = False,
         resume: bool = False,
         shard: str | None = None,
-    ) -> dict[str, Any]:
-        """A plan's text from the API: queued, its submission as a dict."""
+    ) -> PlanSubmitted:
+        """A plan's text from the API: queued, its submission as the wire shows it."""
         import dataclasses
         from pathlib import Path
 
@@ -277,7 +287,7 @@ class ExperimentRunner:
         if shard is not None:  # one part of the plan's units
             plan = dataclasses.replace(plan, shard=parse_shard(shard))
         submission = await self.submit_plan(plan, force=force, resume=resume)
-        return submission.as_dict() | {"queued_behind": self.queued_behind(submission)}
+        return submission.submitted(self.queued_behind(submission))
 
     async def submit_plan(self, plan: Plan, *, force: bool, resume: bool) -> Submission:
         """Queue a plan; simultaneous submissions are serialised, never run together."""
@@ -356,11 +366,14 @@ class ExperimentRunner:
             serving=self._serving_progress(),
         )
 
-    def _serving_progress(self) -> dict[str, Any] | None:
+    def _serving_progress(self) -> ServingStats | None:
         """Requests in flight, tokens/s and latency of a served unit (an engine
         that handles load and offers ``live()``); None for in-process engines."""
         live = getattr(self.live_engine, "live", None)
-        return dict(live()) if callable(live) else None
+        if not callable(live):
+            return None
+        stats = live()
+        return stats if isinstance(stats, ServingStats) else None
 
     # -- the store -----------------------------------------------------------------------
     def prepare(self, plan: Plan, resume: bool, force: bool) -> Submission:
@@ -488,7 +501,7 @@ class ExperimentRunner:
         )
         self.daemon.event("error", f"unit {unit.unit_id} ({unit.configuration}) failed: {reason}")
 
-    def materialise_results(self, experiment_id: str) -> list[dict[str, Any]]:
+    def materialise_results(self, experiment_id: str) -> list[ResultRow]:
         """Store the results of the experiment's finished units, this one included, so the
         live summary reads one row per unit, not samples; returns that summary, read from
         the same pass (``unit_end_summary_rows``).  It runs only from ``record``, after
@@ -499,7 +512,7 @@ class ExperimentRunner:
             self.store, experiment_id, session_id=self.daemon.session_id, settled_before_ns=now_ns()
         )
 
-    def summary_rows(self, experiment_id: str) -> list[dict[str, Any]]:
+    def summary_rows(self, experiment_id: str) -> list[ResultRow]:
         """Medians per configuration over finished units (the live results table)."""
         return summary_rows(self.store, experiment_id)
 

@@ -53,13 +53,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import anyio.to_thread
+import msgspec
 import numpy as np
 from anyio.streams.memory import MemoryObjectSendStream
 
+from greenmon.api.messages import ProbeStatus, ProbeStatusDetail
 from greenmon.clock import now_ns
 from greenmon.probes.base import Channel, Probe, ProbeLost, Stamped, Values
 from greenmon.sources import ENERGY_UNITS
@@ -155,30 +156,35 @@ class ProbeHealth:
         index = min(len(ordered) - 1, int(q / 100.0 * len(ordered)))
         return ordered[index] / 1e3
 
-    def as_dict(self, *, detail: bool = True) -> dict[str, Any]:
-        """The probe's health as the API shows it; without ``detail`` (no counts of reads
-        and samples, no jitter percentiles, no last values) it is cheap enough for every
-        stream snapshot."""
-        row: dict[str, Any] = {
-            "probe": self.probe,
-            "state": self.state,
-            "reason": self.reason,
-            "target_hz": self.target_hz,
-            "achieved_hz": round(self.achieved_hz, 3),
-            "errors": self.errors,
-            "missed_ticks": self.missed_ticks,
-            "last_error": self.last_error,
-        }
-        if detail:
-            row |= {
-                "reads": self.reads,
-                "samples": self.samples,
-                "jitter_p50_us": self.jitter_percentile_us(50),
-                "jitter_p99_us": self.jitter_percentile_us(99),
-                "last_t_ns": self.last_t_ns,
-                "last_values": dict(self.last_values),
-            }
-        return row
+    def summary(self) -> ProbeStatus:
+        """The probe's health without counts of reads and samples, jitter percentiles or
+        last values: cheap enough for every stream snapshot."""
+        return ProbeStatus(
+            probe=self.probe,
+            state=self.state,
+            reason=self.reason,
+            target_hz=self.target_hz,
+            achieved_hz=round(self.achieved_hz, 3),
+            errors=self.errors,
+            missed_ticks=self.missed_ticks,
+            last_error=self.last_error,
+        )
+
+    def detail(self) -> ProbeStatusDetail:
+        """The probe's health as ``GET /status`` shows it."""
+        return ProbeStatusDetail(
+            **msgspec.structs.asdict(self.summary()),
+            reads=self.reads,
+            samples=self.samples,
+            jitter_p50_us=self.jitter_percentile_us(50),
+            jitter_p99_us=self.jitter_percentile_us(99),
+            last_t_ns=self.last_t_ns,
+            # float(): a probe may read numpy scalars, which JSON does not know as numbers
+            last_values={
+                name: None if value is None else float(value)
+                for name, value in self.last_values.items()
+            },
+        )
 
 
 class _EventThrottle:

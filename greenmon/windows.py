@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 from anyio.abc import TaskStatus
 
+from greenmon.api.messages import OpenedWindow, WindowListing, WindowResult
 from greenmon.clock import now_ns
 from greenmon.errors import GreenmonError
 from greenmon.sampling import HANDOFF_POLL_S, HANDOFF_WAIT_MAX_S
@@ -59,124 +60,56 @@ class OpenWindow:
     start_ns: int
     baseline_window_id: int | None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "window_id": self.window_id,
-            "name": self.name,
-            "kind": self.kind,
-            "tags": self.tags,
-            "start_ns": self.start_ns,
-            "elapsed_s": (now_ns() - self.start_ns) / 1e9,
-            "baseline_window_id": self.baseline_window_id,
-        }
-
-
-@dataclass(frozen=True)
-class WindowResult:
-    """A closed window's figures, as the API returns them and Monitor / measure show them.
-
-    ``energy_j``, ``dynamic_j``, ``baseline_w`` and ``mean_power_w`` are keyed by domain
-    (cpu, dram, gpu, wall, and global = cpu + gpu); a domain no probe measured is absent.
-    """
-
-    window_id: int
-    name: str
-    kind: str
-    tags: dict[str, Any]
-    start_ns: int
-    end_ns: int
-    duration_s: float
-    baseline_window_id: int | None
-    energy_j: dict[str, float] = field(default_factory=dict)
-    dynamic_j: dict[str, float] = field(default_factory=dict)
-    baseline_w: dict[str, float] = field(default_factory=dict)
-    mean_power_w: dict[str, float] = field(default_factory=dict)
-    utilisation: dict[str, float] = field(default_factory=dict)
-    coverage: float | None = None
-    flags: list[str] = field(default_factory=list)
-    # Domains whose energy is interpolated at the window's edges (a source that cannot
-    # be read on demand, EnergiBridge); the others' counters were read at both edges.
-    interpolated: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "window_id": self.window_id,
-            "name": self.name,
-            "kind": self.kind,
-            "tags": self.tags,
-            "start_ns": self.start_ns,
-            "end_ns": self.end_ns,
-            "duration_s": self.duration_s,
-            "baseline_window_id": self.baseline_window_id,
-            "energy_j": self.energy_j,
-            "dynamic_j": self.dynamic_j,
-            "baseline_w": self.baseline_w,
-            "mean_power_w": self.mean_power_w,
-            "utilisation": self.utilisation,
-            "coverage": self.coverage,
-            "flags": self.flags,
-            "interpolated": self.interpolated,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> WindowResult:
-        return cls(
-            window_id=int(data["window_id"]),
-            name=str(data["name"]),
-            kind=str(data["kind"]),
-            tags=dict(data.get("tags") or {}),
-            start_ns=int(data["start_ns"]),
-            end_ns=int(data["end_ns"]),
-            duration_s=float(data["duration_s"]),
-            baseline_window_id=data.get("baseline_window_id"),
-            energy_j=dict(data.get("energy_j") or {}),
-            dynamic_j=dict(data.get("dynamic_j") or {}),
-            baseline_w=dict(data.get("baseline_w") or {}),
-            mean_power_w=dict(data.get("mean_power_w") or {}),
-            utilisation=dict(data.get("utilisation") or {}),
-            coverage=data.get("coverage"),
-            flags=list(data.get("flags") or []),
-            interpolated=list(data.get("interpolated") or []),
+    def message(self) -> OpenedWindow:
+        """The window as the API shows it, with the seconds it has been open."""
+        return OpenedWindow(
+            window_id=self.window_id,
+            name=self.name,
+            kind=self.kind,
+            tags=self.tags,
+            start_ns=self.start_ns,
+            elapsed_s=(now_ns() - self.start_ns) / 1e9,
+            baseline_window_id=self.baseline_window_id,
         )
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> WindowResult:
-        """From a row of ``window_results`` (column name -> value)."""
 
-        def number(value: Any) -> float | None:
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                return None
-            return float(value)
+def window_result_from_row(row: Mapping[str, Any]) -> WindowResult:
+    """A closed window's figures from a row of ``window_results`` (column name -> value)."""
 
-        def per_domain(pattern: str) -> dict[str, float]:
-            values = {d: number(row.get(pattern.format(d))) for d in DOMAINS}
-            return {d: v for d, v in values.items() if v is not None}
+    def number(value: Any) -> float | None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        return float(value)
 
-        duration_s = float(row["duration_s"])
-        energy = per_domain("energy_{}_j")
-        tags = row.get("tags")
-        return cls(
-            window_id=int(row["window_id"]),
-            name=str(row["name"]),
-            kind=str(row["kind"]),
-            tags=json.loads(tags) if isinstance(tags, str) else dict(tags or {}),
-            start_ns=int(row["start_ns"]),
-            end_ns=int(row["end_ns"]),
-            duration_s=duration_s,
-            baseline_window_id=row.get("baseline_window_id"),
-            energy_j=energy,
-            dynamic_j=per_domain("dynamic_{}_j"),
-            baseline_w=per_domain("baseline_{}_w"),
-            mean_power_w={d: e / duration_s for d, e in energy.items()} if duration_s else {},
-            utilisation={
-                q: v
-                for q, v in ((q, number(row.get(q))) for q in UTILISATION_QUANTITIES)
-                if v is not None
-            },
-            coverage=number(row.get("min_coverage")),
-            flags=list(row.get("flags") or []),
-            interpolated=sorted(row.get("interpolated_domains") or []),
-        )
+    def per_domain(pattern: str) -> dict[str, float]:
+        values = {d: number(row.get(pattern.format(d))) for d in DOMAINS}
+        return {d: v for d, v in values.items() if v is not None}
+
+    duration_s = float(row["duration_s"])
+    energy = per_domain("energy_{}_j")
+    tags = row.get("tags")
+    return WindowResult(
+        window_id=int(row["window_id"]),
+        name=str(row["name"]),
+        kind=str(row["kind"]),
+        tags=json.loads(tags) if isinstance(tags, str) else dict(tags or {}),
+        start_ns=int(row["start_ns"]),
+        end_ns=int(row["end_ns"]),
+        duration_s=duration_s,
+        baseline_window_id=row.get("baseline_window_id"),
+        energy_j=energy,
+        dynamic_j=per_domain("dynamic_{}_j"),
+        baseline_w=per_domain("baseline_{}_w"),
+        mean_power_w={d: e / duration_s for d, e in energy.items()} if duration_s else {},
+        utilisation={
+            q: v
+            for q, v in ((q, number(row.get(q))) for q in UTILISATION_QUANTITIES)
+            if v is not None
+        },
+        coverage=number(row.get("min_coverage")),
+        flags=list(row.get("flags") or []),
+        interpolated=sorted(row.get("interpolated_domains") or []),
+    )
 
 
 def window_results(store: Store, window_ids: Sequence[int]) -> list[WindowResult]:
@@ -186,7 +119,7 @@ def window_results(store: Store, window_ids: Sequence[int]) -> list[WindowResult
     columns, rows = store.query(
         "SELECT * FROM window_results_for(?) ORDER BY window_id", [list(window_ids)]
     )
-    return [WindowResult.from_row(dict(zip(columns, row, strict=True))) for row in rows]
+    return [window_result_from_row(dict(zip(columns, row, strict=True))) for row in rows]
 
 
 class WindowRegistry:
@@ -338,7 +271,7 @@ class WindowRegistry:
             )
 
     # -- listing -----------------------------------------------------------------------
-    async def listing(self, limit: int = RECENT_WINDOWS) -> dict[str, Any]:
+    async def listing(self, limit: int = RECENT_WINDOWS) -> WindowListing:
         """Open windows and the most recent closed ones of this session, with figures."""
         rows = await anyio.to_thread.run_sync(
             self.store.execute,
@@ -350,12 +283,12 @@ class WindowRegistry:
         missing = [i for i in ids if i not in self._closed]
         self._remember(await anyio.to_thread.run_sync(window_results, self.store, missing))
         recent = [self._closed[i] for i in ids if i in self._closed]
-        return {
-            "session_id": self.daemon.session_id,
-            "open": [w.as_dict() for w in sorted(self.open.values(), key=lambda w: w.start_ns)],
-            "recent": [r.as_dict() for r in sorted(recent, key=lambda r: -r.end_ns)],
-            "auto_baseline_window_id": self.auto_baseline_id,
-        }
+        return WindowListing(
+            session_id=self.daemon.session_id,
+            open=[w.message() for w in sorted(self.open.values(), key=lambda w: w.start_ns)],
+            recent=sorted(recent, key=lambda r: -r.end_ns),
+            auto_baseline_window_id=self.auto_baseline_id,
+        )
 
 
 def registry_of(daemon: WindowHost) -> WindowRegistry | None:

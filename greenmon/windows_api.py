@@ -1,19 +1,22 @@
 """The API's window endpoints, registered on ApiServer's app in one line.
 
-``POST /windows`` ``{"name", "tags"?, "kind"?, "baseline_window_id"?, "baseline_s"?}``
-opens a window and answers ``{"window_id", "start_ns", ...}``; ``POST /windows/{id}/close``
-closes it and answers its figures (greenmon/windows.py ``WindowResult.as_dict``);
-``GET /windows?limit=N`` answers ``{"open": [...], "recent": [...]}``: the open windows
-(name, tags, start, elapsed seconds) and the last N closed ones of this session with their
-figures, which is what a viewer needs to list them beside the current unit.
+``POST /windows`` (a ``WindowRequest``: ``{"name", "tags"?, "kind"?,
+"baseline_window_id"?, "baseline_s"?}``) opens a window and answers an ``OpenedWindow``
+(``{"window_id", "start_ns", ...}``); ``POST /windows/{id}/close`` closes it and answers its
+figures (a ``WindowResult``); ``GET /windows?limit=N`` answers a ``WindowListing``
+(``{"open": [...], "recent": [...]}``): the open windows (name, tags, start, elapsed
+seconds) and the last N closed ones of this session with their figures, which is what a
+viewer needs to list them beside the current unit.  The messages are greenmon/api/messages.py's.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from aiohttp import web
 
+from greenmon.api.messages import WindowRequest
 from greenmon.windows import WindowError, WindowRegistry, registry_of
 
 if TYPE_CHECKING:
@@ -49,19 +52,23 @@ class WindowRoutes:
             return _error(400, "POST /windows needs a JSON object body with at least a name.")
         if not isinstance(body, dict):
             return _error(400, "POST /windows needs a JSON object body with at least a name.")
-        tags = body.get("tags") or {}
-        if not isinstance(tags, dict):
-            return _error(400, "tags must be a JSON object (name -> value).")
-        baseline_id = body.get("baseline_window_id")
-        baseline_s = body.get("baseline_s")
+        try:
+            # lax about scalars ("8" for 8), as the endpoint was before it was typed
+            asked = msgspec.convert(body, WindowRequest, strict=False)
+        except msgspec.ValidationError as error:
+            return _error(
+                400,
+                f"POST /windows takes a name, tags (a JSON object: name -> value), kind, "
+                f"and baseline_window_id or baseline_s ({error}).",
+            )
         window = await registry.open_window(
-            str(body.get("name") or ""),
-            tags,
-            kind=str(body.get("kind") or "window"),
-            baseline_window_id=None if baseline_id is None else int(baseline_id),
-            baseline_s=None if baseline_s is None else float(baseline_s),
+            asked.name or "",
+            asked.tags or {},
+            kind=asked.kind or "window",
+            baseline_window_id=asked.baseline_window_id,
+            baseline_s=asked.baseline_s,
         )
-        return web.json_response(window.as_dict(), dumps=_dumps)
+        return web.json_response(window.message(), dumps=_dumps)
 
     async def close(self, request: web.Request) -> web.Response:
         registry = self._registry()
@@ -78,7 +85,7 @@ class WindowRoutes:
                 "in another session). GET /windows lists the open ones.",
             )
         result = await registry.close_window(window_id)
-        return web.json_response(result.as_dict(), dumps=_dumps)
+        return web.json_response(result, dumps=_dumps)
 
     async def listing(self, request: web.Request) -> web.Response:
         registry = self._registry()

@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ParamSpec, Protocol
 
 import anyio
-import msgspec
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, ScreenStackError
@@ -38,7 +37,16 @@ from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Static
 from textual_plotext import PlotextPlot
 
 from greenmon.api.errors import ApiError
-from greenmon.api.messages import SqlResult, WindowListing, decode
+from greenmon.api.messages import (
+    ControlReply,
+    DaemonEvent,
+    DaemonStatus,
+    ExperimentRow,
+    ResultRow,
+    Snapshot,
+    SqlResult,
+    WindowListing,
+)
 from greenmon.tui.model import (
     HEALTH_COLUMNS,
     RESULT_COLUMNS,
@@ -88,16 +96,16 @@ def _while_mounted(draw: Callable[P, None]) -> Callable[P, None]:
 class DaemonLink(Protocol):
     """What the app needs from the API client (greenmon.api.ApiClient has this shape)."""
 
-    async def status(self) -> dict[str, Any]: ...
-    def stream(self) -> AsyncIterator[dict[str, Any]]: ...
-    async def events(self, limit: int = 100) -> list[dict[str, Any]]: ...
+    async def status(self) -> DaemonStatus: ...
+    def stream(self) -> AsyncIterator[Snapshot]: ...
+    async def events(self, limit: int = 100) -> list[DaemonEvent]: ...
     async def sql(self, query: str, limit: int | None = None) -> SqlResult: ...
-    async def pause(self) -> dict[str, Any]: ...
-    async def resume(self) -> dict[str, Any]: ...
-    async def cancel(self, experiment_id: str | None = None) -> dict[str, Any]: ...
-    async def experiments(self) -> list[dict[str, Any]]: ...
-    async def experiment_results(self, experiment_id: str) -> list[dict[str, Any]]: ...
-    async def windows(self, limit: int = 20) -> dict[str, Any]: ...
+    async def pause(self) -> ControlReply: ...
+    async def resume(self) -> ControlReply: ...
+    async def cancel(self, experiment_id: str | None = None) -> ControlReply: ...
+    async def experiments(self) -> list[ExperimentRow]: ...
+    async def experiment_results(self, experiment_id: str) -> list[ResultRow]: ...
+    async def windows(self, limit: int = 20) -> WindowListing: ...
     async def close(self) -> None: ...
 
 
@@ -220,9 +228,9 @@ class GreenmonApp(App[str]):
         self._draw_timer_set = False
         self._finished_seen: tuple[str, ...] = ()
         self._chosen_experiment: str | None = None
-        self._experiment_rows: list[dict[str, Any]] = []
+        self._experiment_rows: list[ExperimentRow] = []
         self._results_of: str | None = None
-        self._experiment_results: list[dict[str, Any]] = []
+        self._experiment_results: list[ResultRow] = []
 
     # -- layout --------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -332,18 +340,18 @@ class GreenmonApp(App[str]):
             visible = self._current_view() == "live"
             if self.connected and visible:
                 try:
-                    listing = decode(await self.link.windows(WINDOW_LIMIT), WindowListing)
-                except (ApiError, msgspec.ValidationError):
+                    listing = await self.link.windows(WINDOW_LIMIT)
+                except ApiError:
                     pass  # the follow worker reports the connection
                 else:
                     self._update_static("windows", "\n".join(window_lines(listing)))
             await self._sleep(self.windows_every_s)
 
-    def _default_experiment(self, rows: Sequence[dict[str, Any]]) -> str | None:
+    def _default_experiment(self, rows: Sequence[ExperimentRow]) -> str | None:
         running = self.model.progress.experiment_id if self.model.progress else None
         if running:
             return None  # the running plan's results come with every snapshot
-        return str(rows[0]["experiment_id"]) if rows else None
+        return rows[0].experiment_id if rows else None
 
     def _note_finished(self) -> None:
         progress = self.model.progress
@@ -376,7 +384,7 @@ class GreenmonApp(App[str]):
 
     @_while_mounted
     def _set_connected(
-        self, connected: bool, status: dict[str, Any] | None = None, error: str = ""
+        self, connected: bool, status: DaemonStatus | None = None, error: str = ""
     ) -> None:
         if self._current_view() is None:
             return  # closing: the banner is gone
@@ -385,8 +393,8 @@ class GreenmonApp(App[str]):
             self.connected = True
             owner = "in-process daemon" if self.owns_daemon else "daemon"
             banner.update(
-                f"{owner} pid {status.get('pid')}  db {status.get('db_path')}  "
-                f"session {str(status.get('session_id'))[:8]}"
+                f"{owner} pid {status.pid}  db {status.db_path}  "
+                f"session {str(status.session_id)[:8]}"
             )
             banner.remove_class("lost")
             return
@@ -430,7 +438,7 @@ class GreenmonApp(App[str]):
         if now_s - self._chart_drawn_s >= CHART_PERIOD_S or not self._chart_drawn_s:
             # The chart is most of a draw's cost: none while no sample or phase is new (a
             # paused daemon, a stalled stream).
-            chart_key = (model.status.get("session_id"), model.latest_ns, len(model.phases))
+            chart_key = (model.session_id, model.latest_ns, len(model.phases))
             if self._changed("live-chart", chart_key):
                 self.query_one("#live-chart", PowerChart).draw(model)
             self._chart_drawn_s = now_s
@@ -518,14 +526,15 @@ class GreenmonApp(App[str]):
                 table.add_row(*row)
 
     @_while_mounted
-    def _draw_events(self, events: Sequence[dict[str, Any]]) -> None:
-        started_ns = (self.model.status or {}).get("started_ns")
+    def _draw_events(self, events: Sequence[DaemonEvent]) -> None:
+        status = self.model.status
+        started_ns = status.started_ns if status is not None else None
         rows = [
             (
-                f"{(e['t_ns'] - started_ns) / 1e9:.1f}" if started_ns else str(e["t_ns"]),
-                str(e.get("level")),
-                str(e.get("probe") or ""),
-                str(e.get("message")),
+                f"{(e.t_ns - started_ns) / 1e9:.1f}" if started_ns else str(e.t_ns),
+                e.level,
+                e.probe or "",
+                e.message,
             )
             for e in events
         ]

@@ -11,20 +11,29 @@ Terms:
 - Times are seconds relative to the newest sample (``t_s <= 0``), so nothing depends on
   the viewer's clock.
 
-The wire's JSON becomes the typed messages of greenmon/api/messages.py here, at the
-model's door (``set_status``, ``ingest``): what the views read are the Structs' fields, so
-a field the daemon renamed fails there with a message, not as a KeyError in a view.
+What the model and the views read are the typed messages of greenmon/api/messages.py, as
+the API client decoded them: a field the daemon renamed fails at the client with a
+message, not as a KeyError in a view.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from greenmon.api.messages import GridCell, Progress, Snapshot, WindowListing, decode
+from greenmon.api.messages import (
+    DaemonStatus,
+    ExperimentRow,
+    GridCell,
+    ProbeStatus,
+    Progress,
+    ResultRow,
+    ServingStats,
+    Snapshot,
+    WindowListing,
+)
 from greenmon.estimates import domains_of, mark
 from greenmon.livepower import ChannelInfo, reading_power_w
 
@@ -67,33 +76,34 @@ class LiveModel:
         self.values: dict[int, float] = {}
         self.phases: deque[PhaseSpan] = deque()
         self.progress: Progress | None = None
-        self.probes: list[dict[str, Any]] = []
-        self.status: dict[str, Any] = {}
+        self.probes: list[ProbeStatus] = []
+        self.status: DaemonStatus | None = None
         self.latest_ns: int | None = None
         self.snapshots = 0
 
-    def set_status(self, status: Mapping[str, Any]) -> None:
+    @property
+    def session_id(self) -> str | None:
+        return self.status.session_id if self.status is not None else None
+
+    def set_status(self, status: DaemonStatus) -> None:
         """A (re)connection: channel ids are per session, so start the series afresh."""
-        channels = [ChannelInfo.from_status(row) for row in status.get("channels", [])]
-        if status.get("session_id") != self.status.get("session_id"):
+        channels = [ChannelInfo.from_status(row) for row in status.channels]
+        if status.session_id != self.session_id:
             self.series.clear()
             self.last_reading.clear()
             self.values.clear()
             self.phases.clear()
             self.latest_ns = None
-        self.status = dict(status)
+        self.status = status
         self.channels = {c.channel_id: c for c in channels}
         for info in channels:
             if info.is_source and info.channel_id not in self.series:
                 self.series[info.channel_id] = PowerSeries(info)
-        progress = status.get("progress")
-        self.progress = decode(progress, Progress) if progress else None
-        self.probes = list(status.get("probes", []))
+        self.progress = status.progress
+        self.probes = list(status.probes)
 
-    def ingest(self, snap: Snapshot | Mapping[str, Any]) -> None:
-        """One stream snapshot, as the client decoded it or as the wire's JSON."""
-        if not isinstance(snap, Snapshot):
-            snap = decode(snap, Snapshot)
+    def ingest(self, snap: Snapshot) -> None:
+        """One stream snapshot."""
         self.snapshots += 1
         for channel_id, t_ns, value in snap.values:
             self._reading(channel_id, t_ns, value)
@@ -249,42 +259,37 @@ def unit_lines(progress: Progress | None) -> list[str]:
     return lines + queued
 
 
-def serving_line(serving: Mapping[str, Any]) -> str:
+def serving_line(serving: ServingStats) -> str:
     """A served unit (http engine): requests in flight, tokens per second, latency."""
 
-    def seconds(key: str) -> str:
-        value = serving.get(key)
+    def seconds(value: float | None) -> str:
         return "-" if value is None else f"{float(value):.2f}s"
 
-    rate = serving.get("tokens_per_s")
+    rate = serving.tokens_per_s
     return (
-        f"served: {serving.get('requests_in_flight', 0)} in flight, "
-        f"{serving.get('requests_done', 0)} done, "
+        f"served: {serving.requests_in_flight} in flight, "
+        f"{serving.requests_done} done, "
         f"{'-' if rate is None else f'{float(rate):.1f}'} tok/s, "
-        f"latency p50 {seconds('latency_p50_s')} p90 {seconds('latency_p90_s')}, "
-        f"TTFT p50 {seconds('ttft_p50_s')}"
+        f"latency p50 {seconds(serving.latency_p50_s)} p90 {seconds(serving.latency_p90_s)}, "
+        f"TTFT p50 {seconds(serving.ttft_p50_s)}"
     )
 
 
 def window_lines(listing: WindowListing, limit: int = 6) -> list[str]:
     """Named windows: the open ones with their age, then the recent closed ones
     with duration, energy per domain and flags."""
-    lines = [
-        f"▶ {w.get('name')}  {float(w.get('elapsed_s') or 0):.1f}s open"
-        for w in listing.open
-    ]
-    for w in listing.recent[:limit]:
-        energy = ", ".join(f"{d} {j:.2f} J" for d, j in sorted((w.get("energy_j") or {}).items()))
-        flags = ", ".join(w.get("flags") or [])
+    lines = [f"▶ {w.name}  {w.elapsed_s:.1f}s open" for w in listing.open]
+    for r in listing.recent[:limit]:
+        energy = ", ".join(f"{d} {j:.2f} J" for d, j in sorted(r.energy_j.items()))
+        flags = ", ".join(r.flags)
         lines.append(
-            f"{w.get('name')}  {float(w.get('duration_s') or 0):.2f}s  {energy or '-'}"
-            + (f"  [{flags}]" if flags else "")
+            f"{r.name}  {r.duration_s:.2f}s  {energy or '-'}" + (f"  [{flags}]" if flags else "")
         )
     return lines[:limit] or ["no named windows yet (greenmon measure, Monitor.window)"]
 
 
 def experiment_table(
-    progress: Progress | None, experiments: Iterable[Mapping[str, Any]]
+    progress: Progress | None, experiments: Iterable[ExperimentRow]
 ) -> list[tuple[str, ...]]:
     """Rows of the experiments table: the running experiment, the daemon's queue, then
     every other experiment in the file.
@@ -314,13 +319,11 @@ def experiment_table(
         )  # fmt: skip
         seen.add(queued.experiment_id)
     for row in experiments:
-        experiment_id = str(row["experiment_id"])
-        if experiment_id in seen:
+        if row.experiment_id in seen:
             continue
         rows.append(
-            (experiment_id, str(row.get("plan_name")), str(row.get("status")),
-             str(row.get("units_done")), str(row.get("units_failed")),
-             str(row.get("units_total")))
+            (row.experiment_id, str(row.plan_name), str(row.status),
+             str(row.units_done), str(row.units_failed), str(row.units_total))
         )  # fmt: skip
     return rows
 
@@ -361,53 +364,52 @@ def grid_cell(cell: GridCell) -> str:
 RESULT_COLUMNS = ("configuration", "units", "median J", "median s", "J/token", "flags")
 
 
-def result_rows(results: Iterable[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+def result_rows(results: Iterable[ResultRow]) -> list[tuple[str, ...]]:
     """The results table: one row per configuration's medians (a progress's ``results``,
     or an experiment's summary)."""
 
-    def number(row: Mapping[str, Any], column: str, digits: int) -> str:
-        value = row.get(column)
+    def number(row: ResultRow, column: str, value: float | None, digits: int) -> str:
         if value is None:
             return "-"
-        return mark(f"{float(value):.{digits}f}", column, domains_of(row.get("estimated_domains")))
+        return mark(f"{float(value):.{digits}f}", column, domains_of(row.estimated_domains))
 
     return [
         (
-            str(row.get("configuration")),
-            str(row.get("units", "")),
-            number(row, "median_energy_j", 1),
-            number(row, "median_duration_s", 2),
-            number(row, "median_j_per_token", 4),
-            ", ".join(_flag_text(f, row) for f in row.get("flags") or []) or "ok",
+            row.configuration,
+            str(row.units),
+            number(row, "median_energy_j", row.median_energy_j, 1),
+            number(row, "median_duration_s", row.median_duration_s, 2),
+            number(row, "median_j_per_token", row.median_j_per_token, 4),
+            ", ".join(_flag_text(f, row) for f in row.flags) or "ok",
         )
         for row in results
     ]
 
 
-def _flag_text(flag: str, row: Mapping[str, Any]) -> str:
+def _flag_text(flag: str, row: ResultRow) -> str:
     """Background_load says how many of the configuration's units it marks."""
-    count = row.get("background_load_units")
+    count = row.background_load_units
     return f"{flag} ({count} units)" if flag == "background_load" and count else flag
 
 
 HEALTH_COLUMNS = ("probe", "state", "achieved/target Hz", "errors", "missed", "last error")
 
 
-def health_rows(probes: Iterable[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+def health_rows(probes: Iterable[ProbeStatus]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for probe in probes:
-        if probe.get("state") == "unavailable":
+        if probe.state == "unavailable":
             rate = "-"
         else:
-            rate = f"{probe.get('achieved_hz', 0):.1f}/{probe.get('target_hz', 0):g}"
+            rate = f"{probe.achieved_hz:.1f}/{probe.target_hz:g}"
         rows.append(
             (
-                str(probe.get("probe")),
-                str(probe.get("state")),
+                probe.probe,
+                probe.state,
                 rate,
-                str(probe.get("errors", 0)),
-                str(probe.get("missed_ticks", 0)),
-                str(probe.get("last_error") or probe.get("reason") or ""),
+                str(probe.errors),
+                str(probe.missed_ticks),
+                probe.last_error or probe.reason or "",
             )
         )
     return rows

@@ -20,6 +20,9 @@ import pandas as pd
 from greenmon.analysis.data import AnalysisError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from greenmon.api.messages import ResultRow
     from greenmon.config import ReportOptions
 
 J_PER_KWH = 3.6e6
@@ -180,23 +183,23 @@ def per_unit(price: Pricing, energy_j: float | None, at_ns: int) -> tuple[float 
     return co2e, cost
 
 
-def summary_lines(price: Pricing, summary: list[dict[str, Any]], at_ns: int) -> list[str]:
+def summary_lines(price: Pricing, summary: Sequence[ResultRow], at_ns: int) -> list[str]:
     """The run summary's carbon and cost: per configuration, CO2e and cost of its median
     unit (``median_energy_j``), with where the intensity and price come from.  The summary
     holds medians, not units, so a time-varying intensity is taken at ``at_ns`` (the end of
     the run); ``greenmon report --config`` matches each unit to its own start."""
     lines: list[str] = []
     for row in summary:
-        co2e, cost = per_unit(price, row.get("median_energy_j"), at_ns)
+        co2e, cost = per_unit(price, row.median_energy_j, at_ns)
         parts = []
         if co2e is not None:
             parts.append(f"{co2e:.4g} gCO2e")
         if cost is not None:
             parts.append(f"{cost:.4g} {price.currency}")
         # an estimated energy makes its carbon and cost estimated too
-        mark = " (estimated)" if row.get("estimated_domains") else ""
+        mark = " (estimated)" if row.estimated_domains else ""
         if parts:
-            lines.append(f"  {row.get('configuration')}: {', '.join(parts)} per unit{mark}")
+            lines.append(f"  {row.configuration}: {', '.join(parts)} per unit{mark}")
     if not lines:
         return []
     when = " (at the run's end)" if price.series is not None else ""

@@ -6,24 +6,53 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import anyio
+import msgspec
 
 from greenmon.api.errors import ApiError, DaemonUnreachable
 from greenmon.api.messages import (
+    CancelRequest,
+    ControlReply,
+    DaemonEvent,
+    DaemonStatus,
+    EventList,
+    ExperimentList,
+    ExperimentRow,
     ExperimentSummary,
+    OpenedWindow,
+    PlanRequest,
+    PlanSubmitted,
+    ResultRow,
     Snapshot,
+    SqlRequest,
     SqlResult,
     WindowListing,
+    WindowRequest,
+    WindowResult,
     decode,
 )
 from greenmon.api.sockets import resolve_socket_path, socket_is_live
-from greenmon.api.wire import error_from
+from greenmon.api.wire import client_json, error_from
+
+T = TypeVar("T")
 
 # Snapshots carry the plan grid, which can reach tens of kilobytes for a large plan.
 CLIENT_READ_BUFSIZE = 1 << 22
+
+
+def answer(data: Any, kind: type[T]) -> T:
+    """The daemon's JSON as the message ``kind``; one that does not fit (a daemon of
+    another greenmon version) is an ApiError that says so, not a KeyError later."""
+    try:
+        return decode(data, kind)
+    except msgspec.ValidationError as error:
+        raise ApiError(
+            f"The daemon's answer is not the {kind.__name__} this greenmon reads ({error}). "
+            "Is the daemon from another greenmon version? Restart it with this one."
+        ) from None
 
 
 class ApiClient:
@@ -66,7 +95,10 @@ class ApiClient:
             )
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=headers, read_bufsize=CLIENT_READ_BUFSIZE
+                connector=connector,
+                headers=headers,
+                read_bufsize=CLIENT_READ_BUFSIZE,
+                json_serialize=client_json,  # request bodies are messages
             )
         return self._session
 
@@ -91,14 +123,11 @@ class ApiClient:
                 f"No greenmon daemon answers at {self._where()} ({type(error).__name__})."
             ) from None
 
-    async def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("GET", "/status")
-        return result
+    async def status(self) -> DaemonStatus:
+        return answer(await self._request("GET", "/status"), DaemonStatus)
 
-    async def events(self, limit: int = 100) -> list[dict[str, Any]]:
-        result = await self._request("GET", f"/events?limit={int(limit)}")
-        events: list[dict[str, Any]] = result["events"]
-        return events
+    async def events(self, limit: int = 100) -> list[DaemonEvent]:
+        return answer(await self._request("GET", f"/events?limit={int(limit)}"), EventList).events
 
     async def submit(
         self,
@@ -108,52 +137,39 @@ class ApiClient:
         force: bool = False,
         resume: bool = False,
         shard: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> PlanSubmitted:
         """Queue a plan (or one shard of it, "K/N"): its experiment id, whether it resumed,
         units done and total, and the experiments queued before it."""
-        body = {
-            "plan_toml": plan_toml,
-            "plan_path": plan_path,
-            "force": force,
-            "resume": resume,
-            "shard": shard,
-        }
-        result: dict[str, Any] = await self._request("POST", "/plans", body)
-        return result
+        body = PlanRequest(
+            plan_toml=plan_toml, plan_path=plan_path, force=force, resume=resume, shard=shard
+        )
+        return answer(await self._request("POST", "/plans", body), PlanSubmitted)
 
-    async def experiments(self) -> list[dict[str, Any]]:
-        result = await self._request("GET", "/experiments")
-        rows: list[dict[str, Any]] = result["experiments"]
-        return rows
+    async def experiments(self) -> list[ExperimentRow]:
+        return answer(await self._request("GET", "/experiments"), ExperimentList).experiments
 
-    async def experiment_results(self, experiment_id: str) -> list[dict[str, Any]]:
+    async def experiment_results(self, experiment_id: str) -> list[ResultRow]:
         result = await self._request("GET", f"/experiments/{experiment_id}")
-        return decode(result, ExperimentSummary).results
+        return answer(result, ExperimentSummary).results
 
-    async def pause(self) -> dict[str, Any]:
+    async def pause(self) -> ControlReply:
         return await self._control("pause")
 
-    async def resume(self) -> dict[str, Any]:
+    async def resume(self) -> ControlReply:
         return await self._control("resume")
 
-    async def cancel(self, experiment_id: str | None = None) -> dict[str, Any]:
-        return await self._control("cancel", {"experiment_id": experiment_id})
+    async def cancel(self, experiment_id: str | None = None) -> ControlReply:
+        return await self._control("cancel", CancelRequest(experiment_id=experiment_id))
 
-    async def _control(self, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("POST", f"/{action}", body or {})
-        return result
+    async def _control(self, action: str, body: CancelRequest | None = None) -> ControlReply:
+        return answer(await self._request("POST", f"/{action}", body or {}), ControlReply)
 
     async def sql(self, query: str, limit: int | None = None) -> SqlResult:
-        result = await self._request("POST", "/sql", {"sql": query, "limit": limit})
-        return SqlResult(result["columns"], result["rows"], bool(result["truncated"]))
+        result = await self._request("POST", "/sql", SqlRequest(sql=query, limit=limit))
+        return answer(result, SqlResult)
 
-    async def snapshots(self) -> AsyncIterator[Snapshot]:
-        """The stream as typed snapshots (greenmon.api.messages), until it ends."""
-        async for data in self.stream():
-            yield decode(data, Snapshot)
-
-    async def stream(self) -> AsyncIterator[dict[str, Any]]:
-        """Snapshots as the daemon sends them, until the connection ends."""
+    async def stream(self) -> AsyncIterator[Snapshot]:
+        """Snapshots as the daemon sends them (typed), until the connection ends."""
         session = self._get_session()
         try:
             async with session.get(
@@ -164,7 +180,7 @@ class ApiClient:
                     raise error_from(await response.json(content_type=None), response.status)
                 async for line in response.content:
                     if line.strip():
-                        yield json.loads(line)
+                        yield answer(json.loads(line), Snapshot)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as error:
             raise DaemonUnreachable(
                 f"The stream from {self._where()} ended ({type(error).__name__})."
@@ -179,28 +195,22 @@ class ApiClient:
         kind: str = "window",
         baseline_window_id: int | None = None,
         baseline_s: float | None = None,
-    ) -> dict[str, Any]:
-        body = {
-            "name": name,
-            "tags": dict(tags or {}),
-            "kind": kind,
-            "baseline_window_id": baseline_window_id,
-            "baseline_s": baseline_s,
-        }
-        result: dict[str, Any] = await self._request("POST", "/windows", body)
-        return result
+    ) -> OpenedWindow:
+        body = WindowRequest(
+            name=name,
+            tags=dict(tags or {}),
+            kind=kind,
+            baseline_window_id=baseline_window_id,
+            baseline_s=baseline_s,
+        )
+        return answer(await self._request("POST", "/windows", body), OpenedWindow)
 
-    async def close_window(self, window_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("POST", f"/windows/{int(window_id)}/close", {})
-        return result
+    async def close_window(self, window_id: int) -> WindowResult:
+        result = await self._request("POST", f"/windows/{int(window_id)}/close", {})
+        return answer(result, WindowResult)
 
-    async def windows(self, limit: int = 20) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("GET", f"/windows?limit={int(limit)}")
-        return result
-
-    async def window_listing(self, limit: int = 20) -> WindowListing:
-        """``windows`` as a typed message."""
-        return decode(await self.windows(limit), WindowListing)
+    async def windows(self, limit: int = 20) -> WindowListing:
+        return answer(await self._request("GET", f"/windows?limit={int(limit)}"), WindowListing)
 
 
 # -- sync helpers for the CLI --------------------------------------------------------------
@@ -217,7 +227,8 @@ def find_daemon(db_path: str | Path, socket_path: str | Path | None = None) -> A
     if not path.exists() or not socket_is_live(path):
         return None
     client = ApiClient(path)
-    held = Path(call_daemon(ApiClient(path), ApiClient.status)["db_path"])
+    status: DaemonStatus = call_daemon(ApiClient(path), ApiClient.status)
+    held = Path(status.db_path)
     if held != Path(db_path).resolve():
         raise ApiError(
             f"The daemon at {path} holds {held}, not {Path(db_path).resolve()}. Unset "

@@ -24,11 +24,22 @@ from aiohttp import web
 from anyio.abc import TaskStatus
 
 from greenmon.api.errors import ApiError
-from greenmon.api.messages import ExperimentSummary
+from greenmon.api.messages import (
+    CancelRequest,
+    ControlReply,
+    DaemonEvent,
+    DaemonStatus,
+    EventList,
+    ExperimentList,
+    ExperimentRow,
+    ExperimentSummary,
+    PlanRequest,
+    SqlRequest,
+)
 from greenmon.api.snapshot import STREAM_HZ, STREAM_WRITE_TIMEOUT_S, SnapshotHub
 from greenmon.api.sockets import bind_unix_socket, prepare_socket_path, resolve_socket_path
 from greenmon.api.sql import SQL_ROW_LIMIT, SQL_TIMEOUT_S, check_read_only, run_read_only
-from greenmon.api.wire import dumps, error_response, json_body
+from greenmon.api.wire import dumps, error_response, request_as
 from greenmon.errors import GreenmonError, PlanError
 from greenmon.windows_api import add_window_routes
 
@@ -48,7 +59,7 @@ class ApiOptions:
     sql_timeout_s: float = SQL_TIMEOUT_S
 
 
-def experiment_rows(store: Store) -> list[dict[str, Any]]:
+def experiment_rows(store: Store) -> list[ExperimentRow]:
     """Every experiment in the file with its unit counts, newest first (blocking)."""
     columns, rows = store.query(
         """SELECT e.experiment_id, e.name AS plan_name, e.status, e.created_ns, e.finished_ns,
@@ -58,7 +69,7 @@ def experiment_rows(store: Store) -> list[dict[str, Any]]:
            FROM experiments e LEFT JOIN units u USING (experiment_id)
            GROUP BY ALL ORDER BY e.created_ns DESC NULLS LAST"""
     )
-    return [dict(zip(columns, row, strict=True)) for row in rows]
+    return [ExperimentRow(**dict(zip(columns, row, strict=True))) for row in rows]
 
 
 class ApiServer:
@@ -141,14 +152,14 @@ class ApiServer:
                 [daemon.session_id],
             )
             self._started_ns = int(rows[0][0]) if rows and rows[0][0] is not None else None
-        body = {
-            "pid": os.getpid(),
-            "started_ns": self._started_ns,
-            "db_path": str(daemon.store.path.resolve()),
-            "socket_path": str(self.socket_path),
+        status = DaemonStatus(
+            pid=os.getpid(),
+            started_ns=self._started_ns,
+            db_path=str(daemon.store.path.resolve()),
+            socket_path=str(self.socket_path),
             **msgspec.structs.asdict(daemon.status()),
-        }
-        return web.json_response(body, dumps=dumps)
+        )
+        return web.json_response(status, dumps=dumps)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -184,10 +195,10 @@ class ApiServer:
             [self.daemon.session_id, limit],
         )
         events = [
-            {"t_ns": t_ns, "level": level, "probe": probe, "message": message}
+            DaemonEvent(t_ns=t_ns, level=level, probe=probe, message=message)
             for t_ns, level, probe, message in reversed(rows)
         ]
-        return web.json_response({"events": events}, dumps=dumps)
+        return web.json_response(EventList(events=events), dumps=dumps)
 
     def _experiment_runner(self) -> RunnerControl:
         runner = self.daemon.runner
@@ -196,17 +207,16 @@ class ApiServer:
         return runner
 
     async def submit(self, request: web.Request) -> web.Response:
-        body = await json_body(request)
-        plan_toml = body.get("plan_toml")
-        if not isinstance(plan_toml, str):
-            raise ApiError("POST /plans needs a JSON body with plan_toml (the plan's text).")
+        plan = await request_as(
+            request, PlanRequest, "POST /plans needs a JSON body with plan_toml (the plan's text)."
+        )
         try:
             submission = await self._experiment_runner().submit(
-                plan_toml,
-                body.get("plan_path"),
-                force=bool(body.get("force", False)),
-                resume=bool(body.get("resume", False)),
-                shard=str(body["shard"]) if body.get("shard") else None,
+                plan.plan_toml,
+                plan.plan_path,
+                force=plan.force,
+                resume=plan.resume,
+                shard=plan.shard or None,
             )
         except PlanError as error:
             return error_response(400, error)
@@ -216,20 +226,25 @@ class ApiServer:
         runner = self._experiment_runner()
         action = request.path.strip("/")
         if action == "cancel":
-            body = await json_body(request) if request.can_read_body else {}
-            experiment_id = body.get("experiment_id")
+            which = (
+                await request_as(
+                    request, CancelRequest, 'POST /cancel takes {"experiment_id": ...} or no body.'
+                )
+                if request.can_read_body
+                else CancelRequest()
+            )
             try:
-                runner.cancel(str(experiment_id) if experiment_id else None)
+                runner.cancel(which.experiment_id or None)
             except PlanError as error:
                 return error_response(409, error)
         else:
             getattr(runner, action)()
         self.daemon.event("info", f"{action} requested through the API")
-        return web.json_response({"ok": True, "progress": runner.progress()}, dumps=dumps)
+        return web.json_response(ControlReply(ok=True, progress=runner.progress()), dumps=dumps)
 
     async def experiments(self, request: web.Request) -> web.Response:
         rows = await anyio.to_thread.run_sync(experiment_rows, self.daemon.store)
-        return web.json_response({"experiments": rows}, dumps=dumps)
+        return web.json_response(ExperimentList(experiments=rows), dumps=dumps)
 
     async def experiment(self, request: web.Request) -> web.Response:
         experiment_id = request.match_info["experiment_id"]
@@ -239,20 +254,15 @@ class ApiServer:
         return web.json_response(message, dumps=dumps)
 
     async def sql(self, request: web.Request) -> web.Response:
-        body = await json_body(request)
-        query = body.get("sql")
-        if not isinstance(query, str):
-            raise ApiError('POST /sql needs a JSON body {"sql": "SELECT ..."}.')
-        limit = int(body.get("limit") or self.options.sql_row_limit)
-        limit = max(1, min(limit, self.options.sql_row_limit))
-        check_read_only(query)  # refuse before taking a thread
+        asked = await request_as(
+            request, SqlRequest, 'POST /sql needs a JSON body {"sql": "SELECT ..."}.'
+        )
+        limit = max(1, min(asked.limit or self.options.sql_row_limit, self.options.sql_row_limit))
+        check_read_only(asked.sql)  # refuse before taking a thread
         result = await anyio.to_thread.run_sync(
-            run_read_only, self.daemon.store, query, limit, self.options.sql_timeout_s
+            run_read_only, self.daemon.store, asked.sql, limit, self.options.sql_timeout_s
         )
-        return web.json_response(
-            {"columns": result.columns, "rows": result.rows, "truncated": result.truncated},
-            dumps=dumps,
-        )
+        return web.json_response(result, dumps=dumps)
 
 
 Service = Callable[..., Any]

@@ -14,12 +14,12 @@ The functions below name the daemon's own methods for callers that import them f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
 if TYPE_CHECKING:
-    from greenmon.api.messages import Progress, Snapshot
+    from greenmon.api.messages import ChannelRow, ProbeStatus, Progress, Snapshot
     from greenmon.daemon import Daemon
 
 STREAM_HZ = 4.0
@@ -32,12 +32,12 @@ def snapshot(daemon: Daemon) -> Snapshot:
     return daemon.snapshot()
 
 
-def probe_summary(daemon: Daemon) -> list[dict[str, Any]]:
+def probe_summary(daemon: Daemon) -> list[ProbeStatus]:
     """Health without jitter percentiles: cheap enough for every stream snapshot."""
-    return daemon.health(detail=False)
+    return daemon.health_summary()
 
 
-def channel_table(daemon: Daemon) -> list[dict[str, Any]]:
+def channel_table(daemon: Daemon) -> list[ChannelRow]:
     return daemon.channel_table()
 
 

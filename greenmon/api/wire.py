@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -18,10 +18,14 @@ from aiohttp import web
 from greenmon.api.errors import ApiError, QueryFailed, QueryRefused
 from greenmon.errors import GreenmonError, PlanError
 
+T = TypeVar("T")
+
 
 def _json_default(value: object) -> Any:
     if isinstance(value, msgspec.Struct):  # a typed message (greenmon.api.messages)
-        return msgspec.to_builtins(value)
+        # One level at a time, so the values inside (a query's dates, bytes, decimals)
+        # are written by the same rules below as they are outside a message.
+        return msgspec.structs.asdict(value)
     if isinstance(value, bytes):
         return value.hex()
     return str(value)
@@ -44,6 +48,22 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError("The request body must be a JSON object.")
     return body
+
+
+async def request_as(request: web.Request, kind: type[T], usage: str) -> T:
+    """The request's JSON body as the message ``kind`` (greenmon.api.messages), or an
+    ApiError saying ``usage`` and what did not fit.  Lax about scalars ("10" for 10,
+    "true" for true), as the dict reads before the messages were."""
+    body = await json_body(request)
+    try:
+        return msgspec.convert(body, kind, strict=False)
+    except msgspec.ValidationError as error:
+        raise ApiError(f"{usage} ({error})") from None
+
+
+def client_json(value: Any) -> str:
+    """A client's request body: a message (greenmon.api.messages) or plain JSON values."""
+    return msgspec.json.encode(value).decode()
 
 
 def error_from(payload: Any, status: int) -> GreenmonError:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from greenmon.commands.common import add_db_argument, resolve_db
 from greenmon.errors import GreenmonError
+
+if TYPE_CHECKING:
+    from greenmon.api.messages import ControlReply
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
             "stays resumable: `greenmon run PLAN` resumes it.",
             title="Nothing to cancel",
         )
-    answer = call_daemon(client, lambda c: c.cancel(args.experiment))
-    progress = answer.get("progress") or {}
-    which = args.experiment or progress.get("experiment_id")
+    answer: ControlReply = call_daemon(client, lambda c: c.cancel(args.experiment))
+    progress = answer.progress
+    which = args.experiment or (progress.experiment_id if progress is not None else None)
     print(f"cancel requested for experiment {which}; finished units are kept")
     return 0

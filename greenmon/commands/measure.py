@@ -31,10 +31,10 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, TextIO
 
+from greenmon.api.messages import WindowResult
 from greenmon.attribution import CpuShareSampler, ProcessAttribution, pid_alive
 from greenmon.commands.common import add_db_argument
 from greenmon.errors import GreenmonError
-from greenmon.windows import WindowResult
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 CONFIDENCE = 0.95

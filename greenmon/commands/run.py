@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +40,7 @@ from greenmon.store import Store
 
 if TYPE_CHECKING:
     from greenmon.analysis.footprint import Pricing
-    from greenmon.api.messages import Progress
+    from greenmon.api.messages import PlanSubmitted, Progress, ResultRow
 
 # How often the progress line is redrawn on a terminal, and written when not on one.
 LINE_PERIOD_S = 1.0
@@ -150,14 +149,14 @@ class ProgressPrinter:
             self.quiet = True
 
 
-def announce(printer: ProgressPrinter, submission: Mapping[str, Any], db: Path) -> None:
-    experiment_id = submission["experiment_id"]
-    done, total = submission["units_done"], submission["units_total"]
-    if submission["resumed"]:
+def announce(printer: ProgressPrinter, submission: PlanSubmitted, db: Path) -> None:
+    experiment_id = submission.experiment_id
+    done, total = submission.units_done, submission.units_total
+    if submission.resumed:
         printer.say(f"resuming experiment {experiment_id}: {done} of {total} units done")
     else:
         printer.say(f"experiment {experiment_id}: {total} units")
-    ahead = submission.get("queued_behind") or []
+    ahead = submission.queued_behind
     if ahead:
         printer.say(
             f"queued behind {len(ahead)} plan(s) in the daemon holding {db}: {', '.join(ahead)}"
@@ -168,7 +167,7 @@ def announce(printer: ProgressPrinter, submission: Mapping[str, Any], db: Path) 
 class RunInterrupted(Exception):
     """The experiment stopped before every unit ran; what finished is kept."""
 
-    def __init__(self, experiment_id: str, status: str, summary: list[dict[str, Any]]) -> None:
+    def __init__(self, experiment_id: str, status: str, summary: list[ResultRow]) -> None:
         super().__init__(status)
         self.experiment_id = experiment_id
         self.status = status
@@ -194,7 +193,7 @@ async def run_experiment(
     socket_path: str | Path | None = None,
     library_log: bool = False,
     **runner_options: Any,
-) -> tuple[str, list[dict[str, Any]]]:
+) -> tuple[str, list[ResultRow]]:
     """Start a daemon on ``db`` in this process, run ``plan`` in it, stop when it ends.
 
     The daemon serves its API for the whole run.  Raises RunInterrupted when the plan
@@ -253,7 +252,7 @@ async def _run_daemon_with_plan(
         except PlanError as error:
             refused = error
         else:
-            announce(printer, submission.as_dict(), db)  # nothing runs before it here
+            announce(printer, submission.submitted([]), db)  # nothing runs before it here
             await _follow_here(daemon, submission, printer)
         daemon.request_stop()
     return submission, refused
@@ -292,7 +291,7 @@ async def _follow_here(daemon: Daemon, submission: Submission, printer: Progress
 
 async def follow_remote(
     socket_path: Path, plan: Plan, db: Path, *, resume: bool, force: bool, quiet: bool
-) -> tuple[str, str, list[dict[str, Any]]]:
+) -> tuple[str, str, list[ResultRow]]:
     """Submit to the daemon at ``socket_path`` and follow the plan: (id, outcome, summary)."""
     from greenmon.api.client import ApiClient
     from greenmon.api.errors import DaemonUnreachable
@@ -305,17 +304,17 @@ async def follow_remote(
         submission = await client.submit(
             plan.text, path, force=force, resume=resume, shard=shard
         )
-        experiment_id = str(submission["experiment_id"])
+        experiment_id = submission.experiment_id
         announce(printer, submission, db)
         if plan.spec.probes:
             printer.say(
                 "note: the plan's [probes.*] tables are not used: the running daemon samples "
                 "with its own configuration"
             )
-        meter = PowerMeter((await client.status())["channels"])
+        meter = PowerMeter((await client.status()).channels)
         outcome: str | None = None
         try:
-            async for snap in client.snapshots():
+            async for snap in client.stream():
                 progress = snap.progress or Progress()
                 ended = [f for f in progress.finished if f.experiment_id == experiment_id]
                 if ended:
@@ -344,7 +343,7 @@ async def follow_remote(
 
 def result_from_file(
     db: Path, experiment_id: str, wait_s: float = FILE_RELEASE_WAIT_S
-) -> tuple[str | None, list[dict[str, Any]]]:
+) -> tuple[str | None, list[ResultRow]]:
     """(status, summary) of ``experiment_id`` read from ``db`` itself, waiting up to
     ``wait_s`` for a daemon that is stopping to release it; (None, []), said, if it is
     still held then."""
@@ -377,7 +376,7 @@ def _figure(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def print_summary(db: Path, experiment_id: str, summary: list[dict[str, Any]]) -> None:
+def print_summary(db: Path, experiment_id: str, summary: list[ResultRow]) -> None:
     columns = [
         "configuration",
         "units",
@@ -386,17 +385,18 @@ def print_summary(db: Path, experiment_id: str, summary: list[dict[str, Any]]) -
         "median_j_per_token",
         "flags",
     ]
+    # the summary's columns by name: the table's header is the wire's field names
     rows = [
         [
-            ",".join(row.get("flags") or []) if c == "flags"
-            else mark(_figure(row.get(c)), c, domains_of(row.get("estimated_domains")))
+            ",".join(row.flags) if c == "flags"
+            else mark(_figure(getattr(row, c)), c, domains_of(row.estimated_domains))
             for c in columns
         ]
         for row in summary
     ]  # fmt: skip
     print(f"experiment {experiment_id}: medians per configuration over finished units")
     print(format_table(columns, rows))
-    note = legend(set().union(*(domains_of(r.get("estimated_domains")) for r in summary)))
+    note = legend(set().union(*(domains_of(r.estimated_domains) for r in summary)))
     if note:
         print(note)
     print(f'database: {db}  (greenmon sql --db {db} "SELECT * FROM unit_results")')
@@ -411,7 +411,7 @@ def _pricing(args: argparse.Namespace) -> Pricing | None:
     return load_pricing(getattr(args, "config", None))
 
 
-def print_footprint(pricing: Pricing | None, summary: list[dict[str, Any]]) -> None:
+def print_footprint(pricing: Pricing | None, summary: list[ResultRow]) -> None:
     """CO2e and cost per configuration under the summary (nothing without [report])."""
     if pricing is None:
         return

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from greenmon.api.client import ApiClient, call_daemon, find_daemon
-from greenmon.api.messages import Progress, decode
+from greenmon.api.messages import DaemonStatus, Progress
 from greenmon.commands.common import add_db_argument, existing_db, format_table, resolve_db
 from greenmon.estimates import domains_of, mark, source_lines
 from greenmon.store import Store
@@ -64,7 +67,7 @@ def progress_lines(progress: Progress | None) -> list[str]:
     return (
         lines
         + result_lines(progress)
-        + background_lines(progress.results)
+        + background_lines((r.configuration, r.background_load_units) for r in progress.results)
         + queue_lines(progress)
     )
 
@@ -73,26 +76,26 @@ def result_lines(progress: Progress) -> list[str]:
     """The running plan's medians so far, per configuration, estimated figures marked."""
     lines = []
     for row in progress.results:
-        domains = domains_of(row.get("estimated_domains"))
+        domains = domains_of(row.estimated_domains)
         figures = [
-            mark(f"{float(row[column]):.4g} {unit}", column, domains)
-            for column, unit in (("median_energy_j", "J"), ("median_j_per_token", "J/token"))
-            if row.get(column) is not None
+            mark(f"{float(value):.4g} {unit}", column, domains)
+            for column, value, unit in (
+                ("median_energy_j", row.median_energy_j, "J"),
+                ("median_j_per_token", row.median_j_per_token, "J/token"),
+            )
+            if value is not None
         ]
         lines.append(
-            f"  {row.get('configuration')}: {row.get('units')} units done, median "
+            f"  {row.configuration}: {row.units} units done, median "
             + (", ".join(figures) or "energy not measured")
         )
     return lines
 
 
-def background_lines(results: list[dict[str, Any]]) -> list[str]:
-    """How many finished units ran beside other load, per configuration."""
-    counts = {
-        str(r.get("configuration")): int(r["background_load_units"])
-        for r in results
-        if r.get("background_load_units")
-    }
+def background_lines(results: Iterable[tuple[str, int]]) -> list[str]:
+    """How many finished units ran beside other load, per configuration: (configuration,
+    units the flag marks) pairs."""
+    counts = {configuration: int(units) for configuration, units in results if units}
     if not counts:
         return []
     by_configuration = ", ".join(f"{c} {n}" for c, n in sorted(counts.items()))
@@ -110,29 +113,29 @@ def queue_lines(progress: Progress) -> list[str]:
     ]
 
 
-def daemon_report(status: dict[str, Any]) -> str:
+def daemon_report(status: DaemonStatus) -> str:
     lines = [
-        f"daemon pid {status['pid']} running: {status['db_path']}, "
-        f"session {status['session_id']}, API {status.get('socket_path')}"
+        f"daemon pid {status.pid} running: {status.db_path}, "
+        f"session {status.session_id}, API {status.socket_path}"
     ]
     rows = [
         (
-            p["probe"],
-            p["state"],
-            f"{p['achieved_hz']:.2f}/{p['target_hz']:g}",
-            p["errors"],
-            p["missed_ticks"],
-            "" if p.get("jitter_p99_us") is None else f"{p['jitter_p99_us']:.0f}",
-            p.get("last_error") or p.get("reason") or "",
+            p.probe,
+            p.state,
+            f"{p.achieved_hz:.2f}/{p.target_hz:g}",
+            p.errors,
+            p.missed_ticks,
+            "" if p.jitter_p99_us is None else f"{p.jitter_p99_us:.0f}",
+            p.last_error or p.reason or "",
         )
-        for p in status["probes"]
+        for p in status.probes
     ]
     columns = ["probe", "state", "Hz", "errors", "missed", "p99 jitter us", "last error"]
     lines.append(format_table(columns, rows, max_width=60))
-    lines += source_lines(c for c in status.get("channels", []) if c.get("energy_source"))
-    # the JSON's progress, typed at the door: the lines above read its fields
-    progress = status.get("progress")
-    lines += progress_lines(decode(progress, Progress) if progress else None)
+    lines += source_lines(
+        (c.domain, c.probe, c.name, c.estimated) for c in status.channels if c.energy_source
+    )
+    lines += progress_lines(status.progress)
     return "\n".join(lines)
 
 
@@ -201,7 +204,13 @@ def file_report(report: dict[str, Any]) -> str:
             f"{session['started_at']}, {state}, {_duration(session['duration_s'])}, "
             f"{session['channels']} channels, {session['samples']} samples"
         )
-        lines += [f"  {line}" for line in source_lines(session.get("energy_sources") or [])]
+        sources = session.get("energy_sources") or []
+        lines += [
+            f"  {line}"
+            for line in source_lines(
+                (s["domain"], s["probe"], s["name"], bool(s["estimated"])) for s in sources
+            )
+        ]
     experiment = report["experiment"]
     if experiment is None:
         lines.append("no experiment recorded yet")
@@ -211,7 +220,10 @@ def file_report(report: dict[str, Any]) -> str:
             f"last experiment {experiment['experiment_id']} ({experiment['name']}, "
             f"{experiment['plan_path']}): {experiment['status']}; units: {units or 'none'}"
         )
-        lines += background_lines(experiment.get("background_load") or [])
+        lines += background_lines(
+            (r["configuration"], r["background_load_units"])
+            for r in experiment.get("background_load") or []
+        )
     return "\n".join(lines)
 
 
@@ -246,9 +258,9 @@ def run(args: argparse.Namespace) -> int:
     db = resolve_db(args.db)
     client = find_daemon(db, args.socket)
     if client is not None:
-        status: dict[str, Any] = call_daemon(client, ApiClient.status)
+        status: DaemonStatus = call_daemon(client, ApiClient.status)
         if args.json:
-            print(json.dumps({"daemon": status}, default=str, indent=2))
+            print(json.dumps({"daemon": msgspec.to_builtins(status)}, default=str, indent=2))
         else:
             print(daemon_report(status))
         return 0

@@ -99,7 +99,7 @@ def test_live_results_mark_estimated_energy_in_the_tui_and_status() -> None:
          "median_duration_s": 2.0, "median_j_per_token": 0.2, "flags": [],
          "estimated_domains": []},
     ]}  # fmt: skip
-    estimated, measured = result_rows(progress["results"])
+    estimated, measured = result_rows(decode(progress, Progress).results)
     assert estimated[2:5] == ("12.5 (estimated)", "1.25", "0.1250 (estimated)")
     assert measured[2:5] == ("20.0", "2.00", "0.2000")
     lines = result_lines(decode(progress, Progress))

@@ -24,6 +24,7 @@ from greenmon.api import (
     prepare_socket_path,
     socket_path_for,
 )
+from greenmon.api.messages import ControlReply, DaemonStatus, Progress
 from greenmon.errors import PlanError
 from greenmon.probes.base import Channel
 from tests.api.fakes import FakePowerProbe, fake_plan, running_daemon, short_socket_dir
@@ -59,7 +60,7 @@ async def test_a_stale_socket_of_ours_is_replaced(db_path: Path, sock_dir: Path)
         ApiClient(path) as client,
     ):
         status = await client.status()
-    assert status["probes"][0]["probe"] == "counting"
+    assert status.probes[0].probe == "counting"
 
 
 def test_a_path_that_is_not_a_socket_is_refused(sock_dir: Path) -> None:
@@ -78,17 +79,17 @@ async def test_status_reports_session_probes_channels_and_progress(
         ApiClient(path) as client,
     ):
         status = await client.status()
-        assert status["session_id"] == daemon.session_id
-        assert status["db_path"] == str(db_path.resolve())
-        names = {c["name"]: c for c in status["channels"]}
-        assert names["gpu0.power_w"]["estimated"] is True
-        assert names["package-0.energy_uj"]["metadata"]["counter_range"] == 2**32
+        assert status.session_id == daemon.session_id
+        assert status.db_path == str(db_path.resolve())
+        names = {c.name: c for c in status.channels}
+        assert names["gpu0.power_w"].estimated is True
+        assert names["package-0.energy_uj"].metadata["counter_range"] == 2**32
         # every daemon has a runner; it idles until a plan arrives
-        assert status["progress"]["status"] == "idle"
-        assert status["progress"]["experiment_id"] is None and status["progress"]["queue"] == []
+        assert status.progress is not None and status.progress.status == "idle"
+        assert status.progress.experiment_id is None and status.progress.queue == []
         # events reach the store with the writer's next flush
         with anyio.fail_after(5):
-            while not any("sampling 5 channels" in e["message"] for e in await client.events(5)):
+            while not any("sampling 5 channels" in e.message for e in await client.events(5)):
                 await anyio.sleep(0.1)
 
 
@@ -150,13 +151,18 @@ async def test_sql_reads_rows_refuses_writes_and_limits_rows(db_path: Path, sock
         assert count.rows == [[1]]
 
 
-async def until_progress(client: ApiClient, key: str, value: Any) -> dict[str, Any]:
+async def until_progress(client: ApiClient, key: str, value: Any) -> Progress:
     with anyio.fail_after(60):
         while True:
-            progress: dict[str, Any] = (await client.status())["progress"]
-            if progress.get(key) == value:
+            progress = (await client.status()).progress
+            if progress is not None and getattr(progress, key) == value:
                 return progress
             await anyio.sleep(0.05)
+
+
+def progress_of(reply: ControlReply | DaemonStatus) -> Progress:
+    assert reply.progress is not None
+    return reply.progress
 
 
 async def test_plans_queue_and_pause_resume_cancel_reach_the_runner(
@@ -168,34 +174,34 @@ async def test_plans_queue_and_pause_resume_cancel_reach_the_runner(
         ApiClient(path) as client,
     ):
         first = await client.submit(fake_plan("first", repetitions=20, cooldown_s=0.3), None)
-        assert first["resumed"] is False and first["units_total"] == 40
+        assert first.resumed is False and first.units_total == 40
         with pytest.raises(PlanError, match=r"no 'configurations' key"):
             await client.submit("name = 'bad'\nmodels = []\n", None)
         with pytest.raises(PlanError, match="already running"):
             await client.submit(fake_plan("first", repetitions=20, cooldown_s=0.3), None)
         second = await client.submit(fake_plan("second"), "/plans/second.toml")
-        assert second["queued_behind"] == [first["experiment_id"]]
+        assert second.queued_behind == [first.experiment_id]
         await until_progress(client, "status", "running")
-        queue = (await client.status())["progress"]["queue"]
-        assert [q["experiment_id"] for q in queue] == [second["experiment_id"]]
+        queue = progress_of(await client.status()).queue
+        assert [q.experiment_id for q in queue] == [second.experiment_id]
 
-        assert (await client.pause())["progress"]["status"] == "paused"
-        assert (await client.resume())["progress"]["status"] == "running"
+        assert progress_of(await client.pause()).status == "paused"
+        assert progress_of(await client.resume()).status == "running"
         # A queued plan is cancelled without touching the running one.
-        await client.cancel(second["experiment_id"])
-        progress = (await client.status())["progress"]
-        assert progress["queue"] == [] and progress["experiment_id"] == first["experiment_id"]
+        await client.cancel(second.experiment_id)
+        progress = progress_of(await client.status())
+        assert progress.queue == [] and progress.experiment_id == first.experiment_id
         await client.cancel()
         finished = await until_progress(client, "status", "cancelled")
-        outcomes = {f["experiment_id"]: f["outcome"] for f in finished["finished"]}
+        outcomes = {f.experiment_id: f.outcome for f in finished.finished}
         assert outcomes == {
-            second["experiment_id"]: "cancelled",
-            first["experiment_id"]: "cancelled",
+            second.experiment_id: "cancelled",
+            first.experiment_id: "cancelled",
         }
         rows = (await client.sql("SELECT name, status FROM experiments ORDER BY name")).rows
         assert rows == [["first", "cancelled"], ["second", "cancelled"]]
-        listed = {e["plan_name"]: e for e in await client.experiments()}
-        assert listed["first"]["units_total"] == 40
+        listed = {e.plan_name: e for e in await client.experiments()}
+        assert listed["first"].units_total == 40
 
 
 async def test_stream_sends_newer_values(db_path: Path, sock_dir: Path) -> None:
@@ -206,7 +212,7 @@ async def test_stream_sends_newer_values(db_path: Path, sock_dir: Path) -> None:
     ):
         seen: list[float] = []
         async for snap in client.stream():
-            seen += [value for _, _, value in snap["values"]]
+            seen += [value for _, _, value in snap.values]
             if len(seen) >= 3:
                 break
     assert seen[-1] > seen[0]
@@ -258,17 +264,17 @@ async def test_a_stalled_stream_client_does_not_slow_the_probes(
                 firsts: list[float] = []
                 counting_id = min(daemon.channels)
                 async for snap in client.stream():
-                    firsts.append(next(v for c, _, v in snap["values"] if c == counting_id))
+                    firsts.append(next(v for c, _, v in snap.values if c == counting_id))
                     if firsts[-1] > firsts[0]:
                         break
         finally:
             stalled.close()
-        health = next(h for h in daemon.health() if h["probe"] == "counting")
+        health = next(h for h in daemon.health() if h.probe == "counting")
     target_hz = CountingProbe.default_rate_hz
     assert baseline_hz > 0.9 * target_hz
     assert with_stalled_hz > 0.9 * target_hz
     assert abs(with_stalled_hz - baseline_hz) < 0.1 * target_hz
-    assert health["achieved_hz"] > 0.9 * target_hz
+    assert health.achieved_hz > 0.9 * target_hz
 
 
 async def test_client_without_daemon_raises_unreachable(sock_dir: Path) -> None:

@@ -4,6 +4,7 @@ needs fails at the boundary, not as a KeyError in a client."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from greenmon.api.client import ApiClient
 from greenmon.api.messages import (
     ExperimentSummary,
     PlanEntry,
+    ProbeStatusDetail,
     Progress,
+    ResultRow,
     Snapshot,
     Status,
     WindowListing,
@@ -42,11 +45,11 @@ async def test_the_daemons_messages_decode_into_the_typed_wire(
         ApiClient(path) as client,
     ):
         submitted = await client.submit(fake_plan("typed", repetitions=1, cooldown_s=0.1), None)
-        experiment_id = str(submitted["experiment_id"])
+        experiment_id = submitted.experiment_id
         running: Snapshot | None = None
         outcome: str | None = None
         with anyio.fail_after(90):
-            async for snap in client.snapshots():
+            async for snap in client.stream():
                 assert isinstance(snap, Snapshot) and snap.t_ns > 0
                 progress = snap.progress or Progress()
                 if progress.experiment_id == experiment_id and progress.unit_index > 0:
@@ -57,11 +60,14 @@ async def test_the_daemons_messages_decode_into_the_typed_wire(
         assert running is not None and running.values  # values arrived with the progress
         assert running.progress is not None and running.progress.units_total == 2
         assert outcome == "done"
-        status = decode((await client.status())["progress"], Progress)
+        status = (await client.status()).progress
+        assert status is not None
         assert [f.experiment_id for f in status.finished] == [experiment_id]
         results = await client.experiment_results(experiment_id)
-        assert {row["configuration"] for row in results} == {"fake/cpu", "fake2/cpu"}
-        assert isinstance(await client.window_listing(), WindowListing)
+        assert all(isinstance(row, ResultRow) for row in results)
+        assert {row.configuration for row in results} == {"fake/cpu", "fake2/cpu"}
+        assert all(row.units == 1 for row in results)
+        assert isinstance(await client.windows(), WindowListing)
 
 
 def test_a_message_without_a_field_it_needs_is_refused_at_the_boundary() -> None:
@@ -97,7 +103,9 @@ async def test_the_server_builds_the_structs_and_status_decodes_whole(
         assert progress is not None
         entries = [*progress.queue, *progress.finished]
         assert entries and all(isinstance(entry, PlanEntry) for entry in entries)
-        status = decode(await client.status(), Status)
-        assert status.runner and status.channels and status.writer
+        status = await client.status()
+        assert isinstance(status, Status) and status.pid == os.getpid()
+        assert status.runner and status.channels and status.writer.flushes >= 0
+        assert all(isinstance(probe, ProbeStatusDetail) for probe in status.probes)
         assert status.progress is not None and status.session_id == daemon.session_id
         await client.cancel()

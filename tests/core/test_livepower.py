@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from greenmon.api.messages import ChannelRow
 from greenmon.livepower import PowerMeter
 from greenmon.store import Store
 
@@ -13,10 +14,10 @@ S = 1_000_000_000
 
 
 def channel(channel_id: int, probe: str, name: str, unit: str, kind: str, domain: str | None,
-            *, source: bool, estimated: bool = False) -> dict[str, object]:  # fmt: skip
-    return {"channel_id": channel_id, "probe": probe, "name": name, "unit": unit, "kind": kind,
-            "domain": domain, "estimated": estimated, "energy_source": source,
-            "metadata": {"counter_range": 1_000_000} if kind == "counter" else {}}  # fmt: skip
+            *, source: bool, estimated: bool = False) -> ChannelRow:  # fmt: skip
+    return ChannelRow(channel_id=channel_id, probe=probe, name=name, unit=unit, kind=kind,
+                      domain=domain, estimated=estimated, energy_source=source,
+                      metadata={"counter_range": 1_000_000} if kind == "counter" else {})  # fmt: skip
 
 
 def test_only_the_chosen_source_counts_and_counters_become_power() -> None:

@@ -26,6 +26,7 @@ import anyio
 import pytest
 
 from greenmon.api import ApiClient, DaemonUnreachable, QueryFailed, QueryRefused
+from greenmon.api.messages import DaemonStatus, Snapshot
 from greenmon.store import Store
 from tests.fakes.rapl import standard_tree
 from tests.faults.support import (
@@ -110,8 +111,8 @@ def daemon(tmp_path: Path, sock_dir: Path) -> Iterator[RunningDaemon]:
 
 def test_a_stream_client_that_never_reads_stalls_nothing(daemon: RunningDaemon) -> None:
     stalled = [stalled_stream_client(daemon.socket_path) for _ in range(3)]
-    answered: list[dict[str, Any]] = []
-    snapshots: list[dict[str, Any]] = []
+    answered: list[DaemonStatus] = []
+    snapshots: list[Snapshot] = []
 
     async def use_the_daemon() -> None:
         async with ApiClient(daemon.socket_path, timeout_s=5.0) as client:
@@ -129,7 +130,7 @@ def test_a_stream_client_that_never_reads_stalls_nothing(daemon: RunningDaemon) 
     finally:
         for client in stalled:
             client.close()
-    assert len({s["t_ns"] for s in snapshots}) == 6  # a healthy viewer got fresh snapshots
+    assert len({s.t_ns for s in snapshots}) == 6  # a healthy viewer got fresh snapshots
     # How fast status answers and the daemon stops beside stalled clients are figures in
     # bench/shutdown.py, not assertions here.
     assert len(answered) == 10
@@ -177,7 +178,7 @@ def test_a_flood_of_requests_is_answered_and_the_probes_hold_their_rate(
                 dropped.connect(str(daemon.socket_path))
         # The daemon still answers once it has worked through the dropped connections (on a
         # loaded machine the listen backlog can be full for a moment: retry, don't race).
-        status: dict[str, object] = {}
+        status: DaemonStatus | None = None
         for _ in range(100):
             try:
                 async with ApiClient(daemon.socket_path, timeout_s=5.0) as client:
@@ -185,7 +186,7 @@ def test_a_flood_of_requests_is_answered_and_the_probes_hold_their_rate(
                 break
             except DaemonUnreachable:
                 await anyio.sleep(0.1)
-        assert status.get("pid") == daemon.process.pid
+        assert status is not None and status.pid == daemon.process.pid
         half.close()
 
     anyio.run(flood)

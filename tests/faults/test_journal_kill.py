@@ -9,13 +9,13 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import anyio
 import duckdb
 import pytest
 
 from greenmon.api import ApiClient
+from greenmon.api.messages import WindowResult
 from greenmon.store import SampleBatch, Store, journal_path, read_frames
 from greenmon.store.journal import to_arrow
 from tests.fakes.rapl import standard_tree
@@ -64,14 +64,14 @@ def test_sigkill_between_a_journal_write_and_its_load_loses_nothing_written(
         cwd=tmp_path,
         env=cli_env(GREENMON_SOCKET=str(socket_path)),
     )
-    closed: dict[str, Any] = {}
+    closed: list[WindowResult] = []
 
     async def window() -> None:
         async with ApiClient(socket_path) as client:
             await anyio.sleep(0.5)
             opened = await client.open_window("before-the-kill")
             await anyio.sleep(1.0)
-            closed.update(await client.close_window(opened["window_id"]))
+            closed.append(await client.close_window(opened.window_id))
 
     try:
         assert process.stderr is not None
@@ -90,7 +90,7 @@ def test_sigkill_between_a_journal_write_and_its_load_loses_nothing_written(
     assert process.returncode == -signal.SIGKILL
 
     frames = list(read_frames(journal))
-    edges = (int(closed["start_ns"]), int(closed["end_ns"]))
+    edges = (closed[0].start_ns, closed[0].end_ns)
     total_before, window_before, loaded_seq = _raw_counts(db, edges)
     unloaded = [f for f in frames if f.seq > loaded_seq]
     assert len(unloaded) >= 3
@@ -116,7 +116,7 @@ def test_sigkill_between_a_journal_write_and_its_load_loses_nothing_written(
     assert duplicated == []
     assert inside == window_before  # the closed window lost and gained nothing
     stored = dict(zip(columns, rows[0], strict=True))
-    assert stored["window_id"] == closed["window_id"]
+    assert stored["window_id"] == closed[0].window_id
 
     with Store.open(db) as store:  # a second open loads nothing again
         _, ((again,),) = store.query("SELECT count(*) FROM samples")

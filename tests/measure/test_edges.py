@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from greenmon.api.messages import WindowResult
 from greenmon.config import parse_config
 from greenmon.daemon import Daemon
 from greenmon.monitor import Monitor
@@ -19,7 +20,7 @@ from greenmon.probes.base import Probe
 from greenmon.probes.energibridge import EnergiBridgeProbe
 from greenmon.probes.energibridge import Options as EnergiBridgeOptions
 from greenmon.store import Store
-from greenmon.windows import WindowResult, windows_service
+from greenmon.windows import windows_service
 from tests.fakes.energibridge import write_fake_energibridge
 from tests.fakes.rapl import FakeRaplTree
 from tests.measure.support import cli_env, greenmon_command

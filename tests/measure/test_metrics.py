@@ -13,7 +13,7 @@ import anyio.to_thread
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenmon.api import ApiClient
-from greenmon.api.messages import Progress
+from greenmon.api.messages import Progress, ResultRow
 from tests.api.fakes import FakePowerProbe, fake_plan, running_daemon
 from tests.measure.support import IDLE_W, MarkedPower, start_daemon, stop_daemon, write_config
 
@@ -113,13 +113,13 @@ def test_metrics_carry_the_runners_experiment_and_unit(tmp_path: Path, short_dir
         ):  # fmt: skip
             plan = fake_plan("scraped", repetitions=20, cooldown_s=0.3)
             submitted = await client.submit(plan, None)
-            running["experiment_id"] = submitted["experiment_id"]
+            running["experiment_id"] = submitted.experiment_id
             with anyio.fail_after(120):
                 while True:
-                    progress = (await client.status())["progress"]
+                    progress = (await client.status()).progress
                     # a unit running, and one finished (its carbon is in the scrape)
-                    if progress.get("status") == "running" and progress.get("unit") \
-                            and progress.get("results"):  # fmt: skip
+                    if progress is not None and progress.status == "running" \
+                            and progress.unit and progress.results:  # fmt: skip
                         break
                     await anyio.sleep(0.05)
             scraped.update(await anyio.to_thread.run_sync(_scrape, port))
@@ -151,7 +151,7 @@ class _FinishedUnitsHost:
     session_id = "s"
     store: Any = None
 
-    def __init__(self, results: list[dict[str, Any]]) -> None:
+    def __init__(self, results: list[ResultRow]) -> None:
         self.samplers: list[Any] = []
         self.channels: dict[int, Any] = {}
         self.unavailable: dict[str, str] = {}
@@ -191,8 +191,8 @@ def test_carbon_and_cost_per_configuration_from_the_report_table(tmp_path: Path)
     )
     priced = pricing(config.report)
     assert priced is not None
-    results = [{"configuration": "fake/cpu", "median_energy_j": 7.2e6},  # 2 kWh
-               {"configuration": "fake2/cpu", "median_energy_j": None}]  # fmt: skip
+    results = [ResultRow(configuration="fake/cpu", median_energy_j=7.2e6),  # 2 kWh
+               ResultRow(configuration="fake2/cpu", median_energy_j=None)]  # fmt: skip
     found = _collect(DaemonCollector(_FinishedUnitsHost(results), priced))  # type: ignore[arg-type]
     labels = (("configuration", "fake/cpu"), ("experiment_id", "e1"))
     assert found["greenmon_unit_co2e_grams"] == {labels: 600.0}
@@ -215,7 +215,7 @@ def test_carbon_follows_an_intensity_file_at_the_scrape(tmp_path: Path) -> None:
     config = parse_config(f'[report]\ncarbon_intensity_file = "{csv}"\n')
     priced = pricing(config.report)
     assert priced is not None
-    results = [{"configuration": "fake/cpu", "median_energy_j": 3.6e6}]
+    results = [ResultRow(configuration="fake/cpu", median_energy_j=3.6e6)]
     found = _collect(DaemonCollector(_FinishedUnitsHost(results), priced))  # type: ignore[arg-type]
     assert found["greenmon_unit_co2e_grams"] == {
         (("configuration", "fake/cpu"), ("experiment_id", "e1")): 250.0}  # fmt: skip

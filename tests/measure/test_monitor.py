@@ -62,7 +62,7 @@ def test_monitor_in_process_measures_the_power_put_in(
     assert within(w.dynamic_j["cpu"], BUSY_W * busy_s, stale_j=2 * stale_j)
     assert w.flags == []
     assert decode.tags == {"step": 1} and decode.baseline_window_id == baseline.window_id
-    assert [r["name"] for r in listing["recent"]] == ["decode", "prefill", "baseline"]
+    assert [r.name for r in listing.recent] == ["decode", "prefill", "baseline"]
     # the same figures in DuckDB afterwards
     with Store.open(db, read_only=True) as store:
         _, rows = store.query(

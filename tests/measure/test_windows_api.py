@@ -10,9 +10,10 @@ import anyio
 import pytest
 
 from greenmon.api import ApiClient, ApiError
+from greenmon.api.messages import WindowResult
 from greenmon.store import Store
 from greenmon.views import MIN_COVERAGE
-from greenmon.windows import WindowResult
+from greenmon.windows import window_result_from_row
 from tests.measure.support import (
     BUSY_W,
     IDLE_W,
@@ -43,29 +44,29 @@ def test_windows_over_the_api_get_the_energy_put_in(
             # machine may delay by tens of milliseconds, which must stay under 1%.
             idle = await client.open_window("idle", kind="baseline")
             await anyio.sleep(WINDOW_S)
-            returned["idle"] = await client.close_window(idle["window_id"])
+            returned["idle"] = await client.close_window(idle.window_id)
 
             opened = await client.open_window(
-                "busy", {"batch": 8}, baseline_window_id=idle["window_id"]
+                "busy", {"batch": 8}, baseline_window_id=idle.window_id
             )
             listing = await client.windows()
-            assert [w["name"] for w in listing["open"]] == ["busy"]
+            assert [w.name for w in listing.open] == ["busy"]
             busy_before = marked_power.busy_ns
             marked_power.marker.touch()
             await anyio.sleep(WINDOW_S)
             marked_power.marker.unlink()
             await anyio.sleep(0.1)
-            returned["busy"] = await client.close_window(opened["window_id"])
+            returned["busy"] = await client.close_window(opened.window_id)
             returned["busy_s"] = (marked_power.busy_ns - busy_before) / 1e9
 
             # the daemon takes the baseline itself when asked, once per session
             auto = await client.open_window("auto", baseline_s=WINDOW_S)
-            assert auto["baseline_window_id"] is not None
+            assert auto.baseline_window_id is not None
             await anyio.sleep(WINDOW_S)
-            returned["auto"] = await client.close_window(auto["window_id"])
+            returned["auto"] = await client.close_window(auto.window_id)
 
             with pytest.raises(ApiError, match="not open"):
-                await client.close_window(opened["window_id"])
+                await client.close_window(opened.window_id)
             with pytest.raises(ApiError, match="name"):
                 await client.open_window("")
             returned["listing"] = await client.windows()
@@ -75,9 +76,8 @@ def test_windows_over_the_api_get_the_energy_put_in(
     finally:
         stop_daemon(process)
 
-    idle = WindowResult.from_dict(returned["idle"])
-    busy = WindowResult.from_dict(returned["busy"])
-    auto = WindowResult.from_dict(returned["auto"])
+    idle, busy, auto = returned["idle"], returned["busy"], returned["auto"]
+    assert all(isinstance(w, WindowResult) for w in (idle, busy, auto))
     stale_j = marked_power.stale_j()
     assert within(idle.energy_j["cpu"], IDLE_W * idle.duration_s, stale_j=stale_j)
     truth_j = IDLE_W * busy.duration_s + BUSY_W * returned["busy_s"]
@@ -93,15 +93,15 @@ def test_windows_over_the_api_get_the_energy_put_in(
     assert abs(auto.dynamic_j["cpu"]) < 0.01 * auto.energy_j["cpu"] + 2 * stale_j
     assert "cpu_percent" in busy.utilisation
 
-    recent = returned["listing"]["recent"]
-    assert returned["listing"]["open"] == []
-    assert [w["name"] for w in recent] == ["auto", "baseline", "busy", "idle"]
+    recent = returned["listing"].recent
+    assert returned["listing"].open == []
+    assert [w.name for w in recent] == ["auto", "baseline", "busy", "idle"]
 
     # What the close returned is what DuckDB gives afterwards: the close waited for the
     # samples up to the window's end.
     with Store.open(db, read_only=True) as store:
         columns, rows = store.query("SELECT * FROM window_results WHERE name = 'busy'")
-    stored = WindowResult.from_row(dict(zip(columns, rows[0], strict=True)))
+    stored = window_result_from_row(dict(zip(columns, rows[0], strict=True)))
     assert stored.energy_j["cpu"] == pytest.approx(busy.energy_j["cpu"], rel=1e-9)
     assert stored.dynamic_j["cpu"] == pytest.approx(busy.dynamic_j["cpu"], rel=1e-9)
     assert stored.coverage == busy.coverage

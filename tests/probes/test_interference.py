@@ -140,11 +140,12 @@ def test_status_and_the_tui_count_the_units_beside_other_load() -> None:
         },
     ]
     progress = {"experiment_id": "e1", "plan_name": "p", "status": "running", "results": results}
+    typed = decode(progress, Progress)
     assert (
         "  background_load: 2 finished units ran beside other load (torch/cpu 2)"
-        in progress_lines(decode(progress, Progress))
+        in progress_lines(typed)
     )
-    flags = [row[-1] for row in result_rows(results)]
+    flags = [row[-1] for row in result_rows(typed.results)]
     assert flags == ["ok", "estimated, background_load (2 units)"]
 
 

@@ -7,8 +7,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from greenmon.api.messages import ResultRow
 from greenmon.store import Store
 from tests.support.synthetic import synthetic_results, write_synthetic_experiment
 
@@ -140,15 +142,19 @@ def test_a_unit_ends_summary_is_the_summary_from_one_pass(store: Store) -> None:
     from greenmon.runner import summary_rows, unit_end_summary_rows
 
     session, last_end = store.execute("SELECT any_value(session_id), max(ended_ns) FROM units")[0]
-    live = summary_rows(store, "m")
+    def rows(results: list[ResultRow]) -> list[dict[str, Any]]:
+        return [msgspec.structs.asdict(r) for r in results]
+
+    live = rows(summary_rows(store, "m"))
     ended = unit_end_summary_rows(store, "m", session_id=session, settled_before_ns=last_end - 1)
     assert _cached(store) == 11  # the unit that ended last was computed, not stored
-    _same(live, ended)
-    assert sum(r["units"] for r in ended) == 12
+    _same(live, rows(ended))
+    assert sum(r.units for r in ended) == 12
     # the next unit end: the last unit is settled and stored; the summary is unchanged
-    _same(live, unit_end_summary_rows(store, "m", session_id=session, settled_before_ns=last_end))
+    settled = unit_end_summary_rows(store, "m", session_id=session, settled_before_ns=last_end)
+    _same(live, rows(settled))
     assert _cached(store) == 12
-    _same(live, unit_end_summary_rows(store, "m"))  # nothing to compute
+    _same(live, rows(unit_end_summary_rows(store, "m")))  # nothing to compute
     assert not store.execute(
         "SELECT 1 FROM duckdb_tables() WHERE table_name = 'unit_results_fresh'"
     )

@@ -49,7 +49,7 @@ def _hold(path: Path, seconds: float) -> subprocess.Popen[str]:
 def test_the_outcome_and_summary_are_read_once_the_stopping_daemon_lets_go(db: Path) -> None:
     with Store.open(db, read_only=True) as store:
         expected = summary_rows(store, "q")
-    assert [row["configuration"] for row in expected] == ["onnx/cpu", "torch/cpu"]
+    assert [row.configuration for row in expected] == ["onnx/cpu", "torch/cpu"]
     holder = _hold(db, 1.5)
     started = time.monotonic()
     try:

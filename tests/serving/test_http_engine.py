@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 import pytest
 from aiohttp import web
 
@@ -98,11 +97,11 @@ def test_served_units_measure_load_and_flag_inexact_servers(
     exact_port, short_port = _free_port(), _free_port()
     # The runner's progress as the run follows it (every 0.25 s): what the API streams and
     # the TUI's unit panel draws.  Only observed; the runner's own wiring is untouched.
-    seen: list[dict[str, Any]] = []
+    seen: list[Progress] = []
     draw = run_command.progress_line
 
     def observe(progress: Progress, meter: Any = None) -> str:
-        seen.append(msgspec.to_builtins(progress))
+        seen.append(progress)
         return draw(progress, meter)
 
     monkeypatch.setattr(run_command, "progress_line", observe)
@@ -159,13 +158,13 @@ def test_served_units_measure_load_and_flag_inexact_servers(
         for start_ns, _ in spans:
             assert sum(1 for s, e in spans if s <= start_ns < e) <= 2
     # While a served unit ran, the progress carried its live load (item 5's source).
-    served = [p["serving"] for p in seen
-              if (p.get("unit") or {}).get("configuration", "").startswith("http/")
-              and p.get("serving") is not None]  # fmt: skip
-    assert served, [(p.get("unit"), p.get("phase"), p.get("serving")) for p in seen]
+    served = [p.serving for p in seen
+              if p.unit is not None and p.unit.configuration.startswith("http/")
+              and p.serving is not None]  # fmt: skip
+    assert served, [(p.unit, p.phase, p.serving) for p in seen]
     for live in served:
-        assert live["concurrency"] == 2 and live["request_rate_hz"] is None
-        assert 0 <= live["requests_in_flight"] <= 2 and live["requests_done"] >= 0
+        assert live.concurrency == 2 and live.request_rate_hz is None
+        assert 0 <= live.requests_in_flight <= 2 and live.requests_done >= 0
     # Both servers were stopped with their units.
     for port in (exact_port, short_port):
         with socket.socket() as sock:

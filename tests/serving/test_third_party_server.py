@@ -60,6 +60,6 @@ def test_llama_cpp_server_streams_exactly_n_tokens(api: str, concurrency: int) -
         assert record.usage_tokens_out in (None, 8)
         assert record.tokens_in > 0 and record.text
         assert record.ttft_ns is not None and 0 < record.ttft_ns <= record.latency_ns
-    assert live["requests_done"] == 4 and live["requests_in_flight"] == 0
+    assert live.requests_done == 4 and live.requests_in_flight == 0
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0, "the server outlived close()"

@@ -81,7 +81,7 @@ async def test_grid_and_results_advance_as_units_finish(db_path: Path, sock_path
             await until(lambda: table_rows(app, "#experiments") != [], timeout_s=30)
             await until(lambda: table_rows(app, "#experiments")[0][2] == "done", timeout_s=30)
             row = table_rows(app, "#experiments")[0]
-            assert row[0] == submitted["experiment_id"] and row[3] == "4" and row[5] == "4"
+            assert row[0] == submitted.experiment_id and row[3] == "4" and row[5] == "4"
 
 
 async def test_the_unit_panel_grows_to_show_the_unit_and_phase(
@@ -197,7 +197,7 @@ async def test_named_windows_and_a_served_unit_are_listed_beside_the_current_uni
             await until(lambda: app.connected)
             opened = await client.open_window("prefill", {"batch": 8})
             await until(lambda: "▶ prefill" in text_of(app, "#windows"))
-            await client.close_window(opened["window_id"])
+            await client.close_window(opened.window_id)
             await until(lambda: "prefill  " in text_of(app, "#windows")
                         and "▶ prefill" not in text_of(app, "#windows"))  # fmt: skip
 

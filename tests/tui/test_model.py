@@ -7,7 +7,14 @@ import sys
 
 import pytest
 
-from greenmon.api.messages import Progress, decode
+from greenmon.api.messages import (
+    ChannelRow,
+    DaemonStatus,
+    ExperimentRow,
+    Progress,
+    Snapshot,
+    decode,
+)
 from greenmon.tui.model import LiveModel, chart_bands, experiment_table, grid_table, unit_lines
 
 CHANNELS = [
@@ -28,11 +35,17 @@ S = 1_000_000_000
 def model_with(*snaps: dict[str, object], sources: tuple[int, ...] = (1, 2)) -> LiveModel:
     """``sources``: the channels the daemon marks as answering for their domain (the
     store's energy_sources view: RAPL before the estimate when both measure the CPU)."""
-    channels = [{**c, "energy_source": c["channel_id"] in sources} for c in CHANNELS]
+    channels = [
+        decode({**c, "energy_source": c["channel_id"] in sources}, ChannelRow) for c in CHANNELS
+    ]
     model = LiveModel()
-    model.set_status({"session_id": "s", "channels": channels, "probes": []})
+    model.set_status(
+        DaemonStatus(
+            t_ns=0, session_id="s", channels=channels, pid=1, db_path="d", socket_path="s"
+        )
+    )
     for snap in snaps:
-        model.ingest(snap)
+        model.ingest(decode(snap, Snapshot))  # as the client decodes the stream's lines
     return model
 
 
@@ -131,6 +144,7 @@ def test_the_running_experiment_is_listed_with_its_live_counts_before_the_file_l
              "units_failed": 0, "units_total": 6}  # fmt: skip
     earlier = {"experiment_id": "e0", "plan_name": "old", "status": "done", "units_done": 2,
                "units_failed": 0, "units_total": 2}  # fmt: skip
-    rows = experiment_table(progress, [stale, earlier])
+    listed = [decode(stale, ExperimentRow), decode(earlier, ExperimentRow)]
+    rows = experiment_table(progress, listed)
     assert [r[0] for r in rows] == ["e1", "e2", "e0"] and rows[0][3] == "3"
-    assert experiment_table(None, [earlier]) == [("e0", "old", "done", "2", "0", "2")]
+    assert experiment_table(None, listed[1:]) == [("e0", "old", "done", "2", "0", "2")]

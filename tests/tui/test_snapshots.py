@@ -15,6 +15,16 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 
 from greenmon.api import QueryRefused, SqlResult
+from greenmon.api.messages import (
+    ControlReply,
+    DaemonEvent,
+    DaemonStatus,
+    ExperimentRow,
+    ResultRow,
+    Snapshot,
+    WindowListing,
+    decode,
+)
 from greenmon.tui.app import GreenmonApp
 
 SIZE = (140, 40)
@@ -78,8 +88,10 @@ def progress() -> dict[str, Any]:
 
 
 WINDOWS = {
-    "open": [{"window_id": 3, "name": "prefill", "tags": {"batch": 8}, "elapsed_s": 4.25}],
-    "recent": [{"window_id": 2, "name": "load-test", "duration_s": 12.5,
+    "open": [{"window_id": 3, "name": "prefill", "kind": "window", "tags": {"batch": 8},
+              "start_ns": 996 * S, "elapsed_s": 4.25}],
+    "recent": [{"window_id": 2, "name": "load-test", "kind": "window", "start_ns": 980 * S,
+                "end_ns": 992_500_000_000, "duration_s": 12.5,
                 "energy_j": {"cpu": 250.0, "dram": 20.5}, "flags": ["estimated"]}],
 }  # fmt: skip
 EXPERIMENTS = [
@@ -114,28 +126,33 @@ class FixedLink:
     def __init__(self) -> None:
         self.closed = False
 
-    async def status(self) -> dict[str, Any]:
-        return {
+    # The link answers what the API client would: the wire's JSON decoded into messages.
+    async def status(self) -> DaemonStatus:
+        status = {
+            "t_ns": 1000 * S,
             "pid": 4242,
             "session_id": "5e55104d00000000",
             "started_ns": 1000 * S,
             "db_path": "/data/greenmon.duckdb",
+            "socket_path": "/run/user/1000/greenmon/daemon.sock",
             "channels": CHANNELS,
             "probes": PROBES,
             "progress": progress(),
         }
+        return decode(status, DaemonStatus)
 
-    async def stream(self) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self) -> AsyncIterator[Snapshot]:
         for index in range(SNAPSHOTS):
-            yield snapshot_at(index)
+            yield decode(snapshot_at(index), Snapshot)
         await anyio.sleep_forever()
 
-    async def events(self, limit: int = 100) -> list[dict[str, Any]]:
-        return [
+    async def events(self, limit: int = 100) -> list[DaemonEvent]:
+        events = [
             {"t_ns": 1000 * S, "level": "info", "probe": "rapl", "message": "sampling 2 channels at 50 Hz"},
             {"t_ns": 1001 * S, "level": "info", "probe": "nvml", "message": "unavailable: no NVIDIA driver"},
             {"t_ns": 1030 * S, "level": "warning", "probe": "host", "message": "read failed, gap left: OSError: busy"},
         ]  # fmt: skip
+        return decode(events, list[DaemonEvent])
 
     async def sql(self, query: str, limit: int | None = None) -> SqlResult:
         if query.lstrip().upper().startswith("DROP"):
@@ -144,23 +161,23 @@ class FixedLink:
             ["probe", "name", "unit"], [[c["probe"], c["name"], c["unit"]] for c in CHANNELS]
         )
 
-    async def pause(self) -> dict[str, Any]:
-        return {}
+    async def pause(self) -> ControlReply:
+        return ControlReply()
 
-    async def resume(self) -> dict[str, Any]:
-        return {}
+    async def resume(self) -> ControlReply:
+        return ControlReply()
 
-    async def cancel(self, experiment_id: str | None = None) -> dict[str, Any]:
-        return {}
+    async def cancel(self, experiment_id: str | None = None) -> ControlReply:
+        return ControlReply()
 
-    async def experiments(self) -> list[dict[str, Any]]:
-        return EXPERIMENTS
+    async def experiments(self) -> list[ExperimentRow]:
+        return decode(EXPERIMENTS, list[ExperimentRow])
 
-    async def experiment_results(self, experiment_id: str) -> list[dict[str, Any]]:
-        return [result("torch/cpu", [])]
+    async def experiment_results(self, experiment_id: str) -> list[ResultRow]:
+        return [decode(result("torch/cpu", []), ResultRow)]
 
-    async def windows(self, limit: int = 20) -> dict[str, Any]:
-        return WINDOWS
+    async def windows(self, limit: int = 20) -> WindowListing:
+        return decode(WINDOWS, WindowListing)
 
     async def close(self) -> None:
         self.closed = True
@@ -204,7 +221,7 @@ class FreshFileLink(FixedLink):
     """A daemon whose file lists no experiment yet: the first plan has just started (the
     file's list is polled now and then, the running plan comes with every snapshot)."""
 
-    async def experiments(self) -> list[dict[str, Any]]:
+    async def experiments(self) -> list[ExperimentRow]:
         return []
 
 
