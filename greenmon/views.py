@@ -334,9 +334,7 @@ def _shorter_than_resolved(duration_s: str, period_ns: str) -> str:
     return f"{duration_s} * 1e9 < {MIN_WINDOW_PERIODS} * {period_ns}"
 
 
-def _validity_flags(
-    *, fidelity: str = "false", measured: str = "true", unit_only: str = ""
-) -> str:
+def _validity_flags(*, fidelity: str = "false", measured: str = "true", unit_only: str = "") -> str:
     """The ``flags`` list of a measured window (a unit's measure phase, a user's window),
     from its columns duration_s, max_period_ns (the coarsest resolution of its energy
     sources over that window), min_coverage, wraps, resets, estimated, energy_*_j and
@@ -372,8 +370,9 @@ _UNIT_ONLY_FLAGS = f""",
            CASE WHEN token_count_mismatches > 0 THEN 'token_count_mismatch' END,
            CASE WHEN failed_requests > 0 THEN 'failed_requests' END,
            CASE WHEN status = 'done' AND requests > 0 AND max_period_ns IS NOT NULL
-                 AND {_shorter_than_resolved("coalesce(steady_s, 0)",
-                                             "coalesce(steady_period_ns, max_period_ns)")}
+                 AND {
+    _shorter_than_resolved("coalesce(steady_s, 0)", "coalesce(steady_period_ns, max_period_ns)")
+}
                 THEN 'short_steady_state' END,
            CASE WHEN energy_gpu_j IS NOT NULL AND EXISTS (
                     SELECT 1 FROM units gu JOIN energy_sources ges USING (session_id)
@@ -517,9 +516,11 @@ SELECT *,
        energy_global_j / nullif(tokens_out, 0) AS j_per_token,
        -- energy per correct answer; NULL when none was correct (not infinite)
        energy_global_j / nullif(correct_answers, 0) AS j_per_correct,
-       {_validity_flags(
-           fidelity="fidelity_share < 1", measured="status = 'done'", unit_only=_UNIT_ONLY_FLAGS
-       )} AS flags
+       {
+    _validity_flags(
+        fidelity="fidelity_share < 1", measured="status = 'done'", unit_only=_UNIT_ONLY_FLAGS
+    )
+} AS flags
 FROM base
 """
 
@@ -800,8 +801,10 @@ def ensure_views(con: duckdb.DuckDBPyConnection) -> bool:
     """``create_views`` unless the file's relations are already these (``VIEWS_HASH``);
     True when they were (re)created.  The hash is recorded only after every relation was
     created, so an open interrupted half-way recreates them all next time."""
-    found = con.execute("SELECT value FROM greenmon_meta WHERE key = 'views_hash'").fetchone()
-    if found is not None and found[0] == VIEWS_HASH:
+    # fetchall, not fetchone: a result left unfinished makes DuckDB refuse the next
+    # relation write on this connection (greenmon.store.database.first_row says so).
+    found = con.execute("SELECT value FROM greenmon_meta WHERE key = 'views_hash'").fetchall()
+    if found and found[0][0] == VIEWS_HASH:
         return False
     create_views(con)
     con.execute("INSERT OR REPLACE INTO greenmon_meta VALUES ('views_hash', ?)", [VIEWS_HASH])

@@ -144,6 +144,14 @@ def duckdb_settings(db_path: Path, memory_limit: str | None, threads: int | None
     return settings
 
 
+def first_row(result: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
+    """The first row of a statement's ``result`` (None without one), the result read to
+    its end: DuckDB refuses a relation's write (``from_arrow(...).insert_into``) on a
+    connection whose last result is unfinished, which ``fetchone`` leaves it."""
+    rows = result.fetchall()
+    return rows[0] if rows else None
+
+
 # How long ``Database.close`` waits for interrupted readers to close their cursors.
 CLOSE_WAIT_S = 5.0
 CLOSE_POLL_S = 0.05

@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from greenmon.store.batches import Event, SampleBatch
+from greenmon.store.database import first_row
 from greenmon.store.sessions import SessionWrites
 
 MAGIC = b"GMJ1"
@@ -233,9 +234,11 @@ class JournalWrites(SessionWrites):
         return sum(f.rows for f in frames)
 
     def _loaded_seq(self) -> int:
-        row = self.con.execute(
-            "SELECT loaded_seq FROM journal_loads WHERE journal = ?", [JOURNAL_KEY]
-        ).fetchone()
+        row = first_row(
+            self.con.execute(
+                "SELECT loaded_seq FROM journal_loads WHERE journal = ?", [JOURNAL_KEY]
+            )
+        )
         return int(row[0]) if row else 0
 
     def _load_frames(self, frames: list[Frame]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from greenmon.store.database import Database
+from greenmon.store.database import Database, first_row
 
 
 class MergeWrites(Database):
@@ -42,11 +42,13 @@ class MergeWrites(Database):
             columns = [c for c in out_columns if c != fresh_id and (c in have or c in replace)]
             select = ", ".join(replace.get(c, f'src."{c}"') for c in columns)
             names = ", ".join(f'"{c}"' for c in columns)
-            row = self.con.execute(
-                f"INSERT INTO main.{table} ({names}) SELECT {select} FROM {relation} AS src "
-                f"WHERE {where}",
-                list(params),
-            ).fetchone()
+            row = first_row(
+                self.con.execute(
+                    f"INSERT INTO main.{table} ({names}) SELECT {select} FROM {relation} AS src "
+                    f"WHERE {where}",
+                    list(params),
+                )
+            )
         return int(row[0]) if row else 0
 
     def copy_channels_and_samples(self, channels: str, samples: str | None) -> None:
@@ -81,9 +83,9 @@ class MergeWrites(Database):
     def advance_channel_sequence(self) -> None:
         """Channels registered in the merged file later (a daemon on it) get fresh ids."""
         with self.lock:
-            row = self.con.execute(
-                "SELECT coalesce(max(channel_id), 0) FROM main.channels"
-            ).fetchone()
+            row = first_row(
+                self.con.execute("SELECT coalesce(max(channel_id), 0) FROM main.channels")
+            )
             top = int(row[0]) if row else 0
             self.con.execute("DROP SEQUENCE channel_id_seq")
             self.con.execute(f"CREATE SEQUENCE channel_id_seq START {top + 1}")

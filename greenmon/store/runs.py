@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from greenmon.store.database import Database
+from greenmon.store.database import Database, first_row
 
 if TYPE_CHECKING:
     from greenmon.engines.base import RequestRecord
@@ -152,7 +152,7 @@ class RunWrites(Database):
         delete, compute, insert = MATERIALISE_SQL
         with self.transaction() as con:
             con.execute(delete, {"exp": experiment_id})
-            span = con.execute(MATERIALISE_SPAN_SQL, {"exp": experiment_id}).fetchone()
+            span = first_row(con.execute(MATERIALISE_SPAN_SQL, {"exp": experiment_id}))
             if span is None or span[0] is None:
                 con.execute(FRESH_EMPTY_SQL)
                 return 0
@@ -165,7 +165,7 @@ class RunWrites(Database):
                 ),
                 {"exp": experiment_id},
             )
-            row = con.execute(insert, params).fetchone()
+            row = first_row(con.execute(insert, params))
         return int(row[0]) if row else 0
 
     def _drop_fresh(self) -> None:
@@ -177,9 +177,11 @@ class RunWrites(Database):
     def create_experiment(self, experiment: NewExperiment, units: Sequence[NewUnit]) -> None:
         """An experiment and all its units, pending, in one transaction (resumable)."""
         with self.transaction() as con:
-            host = con.execute(
-                "SELECT host FROM sessions WHERE session_id = ?", [experiment.session_id]
-            ).fetchone()
+            host = first_row(
+                con.execute(
+                    "SELECT host FROM sessions WHERE session_id = ?", [experiment.session_id]
+                )
+            )
             self.insert_experiment(
                 {
                     "experiment_id": experiment.experiment_id,

@@ -12,7 +12,7 @@ from typing import Any
 
 from greenmon.probes.base import Channel
 from greenmon.store.batches import Event, SampleBatch
-from greenmon.store.database import Database
+from greenmon.store.database import Database, first_row
 
 
 class SessionWrites(Database):
@@ -73,23 +73,25 @@ class SessionWrites(Database):
         ids: list[int] = []
         with self.lock:
             for channel in channels:
-                row = self.con.execute(
-                    """INSERT INTO channels (channel_id, session_id, probe, name, unit, kind,
+                row = first_row(
+                    self.con.execute(
+                        """INSERT INTO channels (channel_id, session_id, probe, name, unit, kind,
                            domain, period_ns, estimated, metadata)
                        VALUES (nextval('channel_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?, ?)
                        RETURNING channel_id""",
-                    [
-                        session_id,
-                        probe,
-                        channel.name,
-                        channel.unit,
-                        channel.kind,
-                        channel.domain,
-                        period_ns,
-                        channel.estimated,
-                        json.dumps(dict(channel.metadata), default=str),
-                    ],
-                ).fetchone()
+                        [
+                            session_id,
+                            probe,
+                            channel.name,
+                            channel.unit,
+                            channel.kind,
+                            channel.domain,
+                            period_ns,
+                            channel.estimated,
+                            json.dumps(dict(channel.metadata), default=str),
+                        ],
+                    )
+                )
                 assert row is not None
                 ids.append(int(row[0]))
         return ids
@@ -125,13 +127,13 @@ class SessionWrites(Database):
     ) -> int:
         """A user's named window opens (greenmon/windows.py); returns its window_id."""
         with self.lock:
-            row = self.con.execute(
+            row = first_row(self.con.execute(
                 """INSERT INTO windows (session_id, name, kind, tags, start_ns,
                        baseline_window_id)
                    VALUES (?, ?, ?, ?, ?, ?) RETURNING window_id""",
                 [session_id, name, kind, json.dumps(dict(tags), default=str), start_ns,
                  baseline_window_id],
-            ).fetchone()  # fmt: skip
+            ))  # fmt: skip
         assert row is not None
         return int(row[0])
 

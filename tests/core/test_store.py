@@ -114,3 +114,20 @@ def test_close_interrupts_a_reader_and_lets_go_of_the_connection(db_path: Path) 
     with pytest.raises(StoreError, match="closed"):
         store.query("SELECT 1")
     store.close()  # twice: harmless
+
+
+def test_a_reopened_file_takes_a_batch_as_its_first_write(db_path: Path) -> None:
+    """Opening an existing file read-write reads a few single rows (the views' hash, the
+    journal's sequence); none may leave its result unfinished, or DuckDB refuses the first
+    batch written through a relation ("connection has an unfinished result")."""
+    from greenmon.store.batches import SampleBatch
+
+    Store.open(db_path).close()
+    store = Store.open(db_path)
+    try:
+        batch = SampleBatch()
+        batch.append_row(1_000, [1], [2.5])
+        store.write(batch, [], "session")
+        assert store.query("SELECT t_ns, value FROM samples")[1] == [(1_000, 2.5)]
+    finally:
+        store.close()
