@@ -140,3 +140,30 @@ def commit_floor_us(workdir: Path, rows: int, commits: int = 20) -> float:
                 costs.append(time.thread_time_ns() - started)
     costs.sort()
     return round(costs[len(costs) // 2] / 1e3, 1)
+
+
+def journal_append_floor_us(workdir: Path, rows: int, appends: int = 20) -> float:
+    """Median CPU of one hand-off of ``rows`` samples into the sample journal
+    (``SampleJournal.append``: one frame encoded, written and fdatasync'd, no DuckDB
+    commit), a tenth of a second apart: what a flush costs the daemon since the journal."""
+    import numpy as np
+
+    from greenmon.store import SampleBatch, SampleJournal
+
+    costs: list[int] = []
+    journal = SampleJournal(workdir / "append-floor.duckdb.journal", 1)
+    try:
+        for index in range(appends + 3):
+            t_ns = np.arange(rows, dtype=np.int64) + index * rows
+            batch = SampleBatch.from_columns(
+                np.ones(rows, dtype=np.int32), t_ns, np.random.default_rng(index).random(rows)
+            )
+            time.sleep(0.1)
+            started = time.thread_time_ns()
+            journal.append(batch)
+            if index >= 3:  # as commit_floor_us: the first appends warm the file up
+                costs.append(time.thread_time_ns() - started)
+    finally:
+        journal.close()
+    costs.sort()
+    return round(costs[len(costs) // 2] / 1e3, 1)

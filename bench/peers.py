@@ -145,16 +145,49 @@ def running(tool: str, workdir: str) -> contextlib.AbstractContextManager[Any]:
 # -- figure 1: CPU per second of monitoring, one process per tool --------------------------
 
 
+@contextlib.contextmanager
+def counting_commits() -> Iterator[dict[str, int]]:
+    """Counts, while open, the store's writes that commit to DuckDB outside the journal's
+    loads (``Store.write`` with samples or events: the events of a hand-off, or every
+    flush when the journal is off) and the journal's loads that loaded rows."""
+    from greenmon.store import Store
+
+    counts = {"other_commits": 0, "journal_loads": 0}
+    write, load_journal = Store.write, Store.load_journal
+
+    def counted_write(store: Store, samples: Any, events: Any, session_id: str) -> None:
+        if len(samples) or events:
+            counts["other_commits"] += 1
+        write(store, samples, events, session_id)
+
+    def counted_load(store: Store) -> int:
+        rows = load_journal(store)
+        counts["journal_loads"] += bool(rows)
+        return rows
+
+    Store.write = counted_write  # type: ignore[method-assign]
+    Store.load_journal = counted_load  # type: ignore[method-assign]
+    try:
+        yield counts
+    finally:
+        Store.write = write  # type: ignore[method-assign]
+        Store.load_journal = load_journal  # type: ignore[method-assign]
+
+
 def child_cpu(tool: str, seconds: float) -> dict[str, Any]:
     """In a child process: this process's CPU while ``tool`` monitors for ``seconds``; for
-    greenmon also the rates its sampling thread keeps, its flush interval and how many
-    samples a second it stores (what its floors are computed from)."""
+    greenmon also the rates its sampling thread keeps, its flush and journal load
+    intervals, how many samples a second it stores and the DuckDB commits it made (what
+    its floors are computed from)."""
+    counter = counting_commits() if tool.startswith("greenmon") else contextlib.nullcontext({})
     with (
         tempfile.TemporaryDirectory(prefix="greenmon-peers-") as workdir,
+        counter as commits,
         running(tool, workdir) as daemon,
     ):
         # Counted once the tool runs, so imports and start-up are not charged to it; the
         # process CPU clock has ns resolution (psutil's cpu_times counts 10 ms ticks).
+        commits0 = dict(commits)
         cpu0, wall0 = time.process_time(), time.monotonic()
         time.sleep(seconds)
         cpu_s, wall_s = time.process_time() - cpu0, time.monotonic() - wall0
@@ -163,7 +196,10 @@ def child_cpu(tool: str, seconds: float) -> dict[str, Any]:
             threaded = [s for s in daemon.samplers if not s.is_async]
             measured["rates_hz"] = [s.health.target_hz for s in threaded]
             measured["flush_interval_s"] = daemon.config.daemon.flush_interval_s
+            measured["journal_load_interval_s"] = daemon.config.daemon.journal_load_interval_s
             measured["samples_per_s"] = sum(s.health.samples for s in threaded) / wall_s
+            for name, count in commits.items():
+                measured[f"{name}_per_s"] = (count - commits0[name]) / wall_s
     return measured
 
 
@@ -197,23 +233,79 @@ def cpu_per_tool(tools: list[str], seconds: float) -> dict[str, Any]:
 
 def floors(measured: dict[str, Any]) -> dict[str, Any]:
     """What this machine charges a greenmon process before any probe reads: waking at its
-    sampling thread's deadlines, and committing one flush to the file per flush interval
-    (bench/_common.py).  Beside the CPU figure, they say how much of it no code change in
-    the sampling loop can remove."""
-    from _common import commit_floor_us, wakeup_floor_ms_per_s  # type: ignore[import-not-found]
+    sampling thread's deadlines, and storing what it samples (bench/_common.py).  Beside
+    the CPU figure, they say how much of it no code change in the sampling loop can remove.
+
+    Storing, with the sample journal (greenmon/store/journal.py, the daemon's default): one
+    journal append (write + fdatasync, no DuckDB commit) of a flush's rows per flush
+    interval, and one DuckDB commit of the rows pending per journal load, once a load
+    interval (or sooner when ``LOAD_ROWS`` are pending), plus the other DuckDB commits
+    counted during the measurement (a hand-off's events), each charged as a commit of one
+    row.  A load interval longer than the measurement is charged all the same: the daemon
+    pays it, however short the run.  Without the journal (interval 0): one DuckDB commit
+    per flush, as before the journal."""
+    from _common import (  # type: ignore[import-not-found]
+        commit_floor_us,
+        journal_append_floor_us,
+        wakeup_floor_ms_per_s,
+    )
+
+    from greenmon.store.journal import LOAD_ROWS
 
     wakeups = wakeup_floor_ms_per_s(measured["rates_hz"])
-    rows = max(1, int(measured["samples_per_s"] * measured["flush_interval_s"]))
+    flush_s = measured["flush_interval_s"]
+    load_s = measured.get("journal_load_interval_s") or 0.0
+    samples_per_s = measured["samples_per_s"]
+    flush_rows = max(1, int(samples_per_s * flush_s))
+    other_commits_per_s = measured.get("other_commits_per_s", 0.0)
     with tempfile.TemporaryDirectory(prefix="greenmon-peers-") as workdir:
-        commit_us = commit_floor_us(Path(workdir), rows)
-    commits_ms_per_s = commit_us / 1e3 / measured["flush_interval_s"]
+        if not load_s:
+            commit_us = commit_floor_us(Path(workdir), flush_rows)
+            storing: dict[str, Any] = {
+                "assumes": f"no journal: one DuckDB commit of {flush_rows} rows per flush "
+                f"({flush_s:g} s)",
+                "commit_of_one_flush_cpu_us": commit_us,
+                "commit_rows": flush_rows,
+                "duckdb_commits_per_s": round(1 / flush_s, 3),
+                "commits_ms_per_s": round(commit_us / 1e3 / flush_s, 2),
+                "storing_ms_per_s": round(commit_us / 1e3 / flush_s, 2),
+            }
+        else:
+            load_rows = max(1, min(LOAD_ROWS, int(samples_per_s * load_s)))
+            loads_per_s = max(1 / load_s, samples_per_s / LOAD_ROWS)
+            # Each floor in a folder of its own: commit_floor_us creates its file, and a
+            # second one in the same folder would reopen the first's.
+            dirs = [Path(workdir) / name for name in ("append", "load", "row")]
+            for folder in dirs:
+                folder.mkdir()
+            append_us = journal_append_floor_us(dirs[0], flush_rows)
+            load_us = commit_floor_us(dirs[1], load_rows)
+            small_commit_us = commit_floor_us(dirs[2], 1) if other_commits_per_s else 0.0
+            appends_ms_per_s = append_us / 1e3 / flush_s
+            commits_ms_per_s = (load_us * loads_per_s + small_commit_us * other_commits_per_s) / 1e3
+            storing = {
+                "assumes": f"the journal: one append of {flush_rows} rows (write + "
+                f"fdatasync) per flush ({flush_s:g} s); one DuckDB commit of {load_rows} "
+                f"rows per journal load ({1 / loads_per_s:g} s); "
+                f"{other_commits_per_s:.3f} other DuckDB commits/s (counted) of one row",
+                "journal_append_cpu_us": append_us,
+                "append_rows": flush_rows,
+                "appends_ms_per_s": round(appends_ms_per_s, 2),
+                "commit_of_one_load_cpu_us": load_us,
+                "commit_rows": load_rows,
+                "journal_loads_per_s": round(loads_per_s, 4),
+                "journal_loads_per_s_counted": round(measured.get("journal_loads_per_s", 0), 4),
+                "other_commits_per_s_counted": round(other_commits_per_s, 3),
+                "commit_of_one_row_cpu_us": small_commit_us,
+                "duckdb_commits_per_s": round(loads_per_s + other_commits_per_s, 3),
+                "commits_ms_per_s": round(commits_ms_per_s, 2),
+                "storing_ms_per_s": round(appends_ms_per_s + commits_ms_per_s, 2),
+            }
     return {
         "rates_hz": measured["rates_hz"],
         "wakeups_alone": wakeups,
-        "commit_of_one_flush_cpu_us": commit_us,
-        "commit_rows": rows,
-        "commits_ms_per_s": round(commits_ms_per_s, 2),
-        "total_ms_per_s": round(wakeups["cpu_ms_per_s"] + commits_ms_per_s, 2),
+        **storing,
+        "total_ms_per_s": round(wakeups["cpu_ms_per_s"] + storing["storing_ms_per_s"], 2),
     }
 
 
@@ -324,12 +416,23 @@ def floor_text(found: dict[str, Any] | None) -> str:
     if not found:
         return ""
     wakeups = found["wakeups_alone"]
-    return (
-        f"floors here: {wakeups['wakeups_per_s']} bare wake-ups/s cost "
-        f"{wakeups['cpu_ms_per_s']} ms/s and one commit of a flush "
-        f"({found['commit_of_one_flush_cpu_us'] / 1e3:.1f} ms of CPU) per flush interval "
-        f"{found['commits_ms_per_s']} ms/s: {found['total_ms_per_s']} ms/s before any read"
+    head = (
+        f"floors here (measured costs; rates as assumed: {found['assumes']}): "
+        f"{wakeups['wakeups_per_s']} bare wake-ups/s cost {wakeups['cpu_ms_per_s']} ms/s"
     )
+    if "journal_append_cpu_us" not in found:
+        storing = (
+            f"one commit of a flush ({found['commit_of_one_flush_cpu_us'] / 1e3:.1f} ms of "
+            f"CPU) per flush interval {found['commits_ms_per_s']} ms/s"
+        )
+    else:
+        storing = (
+            f"journal appends ({found['journal_append_cpu_us'] / 1e3:.2f} ms of CPU each) "
+            f"{found['appends_ms_per_s']} ms/s and {found['duckdb_commits_per_s']} DuckDB "
+            f"commits/s (a load: {found['commit_of_one_load_cpu_us'] / 1e3:.1f} ms) "
+            f"{found['commits_ms_per_s']} ms/s"
+        )
+    return f"{head}, {storing}: {found['total_ms_per_s']} ms/s before any read"
 
 
 def main() -> int:
