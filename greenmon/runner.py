@@ -738,6 +738,13 @@ class PhaseLog:
         self.marks.append(mark)
         return mark
 
+    def last_edge_ns(self) -> int | None:
+        """The last phase's end edge, or None while a phase is open (a failure cut it
+        short) or none was started."""
+        if not self.marks or any(m.end_ns is None for m in self.marks):
+            return None
+        return max(m.end_ns for m in self.marks if m.end_ns is not None)
+
     def take(self, end_ns: int) -> list[tuple[str, int, int]]:
         """The markers as (phase, start_ns, end_ns), a phase still open ending at
         ``end_ns``; the log is empty afterwards, so no marker is stored twice."""
@@ -1045,8 +1052,11 @@ class UnitRun:
         self.state.unit = None
         self.state.phase = None
         # The unit's samples are stored before its outcome is: a SIGKILL from here on
-        # cannot leave a done unit without the samples its energy comes from.
-        await self.runner.daemon.samples_through(now_ns())
+        # cannot leave a done unit without the samples its energy comes from.  Those end
+        # at its last phase's end edge, where every probe that can be was read: through
+        # that instant, not "now", which would wait up to a period of the slowest probe
+        # (1 s for the host's) for a sample no figure of the unit uses.
+        await self.runner.daemon.samples_through(self.phases.last_edge_ns() or now_ns())
         db = anyio.to_thread.run_sync
         if self.failure is not None:
             await db(self.write_phases)
