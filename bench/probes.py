@@ -256,7 +256,7 @@ async def measure(
             parts = breakdown.between(steady, threading.get_native_id())
     store.close()
     summary = result["summary"]
-    rates = [p["target_hz"] for p in summary.probes if p["probe"] != "netio"]  # netio: async
+    rates = [p.target_hz for p in summary.probes if p.probe != "netio"]  # netio: async
     flush_rows = int(summary.samples_written / seconds * config.daemon.flush_interval_s)
     commit_us = commit_floor_us(workdir, flush_rows)
     append_us = journal_append_floor_us(workdir, flush_rows)
@@ -277,9 +277,9 @@ async def measure(
         # share is sampling, hand-off, the writer and DuckDB
         "probe_reads_percent_of_one_core": round(
             sum(
-                p["achieved_hz"] * read_costs[p["probe"]] / 1e4
+                p.achieved_hz * read_costs[p.probe] / 1e4
                 for p in summary.probes
-                if read_costs.get(p["probe"]) is not None
+                if read_costs.get(p.probe) is not None
             ),
             3,
         ),
@@ -304,16 +304,16 @@ async def measure(
         },
         "probes": [
             {
-                "probe": p["probe"],
-                "state": p["state"],
-                "target_hz": p["target_hz"],
-                "achieved_hz": p["achieved_hz"],
-                "jitter_p50_us": _round(p["jitter_p50_us"]),
-                "jitter_p99_us": _round(p["jitter_p99_us"]),
-                "missed_ticks": p["missed_ticks"],
-                "errors": p["errors"],
-                "last_error": p["last_error"],
-                "read_cpu_us": read_costs.get(p["probe"]),
+                "probe": p.probe,
+                "state": p.state,
+                "target_hz": p.target_hz,
+                "achieved_hz": p.achieved_hz,
+                "jitter_p50_us": _round(p.jitter_p50_us),
+                "jitter_p99_us": _round(p.jitter_p99_us),
+                "missed_ticks": p.missed_ticks,
+                "errors": p.errors,
+                "last_error": p.last_error,
+                "read_cpu_us": read_costs.get(p.probe),
             }
             for p in summary.probes
         ],

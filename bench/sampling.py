@@ -64,7 +64,7 @@ def run_at(rate_hz: float, tmp: Path) -> dict[str, object]:
     anyio.run(measure)
     summary = summaries[0]
     store.close()
-    rapl = next(p for p in summary.probes if p["probe"] == "rapl")
+    rapl = next(p for p in summary.probes if p.probe == "rapl")
     return {
         "target_hz": rate_hz,
         "channels": 4,

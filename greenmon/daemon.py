@@ -18,7 +18,6 @@ import signal
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,12 +66,14 @@ STOP_HOOKS_MAX_S = 15.0
 UPDATE_PERIOD_STORE_S = 2.0
 
 
-@dataclass
-class DaemonSummary:
+class DaemonSummary(msgspec.Struct, kw_only=True):
+    """What a daemon session did, as it ends (``greenmon daemon`` prints it; ``--json``
+    writes it as the API writes its messages)."""
+
     session_id: str
     duration_s: float
     samples_written: int
-    probes: list[dict[str, Any]] = field(default_factory=list)
+    probes: list[ProbeStatusDetail] = msgspec.field(default_factory=list)
 
 
 class Daemon:
@@ -498,8 +499,7 @@ class Daemon:
             session_id=self.session_id,
             duration_s=(ended_ns - started_ns) / 1e9,
             samples_written=written,
-            # as dicts, the values as the probes read them (to_builtins refuses numpy's)
-            probes=[msgspec.structs.asdict(health) for health in self.health()],
+            probes=self.health(),
         )
 
 

@@ -31,7 +31,10 @@ def _json_default(value: object) -> Any:
     return str(value)
 
 
-def dumps(value: Any) -> str:
+def dumps(value: Any, *, indent: int | None = None) -> str:
+    """``value`` as the API writes JSON: compact, or indented for a person to read."""
+    if indent is not None:
+        return json.dumps(value, default=_json_default, indent=indent)
     return json.dumps(value, default=_json_default, separators=(",", ":"))
 
 

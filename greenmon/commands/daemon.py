@@ -7,7 +7,6 @@ serves the local API for `greenmon status`, `sql` and `tui`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import anyio
@@ -36,16 +35,16 @@ def summary_lines(summary: DaemonSummary) -> list[str]:
         f"{summary.samples_written} samples written"
     ]
     for probe in summary.probes:
-        if probe["state"] == "unavailable":
-            lines.append(f"  {probe['probe']:<12} unavailable: {probe['reason']}")
+        if probe.state == "unavailable":
+            lines.append(f"  {probe.probe:<12} unavailable: {probe.reason}")
             continue
-        p99 = probe["jitter_p99_us"]
+        p99 = probe.jitter_p99_us
         lines.append(
-            f"  {probe['probe']:<12} {probe['state']:<8} {probe['achieved_hz']:.2f}/"
-            f"{probe['target_hz']:g} Hz, {probe['samples']} samples, "
-            f"{probe['missed_ticks']} missed ticks, {probe['errors']} errors"
+            f"  {probe.probe:<12} {probe.state:<8} {probe.achieved_hz:.2f}/"
+            f"{probe.target_hz:g} Hz, {probe.samples} samples, "
+            f"{probe.missed_ticks} missed ticks, {probe.errors} errors"
             + (f", p99 jitter {p99:.0f} us" if p99 is not None else "")
-            + (f", last error: {probe['last_error']}" if probe["last_error"] else "")
+            + (f", last error: {probe.last_error}" if probe.last_error else "")
         )
     return lines
 
@@ -91,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
             raise
         summary = summary_holder[0]
     if args.json:
-        print(json.dumps(summary.__dict__, default=str, indent=2))
+        from greenmon.api.wire import dumps
+
+        print(dumps(summary, indent=2))
     else:
         print("\n".join(summary_lines(summary)))
     return 0

@@ -53,8 +53,8 @@ async def test_failing_probe_leaves_gaps_and_events_while_the_other_stays_comple
     assert failure_events and all("simulated read failure" in m for m in failure_events)
     # the steady probe: every read it served is stored, in order, no errors
     assert steady_values == [float(n) for n in range(1, steady.reads + 1)]
-    steady_health = next(h for h in daemon.summary.probes if h["probe"] == "steady")
-    assert steady_health["errors"] == 0
+    steady_health = next(h for h in daemon.summary.probes if h.probe == "steady")
+    assert steady_health.errors == 0
     assert daemon.summary.samples_written == len(flaky_values) + len(steady_values)
     assert flaky.closed and steady.closed
 
@@ -63,7 +63,7 @@ async def test_lost_probe_stops_alone(db_path: Path) -> None:
     lost = CountingProbe("lost", lose_after=5)
     steady = CountingProbe("steady")
     daemon = await _run(db_path, {"lost": lost, "steady": steady}, "", 0.5)
-    states = {h["probe"]: h["state"] for h in daemon.summary.probes}
+    states = {h.probe: h.state for h in daemon.summary.probes}
     assert states == {"lost": "lost", "steady": "stopped"}
     with Store.open(db_path, read_only=True) as store:
         _, rows = store.query("SELECT message FROM events WHERE probe = 'lost' AND level = 'error'")

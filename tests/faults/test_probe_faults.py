@@ -27,6 +27,7 @@ import anyio
 import psutil
 import pytest
 
+from greenmon.api.messages import ProbeStatusDetail
 from greenmon.config import parse_config
 from greenmon.daemon import Daemon, DaemonSummary
 from greenmon.probes.base import Probe
@@ -76,16 +77,16 @@ class Outcome:
     events: list[tuple[str | None, str, str, int]]  # probe, level, message, t_ns
     samples: dict[str, list[int]]  # probe -> sample times
 
-    def health(self, probe: str) -> dict[str, Any]:
-        return next(p for p in self.summary.probes if p["probe"] == probe)
+    def health(self, probe: str) -> ProbeStatusDetail:
+        return next(p for p in self.summary.probes if p.probe == probe)
 
     def messages(self, probe: str) -> list[str]:
         return [m for p, _, m, _ in self.events if p == probe]
 
     def assert_reference_kept_its_rate(self) -> None:
         reference = self.health("reference")
-        assert reference["state"] == "stopped", reference
-        assert reference["achieved_hz"] >= RATE_TOLERANCE * REFERENCE_HZ, reference
+        assert reference.state == "stopped", reference
+        assert reference.achieved_hz >= RATE_TOLERANCE * REFERENCE_HZ, reference
 
 
 async def run_with_reference(
@@ -128,13 +129,11 @@ async def run_with_reference(
 # -- NVML ----------------------------------------------------------------------------------
 
 
-async def test_nvml_python_library_missing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_nvml_python_library_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` raises ImportError
     outcome = await run_with_reference(tmp_path, "nvml", NvmlProbe(), duration_s=0.6)
     nvml = outcome.health("nvml")
-    assert nvml["state"] == "unavailable" and "nvidia-ml-py is not installed" in nvml["reason"]
+    assert nvml.state == "unavailable" and "nvidia-ml-py is not installed" in nvml.reason
     assert any("unavailable: nvidia-ml-py" in m for m in outcome.messages("nvml"))
     outcome.assert_reference_kept_its_rate()
 
@@ -150,7 +149,7 @@ async def test_nvml_driver_library_missing(tmp_path: Path, code: int, reason: st
     module = FakeNvml([FakeGpu("GPU-a")], init_error=code)
     outcome = await run_with_reference(tmp_path, "nvml", NvmlProbe(nvml=module), duration_s=0.6)
     nvml = outcome.health("nvml")
-    assert nvml["state"] == "unavailable" and reason in nvml["reason"]
+    assert nvml.state == "unavailable" and reason in nvml.reason
     assert any(reason in m for m in outcome.messages("nvml"))
     assert "nvml" not in outcome.samples
     outcome.assert_reference_kept_its_rate()
@@ -169,10 +168,9 @@ async def test_nvml_gpu_lost_mid_run(tmp_path: Path) -> None:
         tmp_path, "nvml", NvmlProbe(nvml=FakeNvml([gpu])), during=lose
     )
     nvml = outcome.health("nvml")
-    assert nvml["state"] == "lost" and "GPU_IS_LOST" in nvml["reason"]
+    assert nvml.state == "lost" and "GPU_IS_LOST" in nvml.reason
     assert any(
-        p == "nvml" and level == "error" and "GPU_IS_LOST" in m
-        for p, level, m, _ in outcome.events
+        p == "nvml" and level == "error" and "GPU_IS_LOST" in m for p, level, m, _ in outcome.events
     )
     assert outcome.samples["nvml"] and max(outcome.samples["nvml"]) <= lost_at[0] + 50_000_000
     assert max(outcome.samples["reference"]) > lost_at[0] + 400_000_000
@@ -195,7 +193,7 @@ async def test_rapl_permission_revoked_mid_run_changes_nothing(tmp_path: Path) -
     probe = RaplProbe(RaplOptions(sysfs_root=str(tmp_path / "powercap")))
     outcome = await run_with_reference(tmp_path, "rapl", probe, during=revoke)
     rapl = outcome.health("rapl")
-    assert rapl["state"] == "stopped" and rapl["errors"] == 0, rapl
+    assert rapl.state == "stopped" and rapl.errors == 0, rapl
     assert max(outcome.samples["rapl"]) > changed_at[0] + 400_000_000
     outcome.assert_reference_kept_its_rate()
 
@@ -216,10 +214,10 @@ async def test_rapl_zone_removed_mid_run_leaves_gaps_and_events(tmp_path: Path) 
 
     outcome = await run_with_reference(tmp_path, "rapl", probe, during=remove)
     rapl = outcome.health("rapl")
-    assert rapl["errors"] >= 2 and "Is a directory" in (rapl["last_error"] or ""), rapl
-    assert rapl["state"] == "stopped"  # transient: it kept retrying with backoff
+    assert rapl.errors >= 2 and "Is a directory" in (rapl.last_error or ""), rapl
+    assert rapl.state == "stopped"  # transient: it kept retrying with backoff
     # Backoff (max 0.2 s here) keeps a dead source from flooding: far fewer tries than ticks.
-    assert rapl["errors"] < 20
+    assert rapl.errors < 20
     warnings = [m for m in outcome.messages("rapl") if "read failed, gap left" in m]
     assert warnings
     assert max(outcome.samples["rapl"]) <= removed_at[0] + 50_000_000  # no made-up values
@@ -261,8 +259,8 @@ async def test_netio_failing_at_open_is_unavailable_with_the_reason(
     probe = netio_probe(device.host, password="wrong" if case == "401" else "s3cret-pw")
     outcome = await run_with_reference(tmp_path, "netio", probe, duration_s=0.6)
     netio = outcome.health("netio")
-    assert netio["state"] == "unavailable" and reason in netio["reason"], netio
-    assert "s3cret-pw" not in netio["reason"]
+    assert netio.state == "unavailable" and reason in netio.reason, netio
+    assert "s3cret-pw" not in netio.reason
     assert any(reason in m for m in outcome.messages("netio"))
     outcome.assert_reference_kept_its_rate()
 
@@ -272,7 +270,7 @@ async def test_netio_connection_refused_at_open(tmp_path: Path) -> None:
         host = server.host  # a port nothing listens on once the server is gone
     outcome = await run_with_reference(tmp_path, "netio", netio_probe(host), duration_s=0.6)
     netio = outcome.health("netio")
-    assert netio["state"] == "unavailable" and "cannot reach" in netio["reason"]
+    assert netio.state == "unavailable" and "cannot reach" in netio.reason
     outcome.assert_reference_kept_its_rate()
 
 
@@ -304,8 +302,8 @@ async def test_netio_failing_mid_run_leaves_gaps_then_recovers(
         tmp_path, "netio", netio_probe(device.host), duration_s=1.5, during=fail_then_recover
     )
     netio = outcome.health("netio")
-    assert netio["errors"] >= 1 and reason in (netio["last_error"] or ""), netio
-    assert netio["state"] == "stopped"
+    assert netio.errors >= 1 and reason in (netio.last_error or ""), netio
+    assert netio.state == "stopped"
     assert any(reason in m and "gap left" in m for m in outcome.messages("netio"))
     times = outcome.samples["netio"]
     assert any(t < marks["failed"] for t in times)
@@ -331,7 +329,7 @@ async def test_netio_connection_refused_mid_run(tmp_path: Path) -> None:
         if not stopped:
             server.__exit__(None, None, None)
     netio = outcome.health("netio")
-    assert netio["errors"] >= 1 and "request failed" in (netio["last_error"] or ""), netio
+    assert netio.errors >= 1 and "request failed" in (netio.last_error or ""), netio
     assert any("gap left" in m for m in outcome.messages("netio"))
     assert outcome.samples["netio"]
     outcome.assert_reference_kept_its_rate()
@@ -352,7 +350,7 @@ async def test_energibridge_missing(tmp_path: Path) -> None:
     probe = energibridge_probe(tmp_path / "nowhere" / "energibridge")
     outcome = await run_with_reference(tmp_path, "energibridge", probe, duration_s=0.6)
     health = outcome.health("energibridge")
-    assert health["state"] == "unavailable" and "is not an executable file" in health["reason"]
+    assert health.state == "unavailable" and "is not an executable file" in health.reason
     outcome.assert_reference_kept_its_rate()
 
 
@@ -364,7 +362,7 @@ async def test_energibridge_refused_msr_access_at_start(tmp_path: Path) -> None:
         tmp_path, "energibridge", energibridge_probe(fake.path), duration_s=0.6
     )
     health = outcome.health("energibridge")
-    assert health["state"] == "unavailable" and "cap_sys_rawio" in health["reason"]
+    assert health.state == "unavailable" and "cap_sys_rawio" in health.reason
     outcome.assert_reference_kept_its_rate()
 
 
@@ -390,7 +388,7 @@ async def test_energibridge_crash_with_a_torn_row_restarts_and_keeps_complete_ro
     probe = energibridge_probe(fake.path)
     outcome = await run_with_reference(tmp_path, "energibridge", probe, duration_s=1.5)
     health = outcome.health("energibridge")
-    assert health["state"] == "stopped" and health["errors"] >= 1, health
+    assert health.state == "stopped" and health.errors >= 1, health
     assert fake.runs == 2
     assert any("exited with code 3" in m for m in outcome.messages("energibridge"))
     assert probe.skipped_rows == 0  # the torn row was never parsed, let alone stored
@@ -419,16 +417,14 @@ async def test_energibridge_crashing_for_good_is_lost_and_leaves_no_child(
 
     async def watch(daemon: Daemon) -> None:
         for _ in range(80):
-            seen.extend(
-                c for c in me.children(recursive=True) if c not in seen and c not in before
-            )
+            seen.extend(c for c in me.children(recursive=True) if c not in seen and c not in before)
             await anyio.sleep(0.01)
 
     outcome = await run_with_reference(
         tmp_path, "energibridge", probe, duration_s=1.5, during=watch
     )
     health = outcome.health("energibridge")
-    assert health["state"] == "lost", health
+    assert health.state == "lost", health
     assert any(
         level == "error" and "probe lost" in m
         for p, level, m, _ in outcome.events

@@ -70,7 +70,7 @@ async def test_probes_share_the_daemon_and_a_lost_gpu_stops_alone(tmp_path: Path
         )
         _, events = store.query("SELECT probe, message FROM events WHERE level = 'error'")
         store.close()
-    states = {p["probe"]: p["state"] for p in summary.probes}
+    states = {p.probe: p.state for p in summary.probes}
     assert states == {
         "nvml": "lost",
         "netio": "stopped",

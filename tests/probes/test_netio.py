@@ -223,7 +223,7 @@ async def test_runs_in_the_daemon_and_its_session_is_closed(
     _, events = store.query("SELECT message FROM events")
     store.close()
     [health] = summary.probes
-    assert health["state"] == "stopped" and health["errors"] == 0
+    assert health.state == "stopped" and health.errors == 0
     assert rows and rows[0][1] >= 5
     assert probe._session is None  # the sampler awaited aclose() on its loop
     assert PASSWORD not in str(config_rows) + str(events)
