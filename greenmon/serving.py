@@ -701,12 +701,16 @@ class OpenAIServer:
                 return None
             getter = asyncio.ensure_future(tokens.get())
             waited: set[asyncio.Future[Any]] = {getter, pending.future}
-            done, _ = await asyncio.wait(waited, timeout=DISCONNECT_POLL_S,
-                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-            if getter in done:
+            try:
+                done, _ = await asyncio.wait(waited, timeout=DISCONNECT_POLL_S,
+                                             return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            finally:
+                # A get cancelled before it took a token leaves that token in the queue
+                # for the next round (and none is left pending when the handler is).
+                if not getter.done():
+                    getter.cancel()
+            if getter in done and not getter.cancelled():
                 return getter.result()
-            # A cancelled get leaves its token in the queue for the next round.
-            getter.cancel()
             self._check_connected(request, pending)
 
     def _retry_after_s(self) -> int:
