@@ -159,13 +159,16 @@ def _first_token_streamer() -> Any:
 def _stopping_criteria(stop: StopCheck) -> Any:
     """A transformers stopping criterion that ends each row whose request was cancelled;
     generate() returns once every row has ended, so a batch nobody waits for stops at the
-    next token instead of running to max_new_tokens."""
+    next token instead of running to max_new_tokens.  generate() asks it after appending
+    each step's tokens, so the last column is each row's newest token: handed to ``stop``
+    for a server to stream at once."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     class Cancelled(StoppingCriteria):  # type: ignore[misc]
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return torch.tensor(list(stop()), dtype=torch.bool, device=input_ids.device)
+            newest = [int(t) for t in input_ids[:, -1].tolist()]
+            return torch.tensor(list(stop(newest)), dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([Cancelled()])
 

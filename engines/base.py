@@ -14,7 +14,7 @@ work.  Heavy libraries are imported inside the engine modules only, inside ``loa
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -90,16 +90,22 @@ def handles_load(engine: object) -> bool:
     return bool(getattr(engine, "handles_load", False))
 
 
-# Asked between generated tokens by an engine that can stop early: one flag per prompt of
-# the batch, True once that prompt's request is cancelled (its client hung up, or the
-# server is shutting down).  Rows asked to stop stop; the call returns when all have.
-StopCheck = Callable[[], Sequence[bool]]
+class StopCheck(Protocol):
+    """Asked between generated tokens by an engine that can stop early: one flag per
+    prompt of the batch, True once that prompt's request is cancelled (its client hung up,
+    or the server is shutting down).  Rows asked to stop stop; the call returns when all
+    have.  An engine that has them passes ``newest``, each row's newest token id (the one
+    just generated), so ``greenmon serve`` streams each token as soon as it exists; an
+    engine that passes nothing is only asked to stop."""
+
+    def __call__(self, newest: Sequence[int] | None = None, /) -> Sequence[bool]: ...
 
 
 def stoppable(engine: object) -> bool:
     """The engine's ``generate`` takes ``stop=StopCheck`` and honours it between tokens
     (declared with ``stoppable: ClassVar[bool] = True``); ``greenmon serve`` uses it so a
-    cancelled request does not keep the engine busy."""
+    cancelled request does not keep the engine busy, and streams the tokens it is handed
+    there as they come."""
     return bool(getattr(engine, "stoppable", False))
 
 

@@ -27,11 +27,16 @@ Terms:
   cancels, leaves the queue at once; once in a batch, a *stoppable* engine
   (engines/base.py ``stoppable``: torch, onnx, openvino) is asked between tokens and ends
   that request's row; the batch ends as soon as none of its requests is still wanted.
-- *streaming*: engines generate a whole request at once, so its stream is sent after
-  generation: one chunk per generated token (the text the token adds, decoded
-  incrementally), then ``usage``.  The time to first token a client sees is therefore
-  the time to the whole answer.  ``return_token_ids: true`` (vLLM's name) adds each
-  chunk's token ids, so a client can count and compare tokens exactly.
+- *streaming*: one chunk per generated token (the text the token adds, decoded
+  incrementally), then ``usage``.  A stoppable engine hands each row's newest token to
+  its stop check (engines/base.py ``StopCheck``) as it is generated; the engine thread
+  passes it to the request's handler (``call_soon_threadsafe`` into an asyncio queue),
+  which sends its chunk at once, so the time to first token a client sees is the time
+  to the first token.  The last chunk (``finish_reason``, and with energy the request's
+  ``usage``) waits for the engine's record.  Engines that hand over no tokens
+  (torchscript, tensorflow, mxnet, worker and custom engines) generate a whole request
+  at once, so their stream is sent after generation.  ``return_token_ids: true`` (vLLM's
+  name) adds each chunk's token ids, so a client can count and compare tokens exactly.
 - *chat*: the messages' contents joined by newlines are the prompt (no chat template), so
   chat and completions do the same work for the same text.
 - *shutdown*: on SIGTERM or SIGINT the server stops accepting connections, lets the
@@ -331,6 +336,9 @@ class _Pending:
     future: asyncio.Future[RequestRecord]
     # Read by the engine thread between tokens, hence a threading.Event.
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # A streamed request's tokens as the engine generates them (None: not streamed); put
+    # on the event loop, so every token is queued before the future is done.
+    tokens: asyncio.Queue[int] | None = None
 
 
 class _Batcher:
@@ -380,7 +388,9 @@ class _Batcher:
             batch = await self._next_batch()
             self.metrics.running.set(len(batch))
             try:
-                records = await loop.run_in_executor(self.executor, self._generate, batch)
+                records = await loop.run_in_executor(
+                    self.executor, self._generate, batch, loop
+                )
             except Exception as error:
                 for pending in batch:
                     if not pending.future.done():
@@ -392,19 +402,23 @@ class _Batcher:
                 if not pending.future.done():
                     pending.future.set_result(record)
 
-    def _generate(self, batch: list[_Pending]) -> list[RequestRecord]:
+    def _generate(
+        self, batch: list[_Pending], loop: asyncio.AbstractEventLoop
+    ) -> list[RequestRecord]:
+        """Runs in the engine thread."""
         prompts = [p.prompt for p in batch]
         max_tokens = batch[0].max_tokens
+        streamed = any(p.tokens is not None for p in batch)
+
+        def stop(newest: Sequence[int] | None = None, /) -> list[bool]:
+            if newest is not None and streamed:
+                loop.call_soon_threadsafe(_deliver, batch, list(newest))
+            return [p.cancelled.is_set() for p in batch]
 
         def run() -> list[RequestRecord]:
             if stoppable(self.engine):
                 generate = cast(Any, self.engine).generate
-                return cast(
-                    list[RequestRecord],
-                    generate(
-                        prompts, max_tokens, stop=lambda: [p.cancelled.is_set() for p in batch]
-                    ),
-                )
+                return cast(list[RequestRecord], generate(prompts, max_tokens, stop=stop))
             return self.engine.generate(prompts, max_tokens)
 
         # the batch's energy is charged to its requests as it ends
@@ -437,6 +451,13 @@ class _Batcher:
                 self.waiting.remove(pending)
             self.metrics.queue_depth.set(len(self.waiting))
             return batch
+
+
+def _deliver(batch: Sequence[_Pending], newest: Sequence[int]) -> None:
+    """On the event loop: each streamed request still wanted gets its row's newest token."""
+    for pending, token in zip(batch, newest, strict=False):
+        if pending.tokens is not None and not pending.future.done():
+            pending.tokens.put_nowait(int(token))
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -617,7 +638,8 @@ class OpenAIServer:
         check_context(req, self.count_tokens(req.text), self.options.max_model_len)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:16]}"
         future: asyncio.Future[RequestRecord] = asyncio.get_running_loop().create_future()
-        pending = _Pending(request_id, Prompt(request_id, req.text), req.max_tokens, future)
+        pending = _Pending(request_id, Prompt(request_id, req.text), req.max_tokens, future,
+                           tokens=asyncio.Queue() if req.stream else None)  # fmt: skip
         if not self.batcher.offer(pending):
             raise ApiError(
                 429,
@@ -627,9 +649,14 @@ class OpenAIServer:
                 headers={"Retry-After": str(self._retry_after_s())},
             )
         self.active[request_id] = pending
+        record: RequestRecord | None
         try:
-            record = await self._wait(request, pending)
-            response = await self._answer(request, req, request_id, record, received_s)
+            if req.stream:
+                response, record = await self._stream(request, req, request_id, pending,
+                                                      received_s)  # fmt: skip
+            else:
+                record = await self._wait(request, pending)
+                response = await self._answer(req, request_id, record, received_s)
         except RequestCancelled as cancelled:
             if cancelled.reason == "shutdown":
                 raise ApiError(503, "the server shut down before this request finished",
@@ -644,9 +671,10 @@ class OpenAIServer:
             self.active.pop(request_id, None)
             if self.draining and not pending.cancelled.is_set():
                 log.warning("request %s finished during shutdown", request_id)
-        self.metrics.latency.observe(time.perf_counter() - received_s)
-        self.metrics.prompt_tokens.inc(record.tokens_in)
-        self.metrics.completion_tokens.inc(record.tokens_out)
+        if record is not None:
+            self.metrics.latency.observe(time.perf_counter() - received_s)
+            self.metrics.prompt_tokens.inc(record.tokens_in)
+            self.metrics.completion_tokens.inc(record.tokens_out)
         return response
 
     async def _wait(self, request: web.Request, pending: _Pending) -> RequestRecord:
@@ -655,9 +683,35 @@ class OpenAIServer:
             done, _ = await asyncio.wait({pending.future}, timeout=DISCONNECT_POLL_S)
             if done:
                 return pending.future.result()
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                self._cancel(pending, "disconnect")
+            self._check_connected(request, pending)
+
+    def _check_connected(self, request: web.Request, pending: _Pending) -> None:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            self._cancel(pending, "disconnect")
+
+    async def _next_token(self, request: web.Request, pending: _Pending) -> int | None:
+        """The request's next generated token as soon as the engine has it; None once its
+        generation has ended (or failed, or was cancelled) with no token left to send."""
+        tokens = cast("asyncio.Queue[int]", pending.tokens)
+        while True:
+            if not tokens.empty():
+                return tokens.get_nowait()
+            if pending.future.done():
+                return None
+            getter = asyncio.ensure_future(tokens.get())
+            waited: set[asyncio.Future[Any]] = {getter, pending.future}
+            try:
+                done, _ = await asyncio.wait(waited, timeout=DISCONNECT_POLL_S,
+                                             return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            finally:
+                # A get cancelled before it took a token leaves that token in the queue
+                # for the next round (and none is left pending when the handler is).
+                if not getter.done():
+                    getter.cancel()
+            if getter in done and not getter.cancelled():
+                return getter.result()
+            self._check_connected(request, pending)
 
     def _retry_after_s(self) -> int:
         """Seconds until the queue is likely to have room: one batch's mean latency."""
@@ -666,45 +720,101 @@ class OpenAIServer:
         return max(1, math.ceil(total / count)) if count else 1
 
     async def _answer(
+        self, req: CompletionRequest, request_id: str, record: RequestRecord, received_s: float
+    ) -> web.StreamResponse:
+        usage = self.usage(record)
+        common = {"id": request_id, "created": int(time.time()), "model": req.model}
+        self.metrics.ttft.observe(time.perf_counter() - received_s)
+        return web.json_response(
+            {**common, **_whole(record, chat=req.chat, with_ids=req.with_ids), "usage": usage}
+        )
+
+    async def _stream(
         self,
         request: web.Request,
         req: CompletionRequest,
         request_id: str,
-        record: RequestRecord,
+        pending: _Pending,
         received_s: float,
-    ) -> web.StreamResponse:
-        usage = self.usage(record)
+    ) -> tuple[web.StreamResponse, RequestRecord | None]:
+        """The streamed answer and its record: each token's chunk as soon as the engine
+        has it (every one but the last), the rest once its record is done.  Refusals and
+        cancellations before the first chunk raise as for a whole answer; after it, the
+        stream ends with an error event (shutdown, engine failure) or quietly (hang-up),
+        and the record is None."""
         common = {"id": request_id, "created": int(time.time()), "model": req.model}
-        if not req.stream:
-            self.metrics.ttft.observe(time.perf_counter() - received_s)
-            return web.json_response(
-                {**common, **_whole(record, chat=req.chat, with_ids=req.with_ids), "usage": usage}
-            )
+        kind = "chat.completion.chunk" if req.chat else "text_completion"
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
-        kind = "chat.completion.chunk" if req.chat else "text_completion"
-        pieces = token_pieces(self.tokenizer, record)
+        decoder = None if self.tokenizer is None else PieceDecoder(self.tokenizer)
+        sent = 0
+
+        async def send(piece: str, ids: list[int], last: bool, usage: Mapping[str, Any]) -> None:
+            nonlocal sent
+            if not response.prepared:
+                await response.prepare(request)
+            choice = _chunk_choice(piece, ids, chat=req.chat, first=sent == 0,
+                                   with_ids=req.with_ids)  # fmt: skip
+            choice["finish_reason"] = "length" if last else None
+            chunk = {**common, "object": kind, "choices": [choice]}
+            if last and "energy_j" in usage:
+                chunk["usage"] = usage  # the final chunk carries the request's energy
+            await _send(response, chunk)
+            sent += 1
+            if sent == 1:
+                self.metrics.ttft.observe(time.perf_counter() - received_s)
+
         try:
-            await response.prepare(request)
-            for index, (piece, ids) in enumerate(pieces):
-                last = index == len(pieces) - 1
-                choice = _chunk_choice(piece, ids, chat=req.chat, first=index == 0,
-                                       with_ids=req.with_ids)  # fmt: skip
-                choice["finish_reason"] = "length" if last else None
-                chunk = {**common, "object": kind, "choices": [choice]}
-                if last and "energy_j" in usage:
-                    chunk["usage"] = usage  # the final chunk carries the request's energy
-                await _send(response, chunk)
-                if index == 0:
-                    self.metrics.ttft.observe(time.perf_counter() - received_s)
+            # The last token's chunk waits for the record: it says finish_reason and,
+            # with energy, the usage the whole batch's end decides.
+            while decoder is not None and sent < req.max_tokens - 1:
+                token = await self._next_token(request, pending)
+                if token is None:
+                    break
+                await send(decoder.add(token), [token], False, {})
+            try:
+                record = await self._wait(request, pending)
+            except Exception as error:
+                if not response.prepared:
+                    raise
+                await self._end_with_error(response, error)
+                return response, None
+            usage = self.usage(record)
+            ids = list(record.output_ids)
+            rest: list[tuple[str, list[int]]]
+            if decoder is None:
+                rest = token_pieces(None, record)
+            else:
+                rest = [(decoder.add(t), [t]) for t in ids[sent:]] or [("", [])]
+            for index, (piece, piece_ids) in enumerate(rest):
+                await send(piece, piece_ids, index == len(rest) - 1, usage)
             if req.include_usage:
                 await _send(response, {**common, "object": kind, "choices": [], "usage": usage})
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
-            self.metrics.cancelled.labels("disconnect").inc()
-        return response
+            # The client hung up mid-stream: the engine stops its row at the next token.
+            self._cancel(pending, "disconnect")
+            return response, None
+        return response, record
+
+    async def _end_with_error(self, response: web.StreamResponse, error: Exception) -> None:
+        """A stream already under way cannot change its status: an OpenAI-shaped error
+        event ends it (the official client raises it), without ``[DONE]``."""
+        if isinstance(error, RequestCancelled):
+            if error.reason == "disconnect":
+                return
+            status, message, code = 503, "the server shut down before this request finished", (
+                "shutting_down")  # fmt: skip
+        else:
+            log.error("generation failed mid-stream: %s", error)
+            status, message, code = 500, f"generation failed: {error}", "server_error"
+        body = {"error": {"message": message, "type": ERROR_TYPES[status], "param": None,
+                          "code": code}}  # fmt: skip
+        with contextlib.suppress(ConnectionError):
+            await _send(response, body)
+            await response.write_eof()
 
     def usage(self, record: RequestRecord) -> dict[str, Any]:
         """The answer's ``usage``: the one place it is built, streamed or not."""
@@ -723,22 +833,34 @@ def _samples(metric: Histogram, suffix: str) -> list[Any]:
     return [s for m in metric.collect() for s in m.samples if s.name.endswith(suffix)]
 
 
+class PieceDecoder:
+    """Incremental detokenisation: the text each token adds to those before it (so the
+    pieces join to the whole text), one token at a time as a stream gets them."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.previous = ""
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        current = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        # A token that ends inside a multi-byte character adds nothing until it completes.
+        if not current.startswith(self.previous):
+            return ""
+        piece = current[len(self.previous) :]
+        self.previous = current
+        return str(piece)
+
+
 def token_pieces(tokenizer: Any, record: RequestRecord) -> list[tuple[str, list[int]]]:
     """The text each generated token adds, decoded incrementally (so the pieces join to
     the whole text); one piece with all ids when no tokenizer is at hand."""
     ids = list(record.output_ids)
     if tokenizer is None or not ids:
         return [(record.text, ids)]
-    pieces: list[tuple[str, list[int]]] = []
-    previous = ""
-    for end in range(1, len(ids) + 1):
-        current = tokenizer.decode(ids[:end], skip_special_tokens=True)
-        # A token that ends inside a multi-byte character adds nothing until it completes.
-        piece = current[len(previous) :] if current.startswith(previous) else ""
-        if current.startswith(previous):
-            previous = current
-        pieces.append((piece, [ids[end - 1]]))
-    return pieces
+    decoder = PieceDecoder(tokenizer)
+    return [(decoder.add(t), [t]) for t in ids]
 
 
 def _chunk_choice(

@@ -211,6 +211,43 @@ def test_sixteen_concurrent_streamed_chats_each_get_exactly_max_tokens(tiny: Ser
     assert results == [(12, 12)] * 16
 
 
+@pytest.fixture
+def gated(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+    """tiny behind the torch engine, held after each batch's first token until the test
+    opens the gate (tests/fakes/gated_torch.py)."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    server = _start(tmp_path, "--engine", "tests.fakes.gated_torch:GatedTorchEngine",
+                    "--served-model-name", "tiny", env={"GREENMON_GATE_DIR": str(gate)})  # fmt: skip
+    yield server, gate
+    _stop(server)
+
+
+def test_a_streamed_token_arrives_while_generation_goes_on_and_matches_the_whole_answer(
+    gated: tuple[Server, Path],
+) -> None:
+    server, gate = gated
+    client = server.client(key=None, timeout_s=120)
+    arguments: dict[str, Any] = {"model": "tiny", "prompt": "def f(x):", "max_tokens": MAX_TOKENS,
+                                 "extra_body": {"return_token_ids": True}}  # fmt: skip
+    chunks = iter(client.completions.create(**arguments, stream=True))
+    first = next(chunks)
+    # The engine waits after its first token until the gate opens: the first chunk is
+    # here, and the generation has not ended (a server that streamed after generation
+    # would send nothing until the engine gave up waiting, a minute on).
+    assert not (gate / "ended").exists()
+    (gate / "open").touch()
+    streamed = [first, *chunks]
+    assert (gate / "ended").exists()
+    ids = [t for c in streamed for ch in c.choices for t in getattr(ch, "token_ids", None) or []]
+    text = "".join(ch.text for c in streamed for ch in c.choices)
+    # greedy: the same tokens and text as the answer sent whole
+    whole = client.completions.create(**arguments).choices[0]
+    assert len(ids) == MAX_TOKENS
+    assert ids == list(getattr(whole, "token_ids", [])) and text == whole.text
+    assert streamed[-1].choices[0].finish_reason == "length"
+
+
 # -- refusals ------------------------------------------------------------------------------
 REFUSALS: list[tuple[str, dict[str, Any], type[openai.APIStatusError], int, str, str | None]] = [
     # (name, completions.create arguments, exception, status, message part, param)

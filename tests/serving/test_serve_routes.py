@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from typing import Any
 
@@ -196,3 +197,72 @@ async def test_hang_ups_leave_the_queue_and_stop_the_running_batch() -> None:
     assert not server.batcher.waiting
     # both counted as hang-ups
     assert server.metrics.cancelled.labels("disconnect")._value.get() == 2
+
+
+class LiveEngine(FakeEngine):
+    """Hands its stop check each step's tokens, as the torch engine does, and waits after
+    the first until the test sets ``release``; with ``fail`` it then raises."""
+
+    stoppable = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.ended = threading.Event()
+        self.fail = False
+
+    def generate(self, prompts: Any, max_new_tokens: int, stop: Any = None) -> Any:
+        records = super().generate(prompts, max_new_tokens)
+        try:
+            for step in range(max_new_tokens):
+                stop([r.output_ids[step] for r in records])
+                if step == 0:
+                    self.release.wait(30)
+            if self.fail:
+                raise RuntimeError("simulated failure mid-generation")
+            return records
+        finally:
+            self.ended.set()
+
+
+async def _first_event(resp: Any) -> Any:
+    while True:
+        line = (await resp.content.readline()).decode()
+        if line.startswith("data: "):
+            return json.loads(line[6:])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fail", [False, True])
+async def test_stream_chunks_leave_as_tokens_are_generated(fail: bool) -> None:
+    engine = LiveEngine()
+    engine.load("tiny", "cpu", {})
+    engine.fail = fail
+    server = OpenAIServer(engine, SplitTokenizer(), ServeOptions("tiny", 1, 0.0))
+    client: TestClient[Any, Any] = TestClient(TestServer(server.app()))
+    await client.start_server()
+    try:
+        resp = await client.post("/v1/completions", json={
+            "model": "tiny", "prompt": "def f():", "max_tokens": 4, "stream": True,
+            "return_token_ids": True})  # fmt: skip
+        first = await _first_event(resp)
+        # the engine is held after its first token: this chunk left while it generated
+        assert not engine.ended.is_set()
+        assert first["choices"][0]["finish_reason"] is None
+        engine.release.set()
+        rest = (await resp.text()).splitlines()
+    finally:
+        engine.release.set()
+        await client.close()
+    events = [first] + [json.loads(x[6:]) for x in rest if x.startswith("data: {")]
+    if fail:
+        # a stream under way cannot change its status: an error event ends it, no [DONE]
+        assert "data: [DONE]" not in rest
+        assert events[-1]["error"]["code"] == "server_error"
+        assert "simulated failure" in events[-1]["error"]["message"]
+        return
+    assert "data: [DONE]" in rest
+    ids = [e["choices"][0]["token_ids"][0] for e in events]
+    assert ids == [(len("def f():") + i) % 97 for i in range(4)]
+    assert "".join(e["choices"][0]["text"] for e in events) == " ".join(map(str, ids))
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
