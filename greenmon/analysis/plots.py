@@ -220,8 +220,14 @@ def tradeoff_plot(front: pd.DataFrame) -> Figure:
     from greenmon.analysis.data import factor_label
 
     figure = _figure(7.0, 3.8)
+    # Energy per token has long tick labels (0.0125): room for them and the axis label.
+    figure.subplots_adjust(left=0.12)
     axes = figure.add_subplot()
     usable = front[front["energy"].notna() & front["latency_p90_s"].notna()]
+    # A point's label goes to its right, or to its left in the right third of the axis,
+    # so no label runs past the figure's edge.
+    span = usable["latency_p90_s"].agg(["min", "max"]) if len(usable) else None
+    right_from = None if span is None else span["min"] + (span["max"] - span["min"]) * 2 / 3
     scopes = list(usable.groupby(["model", "factor_key"], sort=True))
     colours = _palette(len(scopes))
     for s, ((model, factors), part) in enumerate(scopes):
@@ -230,9 +236,11 @@ def tradeoff_plot(front: pd.DataFrame) -> Figure:
             axes.scatter([row.latency_p90_s], [row.energy], s=40 if row.pareto else 25,
                          color=colours[s], edgecolors=colours[s],
                          facecolors=colours[s] if row.pareto else "white")  # fmt: skip
+            leftward = right_from is not None and row.latency_p90_s > right_from
             axes.annotate(configuration_label(str(row.configuration)),
                           (row.latency_p90_s, row.energy), fontsize=7,
-                          xytext=(4, 3), textcoords="offset points")  # fmt: skip
+                          xytext=(-4 if leftward else 4, 3), textcoords="offset points",
+                          ha="right" if leftward else "left")  # fmt: skip
         optimal = part[part["pareto"].astype(bool)].sort_values("latency_p90_s")
         axes.plot(optimal["latency_p90_s"], optimal["energy"], color=colours[s],
                   linewidth=1, label=label)  # fmt: skip
