@@ -585,6 +585,14 @@ class GreenmonApp(App[str]):
     async def action_quit(self) -> None:
         if self.owns_daemon:
             message = "greenmon tui: stopping the in-process daemon (it flushes its samples)."
+        elif not self.connected:
+            # It went away while watched (its plan ended, or it was stopped): say so, not
+            # that it keeps running.
+            message = (
+                "greenmon tui: detached; no daemon answers"
+                + (f" at {self.where}" if self.where else "")
+                + " any more (it stopped, or its plan ended)."
+            )
         else:
             message = (
                 "greenmon tui: detached; the daemon keeps running"

@@ -184,7 +184,10 @@ async def test_connection_loss_is_shown_and_the_tui_reconnects(
             db_path, sock_path, {"fakepower": FakePowerProbe()}, config_text=NO_HOST
         ):
             await until(lambda: app.connected)
+        await until(lambda: not app.connected)
         await pilot.press("q")
+    # quit after the daemon went away: the TUI does not claim it keeps running
+    assert app.return_value is not None and "no daemon answers" in app.return_value
 
 
 async def test_named_windows_and_a_served_unit_are_listed_beside_the_current_unit(
