@@ -42,11 +42,11 @@ from greenmon.api.messages import (
     GridCell,
     PlanEntry,
     PlanSubmitted,
+    Progress,
     ResultRow,
     ServingStats,
     UnitInfo,
 )
-from greenmon.api.messages import Progress as ProgressMessage
 from greenmon.attribution import (
     METHOD_TOKENS,
     SESSION_SERIES_SQL,
@@ -91,7 +91,10 @@ def _default_reference(
 
 
 @dataclass
-class Progress:
+class RunState:
+    """The runner's own, mutable record of where it is; ``progress()`` derives the wire's
+    ``Progress`` message from it (remaining phase time, the grid as rows)."""
+
     status: str = "idle"
     experiment_id: str | None = None
     plan_name: str | None = None
@@ -219,7 +222,7 @@ class ExperimentRunner:
         self.cache_dir = cache_dir
         self.reference = reference
         self.engine_kwargs = dict(engine_kwargs or {})
-        self.state = Progress()
+        self.state = RunState()
         self._resumed = anyio.Event()
         self._resumed.set()
         self._cancel_scope: anyio.CancelScope | None = None
@@ -334,7 +337,7 @@ class ExperimentRunner:
         submission.done.set()
         self.finished = [*self.finished[-(FINISHED_KEPT - 1) :], submission]
 
-    def progress(self) -> ProgressMessage:
+    def progress(self) -> Progress:
         state = self.state
         remaining = None
         if state.phase_ends_ns is not None:
@@ -343,7 +346,7 @@ class ExperimentRunner:
         if state.started_ns and state.units_run:
             per_unit_s = (now_ns() - state.started_ns) / 1e9 / state.units_run
             eta_s = per_unit_s * max(0, state.units_total - state.unit_index + 1)
-        return ProgressMessage(
+        return Progress(
             status=state.status,
             experiment_id=state.experiment_id,
             plan_name=state.plan_name,
@@ -590,7 +593,7 @@ class ExperimentRunner:
     async def run_units(self, submission: Submission) -> None:
         """Run a submission's units in order; the experiment's outcome is stored at the end,
         whatever ends it (done, failed checks, cancelled, or interrupted)."""
-        self.state = Progress(
+        self.state = RunState(
             status="running",
             experiment_id=submission.experiment_id,
             plan_name=submission.plan.name,
